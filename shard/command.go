@@ -1,0 +1,127 @@
+package shard
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/jackpal/bencode-go"
+)
+
+// Kind is the operation an Op performs.
+type Kind string
+
+// The operations of the key-value state machine.
+const (
+	// KindSet stores Value under Key, creating or replacing it.
+	KindSet Kind = "set"
+	// KindDelete removes Key.
+	KindDelete Kind = "del"
+	// KindCompareAndSet stores Value under Key only if the key's current
+	// version is Version; Version 0 means the key must not exist.
+	KindCompareAndSet Kind = "cas"
+)
+
+// Op is one client request as the state machine applies it.
+//
+// Client and Seq identify the request for at-most-once application: a second
+// Op with the same pair returns the first one's Result without executing.
+// Ack is the client's promise that it holds a reply for every sequence number
+// below it, so the state machine may forget those results.
+type Op struct {
+	Kind    Kind   `bencode:"k"`
+	Client  string `bencode:"c"`
+	Seq     uint64 `bencode:"s"`
+	Ack     uint64 `bencode:"a"`
+	Key     string `bencode:"y"`
+	Value   string `bencode:"v"`
+	Version uint64 `bencode:"n"`
+}
+
+// Command is one raft log entry: a batch of operations and the time at which
+// the leader proposed them. The state machine never reads a clock of its
+// own; Now is its only notion of time, so every replica decides the same.
+type Command struct {
+	// Now is the proposing leader's wall clock in Unix nanoseconds.
+	Now int64 `bencode:"t"`
+	Ops []Op  `bencode:"o"`
+}
+
+// Encode returns the serialized command for raft.Apply.
+func (c *Command) Encode() ([]byte, error) {
+	var buf bytes.Buffer
+	if err := bencode.Marshal(&buf, *c); err != nil {
+		return nil, fmt.Errorf("shard: encode command: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// DecodeCommand parses a command produced by Encode.
+func DecodeCommand(b []byte) (Command, error) {
+	var c Command
+	if err := bencode.Unmarshal(bytes.NewReader(b), &c); err != nil {
+		return Command{}, fmt.Errorf("shard: decode command: %w", err)
+	}
+	return c, nil
+}
+
+// Status is the outcome of an Op.
+type Status uint8
+
+// The outcomes of an Op.
+const (
+	StatusOK Status = iota
+	StatusNotFound
+	StatusConflict
+	// StatusAcked: the sequence number is below the client's own Ack, so
+	// the client already holds its reply; the op was not executed.
+	StatusAcked
+	// StatusTooManyPending: the client has more unacknowledged requests
+	// than MaxPendingPerClient; the op was not executed.
+	StatusTooManyPending
+	// StatusInvalid: the op is malformed (unknown kind, empty key); it was
+	// not executed.
+	StatusInvalid
+)
+
+// Errors of the state machine, returned by Result.Err.
+var (
+	// ErrNotFound: the key does not exist.
+	ErrNotFound = errors.New("shard: key not found")
+	// ErrVersionConflict: a compare-and-set found another version.
+	ErrVersionConflict = errors.New("shard: version conflict")
+	// ErrAcked: a request arrived whose sequence number the client has
+	// already acknowledged; it is a stale duplicate and was not executed.
+	ErrAcked = errors.New("shard: sequence number already acknowledged")
+	// ErrTooManyPending: a client has too many unacknowledged requests.
+	ErrTooManyPending = errors.New("shard: too many unacknowledged requests")
+	// ErrInvalidOp: an op the state machine does not understand.
+	ErrInvalidOp = errors.New("shard: invalid op")
+)
+
+// Result is the outcome of one Op.
+type Result struct {
+	Status Status `bencode:"s"`
+	// Version is the key's version after a successful set or
+	// compare-and-set, its version before a delete, or its current version
+	// (0 if absent) after a conflict.
+	Version uint64 `bencode:"v"`
+}
+
+// Err returns nil for StatusOK and the matching sentinel error otherwise.
+func (r Result) Err() error {
+	switch r.Status {
+	case StatusOK:
+		return nil
+	case StatusNotFound:
+		return ErrNotFound
+	case StatusConflict:
+		return ErrVersionConflict
+	case StatusAcked:
+		return ErrAcked
+	case StatusTooManyPending:
+		return ErrTooManyPending
+	default:
+		return ErrInvalidOp
+	}
+}

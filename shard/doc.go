@@ -1,0 +1,25 @@
+// Package shard maps keys to shards and holds the replicated state machine of
+// one shard.
+//
+// A key hashes (xxhash64) onto one of SlotCount fixed slots; a versioned Map
+// assigns slot ranges to shards and shards to the nodes that replicate them.
+// The slot of a key never changes; only the slot → shard assignment may.
+//
+// FSM is a raft.FSM. Its duties toward callers:
+//
+//  1. Every write goes through raft as a Command: the proposing leader stamps
+//     it with its clock (Command.Now), and the FSM uses no other time, so
+//     all replicas reach the same state.
+//  2. Every client write carries the client's id, a sequence number and an
+//     acknowledgement floor (Op.Client, Op.Seq, Op.Ack). The FSM applies each
+//     (client, sequence) at most once, answering retries from the client's
+//     session, which is part of the replicated state and of every snapshot,
+//     so this holds across leader changes and restarts.
+//  3. Reads (Get) see the state as of the last applied entry. A
+//     linearizable read must first wait (WaitApplied) for an index the
+//     leader has confirmed; the FSM itself knows nothing about leadership.
+//
+// Caveats: a session idle for longer than FSMConfig.SessionTTL is forgotten,
+// and a retry that arrives after that may apply a second time; the default
+// TTL of an hour is far beyond any client's retry budget.
+package shard

@@ -1,0 +1,213 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// DefaultSessionTTL is how long the state machine remembers a client that
+// has stopped writing. A retry older than this may be applied a second time,
+// so it must be far longer than any client's retry budget.
+const DefaultSessionTTL = time.Hour
+
+// Entry is a stored value and its version. Versions come from a per-shard
+// revision counter that every write advances, so a key's version only grows,
+// also across delete and re-create.
+type Entry struct {
+	Value   string
+	Version uint64
+}
+
+// FSMConfig configures an FSM. Every replica of a shard must use the same
+// configuration, or their states diverge.
+type FSMConfig struct {
+	// SessionTTL is how long an idle client session is kept. If zero, it
+	// defaults to DefaultSessionTTL.
+	SessionTTL time.Duration
+}
+
+// Stats describes an FSM. The counters cover the shard's whole history:
+// snapshots carry them, so a restarted replica reports the same.
+type Stats struct {
+	// Applied is the raft index of the last applied command.
+	Applied uint64
+	// Revision is the last version handed to a write.
+	Revision uint64
+	// Keys and Sessions are the current counts.
+	Keys, Sessions int
+	// Executed counts ops that ran; Duplicates counts retried ops answered
+	// from a session instead.
+	Executed, Duplicates uint64
+}
+
+// FSM is the replicated state machine of one shard: keys with versioned
+// values and per-client sessions. It implements raft.FSM and
+// raft.BatchingFSM; its read methods are safe to call concurrently with
+// Apply.
+type FSM struct {
+	sessionTTL time.Duration
+
+	mu         sync.RWMutex
+	kv         map[string]Entry
+	sessions   sessions
+	rev        uint64 // last version handed out
+	clock      int64  // max Command.Now seen, Unix nanoseconds
+	lastExpiry int64  // clock at the last session expiry scan
+	executed   uint64
+	duplicates uint64
+	applied    uint64        // raft index of the last applied log
+	appliedCh  chan struct{} // closed and replaced when applied grows
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// NewFSM returns an empty state machine.
+func NewFSM(cfg FSMConfig) *FSM {
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	return &FSM{
+		sessionTTL: cfg.SessionTTL,
+		kv:         make(map[string]Entry),
+		sessions:   make(sessions),
+		appliedCh:  make(chan struct{}),
+	}
+}
+
+// Apply applies one raft log entry. For a command it returns the []Result
+// of its ops, in order, or an error if the entry does not decode.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies consecutive raft log entries under one lock.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, l := range logs {
+		if l.Type == raft.LogCommand {
+			out[i] = f.applyCommand(l.Data)
+		}
+		f.applied = l.Index
+	}
+	close(f.appliedCh)
+	f.appliedCh = make(chan struct{})
+	return out
+}
+
+// applyCommand runs with f.mu held.
+func (f *FSM) applyCommand(data []byte) interface{} {
+	cmd, err := DecodeCommand(data)
+	if err != nil {
+		return err
+	}
+	if cmd.Now > f.clock {
+		f.clock = cmd.Now
+	}
+	if f.clock-f.lastExpiry >= int64(f.sessionTTL)/8 {
+		f.sessions.expire(f.clock - int64(f.sessionTTL))
+		f.lastExpiry = f.clock
+	}
+	results := make([]Result, len(cmd.Ops))
+	for i := range cmd.Ops {
+		results[i] = f.applyOp(&cmd.Ops[i])
+	}
+	return results
+}
+
+func (f *FSM) applyOp(op *Op) Result {
+	if op.Key == "" {
+		return Result{Status: StatusInvalid}
+	}
+	var s *session
+	if op.Client != "" {
+		var res Result
+		var done bool
+		if s, res, done = f.sessions.begin(op, f.clock); done {
+			f.duplicates++
+			return res
+		}
+	}
+	res := f.execute(op)
+	if s != nil {
+		s.results[op.Seq] = res
+	}
+	return res
+}
+
+func (f *FSM) execute(op *Op) Result {
+	cur, exists := f.kv[op.Key]
+	switch op.Kind {
+	case KindSet:
+	case KindCompareAndSet:
+		// Versions start at 1, so Version 0 matches only a missing key.
+		if cur.Version != op.Version {
+			return Result{Status: StatusConflict, Version: cur.Version}
+		}
+	case KindDelete:
+		if !exists {
+			return Result{Status: StatusNotFound}
+		}
+		f.executed++
+		f.rev++
+		delete(f.kv, op.Key)
+		return Result{Version: cur.Version}
+	default:
+		return Result{Status: StatusInvalid}
+	}
+	f.executed++
+	f.rev++
+	f.kv[op.Key] = Entry{Value: op.Value, Version: f.rev}
+	return Result{Version: f.rev}
+}
+
+// Get returns the entry of key as of the last applied command.
+func (f *FSM) Get(key string) (Entry, bool) {
+	f.mu.RLock()
+	e, ok := f.kv[key]
+	f.mu.RUnlock()
+	return e, ok
+}
+
+// Applied returns the raft index of the last applied log entry.
+func (f *FSM) Applied() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// WaitApplied blocks until the entry at index has been applied or ctx ends.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.mu.RLock()
+		applied, ch := f.applied, f.appliedCh
+		f.mu.RUnlock()
+		if applied >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("shard: waiting to apply index %d (at %d): %w", index, applied, ctx.Err())
+		}
+	}
+}
+
+// Stats returns counters and sizes of the state machine.
+func (f *FSM) Stats() Stats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return Stats{
+		Applied:    f.applied,
+		Revision:   f.rev,
+		Keys:       len(f.kv),
+		Sessions:   len(f.sessions),
+		Executed:   f.executed,
+		Duplicates: f.duplicates,
+	}
+}

@@ -1,0 +1,341 @@
+package wire
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/jackpal/bencode-go"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// Errors of the codec, testable with errors.Is.
+var (
+	// ErrMalformed: a datagram that is not a valid message.
+	ErrMalformed = errors.New("wire: malformed message")
+	// ErrTooLarge: a message over MaxDatagramSize, or a key or value over
+	// its limit.
+	ErrTooLarge = errors.New("wire: too large")
+)
+
+// Encode serializes m as a bencoded dict. Keys follow KRPC where it has one:
+// t transaction id, y type, q op, a arguments, r result, e [code, message].
+// shoal adds c client, s sequence, k ack, w timeout in milliseconds, n node,
+// l activity and h heartbeat.
+func Encode(m *Message) ([]byte, error) {
+	d := map[string]any{"y": string(m.Type)}
+	switch m.Type {
+	case TypeQuery:
+		d["t"] = m.TxID
+		d["q"] = string(m.Op)
+		putString(d, "c", m.Client)
+		putUint(d, "s", m.Seq)
+		putUint(d, "k", m.Ack)
+		putUint(d, "w", uint64(m.Timeout/time.Millisecond))
+		if a := encodeArgs(&m.Args); len(a) > 0 {
+			d["a"] = a
+		}
+	case TypeResponse, TypeError:
+		d["t"] = m.TxID
+		d["n"] = m.Node
+		d["l"] = m.Activity
+		if r := encodeResult(&m.Result); len(r) > 0 {
+			d["r"] = r
+		}
+		if m.Type == TypeError {
+			if m.Err == nil {
+				return nil, fmt.Errorf("wire: encode: error message without an error")
+			}
+			d["e"] = []any{int64(m.Err.Code), m.Err.Message}
+		}
+	case TypeHeartbeat:
+		d["n"] = m.Node
+		d["l"] = m.Activity
+		d["h"] = map[string]any{
+			"l": m.Heartbeat.Leads,
+			"f": m.Heartbeat.Follows,
+			"m": m.Heartbeat.MapVersion,
+		}
+	default:
+		return nil, fmt.Errorf("wire: encode: unknown message type %q", m.Type)
+	}
+	var buf bytes.Buffer
+	if err := bencode.Marshal(&buf, d); err != nil {
+		return nil, fmt.Errorf("wire: encode: %w", err)
+	}
+	if buf.Len() > MaxDatagramSize {
+		return nil, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, buf.Len(), MaxDatagramSize)
+	}
+	return buf.Bytes(), nil
+}
+
+func putString(d map[string]any, key, v string) {
+	if v != "" {
+		d[key] = v
+	}
+}
+
+func putUint(d map[string]any, key string, v uint64) {
+	if v != 0 {
+		d[key] = v
+	}
+}
+
+func encodeArgs(a *Args) map[string]any {
+	d := map[string]any{}
+	putString(d, "k", a.Key)
+	putString(d, "v", a.Value)
+	putUint(d, "n", a.Version)
+	if a.Stale {
+		d["st"] = 1
+	}
+	return d
+}
+
+func encodeResult(r *Result) map[string]any {
+	d := map[string]any{}
+	putString(d, "v", r.Value)
+	putUint(d, "n", r.Version)
+	if t := r.Topology; t != nil {
+		nodes := make([]any, len(t.Nodes))
+		for i, n := range t.Nodes {
+			nodes[i] = map[string]any{"i": n.ID, "a": n.Addr}
+		}
+		td := map[string]any{"n": nodes}
+		if t.Map != nil {
+			td["m"] = *t.Map
+		}
+		d["tp"] = td
+	}
+	if s := r.Status; s != nil {
+		shards := make([]any, len(s.Shards))
+		for i, sh := range s.Shards {
+			shards[i] = map[string]any{"i": sh.ID, "s": sh.State, "l": sh.Leader, "a": sh.Applied, "k": sh.Keys}
+		}
+		d["st"] = map[string]any{"i": s.ID, "l": s.Activity, "s": shards}
+	}
+	return d
+}
+
+// readerPool holds readers big enough for any datagram, so decoding reads
+// from one buffer without copying the input again.
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxDatagramSize) }}
+
+var decodeOptions = bencode.Options{
+	MaxStringLength: MaxDatagramSize,
+	MaxDepth:        MaxDepth,
+	MaxElements:     MaxElements,
+	Strict:          true,
+}
+
+// Decode parses one datagram. Whatever the input, it returns an error
+// wrapping ErrMalformed or ErrTooLarge rather than panicking, and allocates
+// at most a small multiple of len(b).
+//
+// When the datagram is a query whose transaction id could be read but the
+// rest is malformed, the returned Message carries Type and TxID, so that the
+// receiver can send an error reply.
+func Decode(b []byte) (m Message, err error) {
+	if len(b) > MaxDatagramSize {
+		return Message{}, fmt.Errorf("%w: datagram of %d bytes exceeds %d", ErrTooLarge, len(b), MaxDatagramSize)
+	}
+	v, err := decodeValue(b)
+	if err != nil {
+		return Message{}, err
+	}
+	top, ok := v.(map[string]any)
+	if !ok {
+		return Message{}, fmt.Errorf("%w: top level is a %s, want a dict", ErrMalformed, typeName(v))
+	}
+	var ferr error
+	f := fields{d: top, err: &ferr}
+	m.Type = Type(f.str("y", true))
+	switch m.Type {
+	case TypeQuery:
+		m.TxID = f.uint("t", true)
+		if ferr != nil {
+			break
+		}
+		m.Op = Op(f.str("q", true))
+		m.Client = f.str("c", false)
+		m.Seq = f.uint("s", false)
+		m.Ack = f.uint("k", false)
+		if w := f.uint("w", false); w <= uint64(MaxTimeout/time.Millisecond) {
+			m.Timeout = time.Duration(w) * time.Millisecond
+		} else {
+			f.fail("w", "at most an hour in milliseconds", int64(w))
+		}
+		if a, ok := f.dict("a"); ok {
+			m.Args = Args{
+				Key:     a.str("k", false),
+				Value:   a.str("v", false),
+				Version: a.uint("n", false),
+				Stale:   a.uint("st", false) != 0,
+			}
+		}
+	case TypeResponse, TypeError:
+		m.TxID = f.uint("t", true)
+		m.Node = f.str("n", true)
+		m.Activity = f.int("l", false)
+		if r, ok := f.dict("r"); ok {
+			m.Result = decodeResult(r)
+		}
+		if m.Type == TypeError {
+			m.Err = decodeError(f)
+		}
+	case TypeHeartbeat:
+		m.Node = f.str("n", true)
+		m.Activity = f.int("l", false)
+		if h, ok := f.dict("h"); ok {
+			m.Heartbeat = Heartbeat{
+				Leads:      shardIDs(h, "l"),
+				Follows:    shardIDs(h, "f"),
+				MapVersion: h.uint("m", false),
+			}
+		}
+	default:
+		if ferr == nil {
+			ferr = fmt.Errorf("%w: unknown message type %q", ErrMalformed, m.Type)
+		}
+	}
+	if ferr != nil {
+		if m.Type == TypeQuery && m.TxID != 0 {
+			return Message{Type: TypeQuery, TxID: m.TxID}, ferr
+		}
+		return Message{}, ferr
+	}
+	return m, nil
+}
+
+// decodeValue parses b as exactly one bencoded value within the limits.
+// bencode-go can still panic on some inputs (see ../shared/NOTES.md), so a
+// panic is turned into an error here, at the boundary.
+func decodeValue(b []byte) (v any, err error) {
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(bytes.NewReader(b))
+	defer func() {
+		if p := recover(); p != nil {
+			v, err = nil, fmt.Errorf("%w: %v", ErrMalformed, p)
+		}
+		br.Reset(nil)
+		readerPool.Put(br)
+	}()
+	v, err = bencode.NewDecoderWithOptions(br, decodeOptions).Decode()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		return nil, fmt.Errorf("%w: trailing bytes after the message", ErrMalformed)
+	}
+	return v, nil
+}
+
+func decodeError(f fields) *Error {
+	l := f.list("e", true)
+	if *f.err != nil {
+		return nil
+	}
+	if len(l) != 2 {
+		f.fail("e", "a list of [code, message]", l)
+		return nil
+	}
+	code, ok := l[0].(int64)
+	msg, ok2 := l[1].(string)
+	if !ok || !ok2 {
+		f.fail("e", "a list of [code, message]", l)
+		return nil
+	}
+	return &Error{Code: Code(code), Message: msg}
+}
+
+func decodeResult(r fields) Result {
+	res := Result{Value: r.str("v", false), Version: r.uint("n", false)}
+	if t, ok := r.dict("tp"); ok {
+		topo := &Topology{}
+		for i, n := range t.list("n", true) {
+			nf, ok := t.elemDict(fmt.Sprintf("n[%d]", i), n)
+			if !ok {
+				break
+			}
+			topo.Nodes = append(topo.Nodes, NodeAddr{ID: nf.str("i", true), Addr: nf.str("a", true)})
+		}
+		if md, ok := t.dict("m"); ok {
+			topo.Map = decodeMap(md)
+		}
+		res.Topology = topo
+	}
+	if s, ok := r.dict("st"); ok {
+		st := &NodeStatus{ID: s.str("i", true), Activity: s.int("l", false)}
+		for i, e := range s.list("s", false) {
+			sf, ok := s.elemDict(fmt.Sprintf("s[%d]", i), e)
+			if !ok {
+				break
+			}
+			st.Shards = append(st.Shards, ShardStatus{
+				ID:      shard.ID(sf.uint32("i")),
+				State:   sf.str("s", false),
+				Leader:  sf.str("l", false),
+				Applied: sf.uint("a", false),
+				Keys:    int(sf.int("k", false)),
+			})
+		}
+		res.Status = st
+	}
+	return res
+}
+
+func decodeMap(f fields) *shard.Map {
+	m := &shard.Map{Version: f.uint("v", true)}
+	for i, e := range f.list("s", true) {
+		sf, ok := f.elemDict(fmt.Sprintf("s[%d]", i), e)
+		if !ok {
+			return nil
+		}
+		s := shard.Shard{ID: shard.ID(sf.uint32("i"))}
+		for j, n := range sf.list("n", true) {
+			id, ok := n.(string)
+			if !ok {
+				sf.fail(fmt.Sprintf("n[%d]", j), "a string", n)
+				return nil
+			}
+			s.Replicas = append(s.Replicas, id)
+		}
+		m.Shards = append(m.Shards, s)
+	}
+	for i, e := range f.list("r", true) {
+		rf, ok := f.elemDict(fmt.Sprintf("r[%d]", i), e)
+		if !ok {
+			return nil
+		}
+		m.Ranges = append(m.Ranges, shard.Range{
+			Start: int(rf.uint32("a")),
+			End:   int(rf.uint32("b")),
+			Shard: shard.ID(rf.uint32("s")),
+		})
+	}
+	if *f.err != nil {
+		return nil
+	}
+	if err := m.Validate(); err != nil {
+		*f.err = fmt.Errorf("%w: %s: %v", ErrMalformed, f.path, err)
+		return nil
+	}
+	return m
+}
+
+func shardIDs(f fields, key string) []shard.ID {
+	var ids []shard.ID
+	for i, e := range f.list(key, false) {
+		n, ok := e.(int64)
+		if !ok || n < 0 || n > int64(^uint32(0)) {
+			f.fail(fmt.Sprintf("%s[%d]", key, i), "a shard id", e)
+			return nil
+		}
+		ids = append(ids, shard.ID(n))
+	}
+	return ids
+}

@@ -1,0 +1,202 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+)
+
+func testMap(t testing.TB) *shard.Map {
+	m, err := shard.NewEvenMap([]string{"n1", "n2", "n3"}, 4, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// sampleMessages has one message of every type and op, with every field
+// they carry set to something other than its zero value.
+func sampleMessages(t testing.TB) map[string]*Message {
+	query := func(op Op, a Args) *Message {
+		return &Message{Type: TypeQuery, TxID: 42, Op: op, Client: "3f9ac2d1e0b4a7c6", Seq: 9, Ack: 7, Timeout: 25 * time.Millisecond, Args: a}
+	}
+	reply := func(r Result) *Message {
+		return &Message{Type: TypeResponse, TxID: 42, Node: "n2", Activity: 130, Result: r}
+	}
+	return map[string]*Message{
+		"get":          query(OpGet, Args{Key: "hello"}),
+		"get stale":    query(OpGet, Args{Key: "hello", Stale: true}),
+		"set":          query(OpSet, Args{Key: "hello", Value: "world"}),
+		"set binary":   query(OpSet, Args{Key: "k\x00\xff", Value: "\x00\x01\xfe\xff" + strings.Repeat("v", MaxValueSize-4)}),
+		"del":          query(OpDelete, Args{Key: "hello"}),
+		"cas":          query(OpCompareAndSet, Args{Key: "hello", Value: "w2", Version: 5}),
+		"topology":     query(OpTopology, Args{}),
+		"ping":         query(OpPing, Args{}),
+		"status":       query(OpStatus, Args{}),
+		"unknown op":   query("frobnicate", Args{Key: "x"}),
+		"value":        reply(Result{Value: "world", Version: 5}),
+		"empty result": reply(Result{}),
+		"topology reply": reply(Result{Topology: &Topology{
+			Nodes: []NodeAddr{{ID: "n1", Addr: "127.0.0.1:7001"}, {ID: "n2", Addr: "[::1]:7002"}},
+			Map:   testMap(t),
+		}}),
+		"status reply": reply(Result{Status: &NodeStatus{ID: "n2", Activity: 3, Shards: []ShardStatus{
+			{ID: 0, State: "Leader", Leader: "n2", Applied: 99, Keys: 12},
+			{ID: 3, State: "Follower", Leader: "n1", Applied: 7},
+		}}}),
+		"error": {Type: TypeError, TxID: 42, Node: "n2", Activity: 130, Err: &Error{Code: CodeNotFound, Message: "not found"}},
+		"conflict": {Type: TypeError, TxID: 42, Node: "n2", Activity: 1,
+			Err: &Error{Code: CodeConflict, Message: "version conflict"}, Result: Result{Version: 8}},
+		"heartbeat": {Type: TypeHeartbeat, Node: "n1", Activity: 130,
+			Heartbeat: Heartbeat{Leads: []shard.ID{0}, Follows: []shard.ID{1, 2}, MapVersion: 1}},
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	for name, m := range sampleMessages(t) {
+		b, err := Encode(m)
+		if err != nil {
+			t.Errorf("%s: encode: %v", name, err)
+			continue
+		}
+		got, err := Decode(b)
+		if err != nil {
+			t.Errorf("%s: decode %q: %v", name, b, err)
+			continue
+		}
+		if !reflect.DeepEqual(&got, m) {
+			t.Errorf("%s: round trip\n got %+v\nwant %+v", name, got, *m)
+		}
+		// Canonical: encoding the decoded message gives the same bytes.
+		again, _ := Encode(&got)
+		if !bytes.Equal(again, b) {
+			t.Errorf("%s: re-encoding differs:\n%q\n%q", name, again, b)
+		}
+	}
+}
+
+// The package documentation shows these encodings; keep it true.
+func TestDocumentedEncodings(t *testing.T) {
+	ms := sampleMessages(t)
+	for name, want := range map[string]string{
+		"value":     "d1:li130e1:n2:n21:rd1:ni5e1:v5:worlde1:ti42e1:y1:re",
+		"error":     "d1:eli404e9:not founde1:li130e1:n2:n21:ti42e1:y1:ee",
+		"heartbeat": "d1:hd1:fli1ei2ee1:lli0ee1:mi1ee1:li130e1:n2:n11:y1:he",
+		"set":       "d1:ad1:k5:hello1:v5:worlde1:c16:3f9ac2d1e0b4a7c61:ki7e1:q3:set1:si9e1:ti42e1:wi25e1:y1:qe",
+	} {
+		b, err := Encode(ms[name])
+		if err != nil || string(b) != want {
+			t.Errorf("%s: Encode = %q, %v\nwant %q", name, b, err, want)
+		}
+	}
+}
+
+func TestEncodeRejects(t *testing.T) {
+	huge := &Message{Type: TypeQuery, TxID: 1, Op: OpSet, Args: Args{Key: "k", Value: strings.Repeat("x", MaxDatagramSize)}}
+	if _, err := Encode(huge); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("oversized: %v, want ErrTooLarge", err)
+	}
+	if _, err := Encode(&Message{Type: "z"}); err == nil {
+		t.Error("unknown type encoded")
+	}
+	if _, err := Encode(&Message{Type: TypeError, TxID: 1}); err == nil {
+		t.Error("error message without Err encoded")
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     error
+		txid     uint64 // a malformed query whose TxID survives, for the error reply
+		mention  string // the error names the problem
+	}{
+		{"empty", "", ErrMalformed, 0, "EOF"},
+		{"not bencode", "hello", ErrMalformed, 0, ""},
+		{"list", "li1ee", ErrMalformed, 0, "want a dict"},
+		{"integer", "i5e", ErrMalformed, 0, "want a dict"},
+		{"leading zero", "i00e", ErrMalformed, 0, ""},
+		{"huge length", "d2:op99999999999:x", ErrMalformed, 0, ""},
+		{"huge length in a string", "99999999999999999999:x", ErrMalformed, 0, ""},
+		{"negative length", "-1:x", ErrMalformed, 0, ""},
+		{"deep nesting", strings.Repeat("l", 100) + strings.Repeat("e", 100), ErrMalformed, 0, "depth"},
+		{"deep dicts", strings.Repeat("d1:a", 50) + "i1e" + strings.Repeat("e", 50), ErrMalformed, 0, "depth"},
+		{"unterminated dict", "d1:y1:q", ErrMalformed, 0, ""},
+		{"unsorted keys", "d1:y1:q1:ti1ee", ErrMalformed, 0, "order"},
+		{"duplicate keys", "d1:ti1e1:ti2e1:y1:qe", ErrMalformed, 0, "duplicate"},
+		{"trailing bytes", "d1:q3:get1:ti1e1:y1:qexyz", ErrMalformed, 0, "trailing"},
+		{"float", "d1:q3:get1:ti1.5e1:y1:qe", ErrMalformed, 0, ""},
+		{"no type", "d1:ti1ee", ErrMalformed, 0, "missing field y"},
+		{"unknown type", "d1:ti1e1:y1:ze", ErrMalformed, 0, "unknown message type"},
+		{"type not a string", "d1:ti1e1:yi1ee", ErrMalformed, 0, "field y"},
+		{"query without txid", "d1:q3:get1:y1:qe", ErrMalformed, 0, "missing field t"},
+		{"txid a string", "d1:q3:get1:t2:ab1:y1:qe", ErrMalformed, 0, "field t"},
+		{"negative txid", "d1:q3:get1:ti-4e1:y1:qe", ErrMalformed, 0, "field t"},
+		{"query without op", "d1:ti7e1:y1:qe", ErrMalformed, 7, "missing field q"},
+		{"args not a dict", "d1:ai3e1:q3:get1:ti7e1:y1:qe", ErrMalformed, 7, "field a"},
+		{"key not a string", "d1:ad1:ki3ee1:q3:get1:ti7e1:y1:qe", ErrMalformed, 7, "field a.k"},
+		{"version a string", "d1:ad1:k1:x1:n1:5e1:q3:cas1:ti7e1:y1:qe", ErrMalformed, 7, "field a.n"},
+		{"negative version", "d1:ad1:k1:x1:ni-5ee1:q3:cas1:ti7e1:y1:qe", ErrMalformed, 7, "field a.n"},
+		{"seq a list", "d1:q3:get1:sle1:ti7e1:y1:qe", ErrMalformed, 7, "field s"},
+		{"error not a list", "d1:ei3e1:n2:n11:ti1e1:y1:ee", ErrMalformed, 0, "field e"},
+		{"error of one element", "d1:eli3ee1:n2:n11:ti1e1:y1:ee", ErrMalformed, 0, "field e"},
+		{"error code a string", "d1:el1:a1:be1:n2:n11:ti1e1:y1:ee", ErrMalformed, 0, "field e"},
+		{"response without node", "d1:ti1e1:y1:re", ErrMalformed, 0, "missing field n"},
+		{"heartbeat shard a string", "d1:hd1:lli0e1:xee1:n2:n11:y1:he", ErrMalformed, 0, "h.l[1]"},
+		{"heartbeat shard too big", "d1:hd1:lli9999999999eee1:n2:n11:y1:he", ErrMalformed, 0, "h.l[0]"},
+		{"map with a gap", "d1:n2:n11:rd2:tpd1:md1:rld1:ai0e1:bi10e1:si0eee1:sld1:ii0e1:nl2:n1eee1:vi1ee1:nleee1:ti1e1:y1:re", ErrMalformed, 0, "invalid map"},
+		{"oversized", strings.Repeat("x", MaxDatagramSize+1), ErrTooLarge, 0, ""},
+	} {
+		m, err := Decode([]byte(tc.in))
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: Decode(%.40q) error %v, want %v", tc.name, tc.in, err, tc.want)
+			continue
+		}
+		if tc.mention != "" && !strings.Contains(err.Error(), tc.mention) {
+			t.Errorf("%s: error %q does not mention %q", tc.name, err, tc.mention)
+		}
+		if m.TxID != tc.txid {
+			t.Errorf("%s: TxID %d, want %d", tc.name, m.TxID, tc.txid)
+		}
+	}
+}
+
+// Unknown keys are ignored, so that newer clients and nodes can add fields.
+func TestDecodeIgnoresUnknownKeys(t *testing.T) {
+	m, err := Decode([]byte("d1:ad1:k1:x5:zzzzzi1ee1:q3:get1:ti7e1:y1:q1:zli1eee"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Op != OpGet || m.Args.Key != "x" || m.TxID != 7 {
+		t.Errorf("decoded %+v", m)
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	m := sampleMessages(b)["set"]
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := Encode(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	data, err := Encode(sampleMessages(b)["set"])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		if _, err := Decode(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
