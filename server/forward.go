@@ -1,0 +1,182 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/rpc"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// A follower does not make a client redirect: it forwards the write to the
+// shard's leader over the node-to-node TCP connection, and asks the leader
+// for read indexes the same way. A redirect would cost the client another
+// round trip over its lossy link for every write that lands on a follower,
+// and a client's idea of the leader is stale right after a failover, which
+// is exactly when it matters; the follower learns the new leader from raft
+// itself. Node-to-node calls use net/rpc over the node listener.
+
+// ForwardRequest is a call from a node to the leader of a shard: apply Op,
+// or, with ReadIndex set, return a read index. It is part of the
+// node-to-node protocol, not of the client API.
+type ForwardRequest struct {
+	Shard     shard.ID
+	ReadIndex bool
+	Op        shard.Op
+	// Timeout is how long the caller will wait.
+	Timeout time.Duration
+}
+
+// ForwardReply answers a ForwardRequest.
+type ForwardReply struct {
+	Result shard.Result
+	Index  uint64
+	// Retry says the call failed in a way worth retrying, perhaps on
+	// another leader: the callee was not the leader, lost leadership
+	// while applying (the op may or may not have committed), or ran out of
+	// time.
+	Retry bool
+	// Err describes the failure; empty on success.
+	Err string
+}
+
+// errRetry marks failures after which the request may be retried with the
+// same sequence number, on whichever node now leads.
+var errRetry = errors.New("server: retry")
+
+// retryable reports whether err from a local raft call or a forward means
+// that the request may be retried on the current leader.
+func retryable(err error) bool {
+	return errors.Is(err, errRetry) || errors.Is(err, errNotLeader) ||
+		errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrLeadershipTransferInProgress) ||
+		errors.Is(err, rpc.ErrShutdown) || isNetError(err)
+}
+
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed)
+}
+
+// nodeService is the net/rpc receiver a node registers for its peers.
+type nodeService struct{ n *Node }
+
+// Forward serves a ForwardRequest from a peer. This node answers only as
+// the leader; it never forwards further, so requests cannot loop.
+func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
+	rep := s.n.replicas[req.Shard]
+	if rep == nil {
+		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
+		return nil
+	}
+	timeout := req.Timeout
+	if timeout <= 0 || timeout > s.n.cfg.RequestTimeout {
+		timeout = s.n.cfg.RequestTimeout
+	}
+	ctx, cancel := context.WithTimeout(s.n.ctx, timeout)
+	defer cancel()
+	var err error
+	if req.ReadIndex {
+		reply.Index, err = rep.readIndex(ctx)
+	} else if !rep.isLeader() {
+		err = errNotLeader
+	} else {
+		reply.Result, err = rep.applyLocal(req.Op)
+	}
+	if err != nil {
+		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded)
+		reply.Err = err.Error()
+	}
+	return nil
+}
+
+// peers holds one net/rpc client per peer node, dialed on first use and
+// dropped when its connection fails.
+type peers struct {
+	addrs   map[string]string // node id → raft address
+	timeout time.Duration
+
+	mu      sync.Mutex
+	clients map[string]*rpc.Client
+	closed  bool
+}
+
+func newPeers(addrs map[string]string, dialTimeout time.Duration) *peers {
+	return &peers{addrs: addrs, timeout: dialTimeout, clients: make(map[string]*rpc.Client)}
+}
+
+func (p *peers) client(node string) (*rpc.Client, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, rpc.ErrShutdown
+	}
+	if c := p.clients[node]; c != nil {
+		return c, nil
+	}
+	addr, ok := p.addrs[node]
+	if !ok {
+		return nil, fmt.Errorf("server: unknown node %q", node)
+	}
+	conn, err := dial(addr, p.timeout, []byte{preambleRPC})
+	if err != nil {
+		return nil, fmt.Errorf("server: dialing node %s: %w", node, err)
+	}
+	c := rpc.NewClient(conn)
+	p.clients[node] = c
+	return c, nil
+}
+
+func (p *peers) drop(node string, c *rpc.Client) {
+	p.mu.Lock()
+	if p.clients[node] == c {
+		delete(p.clients, node)
+	}
+	p.mu.Unlock()
+	c.Close()
+}
+
+// forward sends req to node and waits for the reply or ctx. A failure the
+// caller may retry wraps errRetry.
+func (p *peers) forward(ctx context.Context, node string, req ForwardRequest) (ForwardReply, error) {
+	c, err := p.client(node)
+	if err != nil {
+		return ForwardReply{}, fmt.Errorf("%w: %v", errRetry, err)
+	}
+	if d, ok := ctx.Deadline(); ok {
+		req.Timeout = time.Until(d)
+	}
+	var reply ForwardReply
+	call := c.Go("Node.Forward", req, &reply, make(chan *rpc.Call, 1))
+	select {
+	case <-call.Done:
+	case <-ctx.Done():
+		return ForwardReply{}, ctx.Err()
+	}
+	if call.Error != nil {
+		p.drop(node, c)
+		return ForwardReply{}, fmt.Errorf("%w: forwarding to %s: %v", errRetry, node, call.Error)
+	}
+	if reply.Err != "" {
+		if reply.Retry {
+			return reply, fmt.Errorf("%w: %s: %s", errRetry, node, reply.Err)
+		}
+		return reply, fmt.Errorf("server: %s: %s", node, reply.Err)
+	}
+	return reply, nil
+}
+
+func (p *peers) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for id, c := range p.clients {
+		c.Close()
+		delete(p.clients, id)
+	}
+}

@@ -1,0 +1,293 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// retryBackoff is how long a request waits before trying again to reach a
+// shard's leader when raft has announced no change.
+const retryBackoff = 10 * time.Millisecond
+
+// serve reads datagrams until the transport closes and handles each query
+// in a goroutine of its own, at most MaxInFlight at once.
+func (n *Node) serve() {
+	buf := make([]byte, wire.MaxDatagramSize+1)
+	for {
+		size, from, err := n.transport.Receive(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case n.inFlight <- struct{}{}:
+		default:
+			n.busy.Add(1)
+			n.refuse(buf[:size], from)
+			continue
+		}
+		data := append([]byte(nil), buf[:size]...)
+		if !n.group.Go(func() {
+			defer func() { <-n.inFlight }()
+			n.handleDatagram(data, from)
+		}) {
+			return
+		}
+	}
+}
+
+// refuse answers a query that arrived while the node was saturated.
+func (n *Node) refuse(data []byte, from netip.AddrPort) {
+	m, err := wire.Decode(data)
+	if err != nil || m.Type != wire.TypeQuery {
+		return
+	}
+	n.reply(from, m.TxID, errorReply(wire.CodeUnavailable, "node busy: too many requests in flight"))
+}
+
+func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
+	m, err := wire.Decode(data)
+	if err != nil {
+		n.malformed.Add(1)
+		if m.TxID != 0 {
+			code := wire.CodeProtocol
+			if errors.Is(err, wire.ErrTooLarge) {
+				code = wire.CodeTooLarge
+			}
+			n.reply(from, m.TxID, errorReply(code, "%v", err))
+		}
+		return
+	}
+	if m.Type != wire.TypeQuery {
+		n.malformed.Add(1)
+		return
+	}
+	n.requests.Add(1)
+	now := time.Now()
+	n.clients.touch(from, now)
+	if m.Op.Mutating() || m.Op == wire.OpGet {
+		n.activity.add(now)
+	}
+	timeout := n.cfg.RequestTimeout
+	if m.Timeout > 0 && m.Timeout < timeout {
+		timeout = m.Timeout
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, timeout)
+	defer cancel()
+	n.reply(from, m.TxID, n.dispatch(ctx, &m))
+}
+
+// reply completes r as the answer to txid and sends it.
+func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
+	r.TxID = txid
+	r.Node = n.id
+	r.Activity = n.activity.count(time.Now())
+	b, err := wire.Encode(r)
+	if err != nil {
+		n.log.Error("encoding reply", "err", err)
+		b, err = wire.Encode(errorReply(wire.CodeServer, "reply did not encode"))
+		if err != nil {
+			return
+		}
+	}
+	_ = n.transport.Send(b, to) // a lost reply is a lost datagram: the client retries
+}
+
+func errorReply(code wire.Code, format string, args ...any) *wire.Message {
+	return &wire.Message{Type: wire.TypeError, Err: &wire.Error{Code: code, Message: fmt.Sprintf(format, args...)}}
+}
+
+func resultReply(r wire.Result) *wire.Message {
+	return &wire.Message{Type: wire.TypeResponse, Result: r}
+}
+
+func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
+	switch m.Op {
+	case wire.OpGet:
+		rep, bad := n.keyReplica(m)
+		if bad != nil {
+			return bad
+		}
+		return n.get(ctx, rep, m.Args.Key, m.Args.Stale)
+	case wire.OpSet, wire.OpDelete, wire.OpCompareAndSet:
+		rep, bad := n.keyReplica(m)
+		if bad != nil {
+			return bad
+		}
+		if bad := checkWrite(m); bad != nil {
+			return bad
+		}
+		op := shard.Op{
+			Client: m.Client, Seq: m.Seq, Ack: m.Ack,
+			Key: m.Args.Key, Value: m.Args.Value, Version: m.Args.Version,
+		}
+		switch m.Op {
+		case wire.OpSet:
+			op.Kind = shard.KindSet
+		case wire.OpDelete:
+			op.Kind = shard.KindDelete
+		default:
+			op.Kind = shard.KindCompareAndSet
+		}
+		return n.write(ctx, rep, op)
+	case wire.OpTopology:
+		topo := n.topology
+		return resultReply(wire.Result{Topology: &topo})
+	case wire.OpPing:
+		return resultReply(wire.Result{})
+	case wire.OpStatus:
+		st := n.Status()
+		return resultReply(wire.Result{Status: &st})
+	default:
+		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
+	}
+}
+
+// keyReplica checks the key of m and returns this node's replica of its
+// shard, or an error reply.
+func (n *Node) keyReplica(m *wire.Message) (*replica, *wire.Message) {
+	switch k := m.Args.Key; {
+	case k == "":
+		return nil, errorReply(wire.CodeBadRequest, "%s needs a key", m.Op)
+	case len(k) > wire.MaxKeySize:
+		return nil, errorReply(wire.CodeTooLarge, "key of %d bytes exceeds %d", len(k), wire.MaxKeySize)
+	}
+	id := n.shardMap.ShardOf(m.Args.Key)
+	rep := n.replicas[id]
+	if rep == nil {
+		return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
+			n.id, id, n.shardMap.Version)
+	}
+	return rep, nil
+}
+
+func checkWrite(m *wire.Message) *wire.Message {
+	switch {
+	case len(m.Args.Value) > wire.MaxValueSize:
+		return errorReply(wire.CodeTooLarge, "value of %d bytes exceeds %d", len(m.Args.Value), wire.MaxValueSize)
+	case m.Client == "" || m.Seq == 0:
+		return errorReply(wire.CodeBadRequest, "%s needs a client id and a sequence number", m.Op)
+	case m.Ack > m.Seq:
+		return errorReply(wire.CodeBadRequest, "ack %d is above sequence number %d", m.Ack, m.Seq)
+	}
+	return nil
+}
+
+// write applies op through the shard's leader: here if this replica leads,
+// forwarded otherwise. Whatever fails in a way that leaves the outcome open
+// (no leader yet, leadership lost mid-apply) is retried with the same op
+// until ctx ends; the op's session makes the retries safe.
+func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Message {
+	var err error
+	for {
+		changed := rep.changes()
+		var res shard.Result
+		if rep.isLeader() {
+			res, err = rep.applyLocal(op)
+		} else if leader := rep.leaderID(); leader != "" {
+			var fr ForwardReply
+			fr, err = n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, Op: op})
+			res = fr.Result
+		} else {
+			err = fmt.Errorf("%w: shard %d has no leader", errRetry, rep.id)
+		}
+		if err == nil {
+			return opReply(res)
+		}
+		if !retryable(err) {
+			return errorReply(wire.CodeServer, "shard %d: %v", rep.id, err)
+		}
+		if !wait(ctx, changed) {
+			return unavailable(ctx, rep.id, err)
+		}
+	}
+}
+
+// get reads key. A stale read answers from this replica's state as it is;
+// otherwise the replica first learns a read index from the leader (itself,
+// or over the network) and waits until it has applied that far.
+func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
+	if !stale {
+		var err error
+		for {
+			changed := rep.changes()
+			var index uint64
+			if rep.isLeader() {
+				index, err = rep.readIndex(ctx)
+			} else if leader := rep.leaderID(); leader != "" {
+				var fr ForwardReply
+				fr, err = n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, ReadIndex: true})
+				index = fr.Index
+			} else {
+				err = fmt.Errorf("%w: shard %d has no leader", errRetry, rep.id)
+			}
+			if err == nil {
+				err = rep.fsm.WaitApplied(ctx, index)
+			}
+			if err == nil {
+				break
+			}
+			if !retryable(err) && !errors.Is(err, context.DeadlineExceeded) {
+				return errorReply(wire.CodeServer, "shard %d: %v", rep.id, err)
+			}
+			if !wait(ctx, changed) {
+				return unavailable(ctx, rep.id, err)
+			}
+		}
+	}
+	e, ok := rep.fsm.Get(key)
+	if !ok {
+		return errorReply(wire.CodeNotFound, "key not found")
+	}
+	return resultReply(wire.Result{Value: e.Value, Version: e.Version})
+}
+
+// wait pauses a retry loop until the replica's leadership changes, a short
+// backoff passes, or ctx ends; it reports false for the last.
+func wait(ctx context.Context, changed <-chan struct{}) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	t := time.NewTimer(retryBackoff)
+	defer t.Stop()
+	select {
+	case <-changed:
+		return true
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func unavailable(ctx context.Context, id shard.ID, last error) *wire.Message {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return errorReply(wire.CodeUnavailable, "node shutting down")
+	}
+	return errorReply(wire.CodeUnavailable, "shard %d unavailable: %v", id, last)
+}
+
+// opReply turns a state machine result into a reply.
+func opReply(res shard.Result) *wire.Message {
+	switch err := res.Err(); {
+	case err == nil:
+		return resultReply(wire.Result{Version: res.Version})
+	case errors.Is(err, shard.ErrNotFound):
+		return errorReply(wire.CodeNotFound, "key not found")
+	case errors.Is(err, shard.ErrVersionConflict):
+		r := errorReply(wire.CodeConflict, "version conflict: the key is at version %d", res.Version)
+		r.Result.Version = res.Version
+		return r
+	case errors.Is(err, shard.ErrAcked):
+		return errorReply(wire.CodeAcked, "sequence number already acknowledged by the client")
+	case errors.Is(err, shard.ErrTooManyPending):
+		return errorReply(wire.CodeTooManyPending, "too many unacknowledged requests")
+	default:
+		return errorReply(wire.CodeBadRequest, "%v", err)
+	}
+}

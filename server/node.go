@@ -1,0 +1,336 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/rpc"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultHeartbeatInterval = 250 * time.Millisecond
+	DefaultClientTTL         = 30 * time.Second
+	DefaultActivityWindow    = 10 * time.Second
+	DefaultRequestTimeout    = 5 * time.Second
+	DefaultMaxInFlight       = 4096
+)
+
+// Config configures a Node.
+type Config struct {
+	// ID is this node's id in Spec.
+	ID string
+	// DataDir holds the node's raft logs and snapshots, one directory per
+	// shard. Starting a node on the same DataDir brings its data back.
+	DataDir string
+	// Spec describes the cluster.
+	Spec *Spec
+	// Logger receives the node's logs; each raft group logs through it
+	// under its own name. If nil, slog.Default() is used.
+	Logger *slog.Logger
+	// Transport serves clients. If nil, the node listens on UDP at its
+	// client address in Spec; the node owns and closes either.
+	Transport wire.Transport
+	// HeartbeatInterval is how often the node heartbeats its recent
+	// clients. If zero, DefaultHeartbeatInterval.
+	HeartbeatInterval time.Duration
+	// ClientTTL is how long a client stays "recent" after its last
+	// request. If zero, DefaultClientTTL.
+	ClientTTL time.Duration
+	// ActivityWindow is the span over which activity counts requests. If
+	// zero, DefaultActivityWindow.
+	ActivityWindow time.Duration
+	// RequestTimeout bounds the time spent on one request. If zero,
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// MaxInFlight bounds the requests handled at once; past it, requests
+	// get CodeUnavailable. If zero, DefaultMaxInFlight.
+	MaxInFlight int
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.ClientTTL <= 0 {
+		c.ClientTTL = DefaultClientTTL
+	}
+	if c.ActivityWindow <= 0 {
+		c.ActivityWindow = DefaultActivityWindow
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+}
+
+// Counters counts what a node's client listener has seen.
+type Counters struct {
+	// Requests is every query decoded; Malformed every datagram that was
+	// not a valid message (oversized ones included); Busy every request
+	// refused because MaxInFlight were running.
+	Requests, Malformed, Busy uint64
+}
+
+// Node is one shoal process: a replica of each shard the spec gives it, a
+// UDP listener for clients, and a TCP listener for raft and its peers.
+type Node struct {
+	id       string
+	cfg      Config
+	log      *slog.Logger
+	shardMap *shard.Map
+	topology wire.Topology
+	replicas map[shard.ID]*replica // fixed after Start
+
+	transport wire.Transport
+	mux       *mux
+	rpc       *rpc.Server
+	peers     *peers
+	clients   clients
+	activity  *activity
+	inFlight  chan struct{}
+
+	requests, malformed, busy atomic.Uint64
+
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	group     group
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start opens the node's replicas on cfg.DataDir, starts their raft groups
+// and begins serving clients. ctx bounds the start only.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	cfg.setDefaults()
+	if cfg.Spec == nil {
+		return nil, fmt.Errorf("%w: no spec", ErrInvalidSpec)
+	}
+	if err := cfg.Spec.Validate(); err != nil {
+		return nil, err
+	}
+	self := cfg.Spec.Node(cfg.ID)
+	if self == nil {
+		return nil, fmt.Errorf("%w: node %q is not in the spec", ErrInvalidSpec, cfg.ID)
+	}
+	m, err := cfg.Spec.Map()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		id:       cfg.ID,
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.ID),
+		shardMap: m,
+		topology: wire.Topology{Map: m},
+		replicas: make(map[shard.ID]*replica),
+		activity: newActivity(cfg.ActivityWindow),
+		inFlight: make(chan struct{}, cfg.MaxInFlight),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	raftAddrs := make(map[string]string, len(cfg.Spec.Nodes))
+	for _, ns := range cfg.Spec.Nodes {
+		raftAddrs[ns.ID] = ns.Raft
+		n.topology.Nodes = append(n.topology.Nodes, wire.NodeAddr{ID: ns.ID, Addr: ns.Client})
+	}
+	n.peers = newPeers(raftAddrs, 2*time.Second)
+	n.rpc = rpc.NewServer()
+	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
+		return nil, err
+	}
+	if n.mux, err = newMux(self.Raft, n.log, n.serveRPC); err != nil {
+		return nil, err
+	}
+	n.transport = cfg.Transport
+	if n.transport == nil {
+		if n.transport, err = wire.ListenUDP(self.Client); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	for _, id := range m.ShardsOf(cfg.ID) {
+		if err := ctx.Err(); err != nil {
+			n.Close()
+			return nil, err
+		}
+		sl, err := n.mux.streamLayer(id)
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		peers := map[string]string{}
+		for _, nid := range m.Shard(id).Replicas {
+			peers[nid] = raftAddrs[nid]
+		}
+		dir := filepath.Join(cfg.DataDir, fmt.Sprintf("shard-%d", id))
+		rep, err := openReplica(dir, id, cfg.ID, peers, cfg.Spec.Raft, sl, n.log)
+		if err != nil {
+			sl.Close()
+			n.Close()
+			return nil, err
+		}
+		n.replicas[id] = rep
+	}
+	n.group.Go(n.serve)
+	n.group.Go(n.heartbeat)
+	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
+	return n, nil
+}
+
+// ID returns the node's id.
+func (n *Node) ID() string { return n.id }
+
+// Addr returns the address the node serves clients on.
+func (n *Node) Addr() netip.AddrPort { return n.transport.LocalAddr() }
+
+// Counters returns the client listener's counters.
+func (n *Node) Counters() Counters {
+	return Counters{Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load()}
+}
+
+// serveRPC serves one peer connection until it closes.
+func (n *Node) serveRPC(conn net.Conn) {
+	if !n.group.Go(func() { n.rpc.ServeConn(conn) }) {
+		conn.Close()
+	}
+}
+
+// Status reports the node's view of each of its shards.
+func (n *Node) Status() wire.NodeStatus {
+	st := wire.NodeStatus{ID: n.id, Activity: n.activity.count(time.Now())}
+	for _, id := range n.shardIDs() {
+		r := n.replicas[id]
+		fs := r.fsm.Stats()
+		st.Shards = append(st.Shards, wire.ShardStatus{
+			ID:      id,
+			State:   r.raft.State().String(),
+			Leader:  r.leaderID(),
+			Applied: fs.Applied,
+			Keys:    fs.Keys,
+		})
+	}
+	return st
+}
+
+func (n *Node) shardIDs() []shard.ID {
+	ids := make([]shard.ID, 0, len(n.replicas))
+	for id := range n.replicas {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// Shutdown stops the node gracefully: it hands leadership of the shards it
+// leads to another replica, so clients see no election timeout, then
+// closes. ctx bounds the handover; Close runs in any case.
+func (n *Node) Shutdown(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, r := range n.replicas {
+		if !r.isLeader() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := r.raft.LeadershipTransfer()
+			done := make(chan error, 1)
+			go func() { done <- f.Error() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					r.log.Warn("leadership transfer failed", "err", err)
+				}
+			case <-ctx.Done():
+			}
+		}()
+	}
+	wg.Wait()
+	return n.Close()
+}
+
+// Close stops the node at once. To its peers it looks like a crash: they
+// elect new leaders for the shards it led. Its data stays on disk.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.transport != nil {
+			errs = append(errs, n.transport.Close())
+		}
+		n.cancel()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for _, r := range n.replicas {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := r.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("shard %d: %w", r.id, err))
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if n.mux != nil {
+			errs = append(errs, n.mux.close())
+		}
+		n.peers.close()
+		n.group.Wait()
+		n.closeErr = errors.Join(errs...)
+		n.log.Info("node stopped")
+	})
+	return n.closeErr
+}
+
+// heartbeat tells every recent client, every HeartbeatInterval, the node's
+// activity and which shards it leads and follows.
+func (n *Node) heartbeat() {
+	t := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case now := <-t.C:
+			to := n.clients.recent(now, n.cfg.ClientTTL)
+			if len(to) == 0 {
+				continue
+			}
+			m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.count(now)}
+			m.Heartbeat.MapVersion = n.shardMap.Version
+			for _, id := range n.shardIDs() {
+				if n.replicas[id].isLeader() {
+					m.Heartbeat.Leads = append(m.Heartbeat.Leads, id)
+				} else {
+					m.Heartbeat.Follows = append(m.Heartbeat.Follows, id)
+				}
+			}
+			b, err := wire.Encode(&m)
+			if err != nil {
+				n.log.Error("encoding heartbeat", "err", err)
+				continue
+			}
+			for _, addr := range to {
+				_ = n.transport.Send(b, addr) // best effort, like the datagram itself
+			}
+		}
+	}
+}

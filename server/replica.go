@@ -1,0 +1,343 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/shoal-kv/shoal/shard"
+	"go.etcd.io/bbolt"
+)
+
+const (
+	// snapshotsRetained is how many snapshots each replica keeps on disk.
+	snapshotsRetained = 2
+	// logCacheSize is how many recent log entries each replica keeps in
+	// memory, so replicating them to followers does not read the disk.
+	logCacheSize = 512
+	// boltOpenTimeout bounds waiting for another process's lock on a
+	// replica's database: two nodes started on one data directory.
+	boltOpenTimeout = 2 * time.Second
+	// applyEnqueueTimeout bounds waiting for raft to take a proposal.
+	applyEnqueueTimeout = time.Second
+)
+
+// errNotLeader is returned by the leader-only paths of a replica that is not
+// (or no longer) the leader; the caller retries wherever the leader is now.
+var errNotLeader = errors.New("server: not the leader")
+
+// replica is one node's member of one shard's raft group: the raft instance,
+// its stores on disk, its network transport and the state machine.
+type replica struct {
+	id    shard.ID
+	log   *slog.Logger
+	raft  *raft.Raft
+	fsm   *shard.FSM
+	trans *raft.NetworkTransport
+	store *raftboltdb.BoltStore
+
+	// readyTerm is the term in which this replica, as leader, has applied
+	// everything committed before its term began (its barrier returned).
+	// Only then may it hand out read indexes.
+	readyTerm      atomic.Uint64
+	barrierRunning atomic.Bool
+
+	changeMu sync.Mutex
+	changed  chan struct{} // closed and replaced when leader or readiness changes
+
+	verifier verifier
+	observer *raft.Observer
+	obsCh    chan raft.Observation
+	group    group
+}
+
+// openReplica opens (or creates) the replica of shard id in dir and starts
+// its raft instance. peers are the replicas of the shard: node id → raft
+// address.
+func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string, timing RaftTiming,
+	sl *streamLayer, log *slog.Logger) (*replica, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+	hlog := newRaftLogger(log, fmt.Sprintf("raft.shard-%d", id), hclog.Info)
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(dir, "raft.db"),
+		BoltOptions: &bbolt.Options{
+			Timeout: boltOpenTimeout,
+			// Without this, after log truncation the freelist is rewritten
+			// on every commit and latency climbs (Consul #5181, bbolt #401).
+			NoFreelistSync: true,
+			FreelistType:   bbolt.FreelistMapType,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server: shard %d: opening raft log: %w", id, err)
+	}
+	closeStore := true
+	defer func() {
+		if closeStore {
+			store.Close()
+		}
+	}()
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, snapshotsRetained, hlog)
+	if err != nil {
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+	logs, err := raft.NewLogCache(logCacheSize, store)
+	if err != nil {
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+
+	t := timing.withDefaults()
+	cfg := raft.DefaultConfig()
+	cfg.LocalID = raft.ServerID(nodeID)
+	cfg.Logger = hlog
+	cfg.HeartbeatTimeout = time.Duration(t.HeartbeatTimeout)
+	cfg.ElectionTimeout = time.Duration(t.ElectionTimeout)
+	cfg.LeaderLeaseTimeout = time.Duration(t.LeaderLeaseTimeout)
+	cfg.CommitTimeout = time.Duration(t.CommitTimeout)
+	cfg.SnapshotThreshold = t.SnapshotThreshold
+	cfg.BatchApplyCh = true
+	if err := raft.ValidateConfig(cfg); err != nil {
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  sl,
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hlog,
+	})
+	fsm := shard.NewFSM(shard.FSMConfig{})
+
+	existing, err := raft.HasExistingState(logs, store, snaps)
+	if err != nil {
+		trans.Close()
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+	if !existing {
+		// Every replica bootstraps with the same configuration, which
+		// raft allows; whichever wins the first election leads.
+		var conf raft.Configuration
+		for nid, addr := range peers {
+			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(nid), Address: raft.ServerAddress(addr)})
+		}
+		if err := raft.BootstrapCluster(cfg, logs, store, snaps, trans, conf); err != nil {
+			trans.Close()
+			return nil, fmt.Errorf("server: shard %d: bootstrap: %w", id, err)
+		}
+	}
+	r, err := raft.NewRaft(cfg, fsm, logs, store, snaps, trans)
+	if err != nil {
+		trans.Close()
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+	closeStore = false
+
+	rep := &replica{
+		id:      id,
+		log:     log.With("shard", id),
+		raft:    r,
+		fsm:     fsm,
+		trans:   trans,
+		store:   store,
+		changed: make(chan struct{}),
+		obsCh:   make(chan raft.Observation, 64),
+	}
+	rep.verifier.r = rep
+	rep.observer = raft.NewObserver(rep.obsCh, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RaftState:
+			return true
+		}
+		return false
+	})
+	r.RegisterObserver(rep.observer)
+	rep.group.Go(rep.watch)
+	return rep, nil
+}
+
+// watch follows raft's leadership changes: it wakes whoever waits for a
+// leader, and makes a new leader ready for reads.
+func (r *replica) watch() {
+	for range r.obsCh {
+		if r.raft.State() == raft.Leader {
+			r.ensureReady()
+		}
+		r.broadcast()
+	}
+}
+
+func (r *replica) broadcast() {
+	r.changeMu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.changeMu.Unlock()
+}
+
+// changes returns a channel closed at the next change of leader or
+// readiness.
+func (r *replica) changes() <-chan struct{} {
+	r.changeMu.Lock()
+	defer r.changeMu.Unlock()
+	return r.changed
+}
+
+// ensureReady starts, unless one is running, a barrier that makes this
+// leader ready for reads in its current term.
+func (r *replica) ensureReady() {
+	if !r.barrierRunning.CompareAndSwap(false, true) {
+		return
+	}
+	started := r.group.Go(func() {
+		defer r.barrierRunning.Store(false)
+		term := r.raft.CurrentTerm()
+		err := r.raft.Barrier(0).Error()
+		// The barrier is ours only if the term did not move meanwhile.
+		if err == nil && r.raft.CurrentTerm() == term && r.raft.State() == raft.Leader {
+			r.readyTerm.Store(term)
+		}
+		r.broadcast()
+	})
+	if !started {
+		r.barrierRunning.Store(false)
+	}
+}
+
+func (r *replica) isLeader() bool { return r.raft.State() == raft.Leader }
+
+// leaderID returns the node id of the leader this replica knows, or "".
+func (r *replica) leaderID() string {
+	_, id := r.raft.LeaderWithID()
+	return string(id)
+}
+
+// applyLocal proposes op on this replica, which must be the leader, and
+// waits for it to apply. raft.ErrNotLeader and raft.ErrLeadershipLost come
+// back as they are: after the latter the op may or may not commit, and only
+// a retry with the same sequence number settles it.
+func (r *replica) applyLocal(op shard.Op) (shard.Result, error) {
+	cmd := shard.Command{Now: time.Now().UnixNano(), Ops: []shard.Op{op}}
+	data, err := cmd.Encode()
+	if err != nil {
+		return shard.Result{}, err
+	}
+	f := r.raft.Apply(data, applyEnqueueTimeout)
+	if err := f.Error(); err != nil {
+		return shard.Result{}, err
+	}
+	switch resp := f.Response().(type) {
+	case []shard.Result:
+		return resp[0], nil
+	case error:
+		return shard.Result{}, resp
+	default:
+		return shard.Result{}, fmt.Errorf("server: shard %d: unexpected apply response %T", r.id, resp)
+	}
+}
+
+// readIndex returns an index such that a replica that has applied it
+// reflects every write acknowledged before the call: the ReadIndex of the
+// Raft dissertation (§6.4). This replica must be the leader.
+//
+// The leader's own applied index serves: it has applied every write it
+// acknowledged, and, once ready in its term, every write any earlier leader
+// acknowledged. Confirming leadership with a quorum after taking the index
+// rules out a newer leader having acknowledged writes meanwhile.
+func (r *replica) readIndex(ctx context.Context) (uint64, error) {
+	for {
+		if !r.isLeader() {
+			return 0, errNotLeader
+		}
+		ch := r.changes()
+		if r.readyTerm.Load() == r.raft.CurrentTerm() {
+			break
+		}
+		r.ensureReady()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	index := r.fsm.Applied()
+	if err := r.verifier.verify(ctx); err != nil {
+		return 0, err
+	}
+	return index, nil
+}
+
+// close shuts the raft instance down and releases its transport and store.
+// Peers see it as a crash: no leadership is handed over.
+func (r *replica) close() error {
+	err := r.raft.Shutdown().Error()
+	r.raft.DeregisterObserver(r.observer)
+	close(r.obsCh)
+	r.trans.Close()
+	r.trans.CloseStreams()
+	r.group.Wait()
+	if cerr := r.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// verifier confirms leadership for many reads with one round of heartbeats:
+// reads that arrive while a round is running share the next one.
+type verifier struct {
+	r       *replica
+	mu      sync.Mutex
+	waiting []chan error
+	running bool
+}
+
+func (v *verifier) verify(ctx context.Context) error {
+	ch := make(chan error, 1)
+	v.mu.Lock()
+	v.waiting = append(v.waiting, ch)
+	if !v.running {
+		v.running = v.r.group.Go(v.loop)
+		if !v.running {
+			v.waiting = v.waiting[:len(v.waiting)-1]
+			v.mu.Unlock()
+			return raft.ErrRaftShutdown
+		}
+	}
+	v.mu.Unlock()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (v *verifier) loop() {
+	for {
+		v.mu.Lock()
+		batch := v.waiting
+		v.waiting = nil
+		if len(batch) == 0 {
+			v.running = false
+			v.mu.Unlock()
+			return
+		}
+		v.mu.Unlock()
+		err := v.r.raft.VerifyLeader().Error()
+		if errors.Is(err, raft.ErrNotLeader) {
+			err = errNotLeader
+		}
+		for _, ch := range batch {
+			ch <- err
+		}
+	}
+}

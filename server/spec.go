@@ -1,0 +1,256 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// Spec describes a cluster: its nodes with their addresses, its shards with
+// their replicas, and the raft timing every group uses. Every node of a
+// cluster must be started with the same Spec; `shoal cluster up` writes one
+// to DIR/cluster.json.
+type Spec struct {
+	Nodes []NodeSpec `json:"nodes"`
+	// Shards lists every shard and the nodes holding its replicas: 2 or 3
+	// of them (1 for a cluster that need not survive anything).
+	Shards []shard.Shard `json:"shards"`
+	// Ranges assigns slots to shards. If empty, the slots are split evenly
+	// in shard order.
+	Ranges []shard.Range `json:"ranges,omitempty"`
+	// MapVersion is the version of the shard map. If zero, it is 1.
+	MapVersion uint64 `json:"map_version,omitempty"`
+	// Raft is the timing of every raft group. Zero fields take defaults.
+	Raft RaftTiming `json:"raft"`
+}
+
+// NodeSpec is one node: its id and where it listens.
+type NodeSpec struct {
+	ID string `json:"id"`
+	// Raft is the TCP address for raft and node-to-node traffic.
+	Raft string `json:"raft"`
+	// Client is the UDP address clients send requests to.
+	Client string `json:"client"`
+}
+
+// RaftTiming holds the raft settings that must be alike on all replicas.
+type RaftTiming struct {
+	// HeartbeatTimeout and ElectionTimeout: a follower that hears nothing
+	// from its leader for this long starts an election. Default 500ms.
+	HeartbeatTimeout Duration `json:"heartbeat_timeout,omitempty"`
+	ElectionTimeout  Duration `json:"election_timeout,omitempty"`
+	// LeaderLeaseTimeout: a leader that cannot reach a quorum for this
+	// long steps down. Default 250ms.
+	LeaderLeaseTimeout Duration `json:"leader_lease_timeout,omitempty"`
+	// CommitTimeout bounds how long a follower waits to learn of a commit
+	// when nothing else is sent. Default 5ms.
+	CommitTimeout Duration `json:"commit_timeout,omitempty"`
+	// SnapshotThreshold is the number of log entries between snapshots.
+	// Default 8192.
+	SnapshotThreshold uint64 `json:"snapshot_threshold,omitempty"`
+}
+
+// The default raft timing suits a LAN or loopback. Across data centres,
+// raise HeartbeatTimeout and ElectionTimeout to several round trips.
+const (
+	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	DefaultElectionTimeout    = 500 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
+	DefaultCommitTimeout      = 5 * time.Millisecond
+	DefaultSnapshotThreshold  = 8192
+)
+
+func (t RaftTiming) withDefaults() RaftTiming {
+	set := func(d *Duration, def time.Duration) {
+		if *d == 0 {
+			*d = Duration(def)
+		}
+	}
+	set(&t.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	set(&t.ElectionTimeout, DefaultElectionTimeout)
+	set(&t.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
+	set(&t.CommitTimeout, DefaultCommitTimeout)
+	if t.SnapshotThreshold == 0 {
+		t.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	return t
+}
+
+// Duration is a time.Duration written in JSON as a string like "500ms".
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a string like "500ms".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string like \"500ms\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ErrInvalidSpec is returned (wrapped) for a spec that cannot describe a
+// cluster.
+var ErrInvalidSpec = errors.New("server: invalid cluster spec")
+
+// Validate checks that node ids and addresses are unique and well formed,
+// that every replica names a known node, that each shard has 1 to 3
+// replicas, and that the shard map is valid.
+func (s *Spec) Validate() error {
+	if len(s.Nodes) == 0 {
+		return fmt.Errorf("%w: no nodes", ErrInvalidSpec)
+	}
+	seen := map[string]bool{}
+	for _, n := range s.Nodes {
+		if n.ID == "" {
+			return fmt.Errorf("%w: a node has no id", ErrInvalidSpec)
+		}
+		for _, a := range []string{n.Raft, n.Client} {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fmt.Errorf("%w: node %s: address %q: %v", ErrInvalidSpec, n.ID, a, err)
+			}
+		}
+		for _, k := range []string{"id " + n.ID, "raft " + n.Raft, "client " + n.Client} {
+			if seen[k] {
+				return fmt.Errorf("%w: %s appears twice", ErrInvalidSpec, k)
+			}
+			seen[k] = true
+		}
+	}
+	for _, sh := range s.Shards {
+		if n := len(sh.Replicas); n < 1 || n > 3 {
+			return fmt.Errorf("%w: shard %d has %d replicas, want 2 or 3 (1 for no fault tolerance)", ErrInvalidSpec, sh.ID, n)
+		}
+		for _, r := range sh.Replicas {
+			if s.Node(r) == nil {
+				return fmt.Errorf("%w: shard %d names unknown node %q", ErrInvalidSpec, sh.ID, r)
+			}
+		}
+	}
+	if _, err := s.Map(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+	}
+	t := s.Raft.withDefaults()
+	if t.LeaderLeaseTimeout > t.HeartbeatTimeout {
+		return fmt.Errorf("%w: leader lease timeout %v exceeds heartbeat timeout %v", ErrInvalidSpec,
+			time.Duration(t.LeaderLeaseTimeout), time.Duration(t.HeartbeatTimeout))
+	}
+	return nil
+}
+
+// Node returns the node with the given id, or nil.
+func (s *Spec) Node(id string) *NodeSpec {
+	for i := range s.Nodes {
+		if s.Nodes[i].ID == id {
+			return &s.Nodes[i]
+		}
+	}
+	return nil
+}
+
+// Map returns the shard map the spec describes.
+func (s *Spec) Map() (*shard.Map, error) {
+	m := &shard.Map{Version: s.MapVersion, Shards: s.Shards, Ranges: s.Ranges}
+	if m.Version == 0 {
+		m.Version = 1
+	}
+	if len(m.Ranges) == 0 && len(m.Shards) > 0 {
+		even, err := shard.NewEvenMap([]string{"-"}, len(m.Shards), 1)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range even.Ranges {
+			m.Ranges = append(m.Ranges, shard.Range{Start: r.Start, End: r.End, Shard: m.Shards[i].ID})
+		}
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// LocalSpec describes a cluster of nodes n1..nN on 127.0.0.1, with free
+// ports picked now, shards shards and replicas replicas of each, spread as
+// shard.NewEvenMap spreads them.
+func LocalSpec(nodes, shards, replicas int) (*Spec, error) {
+	ids := make([]string, nodes)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("n%d", i+1)
+	}
+	m, err := shard.NewEvenMap(ids, shards, replicas)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+	}
+	s := &Spec{Shards: m.Shards}
+	for _, id := range ids {
+		raftAddr, clientAddr, err := freePorts()
+		if err != nil {
+			return nil, err
+		}
+		s.Nodes = append(s.Nodes, NodeSpec{ID: id, Raft: raftAddr, Client: clientAddr})
+	}
+	return s, s.Validate()
+}
+
+// freePorts finds a TCP port and a UDP port on 127.0.0.1 that are free now.
+// Another process may take them before the node binds them; the node then
+// fails to start with a clear error.
+func freePorts() (tcp, udp string, err error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", "", fmt.Errorf("server: finding a free port: %w", err)
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return "", "", fmt.Errorf("server: finding a free port: %w", err)
+	}
+	defer u.Close()
+	return l.Addr().String(), u.LocalAddr().String(), nil
+}
+
+// LoadSpec reads and validates a spec from a JSON file.
+func LoadSpec(path string) (*Spec, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("server: reading cluster spec: %w", err)
+	}
+	var s Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidSpec, path, err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &s, nil
+}
+
+// Save writes the spec as indented JSON, atomically.
+func (s *Spec) Save(path string) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("server: writing cluster spec: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("server: writing cluster spec: %w", err)
+	}
+	return nil
+}
