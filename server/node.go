@@ -242,6 +242,8 @@ func (n *Node) shardIDs() []shard.ID {
 // leads to another replica, so clients see no election timeout, then
 // closes. ctx bounds the handover; Close runs in any case.
 func (n *Node) Shutdown(ctx context.Context) error {
+	giveUp := make(chan struct{})
+	defer context.AfterFunc(ctx, func() { close(giveUp) })()
 	var wg sync.WaitGroup
 	for _, r := range n.replicas {
 		if !r.isLeader() {
@@ -250,15 +252,8 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f := r.raft.LeadershipTransfer()
-			done := make(chan error, 1)
-			go func() { done <- f.Error() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					r.log.Warn("leadership transfer failed", "err", err)
-				}
-			case <-ctx.Done():
+			if err := awaitFuture(r.raft.LeadershipTransfer(), giveUp); err != nil {
+				r.log.Warn("leadership transfer failed", "err", err)
 			}
 		}()
 	}

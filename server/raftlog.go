@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -41,6 +43,11 @@ func slogLevel(l hclog.Level) slog.Level {
 }
 
 func (r *raftLogger) Log(level hclog.Level, msg string, args ...any) {
+	if level > hclog.Debug && closedConnError(args) {
+		// raft reports reads from connections this node closed while
+		// stopping as errors; they are expected, not failures.
+		level = hclog.Debug
+	}
 	if level == hclog.Off || level < r.level {
 		return
 	}
@@ -49,6 +56,15 @@ func (r *raftLogger) Log(level hclog.Level, msg string, args ...any) {
 	attrs = append(attrs, r.args...)
 	attrs = append(attrs, args...)
 	r.log.Log(context.Background(), slogLevel(level), msg, attrs...)
+}
+
+func closedConnError(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, net.ErrClosed) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *raftLogger) Trace(msg string, args ...any) { r.Log(hclog.Trace, msg, args...) }

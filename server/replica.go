@@ -54,6 +54,9 @@ type replica struct {
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leader or readiness changes
 
+	// stop closes when the replica starts closing; every wait on a raft
+	// future ends then (see awaitFuture).
+	stop     chan struct{}
 	verifier verifier
 	observer *raft.Observer
 	obsCh    chan raft.Observation
@@ -151,6 +154,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		trans:   trans,
 		store:   store,
 		changed: make(chan struct{}),
+		stop:    make(chan struct{}),
 		obsCh:   make(chan raft.Observation, 64),
 	}
 	rep.verifier.r = rep
@@ -201,7 +205,7 @@ func (r *replica) ensureReady() {
 	started := r.group.Go(func() {
 		defer r.barrierRunning.Store(false)
 		term := r.raft.CurrentTerm()
-		err := r.raft.Barrier(0).Error()
+		err := awaitFuture(r.raft.Barrier(0), r.stop)
 		// The barrier is ours only if the term did not move meanwhile.
 		if err == nil && r.raft.CurrentTerm() == term && r.raft.State() == raft.Leader {
 			r.readyTerm.Store(term)
@@ -232,7 +236,7 @@ func (r *replica) applyLocal(op shard.Op) (shard.Result, error) {
 		return shard.Result{}, err
 	}
 	f := r.raft.Apply(data, applyEnqueueTimeout)
-	if err := f.Error(); err != nil {
+	if err := awaitFuture(f, r.stop); err != nil {
 		return shard.Result{}, err
 	}
 	switch resp := f.Response().(type) {
@@ -279,6 +283,7 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 // close shuts the raft instance down and releases its transport and store.
 // Peers see it as a crash: no leadership is handed over.
 func (r *replica) close() error {
+	close(r.stop)
 	err := r.raft.Shutdown().Error()
 	r.raft.DeregisterObserver(r.observer)
 	close(r.obsCh)
@@ -332,7 +337,7 @@ func (v *verifier) loop() {
 			return
 		}
 		v.mu.Unlock()
-		err := v.r.raft.VerifyLeader().Error()
+		err := awaitFuture(v.r.raft.VerifyLeader(), v.r.stop)
 		if errors.Is(err, raft.ErrNotLeader) {
 			err = errNotLeader
 		}

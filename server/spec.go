@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -185,7 +186,8 @@ func (s *Spec) Map() (*shard.Map, error) {
 
 // LocalSpec describes a cluster of nodes n1..nN on 127.0.0.1, with free
 // ports picked now, shards shards and replicas replicas of each, spread as
-// shard.NewEvenMap spreads them.
+// shard.NewEvenMap spreads them. Another process may take a port before
+// the node binds it; the node then fails to start with a clear error.
 func LocalSpec(nodes, shards, replicas int) (*Spec, error) {
 	ids := make([]string, nodes)
 	for i := range ids {
@@ -196,31 +198,27 @@ func LocalSpec(nodes, shards, replicas int) (*Spec, error) {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidSpec, err)
 	}
 	s := &Spec{Shards: m.Shards}
-	for _, id := range ids {
-		raftAddr, clientAddr, err := freePorts()
-		if err != nil {
-			return nil, err
+	// Hold every port until all are picked, so none is picked twice.
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
 		}
-		s.Nodes = append(s.Nodes, NodeSpec{ID: id, Raft: raftAddr, Client: clientAddr})
+	}()
+	for _, id := range ids {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("server: finding a free port: %w", err)
+		}
+		held = append(held, l)
+		u, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("server: finding a free port: %w", err)
+		}
+		held = append(held, u)
+		s.Nodes = append(s.Nodes, NodeSpec{ID: id, Raft: l.Addr().String(), Client: u.LocalAddr().String()})
 	}
 	return s, s.Validate()
-}
-
-// freePorts finds a TCP port and a UDP port on 127.0.0.1 that are free now.
-// Another process may take them before the node binds them; the node then
-// fails to start with a clear error.
-func freePorts() (tcp, udp string, err error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", "", fmt.Errorf("server: finding a free port: %w", err)
-	}
-	defer l.Close()
-	u, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return "", "", fmt.Errorf("server: finding a free port: %w", err)
-	}
-	defer u.Close()
-	return l.Addr().String(), u.LocalAddr().String(), nil
 }
 
 // LoadSpec reads and validates a spec from a JSON file.

@@ -1,0 +1,428 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultAttempts              = 3
+	DefaultMinAttemptTimeout     = 20 * time.Millisecond
+	DefaultMaxAttemptTimeout     = 2 * time.Second
+	DefaultInitialAttemptTimeout = 250 * time.Millisecond
+	DefaultNodeTimeout           = time.Second
+	DefaultKeepaliveInterval     = 5 * time.Second
+)
+
+// Config configures a Client.
+type Config struct {
+	// Seeds are client addresses ("host:port") of some of the cluster's
+	// nodes. The client learns every node and the shard map from the
+	// first that answers.
+	Seeds []string
+	// ID identifies the client to the cluster, which remembers the
+	// results of its writes under it to apply each at most once. If
+	// empty, a random one is made; two live clients must never share one.
+	ID string
+	// Attempts is how many times a request is sent, with the same client
+	// id and sequence number, before it fails with ErrUnavailable. If
+	// zero, DefaultAttempts.
+	Attempts int
+	// Picker chooses among a shard's live replicas. If nil, the original
+	// reverse softmax over the nodes' reported activity.
+	Picker Picker
+	// Transport carries the client's datagrams. If nil, the client opens
+	// a UDP socket on a free port. The client owns and closes either.
+	Transport wire.Transport
+	// MinAttemptTimeout and MaxAttemptTimeout bound the wait for a reply
+	// to one attempt, otherwise derived from measured round trips
+	// (srtt + 4·rttvar). InitialAttemptTimeout is used before the first
+	// measurement. Zero values take the defaults.
+	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
+	// NodeTimeout is how long a node may go unheard (no heartbeat, no
+	// reply) before the client stops picking it. If zero,
+	// DefaultNodeTimeout.
+	NodeTimeout time.Duration
+	// KeepaliveInterval: a node sent nothing for this long gets a ping,
+	// so that it keeps heartbeating to the client (and a node that came
+	// back is noticed). If zero, DefaultKeepaliveInterval.
+	KeepaliveInterval time.Duration
+	// Logger receives the client's logs. If nil, slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Attempts <= 0 {
+		c.Attempts = DefaultAttempts
+	}
+	if c.Picker == nil {
+		c.Picker = NewReverseSoftmax(nil)
+	}
+	if c.MinAttemptTimeout <= 0 {
+		c.MinAttemptTimeout = DefaultMinAttemptTimeout
+	}
+	if c.MaxAttemptTimeout <= 0 {
+		c.MaxAttemptTimeout = DefaultMaxAttemptTimeout
+	}
+	if c.InitialAttemptTimeout <= 0 {
+		c.InitialAttemptTimeout = DefaultInitialAttemptTimeout
+	}
+	if c.NodeTimeout <= 0 {
+		c.NodeTimeout = DefaultNodeTimeout
+	}
+	if c.KeepaliveInterval <= 0 {
+		c.KeepaliveInterval = DefaultKeepaliveInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Client talks to a shoal cluster. It routes each request to a replica of
+// its key's shard chosen by the Picker, retries lost requests, and keeps its
+// view of the cluster fresh from the nodes' heartbeats. A Client is safe
+// for concurrent use; each concurrent call is one request in flight.
+type Client struct {
+	cfg    Config
+	id     string
+	t      wire.Transport
+	picker Picker
+	log    *slog.Logger
+	view   atomic.Pointer[view]
+	seq    *sequencer
+	rtt    [2]rttEstimator // by mutating: reads and writes take different times
+	txid   atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[uint64]*call
+
+	requests, attempts, timeouts, failures atomic.Uint64
+
+	refresh   chan struct{} // asks maintain to fetch the topology again
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// call collects the replies to the attempts of one request.
+type call struct {
+	replies chan reply
+}
+
+type reply struct {
+	msg wire.Message
+	at  time.Time
+}
+
+// Stats counts a client's requests.
+type Stats struct {
+	// Requests is every call made; Attempts every datagram sent for them,
+	// so Attempts - Requests were retries.
+	Requests, Attempts uint64
+	// Timeouts counts attempts that got no reply in time; Failures counts
+	// calls that ended in ErrUnavailable.
+	Timeouts, Failures uint64
+	// RTT is the smoothed round trip time of reads.
+	RTT time.Duration
+}
+
+// New connects to the cluster through cfg.Seeds: it learns the nodes and
+// the shard map and subscribes to the nodes' heartbeats. It fails with
+// ErrUnavailable if no seed answers before ctx ends.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	cfg.setDefaults()
+	if len(cfg.Seeds) == 0 {
+		return nil, errors.New("client: no seeds")
+	}
+	seeds := make([]netip.AddrPort, 0, len(cfg.Seeds))
+	for _, s := range cfg.Seeds {
+		a, err := wire.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("client: seed: %w", err)
+		}
+		seeds = append(seeds, a)
+	}
+	if cfg.ID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("client: making an id: %w", err)
+		}
+		cfg.ID = hex.EncodeToString(b[:])
+	}
+	c := &Client{
+		cfg:     cfg,
+		id:      cfg.ID,
+		t:       cfg.Transport,
+		picker:  cfg.Picker,
+		log:     cfg.Logger.With("client", cfg.ID),
+		seq:     newSequencer(),
+		pending: make(map[uint64]*call),
+		refresh: make(chan struct{}, 1),
+		done:    make(chan struct{}),
+	}
+	for i := range c.rtt {
+		c.rtt[i] = rttEstimator{min: cfg.MinAttemptTimeout, max: cfg.MaxAttemptTimeout, initial: cfg.InitialAttemptTimeout}
+	}
+	if c.t == nil {
+		u, err := wire.ListenUDP(":0")
+		if err != nil {
+			return nil, err
+		}
+		c.t = u
+	}
+	c.wg.Add(1)
+	go c.receive()
+	topo, err := c.fetchTopology(ctx, seeds)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := c.setTopology(topo); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.pingAll(time.Now(), 0)
+	c.wg.Add(1)
+	go c.maintain()
+	return c, nil
+}
+
+// ID returns the client's id.
+func (c *Client) ID() string { return c.id }
+
+// Close stops the client. Calls in flight fail with ErrClosed.
+func (c *Client) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.done)
+		err = c.t.Close()
+		c.wg.Wait()
+	})
+	return err
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	return Stats{
+		Requests: c.requests.Load(),
+		Attempts: c.attempts.Load(),
+		Timeouts: c.timeouts.Load(),
+		Failures: c.failures.Load(),
+		RTT:      c.rtt[0].smoothed(),
+	}
+}
+
+// receive dispatches incoming datagrams until the transport closes.
+func (c *Client) receive() {
+	defer c.wg.Done()
+	buf := make([]byte, wire.MaxDatagramSize+1)
+	for {
+		n, _, err := c.t.Receive(buf)
+		if err != nil {
+			return
+		}
+		m, err := wire.Decode(buf[:n])
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		v := c.view.Load()
+		if v != nil {
+			if nd := v.nodes[m.Node]; nd != nil {
+				nd.heard.Store(now.UnixNano())
+				nd.activity.Store(m.Activity)
+			}
+		}
+		switch m.Type {
+		case wire.TypeHeartbeat:
+			if v != nil {
+				if nd := v.nodes[m.Node]; nd != nil {
+					leads := m.Heartbeat.Leads
+					nd.leads.Store(&leads)
+				}
+				if m.Heartbeat.MapVersion > v.smap.Version {
+					c.requestRefresh()
+				}
+			}
+		case wire.TypeResponse, wire.TypeError:
+			c.mu.Lock()
+			cl := c.pending[m.TxID]
+			c.mu.Unlock()
+			if cl != nil {
+				select {
+				case cl.replies <- reply{msg: m, at: now}:
+				default: // the call has its answer already
+				}
+			}
+		}
+	}
+}
+
+// target is where one attempt goes.
+type target struct {
+	addr netip.AddrPort
+	node *node // nil for an address not (yet) known as a node
+}
+
+// router chooses the target of each attempt; tried holds the targets of
+// earlier attempts of the same request.
+type router func(tried []netip.AddrPort) (target, error)
+
+// do runs one request to completion: up to cfg.Attempts attempts, each to
+// the target route gives, all with the same client id and sequence number,
+// so that the cluster applies a write at most once however many arrive.
+func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router) (wire.Message, error) {
+	select {
+	case <-c.done:
+		return wire.Message{}, ErrClosed
+	default:
+	}
+	c.requests.Add(1)
+	mutating := op.Mutating()
+	seq := c.seq.begin(mutating)
+	defer c.seq.end(seq)
+	est := &c.rtt[0]
+	if mutating {
+		est = &c.rtt[1]
+	}
+	cl := &call{replies: make(chan reply, 1)}
+	var txids []uint64
+	defer func() {
+		c.mu.Lock()
+		for _, tx := range txids {
+			delete(c.pending, tx)
+		}
+		c.mu.Unlock()
+	}()
+
+	var tried []netip.AddrPort
+	var lastErr error
+	for attempt := 0; attempt < c.cfg.Attempts; attempt++ {
+		tg, err := route(tried)
+		if err != nil {
+			return wire.Message{}, err
+		}
+		tried = append(tried, tg.addr)
+		timeout := est.timeout()
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = min(timeout, time.Until(dl))
+		}
+		if timeout <= 0 {
+			return wire.Message{}, fmt.Errorf("shoal: %s: %w", op, context.DeadlineExceeded)
+		}
+		tx := c.txid.Add(1)
+		c.mu.Lock()
+		c.pending[tx] = cl
+		c.mu.Unlock()
+		txids = append(txids, tx)
+		m := wire.Message{
+			Type: wire.TypeQuery, TxID: tx, Op: op,
+			Client: c.id, Seq: seq, Ack: c.seq.floor(), Timeout: timeout, Args: args,
+		}
+		b, err := wire.Encode(&m)
+		if err != nil {
+			return wire.Message{}, err
+		}
+		start := time.Now()
+		c.attempts.Add(1)
+		if tg.node != nil {
+			tg.node.attempts.Add(1)
+			tg.node.sent.Store(start.UnixNano())
+		}
+		if err := c.t.Send(b, tg.addr); err != nil {
+			lastErr = err
+			continue
+		}
+		r, err := c.await(ctx, cl, tx, start, timeout, est)
+		switch {
+		case err != nil:
+			return wire.Message{}, err
+		case r == nil:
+			c.timeouts.Add(1)
+			lastErr = fmt.Errorf("no reply from %s within %v", tg, timeout)
+			continue
+		case r.Type == wire.TypeResponse:
+			return *r, nil
+		}
+		e := replyError(r)
+		if !e.retryable() {
+			return *r, e
+		}
+		lastErr = e
+		if e.Code == wire.CodeWrongShard {
+			c.requestRefresh()
+		}
+		if err := c.backoff(ctx, attempt); err != nil {
+			return wire.Message{}, err
+		}
+	}
+	c.failures.Add(1)
+	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, c.cfg.Attempts, lastErr)
+}
+
+// await waits for a reply to the request. A success from any attempt
+// counts; an error reply counts only from the latest attempt, tx. It
+// returns nil, nil on timeout.
+func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time, timeout time.Duration, est *rttEstimator) (*wire.Message, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case r := <-cl.replies:
+			if r.msg.TxID == tx {
+				est.sample(r.at.Sub(start))
+			} else if r.msg.Type != wire.TypeResponse {
+				continue
+			}
+			return &r.msg, nil
+		case <-timer.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, fmt.Errorf("shoal: %w", ctx.Err())
+		case <-c.done:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// backoff waits a little before retrying after an error reply (a node
+// without a leader answers fast, and retrying at once would only spin).
+func (c *Client) backoff(ctx context.Context, attempt int) error {
+	d := min(5*time.Millisecond<<attempt, 100*time.Millisecond)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("shoal: %w", ctx.Err())
+	case <-c.done:
+		return ErrClosed
+	}
+}
+
+func replyError(m *wire.Message) *Error {
+	e := &Error{Node: m.Node, Code: wire.CodeGeneric, Message: "error reply without an error", Version: m.Result.Version}
+	if m.Err != nil {
+		e.Code, e.Message = m.Err.Code, m.Err.Message
+	}
+	return e
+}
+
+func (t target) String() string {
+	if t.node != nil {
+		return t.node.id
+	}
+	return t.addr.String()
+}

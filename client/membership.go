@@ -1,0 +1,281 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// view is the client's picture of the cluster: the shard map and the nodes.
+// It is replaced whole when the topology changes; the per-node state in it
+// changes in place.
+type view struct {
+	smap  *shard.Map
+	nodes map[string]*node
+	order []*node // by id
+}
+
+// node is what the client knows of one node.
+type node struct {
+	id   string
+	addr netip.AddrPort
+	// activity is the node's load as it last reported it.
+	activity atomic.Int64
+	// heard and sent are Unix nanoseconds of the last datagram from and
+	// to the node.
+	heard, sent atomic.Int64
+	// attempts counts the attempts sent to the node.
+	attempts atomic.Uint64
+	// leads lists the shards the node last said it leads.
+	leads atomic.Pointer[[]shard.ID]
+}
+
+func (n *node) alive(now time.Time, timeout time.Duration) bool {
+	return now.UnixNano()-n.heard.Load() < int64(timeout)
+}
+
+// NodeInfo describes a node as the client sees it.
+type NodeInfo struct {
+	ID   string
+	Addr netip.AddrPort
+	// Alive: heard from within the node timeout.
+	Alive bool
+	// Activity is the node's last reported load.
+	Activity int64
+	// Attempts counts the attempts the client sent it.
+	Attempts uint64
+	// Weight is the probability the picker would give the node among
+	// all live nodes now; NaN if the picker does not choose by weight.
+	Weight float64
+	// Leads lists the shards the node last reported leading.
+	Leads []shard.ID
+}
+
+// Nodes returns the client's view of every node, sorted by id.
+func (c *Client) Nodes() []NodeInfo {
+	v := c.view.Load()
+	now := time.Now()
+	out := make([]NodeInfo, len(v.order))
+	var live []int
+	var act []float64
+	for i, n := range v.order {
+		out[i] = NodeInfo{
+			ID: n.id, Addr: n.addr, Alive: n.alive(now, c.cfg.NodeTimeout),
+			Activity: n.activity.Load(), Attempts: n.attempts.Load(), Weight: math.NaN(),
+		}
+		if l := n.leads.Load(); l != nil {
+			out[i].Leads = append([]shard.ID(nil), *l...)
+		}
+		if out[i].Alive {
+			live = append(live, i)
+			act = append(act, float64(out[i].Activity))
+		}
+	}
+	if w, ok := c.picker.(Weigher); ok && len(live) > 0 {
+		for j, p := range w.Weights(act) {
+			out[live[j]].Weight = p
+		}
+	}
+	return out
+}
+
+// Map returns the shard map the client routes by.
+func (c *Client) Map() *shard.Map { return c.view.Load().smap }
+
+// setTopology installs a topology, keeping the state of nodes already known
+// at the same address.
+func (c *Client) setTopology(t *wire.Topology) error {
+	if t == nil || t.Map == nil || len(t.Nodes) == 0 {
+		return fmt.Errorf("%w: the node sent an empty topology", ErrUnavailable)
+	}
+	old := c.view.Load()
+	if old != nil && t.Map.Version < old.smap.Version {
+		return nil
+	}
+	v := &view{smap: t.Map, nodes: make(map[string]*node, len(t.Nodes))}
+	now := time.Now().UnixNano()
+	for _, na := range t.Nodes {
+		addr, err := wire.ParseAddr(na.Addr)
+		if err != nil {
+			return fmt.Errorf("client: node %s: %w", na.ID, err)
+		}
+		n := &node{id: na.ID, addr: addr}
+		if old != nil {
+			if o := old.nodes[na.ID]; o != nil && o.addr == addr {
+				n = o
+			}
+		}
+		if n.heard.Load() == 0 {
+			// Assume a new node alive until it has had time to heartbeat.
+			n.heard.Store(now)
+		}
+		v.nodes[na.ID] = n
+		v.order = append(v.order, n)
+	}
+	sort.Slice(v.order, func(i, j int) bool { return v.order[i].id < v.order[j].id })
+	c.view.Store(v)
+	return nil
+}
+
+// fetchTopology asks the seeds, in random order, until one answers.
+func (c *Client) fetchTopology(ctx context.Context, seeds []netip.AddrPort) (*wire.Topology, error) {
+	var lastErr error
+	for _, i := range rand.Perm(len(seeds)) {
+		r, err := c.do(ctx, wire.OpTopology, wire.Args{}, fixed(seeds[i], nil))
+		if err == nil {
+			if r.Result.Topology == nil {
+				lastErr = fmt.Errorf("%w: seed %s sent no topology", ErrUnavailable, seeds[i])
+				continue
+			}
+			return r.Result.Topology, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("client: no seed answered: %w", lastErr)
+}
+
+// fixed routes every attempt to one address.
+func fixed(addr netip.AddrPort, n *node) router {
+	return func([]netip.AddrPort) (target, error) { return target{addr: addr, node: n}, nil }
+}
+
+// routeKey routes attempts to the replicas of key's shard: among the live
+// ones not tried yet by this request (or, failing that, the live ones, or
+// failing that, all), the picker chooses by reported activity.
+func (c *Client) routeKey(key string) router {
+	return func(tried []netip.AddrPort) (target, error) {
+		v := c.view.Load()
+		s := v.smap.Shard(v.smap.ShardOf(key))
+		if s == nil {
+			return target{}, fmt.Errorf("%w: the shard map has no shard for %q", ErrUnavailable, key)
+		}
+		now := time.Now()
+		var all, live, fresh []*node
+		for _, id := range s.Replicas {
+			n := v.nodes[id]
+			if n == nil {
+				continue
+			}
+			all = append(all, n)
+			if !n.alive(now, c.cfg.NodeTimeout) {
+				continue
+			}
+			live = append(live, n)
+			if !contains(tried, n.addr) {
+				fresh = append(fresh, n)
+			}
+		}
+		cands := fresh
+		if len(cands) == 0 {
+			cands = live
+		}
+		if len(cands) == 0 {
+			cands = all
+		}
+		if len(cands) == 0 {
+			return target{}, fmt.Errorf("%w: shard %d has no known replicas", ErrUnavailable, s.ID)
+		}
+		act := make([]float64, len(cands))
+		for i, n := range cands {
+			act[i] = float64(n.activity.Load())
+		}
+		n := cands[c.picker.Pick(act)]
+		return target{addr: n.addr, node: n}, nil
+	}
+}
+
+func contains(l []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range l {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// routeNode routes every attempt to the node with the given id.
+func (c *Client) routeNode(id string) (router, error) {
+	n := c.view.Load().nodes[id]
+	if n == nil {
+		return nil, fmt.Errorf("client: unknown node %q", id)
+	}
+	return fixed(n.addr, n), nil
+}
+
+// requestRefresh asks the maintenance loop to fetch the topology again.
+func (c *Client) requestRefresh() {
+	select {
+	case c.refresh <- struct{}{}:
+	default:
+	}
+}
+
+// pingAll pings every node sent nothing within idle. Pings are not
+// awaited: the reply, like any datagram from a node, refreshes what the
+// client knows of it, and the ping keeps the node heartbeating.
+func (c *Client) pingAll(now time.Time, idle time.Duration) {
+	m := wire.Message{Type: wire.TypeQuery, Op: wire.OpPing, Client: c.id}
+	for _, n := range c.view.Load().order {
+		if now.UnixNano()-n.sent.Load() < int64(idle) {
+			continue
+		}
+		m.TxID = c.txid.Add(1)
+		b, err := wire.Encode(&m)
+		if err != nil {
+			continue
+		}
+		n.sent.Store(now.UnixNano())
+		_ = c.t.Send(b, n.addr) // a lost ping is retried next round
+	}
+}
+
+// maintain keeps the view fresh: pings idle nodes, and fetches the
+// topology when a heartbeat or an error reply says the map moved on.
+func (c *Client) maintain() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.KeepaliveInterval / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			c.pingAll(now, c.cfg.KeepaliveInterval)
+		case <-c.refresh:
+			c.refreshTopology()
+		}
+	}
+}
+
+func (c *Client) refreshTopology() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.MaxAttemptTimeout*time.Duration(c.cfg.Attempts))
+	defer cancel()
+	now := time.Now()
+	var seeds []netip.AddrPort
+	for _, n := range c.view.Load().order {
+		if n.alive(now, c.cfg.NodeTimeout) {
+			seeds = append(seeds, n.addr)
+		}
+	}
+	if len(seeds) == 0 {
+		return
+	}
+	topo, err := c.fetchTopology(ctx, seeds)
+	if err == nil {
+		err = c.setTopology(topo)
+	}
+	if err != nil {
+		c.log.Warn("refreshing the topology failed", "err", err)
+	}
+}

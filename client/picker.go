@@ -1,0 +1,186 @@
+package client
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+)
+
+// Picker chooses the node for a request among the eligible ones: the live
+// replicas of the key's shard. activity holds each candidate's recent load
+// as the nodes last reported it; Pick returns an index into it. It is
+// called with at least one candidate and must be safe for concurrent use.
+type Picker interface {
+	Pick(activity []float64) int
+}
+
+// Weigher is implemented by pickers that choose at random by weight:
+// Weights returns the probability of each candidate, summing to 1.
+type Weigher interface {
+	Weights(activity []float64) []float64
+}
+
+// lockedRand is a generator shared by concurrent callers.
+type lockedRand struct {
+	mu  sync.Mutex
+	rng *rand.Rand
+}
+
+// newLockedRand uses rng, or a randomly seeded generator if rng is nil.
+func newLockedRand(rng *rand.Rand) *lockedRand {
+	if rng == nil {
+		rng = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	return &lockedRand{rng: rng}
+}
+
+func (r *lockedRand) float64() float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rng.Float64()
+}
+
+func (r *lockedRand) intN(n int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rng.IntN(n)
+}
+
+// weighted picks an index with probability proportional to w.
+func weighted(r *lockedRand, w []float64) int {
+	var sum float64
+	for _, x := range w {
+		sum += x
+	}
+	u := r.float64() * sum
+	for i, x := range w {
+		if u < x {
+			return i
+		}
+		u -= x
+	}
+	// Rounding left u at or just above the last positive weight.
+	for i := len(w) - 1; i >= 0; i-- {
+		if w[i] > 0 {
+			return i
+		}
+	}
+	return len(w) - 1
+}
+
+// softmax returns exp(x_i)/sum exp(x_j), computed stably.
+func softmax(x []float64) []float64 {
+	maxX := math.Inf(-1)
+	for _, v := range x {
+		maxX = math.Max(maxX, v)
+	}
+	out := make([]float64, len(x))
+	var sum float64
+	for i, v := range x {
+		out[i] = math.Exp(v - maxX)
+		sum += out[i]
+	}
+	for i := range out {
+		out[i] /= sum
+	}
+	return out
+}
+
+// ReverseSoftmax is the original balancer's rule: candidate i is chosen
+// with probability (1 - softmax(activity)_i) / (n - 1). It has no
+// temperature, so with activities that differ by more than a few requests
+// the busiest node gets nearly nothing and the others share evenly; no node
+// ever gets more than 1/(n-1). With one candidate it picks it.
+type ReverseSoftmax struct{ rng *lockedRand }
+
+// NewReverseSoftmax returns the picker; rng may be nil for a randomly
+// seeded one.
+func NewReverseSoftmax(rng *rand.Rand) *ReverseSoftmax {
+	return &ReverseSoftmax{rng: newLockedRand(rng)}
+}
+
+// Weights returns (1 - softmax(activity)_i) / (n - 1), or [1] for n = 1.
+func (p *ReverseSoftmax) Weights(activity []float64) []float64 {
+	n := len(activity)
+	if n == 1 {
+		return []float64{1}
+	}
+	w := softmax(activity)
+	for i := range w {
+		w[i] = (1 - w[i]) / float64(n-1)
+	}
+	return w
+}
+
+// Pick draws a candidate by Weights.
+func (p *ReverseSoftmax) Pick(activity []float64) int {
+	if len(activity) == 1 {
+		return 0
+	}
+	return weighted(p.rng, p.Weights(activity))
+}
+
+// Softmin chooses candidate i with probability exp(-a_i/T) / sum_j
+// exp(-a_j/T). A small temperature T approaches least-loaded; a large one
+// approaches uniform.
+type Softmin struct {
+	temperature float64
+	rng         *lockedRand
+}
+
+// NewSoftmin returns the picker at temperature t, which must be positive
+// and finite; rng may be nil for a randomly seeded one.
+func NewSoftmin(t float64, rng *rand.Rand) (*Softmin, error) {
+	if !(t > 0) || math.IsInf(t, 1) {
+		return nil, fmt.Errorf("client: softmin temperature %v is not positive and finite", t)
+	}
+	return &Softmin{temperature: t, rng: newLockedRand(rng)}, nil
+}
+
+// Weights returns softmax(-activity/T).
+func (p *Softmin) Weights(activity []float64) []float64 {
+	x := make([]float64, len(activity))
+	for i, a := range activity {
+		x[i] = -a / p.temperature
+	}
+	return softmax(x)
+}
+
+// Pick draws a candidate by Weights.
+func (p *Softmin) Pick(activity []float64) int {
+	if len(activity) == 1 {
+		return 0
+	}
+	return weighted(p.rng, p.Weights(activity))
+}
+
+// Uniform chooses uniformly at random, ignoring activity.
+type Uniform struct{ rng *lockedRand }
+
+// NewUniform returns the picker; rng may be nil for a randomly seeded one.
+func NewUniform(rng *rand.Rand) *Uniform { return &Uniform{rng: newLockedRand(rng)} }
+
+// Weights returns 1/n for each candidate.
+func (p *Uniform) Weights(activity []float64) []float64 {
+	w := make([]float64, len(activity))
+	for i := range w {
+		w[i] = 1 / float64(len(w))
+	}
+	return w
+}
+
+// Pick draws a candidate uniformly.
+func (p *Uniform) Pick(activity []float64) int { return p.rng.intN(len(activity)) }
+
+// RoundRobin cycles through the candidates, ignoring activity.
+type RoundRobin struct{ next atomic.Uint64 }
+
+// NewRoundRobin returns the picker.
+func NewRoundRobin() *RoundRobin { return &RoundRobin{} }
+
+// Pick returns the next candidate in turn.
+func (p *RoundRobin) Pick(activity []float64) int {
+	return int((p.next.Add(1) - 1) % uint64(len(activity)))
+}

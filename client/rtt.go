@@ -1,0 +1,53 @@
+package client
+
+import (
+	"sync"
+	"time"
+)
+
+// rttEstimator derives an attempt timeout from measured round trips, as TCP
+// derives its retransmission timeout (RFC 6298): srtt + 4·rttvar, kept
+// within [min, max]. Only replies to the latest attempt of a request are
+// measured (Karn's rule), so a late reply to an earlier one does not pass
+// for a fast round trip.
+type rttEstimator struct {
+	min, max, initial time.Duration
+
+	mu      sync.Mutex
+	srtt    time.Duration
+	rttvar  time.Duration
+	samples int
+}
+
+func (e *rttEstimator) sample(rtt time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.samples == 0 {
+		e.srtt, e.rttvar = rtt, rtt/2
+	} else {
+		d := e.srtt - rtt
+		if d < 0 {
+			d = -d
+		}
+		e.rttvar = (3*e.rttvar + d) / 4
+		e.srtt = (7*e.srtt + rtt) / 8
+	}
+	e.samples++
+}
+
+// timeout returns how long to wait for the next attempt.
+func (e *rttEstimator) timeout() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.samples == 0 {
+		return e.initial
+	}
+	return min(max(e.srtt+4*e.rttvar, e.min), e.max)
+}
+
+// smoothed returns the smoothed round trip time, 0 before any sample.
+func (e *rttEstimator) smoothed() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.srtt
+}

@@ -1,0 +1,36 @@
+package server
+
+import (
+	"reflect"
+
+	"github.com/hashicorp/raft"
+)
+
+// awaitFuture waits for f like f.Error(), but gives up with
+// raft.ErrRaftShutdown once stop closes.
+//
+// hashicorp/raft can leave a future unanswered forever when it shuts down
+// while the future's entry waits in one of its queues (hashicorp/raft#498,
+// open): a plain f.Error() then never returns. Its futures embed a
+// deferError whose Error() also returns when the exported field ShutdownCh
+// closes, a field raft itself sets only on a few internal futures. We set
+// it to stop; TestFutureShutdownHook checks that the hook still takes.
+func awaitFuture(f raft.Future, stop chan struct{}) error {
+	hookShutdown(f, stop)
+	return f.Error()
+}
+
+// hookShutdown sets f's ShutdownCh to stop if f has one that is unset, and
+// reports whether it did.
+func hookShutdown(f raft.Future, stop chan struct{}) bool {
+	v := reflect.ValueOf(f)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return false
+	}
+	fld := v.Elem().FieldByName("ShutdownCh")
+	if !fld.IsValid() || !fld.CanSet() || fld.Type() != reflect.TypeOf(stop) || !fld.IsNil() {
+		return false
+	}
+	fld.Set(reflect.ValueOf(stop))
+	return true
+}

@@ -1,0 +1,358 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+func (c *testCluster) client(cfg client.Config) *client.Client {
+	c.t.Helper()
+	if cfg.Seeds == nil {
+		cfg.Seeds = c.seeds()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// lossyClient is a client whose datagrams are dropped with probability drop
+// in each direction.
+func (c *testCluster) lossyClient(drop float64, seed int64) *client.Client {
+	c.t.Helper()
+	u, err := wire.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	f, err := wire.WithFaults(u, wire.Faults{Drop: drop}, seed)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return c.client(client.Config{Transport: f})
+}
+
+// keysOf returns n keys that live on shard id.
+func keysOf(m *shard.Map, id shard.ID, prefix string, n int) []string {
+	var keys []string
+	for i := 0; len(keys) < n; i++ {
+		k := fmt.Sprintf("%s-%d", prefix, i)
+		if m.ShardOf(k) == id {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// waitConverged waits until every running replica of every shard has
+// applied as far as the shard's leader.
+func (c *testCluster) waitConverged() {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, s := range c.spec.Shards {
+		for {
+			l := c.leader(s.ID)
+			ok := l != nil
+			if ok {
+				want := l.replicas[s.ID].fsm.Applied()
+				for _, n := range c.nodes {
+					if r := n.replicas[s.ID]; r != nil && r.fsm.Applied() < want {
+						ok = false
+					}
+				}
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Fatalf("shard %d did not converge", s.ID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func TestWriteVisibleToAnotherClient(t *testing.T) {
+	c := newTestCluster(t, 3, 4, 3)
+	ctx := context.Background()
+	a, b := c.client(client.Config{}), c.client(client.Config{})
+	v, err := a.Set(ctx, "greeting", []byte("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := b.Get(ctx, "greeting")
+	if err != nil || string(it.Value) != "hello" || it.Version != v {
+		t.Fatalf("b.Get = %+v, %v; want hello at version %d", it, err, v)
+	}
+	if _, err := b.Get(ctx, "missing"); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("missing key: %v, want ErrNotFound", err)
+	}
+	if _, err := b.CompareAndSet(ctx, "greeting", v+100, []byte("x")); !errors.Is(err, client.ErrVersionConflict) {
+		t.Errorf("CAS with a wrong version: %v", err)
+	} else if e := new(client.Error); !errors.As(err, &e) || e.Version != v {
+		t.Errorf("conflict reports version %d, want %d", e.Version, v)
+	}
+	v2, err := b.CompareAndSet(ctx, "greeting", v, []byte("hi"))
+	if err != nil || v2 <= v {
+		t.Fatalf("CAS = %d, %v", v2, err)
+	}
+	if _, err := a.CompareAndSet(ctx, "fresh", 0, []byte("1")); err != nil {
+		t.Errorf("create-only CAS on a new key: %v", err)
+	}
+	if _, err := a.CompareAndSet(ctx, "fresh", 0, []byte("2")); !errors.Is(err, client.ErrVersionConflict) {
+		t.Errorf("create-only CAS on an existing key: %v", err)
+	}
+	if err := a.Delete(ctx, "greeting"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "greeting"); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("second delete: %v", err)
+	}
+	it, err = b.Get(ctx, "greeting", client.Stale())
+	if !errors.Is(err, client.ErrNotFound) {
+		// A stale read may lag, but never past a write the replica has
+		// applied; give it the benefit only of being behind.
+		t.Logf("stale read after delete: %+v, %v", it, err)
+	}
+	if _, err := a.Set(ctx, "big", make([]byte, wire.MaxValueSize+1)); !errors.Is(err, client.ErrValueTooLarge) {
+		t.Errorf("oversized value: %v", err)
+	}
+	if _, err := a.Set(ctx, "big", make([]byte, wire.MaxValueSize)); err != nil {
+		t.Errorf("value of the maximum size: %v", err)
+	}
+	if _, err := a.Get(ctx, ""); !errors.Is(err, client.ErrInvalidKey) {
+		t.Errorf("empty key: %v", err)
+	}
+}
+
+// 1,000 writes through a link that drops 20% of datagrams each way: each
+// succeeds within 3 attempts or fails with ErrUnavailable, and the state
+// machines execute each at most once although retries reach them twice.
+func TestLossyWritesApplyAtMostOnce(t *testing.T) {
+	const writes, workers = 1000, 16
+	c := newTestCluster(t, 3, 4, 3)
+	cl := c.lossyClient(0.2, 1)
+	ctx := context.Background()
+	acked := make([]bool, writes)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < writes; i += workers {
+				_, err := cl.Set(ctx, fmt.Sprintf("lossy-%d", i), []byte(fmt.Sprint(i)))
+				switch {
+				case err == nil:
+					acked[i] = true
+				case errors.Is(err, client.ErrUnavailable):
+					failed.Add(1)
+				default:
+					t.Errorf("write %d: %v is not a clear error", i, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := cl.Stats()
+	t.Logf("%d writes, %d failed after 3 attempts, %d attempts, %d timeouts", writes, failed.Load(), st.Attempts, st.Timeouts)
+	if st.Attempts > 3*st.Requests {
+		t.Errorf("%d attempts for %d requests: more than 3 each", st.Attempts, st.Requests)
+	}
+	// Success per attempt is 0.8² = 0.64, so 1-(0.36)³ ≈ 95% succeed.
+	if f := failed.Load(); f > writes/10 {
+		t.Errorf("%d of %d writes failed; expected about 5%%", f, writes)
+	}
+
+	c.waitConverged()
+	var duplicates uint64
+	for _, s := range c.spec.Shards {
+		for id, n := range c.nodes {
+			r := n.replicas[s.ID]
+			if r == nil {
+				continue
+			}
+			st := r.fsm.Stats()
+			// Every key is distinct and written once, so a replica
+			// that executed more ops than it has keys applied a write
+			// twice.
+			if st.Executed != uint64(st.Keys) {
+				t.Errorf("shard %d on %s: %d writes executed for %d keys", s.ID, id, st.Executed, st.Keys)
+			}
+			duplicates += st.Duplicates
+		}
+	}
+	t.Logf("%d retried writes reached a state machine again and were answered from the session (summed over replicas)", duplicates)
+	if duplicates == 0 {
+		t.Error("no retry ever reached a state machine twice: the test did not exercise deduplication")
+	}
+	reader := c.client(client.Config{})
+	for i, ok := range acked {
+		if !ok {
+			continue
+		}
+		it, err := reader.Get(ctx, fmt.Sprintf("lossy-%d", i))
+		if err != nil || string(it.Value) != fmt.Sprint(i) {
+			t.Errorf("acknowledged write %d reads back %q, %v", i, it.Value, err)
+		}
+	}
+}
+
+// Kill the leader of a shard during writes: every acknowledged write stays
+// readable, writes to that shard succeed again within 3 s, and the killed
+// node, restarted on its data, catches up and serves.
+func TestLeaderKillDuringWrites(t *testing.T) {
+	c := newTestCluster(t, 3, 4, 3)
+	smap, err := c.spec.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const victimShard = shard.ID(0)
+	victim := c.leader(victimShard).ID()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Writers over every shard, recording what was acknowledged.
+	var mu sync.Mutex
+	acked := map[string]string{}
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		cl := c.client(client.Config{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				k, v := fmt.Sprintf("w%d-%d", w, i), fmt.Sprint(i)
+				if _, err := cl.Set(ctx, k, []byte(v)); err == nil {
+					mu.Lock()
+					acked[k] = v
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	// A prober writes to the victim shard only, to time its recovery.
+	probeKeys := keysOf(smap, victimShard, "probe", 10000)
+	prober := c.client(client.Config{})
+	c.stop(victim)
+	killed := time.Now()
+	var recovered time.Duration
+	for i := 0; ; i++ {
+		if time.Since(killed) > 10*time.Second {
+			t.Fatal("no write to the shard succeeded within 10s of killing its leader")
+		}
+		k := probeKeys[i%len(probeKeys)]
+		if _, err := prober.Set(ctx, k, []byte("p")); err == nil {
+			recovered = time.Since(killed)
+			break
+		}
+	}
+	t.Logf("writes to shard %d succeeded again %v after its leader %s was killed", victimShard, recovered, victim)
+	if recovered > 3*time.Second {
+		t.Errorf("recovery took %v, over 3s", recovered)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	wg.Wait()
+
+	reader := c.client(client.Config{})
+	rctx := context.Background()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acked) < 100 {
+		t.Fatalf("only %d writes acknowledged", len(acked))
+	}
+	for k, v := range acked {
+		it, err := reader.Get(rctx, k)
+		if err != nil || string(it.Value) != v {
+			t.Errorf("acknowledged %s=%s reads back %q, %v", k, v, it.Value, err)
+		}
+	}
+	t.Logf("%d acknowledged writes all readable", len(acked))
+
+	// The victim comes back on its data, catches up, and serves reads of
+	// writes it missed, linearizable and stale, itself.
+	n := c.start(victim)
+	c.waitConverged()
+	for k, v := range acked {
+		if smap.ShardOf(k) != victimShard {
+			continue
+		}
+		for _, stale := range []bool{false, true} {
+			r := rawRequest(t, c.spec.Node(victim).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: k, Stale: stale}})
+			if r.Type != wire.TypeResponse || r.Result.Value != v || r.Node != n.ID() {
+				t.Fatalf("restarted %s: get %s (stale %v) = %+v, %+v; want %s", victim, k, stale, r.Result, r.Err, v)
+			}
+		}
+		break
+	}
+}
+
+// Stopping every node and starting them again on their data brings back
+// every key, from snapshots and from the log after them.
+func TestRestartAllKeepsEveryKey(t *testing.T) {
+	spec, err := LocalSpec(3, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Raft.SnapshotThreshold = 64 // exercise snapshots and restore
+	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
+	t.Cleanup(c.closeAll)
+	for _, n := range spec.Nodes {
+		c.start(n.ID)
+	}
+	c.waitLeaders()
+	cl := c.client(client.Config{})
+	ctx := context.Background()
+	const keys = 500
+	for i := 0; i < keys; i++ {
+		if _, err := cl.Set(ctx, fmt.Sprintf("k%d", i), []byte(fmt.Sprint("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.Delete(ctx, "k0"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitConverged()
+	for _, r := range c.nodes["n1"].replicas {
+		if err := r.raft.Snapshot().Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := keys; i < keys+20; i++ { // some writes only in the log
+		if _, err := cl.Set(ctx, fmt.Sprintf("k%d", i), []byte(fmt.Sprint("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitConverged()
+	c.closeAll()
+
+	for _, n := range spec.Nodes {
+		c.start(n.ID)
+	}
+	c.waitLeaders()
+	reader := c.client(client.Config{})
+	for i := 1; i < keys+20; i++ {
+		it, err := reader.Get(ctx, fmt.Sprintf("k%d", i))
+		if err != nil || string(it.Value) != fmt.Sprint("v", i) {
+			t.Fatalf("k%d after restart: %q, %v", i, it.Value, err)
+		}
+	}
+	if _, err := reader.Get(ctx, "k0"); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("deleted k0 after restart: %v", err)
+	}
+}
