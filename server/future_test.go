@@ -13,7 +13,7 @@ import (
 // raft's queues.
 type blockingFSM struct{ release chan struct{} }
 
-func (f *blockingFSM) Apply(*raft.Log) interface{}        { <-f.release; return nil }
+func (f *blockingFSM) Apply(*raft.Log) interface{}         { <-f.release; return nil }
 func (f *blockingFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, io.EOF }
 func (f *blockingFSM) Restore(io.ReadCloser) error         { return nil }
 
