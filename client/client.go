@@ -279,10 +279,10 @@ type target struct {
 // earlier attempts of the same request.
 type router func(tried []netip.AddrPort) (target, error)
 
-// do runs one request to completion: up to cfg.Attempts attempts, each to
-// the target route gives, all with the same client id and sequence number,
-// so that the cluster applies a write at most once however many arrive.
-func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router) (wire.Message, error) {
+// do runs one request to completion: up to attempts attempts, each to the
+// target route gives, all with the same client id and sequence number, so
+// that the cluster applies a write at most once however many arrive.
+func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router, attempts int) (wire.Message, error) {
 	select {
 	case <-c.done:
 		return wire.Message{}, ErrClosed
@@ -308,7 +308,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 
 	var tried []netip.AddrPort
 	var lastErr error
-	for attempt := 0; attempt < c.cfg.Attempts; attempt++ {
+	for attempt := 0; attempt < attempts; attempt++ {
 		tg, err := route(tried)
 		if err != nil {
 			return wire.Message{}, err
@@ -368,7 +368,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		}
 	}
 	c.failures.Add(1)
-	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, c.cfg.Attempts, lastErr)
+	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, attempts, lastErr)
 }
 
 // await waits for a reply to the request. A success from any attempt

@@ -52,7 +52,7 @@ func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (Item,
 	for _, o := range opts {
 		o(&args)
 	}
-	r, err := c.do(ctx, wire.OpGet, args, c.routeKey(key))
+	r, err := c.do(ctx, wire.OpGet, args, c.routeKey(key), c.cfg.Attempts)
 	if err != nil {
 		return Item{}, err
 	}
@@ -85,20 +85,22 @@ func (c *Client) write(ctx context.Context, op wire.Op, args wire.Args) (uint64,
 	if err := checkValue(len(args.Value)); err != nil {
 		return 0, err
 	}
-	r, err := c.do(ctx, op, args, c.routeKey(args.Key))
+	r, err := c.do(ctx, op, args, c.routeKey(args.Key), c.cfg.Attempts)
 	if err != nil {
 		return 0, err
 	}
 	return r.Result.Version, nil
 }
 
-// NodeStatus asks the node with the given id for its view of its shards.
+// NodeStatus asks the node with the given id for its view of its shards. It
+// makes at most DefaultAttempts attempts, so a node that is down is
+// reported promptly.
 func (c *Client) NodeStatus(ctx context.Context, id string) (*wire.NodeStatus, error) {
 	route, err := c.routeNode(id)
 	if err != nil {
 		return nil, err
 	}
-	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route)
+	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts))
 	if err != nil {
 		return nil, err
 	}

@@ -125,24 +125,21 @@ func (c *Client) setTopology(t *wire.Topology) error {
 	return nil
 }
 
-// fetchTopology asks the seeds, in random order, until one answers.
+// fetchTopology asks the seeds for the topology, one attempt each in turn
+// from a random one, until one answers or the attempts run out.
 func (c *Client) fetchTopology(ctx context.Context, seeds []netip.AddrPort) (*wire.Topology, error) {
-	var lastErr error
-	for _, i := range rand.Perm(len(seeds)) {
-		r, err := c.do(ctx, wire.OpTopology, wire.Args{}, fixed(seeds[i], nil))
-		if err == nil {
-			if r.Result.Topology == nil {
-				lastErr = fmt.Errorf("%w: seed %s sent no topology", ErrUnavailable, seeds[i])
-				continue
-			}
-			return r.Result.Topology, nil
-		}
-		lastErr = err
-		if ctx.Err() != nil {
-			break
-		}
+	first := rand.IntN(len(seeds))
+	route := func(tried []netip.AddrPort) (target, error) {
+		return target{addr: seeds[(first+len(tried))%len(seeds)]}, nil
 	}
-	return nil, fmt.Errorf("client: no seed answered: %w", lastErr)
+	r, err := c.do(ctx, wire.OpTopology, wire.Args{}, route, c.cfg.Attempts)
+	if err != nil {
+		return nil, fmt.Errorf("client: no seed answered: %w", err)
+	}
+	if r.Result.Topology == nil {
+		return nil, fmt.Errorf("%w: node %s sent no topology", ErrUnavailable, r.Node)
+	}
+	return r.Result.Topology, nil
 }
 
 // fixed routes every attempt to one address.

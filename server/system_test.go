@@ -30,7 +30,8 @@ func (c *testCluster) client(cfg client.Config) *client.Client {
 }
 
 // lossyClient is a client whose datagrams are dropped with probability drop
-// in each direction.
+// in each direction. Its attempts wait at least 100ms, so that on a slow or
+// loaded test machine retries come from lost datagrams, not slow replies.
 func (c *testCluster) lossyClient(drop float64, seed int64) *client.Client {
 	c.t.Helper()
 	u, err := wire.ListenUDP("127.0.0.1:0")
@@ -41,7 +42,7 @@ func (c *testCluster) lossyClient(drop float64, seed int64) *client.Client {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	return c.client(client.Config{Transport: f})
+	return c.client(client.Config{Transport: f, MinAttemptTimeout: 100 * time.Millisecond})
 }
 
 // keysOf returns n keys that live on shard id.

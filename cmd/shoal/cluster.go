@@ -1,0 +1,396 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+func clusterCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: want cluster up, down or status", errUsage)
+	}
+	switch args[0] {
+	case "up":
+		return clusterUp(ctx, args[1:], stdout, stderr)
+	case "down":
+		return clusterDown(args[1:], stdout, stderr)
+	case "status":
+		return clusterStatus(ctx, args[1:], stdout, stderr)
+	default:
+		return fmt.Errorf("%w: unknown cluster command %q: want up, down or status", errUsage, args[0])
+	}
+}
+
+func specPath(dir string) string     { return filepath.Join(dir, "cluster.json") }
+func pidPath(dir, id string) string  { return filepath.Join(dir, id+".pid") }
+func logPath(dir, id string) string  { return filepath.Join(dir, id+".log") }
+func dataPath(dir, id string) string { return filepath.Join(dir, id) }
+
+func readPid(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// running reports whether pid is a live shoal server process (and not a
+// process that reused the number).
+func running(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return true // no /proc: trust the signal
+	}
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// A zombie has exited; its parent has just not reaped it.
+		if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && f[0] == "Z" {
+			return false
+		}
+	}
+	return bytes.Contains(cmdline, []byte("server\x00"))
+}
+
+func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster up", stderr)
+	dir := fs.String("dir", "", "`DIR` for the cluster: spec, data, logs and pid files")
+	nodes := fs.Int("nodes", 3, "number of nodes of a new cluster")
+	shards := fs.Int("shards", 4, "number of shards of a new cluster")
+	replicas := fs.Int("replicas", 3, "replicas of each shard of a new cluster (2 or 3)")
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for every shard to have a leader")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("%w: --dir is required", errUsage)
+	}
+	if err := os.MkdirAll(*dir, 0o755); err != nil {
+		return err
+	}
+	spec, err := server.LoadSpec(specPath(*dir))
+	switch {
+	case err == nil:
+		fmt.Fprintf(stdout, "using the existing cluster in %s\n", *dir)
+	case errors.Is(err, os.ErrNotExist):
+		if spec, err = server.LocalSpec(*nodes, *shards, *replicas); err != nil {
+			return err
+		}
+		if err := spec.Save(specPath(*dir)); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	exited := make(chan string, len(spec.Nodes))
+	for _, n := range spec.Nodes {
+		if pid, err := readPid(pidPath(*dir, n.ID)); err == nil && running(pid) {
+			fmt.Fprintf(stdout, "%s already running (pid %d)\n", n.ID, pid)
+			continue
+		}
+		pid, err := startNode(exe, *dir, n.ID, exited)
+		if err != nil {
+			return fmt.Errorf("starting %s: %w", n.ID, err)
+		}
+		fmt.Fprintf(stdout, "started %s (pid %d): clients %s, raft %s, log %s\n", n.ID, pid, n.Client, n.Raft, logPath(*dir, n.ID))
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, *wait)
+	defer cancel()
+	if err := waitForLeaders(wctx, spec, exited); err != nil {
+		return fmt.Errorf("%w (see the logs in %s)", err, *dir)
+	}
+	fmt.Fprintf(stdout, "cluster up: %d nodes, %d shards, every shard has a leader\n", len(spec.Nodes), len(spec.Shards))
+	fmt.Fprintf(stdout, "try: shoal set --cluster %s KEY VALUE\n", specPath(*dir))
+	return nil
+}
+
+// startNode starts `shoal server` for node id in the background, in a
+// session of its own so it outlives this command, and writes its pid file.
+// The node's id is sent on exited if it exits while this command runs.
+func startNode(exe, dir, id string, exited chan<- string) (int, error) {
+	logf, err := os.OpenFile(logPath(dir, id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "server", "--id", id, "--data", dataPath(dir, id), "--cluster", specPath(dir))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	go func() {
+		_ = cmd.Wait()
+		exited <- id
+	}()
+	pid := cmd.Process.Pid
+	return pid, os.WriteFile(pidPath(dir, id), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+}
+
+// waitForLeaders polls the nodes until every shard has a leader.
+func waitForLeaders(ctx context.Context, spec *server.Spec, exited <-chan string) error {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var seeds []string
+	for _, n := range spec.Nodes {
+		seeds = append(seeds, n.Client)
+	}
+	var c *client.Client
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for {
+		select {
+		case id := <-exited:
+			return fmt.Errorf("node %s exited", id)
+		default:
+		}
+		if c == nil {
+			c, _ = client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
+		}
+		if c != nil {
+			st := collectStatus(ctx, c)
+			if missing := st.leaderless(); len(missing) == 0 {
+				return nil
+			} else if ctx.Err() != nil {
+				return fmt.Errorf("shards %v have no leader", missing)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the cluster did not answer: %w", ctx.Err())
+		case id := <-exited:
+			return fmt.Errorf("node %s exited", id)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func clusterDown(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster down", stderr)
+	dir := fs.String("dir", "", "`DIR` the cluster was started in")
+	grace := fs.Duration("grace", 15*time.Second, "how long nodes may take to stop before they are killed")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("%w: --dir is required", errUsage)
+	}
+	pidFiles, err := filepath.Glob(filepath.Join(*dir, "*.pid"))
+	if err != nil {
+		return err
+	}
+	if len(pidFiles) == 0 {
+		fmt.Fprintf(stdout, "no nodes running in %s\n", *dir)
+		return nil
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, f := range pidFiles {
+		id := strings.TrimSuffix(filepath.Base(f), ".pid")
+		pid, err := readPid(f)
+		if err != nil || !running(pid) {
+			os.Remove(f)
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			how := "stopped"
+			if !waitExit(pid, *grace) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				waitExit(pid, 5*time.Second)
+				how = "killed"
+			}
+			os.Remove(f)
+			mu.Lock()
+			fmt.Fprintf(stdout, "%s %s (pid %d)\n", how, id, pid)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func waitExit(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for running(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// clusterView is what `cluster status` reports.
+type clusterView struct {
+	Nodes  []nodeView  `json:"nodes"`
+	Shards []shardView `json:"shards"`
+}
+
+type nodeView struct {
+	ID       string             `json:"id"`
+	Addr     string             `json:"addr"`
+	Up       bool               `json:"up"`
+	Activity int64              `json:"activity"`
+	Shards   []wire.ShardStatus `json:"shards,omitempty"`
+	Err      string             `json:"error,omitempty"`
+}
+
+type shardView struct {
+	ID       shard.ID      `json:"id"`
+	Leader   string        `json:"leader"`
+	Replicas []replicaView `json:"replicas"`
+}
+
+type replicaView struct {
+	Node    string `json:"node"`
+	State   string `json:"state"`
+	Applied uint64 `json:"applied"`
+	Keys    int    `json:"keys"`
+}
+
+func (v *clusterView) leaderless() []shard.ID {
+	var out []shard.ID
+	for _, s := range v.Shards {
+		if s.Leader == "" {
+			out = append(out, s.ID)
+		}
+	}
+	return out
+}
+
+// collectStatus asks every node for its status, concurrently; a node that
+// does not answer is reported down.
+func collectStatus(ctx context.Context, c *client.Client) *clusterView {
+	infos := c.Nodes()
+	v := &clusterView{Nodes: make([]nodeView, len(infos))}
+	var wg sync.WaitGroup
+	for i, info := range infos {
+		v.Nodes[i] = nodeView{ID: info.ID, Addr: info.Addr.String()}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := c.NodeStatus(ctx, info.ID)
+			if err != nil {
+				v.Nodes[i].Err = err.Error()
+				return
+			}
+			v.Nodes[i].Up, v.Nodes[i].Activity, v.Nodes[i].Shards = true, st.Activity, st.Shards
+		}()
+	}
+	wg.Wait()
+	for _, s := range c.Map().Shards {
+		sv := shardView{ID: s.ID}
+		for _, id := range s.Replicas {
+			rv := replicaView{Node: id, State: "down"}
+			for _, n := range v.Nodes {
+				for _, ss := range n.Shards {
+					if n.ID == id && ss.ID == s.ID {
+						rv = replicaView{Node: id, State: ss.State, Applied: ss.Applied, Keys: ss.Keys}
+					}
+				}
+			}
+			if rv.State == "Leader" {
+				sv.Leader = id
+			}
+			sv.Replicas = append(sv.Replicas, rv)
+		}
+		v.Shards = append(v.Shards, sv)
+	}
+	return v
+}
+
+func clusterStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster status", stderr)
+	var t target
+	t.register(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	c, err := t.connect(ctx, stderr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	v := collectStatus(ctx, c)
+	if t.json {
+		return printJSON(stdout, v)
+	}
+	w := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tCLIENT ADDRESS\tSTATE\tACTIVITY\tLEADS")
+	for _, n := range v.Nodes {
+		if !n.Up {
+			fmt.Fprintf(w, "%s\t%s\tdown\t-\t-\n", n.ID, n.Addr)
+			continue
+		}
+		var leads []string
+		for _, s := range n.Shards {
+			if s.State == "Leader" {
+				leads = append(leads, strconv.Itoa(int(s.ID)))
+			}
+		}
+		sort.Strings(leads)
+		fmt.Fprintf(w, "%s\t%s\tup\t%d\t%s\n", n.ID, n.Addr, n.Activity, strings.Join(leads, " "))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "SHARD\tLEADER\tREPLICAS (state, applied index, keys)")
+	for _, s := range v.Shards {
+		leader := s.Leader
+		if leader == "" {
+			leader = "none"
+		}
+		var reps []string
+		for _, r := range s.Replicas {
+			if r.State == "down" {
+				reps = append(reps, r.Node+" down")
+				continue
+			}
+			reps = append(reps, fmt.Sprintf("%s %s %d %d", r.Node, r.State, r.Applied, r.Keys))
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\n", s.ID, leader, strings.Join(reps, ", "))
+	}
+	return w.Flush()
+}

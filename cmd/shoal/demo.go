@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// demo is the embedded cluster, the lossy client and what the workload saw.
+type demo struct {
+	spec   *server.Spec
+	smap   *shard.Map
+	nodes  map[string]*server.Node
+	client *client.Client
+
+	mu        sync.Mutex
+	acked     map[string]string      // every acknowledged write
+	firstOK   map[shard.ID]time.Time // first acknowledged write per shard since markKill
+	killedAt  time.Time
+	perWorker [][]string // keys each worker wrote, for it to read back
+}
+
+// phase counts one stretch of the workload.
+type phase struct {
+	sets, gets, failed, wrong atomic.Int64
+}
+
+func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("demo", stderr)
+	showLog := fs.Bool("log", false, "show the nodes' warnings and errors on stderr")
+	length := fs.Duration("phase", 3*time.Second, "length of the workload before and after the kill")
+	drop := fs.Float64("drop", 0.1, "probability that the client's link drops a datagram, each way")
+	workers := fs.Int("workers", 8, "concurrent clients requests")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "shoal-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	logOut := io.Discard
+	if *showLog {
+		logOut = stderr
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	d := &demo{nodes: map[string]*server.Node{}, acked: map[string]string{}, firstOK: map[shard.ID]time.Time{}}
+	if d.spec, err = server.LocalSpec(3, 4, 3); err != nil {
+		return err
+	}
+	if d.smap, err = d.spec.Map(); err != nil {
+		return err
+	}
+	defer func() {
+		for _, n := range d.nodes {
+			n.Close()
+		}
+	}()
+	for _, ns := range d.spec.Nodes {
+		n, err := server.Start(ctx, server.Config{ID: ns.ID, DataDir: filepath.Join(dir, ns.ID), Spec: d.spec, Logger: log})
+		if err != nil {
+			return err
+		}
+		d.nodes[ns.ID] = n
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := waitForLeaders(wctx, d.spec, nil); err != nil {
+		return err
+	}
+
+	udp, err := wire.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	lossy, err := wire.WithFaults(udp, wire.Faults{Drop: *drop}, rand.Int64())
+	if err != nil {
+		return err
+	}
+	if d.client, err = client.New(ctx, client.Config{Seeds: seedsOf(d.spec), Transport: lossy, Logger: log}); err != nil {
+		return err
+	}
+	defer d.client.Close()
+	d.perWorker = make([][]string, *workers)
+
+	fmt.Fprintf(stdout, "shoal demo: 3 nodes, 4 shards x 3 replicas; raft logs on disk in %s; clients over UDP on 127.0.0.1\n", dir)
+	fmt.Fprintf(stdout, "the client's link drops %.0f%% of datagrams each way; %d workers, half sets of new keys, half reads of keys already written\n\n", *drop*100, *workers)
+
+	before, statsBefore := d.run(ctx, *workers, *length), d.client.Stats()
+	d.report(stdout, "before the kill", *length, before, statsBefore, client.Stats{})
+
+	victim, led := d.busiestLeader(ctx)
+	d.mu.Lock()
+	d.killedAt = time.Now()
+	d.mu.Unlock()
+	if err := d.nodes[victim].Close(); err != nil {
+		return err
+	}
+	delete(d.nodes, victim)
+	fmt.Fprintf(stdout, "killed %s abruptly (no handover); it led shard%s %s\n", victim, plural(len(led)), joinIDs(led))
+
+	after := d.run(ctx, *workers, *length)
+	d.report(stdout, "after the kill", *length, after, d.client.Stats(), statsBefore)
+	fmt.Fprintln(stdout, d.recovery(led))
+
+	checked, bad, err := d.verify(ctx)
+	if err != nil {
+		return err
+	}
+	if bad > 0 || before.wrong.Load()+after.wrong.Load() > 0 {
+		return fmt.Errorf("%d of %d acknowledged writes read back wrong", bad+int(before.wrong.Load()+after.wrong.Load()), checked)
+	}
+	fmt.Fprintf(stdout, "check: all %s acknowledged writes read back correctly through a fresh client\n\n", commas(int64(checked)))
+	d.nodeTable(stdout, victim)
+	return nil
+}
+
+func seedsOf(spec *server.Spec) []string {
+	var s []string
+	for _, n := range spec.Nodes {
+		s = append(s, n.Client)
+	}
+	return s
+}
+
+// run drives the workload for length and returns its counts.
+func (d *demo) run(ctx context.Context, workers int, length time.Duration) *phase {
+	p := &phase{}
+	until := time.Now().Add(length)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(until) && ctx.Err() == nil; i++ {
+				opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				if i%2 == 0 {
+					d.set(opCtx, w, p)
+				} else {
+					d.get(opCtx, w, p)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	return p
+}
+
+func (d *demo) set(ctx context.Context, w int, p *phase) {
+	d.mu.Lock()
+	key := fmt.Sprintf("demo-%d-%d", w, len(d.perWorker[w]))
+	d.perWorker[w] = append(d.perWorker[w], key)
+	d.mu.Unlock()
+	val := fmt.Sprint("v", rand.Int64())
+	if _, err := d.client.Set(ctx, key, []byte(val)); err != nil {
+		p.failed.Add(1)
+		return
+	}
+	p.sets.Add(1)
+	now := time.Now()
+	d.mu.Lock()
+	d.acked[key] = val
+	if id := d.smap.ShardOf(key); !d.killedAt.IsZero() {
+		if _, ok := d.firstOK[id]; !ok {
+			d.firstOK[id] = now
+		}
+	}
+	d.mu.Unlock()
+}
+
+func (d *demo) get(ctx context.Context, w int, p *phase) {
+	d.mu.Lock()
+	var key, want string
+	if keys := d.perWorker[w]; len(keys) > 0 {
+		key = keys[rand.IntN(len(keys))]
+		want = d.acked[key]
+	}
+	d.mu.Unlock()
+	if key == "" {
+		return
+	}
+	it, err := d.client.Get(ctx, key)
+	switch {
+	case err == nil:
+		p.gets.Add(1)
+		if want != "" && string(it.Value) != want {
+			p.wrong.Add(1)
+		}
+	case errors.Is(err, client.ErrNotFound) && want == "":
+		p.gets.Add(1) // a write whose outcome was unknown did not happen
+	default:
+		p.failed.Add(1)
+	}
+}
+
+// busiestLeader returns the node leading the most shards, and those shards.
+func (d *demo) busiestLeader(ctx context.Context) (string, []shard.ID) {
+	leads := map[string][]shard.ID{}
+	for _, s := range collectStatus(ctx, d.client).Shards {
+		if s.Leader != "" {
+			leads[s.Leader] = append(leads[s.Leader], s.ID)
+		}
+	}
+	best := d.spec.Nodes[0].ID
+	for _, n := range d.spec.Nodes {
+		if len(leads[n.ID]) > len(leads[best]) {
+			best = n.ID
+		}
+	}
+	return best, leads[best]
+}
+
+func (d *demo) report(w io.Writer, name string, length time.Duration, p *phase, now, prev client.Stats) {
+	ops := p.sets.Load() + p.gets.Load()
+	retries := int64(now.Attempts-prev.Attempts) - int64(now.Requests-prev.Requests)
+	fmt.Fprintf(w, "%-16s %v: %s ops (%s sets, %s gets, %.0f/s), %s retries, %s failed after %d attempts\n",
+		name, length, commas(ops), commas(p.sets.Load()), commas(p.gets.Load()), float64(ops)/length.Seconds(),
+		commas(retries), commas(p.failed.Load()), client.DefaultAttempts)
+}
+
+func (d *demo) recovery(led []shard.ID) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(led) == 0 {
+		return "recovery: the killed node led no shard; nothing had to fail over"
+	}
+	var worst time.Duration
+	for _, id := range led {
+		t, ok := d.firstOK[id]
+		if !ok {
+			return fmt.Sprintf("recovery: shard %d accepted no write after the kill", id)
+		}
+		worst = max(worst, t.Sub(d.killedAt))
+	}
+	return fmt.Sprintf("recovery: writes to shard%s %s succeeded again %.2fs after the kill (new leaders elected)",
+		plural(len(led)), joinIDs(led), worst.Seconds())
+}
+
+// verify reads every acknowledged write back through a fresh client on a
+// clean link.
+func (d *demo) verify(ctx context.Context) (checked, bad int, err error) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var seeds []string
+	for _, n := range d.nodes {
+		seeds = append(seeds, n.Addr().String())
+	}
+	c, err := client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, v := range d.acked {
+		it, err := c.Get(ctx, k)
+		if err != nil || string(it.Value) != v {
+			bad++
+		}
+		checked++
+	}
+	return checked, bad, nil
+}
+
+func (d *demo) nodeTable(w io.Writer, victim string) {
+	infos := d.client.Nodes()
+	var total uint64
+	for _, n := range infos {
+		total += n.Attempts
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "node\tshare of requests\tpicker weight now\treported activity")
+	for _, n := range infos {
+		share := fmt.Sprintf("%.1f%%", 100*float64(n.Attempts)/float64(max(total, 1)))
+		if n.ID == victim {
+			fmt.Fprintf(tw, "%s\t%s\t-\tkilled\n", n.ID, share)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%s requests in the last %v\n", n.ID, share, n.Weight,
+			commas(n.Activity), server.DefaultActivityWindow)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nThe client picks among a shard's live replicas with reverse-softmax weights over the")
+	fmt.Fprintln(w, "activity the nodes report; it stops picking a node it has not heard from for a second.")
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func joinIDs(ids []shard.ID) string {
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = fmt.Sprint(id)
+	}
+	return strings.Join(s, ", ")
+}
+
+// commas formats n with thousands separators.
+func commas(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}

@@ -1,0 +1,132 @@
+// Command shoal runs shoal nodes and local clusters, talks to a cluster from
+// the shell, and runs the demo.
+//
+//	shoal demo                                  the main job on an embedded cluster
+//	shoal server --id ID --data DIR --cluster FILE
+//	shoal cluster up --dir DIR [--nodes 3 --shards 4 --replicas 3]
+//	shoal cluster down --dir DIR
+//	shoal cluster status --cluster FILE
+//	shoal get KEY | set KEY VALUE | del KEY     with --cluster FILE, --seeds or SHOAL_SEEDS
+//
+// Run `shoal help` for the flags of each.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `shoal: a sharded, replicated key-value store
+
+Usage:
+  shoal demo [--log]                              start an embedded 3-node cluster, drive it
+                                                  over a lossy link, kill a node, report
+  shoal server --id ID --data DIR --cluster FILE  run one node
+  shoal cluster up --dir DIR [--nodes N --shards S --replicas R]
+                                                  start a local cluster of processes
+  shoal cluster down --dir DIR                    stop it
+  shoal cluster status (--cluster FILE | --seeds ADDRS)
+                                                  nodes, shards, leaders, activity
+  shoal get KEY [--stale]                         print the value of KEY
+  shoal set KEY VALUE                             store VALUE under KEY
+  shoal del KEY                                   delete KEY
+
+get, set, del and status find the cluster by --cluster FILE (a cluster.json),
+--seeds host:port,..., or the SHOAL_SEEDS (or SHOAL_CLUSTER) environment variable.
+They take --json for machine-readable output and --timeout (default 5s).
+Exit status: 0 success, 1 failure (a missing key included), 2 usage error.
+`
+
+// errUsage marks a command line that does not parse; main exits 2 for it.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"demo":    demoCmd,
+		"server":  serverCmd,
+		"cluster": clusterCmd,
+		"get":     getCmd,
+		"set":     setCmd,
+		"del":     delCmd,
+	}
+	name := args[0]
+	if name == "help" || name == "-h" || name == "--help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	cmd, ok := cmds[name]
+	if !ok {
+		fmt.Fprintf(stderr, "shoal: unknown command %q\n\n%s", name, usage)
+		return 2
+	}
+	err := cmd(ctx, args[1:], stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "shoal %s: %v\n", name, err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "shoal %s: %v\n", name, err)
+		return 1
+	}
+}
+
+// parseArgs parses flags that may come before, between or after the
+// positional arguments (as in `shoal get KEY --json`), and returns the
+// positional ones; everything after "--" is positional.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("shoal "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// wantArgs checks the number of positional arguments.
+func wantArgs(pos []string, n int, form string) error {
+	if len(pos) != n {
+		return fmt.Errorf("%w: want %s, got %d argument(s)", errUsage, form, len(pos))
+	}
+	return nil
+}

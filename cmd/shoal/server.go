@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/shoal-kv/shoal/server"
+)
+
+// shutdownGrace bounds handing leadership over when a node is told to stop.
+const shutdownGrace = 5 * time.Second
+
+func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("server", stderr)
+	id := fs.String("id", "", "this node's `ID` in the cluster spec")
+	data := fs.String("data", "", "data `DIR` for the node's raft logs and snapshots")
+	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *id == "" || *data == "" || *cluster == "" {
+		return fmt.Errorf("%w: --id, --data and --cluster are required", errUsage)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
+	}
+	spec, err := server.LoadSpec(*cluster)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	n, err := server.Start(ctx, server.Config{ID: *id, DataDir: *data, Spec: spec, Logger: log})
+	if err != nil {
+		return err
+	}
+	<-ctx.Done() // SIGINT or SIGTERM
+	log.Info("stopping: handing over leadership")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	return n.Shutdown(sctx)
+}
