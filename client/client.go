@@ -106,6 +106,8 @@ type Client struct {
 
 	mu      sync.Mutex
 	pending map[uint64]*call
+	closing bool           // Close has begun: no new calls
+	calls   sync.WaitGroup // public calls in flight
 
 	requests, attempts, timeouts, failures atomic.Uint64
 
@@ -184,12 +186,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c.wg.Add(1)
 	go c.receive()
 	topo, err := c.fetchTopology(ctx, seeds)
-	if err != nil {
-		c.Close()
-		return nil, err
+	if err == nil {
+		err = c.setTopology(topo)
 	}
-	if err := c.setTopology(topo); err != nil {
-		c.Close()
+	if err != nil {
+		c.Close(ctx)
 		return nil, err
 	}
 	c.pingAll(time.Now(), 0)
@@ -201,15 +202,42 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // ID returns the client's id.
 func (c *Client) ID() string { return c.id }
 
-// Close stops the client. Calls in flight fail with ErrClosed.
-func (c *Client) Close() error {
+// Close stops the client. New calls fail with ErrClosed at once; calls in
+// flight may finish until ctx ends, and then fail with ErrClosed. It closes
+// the transport and waits for the client's goroutines.
+func (c *Client) Close(ctx context.Context) error {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	drained := make(chan struct{})
+	go func() {
+		c.calls.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+	}
 	var err error
 	c.closeOnce.Do(func() {
 		close(c.done)
 		err = c.t.Close()
 		c.wg.Wait()
 	})
+	<-drained // calls still running end now that done is closed
 	return err
+}
+
+// enter admits a public call unless the client is closing; the caller
+// must call c.calls.Done when it returns.
+func (c *Client) enter() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return ErrClosed
+	}
+	c.calls.Add(1)
+	return nil
 }
 
 // Stats returns the client's counters.

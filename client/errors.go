@@ -39,6 +39,7 @@ type Error struct {
 	Version uint64
 }
 
+// Error formats the node's reply with the node's id.
 func (e *Error) Error() string {
 	return fmt.Sprintf("shoal: node %s: %s (%d)", e.Node, e.Message, e.Code)
 }

@@ -19,7 +19,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(ctx)
 
 	v, err := c.Set(ctx, "user:42", []byte("Ada"))
 	if err != nil {

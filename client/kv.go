@@ -48,6 +48,10 @@ func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (Item,
 	if err := checkKey(key); err != nil {
 		return Item{}, err
 	}
+	if err := c.enter(); err != nil {
+		return Item{}, err
+	}
+	defer c.calls.Done()
 	args := wire.Args{Key: key}
 	for _, o := range opts {
 		o(&args)
@@ -85,6 +89,10 @@ func (c *Client) write(ctx context.Context, op wire.Op, args wire.Args) (uint64,
 	if err := checkValue(len(args.Value)); err != nil {
 		return 0, err
 	}
+	if err := c.enter(); err != nil {
+		return 0, err
+	}
+	defer c.calls.Done()
 	r, err := c.do(ctx, op, args, c.routeKey(args.Key), c.cfg.Attempts)
 	if err != nil {
 		return 0, err
@@ -100,6 +108,10 @@ func (c *Client) NodeStatus(ctx context.Context, id string) (*wire.NodeStatus, e
 	if err != nil {
 		return nil, err
 	}
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
 	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts))
 	if err != nil {
 		return nil, err

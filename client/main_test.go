@@ -69,7 +69,7 @@ func waitForLeaders(seeds []string) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer c.Close(ctx)
 	m := c.Map()
 	for _, s := range m.Shards {
 		for i := 0; ; i++ {

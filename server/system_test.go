@@ -25,7 +25,7 @@ func (c *testCluster) client(cfg client.Config) *client.Client {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	c.t.Cleanup(func() { cl.Close() })
+	c.t.Cleanup(func() { cl.Close(context.Background()) })
 	return cl
 }
 

@@ -179,6 +179,7 @@ type Error struct {
 	Message string
 }
 
+// Error formats the reply as "code message".
 func (e *Error) Error() string {
 	return fmt.Sprintf("%d %s", e.Code, e.Message)
 }

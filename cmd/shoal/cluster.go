@@ -166,7 +166,7 @@ func waitForLeaders(ctx context.Context, spec *server.Spec, exited <-chan string
 	var c *client.Client
 	defer func() {
 		if c != nil {
-			c.Close()
+			c.Close(context.Background())
 		}
 	}()
 	for {
@@ -354,7 +354,7 @@ func clusterStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	v := collectStatus(ctx, c)
 	if t.json {
 		return printJSON(stdout, v)

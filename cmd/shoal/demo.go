@@ -101,7 +101,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if d.client, err = client.New(ctx, client.Config{Seeds: seedsOf(d.spec), Transport: lossy, Logger: log}); err != nil {
 		return err
 	}
-	defer d.client.Close()
+	defer d.client.Close(context.Background())
 	d.perWorker = make([][]string, *workers)
 
 	fmt.Fprintf(stdout, "shoal demo: 3 nodes, 4 shards x 3 replicas; raft logs on disk in %s; clients over UDP on 127.0.0.1\n", dir)
@@ -270,7 +270,7 @@ func (d *demo) verify(ctx context.Context) (checked, bad int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for k, v := range d.acked {

@@ -61,7 +61,7 @@ func TestKillLeaderProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(ctx)
 	const victimShard = shard.ID(0)
 	victim := collectStatus(ctx, c).Shards[victimShard].Leader
 	if victim == "" {

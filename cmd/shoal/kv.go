@@ -101,7 +101,7 @@ func kvCommand(ctx context.Context, name string, args []string, nargs int, form 
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer c.Close(context.Background())
 	return body(ctx, c, &t, pos)
 }
 

@@ -1,0 +1,333 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// fakeNode speaks the node side of the protocol over a SimNet, without
+// raft: enough to test the client's routing, retries and membership.
+type fakeNode struct {
+	id   string
+	ep   *wire.SimEndpoint
+	topo func() *wire.Topology
+
+	mu         sync.Mutex
+	silent     bool // neither answers nor heartbeats
+	dropFirst  bool // ignores the first attempt it sees of every request
+	mapVersion uint64
+	seen       []wire.Message
+	attempts   map[[2]any]int // (client, seq) → attempts seen
+	clients    map[netip.AddrPort]bool
+}
+
+type fakeCluster struct {
+	net   *wire.SimNet
+	nodes []*fakeNode
+	smap  *shard.Map
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func newFakeCluster(t *testing.T, n int) *fakeCluster {
+	t.Helper()
+	fc := &fakeCluster{net: wire.NewSimNet(1), done: make(chan struct{})}
+	var ids []string
+	for i := 0; i < n; i++ {
+		ep, err := fc.net.Listen(netip.AddrPort{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &fakeNode{id: string(rune('a' + i)), ep: ep, mapVersion: 1,
+			attempts: map[[2]any]int{}, clients: map[netip.AddrPort]bool{}}
+		f.topo = fc.topology
+		fc.nodes = append(fc.nodes, f)
+		ids = append(ids, f.id)
+	}
+	m, err := shard.NewEvenMap(ids, 1, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.smap = m
+	for _, f := range fc.nodes {
+		fc.wg.Add(2)
+		go func() { defer fc.wg.Done(); f.serve() }()
+		go func() { defer fc.wg.Done(); f.heartbeat(fc.done) }()
+	}
+	t.Cleanup(func() {
+		close(fc.done)
+		for _, f := range fc.nodes {
+			f.ep.Close()
+		}
+		fc.wg.Wait()
+	})
+	return fc
+}
+
+func (fc *fakeCluster) topology() *wire.Topology {
+	t := &wire.Topology{Map: fc.smap}
+	for _, f := range fc.nodes {
+		t.Nodes = append(t.Nodes, wire.NodeAddr{ID: f.id, Addr: f.ep.LocalAddr().String()})
+	}
+	return t
+}
+
+func (fc *fakeCluster) client(t *testing.T, cfg Config) *Client {
+	t.Helper()
+	ep, err := fc.net.Listen(netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Transport = ep
+	cfg.Seeds = []string{fc.nodes[0].ep.LocalAddr().String()}
+	if cfg.NodeTimeout == 0 {
+		cfg.NodeTimeout = 100 * time.Millisecond
+	}
+	if cfg.InitialAttemptTimeout == 0 {
+		cfg.InitialAttemptTimeout = 50 * time.Millisecond
+	}
+	if cfg.MinAttemptTimeout == 0 {
+		cfg.MinAttemptTimeout = 20 * time.Millisecond
+	}
+	c, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func (f *fakeNode) set(fn func(*fakeNode)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *fakeNode) serve() {
+	buf := make([]byte, wire.MaxDatagramSize)
+	for {
+		n, from, err := f.ep.Receive(buf)
+		if err != nil {
+			return
+		}
+		m, err := wire.Decode(buf[:n])
+		if err != nil || m.Type != wire.TypeQuery {
+			continue
+		}
+		f.mu.Lock()
+		f.clients[from] = true
+		key := [2]any{m.Client, m.Seq}
+		f.attempts[key]++
+		first := f.attempts[key] == 1
+		silent, drop := f.silent, f.dropFirst && first && m.Op != wire.OpTopology && m.Op != wire.OpPing
+		if !silent {
+			f.seen = append(f.seen, m)
+		}
+		f.mu.Unlock()
+		if silent || drop {
+			continue
+		}
+		r := wire.Message{Type: wire.TypeResponse, TxID: m.TxID, Node: f.id, Activity: 1}
+		switch m.Op {
+		case wire.OpTopology:
+			r.Result.Topology = f.topo()
+		case wire.OpGet:
+			r.Result.Value = f.id
+		case wire.OpSet:
+			r.Result.Version = m.Seq
+		}
+		b, _ := wire.Encode(&r)
+		_ = f.ep.Send(b, from)
+	}
+}
+
+func (f *fakeNode) heartbeat(done chan struct{}) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		f.mu.Lock()
+		silent, mv := f.silent, f.mapVersion
+		var to []netip.AddrPort
+		for a := range f.clients {
+			to = append(to, a)
+		}
+		f.mu.Unlock()
+		if silent {
+			continue
+		}
+		b, _ := wire.Encode(&wire.Message{Type: wire.TypeHeartbeat, Node: f.id, Activity: 1,
+			Heartbeat: wire.Heartbeat{MapVersion: mv}})
+		for _, a := range to {
+			_ = f.ep.Send(b, a)
+		}
+	}
+}
+
+// answeredBy counts which node answered n gets.
+func answeredBy(t *testing.T, c *Client, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for i := 0; i < n; i++ {
+		it, err := c.Get(context.Background(), "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[string(it.Value)]++
+	}
+	return got
+}
+
+// A node that stops heartbeating is skipped until it comes back.
+func TestSilentNodeIsSkipped(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	c := fc.client(t, Config{Picker: NewUniform(rand.New(rand.NewPCG(1, 1)))})
+	if got := answeredBy(t, c, 300); got["a"] < 60 || got["b"] < 60 || got["c"] < 60 {
+		t.Fatalf("uniform picking over three nodes answered %v", got)
+	}
+	b := fc.nodes[1]
+	b.set(func(f *fakeNode) { f.silent = true })
+	time.Sleep(250 * time.Millisecond) // past NodeTimeout
+	before := c.Stats().Attempts
+	if got := answeredBy(t, c, 200); got["b"] != 0 || got["a"]+got["c"] != 200 {
+		t.Errorf("with b silent, answers came from %v", got)
+	}
+	if a := c.Stats().Attempts - before; a != 200 {
+		t.Errorf("%d attempts for 200 gets: a silent node was still tried", a)
+	}
+	for _, n := range c.Nodes() {
+		if n.Alive != (n.ID != "b") {
+			t.Errorf("node %s alive=%v", n.ID, n.Alive)
+		}
+	}
+	b.set(func(f *fakeNode) { f.silent = false })
+	deadline := time.Now().Add(5 * time.Second) // the keepalive ping brings its heartbeats back
+	for answeredBy(t, c, 30)["b"] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("b is answering again but the client never picks it")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A lost request is retried with the same client id and sequence number,
+// under a new transaction id.
+func TestRetryKeepsSequenceNumber(t *testing.T) {
+	fc := newFakeCluster(t, 1) // the retry reaches the node that ignored the first attempt
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.dropFirst = true })
+	}
+	c := fc.client(t, Config{})
+	if _, err := c.Set(context.Background(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	var sets []wire.Message
+	for _, f := range fc.nodes {
+		f.mu.Lock()
+		for _, m := range f.seen {
+			if m.Op == wire.OpSet {
+				sets = append(sets, m)
+			}
+		}
+		f.mu.Unlock()
+	}
+	if len(sets) != 2 {
+		t.Fatalf("%d attempts reached the nodes, want 2", len(sets))
+	}
+	if sets[0].Client != sets[1].Client || sets[0].Seq != sets[1].Seq || sets[0].Client != c.ID() {
+		t.Errorf("attempts carry %s/%d and %s/%d: not one request", sets[0].Client, sets[0].Seq, sets[1].Client, sets[1].Seq)
+	}
+	if sets[0].TxID == sets[1].TxID {
+		t.Error("both attempts used one transaction id")
+	}
+	if sets[0].Ack > sets[0].Seq {
+		t.Errorf("ack %d above the request's own sequence number %d", sets[0].Ack, sets[0].Seq)
+	}
+	if st := c.Stats(); st.Requests < 2 || st.Attempts-st.Requests != 1 || st.Timeouts != 1 {
+		t.Errorf("stats %+v: want one retry after one timeout", st)
+	}
+}
+
+func TestUnavailableAfterAttempts(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	c := fc.client(t, Config{Attempts: 4, MaxAttemptTimeout: 30 * time.Millisecond})
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.silent = true })
+	}
+	before := c.Stats()
+	_, err := c.Get(context.Background(), "k")
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Get with every node silent: %v, want ErrUnavailable", err)
+	}
+	if a := c.Stats().Attempts - before.Attempts; a != 4 {
+		t.Errorf("%d attempts, want 4", a)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+	defer cancel()
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Get past its deadline: %v", err)
+	}
+}
+
+// A heartbeat announcing a newer shard map makes the client fetch it.
+func TestNewerMapIsFetched(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	c := fc.client(t, Config{})
+	m2 := *fc.smap
+	m2.Version = 2
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.mapVersion = 2 })
+	}
+	fc.nodes[0].set(func(*fakeNode) { fc.smap = &m2 })
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Map().Version != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the client never fetched map version 2")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCloseRejectsNewCalls(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	c := fc.client(t, Config{})
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(context.Background(), "k"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Get after Close: %v", err)
+	}
+	if _, err := c.Set(context.Background(), "k", nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Set after Close: %v", err)
+	}
+}
+
+func TestRejectsBadKeysAndValues(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	c := fc.client(t, Config{})
+	ctx := context.Background()
+	if _, err := c.Get(ctx, ""); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("empty key: %v", err)
+	}
+	if _, err := c.Set(ctx, string(make([]byte, wire.MaxKeySize+1)), nil); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("long key: %v", err)
+	}
+	if _, err := c.Set(ctx, "k", make([]byte, wire.MaxValueSize+1)); !errors.Is(err, ErrValueTooLarge) {
+		t.Errorf("large value: %v", err)
+	}
+	if c.Stats().Requests != 1 { // only New's topology request
+		t.Errorf("invalid calls reached the network: %+v", c.Stats())
+	}
+}
