@@ -408,10 +408,14 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time
 	for {
 		select {
 		case r := <-cl.replies:
-			if r.msg.TxID == tx {
-				est.sample(r.at.Sub(start))
-			} else if r.msg.Type != wire.TypeResponse {
+			if r.msg.TxID != tx && r.msg.Type != wire.TypeResponse {
 				continue
+			}
+			// A node that answers "unavailable" waited out the attempt's
+			// budget: that is no round trip, and timing it would feed the
+			// timeout back into itself.
+			if r.msg.TxID == tx && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
+				est.sample(r.at.Sub(start))
 			}
 			return &r.msg, nil
 		case <-timer.C:

@@ -23,6 +23,7 @@ type fakeNode struct {
 	mu         sync.Mutex
 	silent     bool // neither answers nor heartbeats
 	dropFirst  bool // ignores the first attempt it sees of every request
+	stalled    bool // answers gets "unavailable" once their budget is spent
 	mapVersion uint64
 	seen       []wire.Message
 	attempts   map[[2]any]int // (client, seq) → attempts seen
@@ -128,6 +129,7 @@ func (f *fakeNode) serve() {
 		f.attempts[key]++
 		first := f.attempts[key] == 1
 		silent, drop := f.silent, f.dropFirst && first && m.Op != wire.OpTopology && m.Op != wire.OpPing
+		stalled := f.stalled && m.Op == wire.OpGet
 		if !silent {
 			f.seen = append(f.seen, m)
 		}
@@ -136,6 +138,17 @@ func (f *fakeNode) serve() {
 			continue
 		}
 		r := wire.Message{Type: wire.TypeResponse, TxID: m.TxID, Node: f.id, Activity: 1}
+		if stalled {
+			// As a node without a leader does: wait out (most of) the
+			// budget, answering just before the client gives up.
+			time.AfterFunc(m.Timeout*3/4, func() {
+				r := wire.Message{Type: wire.TypeError, TxID: m.TxID, Node: f.id,
+					Err: &wire.Error{Code: wire.CodeUnavailable, Message: "no leader"}}
+				b, _ := wire.Encode(&r)
+				_ = f.ep.Send(b, from)
+			})
+			continue
+		}
 		switch m.Op {
 		case wire.OpTopology:
 			r.Result.Topology = f.topo()
@@ -329,5 +342,34 @@ func TestRejectsBadKeysAndValues(t *testing.T) {
 	}
 	if c.Stats().Requests != 1 { // only New's topology request
 		t.Errorf("invalid calls reached the network: %+v", c.Stats())
+	}
+}
+
+// Replies that say "unavailable" come after the node waited out the
+// attempt's budget; timing them would feed the timeout back into itself
+// and let it climb to the maximum.
+func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	c := fc.client(t, Config{MaxAttemptTimeout: time.Second})
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.stalled = true })
+	}
+	for i := 0; i < 5; i++ {
+		if _, err := c.Get(context.Background(), "k"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("get %d: %v, want ErrUnavailable", i, err)
+		}
+	}
+	var worst time.Duration
+	for _, f := range fc.nodes {
+		f.mu.Lock()
+		for _, m := range f.seen {
+			if m.Op == wire.OpGet {
+				worst = max(worst, m.Timeout)
+			}
+		}
+		f.mu.Unlock()
+	}
+	if worst > c.cfg.InitialAttemptTimeout {
+		t.Errorf("attempt timeouts climbed to %v (initial %v)", worst, c.cfg.InitialAttemptTimeout)
 	}
 }

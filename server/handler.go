@@ -178,34 +178,24 @@ func checkWrite(m *wire.Message) *wire.Message {
 	return nil
 }
 
-// write applies op through the shard's leader: here if this replica leads,
-// forwarded otherwise. Whatever fails in a way that leaves the outcome open
-// (no leader yet, leadership lost mid-apply) is retried with the same op
-// until ctx ends; the op's session makes the retries safe.
+// write applies op through the shard's leader. The op's session makes the
+// retries of viaLeader safe: an op applied twice answers from the session.
 func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Message {
-	var err error
-	for {
-		changed := rep.changes()
-		var res shard.Result
-		if rep.isLeader() {
+	var res shard.Result
+	err := n.viaLeader(ctx, rep,
+		func() (err error) {
 			res, err = rep.applyLocal(op)
-		} else if leader := rep.leaderID(); leader != "" {
-			var fr ForwardReply
-			fr, err = n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, Op: op})
+			return err
+		},
+		func(leader string) error {
+			fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, Op: op})
 			res = fr.Result
-		} else {
-			err = fmt.Errorf("%w: shard %d has no leader", errRetry, rep.id)
-		}
-		if err == nil {
-			return opReply(res)
-		}
-		if !retryable(err) {
-			return errorReply(wire.CodeServer, "shard %d: %v", rep.id, err)
-		}
-		if !wait(ctx, changed) {
-			return unavailable(ctx, rep.id, err)
-		}
+			return err
+		})
+	if err != nil {
+		return leaderErrorReply(ctx, rep.id, err)
 	}
+	return opReply(res)
 }
 
 // get reads key. A stale read answers from this replica's state as it is;
@@ -213,31 +203,23 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 // or over the network) and waits until it has applied that far.
 func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
 	if !stale {
-		var err error
-		for {
-			changed := rep.changes()
-			var index uint64
-			if rep.isLeader() {
-				index, err = rep.readIndex(ctx)
-			} else if leader := rep.leaderID(); leader != "" {
-				var fr ForwardReply
-				fr, err = n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, ReadIndex: true})
-				index = fr.Index
-			} else {
-				err = fmt.Errorf("%w: shard %d has no leader", errRetry, rep.id)
-			}
-			if err == nil {
-				err = rep.fsm.WaitApplied(ctx, index)
-			}
-			if err == nil {
-				break
-			}
-			if !retryable(err) && !errors.Is(err, context.DeadlineExceeded) {
-				return errorReply(wire.CodeServer, "shard %d: %v", rep.id, err)
-			}
-			if !wait(ctx, changed) {
-				return unavailable(ctx, rep.id, err)
-			}
+		err := n.viaLeader(ctx, rep,
+			func() error {
+				index, err := rep.readIndex(ctx)
+				if err != nil {
+					return err
+				}
+				return rep.fsm.WaitApplied(ctx, index)
+			},
+			func(leader string) error {
+				fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, ReadIndex: true})
+				if err != nil {
+					return err
+				}
+				return rep.fsm.WaitApplied(ctx, fr.Index)
+			})
+		if err != nil {
+			return leaderErrorReply(ctx, rep.id, err)
 		}
 	}
 	e, ok := rep.fsm.Get(key)
@@ -245,6 +227,48 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 		return errorReply(wire.CodeNotFound, "key not found")
 	}
 	return resultReply(wire.Result{Value: e.Value, Version: e.Version})
+}
+
+// errGaveUp wraps the last error of a viaLeader that ran out of time.
+var errGaveUp = errors.New("server: gave up waiting for the leader")
+
+// viaLeader runs a step against the shard's leader: local when this replica
+// leads, remote with the leader's id when another does. A failure that may
+// pass (no leader yet, leadership moved or lost mid-call, a peer
+// unreachable) is retried when leadership changes or after a short backoff,
+// until ctx ends; then the last error comes back wrapped in errGaveUp.
+func (n *Node) viaLeader(ctx context.Context, rep *replica, local func() error, remote func(leader string) error) error {
+	for {
+		changed := rep.changes()
+		var err error
+		if rep.isLeader() {
+			err = local()
+		} else if leader := rep.leaderID(); leader != "" {
+			err = remote(leader)
+		} else {
+			err = fmt.Errorf("%w: shard %d has no leader", errRetry, rep.id)
+		}
+		switch {
+		case err == nil:
+			return nil
+		case !retryable(err) && !errors.Is(err, context.DeadlineExceeded):
+			return err
+		case !wait(ctx, changed):
+			return fmt.Errorf("%w: %w", errGaveUp, err)
+		}
+	}
+}
+
+// leaderErrorReply answers a request that viaLeader failed.
+func leaderErrorReply(ctx context.Context, id shard.ID, err error) *wire.Message {
+	switch {
+	case !errors.Is(err, errGaveUp):
+		return errorReply(wire.CodeServer, "shard %d: %v", id, err)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return errorReply(wire.CodeUnavailable, "node shutting down")
+	default:
+		return errorReply(wire.CodeUnavailable, "shard %d unavailable: %v", id, errors.Unwrap(err))
+	}
 }
 
 // wait pauses a retry loop until the replica's leadership changes, a short
@@ -263,13 +287,6 @@ func wait(ctx context.Context, changed <-chan struct{}) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-func unavailable(ctx context.Context, id shard.ID, last error) *wire.Message {
-	if errors.Is(ctx.Err(), context.Canceled) {
-		return errorReply(wire.CodeUnavailable, "node shutting down")
-	}
-	return errorReply(wire.CodeUnavailable, "shard %d unavailable: %v", id, last)
 }
 
 // opReply turns a state machine result into a reply.

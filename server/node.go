@@ -238,6 +238,11 @@ func (n *Node) shardIDs() []shard.ID {
 	return ids
 }
 
+// ErrHandover is returned (wrapped) by Shutdown when the node could not hand
+// the leadership of a shard over; the node is closed all the same, and the
+// shard's other replicas elect a leader after their heartbeat timeout.
+var ErrHandover = errors.New("server: leadership handover failed")
+
 // Shutdown stops the node gracefully: it hands leadership of the shards it
 // leads to another replica, so clients see no election timeout, then
 // closes. ctx bounds the handover; Close runs in any case.
@@ -245,6 +250,8 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	giveUp := make(chan struct{})
 	defer context.AfterFunc(ctx, func() { close(giveUp) })()
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
 	for _, r := range n.replicas {
 		if !r.isLeader() {
 			continue
@@ -253,12 +260,14 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			if err := awaitFuture(r.raft.LeadershipTransfer(), giveUp); err != nil {
-				r.log.Warn("leadership transfer failed", "err", err)
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%w: shard %d: %v", ErrHandover, r.id, err))
+				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	return n.Close()
+	return errors.Join(append(errs, n.Close())...)
 }
 
 // Close stops the node at once. To its peers it looks like a crash: they

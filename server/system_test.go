@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -270,6 +272,8 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 	cancel()
 	wg.Wait()
 
+	// Every shard the victim led elects a leader, not only the probed one.
+	c.waitLeaders()
 	reader := c.client(client.Config{})
 	rctx := context.Background()
 	mu.Lock()
@@ -355,5 +359,108 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 	}
 	if _, err := reader.Get(ctx, "k0"); !errors.Is(err, client.ErrNotFound) {
 		t.Errorf("deleted k0 after restart: %v", err)
+	}
+}
+
+// A node never panics on input and answers what it can: malformed
+// datagrams are counted (and answered when they carry a transaction id),
+// unknown ops and wrong types get clear errors, and the node keeps serving.
+func TestBadInput(t *testing.T) {
+	c := newTestCluster(t, 3, 1, 3)
+	n := c.nodes["n1"]
+	addr := c.spec.Node("n1").Client
+	u, err := wire.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	to, _ := wire.ParseAddr(addr)
+	for _, junk := range []string{"", "hello", "i00e", "d2:op99999999999:x", "le",
+		strings.Repeat("l", 5000) + strings.Repeat("e", 5000), "d1:y1:re"} {
+		if err := u.Send([]byte(junk), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		raw  string
+		want wire.Code
+	}{
+		{"no op", "d1:ti7e1:y1:qe", wire.CodeProtocol},
+		{"key of the wrong type", "d1:ad1:ki3ee1:q3:get1:ti7e1:y1:qe", wire.CodeProtocol},
+		{"unknown op", "d1:q4:frob1:ti7e1:y1:qe", wire.CodeUnknownOp},
+		{"no key", "d1:q3:get1:ti7e1:y1:qe", wire.CodeBadRequest},
+		{"write without a client", "d1:ad1:k1:xe1:q3:set1:ti7e1:y1:qe", wire.CodeBadRequest},
+		{"ack above seq", "d1:ad1:k1:xe1:c1:c1:ki9e1:q3:set1:si2e1:ti7e1:y1:qe", wire.CodeBadRequest},
+		{"long key", fmt.Sprintf("d1:ad1:k%d:%se1:q3:get1:ti7e1:y1:qe", wire.MaxKeySize+1, strings.Repeat("k", wire.MaxKeySize+1)), wire.CodeTooLarge},
+	} {
+		r := rawSend(t, u, to, []byte(tc.raw))
+		if r.Type != wire.TypeError || r.Err == nil || r.Err.Code != tc.want || r.TxID != 7 {
+			t.Errorf("%s: reply %+v %+v, want error %d for transaction 7", tc.name, r, r.Err, tc.want)
+		}
+	}
+	if got := n.Counters().Malformed; got < 8 {
+		t.Errorf("%d malformed datagrams counted, want at least 8", got)
+	}
+	cl := c.client(client.Config{})
+	if _, err := cl.Set(context.Background(), "still", []byte("serving")); err != nil {
+		t.Errorf("after bad input: %v", err)
+	}
+}
+
+// rawSend sends one datagram on u and returns the first reply.
+func rawSend(t *testing.T, u *wire.UDP, to netip.AddrPort, b []byte) wire.Message {
+	t.Helper()
+	if err := u.Send(b, to); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan wire.Message, 1)
+	go func() {
+		buf := make([]byte, wire.MaxDatagramSize)
+		for {
+			n, _, err := u.Receive(buf)
+			if err != nil {
+				return
+			}
+			if m, err := wire.Decode(buf[:n]); err == nil && m.Type != wire.TypeHeartbeat {
+				got <- m
+				return
+			}
+		}
+	}()
+	select {
+	case m := <-got:
+		return m
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no reply to %q", b)
+		return wire.Message{}
+	}
+}
+
+// A node told to shut down hands the leadership of its shards to a peer
+// first, so writes carry on without waiting out an election timeout.
+func TestShutdownHandsOverLeadership(t *testing.T) {
+	c := newTestCluster(t, 3, 1, 3)
+	leader := c.leader(0)
+	// Make an election impossible within the test: the followers would
+	// wait a minute before standing, so only a handover gives a leader.
+	for _, n := range c.nodes {
+		r := n.replicas[0].raft
+		rc := r.ReloadableConfig()
+		rc.HeartbeatTimeout, rc.ElectionTimeout = time.Minute, time.Minute
+		if err := r.ReloadConfig(rc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := leader.Shutdown(ctx); err != nil {
+		t.Fatal(err) // ErrHandover if the leadership was not handed over
+	}
+	delete(c.nodes, leader.ID())
+	c.waitLeaders()
+	cl := c.client(client.Config{})
+	if _, err := cl.Set(ctx, "after", []byte("handover")); err != nil {
+		t.Error(err)
 	}
 }

@@ -338,25 +338,15 @@ func collectStatus(ctx context.Context, c *client.Client) *clusterView {
 }
 
 func clusterStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("cluster status", stderr)
-	var t target
-	t.register(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs(pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, t.timeout)
-	defer cancel()
-	c, err := t.connect(ctx, stderr)
-	if err != nil {
-		return err
-	}
-	defer c.Close(context.Background())
-	v := collectStatus(ctx, c)
-	if t.json {
+	return clientCommand(ctx, "cluster status", args, 0, "no arguments", stderr, nil,
+		func(ctx context.Context, c *client.Client, t *target, _ []string) error {
+			return printStatus(stdout, collectStatus(ctx, c), t.json)
+		})
+}
+
+// printStatus prints v as tables, or as JSON.
+func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
+	if asJSON {
 		return printJSON(stdout, v)
 	}
 	w := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)

@@ -44,7 +44,7 @@ type phase struct {
 func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", stderr)
 	showLog := fs.Bool("log", false, "show the nodes' warnings and errors on stderr")
-	length := fs.Duration("phase", 3*time.Second, "length of the workload before and after the kill")
+	length := fs.Duration("phase", 3*time.Second, "length of the workload before and after the kill (after it, at least until the failover is over)")
 	drop := fs.Float64("drop", 0.1, "probability that the client's link drops a datagram, each way")
 	workers := fs.Int("workers", 8, "concurrent clients requests")
 	pos, err := parseArgs(fs, args)
@@ -107,8 +107,9 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "shoal demo: 3 nodes, 4 shards x 3 replicas; raft logs on disk in %s; clients over UDP on 127.0.0.1\n", dir)
 	fmt.Fprintf(stdout, "the client's link drops %.0f%% of datagrams each way; %d workers, half sets of new keys, half reads of keys already written\n\n", *drop*100, *workers)
 
-	before, statsBefore := d.run(ctx, *workers, *length), d.client.Stats()
-	d.report(stdout, "before the kill", *length, before, statsBefore, client.Stats{})
+	before, took := d.run(ctx, *workers, *length, func() bool { return false })
+	statsBefore := d.client.Stats()
+	d.report(stdout, "before the kill", took, before, statsBefore, client.Stats{})
 
 	victim, led := d.busiestLeader(ctx)
 	d.mu.Lock()
@@ -120,8 +121,8 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	delete(d.nodes, victim)
 	fmt.Fprintf(stdout, "killed %s abruptly (no handover); it led shard%s %s\n", victim, plural(len(led)), joinIDs(led))
 
-	after := d.run(ctx, *workers, *length)
-	d.report(stdout, "after the kill", *length, after, d.client.Stats(), statsBefore)
+	after, took := d.run(ctx, *workers, *length, func() bool { return !d.recovered(led) })
+	d.report(stdout, "after the kill", took, after, d.client.Stats(), statsBefore)
 	fmt.Fprintln(stdout, d.recovery(led))
 
 	checked, bad, err := d.verify(ctx)
@@ -144,16 +145,26 @@ func seedsOf(spec *server.Spec) []string {
 	return s
 }
 
-// run drives the workload for length and returns its counts.
-func (d *demo) run(ctx context.Context, workers int, length time.Duration) *phase {
+// maxRecoveryWait bounds how long the phase after the kill is stretched
+// to see every shard the victim led accept writes again.
+const maxRecoveryWait = 15 * time.Second
+
+// run drives the workload for length, and beyond it, up to
+// maxRecoveryWait, while waitFor says so; it returns the counts and how
+// long it ran.
+func (d *demo) run(ctx context.Context, workers int, length time.Duration, waitFor func() bool) (*phase, time.Duration) {
 	p := &phase{}
-	until := time.Now().Add(length)
+	start := time.Now()
+	more := func() bool {
+		el := time.Since(start)
+		return ctx.Err() == nil && (el < length || (waitFor() && el < length+maxRecoveryWait))
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; time.Now().Before(until) && ctx.Err() == nil; i++ {
+			for i := 0; more(); i++ {
 				opCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				if i%2 == 0 {
 					d.set(opCtx, w, p)
@@ -165,7 +176,7 @@ func (d *demo) run(ctx context.Context, workers int, length time.Duration) *phas
 		}()
 	}
 	wg.Wait()
-	return p
+	return p, time.Since(start)
 }
 
 func (d *demo) set(ctx context.Context, w int, p *phase) {
@@ -235,9 +246,22 @@ func (d *demo) busiestLeader(ctx context.Context) (string, []shard.ID) {
 func (d *demo) report(w io.Writer, name string, length time.Duration, p *phase, now, prev client.Stats) {
 	ops := p.sets.Load() + p.gets.Load()
 	retries := int64(now.Attempts-prev.Attempts) - int64(now.Requests-prev.Requests)
-	fmt.Fprintf(w, "%-16s %v: %s ops (%s sets, %s gets, %.0f/s), %s retries, %s failed after %d attempts\n",
-		name, length, commas(ops), commas(p.sets.Load()), commas(p.gets.Load()), float64(ops)/length.Seconds(),
+	fmt.Fprintf(w, "%-16s %4.1fs: %s ops (%s sets, %s gets, %.0f/s), %s retries, %s failed after %d attempts\n",
+		name, length.Seconds(), commas(ops), commas(p.sets.Load()), commas(p.gets.Load()), float64(ops)/length.Seconds(),
 		commas(retries), commas(p.failed.Load()), client.DefaultAttempts)
+}
+
+// recovered reports whether every shard in led has accepted a write since
+// the kill.
+func (d *demo) recovered(led []shard.ID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, id := range led {
+		if _, ok := d.firstOK[id]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *demo) recovery(led []shard.ID) string {

@@ -78,9 +78,10 @@ func (t *target) connect(ctx context.Context, stderr io.Writer) (*client.Client,
 	})
 }
 
-// kvCommand parses a get/set/del command line and runs body with a
-// connected client.
-func kvCommand(ctx context.Context, name string, args []string, nargs int, form string, stderr io.Writer,
+// clientCommand parses the command line of a command that talks to a
+// cluster (get, set, del, cluster status) and runs body with a connected
+// client.
+func clientCommand(ctx context.Context, name string, args []string, nargs int, form string, stderr io.Writer,
 	extra func(*flag.FlagSet), body func(context.Context, *client.Client, *target, []string) error) error {
 	fs := newFlagSet(name, stderr)
 	var t target
@@ -123,7 +124,7 @@ func jsonValue(obj map[string]any, v []byte) {
 
 func getCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var stale bool
-	return kvCommand(ctx, "get", args, 1, "KEY", stderr,
+	return clientCommand(ctx, "get", args, 1, "KEY", stderr,
 		func(fs *flag.FlagSet) {
 			fs.BoolVar(&stale, "stale", false, "read the chosen replica's state without confirming it is current")
 		},
@@ -150,7 +151,7 @@ func getCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func setCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return kvCommand(ctx, "set", args, 2, "KEY VALUE", stderr, nil,
+	return clientCommand(ctx, "set", args, 2, "KEY VALUE", stderr, nil,
 		func(ctx context.Context, c *client.Client, t *target, pos []string) error {
 			v, err := c.Set(ctx, pos[0], []byte(pos[1]))
 			if err != nil {
@@ -165,7 +166,7 @@ func setCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func delCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return kvCommand(ctx, "del", args, 1, "KEY", stderr, nil,
+	return clientCommand(ctx, "del", args, 1, "KEY", stderr, nil,
 		func(ctx context.Context, c *client.Client, t *target, pos []string) error {
 			err := c.Delete(ctx, pos[0])
 			if errors.Is(err, client.ErrNotFound) {

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shoal-kv/shoal/server"
+)
+
+func TestParseArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		pos  string
+		json bool
+	}{
+		{[]string{"k"}, "[k]", false},
+		{[]string{"--json", "k"}, "[k]", true},
+		{[]string{"k", "--json"}, "[k]", true},
+		{[]string{"k", "v", "--json"}, "[k v]", true},
+		{[]string{"--", "-k", "--json"}, "[-k --json]", false},
+		{[]string{"k", "--", "-v"}, "[k -v]", false},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		j := fs.Bool("json", false, "")
+		pos, err := parseArgs(fs, tc.args)
+		if err != nil || fmt.Sprint(pos) != tc.pos || *j != tc.json {
+			t.Errorf("parseArgs(%q) = %v, json %v, %v; want %s, json %v", tc.args, pos, *j, err, tc.pos, tc.json)
+		}
+	}
+}
+
+// shoal runs one command line in-process and returns its exit status and
+// outputs.
+func shoal(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func startCluster(t *testing.T) *server.Spec {
+	t.Helper()
+	spec, err := server.LocalSpec(3, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, ns := range spec.Nodes {
+		n, err := server.Start(context.Background(), server.Config{ID: ns.ID, DataDir: filepath.Join(dir, ns.ID), Spec: spec, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+	}
+	return spec
+}
+
+func TestCLICommands(t *testing.T) {
+	spec := startCluster(t)
+	file := filepath.Join(t.TempDir(), "cluster.json")
+	if err := spec.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	seeds := strings.Join(seedsOf(spec), ",")
+
+	if code, out, errs := shoal("set", "--cluster", file, "color", "blue"); code != 0 || out != "OK\n" {
+		t.Fatalf("set: %d %q %q", code, out, errs)
+	}
+	if code, out, _ := shoal("get", "color", "--seeds", seeds); code != 0 || out != "blue\n" {
+		t.Errorf("get: %d %q, want blue", code, out)
+	}
+	t.Setenv("SHOAL_SEEDS", seeds)
+	code, out, _ := shoal("get", "--json", "color")
+	var got map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got["value"] != "blue" || got["key"] != "color" || got["version"] == nil {
+		t.Errorf("get --json: %d %q", code, out)
+	}
+	code, out, _ = shoal("set", "--json", "bin", "\xff\xfe")
+	if code != 0 || !strings.Contains(out, `"version"`) {
+		t.Errorf("set --json: %d %q", code, out)
+	}
+	code, out, _ = shoal("get", "--json", "bin")
+	if code != 0 || !strings.Contains(out, `"value_base64":"//4="`) {
+		t.Errorf("get --json of a binary value: %d %q", code, out)
+	}
+	if code, out, errs := shoal("get", "missing"); code != 1 || out != "" || !strings.Contains(errs, "not found") {
+		t.Errorf("get of a missing key: %d %q %q; want exit 1, nothing on stdout, an error on stderr", code, out, errs)
+	}
+	if code, out, _ := shoal("del", "color"); code != 0 || out != "OK\n" {
+		t.Errorf("del: %d %q", code, out)
+	}
+	if code, _, errs := shoal("del", "color"); code != 1 || !strings.Contains(errs, "not found") {
+		t.Errorf("second del: %d %q", code, errs)
+	}
+	if code, out, _ := shoal("cluster", "status"); code != 0 || !strings.Contains(out, "SHARD") || strings.Contains(out, "none") {
+		t.Errorf("cluster status: %d\n%s", code, out)
+	}
+	code, out, _ = shoal("cluster", "status", "--json")
+	var st clusterView
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Nodes) != 3 || len(st.Shards) != 2 || len(st.leaderless()) != 0 {
+		t.Errorf("cluster status --json: %d %q", code, out)
+	}
+	for _, args := range [][]string{
+		{}, {"frobnicate"}, {"get"}, {"get", "a", "b"}, {"set", "k"}, {"get", "--bogus", "k"},
+		{"cluster"}, {"cluster", "sideways"}, {"cluster", "up"}, {"server", "--id", "n1"},
+	} {
+		if code, _, _ := shoal(args...); code != 2 {
+			t.Errorf("shoal %q: exit %d, want 2 for a usage error", args, code)
+		}
+	}
+	t.Setenv("SHOAL_SEEDS", "")
+	if code, _, errs := shoal("get", "k"); code != 2 || !strings.Contains(errs, "--cluster") {
+		t.Errorf("no cluster given: %d %q", code, errs)
+	}
+}
+
+func TestDemo(t *testing.T) {
+	code, out, errs := shoal("demo", "--phase", "700ms")
+	t.Logf("demo output:\n%s", out)
+	if code != 0 {
+		t.Fatalf("demo exited %d: %s", code, errs)
+	}
+	for _, want := range []string{"before the kill", "killed n", "after the kill", "recovery: ", "check: all", "share of requests"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+}
