@@ -464,3 +464,48 @@ func TestShutdownHandsOverLeadership(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A node that was down while the others compacted their logs past what it
+// has catches up by receiving a snapshot over the node listener.
+func TestCatchUpBySnapshot(t *testing.T) {
+	c := newTestCluster(t, 3, 1, 3)
+	lagger := "n3"
+	if c.leader(0).ID() == lagger {
+		lagger = "n2"
+	}
+	c.stop(lagger)
+	// Keep almost no log behind the snapshots.
+	for _, n := range c.nodes {
+		r := n.replicas[0].raft
+		rc := r.ReloadableConfig()
+		rc.TrailingLogs, rc.SnapshotThreshold = 5, 20
+		if err := r.ReloadConfig(rc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := c.client(client.Config{})
+	ctx := context.Background()
+	for i := 0; i < 300; i++ {
+		if _, err := cl.Set(ctx, fmt.Sprint("s", i), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range c.nodes {
+		if err := n.replicas[0].raft.Snapshot().Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := c.leader(0).replicas[0].store.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.start(lagger)
+	c.waitConverged()
+	if st := n.replicas[0].fsm.Stats(); st.Keys != 300 {
+		t.Fatalf("restarted %s holds %d keys, want 300", lagger, st.Keys)
+	}
+	t.Logf("leader's log starts at %d; %s caught up from a snapshot", first, lagger)
+	if first < 10 {
+		t.Errorf("the leader's log still starts at %d: nothing forced a snapshot install", first)
+	}
+}

@@ -1,0 +1,23 @@
+// Package client is the Go client of shoal.
+//
+// New learns the cluster's nodes and shard map from any seed; after that,
+// nodes heartbeat to the client with their activity and the shards they
+// lead, and the client asks again for the map when a heartbeat announces a
+// newer one. Each request goes to a live replica of its key's shard, chosen
+// by the Picker from the activity the nodes report; a node not heard from
+// for Config.NodeTimeout is skipped until it is heard again.
+//
+// Every request carries the client's id and a sequence number, the same on
+// every attempt, so a write is applied at most once however many of its
+// attempts arrive, and on whichever node. An attempt waits for a timeout
+// derived from measured round trips; after Config.Attempts attempts the
+// call fails with ErrUnavailable, and a write that failed so may or may not
+// have been applied.
+//
+// Caller's duties:
+//
+//  1. Give every call a context; its deadline bounds the call whatever the
+//     attempts.
+//  2. Never run two live clients with the same Config.ID.
+//  3. Close the client when done; calls in flight may finish first.
+package client

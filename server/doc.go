@@ -1,0 +1,29 @@
+// Package server is a shoal node: it hosts one replica of each shard the
+// cluster Spec gives it, serves clients over a datagram Transport (UDP), and
+// talks to its peers over one TCP listener.
+//
+// Each replica is its own hashicorp/raft instance with its own
+// raft-boltdb log (fsync on) and snapshot store under Config.DataDir, so a
+// node started again on the same directory comes back with its data. Raft
+// has no multi-raft support; all groups of a node share its listener, and
+// every connection opens with a preamble that names its shard (or the node
+// RPC service, which forwards writes and read-index requests to leaders).
+//
+// Requests:
+//
+//   - Writes reaching a follower are forwarded to the shard's leader, and
+//     retried there, with the client's sequence number, while leadership
+//     moves, until the request's budget (the client's attempt timeout) runs
+//     out. The leader stamps each command with its clock.
+//   - Reads are linearizable by default on every replica (ReadIndex: the
+//     leader confirms its leadership with one heartbeat round shared by
+//     concurrent reads, and the replica waits to apply that far); a stale
+//     read answers from the replica's state at once.
+//   - Every reply and heartbeat carries the node's activity, the requests
+//     it served over Config.ActivityWindow; heartbeats go every
+//     Config.HeartbeatInterval to each client heard from within
+//     Config.ClientTTL.
+//
+// A Node's owner stops it with Shutdown (hands leadership over first, as
+// on SIGTERM) or Close (at once; to its peers, a crash).
+package server
