@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,10 @@ import (
 
 	"github.com/shoal-kv/shoal/wire"
 )
+
+// receiveErrorPause keeps a persistently failing socket from spinning the
+// receive loop.
+const receiveErrorPause = 10 * time.Millisecond
 
 // Defaults of Config.
 const (
@@ -31,10 +37,6 @@ type Config struct {
 	// nodes. The client learns every node and the shard map from the
 	// first that answers.
 	Seeds []string
-	// ID identifies the client to the cluster, which remembers the
-	// results of its writes under it to apply each at most once. If
-	// empty, a random one is made; two live clients must never share one.
-	ID string
 	// Attempts is how many times a request is sent, with the same client
 	// id and sequence number, before it fails with ErrUnavailable. If
 	// zero, DefaultAttempts.
@@ -102,7 +104,6 @@ type Client struct {
 	view   atomic.Pointer[view]
 	seq    *sequencer
 	rtt    [2]rttEstimator // by mutating: reads and writes take different times
-	txid   atomic.Uint64
 
 	mu      sync.Mutex
 	pending map[uint64]*call
@@ -155,19 +156,21 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		seeds = append(seeds, a)
 	}
-	if cfg.ID == "" {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, fmt.Errorf("client: making an id: %w", err)
-		}
-		cfg.ID = hex.EncodeToString(b[:])
+	// The id is new for every client, never reused: the cluster keeps the
+	// results of a client's writes under it for an hour, and a second
+	// client with the same id and sequence numbers would be answered from
+	// them instead of being applied.
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("client: making an id: %w", err)
 	}
+	id := hex.EncodeToString(b[:])
 	c := &Client{
 		cfg:     cfg,
-		id:      cfg.ID,
+		id:      id,
 		t:       cfg.Transport,
 		picker:  cfg.Picker,
-		log:     cfg.Logger.With("client", cfg.ID),
+		log:     cfg.Logger.With("client", id),
 		seq:     newSequencer(),
 		pending: make(map[uint64]*call),
 		refresh: make(chan struct{}, 1),
@@ -199,7 +202,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// ID returns the client's id.
+// ID returns the client's id, random and unique to this client.
 func (c *Client) ID() string { return c.id }
 
 // Close stops the client. New calls fail with ErrClosed at once; calls in
@@ -257,8 +260,14 @@ func (c *Client) receive() {
 	buf := make([]byte, wire.MaxDatagramSize+1)
 	for {
 		n, _, err := c.t.Receive(buf)
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			// Transient: an ICMP error surfacing on some systems.
+			c.log.Warn("receiving a datagram failed", "err", err)
+			time.Sleep(receiveErrorPause)
+			continue
 		}
 		m, err := wire.Decode(buf[:n])
 		if err != nil {
@@ -324,7 +333,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	if mutating {
 		est = &c.rtt[1]
 	}
-	cl := &call{replies: make(chan reply, 1)}
+	cl := &call{replies: make(chan reply, 4)}
 	var txids []uint64
 	defer func() {
 		c.mu.Lock()
@@ -349,7 +358,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if timeout <= 0 {
 			return wire.Message{}, fmt.Errorf("shoal: %s: %w", op, context.DeadlineExceeded)
 		}
-		tx := c.txid.Add(1)
+		tx := newTxID()
 		c.mu.Lock()
 		c.pending[tx] = cl
 		c.mu.Unlock()
@@ -370,6 +379,9 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		}
 		if err := c.t.Send(b, tg.addr); err != nil {
 			lastErr = err
+			if err := c.backoff(ctx, attempt); err != nil {
+				return wire.Message{}, err
+			}
 			continue
 		}
 		r, err := c.await(ctx, cl, tx, start, timeout, est)
@@ -431,7 +443,7 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time
 // backoff waits a little before retrying after an error reply (a node
 // without a leader answers fast, and retrying at once would only spin).
 func (c *Client) backoff(ctx context.Context, attempt int) error {
-	d := min(5*time.Millisecond<<attempt, 100*time.Millisecond)
+	d := min(5*time.Millisecond<<min(attempt, 5), 100*time.Millisecond)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -441,6 +453,16 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 		return fmt.Errorf("shoal: %w", ctx.Err())
 	case <-c.done:
 		return ErrClosed
+	}
+}
+
+// newTxID returns a random transaction id: 63 bits, never 0, so that a
+// reply cannot be forged without seeing the query.
+func newTxID() uint64 {
+	for {
+		if tx := mrand.Uint64() >> 1; tx != 0 {
+			return tx
+		}
 	}
 }
 

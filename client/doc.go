@@ -12,12 +12,14 @@
 // attempts arrive, and on whichever node. An attempt waits for a timeout
 // derived from measured round trips; after Config.Attempts attempts the
 // call fails with ErrUnavailable, and a write that failed so may or may not
-// have been applied.
+// have been applied, now or a little later.
 //
 // Caller's duties:
 //
 //  1. Give every call a context; its deadline bounds the call whatever the
 //     attempts.
-//  2. Never run two live clients with the same Config.ID.
+//  2. Settle a write that failed with ErrUnavailable by repeating it in a
+//     form that is safe to repeat (the same Set, a CompareAndSet), not by
+//     reading.
 //  3. Close the client when done; calls in flight may finish first.
 package client

@@ -16,7 +16,9 @@ var (
 	ErrVersionConflict = errors.New("shoal: version conflict")
 	// ErrUnavailable: no node answered within the attempts, or the shard
 	// had no leader in time. A write that failed this way may or may not
-	// have been applied; read the key to find out.
+	// have been applied, and may still be applied a little later (a
+	// delayed datagram, an entry the next leader commits): settle it with
+	// a write that is safe to repeat, not with a read.
 	ErrUnavailable = errors.New("shoal: unavailable")
 	// ErrValueTooLarge: a value over wire.MaxValueSize.
 	ErrValueTooLarge = errors.New("shoal: value too large")

@@ -227,7 +227,7 @@ func (c *Client) pingAll(now time.Time, idle time.Duration) {
 		if now.UnixNano()-n.sent.Load() < int64(idle) {
 			continue
 		}
-		m.TxID = c.txid.Add(1)
+		m.TxID = newTxID()
 		b, err := wire.Encode(&m)
 		if err != nil {
 			continue

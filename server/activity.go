@@ -49,6 +49,10 @@ func (a *activity) count(now time.Time) int64 {
 	return total
 }
 
+// maxClients bounds the addresses a node heartbeats to. Past it, new
+// clients are served but not heartbeated until older ones lapse.
+const maxClients = 1 << 16
+
 // clients remembers the addresses that sent requests recently: the ones a
 // node heartbeats to.
 type clients struct {
@@ -58,11 +62,13 @@ type clients struct {
 
 func (c *clients) touch(addr netip.AddrPort, now time.Time) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.seen == nil {
 		c.seen = make(map[netip.AddrPort]time.Time)
 	}
-	c.seen[addr] = now
-	c.mu.Unlock()
+	if _, ok := c.seen[addr]; ok || len(c.seen) < maxClients {
+		c.seen[addr] = now
+	}
 }
 
 // recent returns the addresses seen since now-ttl and forgets the rest.

@@ -69,6 +69,10 @@ type nodeService struct{ n *Node }
 // Forward serves a ForwardRequest from a peer. This node answers only as
 // the leader; it never forwards further, so requests cannot loop.
 func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
+	if !s.n.started.Load() {
+		reply.Retry, reply.Err = true, fmt.Sprintf("node %s is starting", s.n.id)
+		return nil
+	}
 	rep := s.n.replicas[req.Shard]
 	if rep == nil {
 		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
@@ -110,24 +114,40 @@ func newPeers(addrs map[string]string, dialTimeout time.Duration) *peers {
 	return &peers{addrs: addrs, timeout: dialTimeout, clients: make(map[string]*rpc.Client)}
 }
 
-func (p *peers) client(node string) (*rpc.Client, error) {
+// client returns the connection to node, dialing it if there is none. The
+// dial runs outside the lock, bounded by ctx, so that one unreachable peer
+// does not hold up calls to the others.
+func (p *peers) client(ctx context.Context, node string) (*rpc.Client, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+	c, closed := p.clients[node], p.closed
+	p.mu.Unlock()
+	if closed {
 		return nil, rpc.ErrShutdown
 	}
-	if c := p.clients[node]; c != nil {
+	if c != nil {
 		return c, nil
 	}
 	addr, ok := p.addrs[node]
 	if !ok {
 		return nil, fmt.Errorf("server: unknown node %q", node)
 	}
-	conn, err := dial(addr, p.timeout, []byte{preambleRPC})
+	dctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	conn, err := dialContext(dctx, addr, []byte{preambleRPC})
 	if err != nil {
 		return nil, fmt.Errorf("server: dialing node %s: %w", node, err)
 	}
-	c := rpc.NewClient(conn)
+	c = rpc.NewClient(conn)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		c.Close()
+		return nil, rpc.ErrShutdown
+	}
+	if won := p.clients[node]; won != nil {
+		c.Close() // another call dialed meanwhile
+		return won, nil
+	}
 	p.clients[node] = c
 	return c, nil
 }
@@ -144,7 +164,7 @@ func (p *peers) drop(node string, c *rpc.Client) {
 // forward sends req to node and waits for the reply or ctx. A failure the
 // caller may retry wraps errRetry.
 func (p *peers) forward(ctx context.Context, node string, req ForwardRequest) (ForwardReply, error) {
-	c, err := p.client(node)
+	c, err := p.client(ctx, node)
 	if err != nil {
 		return ForwardReply{}, fmt.Errorf("%w: %v", errRetry, err)
 	}

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
+
+// receiveErrorPause keeps a persistently failing socket from spinning the
+// receive loop.
+const receiveErrorPause = 10 * time.Millisecond
 
 // retryBackoff is how long a request waits before trying again to reach a
 // shard's leader when raft has announced no change.
@@ -21,8 +26,15 @@ func (n *Node) serve() {
 	buf := make([]byte, wire.MaxDatagramSize+1)
 	for {
 		size, from, err := n.transport.Receive(buf)
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			// Transient (an ICMP error surfacing on some systems, a
+			// full buffer): the next datagram may be fine.
+			n.log.Warn("receiving a datagram failed", "err", err)
+			time.Sleep(receiveErrorPause)
+			continue
 		}
 		select {
 		case n.inFlight <- struct{}{}:

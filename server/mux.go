@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,14 +44,14 @@ type mux struct {
 	wg       sync.WaitGroup
 }
 
-// newMux listens on addr, the node's raft address from the spec: peers dial
-// that address, so it is also what the node advertises.
-func newMux(addr string, log *slog.Logger, serveRPC func(net.Conn)) (*mux, error) {
-	ln, err := net.Listen("tcp", addr)
+// newMux listens on listen and advertises advertise, the node's raft
+// address in the spec, which peers dial.
+func newMux(listen, advertise string, log *slog.Logger, serveRPC func(net.Conn)) (*mux, error) {
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, fmt.Errorf("server: listen tcp %s: %w", addr, err)
+		return nil, fmt.Errorf("server: listen tcp %s: %w", listen, err)
 	}
-	m := &mux{ln: ln, advertise: advertisedAddr(addr), log: log, serveRPC: serveRPC,
+	m := &mux{ln: ln, advertise: advertisedAddr(advertise), log: log, serveRPC: serveRPC,
 		shards: make(map[shard.ID]*streamLayer), accepted: make(map[*trackedConn]struct{})}
 	m.wg.Add(1)
 	go m.acceptLoop()
@@ -126,16 +127,22 @@ func (m *mux) streamLayer(id shard.ID) (*streamLayer, error) {
 	return sl, nil
 }
 
-// dial opens a connection to another node's listener and writes preamble.
-func dial(addr string, timeout time.Duration, preamble []byte) (net.Conn, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+// dialContext opens a connection to another node's listener and writes
+// preamble, within ctx.
+func dialContext(ctx context.Context, addr string, preamble []byte) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(preambleTimeout))
+	deadline := time.Now().Add(preambleTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetWriteDeadline(deadline)
 	if _, err := conn.Write(preamble); err != nil {
 		conn.Close()
 		return nil, err
@@ -240,5 +247,7 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	var p [5]byte
 	p[0] = preambleRaft
 	binary.BigEndian.PutUint32(p[1:], uint32(s.id))
-	return dial(string(address), timeout, p[:])
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return dialContext(ctx, string(address), p[:])
 }

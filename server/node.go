@@ -97,7 +97,10 @@ type Node struct {
 	log      *slog.Logger
 	shardMap *shard.Map
 	topology wire.Topology
-	replicas map[shard.ID]*replica // fixed after Start
+	// replicas is fixed once started is set; peers may call in through
+	// the node listener before then, and are told to retry.
+	replicas map[shard.ID]*replica
+	started  atomic.Bool
 
 	transport wire.Transport
 	mux       *mux
@@ -140,7 +143,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		log:      cfg.Logger.With("node", cfg.ID),
 		shardMap: m,
 		topology: wire.Topology{Map: m},
-		replicas: make(map[shard.ID]*replica),
 		activity: newActivity(cfg.ActivityWindow),
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
 	}
@@ -155,25 +157,29 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
 		return nil, err
 	}
-	if n.mux, err = newMux(self.Raft, n.log, n.serveRPC); err != nil {
+	if n.mux, err = newMux(self.raftListen(), self.Raft, n.log, n.serveRPC); err != nil {
 		return nil, err
 	}
 	n.transport = cfg.Transport
 	if n.transport == nil {
-		if n.transport, err = wire.ListenUDP(self.Client); err != nil {
+		if n.transport, err = wire.ListenUDP(self.clientListen()); err != nil {
 			n.Close()
 			return nil, err
 		}
 	}
+	replicas := make(map[shard.ID]*replica)
+	fail := func(err error) (*Node, error) {
+		n.replicas = replicas
+		n.Close()
+		return nil, err
+	}
 	for _, id := range m.ShardsOf(cfg.ID) {
 		if err := ctx.Err(); err != nil {
-			n.Close()
-			return nil, err
+			return fail(err)
 		}
 		sl, err := n.mux.streamLayer(id)
 		if err != nil {
-			n.Close()
-			return nil, err
+			return fail(err)
 		}
 		peers := map[string]string{}
 		for _, nid := range m.Shard(id).Replicas {
@@ -183,11 +189,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		rep, err := openReplica(dir, id, cfg.ID, peers, cfg.Spec.Raft, sl, n.log)
 		if err != nil {
 			sl.Close()
-			n.Close()
-			return nil, err
+			return fail(err)
 		}
-		n.replicas[id] = rep
+		replicas[id] = rep
 	}
+	n.replicas = replicas
+	n.started.Store(true)
 	n.group.Go(n.serve)
 	n.group.Go(n.heartbeat)
 	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))

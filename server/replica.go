@@ -196,20 +196,31 @@ func (r *replica) changes() <-chan struct{} {
 	return r.changed
 }
 
-// ensureReady starts, unless one is running, a barrier that makes this
-// leader ready for reads in its current term.
+// ensureReady starts, unless one is running, barriers that make this
+// leader ready for reads in its current term: one per term, until the
+// replica is ready or no longer leads.
 func (r *replica) ensureReady() {
 	if !r.barrierRunning.CompareAndSwap(false, true) {
 		return
 	}
 	started := r.group.Go(func() {
-		defer r.barrierRunning.Store(false)
-		term := r.raft.CurrentTerm()
-		err := awaitFuture(r.raft.Barrier(0), r.stop)
-		// The barrier is ours only if the term did not move meanwhile.
-		if err == nil && r.raft.CurrentTerm() == term && r.raft.State() == raft.Leader {
-			r.readyTerm.Store(term)
+		for r.isLeader() {
+			term := r.raft.CurrentTerm()
+			if r.readyTerm.Load() == term {
+				break
+			}
+			err := awaitFuture(r.raft.Barrier(0), r.stop)
+			// The barrier is ours only if the term did not move meanwhile.
+			if err == nil && r.raft.CurrentTerm() == term && r.isLeader() {
+				r.readyTerm.Store(term)
+			}
+			if err != nil {
+				break // not leader any more, or shutting down
+			}
 		}
+		// Clear the flag before waking readers, so that a reader who
+		// still finds the replica not ready can start a barrier anew.
+		r.barrierRunning.Store(false)
 		r.broadcast()
 	})
 	if !started {
@@ -258,12 +269,14 @@ func (r *replica) applyLocal(op shard.Op) (shard.Result, error) {
 // acknowledged. Confirming leadership with a quorum after taking the index
 // rules out a newer leader having acknowledged writes meanwhile.
 func (r *replica) readIndex(ctx context.Context) (uint64, error) {
+	var term uint64
 	for {
 		if !r.isLeader() {
 			return 0, errNotLeader
 		}
 		ch := r.changes()
-		if r.readyTerm.Load() == r.raft.CurrentTerm() {
+		term = r.raft.CurrentTerm()
+		if r.readyTerm.Load() == term {
 			break
 		}
 		r.ensureReady()
@@ -276,6 +289,13 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	index := r.fsm.Applied()
 	if err := r.verifier.verify(ctx); err != nil {
 		return 0, err
+	}
+	// The index counts only if leadership held through one term from the
+	// readiness check to the confirmation: had it been lost and won back
+	// meanwhile, another leader could have acknowledged writes this
+	// replica had not applied when it took the index.
+	if r.raft.CurrentTerm() != term || r.readyTerm.Load() != term {
+		return 0, errNotLeader
 	}
 	return index, nil
 }

@@ -30,13 +30,34 @@ type Spec struct {
 	Raft RaftTiming `json:"raft"`
 }
 
-// NodeSpec is one node: its id and where it listens.
+// NodeSpec is one node: its id and its addresses.
 type NodeSpec struct {
 	ID string `json:"id"`
-	// Raft is the TCP address for raft and node-to-node traffic.
+	// Raft is the TCP address peers reach the node at, for raft and
+	// node-to-node traffic.
 	Raft string `json:"raft"`
 	// Client is the UDP address clients send requests to.
 	Client string `json:"client"`
+	// RaftListen and ClientListen are where the node binds, if not at Raft
+	// and Client: "0.0.0.0:7000", or a private address behind NAT.
+	RaftListen   string `json:"raft_listen,omitempty"`
+	ClientListen string `json:"client_listen,omitempty"`
+}
+
+// raftListen returns the address the node binds for raft.
+func (n *NodeSpec) raftListen() string {
+	if n.RaftListen != "" {
+		return n.RaftListen
+	}
+	return n.Raft
+}
+
+// clientListen returns the address the node binds for clients.
+func (n *NodeSpec) clientListen() string {
+	if n.ClientListen != "" {
+		return n.ClientListen
+	}
+	return n.Client
 }
 
 // RaftTiming holds the raft settings that must be alike on all replicas.
@@ -121,7 +142,17 @@ func (s *Spec) Validate() error {
 			return fmt.Errorf("%w: a node has no id", ErrInvalidSpec)
 		}
 		for _, a := range []string{n.Raft, n.Client} {
-			if _, _, err := net.SplitHostPort(a); err != nil {
+			host, _, err := net.SplitHostPort(a)
+			if err != nil {
+				return fmt.Errorf("%w: node %s: address %q: %v", ErrInvalidSpec, n.ID, a, err)
+			}
+			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+				return fmt.Errorf("%w: node %s: %q is where others reach the node, so it needs a host; "+
+					"to bind all interfaces set raft_listen or client_listen", ErrInvalidSpec, n.ID, a)
+			}
+		}
+		for _, a := range []string{n.RaftListen, n.ClientListen} {
+			if _, _, err := net.SplitHostPort(a); a != "" && err != nil {
 				return fmt.Errorf("%w: node %s: address %q: %v", ErrInvalidSpec, n.ID, a, err)
 			}
 		}

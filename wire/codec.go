@@ -35,7 +35,8 @@ func Encode(m *Message) ([]byte, error) {
 		putString(d, "c", m.Client)
 		putUint(d, "s", m.Seq)
 		putUint(d, "k", m.Ack)
-		putUint(d, "w", uint64(m.Timeout/time.Millisecond))
+		// Rounded up: a budget below a millisecond must not read as none.
+		putUint(d, "w", uint64((m.Timeout+time.Millisecond-1)/time.Millisecond))
 		if a := encodeArgs(&m.Args); len(a) > 0 {
 			d["a"] = a
 		}
@@ -224,7 +225,9 @@ func decodeValue(b []byte) (v any, err error) {
 		br.Reset(nil)
 		readerPool.Put(br)
 	}()
-	v, err = bencode.NewDecoderWithOptions(br, decodeOptions).Decode()
+	opts := decodeOptions
+	opts.MaxStringLength = int64(len(b)) // no string is longer than its datagram
+	v, err = bencode.NewDecoderWithOptions(br, opts).Decode()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}

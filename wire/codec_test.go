@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +198,33 @@ func BenchmarkDecode(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := Decode(data); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// Whatever a datagram holds, decoding it allocates a bounded amount: under
+// 1.5 MB for the most expensive datagrams we know of (tens of thousands of
+// empty containers), not in proportion to lengths the datagram claims.
+func TestDecodeAllocationIsBounded(t *testing.T) {
+	for name, in := range map[string]string{
+		"claims a long string": "60000:",
+		"claims a huge string": "d1:a99999999999:",
+		"empty dicts":          "l" + strings.Repeat("de", 32000) + "e",
+		"empty lists":          "l" + strings.Repeat("le", 32000) + "e",
+		"integers":             "l" + strings.Repeat("i1e", 21000) + "e",
+		"nested empty dicts":   strings.Repeat("l", 9) + strings.Repeat("de", 30000) + strings.Repeat("e", 9),
+		"many keys":            "d" + strings.Repeat("1:ai1e", 10000) + "e",
+	} {
+		Decode([]byte(in)) // warm the reader pool
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := Decode([]byte(in))
+		runtime.ReadMemStats(&after)
+		if err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+		if got := after.TotalAlloc - before.TotalAlloc; got > 1536<<10 {
+			t.Errorf("%s: %d bytes in, %d bytes allocated", name, len(in), got)
 		}
 	}
 }

@@ -199,7 +199,7 @@ const (
 	// MaxDepth bounds the nesting of lists and dicts in a message.
 	MaxDepth = 10
 	// MaxElements bounds the number of values in a message.
-	MaxElements = 20000
+	MaxElements = 8192
 	// MaxTimeout bounds Message.Timeout.
 	MaxTimeout = time.Hour
 )

@@ -1,0 +1,102 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+func validSpec() *Spec {
+	return &Spec{
+		Nodes: []NodeSpec{
+			{ID: "a", Raft: "127.0.0.1:7000", Client: "127.0.0.1:7001"},
+			{ID: "b", Raft: "127.0.0.1:7002", Client: "127.0.0.1:7003"},
+			{ID: "c", Raft: "127.0.0.1:7004", Client: "127.0.0.1:7005"},
+		},
+		Shards: []shard.Shard{{ID: 0, Replicas: []string{"a", "b", "c"}}, {ID: 1, Replicas: []string{"b", "c"}}},
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	if err := validSpec().Validate(); err != nil {
+		t.Fatalf("valid spec: %v", err)
+	}
+	for name, mutate := range map[string]func(*Spec){
+		"no nodes":              func(s *Spec) { s.Nodes = nil },
+		"no id":                 func(s *Spec) { s.Nodes[0].ID = "" },
+		"duplicate id":          func(s *Spec) { s.Nodes[1].ID = "a" },
+		"duplicate raft":        func(s *Spec) { s.Nodes[1].Raft = s.Nodes[0].Raft },
+		"duplicate client":      func(s *Spec) { s.Nodes[1].Client = s.Nodes[0].Client },
+		"no port":               func(s *Spec) { s.Nodes[0].Raft = "127.0.0.1" },
+		"unspecified raft host": func(s *Spec) { s.Nodes[0].Raft = "0.0.0.0:7000" },
+		"empty client host":     func(s *Spec) { s.Nodes[0].Client = ":7001" },
+		"bad listen address":    func(s *Spec) { s.Nodes[0].RaftListen = "nowhere" },
+		"unknown replica":       func(s *Spec) { s.Shards[1].Replicas = []string{"b", "z"} },
+		"four replicas":         func(s *Spec) { s.Shards[0].Replicas = []string{"a", "b", "c", "a"} },
+		"no shards":             func(s *Spec) { s.Shards = nil },
+		"bad ranges":            func(s *Spec) { s.Ranges = []shard.Range{{Start: 0, End: 10, Shard: 0}} },
+		"lease over heartbeat":  func(s *Spec) { s.Raft.LeaderLeaseTimeout = Duration(DefaultHeartbeatTimeout * 2) },
+	} {
+		s := validSpec()
+		mutate(s)
+		if err := s.Validate(); !errors.Is(err, ErrInvalidSpec) {
+			t.Errorf("%s: Validate = %v, want ErrInvalidSpec", name, err)
+		}
+	}
+}
+
+func TestSpecSaveLoad(t *testing.T) {
+	s := validSpec()
+	s.Raft.HeartbeatTimeout = Duration(700 * 1e6)
+	path := filepath.Join(t.TempDir(), "cluster.json")
+	if err := s.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadSpec(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, s) {
+		t.Errorf("loaded %+v, saved %+v", got, s)
+	}
+	m, err := got.Map()
+	if err != nil || m.Version != 1 || len(m.Ranges) != 2 || m.Ranges[1].End != shard.SlotCount {
+		t.Errorf("Map() = %+v, %v", m, err)
+	}
+	if err := os.WriteFile(path, []byte(`{"nodes": [], "raft": {"heartbeat_timeout": 5}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSpec(path); !errors.Is(err, ErrInvalidSpec) {
+		t.Errorf("a duration given as a number: %v", err)
+	}
+	if _, err := LoadSpec(filepath.Join(t.TempDir(), "missing.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// A node binds its listen addresses and is reached at its advertised ones.
+func TestListenAddresses(t *testing.T) {
+	spec, err := LocalSpec(1, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &spec.Nodes[0]
+	_, raftPort, _ := net.SplitHostPort(n.Raft)
+	_, clientPort, _ := net.SplitHostPort(n.Client)
+	n.RaftListen, n.ClientListen = "0.0.0.0:"+raftPort, "0.0.0.0:"+clientPort
+	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
+	t.Cleanup(c.closeAll)
+	c.start(n.ID)
+	c.waitLeaders()
+	cl := c.client(client.Config{})
+	if _, err := cl.Set(context.Background(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+}
