@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/rpc"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -507,5 +508,50 @@ func TestCatchUpBySnapshot(t *testing.T) {
 	t.Logf("leader's log starts at %d; %s caught up from a snapshot", first, lagger)
 	if first < 10 {
 		t.Errorf("the leader's log still starts at %d: nothing forced a snapshot install", first)
+	}
+}
+
+// Peers may call a node over its listener while it is still opening its
+// replicas (a restart with many shards): the node answers "retry" until it
+// has started, never touching its replicas half-built. Run with -race.
+func TestForwardDuringStart(t *testing.T) {
+	spec, err := LocalSpec(3, 32, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
+	t.Cleanup(c.closeAll)
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		calls := 0
+		defer func() { done <- calls }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			conn, err := dialContext(ctx, spec.Nodes[0].Raft, []byte{preambleRPC})
+			cancel()
+			if err != nil {
+				continue // not listening yet
+			}
+			cl := rpc.NewClient(conn)
+			for i := 0; i < 50; i++ {
+				var reply ForwardReply
+				if cl.Call("Node.Forward", ForwardRequest{Shard: shard.ID(i % 32), ReadIndex: true, Timeout: time.Millisecond}, &reply) != nil {
+					break
+				}
+				calls++
+			}
+			cl.Close()
+		}
+	}()
+	c.start("n1")
+	close(stop)
+	if calls := <-done; calls == 0 {
+		t.Log("no call reached the node while it started")
 	}
 }
