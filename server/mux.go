@@ -49,7 +49,7 @@ type mux struct {
 func newMux(listen, advertise string, log *slog.Logger, serveRPC func(net.Conn)) (*mux, error) {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, fmt.Errorf("server: listen tcp %s: %w", listen, err)
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	m := &mux{ln: ln, advertise: advertisedAddr(advertise), log: log, serveRPC: serveRPC,
 		shards: make(map[shard.ID]*streamLayer), accepted: make(map[*trackedConn]struct{})}

@@ -49,7 +49,7 @@ func ListenUDP(addr string) (*UDP, error) {
 	}
 	conn, err := net.ListenUDP("udp", ua)
 	if err != nil {
-		return nil, fmt.Errorf("wire: listen udp %s: %w", addr, err)
+		return nil, fmt.Errorf("wire: %w", err)
 	}
 	// Best effort: the kernel caps these at its own maximum.
 	_ = conn.SetReadBuffer(udpSocketBuffer)

@@ -21,7 +21,6 @@ import (
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/shard"
-	"github.com/shoal-kv/shoal/wire"
 )
 
 func clusterCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -265,12 +264,21 @@ type clusterView struct {
 }
 
 type nodeView struct {
-	ID       string             `json:"id"`
-	Addr     string             `json:"addr"`
-	Up       bool               `json:"up"`
-	Activity int64              `json:"activity"`
-	Shards   []wire.ShardStatus `json:"shards,omitempty"`
-	Err      string             `json:"error,omitempty"`
+	ID       string          `json:"id"`
+	Addr     string          `json:"addr"`
+	Up       bool            `json:"up"`
+	Activity int64           `json:"activity"`
+	Shards   []nodeShardView `json:"shards,omitempty"`
+	Err      string          `json:"error,omitempty"`
+}
+
+// nodeShardView is one replica as its node reports it.
+type nodeShardView struct {
+	ID      shard.ID `json:"id"`
+	State   string   `json:"state"`
+	Leader  string   `json:"leader"`
+	Applied uint64   `json:"applied"`
+	Keys    int      `json:"keys"`
 }
 
 type shardView struct {
@@ -312,7 +320,11 @@ func collectStatus(ctx context.Context, c *client.Client) *clusterView {
 				v.Nodes[i].Err = err.Error()
 				return
 			}
-			v.Nodes[i].Up, v.Nodes[i].Activity, v.Nodes[i].Shards = true, st.Activity, st.Shards
+			v.Nodes[i].Up, v.Nodes[i].Activity = true, st.Activity
+			for _, ss := range st.Shards {
+				v.Nodes[i].Shards = append(v.Nodes[i].Shards,
+					nodeShardView{ID: ss.ID, State: ss.State, Leader: ss.Leader, Applied: ss.Applied, Keys: ss.Keys})
+			}
 		}()
 	}
 	wg.Wait()
