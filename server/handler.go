@@ -102,10 +102,11 @@ func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
 	b, err := wire.Encode(r)
 	if err != nil {
 		n.log.Error("encoding reply", "err", err)
-		b, err = wire.Encode(errorReply(wire.CodeServer, "reply did not encode"))
-		if err != nil {
+		if r.Type == wire.TypeError {
 			return
 		}
+		n.reply(to, txid, errorReply(wire.CodeServer, "the reply did not encode: %v", err))
+		return
 	}
 	_ = n.transport.Send(b, to) // a lost reply is a lost datagram: the client retries
 }

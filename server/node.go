@@ -155,17 +155,19 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.peers = newPeers(raftAddrs, 2*time.Second)
 	n.rpc = rpc.NewServer()
 	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
-		return nil, err
-	}
-	if n.mux, err = newMux(self.raftListen(), self.Raft, n.log, n.serveRPC); err != nil {
+		n.cancel()
 		return nil, err
 	}
 	n.transport = cfg.Transport
 	if n.transport == nil {
 		if n.transport, err = wire.ListenUDP(self.clientListen()); err != nil {
-			n.Close()
+			n.cancel()
 			return nil, err
 		}
+	}
+	if n.mux, err = newMux(self.raftListen(), self.Raft, n.log, n.serveRPC); err != nil {
+		n.Close()
+		return nil, err
 	}
 	replicas := make(map[shard.ID]*replica)
 	fail := func(err error) (*Node, error) {
