@@ -11,8 +11,7 @@ import (
 
 // BenchmarkSet measures one set, end to end, on an in-process cluster of 3
 // nodes with one shard of 3 replicas: client, UDP, forwarding, raft with
-// fsync, state machine. Run with -cpu to vary concurrency via
-// b.RunParallel's goroutines (GOMAXPROCS each by default; -parallel scales).
+// fsync, state machine. Requests in flight: GOMAXPROCS (set it with -cpu).
 func BenchmarkSet(b *testing.B) {
 	c := newTestCluster(b, 3, 1, 3)
 	cl := c.client(client.Config{})

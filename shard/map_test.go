@@ -59,10 +59,14 @@ func TestKeysSpreadUniformly(t *testing.T) {
 		slots[KeySlot(key)]++
 		shards[m.ShardOf(key)]++
 	}
-	if x2, crit := chiSquare(slots, n), criticalChiSquare(SlotCount-1); x2 > crit {
+	x2, crit := chiSquare(slots, n), criticalChiSquare(SlotCount-1)
+	t.Logf("slots: chi-square %.1f, 0.1%% critical value %.1f (df %d)", x2, crit, SlotCount-1)
+	if x2 > crit {
 		t.Errorf("slots: chi-square %.1f over %d slots exceeds %.1f", x2, SlotCount, crit)
 	}
-	if x2, crit := chiSquare(shards, n), criticalChiSquare(3); x2 > crit {
+	x2, crit = chiSquare(shards, n), criticalChiSquare(3)
+	t.Logf("shards: counts %v, chi-square %.2f, critical %.2f", shards, x2, crit)
+	if x2 > crit {
 		t.Errorf("shards: chi-square %.1f over counts %v exceeds %.1f", x2, shards, crit)
 	}
 }
