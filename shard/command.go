@@ -20,6 +20,31 @@ const (
 	// KindCompareAndSet stores Value under Key only if the key's current
 	// version is Version; Version 0 means the key must not exist.
 	KindCompareAndSet Kind = "cas"
+
+	// KindEnqueue creates job JobID of Topic with payload Value, to run at
+	// RunAt (or now), with MaxAttempts, Backoff and uniqueness key Unique.
+	KindEnqueue Kind = "enq"
+	// KindAcquire leases the next available job of Topic to Client for
+	// Lease nanoseconds.
+	KindAcquire Kind = "acq"
+	// KindExtend, KindComplete, KindFail and KindRelease act on job JobID
+	// under lease Token: extend it by Lease, finish it, fail it with
+	// Reason, or give it back.
+	KindExtend   Kind = "ext"
+	KindComplete Kind = "done"
+	KindFail     Kind = "fail"
+	KindRelease  Kind = "rel"
+	// KindRequeue queues dead job JobID again.
+	KindRequeue Kind = "requeue"
+	// KindEvery creates or updates the schedule (Topic, Unique) making a
+	// job with payload Value every Interval; KindUnevery removes it.
+	KindEvery   Kind = "every"
+	KindUnevery Kind = "unevery"
+	// KindTick does nothing but move the clock, so schedules fire.
+	KindTick Kind = "tick"
+	// KindPromote is a new leader's first command: it extends the leases
+	// live under the previous leader by Lease (the grace).
+	KindPromote Kind = "promote"
 )
 
 // Op is one client request as the state machine applies it.
@@ -36,6 +61,18 @@ type Op struct {
 	Key     string `bencode:"y"`
 	Value   string `bencode:"v"`
 	Version uint64 `bencode:"n"`
+
+	// Job ops; times are Unix nanoseconds, durations nanoseconds.
+	Topic       string `bencode:"t"`
+	JobID       string `bencode:"j"`
+	Token       uint64 `bencode:"o"`
+	Lease       int64  `bencode:"l"`
+	RunAt       int64  `bencode:"r"`
+	MaxAttempts int    `bencode:"m"`
+	Backoff     int64  `bencode:"b"`
+	Unique      string `bencode:"u"`
+	Reason      string `bencode:"e"`
+	Interval    int64  `bencode:"i"`
 }
 
 // Command is one raft log entry: a batch of operations and the time at which
@@ -82,6 +119,12 @@ const (
 	// StatusInvalid: the op is malformed (unknown kind, empty key); it was
 	// not executed.
 	StatusInvalid
+	// StatusEmpty: an acquire found no job available.
+	StatusEmpty
+	// StatusLeaseLost: the token is not the job's live lease.
+	StatusLeaseLost
+	// StatusWrongState: the job is not in a state the op applies to.
+	StatusWrongState
 )
 
 // Errors of the state machine, returned by Result.Err.
@@ -106,6 +149,17 @@ type Result struct {
 	// compare-and-set, its version before a delete, or its current version
 	// (0 if absent) after a conflict.
 	Version uint64 `bencode:"v"`
+
+	// Job ops: the job (for an enqueue that found a live job with the
+	// same uniqueness key, that job's id), and for a grant or extension
+	// its lease. For a failed job, Deadline is when it runs again, 0 if
+	// it is dead now.
+	JobID    string `bencode:"j"`
+	Topic    string `bencode:"t"`
+	Payload  string `bencode:"p"`
+	Attempt  int    `bencode:"a"`
+	Token    uint64 `bencode:"o"`
+	Deadline int64  `bencode:"d"`
 }
 
 // Err returns nil for StatusOK and the matching sentinel error otherwise.
@@ -121,6 +175,12 @@ func (r Result) Err() error {
 		return ErrAcked
 	case StatusTooManyPending:
 		return ErrTooManyPending
+	case StatusEmpty:
+		return ErrNoJob
+	case StatusLeaseLost:
+		return ErrLeaseLost
+	case StatusWrongState:
+		return ErrWrongState
 	default:
 		return ErrInvalidOp
 	}

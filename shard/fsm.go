@@ -39,9 +39,13 @@ type Stats struct {
 	Revision uint64
 	// Keys and Sessions are the current counts.
 	Keys, Sessions int
-	// Executed counts ops that ran; Duplicates counts retried ops answered
-	// from a session instead.
+	// Executed counts key writes that ran; Duplicates counts retried ops
+	// of any kind answered from a session instead.
 	Executed, Duplicates uint64
+	// Jobs counts the jobs held (not done); JobsCompleted counts
+	// completions.
+	Jobs          int
+	JobsCompleted uint64
 }
 
 // FSM is the replicated state machine of one shard: keys with versioned
@@ -54,8 +58,10 @@ type FSM struct {
 	mu         sync.RWMutex
 	kv         map[string]Entry
 	sessions   sessions
-	rev        uint64 // last version handed out
+	jobs       jobTable
+	rev        uint64 // last version (and fencing token) handed out
 	clock      int64  // max Command.Now seen, Unix nanoseconds
+	prevClock  int64  // clock before the command being applied
 	lastExpiry int64  // clock at the last session expiry scan
 	executed   uint64
 	duplicates uint64
@@ -74,6 +80,7 @@ func NewFSM(cfg FSMConfig) *FSM {
 		sessionTTL: cfg.SessionTTL,
 		kv:         make(map[string]Entry),
 		sessions:   make(sessions),
+		jobs:       newJobTable(),
 		appliedCh:  make(chan struct{}),
 	}
 }
@@ -106,6 +113,7 @@ func (f *FSM) applyCommand(data []byte) interface{} {
 	if err != nil {
 		return err
 	}
+	f.prevClock = f.clock
 	if cmd.Now > f.clock {
 		f.clock = cmd.Now
 	}
@@ -113,6 +121,7 @@ func (f *FSM) applyCommand(data []byte) interface{} {
 		f.sessions.expire(f.clock - int64(f.sessionTTL))
 		f.lastExpiry = f.clock
 	}
+	f.runSchedules()
 	results := make([]Result, len(cmd.Ops))
 	for i := range cmd.Ops {
 		results[i] = f.applyOp(&cmd.Ops[i])
@@ -121,11 +130,8 @@ func (f *FSM) applyCommand(data []byte) interface{} {
 }
 
 func (f *FSM) applyOp(op *Op) Result {
-	if op.Key == "" {
-		return Result{Status: StatusInvalid}
-	}
 	var s *session
-	if op.Client != "" {
+	if op.Client != "" && op.Seq != 0 { // an op without a sequence number cannot be deduplicated
 		var res Result
 		var done bool
 		if s, res, done = f.sessions.begin(op, f.clock); done {
@@ -141,9 +147,43 @@ func (f *FSM) applyOp(op *Op) Result {
 }
 
 func (f *FSM) execute(op *Op) Result {
+	switch op.Kind {
+	case KindSet, KindCompareAndSet, KindDelete:
+		return f.executeKV(op)
+	case KindEnqueue:
+		return f.enqueue(op)
+	case KindAcquire:
+		return f.acquire(op)
+	case KindExtend:
+		return f.extend(op)
+	case KindComplete:
+		return f.complete(op)
+	case KindFail:
+		return f.fail(op)
+	case KindRelease:
+		return f.release(op)
+	case KindRequeue:
+		return f.requeue(op)
+	case KindEvery:
+		return f.every(op)
+	case KindUnevery:
+		return f.unevery(op)
+	case KindTick:
+		return Result{}
+	case KindPromote:
+		f.promote(f.prevClock, op.Lease)
+		return Result{}
+	default:
+		return Result{Status: StatusInvalid}
+	}
+}
+
+func (f *FSM) executeKV(op *Op) Result {
+	if op.Key == "" {
+		return Result{Status: StatusInvalid}
+	}
 	cur, exists := f.kv[op.Key]
 	switch op.Kind {
-	case KindSet:
 	case KindCompareAndSet:
 		// Versions start at 1, so Version 0 matches only a missing key.
 		if cur.Version != op.Version {
@@ -157,8 +197,6 @@ func (f *FSM) execute(op *Op) Result {
 		f.rev++
 		delete(f.kv, op.Key)
 		return Result{Version: cur.Version}
-	default:
-		return Result{Status: StatusInvalid}
 	}
 	f.executed++
 	f.rev++
@@ -203,11 +241,13 @@ func (f *FSM) Stats() Stats {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return Stats{
-		Applied:    f.applied,
-		Revision:   f.rev,
-		Keys:       len(f.kv),
-		Sessions:   len(f.sessions),
-		Executed:   f.executed,
-		Duplicates: f.duplicates,
+		Applied:       f.applied,
+		Revision:      f.rev,
+		Keys:          len(f.kv),
+		Sessions:      len(f.sessions),
+		Executed:      f.executed,
+		Duplicates:    f.duplicates,
+		Jobs:          len(f.jobs.jobs),
+		JobsCompleted: f.jobs.completed,
 	}
 }

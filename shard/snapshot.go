@@ -2,6 +2,7 @@ package shard
 
 import (
 	"bufio"
+	"container/heap"
 	"errors"
 	"fmt"
 	"io"
@@ -18,9 +19,10 @@ const snapshotFormat = 1
 // ErrBadSnapshot is returned (wrapped) by Restore for a stream it cannot read.
 var ErrBadSnapshot = errors.New("shard: bad snapshot")
 
-// The snapshot stream is a header followed by Keys key records and Sessions
-// session records, each a bencoded dict. Keys and clients are sorted, so
-// replicas with the same state write the same bytes.
+// The snapshot stream is a header followed by, in order, Keys key records,
+// Sessions session records, Topics topic records, Jobs job records and
+// Schedules schedule records, each a bencoded dict. Every kind is sorted by
+// its name, so replicas with the same state write the same bytes.
 type snapshotHeader struct {
 	Format     int    `bencode:"f"`
 	Applied    uint64 `bencode:"i"`
@@ -29,8 +31,13 @@ type snapshotHeader struct {
 	LastExpiry int64  `bencode:"x"`
 	Executed   uint64 `bencode:"e"`
 	Duplicates uint64 `bencode:"d"`
+	JobSeq     uint64 `bencode:"q"`
+	Completed  uint64 `bencode:"c"`
 	Keys       int    `bencode:"k"`
 	Sessions   int    `bencode:"s"`
+	Topics     int    `bencode:"o"`
+	Jobs       int    `bencode:"j"`
+	Schedules  int    `bencode:"h"`
 }
 
 type keyRecord struct {
@@ -47,43 +54,109 @@ type sessionRecord struct {
 }
 
 type resultRecord struct {
-	Seq     uint64 `bencode:"q"`
-	Status  Status `bencode:"s"`
-	Version uint64 `bencode:"v"`
+	Seq    uint64 `bencode:"q"`
+	Result Result `bencode:"r"`
+}
+
+// topicRecord carries what the jobs themselves do not: the completions.
+type topicRecord struct {
+	Name string `bencode:"n"`
+	Done uint64 `bencode:"d"`
+}
+
+type jobRecord struct {
+	ID          string   `bencode:"i"`
+	Topic       string   `bencode:"t"`
+	Payload     string   `bencode:"p"`
+	State       jobState `bencode:"s"`
+	Attempt     int      `bencode:"a"`
+	MaxAttempts int      `bencode:"m"`
+	RunAt       int64    `bencode:"r"`
+	Lease       int64    `bencode:"l"`
+	Deadline    int64    `bencode:"d"`
+	Holder      string   `bencode:"h"`
+	Token       uint64   `bencode:"o"`
+	Unique      string   `bencode:"u"`
+	Backoff     int64    `bencode:"b"`
+	LastError   string   `bencode:"e"`
+	Created     int64    `bencode:"c"`
+	Seq         uint64   `bencode:"q"`
+}
+
+type scheduleRecord struct {
+	Topic       string `bencode:"t"`
+	Key         string `bencode:"k"`
+	Payload     string `bencode:"p"`
+	Interval    int64  `bencode:"i"`
+	MaxAttempts int    `bencode:"m"`
+	Last        int64  `bencode:"l"`
 }
 
 // fsmSnapshot is a point-in-time copy of the state, written out while the
 // FSM goes on applying.
 type fsmSnapshot struct {
-	header   snapshotHeader
-	kv       map[string]Entry
-	sessions sessions
+	header    snapshotHeader
+	kv        []keyRecord
+	sessions  []sessionRecord
+	topics    []topicRecord
+	jobs      []jobRecord
+	schedules []scheduleRecord
 }
 
-// Snapshot captures the state for raft. It copies the maps, so it costs
-// time linear in the state; Persist then runs without holding the FSM.
+// Snapshot captures the state for raft. It copies it, in time linear in its
+// size; Persist then runs without holding the FSM.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	kv := make(map[string]Entry, len(f.kv))
+	s := &fsmSnapshot{header: snapshotHeader{
+		Format:     snapshotFormat,
+		Applied:    f.applied,
+		Revision:   f.rev,
+		Clock:      f.clock,
+		LastExpiry: f.lastExpiry,
+		Executed:   f.executed,
+		Duplicates: f.duplicates,
+		JobSeq:     f.jobs.seq,
+		Completed:  f.jobs.completed,
+	}}
 	for k, e := range f.kv {
-		kv[k] = e
+		s.kv = append(s.kv, keyRecord{Key: k, Value: e.Value, Version: e.Version})
 	}
-	return &fsmSnapshot{
-		header: snapshotHeader{
-			Format:     snapshotFormat,
-			Applied:    f.applied,
-			Revision:   f.rev,
-			Clock:      f.clock,
-			LastExpiry: f.lastExpiry,
-			Executed:   f.executed,
-			Duplicates: f.duplicates,
-			Keys:       len(kv),
-			Sessions:   len(f.sessions),
-		},
-		kv:       kv,
-		sessions: f.sessions.clone(),
-	}, nil
+	for c, ss := range f.sessions {
+		rec := sessionRecord{Client: c, Floor: ss.floor, LastSeen: ss.lastSeen}
+		for seq, r := range ss.results {
+			rec.Results = append(rec.Results, resultRecord{Seq: seq, Result: r})
+		}
+		sort.Slice(rec.Results, func(i, j int) bool { return rec.Results[i].Seq < rec.Results[j].Seq })
+		s.sessions = append(s.sessions, rec)
+	}
+	for name, q := range f.jobs.topics {
+		s.topics = append(s.topics, topicRecord{Name: name, Done: q.done})
+	}
+	for _, j := range f.jobs.jobs {
+		s.jobs = append(s.jobs, jobRecord{
+			ID: j.ID, Topic: j.Topic, Payload: j.Payload, State: j.state, Attempt: j.Attempt,
+			MaxAttempts: j.MaxAttempts, RunAt: j.RunAt, Lease: j.Lease, Deadline: j.Deadline,
+			Holder: j.Holder, Token: j.Token, Unique: j.Unique, Backoff: j.Backoff,
+			LastError: j.LastError, Created: j.Created, Seq: j.seq,
+		})
+	}
+	for _, sc := range f.jobs.schedules {
+		s.schedules = append(s.schedules, scheduleRecord{
+			Topic: sc.Topic, Key: sc.Key, Payload: sc.Payload, Interval: sc.Interval,
+			MaxAttempts: sc.MaxAttempts, Last: sc.Last,
+		})
+	}
+	sort.Slice(s.kv, func(i, j int) bool { return s.kv[i].Key < s.kv[j].Key })
+	sort.Slice(s.sessions, func(i, j int) bool { return s.sessions[i].Client < s.sessions[j].Client })
+	sort.Slice(s.topics, func(i, j int) bool { return s.topics[i].Name < s.topics[j].Name })
+	sort.Slice(s.jobs, func(i, j int) bool { return s.jobs[i].ID < s.jobs[j].ID })
+	sort.Slice(s.schedules, func(i, j int) bool {
+		return uniqueKey(s.schedules[i].Topic, s.schedules[i].Key) < uniqueKey(s.schedules[j].Topic, s.schedules[j].Key)
+	})
+	h := &s.header
+	h.Keys, h.Sessions, h.Topics, h.Jobs, h.Schedules = len(s.kv), len(s.sessions), len(s.topics), len(s.jobs), len(s.schedules)
+	return s, nil
 }
 
 // Persist writes the snapshot to sink and closes it, or cancels it on error.
@@ -97,37 +170,47 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 
 func (s *fsmSnapshot) write(w io.Writer) error {
 	bw := bufio.NewWriter(w)
-	if err := bencode.Marshal(bw, s.header); err != nil {
+	err := bencode.Marshal(bw, s.header)
+	if err == nil {
+		err = marshalAll(bw, s.kv)
+	}
+	if err == nil {
+		err = marshalAll(bw, s.sessions)
+	}
+	if err == nil {
+		err = marshalAll(bw, s.topics)
+	}
+	if err == nil {
+		err = marshalAll(bw, s.jobs)
+	}
+	if err == nil {
+		err = marshalAll(bw, s.schedules)
+	}
+	if err != nil {
 		return err
 	}
-	keys := make([]string, 0, len(s.kv))
-	for k := range s.kv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		e := s.kv[k]
-		if err := bencode.Marshal(bw, keyRecord{Key: k, Value: e.Value, Version: e.Version}); err != nil {
-			return err
-		}
-	}
-	clients := make([]string, 0, len(s.sessions))
-	for c := range s.sessions {
-		clients = append(clients, c)
-	}
-	sort.Strings(clients)
-	for _, c := range clients {
-		ss := s.sessions[c]
-		rec := sessionRecord{Client: c, Floor: ss.floor, LastSeen: ss.lastSeen}
-		for seq, r := range ss.results {
-			rec.Results = append(rec.Results, resultRecord{Seq: seq, Status: r.Status, Version: r.Version})
-		}
-		sort.Slice(rec.Results, func(i, j int) bool { return rec.Results[i].Seq < rec.Results[j].Seq })
-		if err := bencode.Marshal(bw, rec); err != nil {
-			return err
-		}
-	}
 	return bw.Flush()
+}
+
+func marshalAll[T any](w io.Writer, records []T) error {
+	for _, r := range records {
+		if err := bencode.Marshal(w, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readAll reads n records of type T, calling use on each.
+func readAll[T any](r *bufio.Reader, n int, what string, use func(*T)) error {
+	for i := 0; i < n; i++ {
+		var rec T
+		if err := bencode.Unmarshal(r, &rec); err != nil {
+			return fmt.Errorf("%w: %s %d of %d: %v", ErrBadSnapshot, what, i, n, err)
+		}
+		use(&rec)
+	}
+	return nil
 }
 
 // Release does nothing: the snapshot holds only copies.
@@ -144,37 +227,78 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if h.Format != snapshotFormat {
 		return fmt.Errorf("%w: format %d, want %d", ErrBadSnapshot, h.Format, snapshotFormat)
 	}
-	if h.Keys < 0 || h.Sessions < 0 {
+	if h.Keys < 0 || h.Sessions < 0 || h.Topics < 0 || h.Jobs < 0 || h.Schedules < 0 {
 		return fmt.Errorf("%w: negative counts", ErrBadSnapshot)
 	}
 	kv := make(map[string]Entry)
-	for i := 0; i < h.Keys; i++ {
-		var r keyRecord
-		if err := bencode.Unmarshal(br, &r); err != nil {
-			return fmt.Errorf("%w: key %d of %d: %v", ErrBadSnapshot, i, h.Keys, err)
-		}
-		kv[r.Key] = Entry{Value: r.Value, Version: r.Version}
-	}
 	ss := make(sessions)
-	for i := 0; i < h.Sessions; i++ {
-		var r sessionRecord
-		if err := bencode.Unmarshal(br, &r); err != nil {
-			return fmt.Errorf("%w: session %d of %d: %v", ErrBadSnapshot, i, h.Sessions, err)
-		}
-		s := &session{floor: r.Floor, lastSeen: r.LastSeen, results: make(map[uint64]Result, len(r.Results))}
-		for _, res := range r.Results {
-			s.results[res.Seq] = Result{Status: res.Status, Version: res.Version}
-		}
-		ss[r.Client] = s
+	jobs := newJobTable()
+	jobs.seq, jobs.completed = h.JobSeq, h.Completed
+	err := readAll(br, h.Keys, "key", func(r *keyRecord) {
+		kv[r.Key] = Entry{Value: r.Value, Version: r.Version}
+	})
+	if err == nil {
+		err = readAll(br, h.Sessions, "session", func(r *sessionRecord) {
+			s := &session{floor: r.Floor, lastSeen: r.LastSeen, results: make(map[uint64]Result, len(r.Results))}
+			for _, res := range r.Results {
+				s.results[res.Seq] = res.Result
+			}
+			ss[r.Client] = s
+		})
 	}
+	if err == nil {
+		err = readAll(br, h.Topics, "topic", func(r *topicRecord) { jobs.topic(r.Name).done = r.Done })
+	}
+	if err == nil {
+		err = readAll(br, h.Jobs, "job", func(r *jobRecord) {
+			j := &Job{
+				ID: r.ID, Topic: r.Topic, Payload: r.Payload, state: r.State, Attempt: r.Attempt,
+				MaxAttempts: r.MaxAttempts, RunAt: r.RunAt, Lease: r.Lease, Deadline: r.Deadline,
+				Holder: r.Holder, Token: r.Token, Unique: r.Unique, Backoff: r.Backoff,
+				LastError: r.LastError, Created: r.Created, seq: r.Seq, index: -1,
+			}
+			jobs.add(j)
+		})
+	}
+	if err == nil {
+		err = readAll(br, h.Schedules, "schedule", func(r *scheduleRecord) {
+			jobs.schedules[uniqueKey(r.Topic, r.Key)] = &Schedule{
+				Topic: r.Topic, Key: r.Key, Payload: r.Payload, Interval: r.Interval,
+				MaxAttempts: r.MaxAttempts, Last: r.Last,
+			}
+		})
+	}
+	if err != nil {
+		return err
+	}
+	jobs.scheduleDue = jobs.nextScheduleDue()
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.kv, f.sessions = kv, ss
+	f.kv, f.sessions, f.jobs = kv, ss, jobs
 	f.rev, f.clock, f.lastExpiry = h.Revision, h.Clock, h.LastExpiry
 	f.executed, f.duplicates = h.Executed, h.Duplicates
 	f.applied = h.Applied
 	close(f.appliedCh)
 	f.appliedCh = make(chan struct{})
 	return nil
+}
+
+// add puts a restored job back in its place: its topic's heaps, the dead
+// count, the uniqueness index.
+func (t *jobTable) add(j *Job) {
+	t.jobs[j.ID] = j
+	q := t.topic(j.Topic)
+	switch j.state {
+	case stateQueued:
+		heap.Push(&q.queued, j)
+	case stateLeased:
+		heap.Push(&q.leased, j)
+	default:
+		q.dead++
+		return
+	}
+	if j.Unique != "" {
+		t.unique[uniqueKey(j.Topic, j.Unique)] = j.ID
+	}
 }

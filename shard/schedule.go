@@ -1,0 +1,105 @@
+package shard
+
+import (
+	"sort"
+	"strconv"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Schedule makes one job of Topic per Interval: for interval number k (the
+// k-th multiple of Interval since the Unix epoch) a job whose id is made
+// from the schedule and k. The state machine makes it when the first
+// command with a time in interval k is applied, so no two jobs are made for
+// one interval, whichever leader proposes, and an interval the shard slept
+// through entirely is skipped, not made up.
+type Schedule struct {
+	Topic, Key  string
+	Payload     string
+	Interval    int64 // nanoseconds
+	MaxAttempts int
+	// Last is the last interval number a job was made for.
+	Last int64
+}
+
+// IntervalJobID returns the id of the job that schedule (topic, key) makes
+// for interval number k.
+func IntervalJobID(topic, key string, k int64) string {
+	h := xxhash.Sum64String(uniqueKey(topic, key))
+	return NewJobID(JobKeySlot(topic, key), "e"+strconv.FormatUint(h, 16)+"."+strconv.FormatInt(k, 10))
+}
+
+// every creates or updates a schedule. A new one makes its first job at
+// once; an updated one keeps its place, so registering the same schedule
+// again (each worker process at start, say) makes no extra job.
+func (f *FSM) every(op *Op) Result {
+	if !validTopic(op.Topic) || op.Unique == "" || op.Interval <= 0 {
+		return Result{Status: StatusInvalid}
+	}
+	k := uniqueKey(op.Topic, op.Unique)
+	s := f.jobs.schedules[k]
+	if s == nil {
+		s = &Schedule{Topic: op.Topic, Key: op.Unique, Last: -1}
+		f.jobs.schedules[k] = s
+	}
+	s.Payload, s.Interval, s.MaxAttempts = op.Value, op.Interval, op.MaxAttempts
+	f.jobs.scheduleDue = 0 // run at once
+	f.runSchedules()
+	return Result{JobID: IntervalJobID(s.Topic, s.Key, f.clock/s.Interval)}
+}
+
+// unevery removes a schedule; the jobs it made stay.
+func (f *FSM) unevery(op *Op) Result {
+	k := uniqueKey(op.Topic, op.Unique)
+	if _, ok := f.jobs.schedules[k]; !ok {
+		return Result{Status: StatusNotFound}
+	}
+	delete(f.jobs.schedules, k)
+	f.jobs.scheduleDue = f.jobs.nextScheduleDue()
+	return Result{}
+}
+
+// runSchedules makes the jobs of the intervals the clock has entered. It
+// visits schedules in key order: job creation order is replicated state.
+func (f *FSM) runSchedules() {
+	t := &f.jobs
+	if len(t.schedules) == 0 || f.clock < t.scheduleDue {
+		return
+	}
+	keys := make([]string, 0, len(t.schedules))
+	for k := range t.schedules {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		s := t.schedules[key]
+		k := f.clock / s.Interval
+		if k <= s.Last {
+			continue
+		}
+		s.Last = k
+		id := IntervalJobID(s.Topic, s.Key, k)
+		if _, exists := t.jobs[id]; !exists {
+			f.createJob(id, s.Topic, s.Payload, f.clock, s.MaxAttempts, 0, "")
+		}
+	}
+	t.scheduleDue = t.nextScheduleDue()
+}
+
+// nextScheduleDue returns when the next schedule fires.
+func (t *jobTable) nextScheduleDue() int64 {
+	at := int64(1<<63 - 1)
+	for _, s := range t.schedules {
+		at = min(at, (s.Last+1)*s.Interval)
+	}
+	return at
+}
+
+// NextScheduleDue returns the earliest time a schedule makes its next job,
+// and false if there are no schedules. A leader proposes a command then, so
+// the job appears even when nothing else is written.
+func (f *FSM) NextScheduleDue() (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.jobs.scheduleDue, len(f.jobs.schedules) > 0
+}
