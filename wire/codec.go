@@ -56,11 +56,19 @@ func Encode(m *Message) ([]byte, error) {
 	case TypeHeartbeat:
 		d["n"] = m.Node
 		d["l"] = m.Activity
-		d["h"] = map[string]any{
+		h := map[string]any{
 			"l": m.Heartbeat.Leads,
 			"f": m.Heartbeat.Follows,
 			"m": m.Heartbeat.MapVersion,
 		}
+		if len(m.Heartbeat.Ready) > 0 {
+			ready := make([]any, len(m.Heartbeat.Ready))
+			for i, r := range m.Heartbeat.Ready {
+				ready[i] = map[string]any{"s": r.Shard, "t": r.Topic, "n": r.Count}
+			}
+			h["r"] = ready
+		}
+		d["h"] = h
 	default:
 		return nil, fmt.Errorf("wire: encode: unknown message type %q", m.Type)
 	}
@@ -94,6 +102,51 @@ func encodeArgs(a *Args) map[string]any {
 	if a.Stale {
 		d["st"] = 1
 	}
+	putString(d, "tp", a.Topic)
+	putString(d, "j", a.JobID)
+	putUint(d, "tk", a.Token)
+	putMillis(d, "ls", a.Lease)
+	putMillis(d, "dl", a.Delay)
+	putTime(d, "at", a.RunAt)
+	putUint(d, "ma", uint64(a.MaxAttempts))
+	putMillis(d, "bo", a.Backoff)
+	putString(d, "u", a.Unique)
+	putString(d, "rs", a.Reason)
+	putMillis(d, "iv", a.Interval)
+	if len(a.Shards) > 0 {
+		d["sh"] = a.Shards
+	}
+	putMillis(d, "wt", a.Wait)
+	putUint(d, "lm", uint64(a.Limit))
+	return d
+}
+
+// putMillis writes a duration in milliseconds, rounded up so that a short
+// one does not read as none.
+func putMillis(d map[string]any, key string, v time.Duration) {
+	if v > 0 {
+		d[key] = uint64((v + time.Millisecond - 1) / time.Millisecond)
+	}
+}
+
+// putTime writes a time as Unix milliseconds.
+func putTime(d map[string]any, key string, t time.Time) {
+	if !t.IsZero() {
+		d[key] = t.UnixMilli()
+	}
+}
+
+func encodeJob(j *JobInfo) map[string]any {
+	d := map[string]any{}
+	putString(d, "i", j.ID)
+	putString(d, "tp", j.Topic)
+	putString(d, "p", j.Payload)
+	putUint(d, "a", uint64(j.Attempt))
+	putUint(d, "tk", j.Token)
+	putTime(d, "dl", j.Deadline)
+	putString(d, "st", j.State)
+	putUint(d, "ma", uint64(j.MaxAttempts))
+	putString(d, "er", j.LastError)
 	return d
 }
 
@@ -118,6 +171,19 @@ func encodeResult(r *Result) map[string]any {
 			shards[i] = map[string]any{"i": sh.ID, "s": sh.State, "l": sh.Leader, "a": sh.Applied, "k": sh.Keys}
 		}
 		d["st"] = map[string]any{"i": s.ID, "l": s.Activity, "s": shards}
+	}
+	if r.Job != nil {
+		d["jb"] = encodeJob(r.Job)
+	}
+	if r.Jobs != nil {
+		jobs := make([]any, len(r.Jobs))
+		for i := range r.Jobs {
+			jobs[i] = encodeJob(&r.Jobs[i])
+		}
+		d["js"] = jobs
+	}
+	if c := r.Counts; c != nil {
+		d["jc"] = map[string]any{"s": c.Scheduled, "r": c.Ready, "l": c.Leased, "x": c.Dead, "d": c.Done}
 	}
 	return d
 }
@@ -171,12 +237,7 @@ func Decode(b []byte) (m Message, err error) {
 			f.fail("w", "at most an hour in milliseconds", int64(w))
 		}
 		if a, ok := f.dict("a"); ok {
-			m.Args = Args{
-				Key:     a.str("k", false),
-				Value:   a.str("v", false),
-				Version: a.uint("n", false),
-				Stale:   a.uint("st", false) != 0,
-			}
+			m.Args = decodeArgs(a)
 		}
 	case TypeResponse, TypeError:
 		m.TxID = f.uint("t", true)
@@ -196,6 +257,15 @@ func Decode(b []byte) (m Message, err error) {
 				Leads:      shardIDs(h, "l"),
 				Follows:    shardIDs(h, "f"),
 				MapVersion: h.uint("m", false),
+			}
+			for i, e := range h.list("r", false) {
+				rf, ok := h.elemDict(fmt.Sprintf("r[%d]", i), e)
+				if !ok {
+					break
+				}
+				m.Heartbeat.Ready = append(m.Heartbeat.Ready, ReadyCount{
+					Shard: shard.ID(rf.uint32("s")), Topic: rf.str("t", true), Count: int(rf.uint32("n")),
+				})
 			}
 		}
 	default:
@@ -235,6 +305,43 @@ func decodeValue(b []byte) (v any, err error) {
 		return nil, fmt.Errorf("%w: trailing bytes after the message", ErrMalformed)
 	}
 	return v, nil
+}
+
+func decodeArgs(a fields) Args {
+	return Args{
+		Key:         a.str("k", false),
+		Value:       a.str("v", false),
+		Version:     a.uint("n", false),
+		Stale:       a.uint("st", false) != 0,
+		Topic:       a.str("tp", false),
+		JobID:       a.str("j", false),
+		Token:       a.uint("tk", false),
+		Lease:       a.millis("ls"),
+		Delay:       a.millis("dl"),
+		RunAt:       a.time("at"),
+		MaxAttempts: int(a.small("ma")),
+		Backoff:     a.millis("bo"),
+		Unique:      a.str("u", false),
+		Reason:      a.str("rs", false),
+		Interval:    a.millis("iv"),
+		Shards:      shardIDs(a, "sh"),
+		Wait:        a.millis("wt"),
+		Limit:       int(a.small("lm")),
+	}
+}
+
+func decodeJob(f fields) JobInfo {
+	return JobInfo{
+		ID:          f.str("i", true),
+		Topic:       f.str("tp", false),
+		Payload:     f.str("p", false),
+		Attempt:     int(f.small("a")),
+		Token:       f.uint("tk", false),
+		Deadline:    f.time("dl"),
+		State:       f.str("st", false),
+		MaxAttempts: int(f.small("ma")),
+		LastError:   f.str("er", false),
+	}
 }
 
 func decodeError(f fields) *Error {
@@ -287,6 +394,26 @@ func decodeResult(r fields) Result {
 			})
 		}
 		res.Status = st
+	}
+	if j, ok := r.dict("jb"); ok {
+		job := decodeJob(j)
+		res.Job = &job
+	}
+	if l := r.list("js", false); l != nil {
+		res.Jobs = []JobInfo{}
+		for i, e := range l {
+			jf, ok := r.elemDict(fmt.Sprintf("js[%d]", i), e)
+			if !ok {
+				break
+			}
+			res.Jobs = append(res.Jobs, decodeJob(jf))
+		}
+	}
+	if c, ok := r.dict("jc"); ok {
+		res.Counts = &JobCounts{
+			Scheduled: int(c.small("s")), Ready: int(c.small("r")), Leased: int(c.small("l")),
+			Dead: int(c.small("x")), Done: c.uint("d", false),
+		}
 	}
 	return res
 }

@@ -55,6 +55,23 @@ func sampleMessages(t testing.TB) map[string]*Message {
 			Err: &Error{Code: CodeConflict, Message: "version conflict"}, Result: Result{Version: 8}},
 		"heartbeat": {Type: TypeHeartbeat, Node: "n1", Activity: 130,
 			Heartbeat: Heartbeat{Leads: []shard.ID{0}, Follows: []shard.ID{1, 2}, MapVersion: 1}},
+		"heartbeat with ready jobs": {Type: TypeHeartbeat, Node: "n1", Activity: 130,
+			Heartbeat: Heartbeat{Leads: []shard.ID{0, 3}, MapVersion: 1,
+				Ready: []ReadyCount{{Shard: 0, Topic: "mail", Count: 12}, {Shard: 3, Topic: "sms", Count: 1}}}},
+		"enqueue": query(OpEnqueue, Args{Topic: "mail", JobID: "j0a3.5f2c", Value: "payload", Delay: 1500 * time.Millisecond,
+			RunAt: time.UnixMilli(1767225600123), MaxAttempts: 5, Backoff: 2 * time.Second, Unique: "once"}),
+		"acquire": query(OpAcquire, Args{Topic: "mail", Lease: 30 * time.Second, Shards: []shard.ID{1, 2}, Wait: 5 * time.Second}),
+		"extend":  query(OpExtend, Args{JobID: "j0a3.5f2c", Token: 77, Lease: time.Minute}),
+		"fail":    query(OpFail, Args{JobID: "j0a3.5f2c", Token: 77, Reason: "timeout talking to smtp"}),
+		"every":   query(OpEvery, Args{Topic: "cron", Unique: "cleanup", Interval: time.Hour, Value: "p", MaxAttempts: 3}),
+		"dead":    query(OpDeadJobs, Args{Topic: "mail", Shards: []shard.ID{2}, Limit: 100}),
+		"grant": reply(Result{Job: &JobInfo{ID: "j0a3.5f2c", Topic: "mail", Payload: "payload\x00", Attempt: 2,
+			Token: 77, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
+		"dead jobs": reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}}),
+		"no dead jobs": reply(Result{Jobs: []JobInfo{}}),
+		"counts":       reply(Result{Counts: &JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
+		"lease lost": {Type: TypeError, TxID: 42, Node: "n2", Activity: 1,
+			Err: &Error{Code: CodeLeaseLost, Message: "lease lost"}},
 	}
 }
 
@@ -150,6 +167,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"response without node", "d1:ti1e1:y1:re", ErrMalformed, 0, "missing field n"},
 		{"heartbeat shard a string", "d1:hd1:lli0e1:xee1:n2:n11:y1:he", ErrMalformed, 0, "h.l[1]"},
 		{"heartbeat shard too big", "d1:hd1:lli9999999999eee1:n2:n11:y1:he", ErrMalformed, 0, "h.l[0]"},
+		{"lease over a year", "d1:ad2:lsi99999999999999ee1:q3:acq1:ti7e1:y1:qe", ErrMalformed, 7, "field a.ls"},
+		{"run-at past the year 3000", "d1:ad2:ati99999999999999999ee1:q3:enq1:ti7e1:y1:qe", ErrMalformed, 7, "field a.at"},
+		{"ready count not a dict", "d1:hd1:rli1eee1:n2:n11:y1:he", ErrMalformed, 0, "h.r[0]"},
 		{"map with a gap", "d1:n2:n11:rd2:tpd1:md1:rld1:ai0e1:bi10e1:si0eee1:sld1:ii0e1:nl2:n1eee1:vi1ee1:nleee1:ti1e1:y1:re", ErrMalformed, 0, "invalid map"},
 		{"oversized", strings.Repeat("x", MaxDatagramSize+1), ErrTooLarge, 0, ""},
 	} {

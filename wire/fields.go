@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"math"
+	"time"
 )
 
 // fields reads typed values out of a decoded bencode dict. The first missing
@@ -86,6 +87,43 @@ func (f fields) uint32(key string) uint32 {
 	}
 	return uint32(n)
 }
+
+// small reads an optional integer in [0, MaxUint32]: a count or an
+// attempt number.
+func (f fields) small(key string) uint32 {
+	n := f.uint(key, false)
+	if n > math.MaxUint32 {
+		f.fail(key, "an integer below 2^32", n)
+		return 0
+	}
+	return uint32(n)
+}
+
+// millis reads an optional duration in milliseconds, at most MaxDuration.
+func (f fields) millis(key string) time.Duration {
+	n := f.uint(key, false)
+	if n > uint64(MaxDuration/time.Millisecond) {
+		f.fail(key, "milliseconds within a year", n)
+		return 0
+	}
+	return time.Duration(n) * time.Millisecond
+}
+
+// time reads an optional time in Unix milliseconds; absent, the zero time.
+func (f fields) time(key string) time.Time {
+	n := f.uint(key, false)
+	if n == 0 {
+		return time.Time{}
+	}
+	if n > maxUnixMilli {
+		f.fail(key, "Unix milliseconds before the year 3000", n)
+		return time.Time{}
+	}
+	return time.UnixMilli(int64(n))
+}
+
+// maxUnixMilli is the start of the year 3000 in Unix milliseconds.
+const maxUnixMilli = 32503680000000
 
 func (f fields) dict(key string) (fields, bool) {
 	v, ok := f.get(key, false)

@@ -41,13 +41,39 @@ const (
 	OpPing Op = "ping"
 	// OpStatus asks a node for its raft state per shard.
 	OpStatus Op = "status"
+
+	// OpEnqueue creates job Args.JobID of Args.Topic with payload
+	// Args.Value.
+	OpEnqueue Op = "enq"
+	// OpAcquire leases a ready job of Args.Topic for Args.Lease from one
+	// of Args.Shards (all the node holds if empty), waiting up to
+	// Args.Wait for one.
+	OpAcquire Op = "acq"
+	// OpExtend, OpComplete, OpFail and OpRelease act on job Args.JobID
+	// under lease Args.Token.
+	OpExtend   Op = "ext"
+	OpComplete Op = "done"
+	OpFail     Op = "fail"
+	OpRelease  Op = "rel"
+	// OpRequeue queues dead job Args.JobID again.
+	OpRequeue Op = "requeue"
+	// OpEvery registers the schedule (Args.Topic, Args.Unique) making a
+	// job every Args.Interval; OpUnevery removes it.
+	OpEvery   Op = "every"
+	OpUnevery Op = "unevery"
+	// OpJobStats counts Args.Topic's jobs by state on shard Args.Shards[0].
+	OpJobStats Op = "jstats"
+	// OpDeadJobs lists up to Args.Limit dead jobs of Args.Topic on shard
+	// Args.Shards[0].
+	OpDeadJobs Op = "dead"
 )
 
 // Mutating reports whether op changes state, so that it must be applied at
 // most once and keeps its sequence number unacknowledged until answered.
 func (op Op) Mutating() bool {
 	switch op {
-	case OpSet, OpDelete, OpCompareAndSet:
+	case OpSet, OpDelete, OpCompareAndSet, OpEnqueue, OpAcquire, OpExtend, OpComplete,
+		OpFail, OpRelease, OpRequeue, OpEvery, OpUnevery:
 		return true
 	}
 	return false
@@ -99,6 +125,28 @@ type Args struct {
 	// Stale asks OpGet for the replica's local state without confirming it
 	// is current.
 	Stale bool
+
+	// Job ops.
+	Topic string
+	JobID string
+	Token uint64
+	Lease time.Duration
+	// Delay (from the leader's clock) or RunAt says when a new job may
+	// run; neither means now.
+	Delay       time.Duration
+	RunAt       time.Time
+	MaxAttempts int
+	Backoff     time.Duration
+	// Unique is an enqueue's uniqueness key, or a schedule's key.
+	Unique   string
+	Reason   string
+	Interval time.Duration
+	// Shards limits an acquire, and names the shard of a stats or dead
+	// listing request.
+	Shards []shard.ID
+	// Wait is how long an acquire may wait for a job.
+	Wait  time.Duration
+	Limit int
 }
 
 // Result is the payload of a response.
@@ -111,6 +159,42 @@ type Result struct {
 	Topology *Topology
 	// Status answers OpStatus.
 	Status *NodeStatus
+	// Job is the job an op acted on: the grant of an acquire, the new
+	// lease of an extend, the id of an enqueue (that of the live job with
+	// the same uniqueness key, if there was one).
+	Job *JobInfo
+	// Jobs answers OpDeadJobs; Counts answers OpJobStats.
+	Jobs   []JobInfo
+	Counts *JobCounts
+}
+
+// JobInfo describes a job.
+type JobInfo struct {
+	ID      string
+	Topic   string
+	Payload string
+	Attempt int
+	Token   uint64
+	// Deadline is the end of the lease for a grant or extension; for a
+	// failed job, when it runs again (zero if it is dead now).
+	Deadline    time.Time
+	State       string
+	MaxAttempts int
+	LastError   string
+}
+
+// JobCounts counts a topic's jobs by state; Done counts completions.
+type JobCounts struct {
+	Scheduled, Ready, Leased, Dead int
+	Done                           uint64
+}
+
+// ReadyCount is how many jobs of Topic are ready on Shard, as its leader
+// reports in heartbeats (counted up to a cap).
+type ReadyCount struct {
+	Shard shard.ID
+	Topic string
+	Count int
 }
 
 // Topology is what a client needs to route: every node's client address
@@ -151,6 +235,9 @@ type Heartbeat struct {
 	// MapVersion is the version of the node's shard map; a client holding
 	// an older one asks for the topology again.
 	MapVersion uint64
+	// Ready lists, for the shards the node leads, the topics with jobs
+	// ready to acquire.
+	Ready []ReadyCount
 }
 
 // Code classifies an error reply. 201 to 204 are KRPC's; the rest borrow
@@ -166,6 +253,7 @@ const (
 	CodeBadRequest     Code = 400 // well formed, but the arguments are invalid
 	CodeNotFound       Code = 404 // the key does not exist
 	CodeConflict       Code = 409 // compare-and-set found another version
+	CodeLeaseLost      Code = 423 // the token is not the job's live lease (Locked)
 	CodeAcked          Code = 410 // the client already acknowledged this sequence number
 	CodeTooLarge       Code = 413 // key, value or message over the limits
 	CodeWrongShard     Code = 421 // the node holds no replica of the key's shard
@@ -202,4 +290,6 @@ const (
 	MaxElements = 8192
 	// MaxTimeout bounds Message.Timeout.
 	MaxTimeout = time.Hour
+	// MaxDuration bounds the durations in Args: leases, delays, intervals.
+	MaxDuration = 365 * 24 * time.Hour
 )
