@@ -56,6 +56,10 @@ type Config struct {
 	// reply) before the client stops picking it. If zero,
 	// DefaultNodeTimeout.
 	NodeTimeout time.Duration
+	// LongPoll bounds how long one acquire request waits at a node for a
+	// job (Acquire asks again until its context ends). If zero,
+	// DefaultLongPoll.
+	LongPoll time.Duration
 	// KeepaliveInterval: a node sent nothing for this long gets a ping,
 	// so that it keeps heartbeating to the client (and a node that came
 	// back is noticed). If zero, DefaultKeepaliveInterval.
@@ -86,6 +90,9 @@ func (c *Config) setDefaults() {
 	if c.KeepaliveInterval <= 0 {
 		c.KeepaliveInterval = DefaultKeepaliveInterval
 	}
+	if c.LongPoll <= 0 {
+		c.LongPoll = DefaultLongPoll
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -111,6 +118,7 @@ type Client struct {
 	calls   sync.WaitGroup // public calls in flight
 
 	requests, attempts, timeouts, failures atomic.Uint64
+	empty                                  emptyMarks
 
 	refresh   chan struct{} // asks maintain to fetch the topology again
 	done      chan struct{}
@@ -128,8 +136,8 @@ type reply struct {
 	at  time.Time
 }
 
-// Stats counts a client's requests.
-type Stats struct {
+// Counters counts a client's requests.
+type Counters struct {
 	// Requests is every call made; Attempts every datagram sent for them,
 	// so Attempts - Requests were retries.
 	Requests, Attempts uint64
@@ -243,9 +251,9 @@ func (c *Client) enter() error {
 	return nil
 }
 
-// Stats returns the client's counters.
-func (c *Client) Stats() Stats {
-	return Stats{
+// Counters returns the client's counters.
+func (c *Client) Counters() Counters {
+	return Counters{
 		Requests: c.requests.Load(),
 		Attempts: c.attempts.Load(),
 		Timeouts: c.timeouts.Load(),
@@ -287,6 +295,7 @@ func (c *Client) receive() {
 				if nd := v.nodes[m.Node]; nd != nil {
 					leads := m.Heartbeat.Leads
 					nd.leads.Store(&leads)
+					nd.ready.Store(&readyReport{at: now, counts: m.Heartbeat.Ready})
 				}
 				if m.Heartbeat.MapVersion > v.smap.Version {
 					c.requestRefresh()
@@ -318,8 +327,10 @@ type router func(tried []netip.AddrPort) (target, error)
 
 // do runs one request to completion: up to attempts attempts, each to the
 // target route gives, all with the same client id and sequence number, so
-// that the cluster applies a write at most once however many arrive.
-func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router, attempts int) (wire.Message, error) {
+// that the cluster applies a write at most once however many arrive. An
+// attempt waits for the timeout measured round trips give, plus wait, the
+// time the node may hold the request (a long-poll).
+func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router, attempts int, wait time.Duration) (wire.Message, error) {
 	select {
 	case <-c.done:
 		return wire.Message{}, ErrClosed
@@ -351,7 +362,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			return wire.Message{}, err
 		}
 		tried = append(tried, tg.addr)
-		timeout := est.timeout()
+		timeout := est.timeout() + wait
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = min(timeout, time.Until(dl))
 		}
@@ -384,7 +395,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			}
 			continue
 		}
-		r, err := c.await(ctx, cl, tx, start, timeout, est)
+		r, err := c.await(ctx, cl, tx, start, timeout, est, wait > 0)
 		switch {
 		case err != nil:
 			return wire.Message{}, err
@@ -413,8 +424,9 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 
 // await waits for a reply to the request. A success from any attempt
 // counts; an error reply counts only from the latest attempt, tx. It
-// returns nil, nil on timeout.
-func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time, timeout time.Duration, est *rttEstimator) (*wire.Message, error) {
+// returns nil, nil on timeout. Replies to a request the node was allowed
+// to hold (waited) are not round trips and are not measured.
+func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time, timeout time.Duration, est *rttEstimator, waited bool) (*wire.Message, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
@@ -426,7 +438,7 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time
 			// A node that answers "unavailable" waited out the attempt's
 			// budget: that is no round trip, and timing it would feed the
 			// timeout back into itself.
-			if r.msg.TxID == tx && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
+			if r.msg.TxID == tx && !waited && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
 				est.sample(r.at.Sub(start))
 			}
 			return &r.msg, nil

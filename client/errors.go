@@ -59,6 +59,8 @@ func (e *Error) Is(target error) bool {
 		return target == ErrValueTooLarge
 	case wire.CodeTooManyPending:
 		return target == ErrTooManyPending
+	case wire.CodeLeaseLost:
+		return target == ErrLeaseLost
 	}
 	return false
 }

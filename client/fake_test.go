@@ -213,11 +213,11 @@ func TestSilentNodeIsSkipped(t *testing.T) {
 	b := fc.nodes[1]
 	b.set(func(f *fakeNode) { f.silent = true })
 	time.Sleep(250 * time.Millisecond) // past NodeTimeout
-	before := c.Stats().Attempts
+	before := c.Counters().Attempts
 	if got := answeredBy(t, c, 200); got["b"] != 0 || got["a"]+got["c"] != 200 {
 		t.Errorf("with b silent, answers came from %v", got)
 	}
-	if a := c.Stats().Attempts - before; a != 200 {
+	if a := c.Counters().Attempts - before; a != 200 {
 		t.Errorf("%d attempts for 200 gets: a silent node was still tried", a)
 	}
 	for _, n := range c.Nodes() {
@@ -268,7 +268,7 @@ func TestRetryKeepsSequenceNumber(t *testing.T) {
 	if sets[0].Ack > sets[0].Seq {
 		t.Errorf("ack %d above the request's own sequence number %d", sets[0].Ack, sets[0].Seq)
 	}
-	if st := c.Stats(); st.Requests < 2 || st.Attempts-st.Requests != 1 || st.Timeouts != 1 {
+	if st := c.Counters(); st.Requests < 2 || st.Attempts-st.Requests != 1 || st.Timeouts != 1 {
 		t.Errorf("stats %+v: want one retry after one timeout", st)
 	}
 }
@@ -279,12 +279,12 @@ func TestUnavailableAfterAttempts(t *testing.T) {
 	for _, f := range fc.nodes {
 		f.set(func(f *fakeNode) { f.silent = true })
 	}
-	before := c.Stats()
+	before := c.Counters()
 	_, err := c.Get(context.Background(), "k")
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Get with every node silent: %v, want ErrUnavailable", err)
 	}
-	if a := c.Stats().Attempts - before.Attempts; a != 4 {
+	if a := c.Counters().Attempts - before.Attempts; a != 4 {
 		t.Errorf("%d attempts, want 4", a)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
@@ -340,8 +340,8 @@ func TestRejectsBadKeysAndValues(t *testing.T) {
 	if _, err := c.Set(ctx, "k", make([]byte, wire.MaxValueSize+1)); !errors.Is(err, ErrValueTooLarge) {
 		t.Errorf("large value: %v", err)
 	}
-	if c.Stats().Requests != 1 { // only New's topology request
-		t.Errorf("invalid calls reached the network: %+v", c.Stats())
+	if c.Counters().Requests != 1 { // only New's topology request
+		t.Errorf("invalid calls reached the network: %+v", c.Counters())
 	}
 }
 

@@ -56,7 +56,7 @@ func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (Item,
 	for _, o := range opts {
 		o(&args)
 	}
-	r, err := c.do(ctx, wire.OpGet, args, c.routeKey(key), c.cfg.Attempts)
+	r, err := c.do(ctx, wire.OpGet, args, c.routeKey(key), c.cfg.Attempts, 0)
 	if err != nil {
 		return Item{}, err
 	}
@@ -93,7 +93,7 @@ func (c *Client) write(ctx context.Context, op wire.Op, args wire.Args) (uint64,
 		return 0, err
 	}
 	defer c.calls.Done()
-	r, err := c.do(ctx, op, args, c.routeKey(args.Key), c.cfg.Attempts)
+	r, err := c.do(ctx, op, args, c.routeKey(args.Key), c.cfg.Attempts, 0)
 	if err != nil {
 		return 0, err
 	}
@@ -112,7 +112,7 @@ func (c *Client) NodeStatus(ctx context.Context, id string) (*wire.NodeStatus, e
 		return nil, err
 	}
 	defer c.calls.Done()
-	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts))
+	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts), 0)
 	if err != nil {
 		return nil, err
 	}

@@ -34,8 +34,10 @@ type node struct {
 	heard, sent atomic.Int64
 	// attempts counts the attempts sent to the node.
 	attempts atomic.Uint64
-	// leads lists the shards the node last said it leads.
+	// leads lists the shards the node last said it leads; ready, the
+	// topics with ready jobs on them.
 	leads atomic.Pointer[[]shard.ID]
+	ready atomic.Pointer[readyReport]
 }
 
 func (n *node) alive(now time.Time, timeout time.Duration) bool {
@@ -132,7 +134,7 @@ func (c *Client) fetchTopology(ctx context.Context, seeds []netip.AddrPort) (*wi
 	route := func(tried []netip.AddrPort) (target, error) {
 		return target{addr: seeds[(first+len(tried))%len(seeds)]}, nil
 	}
-	r, err := c.do(ctx, wire.OpTopology, wire.Args{}, route, c.cfg.Attempts)
+	r, err := c.do(ctx, wire.OpTopology, wire.Args{}, route, c.cfg.Attempts, 0)
 	if err != nil {
 		return nil, fmt.Errorf("client: no seed answered: %w", err)
 	}
@@ -147,49 +149,72 @@ func fixed(addr netip.AddrPort, n *node) router {
 	return func([]netip.AddrPort) (target, error) { return target{addr: addr, node: n}, nil }
 }
 
-// routeKey routes attempts to the replicas of key's shard: among the live
-// ones not tried yet by this request (or, failing that, the live ones, or
-// failing that, all), the picker chooses by reported activity.
-func (c *Client) routeKey(key string) router {
+// routeKey routes attempts to the replicas of key's shard.
+func (c *Client) routeKey(key string) router { return c.routeSlot(shard.KeySlot(key)) }
+
+// routeSlot routes attempts to the replicas of the shard owning slot: among
+// the live ones not tried yet by this request (or, failing that, the live
+// ones, or failing that, all), the picker chooses by reported activity.
+func (c *Client) routeSlot(slot int) router {
 	return func(tried []netip.AddrPort) (target, error) {
 		v := c.view.Load()
-		s := v.smap.Shard(v.smap.ShardOf(key))
-		if s == nil {
-			return target{}, fmt.Errorf("%w: the shard map has no shard for %q", ErrUnavailable, key)
-		}
-		now := time.Now()
-		var all, live, fresh []*node
-		for _, id := range s.Replicas {
-			n := v.nodes[id]
-			if n == nil {
-				continue
-			}
-			all = append(all, n)
-			if !n.alive(now, c.cfg.NodeTimeout) {
-				continue
-			}
-			live = append(live, n)
-			if !contains(tried, n.addr) {
-				fresh = append(fresh, n)
-			}
-		}
-		cands := fresh
-		if len(cands) == 0 {
-			cands = live
-		}
-		if len(cands) == 0 {
-			cands = all
-		}
-		if len(cands) == 0 {
-			return target{}, fmt.Errorf("%w: shard %d has no known replicas", ErrUnavailable, s.ID)
-		}
-		act := make([]float64, len(cands))
-		for i, n := range cands {
-			act[i] = float64(n.activity.Load())
-		}
-		n := cands[c.picker.Pick(act)]
-		return target{addr: n.addr, node: n}, nil
+		return c.pickReplica(v, v.smap.SlotShard(slot), tried)
 	}
+}
+
+// routeShard routes attempts to the replicas of shard id.
+func (c *Client) routeShard(id shard.ID) router {
+	return func(tried []netip.AddrPort) (target, error) {
+		return c.pickReplica(c.view.Load(), id, tried)
+	}
+}
+
+// pickReplica chooses a replica of shard id for the next attempt.
+func (c *Client) pickReplica(v *view, id shard.ID, tried []netip.AddrPort) (target, error) {
+	s := v.smap.Shard(id)
+	if s == nil {
+		return target{}, fmt.Errorf("%w: the shard map has no shard %d", ErrUnavailable, id)
+	}
+	now := time.Now()
+	var all, live, fresh []*node
+	for _, nid := range s.Replicas {
+		n := v.nodes[nid]
+		if n == nil {
+			continue
+		}
+		all = append(all, n)
+		if !n.alive(now, c.cfg.NodeTimeout) {
+			continue
+		}
+		live = append(live, n)
+		if !contains(tried, n.addr) {
+			fresh = append(fresh, n)
+		}
+	}
+	cands := fresh
+	if len(cands) == 0 {
+		cands = live
+	}
+	if len(cands) == 0 {
+		cands = all
+	}
+	if len(cands) == 0 {
+		return target{}, fmt.Errorf("%w: shard %d has no known replicas", ErrUnavailable, s.ID)
+	}
+	n := cands[c.pick(cands)]
+	return target{addr: n.addr, node: n}, nil
+}
+
+// pick asks the picker to choose among nodes by their reported activity.
+func (c *Client) pick(nodes []*node) int {
+	if len(nodes) == 1 {
+		return 0
+	}
+	act := make([]float64, len(nodes))
+	for i, n := range nodes {
+		act[i] = float64(n.activity.Load())
+	}
+	return c.picker.Pick(act)
 }
 
 func contains(l []netip.AddrPort, a netip.AddrPort) bool {

@@ -87,10 +87,8 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	var err error
 	if req.ReadIndex {
 		reply.Index, err = rep.readIndex(ctx)
-	} else if !rep.isLeader() {
-		err = errNotLeader
 	} else {
-		reply.Result, err = rep.applyLocal(req.Op)
+		reply.Result, err = rep.propose(ctx, req.Op)
 	}
 	if err != nil {
 		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded)

@@ -82,7 +82,7 @@ func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
 	n.requests.Add(1)
 	now := time.Now()
 	n.clients.touch(from, now)
-	if m.Op.Mutating() || m.Op == wire.OpGet {
+	if m.Op.Mutating() || m.Op == wire.OpGet || m.Op == wire.OpJobStats || m.Op == wire.OpDeadJobs {
 		n.activity.add(now)
 	}
 	timeout := n.cfg.RequestTimeout
@@ -156,6 +156,13 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 	case wire.OpStatus:
 		st := n.Status()
 		return resultReply(wire.Result{Status: &st})
+	case wire.OpAcquire:
+		return n.acquire(ctx, m)
+	case wire.OpEnqueue, wire.OpExtend, wire.OpComplete, wire.OpFail, wire.OpRelease, wire.OpRequeue,
+		wire.OpEvery, wire.OpUnevery:
+		return n.jobOp(ctx, m)
+	case wire.OpJobStats, wire.OpDeadJobs:
+		return n.jobRead(ctx, m)
 	default:
 		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
 	}
@@ -197,7 +204,7 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 	var res shard.Result
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
-			res, err = rep.applyLocal(op)
+			res, err = rep.propose(ctx, op)
 			return err
 		},
 		func(leader string) error {
@@ -212,26 +219,10 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 }
 
 // get reads key. A stale read answers from this replica's state as it is;
-// otherwise the replica first learns a read index from the leader (itself,
-// or over the network) and waits until it has applied that far.
+// otherwise the replica first waits for the leader's read index.
 func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
 	if !stale {
-		err := n.viaLeader(ctx, rep,
-			func() error {
-				index, err := rep.readIndex(ctx)
-				if err != nil {
-					return err
-				}
-				return rep.fsm.WaitApplied(ctx, index)
-			},
-			func(leader string) error {
-				fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, ReadIndex: true})
-				if err != nil {
-					return err
-				}
-				return rep.fsm.WaitApplied(ctx, fr.Index)
-			})
-		if err != nil {
+		if err := n.readBarrier(ctx, rep); err != nil {
 			return leaderErrorReply(ctx, rep.id, err)
 		}
 	}
@@ -240,6 +231,27 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 		return errorReply(wire.CodeNotFound, "key not found")
 	}
 	return resultReply(wire.Result{Value: e.Value, Version: e.Version})
+}
+
+// readBarrier waits until rep has applied everything acknowledged before the
+// call: it learns a read index from the leader (itself, or over the
+// network) and waits to apply that far.
+func (n *Node) readBarrier(ctx context.Context, rep *replica) error {
+	return n.viaLeader(ctx, rep,
+		func() error {
+			index, err := rep.readIndex(ctx)
+			if err != nil {
+				return err
+			}
+			return rep.fsm.WaitApplied(ctx, index)
+		},
+		func(leader string) error {
+			fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, ReadIndex: true})
+			if err != nil {
+				return err
+			}
+			return rep.fsm.WaitApplied(ctx, fr.Index)
+		})
 }
 
 // errGaveUp wraps the last error of a viaLeader that ran out of time.

@@ -108,6 +108,7 @@ type Node struct {
 	peers     *peers
 	clients   clients
 	activity  *activity
+	acquires  acquireFlights
 	inFlight  chan struct{}
 
 	requests, malformed, busy atomic.Uint64
@@ -199,6 +200,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.started.Store(true)
 	n.group.Go(n.serve)
 	n.group.Go(n.heartbeat)
+	n.group.Go(n.runSchedules)
 	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
 	return n, nil
 }
@@ -329,6 +331,7 @@ func (n *Node) heartbeat() {
 			}
 			m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.count(now)}
 			m.Heartbeat.MapVersion = n.shardMap.Version
+			m.Heartbeat.Ready = n.readyReports(now)
 			for _, id := range n.shardIDs() {
 				if n.replicas[id].isLeader() {
 					m.Heartbeat.Leads = append(m.Heartbeat.Leads, id)

@@ -54,6 +54,9 @@ type replica struct {
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leader or readiness changes
 
+	// grace is how much a new leader extends the job leases live under
+	// the previous one: the election timeout.
+	grace time.Duration
 	// stop closes when the replica starts closing; every wait on a raft
 	// future ends then (see awaitFuture).
 	stop     chan struct{}
@@ -154,6 +157,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		trans:   trans,
 		store:   store,
 		changed: make(chan struct{}),
+		grace:   time.Duration(t.ElectionTimeout),
 		stop:    make(chan struct{}),
 		obsCh:   make(chan raft.Observation, 64),
 	}
@@ -196,9 +200,12 @@ func (r *replica) changes() <-chan struct{} {
 	return r.changed
 }
 
-// ensureReady starts, unless one is running, barriers that make this
-// leader ready for reads in its current term: one per term, until the
-// replica is ready or no longer leads.
+// ensureReady starts, unless one is running, what makes this leader ready
+// in its current term: it proposes a promote command and waits for it to
+// apply. Applying it means everything committed before the term began is
+// applied here (so reads may use this replica's state), and it extends the
+// job leases that were live under the previous leader (so no holder loses a
+// job to the failover). One per term, until ready or no longer leader.
 func (r *replica) ensureReady() {
 	if !r.barrierRunning.CompareAndSwap(false, true) {
 		return
@@ -209,8 +216,9 @@ func (r *replica) ensureReady() {
 			if r.readyTerm.Load() == term {
 				break
 			}
-			err := awaitFuture(r.raft.Barrier(0), r.stop)
-			// The barrier is ours only if the term did not move meanwhile.
+			_, err := r.apply(shard.Op{Kind: shard.KindPromote, Lease: int64(r.grace)})
+			// The command is this term's only if the term did not move
+			// meanwhile.
 			if err == nil && r.raft.CurrentTerm() == term && r.isLeader() {
 				r.readyTerm.Store(term)
 			}
@@ -218,13 +226,34 @@ func (r *replica) ensureReady() {
 				break // not leader any more, or shutting down
 			}
 		}
-		// Clear the flag before waking readers, so that a reader who
-		// still finds the replica not ready can start a barrier anew.
+		// Clear the flag before waking waiters, so that one who still
+		// finds the replica not ready can start anew.
 		r.barrierRunning.Store(false)
 		r.broadcast()
 	})
 	if !started {
 		r.barrierRunning.Store(false)
+	}
+}
+
+// waitReady waits until this replica leads and is ready in its term, and
+// returns the term; errNotLeader if it does not lead.
+func (r *replica) waitReady(ctx context.Context) (uint64, error) {
+	for {
+		if !r.isLeader() {
+			return 0, errNotLeader
+		}
+		ch := r.changes()
+		term := r.raft.CurrentTerm()
+		if r.readyTerm.Load() == term {
+			return term, nil
+		}
+		r.ensureReady()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
 }
 
@@ -236,11 +265,21 @@ func (r *replica) leaderID() string {
 	return string(id)
 }
 
-// applyLocal proposes op on this replica, which must be the leader, and
-// waits for it to apply. raft.ErrNotLeader and raft.ErrLeadershipLost come
-// back as they are: after the latter the op may or may not commit, and only
-// a retry with the same sequence number settles it.
-func (r *replica) applyLocal(op shard.Op) (shard.Result, error) {
+// propose applies op through this replica, which must lead and be ready in
+// its term, and returns its result. raft.ErrNotLeader and
+// raft.ErrLeadershipLost come back as they are: after the latter the op may
+// or may not commit, and only a retry with the same sequence number settles
+// it.
+func (r *replica) propose(ctx context.Context, op shard.Op) (shard.Result, error) {
+	if _, err := r.waitReady(ctx); err != nil {
+		return shard.Result{}, err
+	}
+	return r.apply(op)
+}
+
+// apply proposes a command of op, stamped with this node's clock, and waits
+// for it to apply.
+func (r *replica) apply(op shard.Op) (shard.Result, error) {
 	cmd := shard.Command{Now: time.Now().UnixNano(), Ops: []shard.Op{op}}
 	data, err := cmd.Encode()
 	if err != nil {
@@ -269,22 +308,9 @@ func (r *replica) applyLocal(op shard.Op) (shard.Result, error) {
 // acknowledged. Confirming leadership with a quorum after taking the index
 // rules out a newer leader having acknowledged writes meanwhile.
 func (r *replica) readIndex(ctx context.Context) (uint64, error) {
-	var term uint64
-	for {
-		if !r.isLeader() {
-			return 0, errNotLeader
-		}
-		ch := r.changes()
-		term = r.raft.CurrentTerm()
-		if r.readyTerm.Load() == term {
-			break
-		}
-		r.ensureReady()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+	term, err := r.waitReady(ctx)
+	if err != nil {
+		return 0, err
 	}
 	index := r.fsm.Applied()
 	if err := r.verifier.verify(ctx); err != nil {

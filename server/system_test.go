@@ -170,7 +170,7 @@ func TestLossyWritesApplyAtMostOnce(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	st := cl.Stats()
+	st := cl.Counters()
 	t.Logf("%d writes, %d failed after 3 attempts, %d attempts, %d timeouts", writes, failed.Load(), st.Attempts, st.Timeouts)
 	if st.Attempts > 3*st.Requests {
 		t.Errorf("%d attempts for %d requests: more than 3 each", st.Attempts, st.Requests)

@@ -22,7 +22,8 @@ const (
 	KindCompareAndSet Kind = "cas"
 
 	// KindEnqueue creates job JobID of Topic with payload Value, to run at
-	// RunAt (or now), with MaxAttempts, Backoff and uniqueness key Unique.
+	// RunAt or Delay after the command's time, whichever is later, with
+	// MaxAttempts, Backoff and uniqueness key Unique.
 	KindEnqueue Kind = "enq"
 	// KindAcquire leases the next available job of Topic to Client for
 	// Lease nanoseconds.
@@ -68,6 +69,7 @@ type Op struct {
 	Token       uint64 `bencode:"o"`
 	Lease       int64  `bencode:"l"`
 	RunAt       int64  `bencode:"r"`
+	Delay       int64  `bencode:"w"`
 	MaxAttempts int    `bencode:"m"`
 	Backoff     int64  `bencode:"b"`
 	Unique      string `bencode:"u"`

@@ -140,7 +140,9 @@ func (f *FSM) applyOp(op *Op) Result {
 		}
 	}
 	res := f.execute(op)
-	if s != nil {
+	// An acquire that found nothing changed nothing: it is not kept, so
+	// that the request may be tried again here once a job is ready.
+	if s != nil && !(op.Kind == KindAcquire && res.Status == StatusEmpty) {
 		s.results[op.Seq] = res
 	}
 	return res

@@ -266,7 +266,7 @@ func (f *FSM) enqueue(op *Op) Result {
 	if _, ok := t.jobs[op.JobID]; ok {
 		return Result{Status: StatusConflict, JobID: op.JobID}
 	}
-	f.createJob(op.JobID, op.Topic, op.Value, max(op.RunAt, f.clock), op.MaxAttempts, op.Backoff, op.Unique)
+	f.createJob(op.JobID, op.Topic, op.Value, max(op.RunAt, f.clock+op.Delay), op.MaxAttempts, op.Backoff, op.Unique)
 	return Result{JobID: op.JobID}
 }
 

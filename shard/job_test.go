@@ -90,7 +90,7 @@ func TestJobLifecycle(t *testing.T) {
 
 func TestDelayedJob(t *testing.T) {
 	a := newApplier(t)
-	a.enqueue("later", "t", func(o *Op) { o.RunAt = a.now + 60*sec })
+	a.enqueue("later", "t", func(o *Op) { o.Delay = 60 * sec })
 	a.enqueue("now", "t")
 	if c := a.fsm.JobCounts("t", a.now); c != (JobCounts{Scheduled: 1, Ready: 1}) {
 		t.Errorf("counts %+v", c)
@@ -437,5 +437,19 @@ func TestJobErrors(t *testing.T) {
 		if err := (Result{Status: status}).Err(); !errors.Is(err, want) {
 			t.Errorf("status %d: %v", status, err)
 		}
+	}
+}
+
+// An acquire that found nothing is not remembered: tried again (the same
+// request, once a job is there) it acquires.
+func TestEmptyAcquireIsNotRemembered(t *testing.T) {
+	a := newApplier(t)
+	op := Op{Kind: KindAcquire, Topic: "t", Client: "c", Seq: 5, Ack: 5, Lease: sec}
+	if r := a.one(op); r.Status != StatusEmpty {
+		t.Fatalf("%+v", r)
+	}
+	a.enqueue("j", "t")
+	if r := a.one(op); r.Status != StatusOK || r.JobID != "j" {
+		t.Errorf("the same acquire once a job was there: %+v", r)
 	}
 }

@@ -67,7 +67,7 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		"dead":    query(OpDeadJobs, Args{Topic: "mail", Shards: []shard.ID{2}, Limit: 100}),
 		"grant": reply(Result{Job: &JobInfo{ID: "j0a3.5f2c", Topic: "mail", Payload: "payload\x00", Attempt: 2,
 			Token: 77, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
-		"dead jobs": reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}}),
+		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}}),
 		"no dead jobs": reply(Result{Jobs: []JobInfo{}}),
 		"counts":       reply(Result{Counts: &JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
 		"lease lost": {Type: TypeError, TxID: 42, Node: "n2", Activity: 1,

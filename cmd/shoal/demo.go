@@ -108,8 +108,8 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "the client's link drops %.0f%% of datagrams each way; %d workers, half sets of new keys, half reads of keys already written\n\n", *drop*100, *workers)
 
 	before, took := d.run(ctx, *workers, *length, func() bool { return false })
-	statsBefore := d.client.Stats()
-	d.report(stdout, "before the kill", took, before, statsBefore, client.Stats{})
+	statsBefore := d.client.Counters()
+	d.report(stdout, "before the kill", took, before, statsBefore, client.Counters{})
 
 	victim, led := d.busiestLeader(ctx)
 	d.mu.Lock()
@@ -122,7 +122,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "killed %s abruptly (no handover); it led shard%s %s\n", victim, plural(len(led)), joinIDs(led))
 
 	after, took := d.run(ctx, *workers, *length, func() bool { return !d.recovered(led) })
-	d.report(stdout, "after the kill", took, after, d.client.Stats(), statsBefore)
+	d.report(stdout, "after the kill", took, after, d.client.Counters(), statsBefore)
 	fmt.Fprintln(stdout, d.recovery(led))
 
 	checked, bad, err := d.verify(ctx)
@@ -243,7 +243,7 @@ func (d *demo) busiestLeader(ctx context.Context) (string, []shard.ID) {
 	return best, leads[best]
 }
 
-func (d *demo) report(w io.Writer, name string, length time.Duration, p *phase, now, prev client.Stats) {
+func (d *demo) report(w io.Writer, name string, length time.Duration, p *phase, now, prev client.Counters) {
 	ops := p.sets.Load() + p.gets.Load()
 	retries := int64(now.Attempts-prev.Attempts) - int64(now.Requests-prev.Requests)
 	fmt.Fprintf(w, "%-16s %4.1fs: %s ops (%s sets, %s gets, %.0f/s), %s retries, %s failed after %d attempts\n",

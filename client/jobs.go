@@ -1,0 +1,528 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// Job is a job leased to the caller by Acquire. Its Token fences the lease:
+// Extend, Complete, Fail and Release present it, and once the lease is
+// lost (run out, and perhaps granted to another worker with a larger
+// token) they fail with ErrLeaseLost and change nothing. A holder doing
+// work elsewhere can pass the token along for the same check.
+type Job struct {
+	ID      string
+	Topic   string
+	Payload []byte
+	// Attempt counts the times the job was handed out, this one included.
+	Attempt int
+	Token   uint64
+	// Deadline is when the lease runs out, by the shard leader's clock.
+	Deadline time.Time
+}
+
+// EnqueueOptions are the options of Enqueue. The zero value runs the job
+// now with the default attempts and backoff.
+type EnqueueOptions struct {
+	// Delay or RunAt hold the job back: Delay counts from the shard
+	// leader's clock when the job is stored, RunAt is absolute.
+	Delay time.Duration
+	RunAt time.Time
+	// MaxAttempts is how many times the job is handed out before it is
+	// dead. If zero, shard.DefaultMaxAttempts (25).
+	MaxAttempts int
+	// Backoff is the base of the delay before a failed job runs again:
+	// Backoff·2^(attempt-1), at most an hour, jittered to between half and
+	// all of that. If zero, one second.
+	Backoff time.Duration
+	// Key makes the job unique: while a job of the topic enqueued with
+	// the same key is not done (or dead), Enqueue returns that job's id
+	// instead of creating another.
+	Key string
+}
+
+// JobCounts counts a topic's jobs by state, over all shards.
+type JobCounts struct {
+	Scheduled, Ready, Leased, Dead int
+	// Done counts completions.
+	Done uint64
+}
+
+// DeadJob is a job that used up its attempts.
+type DeadJob struct {
+	ID, Topic string
+	Payload   []byte
+	Attempts  int
+	LastError string
+}
+
+// ErrLeaseLost: the job's lease is no longer the caller's. ErrNoJob:
+// Acquire found nothing ready before its context ended.
+var (
+	ErrLeaseLost = errors.New("shoal: lease lost")
+	ErrNoJob     = errors.New("shoal: no job ready")
+)
+
+// DefaultLongPoll bounds how long one acquire request waits at a node for a
+// job; Acquire asks again until its context ends.
+const DefaultLongPoll = 5 * time.Second
+
+func newJobSuffix() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("client: making a job id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func checkTopic(topic string) error {
+	if topic == "" || len(topic) > wire.MaxKeySize {
+		return fmt.Errorf("%w: topic of %d bytes (1 to %d allowed)", ErrInvalidKey, len(topic), wire.MaxKeySize)
+	}
+	return nil
+}
+
+// Enqueue stores a job of topic and returns its id. A job without a Key
+// goes to a shard at random; one with a Key to the shard the key hashes
+// to, where its uniqueness is kept.
+func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts EnqueueOptions) (string, error) {
+	if err := checkTopic(topic); err != nil {
+		return "", err
+	}
+	if err := checkValue(len(payload)); err != nil {
+		return "", err
+	}
+	suffix, err := newJobSuffix()
+	if err != nil {
+		return "", err
+	}
+	slot := mrand.IntN(shard.SlotCount)
+	if opts.Key != "" {
+		slot = shard.JobKeySlot(topic, opts.Key)
+	}
+	id := shard.NewJobID(slot, suffix)
+	args := wire.Args{
+		Topic: topic, JobID: id, Value: string(payload), Delay: opts.Delay, RunAt: opts.RunAt,
+		MaxAttempts: opts.MaxAttempts, Backoff: opts.Backoff, Unique: opts.Key,
+	}
+	r, err := c.call(ctx, wire.OpEnqueue, args, c.routeSlot(slot), 0)
+	if err != nil {
+		return "", err
+	}
+	if r.Result.Job == nil {
+		return "", fmt.Errorf("client: enqueue answered without a job id")
+	}
+	return r.Result.Job.ID, nil
+}
+
+// call runs a public call: admitted unless the client is closing.
+func (c *Client) call(ctx context.Context, op wire.Op, args wire.Args, route router, wait time.Duration) (wire.Message, error) {
+	if err := c.enter(); err != nil {
+		return wire.Message{}, err
+	}
+	defer c.calls.Done()
+	return c.do(ctx, op, args, route, c.cfg.Attempts, wait)
+}
+
+// Acquire leases the next ready job of topic for lease. When nothing is
+// ready it waits, without polling the network: it asks the nodes to hold
+// its request until a job appears, until ctx ends, and then fails with
+// ErrNoJob.
+//
+// The shards to ask come from the nodes' heartbeats, which report the
+// topics with ready jobs per shard; among those the picker chooses by the
+// leaders' activity. With none reported, one long-poll request per node
+// needed to watch every shard waits for the first job.
+func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration) (*Job, error) {
+	if err := checkTopic(topic); err != nil {
+		return nil, err
+	}
+	if lease < time.Millisecond {
+		return nil, fmt.Errorf("client: a lease of %v is too short", lease)
+	}
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
+	for {
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			return nil, fmt.Errorf("%w for %q: %w", ErrNoJob, topic, context.DeadlineExceeded)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("shoal: %w", err)
+		}
+		if id, n, ok := c.readyShard(topic); ok {
+			j, err := c.acquireFrom(ctx, topic, lease, []shard.ID{id}, 0, fixed(n.addr, n))
+			if err != nil && (ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)) {
+				continue // the wait is over: ErrNoJob above
+			}
+			if j != nil || (err != nil && !errors.Is(err, ErrUnavailable)) {
+				return j, err
+			}
+			c.markEmpty(topic, id)
+			continue
+		}
+		wait := c.cfg.LongPoll
+		if d, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(d))
+		}
+		j, err := c.longPoll(ctx, topic, lease, wait)
+		if err != nil && (ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)) {
+			continue // the wait is over: ErrNoJob above
+		}
+		if j != nil || (err != nil && !errors.Is(err, ErrUnavailable)) {
+			return j, err
+		}
+		if err != nil { // no node answered: pause before asking again
+			if err := c.backoff(ctx, 2); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// acquireFrom sends one acquire request; a nil job without error means the
+// node had nothing.
+func (c *Client) acquireFrom(ctx context.Context, topic string, lease time.Duration, shards []shard.ID, wait time.Duration, route router) (*Job, error) {
+	args := wire.Args{Topic: topic, Lease: lease, Shards: shards, Wait: wait}
+	r, err := c.do(ctx, wire.OpAcquire, args, route, c.cfg.Attempts, wait)
+	if err != nil {
+		return nil, err
+	}
+	return jobOf(r.Result.Job), nil
+}
+
+func jobOf(j *wire.JobInfo) *Job {
+	if j == nil || j.ID == "" || j.Token == 0 {
+		return nil
+	}
+	return &Job{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempt: j.Attempt, Token: j.Token, Deadline: j.Deadline}
+}
+
+// longPoll asks, in parallel, the live nodes that between them hold every
+// shard to wait up to wait for a job. The first grant wins; a grant that
+// arrives after it is released at once.
+func (c *Client) longPoll(ctx context.Context, topic string, lease, wait time.Duration) (*Job, error) {
+	cover := c.cover()
+	if len(cover) == 0 {
+		return nil, fmt.Errorf("%w: no live node", ErrUnavailable)
+	}
+	if len(cover) == 1 {
+		return c.acquireFrom(ctx, topic, lease, cover[0].shards, wait, fixed(cover[0].node.addr, cover[0].node))
+	}
+	type answer struct {
+		job *Job
+		err error
+	}
+	answers := make(chan answer, len(cover))
+	// The goroutines count as part of the call (which holds a count of
+	// c.calls already), so Close waits for them.
+	for _, p := range cover {
+		c.calls.Add(1)
+		go func() {
+			defer c.calls.Done()
+			j, err := c.acquireFrom(ctx, topic, lease, p.shards, wait, fixed(p.node.addr, p.node))
+			answers <- answer{j, err}
+		}()
+	}
+	var won *Job
+	var lastErr error
+	for range cover {
+		a := <-answers
+		switch {
+		case a.job != nil && won == nil:
+			won = a.job
+		case a.job != nil:
+			c.releaseQuietly(a.job)
+		case a.err != nil:
+			lastErr = a.err
+		}
+		if won != nil {
+			// Do not wait for the others: release what they bring.
+			c.calls.Add(1)
+			go func(left int) {
+				defer c.calls.Done()
+				for i := 0; i < left; i++ {
+					if a := <-answers; a.job != nil {
+						c.releaseQuietly(a.job)
+					}
+				}
+			}(len(cover) - 1)
+			return won, nil
+		}
+	}
+	return nil, lastErr
+}
+
+// releaseQuietly gives back a job the caller did not ask for.
+func (c *Client) releaseQuietly(j *Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.MaxAttemptTimeout)
+	defer cancel()
+	if _, err := c.do(ctx, wire.OpRelease, wire.Args{JobID: j.ID, Token: j.Token}, c.routeSlot(shard.JobSlot(j.ID)), c.cfg.Attempts, 0); err != nil {
+		c.log.Warn("releasing a surplus job failed; it returns when its lease runs out", "job", j.ID, "err", err)
+	}
+}
+
+// poll is one long-poll request: a node and the shards it watches for it.
+type poll struct {
+	node   *node
+	shards []shard.ID
+}
+
+// cover chooses live nodes that between them hold every shard, each
+// watching shards no other one watches: picked by the picker, one at a
+// time, among the nodes that hold shards not yet covered.
+func (c *Client) cover() []poll {
+	v := c.view.Load()
+	now := time.Now()
+	left := map[shard.ID]bool{}
+	for _, s := range v.smap.Shards {
+		left[s.ID] = true
+	}
+	var out []poll
+	for len(left) > 0 {
+		var cands []*node
+		var holds [][]shard.ID
+		for _, n := range v.order {
+			if !n.alive(now, c.cfg.NodeTimeout) {
+				continue
+			}
+			var mine []shard.ID
+			for _, id := range v.smap.ShardsOf(n.id) {
+				if left[id] {
+					mine = append(mine, id)
+				}
+			}
+			if len(mine) > 0 {
+				cands = append(cands, n)
+				holds = append(holds, mine)
+			}
+		}
+		if len(cands) == 0 {
+			break // the rest have no live replica
+		}
+		i := c.pick(cands)
+		for _, id := range holds[i] {
+			delete(left, id)
+		}
+		out = append(out, poll{node: cands[i], shards: holds[i]})
+	}
+	return out
+}
+
+// readyReport is what a node's last heartbeat said was ready.
+type readyReport struct {
+	at     time.Time
+	counts []wire.ReadyCount
+}
+
+// readyShard returns a shard that its leader's last heartbeat says has a
+// ready job of topic, and that node, chosen by the picker among such
+// leaders.
+func (c *Client) readyShard(topic string) (shard.ID, *node, bool) {
+	v := c.view.Load()
+	now := time.Now()
+	var nodes []*node
+	var shards []shard.ID
+	for _, n := range v.order {
+		r := n.ready.Load()
+		if r == nil || !n.alive(now, c.cfg.NodeTimeout) {
+			continue
+		}
+		for _, rc := range r.counts {
+			if rc.Topic == topic && rc.Count > 0 && !c.emptySince(topic, rc.Shard, r.at) {
+				nodes = append(nodes, n)
+				shards = append(shards, rc.Shard)
+			}
+		}
+	}
+	if len(nodes) == 0 {
+		return 0, nil, false
+	}
+	i := c.pick(nodes)
+	return shards[i], nodes[i], true
+}
+
+// emptyMarks remembers when an acquire last found a shard empty, so that
+// heartbeats older than that do not send another acquire there.
+type emptyMarks struct {
+	mu sync.Mutex
+	at map[emptyKey]time.Time
+}
+
+type emptyKey struct {
+	topic string
+	shard shard.ID
+}
+
+func (c *Client) markEmpty(topic string, id shard.ID) {
+	c.empty.mu.Lock()
+	defer c.empty.mu.Unlock()
+	if c.empty.at == nil {
+		c.empty.at = make(map[emptyKey]time.Time)
+	}
+	now := time.Now()
+	if len(c.empty.at) > 4096 { // forget old marks; heartbeats have replaced them
+		for k, t := range c.empty.at {
+			if now.Sub(t) > c.cfg.NodeTimeout {
+				delete(c.empty.at, k)
+			}
+		}
+	}
+	c.empty.at[emptyKey{topic, id}] = now
+}
+
+func (c *Client) emptySince(topic string, id shard.ID, report time.Time) bool {
+	c.empty.mu.Lock()
+	defer c.empty.mu.Unlock()
+	t, ok := c.empty.at[emptyKey{topic, id}]
+	return ok && !report.After(t)
+}
+
+// onJob sends an op on a leased job and updates job from the reply.
+func (c *Client) onJob(ctx context.Context, op wire.Op, job *Job, args wire.Args) (*wire.JobInfo, error) {
+	if job == nil {
+		return nil, errors.New("client: no job")
+	}
+	args.JobID, args.Token = job.ID, job.Token
+	r, err := c.call(ctx, op, args, c.routeSlot(shard.JobSlot(job.ID)), 0)
+	if err != nil {
+		return nil, err
+	}
+	return r.Result.Job, nil
+}
+
+// Extend moves the end of job's lease to lease from now (by the leader's
+// clock); zero keeps the lease's length. It updates job.Deadline.
+func (c *Client) Extend(ctx context.Context, job *Job, lease time.Duration) error {
+	j, err := c.onJob(ctx, wire.OpExtend, job, wire.Args{Lease: lease})
+	if err == nil && j != nil {
+		job.Deadline = j.Deadline
+	}
+	return err
+}
+
+// Complete finishes job. It counts once: a retry of it is answered from
+// the first; a holder whose lease was lost gets ErrLeaseLost.
+func (c *Client) Complete(ctx context.Context, job *Job) error {
+	_, err := c.onJob(ctx, wire.OpComplete, job, wire.Args{})
+	return err
+}
+
+// Fail records reason and queues job to run again after its backoff, or
+// makes it dead after its last attempt.
+func (c *Client) Fail(ctx context.Context, job *Job, reason string) error {
+	_, err := c.onJob(ctx, wire.OpFail, job, wire.Args{Reason: reason})
+	return err
+}
+
+// Release gives job back to run again now; the attempt does not count.
+func (c *Client) Release(ctx context.Context, job *Job) error {
+	_, err := c.onJob(ctx, wire.OpRelease, job, wire.Args{})
+	return err
+}
+
+// Requeue gives a dead job its attempts back and queues it to run now.
+func (c *Client) Requeue(ctx context.Context, id string) error {
+	_, err := c.call(ctx, wire.OpRequeue, wire.Args{JobID: id}, c.routeSlot(shard.JobSlot(id)), 0)
+	return err
+}
+
+// Every makes one job of topic with payload per interval, cluster-wide:
+// for each interval of the Unix epoch, the first moment the schedule's
+// shard sees in it. Calling it again with the same topic and key updates
+// the schedule without making another job, so every worker process can
+// call it at start. An interval with no moment seen (the shard was down
+// throughout) gets no job.
+func (c *Client) Every(ctx context.Context, topic, key string, interval time.Duration, payload []byte) error {
+	if err := checkTopic(topic); err != nil {
+		return err
+	}
+	if err := checkValue(len(payload)); err != nil {
+		return err
+	}
+	args := wire.Args{Topic: topic, Unique: key, Interval: interval, Value: string(payload)}
+	_, err := c.call(ctx, wire.OpEvery, args, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
+	return err
+}
+
+// StopEvery removes the schedule of topic and key; jobs it made stay.
+func (c *Client) StopEvery(ctx context.Context, topic, key string) error {
+	_, err := c.call(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key}, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
+	return err
+}
+
+// perShard runs op for every shard, concurrently, and returns the replies.
+func (c *Client) perShard(ctx context.Context, op wire.Op, args wire.Args) ([]wire.Message, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
+	shards := c.view.Load().smap.Shards
+	out := make([]wire.Message, len(shards))
+	errs := make([]error, len(shards))
+	var wg sync.WaitGroup
+	for i, s := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := args
+			a.Shards = []shard.ID{s.ID}
+			out[i], errs[i] = c.do(ctx, op, a, c.routeShard(s.ID), c.cfg.Attempts, 0)
+		}()
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+// Stats counts topic's jobs by state, over every shard, linearizably.
+func (c *Client) Stats(ctx context.Context, topic string) (JobCounts, error) {
+	if err := checkTopic(topic); err != nil {
+		return JobCounts{}, err
+	}
+	replies, err := c.perShard(ctx, wire.OpJobStats, wire.Args{Topic: topic})
+	if err != nil {
+		return JobCounts{}, err
+	}
+	var t JobCounts
+	for _, r := range replies {
+		if x := r.Result.Counts; x != nil {
+			t.Scheduled += x.Scheduled
+			t.Ready += x.Ready
+			t.Leased += x.Leased
+			t.Dead += x.Dead
+			t.Done += x.Done
+		}
+	}
+	return t, nil
+}
+
+// DeadJobs lists up to limit (at most 100 per shard) of topic's dead jobs.
+func (c *Client) DeadJobs(ctx context.Context, topic string, limit int) ([]DeadJob, error) {
+	if err := checkTopic(topic); err != nil {
+		return nil, err
+	}
+	replies, err := c.perShard(ctx, wire.OpDeadJobs, wire.Args{Topic: topic, Limit: limit})
+	if err != nil {
+		return nil, err
+	}
+	var out []DeadJob
+	for _, r := range replies {
+		for _, j := range r.Result.Jobs {
+			if len(out) == limit {
+				return out, nil
+			}
+			out = append(out, DeadJob{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempts: j.Attempt, LastError: j.LastError})
+		}
+	}
+	return out, nil
+}

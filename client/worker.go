@@ -1,0 +1,231 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Worker.
+const (
+	DefaultWorkerLease = 30 * time.Second
+	DefaultJobTimeout  = 30 * time.Minute
+	DefaultStopTimeout = 10 * time.Second
+)
+
+// Handler does a job. It should return when ctx ends: the job's lease was
+// lost, it ran past JobTimeout, or the worker is stopping.
+type Handler func(ctx context.Context, job *Job) error
+
+// Worker runs Handler on the jobs of Topic, Concurrency at a time. It
+// extends each lease every third of its length while the handler runs,
+// completes the job when the handler returns nil, and fails it (to be
+// retried with backoff, or to die after its last attempt) when the handler
+// returns an error or panics; the worker itself survives panics.
+//
+// A handler that runs past JobTimeout loses its job: the worker stops
+// extending the lease, cancels the handler's context and moves on, and the
+// job goes to another worker when the lease runs out. When Run's context
+// ends, the worker stops acquiring; handlers running get StopTimeout to
+// finish, then their context is cancelled and their jobs are released.
+type Worker struct {
+	Client  *Client
+	Topic   string
+	Handler Handler
+	// Concurrency is how many jobs run at once. If zero, 1.
+	Concurrency int
+	// Lease is the lease asked for each job. If zero, DefaultWorkerLease.
+	Lease time.Duration
+	// JobTimeout bounds one run of the handler. If zero,
+	// DefaultJobTimeout.
+	JobTimeout time.Duration
+	// StopTimeout is how long running handlers may go on after Run's
+	// context ends. If zero, DefaultStopTimeout.
+	StopTimeout time.Duration
+	// Logger receives the worker's logs. If nil, the client's.
+	Logger *slog.Logger
+
+	completed, failed, released, lost, abandoned atomic.Uint64
+}
+
+// WorkerCounters counts what a worker did with the jobs it acquired.
+type WorkerCounters struct {
+	// Completed, Failed and Released count jobs so ended; Lost counts
+	// jobs whose lease was lost while the handler ran (ErrLeaseLost from
+	// an extend or on completion); Abandoned counts handlers that ran
+	// past JobTimeout and were left behind.
+	Completed, Failed, Released, Lost, Abandoned uint64
+}
+
+// Counters returns the worker's counters.
+func (w *Worker) Counters() WorkerCounters {
+	return WorkerCounters{
+		Completed: w.completed.Load(), Failed: w.failed.Load(), Released: w.released.Load(),
+		Lost: w.lost.Load(), Abandoned: w.abandoned.Load(),
+	}
+}
+
+// Run works until ctx ends or the client closes, and returns once every
+// handler it started has returned or been abandoned.
+func (w *Worker) Run(ctx context.Context) error {
+	if w.Client == nil || w.Handler == nil || w.Topic == "" {
+		return errors.New("client: a Worker needs a Client, a Topic and a Handler")
+	}
+	n := max(w.Concurrency, 1)
+	if w.Lease <= 0 {
+		w.Lease = DefaultWorkerLease
+	}
+	if w.JobTimeout <= 0 {
+		w.JobTimeout = DefaultJobTimeout
+	}
+	if w.StopTimeout <= 0 {
+		w.StopTimeout = DefaultStopTimeout
+	}
+	if w.Logger == nil {
+		w.Logger = w.Client.log
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.loop(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (w *Worker) loop(ctx context.Context) {
+	for ctx.Err() == nil {
+		job, err := w.Client.Acquire(ctx, w.Topic, w.Lease)
+		switch {
+		case err == nil:
+			w.work(ctx, job)
+		case ctx.Err() != nil, errors.Is(err, ErrClosed):
+			return
+		default:
+			w.Logger.Warn("acquiring a job failed", "topic", w.Topic, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// outcome is how a handler run ended.
+type outcome struct {
+	err      error
+	panicked bool
+}
+
+// work runs the handler on job, keeping its lease, and settles the job.
+func (w *Worker) work(runCtx context.Context, job *Job) {
+	// The handler's context outlives Run's by StopTimeout.
+	jobCtx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), w.JobTimeout)
+	defer cancel()
+	stopping := atomic.Bool{}
+	stopAfter := context.AfterFunc(runCtx, func() {
+		stopping.Store(true)
+		t := time.AfterFunc(w.StopTimeout, cancel)
+		context.AfterFunc(jobCtx, func() { t.Stop() })
+	})
+	defer stopAfter()
+
+	done := make(chan outcome, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- outcome{err: fmt.Errorf("panic: %v\n%s", p, debug.Stack()), panicked: true}
+			}
+		}()
+		done <- outcome{err: w.Handler(jobCtx, job)}
+	}()
+
+	tick := time.NewTicker(max(w.Lease/3, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case o := <-done:
+			w.settle(job, o, stopping.Load() && jobCtx.Err() != nil)
+			return
+		case <-tick.C:
+			if err := w.Client.Extend(jobCtx, job, w.Lease); errors.Is(err, ErrLeaseLost) {
+				w.lost.Add(1)
+				cancel() // the job is someone else's now; tell the handler
+				select {
+				case <-done:
+				case <-time.After(time.Second):
+					w.abandoned.Add(1)
+				}
+				return
+			} else if err != nil && jobCtx.Err() == nil {
+				w.Logger.Warn("extending a lease failed; trying again", "job", job.ID, "err", err)
+			}
+		case <-jobCtx.Done():
+			if stopping.Load() && !errors.Is(jobCtx.Err(), context.DeadlineExceeded) {
+				// Stopping: give the handler a moment to notice, then
+				// give the job back.
+				select {
+				case o := <-done:
+					w.settle(job, o, true)
+					return
+				case <-time.After(time.Second):
+				}
+				w.abandoned.Add(1)
+				w.release(job)
+				return
+			}
+			// Past JobTimeout: leave the handler behind; the lease runs
+			// out and the job goes to another worker.
+			w.abandoned.Add(1)
+			w.Logger.Warn("a handler ran past the job timeout; its job will go to another worker",
+				"job", job.ID, "timeout", w.JobTimeout)
+			return
+		}
+	}
+}
+
+// settle completes, fails or releases job after its handler returned.
+func (w *Worker) settle(job *Job, o outcome, stopped bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
+	defer cancel()
+	var err error
+	switch {
+	case o.err == nil:
+		if err = w.Client.Complete(ctx, job); err == nil {
+			w.completed.Add(1)
+		}
+	case stopped && !o.panicked:
+		w.release(job)
+		return
+	default:
+		if o.panicked {
+			w.Logger.Error("a handler panicked; failing its job", "job", job.ID, "err", o.err)
+		}
+		if err = w.Client.Fail(ctx, job, o.err.Error()); err == nil {
+			w.failed.Add(1)
+		}
+	}
+	if errors.Is(err, ErrLeaseLost) {
+		w.lost.Add(1)
+	} else if err != nil {
+		w.Logger.Warn("settling a job failed; it runs again when its lease runs out", "job", job.ID, "err", err)
+	}
+}
+
+func (w *Worker) release(job *Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
+	defer cancel()
+	if err := w.Client.Release(ctx, job); err != nil {
+		w.Logger.Warn("releasing a job failed; it runs again when its lease runs out", "job", job.ID, "err", err)
+		return
+	}
+	w.released.Add(1)
+}

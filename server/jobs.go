@@ -1,0 +1,439 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"reflect"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+const (
+	// readyCap bounds each ready count a node computes and reports.
+	readyCap = 1000
+	// maxReadyReports and maxReadyBytes bound the (shard, topic) entries
+	// of a heartbeat, which must fit a datagram.
+	maxReadyReports = 256
+	maxReadyBytes   = 32 << 10
+	// scheduleTick is how often a node checks whether a schedule of a
+	// shard it leads is due.
+	scheduleTick = 50 * time.Millisecond
+	// acquireResultTTL is how long a node remembers the answer to an
+	// acquire, so that a retry of it gets the same job rather than a
+	// second one.
+	acquireResultTTL = 30 * time.Second
+	// maxDeadListing bounds a dead-job listing.
+	maxDeadListing = 100
+)
+
+// jobOp handles the job ops other than acquire.
+func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
+	a := &m.Args
+	op := shard.Op{
+		Client: m.Client, Seq: m.Seq, Ack: m.Ack,
+		Topic: a.Topic, JobID: a.JobID, Token: a.Token, Lease: int64(a.Lease),
+		MaxAttempts: a.MaxAttempts, Backoff: int64(a.Backoff), Unique: a.Unique,
+		Reason: a.Reason, Interval: int64(a.Interval), Value: a.Value, Delay: int64(a.Delay),
+	}
+	if !a.RunAt.IsZero() {
+		op.RunAt = a.RunAt.UnixNano()
+	}
+	var slot int
+	switch m.Op {
+	case wire.OpEnqueue:
+		op.Kind = shard.KindEnqueue
+		if bad := checkJobID(a.JobID); bad != nil {
+			return bad
+		}
+		if bad := checkTopic(a.Topic); bad != nil {
+			return bad
+		}
+		if len(a.Value) > wire.MaxValueSize {
+			return errorReply(wire.CodeTooLarge, "payload of %d bytes exceeds %d", len(a.Value), wire.MaxValueSize)
+		}
+		slot = shard.JobSlot(a.JobID)
+	case wire.OpExtend, wire.OpComplete, wire.OpFail, wire.OpRelease, wire.OpRequeue:
+		op.Kind = map[wire.Op]shard.Kind{
+			wire.OpExtend: shard.KindExtend, wire.OpComplete: shard.KindComplete, wire.OpFail: shard.KindFail,
+			wire.OpRelease: shard.KindRelease, wire.OpRequeue: shard.KindRequeue,
+		}[m.Op]
+		if bad := checkJobID(a.JobID); bad != nil {
+			return bad
+		}
+		if len(a.Reason) > wire.MaxKeySize {
+			op.Reason = a.Reason[:wire.MaxKeySize]
+		}
+		slot = shard.JobSlot(a.JobID)
+	case wire.OpEvery, wire.OpUnevery:
+		op.Kind = shard.KindEvery
+		if m.Op == wire.OpUnevery {
+			op.Kind = shard.KindUnevery
+		}
+		if bad := checkTopic(a.Topic); bad != nil {
+			return bad
+		}
+		if a.Unique == "" || len(a.Unique) > wire.MaxKeySize {
+			return errorReply(wire.CodeBadRequest, "%s needs a schedule key of 1 to %d bytes", m.Op, wire.MaxKeySize)
+		}
+		if m.Op == wire.OpEvery && a.Interval < time.Millisecond {
+			return errorReply(wire.CodeBadRequest, "every needs an interval of at least 1ms")
+		}
+		slot = shard.JobKeySlot(a.Topic, a.Unique)
+	}
+	if bad := checkWrite(m); bad != nil {
+		return bad
+	}
+	rep, bad := n.slotReplica(slot)
+	if bad != nil {
+		return bad
+	}
+	res, err := n.writeResult(ctx, rep, op)
+	if err != nil {
+		return leaderErrorReply(ctx, rep.id, err)
+	}
+	return jobReply(m.Op, res)
+}
+
+// writeResult applies op through the shard's leader and returns the state
+// machine's result (see write).
+func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shard.Result, error) {
+	var res shard.Result
+	err := n.viaLeader(ctx, rep,
+		func() (err error) {
+			res, err = rep.propose(ctx, op)
+			return err
+		},
+		func(leader string) error {
+			fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, Op: op})
+			res = fr.Result
+			return err
+		})
+	return res, err
+}
+
+func checkJobID(id string) *wire.Message {
+	if id == "" || len(id) > wire.MaxKeySize {
+		return errorReply(wire.CodeBadRequest, "a job id of 1 to %d bytes is needed", wire.MaxKeySize)
+	}
+	return nil
+}
+
+func checkTopic(t string) *wire.Message {
+	if t == "" || len(t) > wire.MaxKeySize {
+		return errorReply(wire.CodeBadRequest, "a topic of 1 to %d bytes is needed", wire.MaxKeySize)
+	}
+	for i := 0; i < len(t); i++ {
+		if t[i] == 0 {
+			return errorReply(wire.CodeBadRequest, "a topic may not contain NUL")
+		}
+	}
+	return nil
+}
+
+// slotReplica returns this node's replica of the shard owning slot.
+func (n *Node) slotReplica(slot int) (*replica, *wire.Message) {
+	id := n.shardMap.SlotShard(slot)
+	if rep := n.replicas[id]; rep != nil {
+		return rep, nil
+	}
+	return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
+		n.id, id, n.shardMap.Version)
+}
+
+// jobReply turns the result of a job op into a reply.
+func jobReply(op wire.Op, res shard.Result) *wire.Message {
+	switch err := res.Err(); {
+	case errors.Is(err, shard.ErrLeaseLost):
+		return errorReply(wire.CodeLeaseLost, "lease lost: the token is not the job's live lease")
+	case errors.Is(err, shard.ErrWrongState):
+		return errorReply(wire.CodeConflict, "the job is not dead")
+	case errors.Is(err, shard.ErrVersionConflict):
+		return errorReply(wire.CodeConflict, "a job with this id exists")
+	case err != nil:
+		return opReply(res)
+	}
+	if res.JobID == "" {
+		return resultReply(wire.Result{})
+	}
+	return resultReply(wire.Result{Job: jobInfo(res)})
+}
+
+func jobInfo(res shard.Result) *wire.JobInfo {
+	j := &wire.JobInfo{ID: res.JobID, Topic: res.Topic, Payload: res.Payload, Attempt: res.Attempt, Token: res.Token}
+	if res.Deadline != 0 {
+		j.Deadline = time.Unix(0, res.Deadline)
+	}
+	return j
+}
+
+// acquireFlights remembers the acquires a node is running or has answered
+// lately, by client and sequence number. A retry of an acquire joins the
+// one running, or gets its answer: a second run could hand out a second
+// job on another shard, and the client would take only one of them.
+type acquireFlights struct {
+	mu      sync.Mutex
+	flights map[string]*acquireFlight
+}
+
+type acquireFlight struct {
+	done  chan struct{}
+	reply *wire.Message
+	ended time.Time
+}
+
+// join returns the flight of key and whether the caller must run it.
+func (a *acquireFlights) join(key string, now time.Time) (*acquireFlight, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flights == nil {
+		a.flights = make(map[string]*acquireFlight)
+	}
+	if f, ok := a.flights[key]; ok {
+		return f, false
+	}
+	for k, f := range a.flights { // amortized: the map stays small
+		if !f.ended.IsZero() && now.Sub(f.ended) > acquireResultTTL {
+			delete(a.flights, k)
+		}
+	}
+	f := &acquireFlight{done: make(chan struct{})}
+	a.flights[key] = f
+	return f, true
+}
+
+func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, now time.Time) {
+	a.mu.Lock()
+	f.reply, f.ended = reply, now
+	a.mu.Unlock()
+	close(f.done)
+}
+
+// acquire leases a ready job of the topic from one of the shards the
+// request names (all this node holds, if it names none), waiting up to
+// Args.Wait for one. It proposes the acquire on the shards whose replicas
+// here see a ready job; a replica that lags the leader may see one that is
+// gone, and a shard that answered "nothing" is tried again only once its
+// replica here has applied more. When the wait is over it replies with no
+// job, and the client asks again.
+func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
+	a := &m.Args
+	if bad := checkTopic(a.Topic); bad != nil {
+		return bad
+	}
+	if a.Lease < time.Millisecond {
+		return errorReply(wire.CodeBadRequest, "acquire needs a lease of at least 1ms")
+	}
+	if bad := checkWrite(m); bad != nil {
+		return bad
+	}
+	var reps []*replica
+	if len(a.Shards) == 0 {
+		for _, id := range n.shardIDs() {
+			reps = append(reps, n.replicas[id])
+		}
+	}
+	for _, id := range a.Shards {
+		if rep := n.replicas[id]; rep != nil {
+			reps = append(reps, rep)
+		}
+	}
+	if len(reps) == 0 {
+		return errorReply(wire.CodeWrongShard, "node %s holds none of shards %v (map version %d)", n.id, a.Shards, n.shardMap.Version)
+	}
+	key := m.Client + "/" + strconv.FormatUint(m.Seq, 10)
+	f, run := n.acquires.join(key, time.Now())
+	if !run {
+		select {
+		case <-f.done:
+			return f.reply
+		case <-ctx.Done():
+			return errorReply(wire.CodeUnavailable, "acquire still running")
+		}
+	}
+	reply := n.runAcquire(ctx, m, reps)
+	n.acquires.finish(f, reply, time.Now())
+	return reply
+}
+
+func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica) *wire.Message {
+	a := &m.Args
+	op := shard.Op{Kind: shard.KindAcquire, Client: m.Client, Seq: m.Seq, Ack: m.Ack, Topic: a.Topic, Lease: int64(a.Lease)}
+	// Answer before the client gives up on this attempt.
+	wait := a.Wait
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(d)*9/10)
+	}
+	until := time.Now().Add(wait)
+	// emptyAt[s] is how far shard s's replica here had applied when the
+	// leader last said it had nothing.
+	emptyAt := make(map[shard.ID]uint64, len(reps))
+	for {
+		now := time.Now()
+		for _, rep := range readyFirst(reps, emptyAt, a.Topic, now) {
+			applied := rep.fsm.Applied()
+			res, err := n.writeResult(ctx, rep, op)
+			if err != nil {
+				return leaderErrorReply(ctx, rep.id, err)
+			}
+			if res.Status == shard.StatusOK {
+				return jobReply(m.Op, res)
+			}
+			if res.Status != shard.StatusEmpty {
+				return opReply(res)
+			}
+			emptyAt[rep.id] = applied
+		}
+		if !now.Before(until) {
+			return resultReply(wire.Result{})
+		}
+		waitForJobs(ctx, reps, emptyAt, a.Topic, until)
+	}
+}
+
+// readyFirst returns the replicas whose state shows a ready job of topic,
+// most ready first, in random order among equals so that concurrent
+// acquires spread over the shards; a replica that has applied nothing
+// since its shard last had nothing is left out.
+func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now time.Time) []*replica {
+	type cand struct {
+		rep   *replica
+		ready int
+		tie   uint32
+	}
+	var cands []cand
+	for _, rep := range reps {
+		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
+			continue
+		}
+		if k := rep.fsm.ReadyCount(topic, now.UnixNano(), readyCap); k > 0 {
+			cands = append(cands, cand{rep, k, rand.Uint32()})
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		return cands[i].ready > cands[j].ready || (cands[i].ready == cands[j].ready && cands[i].tie < cands[j].tie)
+	})
+	out := make([]*replica, len(cands))
+	for i, c := range cands {
+		out[i] = c.rep
+	}
+	return out
+}
+
+// waitForJobs waits until a command applies on one of the replicas, the
+// topic's next job comes due on one not waiting to apply more (see
+// readyFirst), until passes, or ctx ends.
+func waitForJobs(ctx context.Context, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) {
+	wake := until
+	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
+	for _, rep := range reps {
+		changes := rep.fsm.JobChanges()
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(changes)})
+		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
+			continue
+		}
+		if at, ok := rep.fsm.NextAvailable(topic); ok && time.Unix(0, at).Before(wake) {
+			wake = time.Unix(0, at)
+		}
+	}
+	t := time.NewTimer(max(time.Until(wake), 0))
+	defer t.Stop()
+	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.C)})
+	reflect.Select(cases)
+}
+
+// jobRead answers the job reads, stats and dead listings, for one shard,
+// linearizably: like a get, after learning the leader's read index.
+func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
+	a := &m.Args
+	if bad := checkTopic(a.Topic); bad != nil {
+		return bad
+	}
+	if len(a.Shards) != 1 {
+		return errorReply(wire.CodeBadRequest, "%s names one shard", m.Op)
+	}
+	rep := n.replicas[a.Shards[0]]
+	if rep == nil {
+		return errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
+			n.id, a.Shards[0], n.shardMap.Version)
+	}
+	if err := n.readBarrier(ctx, rep); err != nil {
+		return leaderErrorReply(ctx, rep.id, err)
+	}
+	if m.Op == wire.OpJobStats {
+		c := rep.fsm.JobCounts(a.Topic, time.Now().UnixNano())
+		return resultReply(wire.Result{Counts: &wire.JobCounts{
+			Scheduled: c.Scheduled, Ready: c.Ready, Leased: c.Leased, Dead: c.Dead, Done: c.Done,
+		}})
+	}
+	limit := a.Limit
+	if limit <= 0 || limit > maxDeadListing {
+		limit = maxDeadListing
+	}
+	jobs := []wire.JobInfo{}
+	for _, j := range rep.fsm.DeadJobs(a.Topic, limit) {
+		jobs = append(jobs, wire.JobInfo{
+			ID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, State: string(shard.JobDead),
+			MaxAttempts: j.MaxAttempts, LastError: j.LastError,
+		})
+	}
+	return resultReply(wire.Result{Jobs: jobs})
+}
+
+// readyReports lists, for the shards this node leads, the topics with jobs
+// ready now.
+func (n *Node) readyReports(now time.Time) []wire.ReadyCount {
+	var out []wire.ReadyCount
+	size := 0
+	for _, id := range n.shardIDs() {
+		rep := n.replicas[id]
+		if !rep.isLeader() {
+			continue
+		}
+		topics := rep.fsm.ReadyTopics(now.UnixNano(), readyCap)
+		names := make([]string, 0, len(topics))
+		for t := range topics {
+			names = append(names, t)
+		}
+		sort.Strings(names)
+		for _, t := range names {
+			if len(out) == maxReadyReports || size+len(t) > maxReadyBytes {
+				return out
+			}
+			size += len(t) + 24
+			out = append(out, wire.ReadyCount{Shard: id, Topic: t, Count: topics[t]})
+		}
+	}
+	return out
+}
+
+// runSchedules proposes a tick on each shard this node leads whose next
+// scheduled job is due, so interval jobs appear when nothing else is being
+// written. Stops with the node.
+func (n *Node) runSchedules() {
+	t := time.NewTicker(scheduleTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case now := <-t.C:
+			for _, rep := range n.replicas {
+				due, ok := rep.fsm.NextScheduleDue()
+				if !ok || !rep.isLeader() || due > now.UnixNano() {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
+				if _, err := rep.propose(ctx, shard.Op{Kind: shard.KindTick}); err != nil && !errors.Is(err, context.Canceled) {
+					rep.log.Warn("proposing a tick for a due schedule failed", "err", err)
+				}
+				cancel()
+			}
+		}
+	}
+}
