@@ -94,12 +94,14 @@ func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
 	n.reply(from, m.TxID, n.dispatch(ctx, &m))
 }
 
-// reply completes r as the answer to txid and sends it.
+// reply sends r as the answer to txid. It does not change r, which a
+// joined acquire shares between requests.
 func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
-	r.TxID = txid
-	r.Node = n.id
-	r.Activity = n.activity.count(time.Now())
-	b, err := wire.Encode(r)
+	out := *r
+	out.TxID = txid
+	out.Node = n.id
+	out.Activity = n.activity.count(time.Now())
+	b, err := wire.Encode(&out)
 	if err != nil {
 		n.log.Error("encoding reply", "err", err)
 		if r.Type == wire.TypeError {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -287,4 +289,171 @@ func TestEveryAcrossLeaderChange(t *testing.T) {
 	if !strings.HasPrefix(ids[0], "j") {
 		t.Errorf("interval job id %q", ids[0])
 	}
+}
+
+// grant is one hand-out of a job, as the handler saw it.
+type grant struct {
+	worker int
+	token  uint64
+	start  time.Time // when the lease began: the first deadline less the lease
+	job    *client.Job
+}
+
+// 10,000 jobs, 8 workers; workers are killed at random mid-job (their
+// clients closed under them, as a crash would) and replaced, and one shard
+// leader is killed. Every job ends done exactly once in the state machine,
+// none is lost, and no two workers ever held a job at once.
+func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
+	jobs := 10000
+	if testing.Short() {
+		jobs = 2000
+	}
+	const workers = 8
+	const lease = time.Second
+	c := newTestCluster(t, 3, 4, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	producer := c.client(client.Config{})
+	ids := make(chan string, jobs)
+	var wg sync.WaitGroup
+	for p := 0; p < 16; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := p; i < jobs; i += 16 {
+				id, err := producer.Enqueue(ctx, "work", []byte(fmt.Sprint(i)), client.EnqueueOptions{})
+				for err != nil && ctx.Err() == nil { // a new id each try: a failed enqueue may still apply
+					id, err = producer.Enqueue(ctx, "work", []byte(fmt.Sprint(i)), client.EnqueueOptions{})
+				}
+				ids <- id
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	enqueued := map[string]bool{}
+	for id := range ids {
+		enqueued[id] = true
+	}
+
+	var mu sync.Mutex
+	grants := map[string][]grant{}
+	type running struct {
+		cl     *client.Client
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	start := func(n int) *running {
+		cl := c.client(client.Config{})
+		wctx, wcancel := context.WithCancel(ctx)
+		w := &client.Worker{
+			Client: cl, Topic: "work", Lease: lease, Concurrency: 2,
+			Handler: func(hctx context.Context, j *client.Job) error {
+				mu.Lock()
+				grants[j.ID] = append(grants[j.ID], grant{worker: n, token: j.Token, start: j.Deadline.Add(-lease), job: j})
+				mu.Unlock()
+				select { // a little work
+				case <-time.After(time.Duration(rand.IntN(3)) * time.Millisecond):
+				case <-hctx.Done():
+				}
+				return nil
+			},
+		}
+		r := &running{cl: cl, cancel: wcancel, done: make(chan struct{})}
+		go func() {
+			defer close(r.done)
+			w.Run(wctx)
+		}()
+		return r
+	}
+	pool := make([]*running, workers)
+	next := 0
+	for i := range pool {
+		pool[i] = start(next)
+		next++
+	}
+	done := func() bool {
+		var completed uint64
+		for _, n := range c.nodes {
+			for _, r := range n.replicas {
+				if r.isLeader() {
+					completed += r.fsm.Stats().JobsCompleted
+				}
+			}
+		}
+		return completed >= uint64(jobs)
+	}
+	kills, leaderKilled := 0, false
+	began := time.Now()
+	for !done() {
+		if ctx.Err() != nil {
+			t.Fatal("the jobs did not all complete within 5 minutes")
+		}
+		time.Sleep(200 * time.Millisecond)
+		// Crash a worker: its client goes away mid-job, without a word.
+		i := rand.IntN(workers)
+		dead, stop := context.WithCancel(context.Background())
+		stop()
+		pool[i].cl.Close(dead)
+		pool[i].cancel()
+		<-pool[i].done
+		pool[i] = start(next)
+		next++
+		kills++
+		if !leaderKilled && time.Since(began) > time.Second {
+			victim := c.leader(0)
+			t.Logf("killing %s, leader of shard 0", victim.ID())
+			c.stop(victim.ID())
+			leaderKilled = true
+		}
+	}
+	for _, r := range pool {
+		r.cancel()
+		<-r.done
+	}
+	t.Logf("%d jobs done in %v with %d worker crashes", jobs, time.Since(began), kills)
+
+	// Done exactly once, in the state machine: every shard's leader counts
+	// its completions, and no job is left in any state.
+	c.waitLeaders()
+	var completed uint64
+	var left int
+	for _, s := range c.spec.Shards {
+		st := c.leader(s.ID).replicas[s.ID].fsm.Stats()
+		completed += st.JobsCompleted
+		left += st.Jobs
+	}
+	if completed != uint64(jobs) || left != 0 {
+		t.Errorf("%d completions and %d jobs left for %d enqueued", completed, left, jobs)
+	}
+	// None lost, none invented.
+	mu.Lock()
+	defer mu.Unlock()
+	for id := range enqueued {
+		if len(grants[id]) == 0 {
+			t.Errorf("job %s was never handed out", id)
+		}
+	}
+	// No two holds of a job overlap: each grant began after the lease
+	// before it ended, as far as its holder had extended it.
+	regrants := 0
+	for id, gs := range grants {
+		if !enqueued[id] {
+			t.Errorf("a job %s that was never enqueued", id)
+		}
+		sort.Slice(gs, func(i, j int) bool { return gs[i].token < gs[j].token })
+		for i := 1; i < len(gs); i++ {
+			regrants++
+			prev, cur := gs[i-1], gs[i]
+			if cur.token == prev.token {
+				t.Errorf("job %s granted twice with token %d", id, cur.token)
+			}
+			if cur.start.Before(prev.job.Deadline.Add(-time.Millisecond)) {
+				t.Errorf("job %s: worker %d's lease (token %d) began at %v, before worker %d's (token %d) ended at %v",
+					id, cur.worker, cur.token, cur.start, prev.worker, prev.token, prev.job.Deadline)
+			}
+		}
+	}
+	t.Logf("%d jobs were handed out again after a lease ran out", regrants)
 }
