@@ -80,7 +80,7 @@ func TestStaleHolderIsRefused(t *testing.T) {
 	if j2.ID != j1.ID || j2.Token <= j1.Token || j2.Attempt != 2 {
 		t.Fatalf("second grant %+v after %+v", j2, j1)
 	}
-	if !j2.Deadline.Add(-10 * time.Second).After(j1.Deadline) {
+	if j2.Deadline.Add(-10 * time.Second).Before(j1.Deadline) { // deadlines travel in whole milliseconds
 		t.Errorf("the second lease began at %v, before the first ran out at %v", j2.Deadline.Add(-10*time.Second), j1.Deadline)
 	}
 	if err := first.Complete(ctx, j1); !errors.Is(err, client.ErrLeaseLost) {
@@ -111,8 +111,9 @@ func TestDelayedFailedAndDeadJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The leader's clock is this process's clock here.
-	if got := j.Deadline.Add(-time.Second).Sub(start); got < delay {
+	// The leader's clock is this process's clock here; deadlines travel in
+	// whole milliseconds.
+	if got := j.Deadline.Add(-time.Second).Sub(start); got < delay-time.Millisecond {
 		t.Errorf("a job delayed %v was handed out after %v", delay, got)
 	}
 

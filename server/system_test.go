@@ -22,6 +22,9 @@ func (c *testCluster) client(cfg client.Config) *client.Client {
 	if cfg.Seeds == nil {
 		cfg.Seeds = c.seeds()
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(c.t)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl, err := client.New(ctx, cfg)
