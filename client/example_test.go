@@ -41,3 +41,32 @@ func Example() {
 	// Ada
 	// true
 }
+
+// A worker in a few lines: it acquires jobs of a topic four at a time,
+// keeps their leases while the handler runs, and completes each job whose
+// handler returns nil (a failed or panicking handler fails its job, which
+// runs again after a backoff).
+func ExampleWorker() {
+	ctx := context.Background()
+	c, err := client.New(ctx, client.Config{Seeds: strings.Split(os.Getenv("SHOAL_SEEDS"), ",")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Enqueue(ctx, "emails", []byte("welcome ada@example.com"), client.EnqueueOptions{}); err != nil {
+		log.Fatal(err)
+	}
+
+	ctx, stop := context.WithCancel(ctx)
+	w := &client.Worker{Client: c, Topic: "emails", Concurrency: 4,
+		Handler: func(ctx context.Context, job *client.Job) error {
+			fmt.Printf("sending %s\n", job.Payload)
+			stop() // one is enough here; the job in hand still completes
+			return nil
+		}}
+	w.Run(ctx)
+	fmt.Println(w.Counters().Completed, "completed")
+	// Output:
+	// sending welcome ada@example.com
+	// 1 completed
+}

@@ -123,6 +123,7 @@ func (w *Worker) loop(ctx context.Context) {
 type outcome struct {
 	err      error
 	panicked bool
+	stack    []byte // of a panic
 }
 
 // work runs the handler on job, keeping its lease, and settles the job.
@@ -142,7 +143,7 @@ func (w *Worker) work(runCtx context.Context, job *Job) {
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
-				done <- outcome{err: fmt.Errorf("panic: %v\n%s", p, debug.Stack()), panicked: true}
+				done <- outcome{err: fmt.Errorf("panic: %v", p), panicked: true, stack: debug.Stack()}
 			}
 		}()
 		done <- outcome{err: w.Handler(jobCtx, job)}
@@ -207,7 +208,7 @@ func (w *Worker) settle(job *Job, o outcome, stopped bool) {
 		return
 	default:
 		if o.panicked {
-			w.Logger.Error("a handler panicked; failing its job", "job", job.ID, "err", o.err)
+			w.Logger.Error("a handler panicked; failing its job", "job", job.ID, "err", o.err, "stack", string(o.stack))
 		}
 		if err = w.Client.Fail(ctx, job, o.err.Error()); err == nil {
 			w.failed.Add(1)

@@ -7,6 +7,7 @@
 //	shoal cluster down --dir DIR
 //	shoal cluster status --cluster FILE
 //	shoal get KEY | set KEY VALUE | del KEY     with --cluster FILE, --seeds or SHOAL_SEEDS
+//	shoal enqueue | acquire | extend | complete | fail | requeue | jobs
 //
 // Run `shoal help` for the flags of each.
 package main
@@ -36,8 +37,17 @@ Usage:
   shoal get KEY [--stale]                         print the value of KEY
   shoal set KEY VALUE                             store VALUE under KEY
   shoal del KEY                                   delete KEY
+  shoal enqueue TOPIC PAYLOAD [--delay D] [--key K] [--max-attempts N]
+                                                  store a job; prints its id
+  shoal acquire TOPIC [--lease 30s] [--wait 5s]   lease the next ready job; prints
+                                                  ID TOKEN ATTEMPT DEADLINE, then the payload
+  shoal extend ID TOKEN [--lease D]               keep the job longer
+  shoal complete ID TOKEN                         finish the job
+  shoal fail ID TOKEN [--reason R]                fail it: retried with backoff, or dead
+  shoal requeue ID                                queue a dead job again
+  shoal jobs TOPIC [--dead]                       counts by state (and the dead jobs)
 
-get, set, del and status find the cluster by --cluster FILE (a cluster.json),
+The commands that talk to a cluster find it by --cluster FILE (a cluster.json),
 --seeds host:port,..., or the SHOAL_SEEDS (or SHOAL_CLUSTER) environment variable.
 They take --json for machine-readable output and --timeout (default 5s).
 Exit status: 0 success, 1 failure (a missing key included), 2 usage error.
@@ -60,12 +70,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"demo":    demoCmd,
-		"server":  serverCmd,
-		"cluster": clusterCmd,
-		"get":     getCmd,
-		"set":     setCmd,
-		"del":     delCmd,
+		"demo":     demoCmd,
+		"server":   serverCmd,
+		"cluster":  clusterCmd,
+		"get":      getCmd,
+		"set":      setCmd,
+		"del":      delCmd,
+		"enqueue":  enqueueCmd,
+		"acquire":  acquireCmd,
+		"extend":   extendCmd,
+		"complete": completeCmd,
+		"fail":     failCmd,
+		"requeue":  requeueCmd,
+		"jobs":     jobsCmd,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "--help" {
