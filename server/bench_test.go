@@ -3,8 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/shoal-kv/shoal/client"
 )
@@ -29,4 +31,46 @@ func BenchmarkSet(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkJobRoundTrip measures the job round trip of ../shared/peerbench:
+// enqueue a job, acquire it, complete it, by 64 workers each on a topic of
+// its own, on an in-process cluster of 3 nodes with 3 shards of 3 replicas
+// (fsync on). Put beside beanstalkd -f0's put+reserve+delete from the same
+// machine.
+func BenchmarkJobRoundTrip(b *testing.B) {
+	const workers = 64
+	c := newTestCluster(b, 3, 3, 3)
+	clients := make([]*client.Client, 8)
+	for i := range clients {
+		clients[i] = c.client(client.Config{})
+	}
+	ctx := context.Background()
+	payload := make([]byte, 100)
+	var next atomic.Int64
+	b.SetParallelism((workers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		w := next.Add(1)
+		cl := clients[int(w)%len(clients)]
+		topic := fmt.Sprint("t", w)
+		for pb.Next() {
+			if _, err := cl.Enqueue(ctx, topic, payload, client.EnqueueOptions{}); err != nil {
+				b.Error(err)
+				return
+			}
+			j, err := cl.Acquire(ctx, topic, 30*time.Second)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if err := cl.Complete(ctx, j); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "roundtrips/s")
 }

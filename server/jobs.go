@@ -179,6 +179,7 @@ func jobInfo(res shard.Result) *wire.JobInfo {
 type acquireFlights struct {
 	mu      sync.Mutex
 	flights map[string]*acquireFlight
+	pruned  time.Time
 }
 
 type acquireFlight struct {
@@ -197,9 +198,12 @@ func (a *acquireFlights) join(key string, now time.Time) (*acquireFlight, bool) 
 	if f, ok := a.flights[key]; ok {
 		return f, false
 	}
-	for k, f := range a.flights { // amortized: the map stays small
-		if !f.ended.IsZero() && now.Sub(f.ended) > acquireResultTTL {
-			delete(a.flights, k)
+	if now.Sub(a.pruned) > acquireResultTTL/10 {
+		a.pruned = now
+		for k, f := range a.flights {
+			if !f.ended.IsZero() && now.Sub(f.ended) > acquireResultTTL {
+				delete(a.flights, k)
+			}
 		}
 	}
 	f := &acquireFlight{done: make(chan struct{})}
@@ -325,16 +329,23 @@ func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now 
 	return out
 }
 
-// waitForJobs waits until a command applies on one of the replicas, the
-// topic's next job comes due on one not waiting to apply more (see
-// readyFirst), until passes, or ctx ends.
+// waitForJobs waits until a job of topic may have become available on one
+// of the replicas (or, on one whose shard had nothing, until it applies
+// more; see readyFirst), the topic's next job comes due, until passes, or
+// ctx ends.
 func waitForJobs(ctx context.Context, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) {
 	wake := until
 	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
 	for _, rep := range reps {
-		changes := rep.fsm.JobChanges()
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(changes)})
+		var changes <-chan struct{}
 		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
+			// Waiting for this replica to catch up with the leader.
+			changes = rep.fsm.AppliedChanges()
+		} else {
+			changes = rep.fsm.TopicChanges(topic)
+		}
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(changes)})
+		if _, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= emptyAt[rep.id] {
 			continue
 		}
 		if at, ok := rep.fsm.NextAvailable(topic); ok && time.Unix(0, at).Before(wake) {

@@ -1,12 +1,6 @@
 package shard
 
-import (
-	"bytes"
-	"errors"
-	"fmt"
-
-	"github.com/jackpal/bencode-go"
-)
+import "errors"
 
 // Kind is the operation an Op performs.
 type Kind string
@@ -55,26 +49,26 @@ const (
 // Ack is the client's promise that it holds a reply for every sequence number
 // below it, so the state machine may forget those results.
 type Op struct {
-	Kind    Kind   `bencode:"k"`
-	Client  string `bencode:"c"`
-	Seq     uint64 `bencode:"s"`
-	Ack     uint64 `bencode:"a"`
-	Key     string `bencode:"y"`
-	Value   string `bencode:"v"`
-	Version uint64 `bencode:"n"`
+	Kind    Kind
+	Client  string
+	Seq     uint64
+	Ack     uint64
+	Key     string
+	Value   string
+	Version uint64
 
 	// Job ops; times are Unix nanoseconds, durations nanoseconds.
-	Topic       string `bencode:"t"`
-	JobID       string `bencode:"j"`
-	Token       uint64 `bencode:"o"`
-	Lease       int64  `bencode:"l"`
-	RunAt       int64  `bencode:"r"`
-	Delay       int64  `bencode:"w"`
-	MaxAttempts int    `bencode:"m"`
-	Backoff     int64  `bencode:"b"`
-	Unique      string `bencode:"u"`
-	Reason      string `bencode:"e"`
-	Interval    int64  `bencode:"i"`
+	Topic       string
+	JobID       string
+	Token       uint64
+	Lease       int64
+	RunAt       int64
+	Delay       int64
+	MaxAttempts int
+	Backoff     int64
+	Unique      string
+	Reason      string
+	Interval    int64
 }
 
 // Command is one raft log entry: a batch of operations and the time at which
@@ -82,26 +76,8 @@ type Op struct {
 // own; Now is its only notion of time, so every replica decides the same.
 type Command struct {
 	// Now is the proposing leader's wall clock in Unix nanoseconds.
-	Now int64 `bencode:"t"`
-	Ops []Op  `bencode:"o"`
-}
-
-// Encode returns the serialized command for raft.Apply.
-func (c *Command) Encode() ([]byte, error) {
-	var buf bytes.Buffer
-	if err := bencode.Marshal(&buf, *c); err != nil {
-		return nil, fmt.Errorf("shard: encode command: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-// DecodeCommand parses a command produced by Encode.
-func DecodeCommand(b []byte) (Command, error) {
-	var c Command
-	if err := bencode.Unmarshal(bytes.NewReader(b), &c); err != nil {
-		return Command{}, fmt.Errorf("shard: decode command: %w", err)
-	}
-	return c, nil
+	Now int64
+	Ops []Op
 }
 
 // Status is the outcome of an Op.

@@ -65,8 +65,9 @@ type FSM struct {
 	lastExpiry int64  // clock at the last session expiry scan
 	executed   uint64
 	duplicates uint64
-	applied    uint64        // raft index of the last applied log
-	appliedCh  chan struct{} // closed and replaced when applied grows
+	applied    uint64                   // raft index of the last applied log
+	appliedCh  chan struct{}            // closed and replaced when applied grows
+	topicCh    map[string]chan struct{} // see TopicChanges
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -81,6 +82,7 @@ func NewFSM(cfg FSMConfig) *FSM {
 		kv:         make(map[string]Entry),
 		sessions:   make(sessions),
 		jobs:       newJobTable(),
+		topicCh:    make(map[string]chan struct{}),
 		appliedCh:  make(chan struct{}),
 	}
 }
@@ -236,6 +238,13 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 			return fmt.Errorf("shard: waiting to apply index %d (at %d): %w", index, applied, ctx.Err())
 		}
 	}
+}
+
+// AppliedChanges returns a channel closed when the next command applies.
+func (f *FSM) AppliedChanges() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.appliedCh
 }
 
 // Stats returns counters and sizes of the state machine.

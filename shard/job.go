@@ -285,6 +285,7 @@ func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int,
 		t.unique[uniqueKey(topic, unique)] = id
 	}
 	heap.Push(&t.topic(topic).queued, j)
+	f.notifyTopic(topic)
 }
 
 // acquire hands out the topic's next available job: the one that became
@@ -396,6 +397,7 @@ func (f *FSM) fail(op *Op) Result {
 	j.RunAt = f.clock + backoff(j)
 	j.Holder = ""
 	heap.Push(&q.queued, j)
+	f.notifyTopic(j.Topic)
 	return Result{JobID: j.ID, Deadline: j.RunAt}
 }
 
@@ -412,6 +414,7 @@ func (f *FSM) release(op *Op) Result {
 	j.RunAt = f.clock
 	j.Holder = ""
 	heap.Push(&q.queued, j)
+	f.notifyTopic(j.Topic)
 	return Result{JobID: j.ID}
 }
 
@@ -435,6 +438,7 @@ func (f *FSM) requeue(op *Op) Result {
 		}
 	}
 	heap.Push(&q.queued, j)
+	f.notifyTopic(j.Topic)
 	return Result{JobID: j.ID}
 }
 
@@ -548,12 +552,27 @@ func (f *FSM) NextAvailable(topic string) (int64, bool) {
 	return at, true
 }
 
-// JobChanges returns a channel closed the next time a command is applied:
-// when jobs may have become available.
-func (f *FSM) JobChanges() <-chan struct{} {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.appliedCh
+// TopicChanges returns a channel closed when a job of topic may have
+// become available other than by time passing: enqueued, released, failed
+// (to run again later), requeued. Time passing is the caller's to watch,
+// with NextAvailable.
+func (f *FSM) TopicChanges(topic string) <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := f.topicCh[topic]
+	if ch == nil {
+		ch = make(chan struct{})
+		f.topicCh[topic] = ch
+	}
+	return ch
+}
+
+// notifyTopic wakes the watchers of topic; f.mu is held.
+func (f *FSM) notifyTopic(topic string) {
+	if ch, ok := f.topicCh[topic]; ok {
+		close(ch)
+		delete(f.topicCh, topic)
+	}
 }
 
 // DeadJobs returns up to limit of topic's dead jobs, oldest first.

@@ -281,6 +281,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.applied = h.Applied
 	close(f.appliedCh)
 	f.appliedCh = make(chan struct{})
+	for topic := range f.topicCh {
+		f.notifyTopic(topic)
+	}
 	return nil
 }
 

@@ -135,3 +135,57 @@ func TestDemo(t *testing.T) {
 		}
 	}
 }
+
+func TestCLIJobs(t *testing.T) {
+	spec := startCluster(t)
+	t.Setenv("SHOAL_SEEDS", strings.Join(seedsOf(spec), ","))
+	code, out, errs := shoal("enqueue", "mail", "hi there")
+	if code != 0 || !strings.HasPrefix(out, "j") {
+		t.Fatalf("enqueue: %d %q %q", code, out, errs)
+	}
+	id := strings.TrimSpace(out)
+	code, out, errs = shoal("acquire", "mail", "--json", "--lease", "20s")
+	var j struct {
+		ID, Topic, Payload, Deadline string
+		Attempt                      int
+		Token                        uint64
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &j) != nil || j.ID != id || j.Topic != "mail" || j.Payload != "hi there" ||
+		j.Attempt != 1 || j.Token == 0 || j.Deadline == "" {
+		t.Fatalf("acquire --json: %d %q %q", code, out, errs)
+	}
+	tok := fmt.Sprint(j.Token)
+	if code, out, _ := shoal("extend", id, tok, "--lease", "30s"); code != 0 || out != "OK\n" {
+		t.Errorf("extend: %d %q", code, out)
+	}
+	if code, out, _ := shoal("jobs", "mail", "--json"); code != 0 || !strings.Contains(out, `"leased":1`) {
+		t.Errorf("jobs: %d %q", code, out)
+	}
+	if code, out, _ := shoal("complete", id, tok); code != 0 || out != "OK\n" {
+		t.Errorf("complete: %d %q", code, out)
+	}
+	if code, _, errs := shoal("complete", id, tok); code != 1 || !strings.Contains(errs, "lease lost") {
+		t.Errorf("second complete: %d %q; want exit 1 and lease lost", code, errs)
+	}
+	if code, out, errs := shoal("acquire", "mail", "--wait", "300ms"); code != 1 || out != "" || !strings.Contains(errs, "no job") {
+		t.Errorf("acquire with nothing ready: %d %q %q", code, out, errs)
+	}
+	shoal("enqueue", "flaky", "x", "--max-attempts", "1")
+	code, out, _ = shoal("acquire", "flaky")
+	fields := strings.Fields(out)
+	if code != 0 || len(fields) < 2 {
+		t.Fatalf("acquire: %d %q", code, out)
+	}
+	if code, _, errs := shoal("fail", fields[0], fields[1], "--reason", "no smtp"); code != 0 {
+		t.Fatalf("fail: %d %q", code, errs)
+	}
+	if code, out, _ := shoal("jobs", "flaky", "--dead"); code != 0 || !strings.Contains(out, "no smtp") {
+		t.Errorf("jobs --dead: %d %q", code, out)
+	}
+	if code, _, _ := shoal("requeue", fields[0]); code != 0 {
+		t.Errorf("requeue: %d", code)
+	}
+	if code, _, _ := shoal("extend", "x", "notanumber"); code != 2 {
+		t.Errorf("extend with a bad token: exit %d, want 2", code)
+	}
+}
