@@ -14,6 +14,10 @@
 // call fails with ErrUnavailable, and a write that failed so may or may not
 // have been applied, now or a little later.
 //
+// Jobs: Enqueue, Acquire (which waits at the nodes, not by polling),
+// Extend, Complete, Fail and Release under the lease's fencing token, and
+// Worker, which runs a handler on a topic's jobs and keeps their leases.
+//
 // Caller's duties:
 //
 //  1. Give every call a context; its deadline bounds the call whatever the

@@ -19,6 +19,12 @@
 //     linearizable read must first wait (WaitApplied) for an index the
 //     leader has confirmed; the FSM itself knows nothing about leadership.
 //
+// Jobs live beside the keys: each topic's queued and leased jobs are kept in
+// heaps by when they become available, so an acquire hands out the job
+// ready longest, the same one on every replica. Leases carry fencing tokens
+// from the shard's revision counter; a new leader's first command (a
+// promote) extends the leases live under the old one.
+//
 // Caveats: a session idle for longer than FSMConfig.SessionTTL is forgotten,
 // and a retry that arrives after that may apply a second time; the default
 // TTL of an hour is far beyond any client's retry budget.
