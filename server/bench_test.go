@@ -35,12 +35,19 @@ func BenchmarkSet(b *testing.B) {
 
 // BenchmarkJobRoundTrip measures the job round trip of ../shared/peerbench:
 // enqueue a job, acquire it, complete it, by 64 workers each on a topic of
-// its own, on an in-process cluster of 3 nodes with 3 shards of 3 replicas
-// (fsync on). Put beside beanstalkd -f0's put+reserve+delete from the same
-// machine.
+// its own, on an in-process cluster of 3 nodes with 1 or 3 shards of 3
+// replicas (fsync on). Put beside beanstalkd -f0's put+reserve+delete from
+// the same machine. In one process every replica shares the CPUs and the
+// disk, so more shards mean smaller raft batches for the same load.
 func BenchmarkJobRoundTrip(b *testing.B) {
+	for _, shards := range []int{1, 3} {
+		b.Run(fmt.Sprintf("shards=%d", shards), func(b *testing.B) { benchJobs(b, shards) })
+	}
+}
+
+func benchJobs(b *testing.B, shards int) {
 	const workers = 64
-	c := newTestCluster(b, 3, 3, 3)
+	c := newTestCluster(b, 3, shards, 3)
 	clients := make([]*client.Client, 8)
 	for i := range clients {
 		clients[i] = c.client(client.Config{})
