@@ -49,8 +49,9 @@ type Config struct {
 	Transport wire.Transport
 	// MinAttemptTimeout and MaxAttemptTimeout bound the wait for a reply
 	// to one attempt, otherwise derived from measured round trips
-	// (srtt + 4·rttvar). InitialAttemptTimeout is used before the first
-	// measurement. Zero values take the defaults.
+	// (srtt + 4·rttvar) and doubled for each earlier attempt of the same
+	// request that got no reply. InitialAttemptTimeout is used before the
+	// first measurement. Zero values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
 	// NodeTimeout is how long a node may go unheard (no heartbeat, no
 	// reply) before the client stops picking it. If zero,
@@ -115,7 +116,9 @@ type Client struct {
 	mu      sync.Mutex
 	pending map[uint64]*call
 	closing bool           // Close has begun: no new calls
+	closed  bool           // done is closed: no new background work
 	calls   sync.WaitGroup // public calls in flight
+	bg      sync.WaitGroup // background work; ends promptly once done is closed
 
 	requests, attempts, timeouts, failures atomic.Uint64
 	empty                                  emptyMarks
@@ -231,12 +234,33 @@ func (c *Client) Close(ctx context.Context) error {
 	}
 	var err error
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
 		close(c.done)
+		c.mu.Unlock()
 		err = c.t.Close()
 		c.wg.Wait()
+		c.bg.Wait()
 	})
 	<-drained // calls still running end now that done is closed
 	return err
+}
+
+// background runs f in a goroutine that Close waits for after closing the
+// client (f must end promptly then), and reports false, not running f, if
+// the client is closed already.
+func (c *Client) background(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		f()
+	}()
+	return true
 }
 
 // enter admits a public call unless the client is closing; the caller
@@ -356,13 +380,17 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 
 	var tried []netip.AddrPort
 	var lastErr error
+	timeouts := 0 // attempts of this request that got no reply
 	for attempt := 0; attempt < attempts; attempt++ {
 		tg, err := route(tried)
 		if err != nil {
 			return wire.Message{}, err
 		}
 		tried = append(tried, tg.addr)
-		timeout := est.timeout() + wait
+		// As TCP backs off its retransmission timer, each attempt waits
+		// twice as long as the one before it timed out: a reply that is
+		// slow because the cluster is busy then still arrives.
+		timeout := min(est.timeout()<<min(timeouts, 6), c.cfg.MaxAttemptTimeout) + wait
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = min(timeout, time.Until(dl))
 		}
@@ -401,6 +429,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			return wire.Message{}, err
 		case r == nil:
 			c.timeouts.Add(1)
+			timeouts++
 			lastErr = fmt.Errorf("no reply from %s within %v", tg, timeout)
 			continue
 		case r.Type == wire.TypeResponse:

@@ -20,10 +20,15 @@ type fakeNode struct {
 	ep   *wire.SimEndpoint
 	topo func() *wire.Topology
 
-	mu         sync.Mutex
-	silent     bool // neither answers nor heartbeats
-	dropFirst  bool // ignores the first attempt it sees of every request
-	stalled    bool // answers gets "unavailable" once their budget is spent
+	mu        sync.Mutex
+	silent    bool // neither answers nor heartbeats
+	dropFirst bool // ignores the first attempt it sees of every request
+	stalled   bool // answers gets "unavailable" once their budget is spent
+	// grant, if set, is the job an acquire gets, after grantAfter;
+	// otherwise an acquire gets no job at once.
+	grant      *wire.JobInfo
+	grantAfter time.Duration
+	released   []string // ids of the jobs released to this node
 	mapVersion uint64
 	seen       []wire.Message
 	attempts   map[[2]any]int // (client, seq) → attempts seen
@@ -38,7 +43,11 @@ type fakeCluster struct {
 	wg    sync.WaitGroup
 }
 
-func newFakeCluster(t *testing.T, n int) *fakeCluster {
+func newFakeCluster(t *testing.T, n int) *fakeCluster { return newFakeShardedCluster(t, n, 1, n) }
+
+// newFakeShardedCluster spreads shards shards of replicas replicas over n
+// fake nodes.
+func newFakeShardedCluster(t *testing.T, n, shards, replicas int) *fakeCluster {
 	t.Helper()
 	fc := &fakeCluster{net: wire.NewSimNet(1), done: make(chan struct{})}
 	var ids []string
@@ -53,7 +62,7 @@ func newFakeCluster(t *testing.T, n int) *fakeCluster {
 		fc.nodes = append(fc.nodes, f)
 		ids = append(ids, f.id)
 	}
-	m, err := shard.NewEvenMap(ids, 1, n)
+	m, err := shard.NewEvenMap(ids, shards, replicas)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +159,20 @@ func (f *fakeNode) serve() {
 			continue
 		}
 		switch m.Op {
+		case wire.OpAcquire:
+			f.mu.Lock()
+			g, after := f.grant, f.grantAfter
+			f.mu.Unlock()
+			if g != nil {
+				r.Result.Job = g
+				b, _ := wire.Encode(&r)
+				time.AfterFunc(after, func() { _ = f.ep.Send(b, from) })
+				continue
+			}
+		case wire.OpRelease:
+			f.mu.Lock()
+			f.released = append(f.released, m.Args.JobID)
+			f.mu.Unlock()
 		case wire.OpTopology:
 			r.Result.Topology = f.topo()
 		case wire.OpGet:
@@ -371,5 +394,63 @@ func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
 	}
 	if worst > c.cfg.InitialAttemptTimeout {
 		t.Errorf("attempt timeouts climbed to %v (initial %v)", worst, c.cfg.InitialAttemptTimeout)
+	}
+}
+
+func (f *fakeNode) releasedJobs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.released...)
+}
+
+// Two nodes watch the shards of an acquire between them. One answers at
+// once with nothing, the other later with a job: the call gets the job, and
+// the client still closes at once (the clean-up counts the answers left).
+func TestLongPollAcrossNodes(t *testing.T) {
+	fc := newFakeShardedCluster(t, 2, 2, 1) // shard 0 on a, shard 1 on b
+	fc.nodes[1].set(func(f *fakeNode) {
+		f.grant, f.grantAfter = &wire.JobInfo{ID: "j1", Topic: "t", Token: 7}, 50*time.Millisecond
+	})
+	c := fc.client(t, Config{})
+	if n := len(c.cover()); n != 2 {
+		t.Fatalf("cover of %d nodes, want 2", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	j, err := c.Acquire(ctx, "t", time.Second)
+	if err != nil || j.ID != "j1" || j.Token != 7 {
+		t.Fatalf("Acquire = %+v, %v", j, err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close(context.Background()) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs after a long-poll over two nodes")
+	}
+}
+
+// A job granted to an acquire whose caller gave up is released, not left
+// leased to nobody.
+func TestAbandonedAcquireReleasesItsGrant(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	fc.nodes[0].set(func(f *fakeNode) {
+		f.grant, f.grantAfter = &wire.JobInfo{ID: "late", Topic: "t", Token: 3}, 200*time.Millisecond
+	})
+	c := fc.client(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if j, err := c.Acquire(ctx, "t", time.Second); !errors.Is(err, ErrNoJob) {
+		t.Fatalf("Acquire = %+v, %v; want ErrNoJob", j, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(fc.nodes[0].releasedJobs()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the job granted after the caller gave up was never released")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := fc.nodes[0].releasedJobs(); got[0] != "late" {
+		t.Errorf("released %v", got)
 	}
 }

@@ -191,14 +191,38 @@ func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration)
 }
 
 // acquireFrom sends one acquire request; a nil job without error means the
-// node had nothing.
+// node had nothing. The request runs on past ctx: if ctx ends first, the
+// node may still grant a job, which is then released, not left leased to
+// nobody.
 func (c *Client) acquireFrom(ctx context.Context, topic string, lease time.Duration, shards []shard.ID, wait time.Duration, route router) (*Job, error) {
-	args := wire.Args{Topic: topic, Lease: lease, Shards: shards, Wait: wait}
-	r, err := c.do(ctx, wire.OpAcquire, args, route, c.cfg.Attempts, wait)
-	if err != nil {
-		return nil, err
+	type answer struct {
+		job *Job
+		err error
 	}
-	return jobOf(r.Result.Job), nil
+	answers := make(chan answer, 1)
+	budget := wait + c.cfg.MaxAttemptTimeout*time.Duration(min(c.cfg.Attempts, DefaultAttempts))
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
+	started := c.background(func() {
+		defer cancel()
+		args := wire.Args{Topic: topic, Lease: lease, Shards: shards, Wait: wait}
+		r, err := c.do(rctx, wire.OpAcquire, args, route, c.cfg.Attempts, wait)
+		answers <- answer{jobOf(r.Result.Job), err}
+	})
+	if !started {
+		cancel()
+		return nil, ErrClosed
+	}
+	select {
+	case a := <-answers:
+		return a.job, a.err
+	case <-ctx.Done():
+		c.background(func() {
+			if a := <-answers; a.job != nil {
+				c.releaseQuietly(a.job)
+			}
+		})
+		return nil, fmt.Errorf("shoal: %w", ctx.Err())
+	}
 }
 
 func jobOf(j *wire.JobInfo) *Job {
@@ -224,41 +248,33 @@ func (c *Client) longPoll(ctx context.Context, topic string, lease, wait time.Du
 		err error
 	}
 	answers := make(chan answer, len(cover))
-	// The goroutines count as part of the call (which holds a count of
-	// c.calls already), so Close waits for them.
 	for _, p := range cover {
-		c.calls.Add(1)
-		go func() {
-			defer c.calls.Done()
+		if !c.background(func() {
 			j, err := c.acquireFrom(ctx, topic, lease, p.shards, wait, fixed(p.node.addr, p.node))
 			answers <- answer{j, err}
-		}()
+		}) {
+			answers <- answer{err: ErrClosed}
+		}
 	}
-	var won *Job
 	var lastErr error
-	for range cover {
+	for received := 1; received <= len(cover); received++ {
 		a := <-answers
-		switch {
-		case a.job != nil && won == nil:
-			won = a.job
-		case a.job != nil:
-			c.releaseQuietly(a.job)
-		case a.err != nil:
+		if a.err != nil {
 			lastErr = a.err
 		}
-		if won != nil {
-			// Do not wait for the others: release what they bring.
-			c.calls.Add(1)
-			go func(left int) {
-				defer c.calls.Done()
-				for i := 0; i < left; i++ {
-					if a := <-answers; a.job != nil {
-						c.releaseQuietly(a.job)
-					}
-				}
-			}(len(cover) - 1)
-			return won, nil
+		if a.job == nil {
+			continue
 		}
+		// The first grant wins; release what the others bring.
+		left := len(cover) - received
+		c.background(func() {
+			for i := 0; i < left; i++ {
+				if a := <-answers; a.job != nil {
+					c.releaseQuietly(a.job)
+				}
+			}
+		})
+		return a.job, nil
 	}
 	return nil, lastErr
 }

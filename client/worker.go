@@ -140,14 +140,28 @@ func (w *Worker) work(runCtx context.Context, job *Job) {
 	defer stopAfter()
 
 	done := make(chan outcome, 1)
+	held := *job // the handler's own copy; Extend updates job
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
 				done <- outcome{err: fmt.Errorf("panic: %v", p), panicked: true, stack: debug.Stack()}
 			}
 		}()
-		done <- outcome{err: w.Handler(jobCtx, job)}
+		done <- outcome{err: w.Handler(jobCtx, &held)}
 	}()
+	// leave cancels the handler and gives it a moment to return; a job
+	// whose handler does not is left to run out its lease, never released
+	// or settled while the handler may still work on it.
+	leave := func() (outcome, bool) {
+		cancel()
+		select {
+		case o := <-done:
+			return o, true
+		case <-time.After(time.Second):
+			w.abandoned.Add(1)
+			return outcome{}, false
+		}
+	}
 
 	tick := time.NewTicker(max(w.Lease/3, time.Millisecond))
 	defer tick.Stop()
@@ -157,30 +171,24 @@ func (w *Worker) work(runCtx context.Context, job *Job) {
 			w.settle(job, o, stopping.Load() && jobCtx.Err() != nil)
 			return
 		case <-tick.C:
-			if err := w.Client.Extend(jobCtx, job, w.Lease); errors.Is(err, ErrLeaseLost) {
+			err := w.Client.Extend(jobCtx, job, w.Lease)
+			switch {
+			case errors.Is(err, ErrLeaseLost), err != nil && time.Now().After(job.Deadline):
+				// The job is someone else's now, or may be: the lease ran
+				// out without an extension. Tell the handler.
 				w.lost.Add(1)
-				cancel() // the job is someone else's now; tell the handler
-				select {
-				case <-done:
-				case <-time.After(time.Second):
-					w.abandoned.Add(1)
-				}
+				leave()
 				return
-			} else if err != nil && jobCtx.Err() == nil {
+			case err != nil && jobCtx.Err() == nil:
 				w.Logger.Warn("extending a lease failed; trying again", "job", job.ID, "err", err)
 			}
 		case <-jobCtx.Done():
 			if stopping.Load() && !errors.Is(jobCtx.Err(), context.DeadlineExceeded) {
-				// Stopping: give the handler a moment to notice, then
-				// give the job back.
-				select {
-				case o := <-done:
+				// Stopping: the handler had its StopTimeout; if it
+				// returns now, its job is settled (released if it gave up).
+				if o, ok := leave(); ok {
 					w.settle(job, o, true)
-					return
-				case <-time.After(time.Second):
 				}
-				w.abandoned.Add(1)
-				w.release(job)
 				return
 			}
 			// Past JobTimeout: leave the handler behind; the lease runs

@@ -88,7 +88,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	if req.ReadIndex {
 		reply.Index, err = rep.readIndex(ctx)
 	} else {
-		reply.Result, err = rep.propose(ctx, req.Op)
+		reply.Result, err = rep.propose(req.Op)
 	}
 	if err != nil {
 		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded)

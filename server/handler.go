@@ -206,7 +206,7 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 	var res shard.Result
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
-			res, err = rep.propose(ctx, op)
+			res, err = rep.propose(op)
 			return err
 		},
 		func(leader string) error {

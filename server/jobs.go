@@ -106,7 +106,7 @@ func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shar
 	var res shard.Result
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
-			res, err = rep.propose(ctx, op)
+			res, err = rep.propose(op)
 			return err
 		},
 		func(leader string) error {
@@ -175,7 +175,10 @@ func jobInfo(res shard.Result) *wire.JobInfo {
 // acquireFlights remembers the acquires a node is running or has answered
 // lately, by client and sequence number. A retry of an acquire joins the
 // one running, or gets its answer: a second run could hand out a second
-// job on another shard, and the client would take only one of them.
+// job on another shard, and the client would take only one of them. A run
+// that failed (its outcome unknown) is not remembered as an answer: the
+// retry runs again, first on the shard the failed run proposed on, whose
+// session answers with the grant if the proposal took.
 type acquireFlights struct {
 	mu      sync.Mutex
 	flights map[string]*acquireFlight
@@ -184,19 +187,19 @@ type acquireFlights struct {
 
 type acquireFlight struct {
 	done  chan struct{}
-	reply *wire.Message
+	reply *wire.Message // nil: the run failed
+	// open is the replica of the shard the failed run had proposed on.
+	open  *replica
 	ended time.Time
 }
 
-// join returns the flight of key and whether the caller must run it.
-func (a *acquireFlights) join(key string, now time.Time) (*acquireFlight, bool) {
+// join returns the flight of key and whether the caller must run it, and
+// for a rerun, the replica a failed run left open.
+func (a *acquireFlights) join(key string, now time.Time) (f *acquireFlight, run bool, open *replica) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.flights == nil {
 		a.flights = make(map[string]*acquireFlight)
-	}
-	if f, ok := a.flights[key]; ok {
-		return f, false
 	}
 	if now.Sub(a.pruned) > acquireResultTTL/10 {
 		a.pruned = now
@@ -206,14 +209,19 @@ func (a *acquireFlights) join(key string, now time.Time) (*acquireFlight, bool) 
 			}
 		}
 	}
-	f := &acquireFlight{done: make(chan struct{})}
+	if f, ok := a.flights[key]; ok && (f.ended.IsZero() || f.reply != nil) {
+		return f, false, nil
+	} else if ok {
+		open = f.open
+	}
+	f = &acquireFlight{done: make(chan struct{})}
 	a.flights[key] = f
-	return f, true
+	return f, true, open
 }
 
-func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, now time.Time) {
+func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, open *replica, now time.Time) {
 	a.mu.Lock()
-	f.reply, f.ended = reply, now
+	f.reply, f.open, f.ended = reply, open, now
 	a.mu.Unlock()
 	close(f.done)
 }
@@ -223,8 +231,8 @@ func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, now time.
 // Args.Wait for one. It proposes the acquire on the shards whose replicas
 // here see a ready job; a replica that lags the leader may see one that is
 // gone, and a shard that answered "nothing" is tried again only once its
-// replica here has applied more. When the wait is over it replies with no
-// job, and the client asks again.
+// replica here has applied past that answer. When the wait is over it
+// replies with no job, and the client asks again.
 func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 	a := &m.Args
 	if bad := checkTopic(a.Topic); bad != nil {
@@ -251,21 +259,31 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 		return errorReply(wire.CodeWrongShard, "node %s holds none of shards %v (map version %d)", n.id, a.Shards, n.shardMap.Version)
 	}
 	key := m.Client + "/" + strconv.FormatUint(m.Seq, 10)
-	f, run := n.acquires.join(key, time.Now())
+	f, run, open := n.acquires.join(key, time.Now())
 	if !run {
 		select {
 		case <-f.done:
-			return f.reply
+			if f.reply != nil {
+				return f.reply
+			}
+			return errorReply(wire.CodeUnavailable, "the acquire failed; ask again")
 		case <-ctx.Done():
 			return errorReply(wire.CodeUnavailable, "acquire still running")
 		}
 	}
-	reply := n.runAcquire(ctx, m, reps)
-	n.acquires.finish(f, reply, time.Now())
+	reply, failed := n.runAcquire(ctx, m, reps, open)
+	if failed != nil {
+		n.acquires.finish(f, nil, failed, time.Now())
+	} else {
+		n.acquires.finish(f, reply, nil, time.Now())
+	}
 	return reply
 }
 
-func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica) *wire.Message {
+// runAcquire does the work of acquire. If it fails after proposing on a
+// shard, it returns that shard's replica as failed: whether the proposal
+// took is unknown.
+func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (*wire.Message, *replica) {
 	a := &m.Args
 	op := shard.Op{Kind: shard.KindAcquire, Client: m.Client, Seq: m.Seq, Ack: m.Ack, Topic: a.Topic, Lease: int64(a.Lease)}
 	// Answer before the client gives up on this attempt.
@@ -274,29 +292,38 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica)
 		wait = min(wait, time.Until(d)*9/10)
 	}
 	until := time.Now().Add(wait)
-	// emptyAt[s] is how far shard s's replica here had applied when the
-	// leader last said it had nothing.
+	// emptyAt[s] is the raft index of the entry in which shard s last had
+	// nothing for this request.
 	emptyAt := make(map[shard.ID]uint64, len(reps))
 	for {
+		// Take what to wait on before looking, so that a job arriving
+		// after the look wakes the wait.
+		watch := watchJobs(reps, emptyAt, a.Topic)
 		now := time.Now()
-		for _, rep := range readyFirst(reps, emptyAt, a.Topic, now) {
-			applied := rep.fsm.Applied()
+		cands := readyFirst(reps, emptyAt, a.Topic, now)
+		if open != nil {
+			cands = append([]*replica{open}, cands...)
+			open = nil
+		}
+		for _, rep := range cands {
 			res, err := n.writeResult(ctx, rep, op)
 			if err != nil {
-				return leaderErrorReply(ctx, rep.id, err)
+				return leaderErrorReply(ctx, rep.id, err), rep
 			}
 			if res.Status == shard.StatusOK {
-				return jobReply(m.Op, res)
+				return jobReply(m.Op, res), nil
 			}
 			if res.Status != shard.StatusEmpty {
-				return opReply(res)
+				return opReply(res), nil
 			}
-			emptyAt[rep.id] = applied
+			emptyAt[rep.id] = res.Index
 		}
 		if !now.Before(until) {
-			return resultReply(wire.Result{})
+			return resultReply(wire.Result{}), nil
 		}
-		waitForJobs(ctx, reps, emptyAt, a.Topic, until)
+		if len(cands) == 0 {
+			waitForJobs(ctx, watch, reps, emptyAt, a.Topic, until)
+		}
 	}
 }
 
@@ -329,23 +356,30 @@ func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now 
 	return out
 }
 
-// waitForJobs waits until a job of topic may have become available on one
-// of the replicas (or, on one whose shard had nothing, until it applies
-// more; see readyFirst), the topic's next job comes due, until passes, or
-// ctx ends.
-func waitForJobs(ctx context.Context, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) {
-	wake := until
-	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
+// watchJobs returns what waitForJobs waits on for each replica: the
+// topic's changes, or, for one whose shard last had nothing and that has
+// not applied past that answer, its next applied command.
+func watchJobs(reps []*replica, emptyAt map[shard.ID]uint64, topic string) []reflect.SelectCase {
+	cases := make([]reflect.SelectCase, 0, len(reps)+2)
 	for _, rep := range reps {
-		var changes <-chan struct{}
+		var ch <-chan struct{}
 		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
-			// Waiting for this replica to catch up with the leader.
-			changes = rep.fsm.AppliedChanges()
+			ch = rep.fsm.AppliedChanges()
 		} else {
-			changes = rep.fsm.TopicChanges(topic)
+			ch = rep.fsm.TopicChanges(topic)
 		}
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(changes)})
-		if _, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= emptyAt[rep.id] {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+	}
+	return cases
+}
+
+// waitForJobs waits on watch (see watchJobs), until the topic's next job
+// comes due on a replica not left out by readyFirst, until passes, or ctx
+// ends.
+func waitForJobs(ctx context.Context, watch []reflect.SelectCase, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) {
+	wake := until
+	for _, rep := range reps {
+		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
 			continue
 		}
 		if at, ok := rep.fsm.NextAvailable(topic); ok && time.Unix(0, at).Before(wake) {
@@ -354,8 +388,19 @@ func waitForJobs(ctx context.Context, reps []*replica, emptyAt map[shard.ID]uint
 	}
 	t := time.NewTimer(max(time.Until(wake), 0))
 	defer t.Stop()
-	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.C)})
+	cases := append(watch,
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.C)})
 	reflect.Select(cases)
+}
+
+// tickDue reports whether the state machine needs a command at now.
+func tickDue(f *shard.FSM, now int64) bool {
+	if due, ok := f.NextScheduleDue(); ok && due <= now {
+		return true
+	}
+	end, ok := f.NextLeaseEnd()
+	return ok && end < now
 }
 
 // jobRead answers the job reads, stats and dead listings, for one shard,
@@ -423,9 +468,10 @@ func (n *Node) readyReports(now time.Time) []wire.ReadyCount {
 	return out
 }
 
-// runSchedules proposes a tick on each shard this node leads whose next
-// scheduled job is due, so interval jobs appear when nothing else is being
-// written. Stops with the node.
+// runSchedules proposes a tick on each shard this node leads when a
+// schedule is due or a lease has run out since its last command, so interval
+// jobs appear, and the state machine's clock follows the leases, even when
+// nothing else is written. Stops with the node.
 func (n *Node) runSchedules() {
 	t := time.NewTicker(scheduleTick)
 	defer t.Stop()
@@ -435,15 +481,12 @@ func (n *Node) runSchedules() {
 			return
 		case now := <-t.C:
 			for _, rep := range n.replicas {
-				due, ok := rep.fsm.NextScheduleDue()
-				if !ok || !rep.isLeader() || due > now.UnixNano() {
+				if !rep.isLeader() || !tickDue(rep.fsm, now.UnixNano()) {
 					continue
 				}
-				ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
-				if _, err := rep.propose(ctx, shard.Op{Kind: shard.KindTick}); err != nil && !errors.Is(err, context.Canceled) {
-					rep.log.Warn("proposing a tick for a due schedule failed", "err", err)
+				if _, err := rep.propose(shard.Op{Kind: shard.KindTick}); err != nil && rep.isLeader() {
+					rep.log.Warn("proposing a tick failed", "err", err)
 				}
-				cancel()
 			}
 		}
 	}

@@ -54,9 +54,6 @@ type replica struct {
 	changeMu sync.Mutex
 	changed  chan struct{} // closed and replaced when leader or readiness changes
 
-	// grace is how much a new leader extends the job leases live under
-	// the previous one: the election timeout.
-	grace time.Duration
 	// stop closes when the replica starts closing; every wait on a raft
 	// future ends then (see awaitFuture).
 	stop     chan struct{}
@@ -123,7 +120,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		Timeout: 10 * time.Second,
 		Logger:  hlog,
 	})
-	fsm := shard.NewFSM(shard.FSMConfig{})
+	fsm := shard.NewFSM(shard.FSMConfig{LeaseGrace: time.Duration(t.ElectionTimeout)})
 
 	existing, err := raft.HasExistingState(logs, store, snaps)
 	if err != nil {
@@ -157,7 +154,6 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		trans:   trans,
 		store:   store,
 		changed: make(chan struct{}),
-		grace:   time.Duration(t.ElectionTimeout),
 		stop:    make(chan struct{}),
 		obsCh:   make(chan raft.Observation, 64),
 	}
@@ -201,11 +197,11 @@ func (r *replica) changes() <-chan struct{} {
 }
 
 // ensureReady starts, unless one is running, what makes this leader ready
-// in its current term: it proposes a promote command and waits for it to
-// apply. Applying it means everything committed before the term began is
-// applied here (so reads may use this replica's state), and it extends the
-// job leases that were live under the previous leader (so no holder loses a
-// job to the failover). One per term, until ready or no longer leader.
+// for reads in its current term: it proposes a tick and waits for it to
+// apply, which means everything committed before the term began is applied
+// here. (Applying the term's first command also extends the job leases
+// live under the previous leader; see shard.FSM.) One per term, until ready
+// or no longer leader.
 func (r *replica) ensureReady() {
 	if !r.barrierRunning.CompareAndSwap(false, true) {
 		return
@@ -216,7 +212,7 @@ func (r *replica) ensureReady() {
 			if r.readyTerm.Load() == term {
 				break
 			}
-			_, err := r.apply(shard.Op{Kind: shard.KindPromote, Lease: int64(r.grace)})
+			_, err := r.apply(shard.Op{Kind: shard.KindTick})
 			// The command is this term's only if the term did not move
 			// meanwhile.
 			if err == nil && r.raft.CurrentTerm() == term && r.isLeader() {
@@ -265,14 +261,13 @@ func (r *replica) leaderID() string {
 	return string(id)
 }
 
-// propose applies op through this replica, which must lead and be ready in
-// its term, and returns its result. raft.ErrNotLeader and
-// raft.ErrLeadershipLost come back as they are: after the latter the op may
-// or may not commit, and only a retry with the same sequence number settles
-// it.
-func (r *replica) propose(ctx context.Context, op shard.Op) (shard.Result, error) {
-	if _, err := r.waitReady(ctx); err != nil {
-		return shard.Result{}, err
+// propose applies op through this replica, which must lead. raft.ErrNotLeader
+// and raft.ErrLeadershipLost come back as they are: after the latter the op
+// may or may not commit, and only a retry with the same sequence number
+// settles it.
+func (r *replica) propose(op shard.Op) (shard.Result, error) {
+	if !r.isLeader() {
+		return shard.Result{}, errNotLeader
 	}
 	return r.apply(op)
 }

@@ -22,7 +22,7 @@ const commandFormat = 1
 var kindCodes = []Kind{
 	1: KindSet, 2: KindDelete, 3: KindCompareAndSet, 4: KindEnqueue, 5: KindAcquire,
 	6: KindExtend, 7: KindComplete, 8: KindFail, 9: KindRelease, 10: KindRequeue,
-	11: KindEvery, 12: KindUnevery, 13: KindTick, 14: KindPromote,
+	11: KindEvery, 12: KindUnevery, 13: KindTick,
 }
 
 func kindCode(k Kind) (byte, bool) {

@@ -35,11 +35,9 @@ const (
 	// job with payload Value every Interval; KindUnevery removes it.
 	KindEvery   Kind = "every"
 	KindUnevery Kind = "unevery"
-	// KindTick does nothing but move the clock, so schedules fire.
+	// KindTick does nothing but move the clock, so schedules fire and
+	// leases are seen to run out.
 	KindTick Kind = "tick"
-	// KindPromote is a new leader's first command: it extends the leases
-	// live under the previous leader by Lease (the grace).
-	KindPromote Kind = "promote"
 )
 
 // Op is one client request as the state machine applies it.
@@ -138,6 +136,9 @@ type Result struct {
 	Attempt  int    `bencode:"a"`
 	Token    uint64 `bencode:"o"`
 	Deadline int64  `bencode:"d"`
+	// Index is the raft index of the entry that carried the op (for a
+	// retry answered from its session, the retry's entry).
+	Index uint64 `bencode:"i"`
 }
 
 // Err returns nil for StatusOK and the matching sentinel error otherwise.

@@ -22,8 +22,10 @@
 // Jobs live beside the keys: each topic's queued and leased jobs are kept in
 // heaps by when they become available, so an acquire hands out the job
 // ready longest, the same one on every replica. Leases carry fencing tokens
-// from the shard's revision counter; a new leader's first command (a
-// promote) extends the leases live under the old one.
+// from the shard's revision counter. The first command of a new raft term
+// (a new leader's) extends the leases live under the old leader by the
+// grace, before anything else; the term comes from the log entry, so every
+// replica does the same.
 //
 // Caveats: a session idle for longer than FSMConfig.SessionTTL is forgotten,
 // and a retry that arrives after that may apply a second time; the default

@@ -28,7 +28,14 @@ type FSMConfig struct {
 	// SessionTTL is how long an idle client session is kept. If zero, it
 	// defaults to DefaultSessionTTL.
 	SessionTTL time.Duration
+	// LeaseGrace is how much longer a job lease lasts after a change of
+	// leader: the election timeout, during which its holder could not
+	// extend it. If zero, DefaultLeaseGrace.
+	LeaseGrace time.Duration
 }
+
+// DefaultLeaseGrace is the lease grace of a change of leader by default.
+const DefaultLeaseGrace = time.Second
 
 // Stats describes an FSM. The counters cover the shard's whole history:
 // snapshots carry them, so a restarted replica reports the same.
@@ -54,6 +61,7 @@ type Stats struct {
 // Apply.
 type FSM struct {
 	sessionTTL time.Duration
+	leaseGrace int64
 
 	mu         sync.RWMutex
 	kv         map[string]Entry
@@ -61,13 +69,14 @@ type FSM struct {
 	jobs       jobTable
 	rev        uint64 // last version (and fencing token) handed out
 	clock      int64  // max Command.Now seen, Unix nanoseconds
-	prevClock  int64  // clock before the command being applied
+	term       uint64 // raft term of the last command applied
 	lastExpiry int64  // clock at the last session expiry scan
 	executed   uint64
 	duplicates uint64
 	applied    uint64                   // raft index of the last applied log
 	appliedCh  chan struct{}            // closed and replaced when applied grows
 	topicCh    map[string]chan struct{} // see TopicChanges
+	newTopicCh chan struct{}            // closed when a topic gets its first job
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -77,12 +86,17 @@ func NewFSM(cfg FSMConfig) *FSM {
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = DefaultSessionTTL
 	}
+	if cfg.LeaseGrace <= 0 {
+		cfg.LeaseGrace = DefaultLeaseGrace
+	}
 	return &FSM{
 		sessionTTL: cfg.SessionTTL,
+		leaseGrace: int64(cfg.LeaseGrace),
 		kv:         make(map[string]Entry),
 		sessions:   make(sessions),
 		jobs:       newJobTable(),
 		topicCh:    make(map[string]chan struct{}),
+		newTopicCh: make(chan struct{}),
 		appliedCh:  make(chan struct{}),
 	}
 }
@@ -100,7 +114,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	defer f.mu.Unlock()
 	for i, l := range logs {
 		if l.Type == raft.LogCommand {
-			out[i] = f.applyCommand(l.Data)
+			out[i] = f.applyCommand(l)
 		}
 		f.applied = l.Index
 	}
@@ -110,14 +124,24 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 }
 
 // applyCommand runs with f.mu held.
-func (f *FSM) applyCommand(data []byte) interface{} {
-	cmd, err := DecodeCommand(data)
+func (f *FSM) applyCommand(l *raft.Log) interface{} {
+	cmd, err := DecodeCommand(l.Data)
 	if err != nil {
 		return err
 	}
-	f.prevClock = f.clock
+	prev := f.clock
 	if cmd.Now > f.clock {
 		f.clock = cmd.Now
+	}
+	// The first command of a new term comes from a new leader: before
+	// anything else it judges, the leases live under the old one get the
+	// grace their holders lost while there was no leader to extend them.
+	// The log entry's term is the same on every replica.
+	if l.Term > f.term {
+		if f.term != 0 {
+			f.promote(prev)
+		}
+		f.term = l.Term
 	}
 	if f.clock-f.lastExpiry >= int64(f.sessionTTL)/8 {
 		f.sessions.expire(f.clock - int64(f.sessionTTL))
@@ -127,6 +151,7 @@ func (f *FSM) applyCommand(data []byte) interface{} {
 	results := make([]Result, len(cmd.Ops))
 	for i := range cmd.Ops {
 		results[i] = f.applyOp(&cmd.Ops[i])
+		results[i].Index = l.Index
 	}
 	return results
 }
@@ -173,9 +198,6 @@ func (f *FSM) execute(op *Op) Result {
 	case KindUnevery:
 		return f.unevery(op)
 	case KindTick:
-		return Result{}
-	case KindPromote:
-		f.promote(f.prevClock, op.Lease)
 		return Result{}
 	default:
 		return Result{Status: StatusInvalid}

@@ -17,11 +17,12 @@ type applier struct {
 	t     *testing.T
 	fsm   *FSM
 	index uint64
+	term  uint64 // the raft term of the entries: a new term is a new leader
 	now   int64
 }
 
 func newApplier(t *testing.T) *applier {
-	return &applier{t: t, fsm: NewFSM(FSMConfig{}), now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}
+	return &applier{t: t, fsm: NewFSM(FSMConfig{}), term: 1, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}
 }
 
 func (a *applier) apply(ops ...Op) []Result {
@@ -32,10 +33,16 @@ func (a *applier) apply(ops ...Op) []Result {
 		a.t.Fatal(err)
 	}
 	a.index++
-	out := a.fsm.Apply(&raft.Log{Index: a.index, Type: raft.LogCommand, Data: data})
+	out := a.fsm.Apply(&raft.Log{Index: a.index, Term: a.term, Type: raft.LogCommand, Data: data})
 	res, ok := out.([]Result)
 	if !ok {
 		a.t.Fatalf("Apply returned %v", out)
+	}
+	for i := range res {
+		if res[i].Index != a.index {
+			a.t.Fatalf("result %d carries index %d, want %d", i, res[i].Index, a.index)
+		}
+		res[i].Index = 0 // so results compare across entries
 	}
 	return res
 }
@@ -248,7 +255,7 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Errorf("restored stats %+v, want %+v", g.Stats(), a2.fsm.Stats())
 	}
 	// Sessions survive: a retry after restore is still answered once.
-	b := &applier{t: t, fsm: g, index: g.Applied(), now: a.now}
+	b := &applier{t: t, fsm: g, index: g.Applied(), term: a.term, now: a.now}
 	if r := b.one(Op{Kind: KindSet, Client: "c1", Seq: 2, Ack: 1, Key: "b", Value: "retry"}); r.Version != 2 {
 		t.Errorf("retry after restore: %+v, want the stored version 2", r)
 	}

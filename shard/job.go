@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -264,7 +265,9 @@ func (f *FSM) enqueue(op *Op) Result {
 		}
 	}
 	if _, ok := t.jobs[op.JobID]; ok {
-		return Result{Status: StatusConflict, JobID: op.JobID}
+		// Ids are random: this is the same enqueue again, retried after
+		// its session was forgotten.
+		return Result{JobID: op.JobID}
 	}
 	f.createJob(op.JobID, op.Topic, op.Value, max(op.RunAt, f.clock+op.Delay), op.MaxAttempts, op.Backoff, op.Unique)
 	return Result{JobID: op.JobID}
@@ -284,7 +287,14 @@ func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int,
 	if unique != "" {
 		t.unique[uniqueKey(topic, unique)] = id
 	}
-	heap.Push(&t.topic(topic).queued, j)
+	q, existed := t.topics[topic]
+	if !existed {
+		q = t.topic(topic)
+		// Waiters for a topic that had no queue wait on newTopicCh.
+		close(f.newTopicCh)
+		f.newTopicCh = make(chan struct{})
+	}
+	heap.Push(&q.queued, j)
 	f.notifyTopic(topic)
 }
 
@@ -433,7 +443,10 @@ func (f *FSM) requeue(op *Op) Result {
 	j.Attempt = 0
 	j.RunAt = f.clock
 	if j.Unique != "" {
-		if _, taken := f.jobs.unique[uniqueKey(j.Topic, j.Unique)]; !taken {
+		if _, taken := f.jobs.unique[uniqueKey(j.Topic, j.Unique)]; taken {
+			// Another live job has the key now; at most one may.
+			j.Unique = ""
+		} else {
 			f.jobs.unique[uniqueKey(j.Topic, j.Unique)] = j.ID
 		}
 	}
@@ -460,16 +473,21 @@ func (f *FSM) forget(j *Job) {
 	}
 }
 
-// promote extends the leases that were live when the previous leader last
-// spoke: a new leader gives every such lease at least its full length from
-// now, plus grace (the election timeout), so that a holder who could not
-// extend while the shard had no leader does not lose its job.
-func (f *FSM) promote(before int64, grace int64) {
+// promote runs before the first command of a new leader. Every lease that
+// was live when the previous leader last spoke (at before, by its clock)
+// ends the grace (the election timeout) after the later of its deadline and
+// the new leader's time: its holder, who could not extend it while the
+// shard had no leader, gets that long to do so now, and a lease is never
+// cut short by the new leader's clock running ahead by less than the
+// grace. Leases that had run out before are left alone. (Each change of
+// leader adds the grace again: a shard that changes leader more often than
+// that keeps its leases live.)
+func (f *FSM) promote(before int64) {
 	for _, q := range f.jobs.topics {
 		changed := false
 		for _, j := range q.leased {
 			if j.Deadline >= before {
-				j.Deadline = max(j.Deadline, f.clock+j.Lease) + grace
+				j.Deadline = max(j.Deadline, f.clock) + f.leaseGrace
 				changed = true
 			}
 		}
@@ -552,6 +570,34 @@ func (f *FSM) NextAvailable(topic string) (int64, bool) {
 	return at, true
 }
 
+// NextLeaseEnd returns the earliest end of a lease that the state machine
+// has not seen pass (its deadline is after the clock), and false if none. A
+// leader proposes a command after it, so that the state machine's clock,
+// which a new leader measures lease extensions from, keeps up with the
+// leases running out.
+func (f *FSM) NextLeaseEnd() (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	best := int64(math.MaxInt64)
+	for _, q := range f.jobs.topics {
+		h := q.leased
+		var visit func(i int)
+		visit = func(i int) {
+			if i >= len(h) || h[i].Deadline >= best {
+				return
+			}
+			if h[i].Deadline > f.clock {
+				best = h[i].Deadline // its children end later still
+				return
+			}
+			visit(2*i + 1)
+			visit(2*i + 2)
+		}
+		visit(0)
+	}
+	return best, best != math.MaxInt64
+}
+
 // TopicChanges returns a channel closed when a job of topic may have
 // become available other than by time passing: enqueued, released, failed
 // (to run again later), requeued. Time passing is the caller's to watch,
@@ -559,6 +605,9 @@ func (f *FSM) NextAvailable(topic string) (int64, bool) {
 func (f *FSM) TopicChanges(topic string) <-chan struct{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, ok := f.jobs.topics[topic]; !ok {
+		return f.newTopicCh // closed when any topic gets its first job
+	}
 	ch := f.topicCh[topic]
 	if ch == nil {
 		ch = make(chan struct{})

@@ -42,8 +42,11 @@ func TestJobLifecycle(t *testing.T) {
 		}
 	}
 	a.enqueue("other", "sms")
-	if r := a.enqueue("j1", "mail"); r.Status != StatusConflict {
-		t.Errorf("enqueue of an existing id: %+v", r)
+	if r := a.enqueue("j1", "mail"); r.Status != StatusOK || r.JobID != "j1" {
+		t.Errorf("enqueue of an existing id (a retry): %+v", r)
+	}
+	if st := a.fsm.Stats(); st.Jobs != 4 {
+		t.Errorf("%d jobs after a repeated enqueue, want 4", st.Jobs)
 	}
 	if c := a.fsm.JobCounts("mail", a.now); c != (JobCounts{Ready: 3}) {
 		t.Errorf("counts %+v", c)
@@ -312,26 +315,63 @@ func TestEverySchedule(t *testing.T) {
 	}
 }
 
-func TestPromoteExtendsLiveLeases(t *testing.T) {
+// The first command of a new term (a new leader) gives every lease live
+// under the old leader the grace after the later of its deadline and the
+// new leader's time; leases that had run out stay out.
+func TestNewLeaderExtendsLiveLeases(t *testing.T) {
 	a := newApplier(t)
 	a.enqueue("live", "t")
 	a.enqueue("expired", "t")
+	a.enqueue("lapsed", "t")
 	expired := a.acquire("t", "w1", 10*sec)
 	a.now += 5 * sec
-	live := a.acquire("t", "w2", 10*sec) // until now+10s
-	a.now += 6 * sec                     // expired ran out 1s ago; live has 4s left
-	a.one(Op{Kind: KindTick})            // the old leader's last word
-	a.now += 20 * sec                    // no leader for a while
-	a.one(Op{Kind: KindPromote, Lease: 3 * sec})
-	j, _ := a.fsm.GetJob(live.JobID)
-	if want := a.now + 10*sec + 3*sec; j.Deadline != want {
-		t.Errorf("live lease now ends at %d, want %d (a full lease from the new leader's time, plus grace)", j.Deadline, want)
+	live := a.acquire("t", "w2", 10*sec)  // until now+10s
+	lapsed := a.acquire("t", "w3", 7*sec) // until now+7s
+	a.now += 6 * sec                      // expired ran out 1s ago
+	a.one(Op{Kind: KindTick})             // the old leader's last word
+	a.now += 2 * sec                      // lapsed runs out while there is no leader
+	a.term++
+	a.one(Op{Kind: KindTick}) // the new leader's first command
+	grace := int64(DefaultLeaseGrace)
+	if j, _ := a.fsm.GetJob(live.JobID); j.Deadline != live.Deadline+grace {
+		t.Errorf("live lease ends at %d, want its deadline %d plus the grace", j.Deadline, live.Deadline)
 	}
-	if r := a.onJob(KindComplete, live); r.Status != StatusOK {
-		t.Errorf("the live holder lost its job across the leader change: %+v", r)
+	if j, _ := a.fsm.GetJob(lapsed.JobID); j.Deadline != a.now+grace {
+		t.Errorf("a lease that ran out while there was no leader ends at %d, want the grace from now %d", j.Deadline, a.now+grace)
+	}
+	if r := a.onJob(KindExtend, lapsed); r.Status != StatusOK {
+		t.Errorf("the holder of the lapsed lease could not extend it: %+v", r)
 	}
 	if j, _ := a.fsm.GetJob(expired.JobID); j.Deadline != expired.Deadline {
-		t.Errorf("a lease that had run out before the change was extended: %+v", j)
+		t.Errorf("a lease that had run out under the old leader was extended: %+v", j)
+	}
+	a.term++ // the same term again changes nothing
+	a.one(Op{Kind: KindTick})
+	j, _ := a.fsm.GetJob(live.JobID)
+	a.one(Op{Kind: KindTick})
+	if j2, _ := a.fsm.GetJob(live.JobID); j2.Deadline != j.Deadline {
+		t.Errorf("a second command of one term extended leases again")
+	}
+}
+
+// The leases the state machine has not yet seen run out, so the leader can
+// tick the clock past them.
+func TestNextLeaseEnd(t *testing.T) {
+	a := newApplier(t)
+	if _, ok := a.fsm.NextLeaseEnd(); ok {
+		t.Error("a lease end with no leases")
+	}
+	a.enqueue("a", "t")
+	a.enqueue("b", "t")
+	ga := a.acquire("t", "w", 5*sec)
+	gb := a.acquire("t", "w", 9*sec)
+	if end, ok := a.fsm.NextLeaseEnd(); !ok || end != ga.Deadline {
+		t.Errorf("NextLeaseEnd = %d, %v; want %d", end, ok, ga.Deadline)
+	}
+	a.now += 6 * sec
+	a.one(Op{Kind: KindTick})
+	if end, ok := a.fsm.NextLeaseEnd(); !ok || end != gb.Deadline {
+		t.Errorf("after a's lease was seen to end: %d, %v; want %d", end, ok, gb.Deadline)
 	}
 }
 
@@ -451,5 +491,65 @@ func TestEmptyAcquireIsNotRemembered(t *testing.T) {
 	a.enqueue("j", "t")
 	if r := a.one(op); r.Status != StatusOK || r.JobID != "j" {
 		t.Errorf("the same acquire once a job was there: %+v", r)
+	}
+}
+
+// At most one live job holds a uniqueness key, also after a dead job that
+// had it is requeued while another took it; a restored replica agrees.
+func TestUniqueKeyAfterRequeue(t *testing.T) {
+	a := newApplier(t)
+	key := func(o *Op) { o.Unique = "k"; o.MaxAttempts = 1 }
+	a.enqueue("jz", "t", key)
+	g := a.acquire("t", "w", sec)
+	a.onJob(KindFail, g) // dead: the key is free
+	a.enqueue("ja", "t", key)
+	if r := a.one(Op{Kind: KindRequeue, JobID: "jz"}); r.Status != StatusOK {
+		t.Fatal(r)
+	}
+	if r := a.enqueue("jb", "t", key); r.JobID != "ja" {
+		t.Errorf("enqueue with the key gives %q, want ja's", r.JobID)
+	}
+	r := NewFSM(FSMConfig{})
+	if err := r.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+		t.Fatal(err)
+	}
+	b := &applier{t: t, fsm: r, index: r.Applied(), term: a.term, now: a.now}
+	if res := b.enqueue("jc", "t", key); res.JobID != "ja" {
+		t.Errorf("after restore, enqueue with the key gives %q, want ja's", res.JobID)
+	}
+}
+
+// Changing a schedule's interval neither breaks it nor makes an extra job;
+// stopping and starting it in one interval makes no second job for it.
+func TestScheduleUpdates(t *testing.T) {
+	a := newApplier(t)
+	every := func(interval int64) Result {
+		return a.one(Op{Kind: KindEvery, Topic: "cron", Unique: "k", Interval: interval})
+	}
+	every(60 * sec)
+	every(3600 * sec) // a minute to an hour
+	due, ok := a.fsm.NextScheduleDue()
+	if !ok || due <= a.now || due > a.now+3600*sec {
+		t.Errorf("after a change to an hour, next due at %d (now %d)", due, a.now)
+	}
+	every(60 * sec) // and back to a minute: the current minute makes nothing new
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Errorf("%d jobs after interval changes, want 1", st.Jobs)
+	}
+	// The interval's job completes (and is forgotten); stop, start again.
+	g := a.acquire("cron", "w", sec)
+	a.onJob(KindComplete, g)
+	a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "k"})
+	if r := a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "k"}); r.Status != StatusNotFound {
+		t.Errorf("stopping a stopped schedule: %+v", r)
+	}
+	every(60 * sec)
+	if st := a.fsm.Stats(); st.Jobs != 0 {
+		t.Errorf("restarting in the same interval made %d jobs", st.Jobs)
+	}
+	a.now += 60 * sec
+	a.one(Op{Kind: KindTick})
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Errorf("the next interval made %d jobs, want 1", st.Jobs)
 	}
 }

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"math"
 	"sort"
 	"strconv"
 
@@ -18,8 +19,21 @@ type Schedule struct {
 	Payload     string
 	Interval    int64 // nanoseconds
 	MaxAttempts int
-	// Last is the last interval number a job was made for.
+	// Last is the last interval number a job was made for, in units of
+	// Interval.
 	Last int64
+	// Stopped schedules make no jobs; they are kept so that starting the
+	// schedule again does not make a second job for an interval that had
+	// one.
+	Stopped bool
+}
+
+// due returns when the schedule makes its next job.
+func (s *Schedule) due() int64 {
+	if s.Last+1 > math.MaxInt64/s.Interval {
+		return math.MaxInt64
+	}
+	return (s.Last + 1) * s.Interval
 }
 
 // IntervalJobID returns the id of the job that schedule (topic, key) makes
@@ -29,32 +43,37 @@ func IntervalJobID(topic, key string, k int64) string {
 	return NewJobID(JobKeySlot(topic, key), "e"+strconv.FormatUint(h, 16)+"."+strconv.FormatInt(k, 10))
 }
 
-// every creates or updates a schedule. A new one makes its first job at
-// once; an updated one keeps its place, so registering the same schedule
-// again (each worker process at start, say) makes no extra job.
+// every creates, updates or restarts a schedule. A new one makes its first
+// job at once. An update or restart makes no job for the interval it
+// happens in if one was made: registering the same schedule again (each
+// worker process at start, say) makes no extra job. A new interval length
+// starts counting at the next of its intervals.
 func (f *FSM) every(op *Op) Result {
 	if !validTopic(op.Topic) || op.Unique == "" || op.Interval <= 0 {
 		return Result{Status: StatusInvalid}
 	}
 	k := uniqueKey(op.Topic, op.Unique)
 	s := f.jobs.schedules[k]
-	if s == nil {
+	switch {
+	case s == nil:
 		s = &Schedule{Topic: op.Topic, Key: op.Unique, Last: -1}
 		f.jobs.schedules[k] = s
+	case s.Interval != op.Interval:
+		s.Last = f.clock / op.Interval
 	}
-	s.Payload, s.Interval, s.MaxAttempts = op.Value, op.Interval, op.MaxAttempts
+	s.Payload, s.Interval, s.MaxAttempts, s.Stopped = op.Value, op.Interval, op.MaxAttempts, false
 	f.jobs.scheduleDue = 0 // run at once
 	f.runSchedules()
 	return Result{JobID: IntervalJobID(s.Topic, s.Key, f.clock/s.Interval)}
 }
 
-// unevery removes a schedule; the jobs it made stay.
+// unevery stops a schedule; the jobs it made stay.
 func (f *FSM) unevery(op *Op) Result {
-	k := uniqueKey(op.Topic, op.Unique)
-	if _, ok := f.jobs.schedules[k]; !ok {
+	s := f.jobs.schedules[uniqueKey(op.Topic, op.Unique)]
+	if s == nil || s.Stopped {
 		return Result{Status: StatusNotFound}
 	}
-	delete(f.jobs.schedules, k)
+	s.Stopped = true
 	f.jobs.scheduleDue = f.jobs.nextScheduleDue()
 	return Result{}
 }
@@ -67,8 +86,10 @@ func (f *FSM) runSchedules() {
 		return
 	}
 	keys := make([]string, 0, len(t.schedules))
-	for k := range t.schedules {
-		keys = append(keys, k)
+	for k, s := range t.schedules {
+		if !s.Stopped {
+			keys = append(keys, k)
+		}
 	}
 	sort.Strings(keys)
 	for _, key := range keys {
@@ -86,20 +107,22 @@ func (f *FSM) runSchedules() {
 	t.scheduleDue = t.nextScheduleDue()
 }
 
-// nextScheduleDue returns when the next schedule fires.
+// nextScheduleDue returns when the next running schedule fires.
 func (t *jobTable) nextScheduleDue() int64 {
-	at := int64(1<<63 - 1)
+	at := int64(math.MaxInt64)
 	for _, s := range t.schedules {
-		at = min(at, (s.Last+1)*s.Interval)
+		if !s.Stopped {
+			at = min(at, s.due())
+		}
 	}
 	return at
 }
 
 // NextScheduleDue returns the earliest time a schedule makes its next job,
-// and false if there are no schedules. A leader proposes a command then, so
-// the job appears even when nothing else is written.
+// and false if none runs. A leader proposes a command then, so the job
+// appears even when nothing else is written.
 func (f *FSM) NextScheduleDue() (int64, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.jobs.scheduleDue, len(f.jobs.schedules) > 0
+	return f.jobs.scheduleDue, f.jobs.scheduleDue != math.MaxInt64
 }

@@ -31,6 +31,7 @@ type snapshotHeader struct {
 	LastExpiry int64  `bencode:"x"`
 	Executed   uint64 `bencode:"e"`
 	Duplicates uint64 `bencode:"d"`
+	Term       uint64 `bencode:"m"`
 	JobSeq     uint64 `bencode:"q"`
 	Completed  uint64 `bencode:"c"`
 	Keys       int    `bencode:"k"`
@@ -90,6 +91,7 @@ type scheduleRecord struct {
 	Interval    int64  `bencode:"i"`
 	MaxAttempts int    `bencode:"m"`
 	Last        int64  `bencode:"l"`
+	Stopped     int    `bencode:"s"`
 }
 
 // fsmSnapshot is a point-in-time copy of the state, written out while the
@@ -116,6 +118,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		LastExpiry: f.lastExpiry,
 		Executed:   f.executed,
 		Duplicates: f.duplicates,
+		Term:       f.term,
 		JobSeq:     f.jobs.seq,
 		Completed:  f.jobs.completed,
 	}}
@@ -142,10 +145,14 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		})
 	}
 	for _, sc := range f.jobs.schedules {
-		s.schedules = append(s.schedules, scheduleRecord{
+		rec := scheduleRecord{
 			Topic: sc.Topic, Key: sc.Key, Payload: sc.Payload, Interval: sc.Interval,
 			MaxAttempts: sc.MaxAttempts, Last: sc.Last,
-		})
+		}
+		if sc.Stopped {
+			rec.Stopped = 1
+		}
+		s.schedules = append(s.schedules, rec)
 	}
 	sort.Slice(s.kv, func(i, j int) bool { return s.kv[i].Key < s.kv[j].Key })
 	sort.Slice(s.sessions, func(i, j int) bool { return s.sessions[i].Client < s.sessions[j].Client })
@@ -264,7 +271,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		err = readAll(br, h.Schedules, "schedule", func(r *scheduleRecord) {
 			jobs.schedules[uniqueKey(r.Topic, r.Key)] = &Schedule{
 				Topic: r.Topic, Key: r.Key, Payload: r.Payload, Interval: r.Interval,
-				MaxAttempts: r.MaxAttempts, Last: r.Last,
+				MaxAttempts: r.MaxAttempts, Last: r.Last, Stopped: r.Stopped != 0,
 			}
 		})
 	}
@@ -276,7 +283,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.kv, f.sessions, f.jobs = kv, ss, jobs
-	f.rev, f.clock, f.lastExpiry = h.Revision, h.Clock, h.LastExpiry
+	f.rev, f.clock, f.lastExpiry, f.term = h.Revision, h.Clock, h.LastExpiry, h.Term
 	f.executed, f.duplicates = h.Executed, h.Duplicates
 	f.applied = h.Applied
 	close(f.appliedCh)
@@ -284,6 +291,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for topic := range f.topicCh {
 		f.notifyTopic(topic)
 	}
+	close(f.newTopicCh)
+	f.newTopicCh = make(chan struct{})
 	return nil
 }
 
