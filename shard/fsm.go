@@ -73,8 +73,11 @@ type FSM struct {
 	lastExpiry int64  // clock at the last session expiry scan
 	executed   uint64
 	duplicates uint64
-	applied    uint64                   // raft index of the last applied log
-	appliedCh  chan struct{}            // closed and replaced when applied grows
+	applied    uint64        // raft index of the last applied log
+	appliedCh  chan struct{} // closed and replaced when applied grows
+	// topicMu guards topicCh, so that waiters do not take mu for writing;
+	// it is taken after mu.
+	topicMu    sync.Mutex
 	topicCh    map[string]chan struct{} // see TopicChanges
 	newTopicCh chan struct{}            // closed when a topic gets its first job
 }

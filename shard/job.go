@@ -291,8 +291,10 @@ func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int,
 	if !existed {
 		q = t.topic(topic)
 		// Waiters for a topic that had no queue wait on newTopicCh.
+		f.topicMu.Lock()
 		close(f.newTopicCh)
 		f.newTopicCh = make(chan struct{})
+		f.topicMu.Unlock()
 	}
 	heap.Push(&q.queued, j)
 	f.notifyTopic(topic)
@@ -603,8 +605,10 @@ func (f *FSM) NextLeaseEnd() (int64, bool) {
 // (to run again later), requeued. Time passing is the caller's to watch,
 // with NextAvailable.
 func (f *FSM) TopicChanges(topic string) <-chan struct{} {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.topicMu.Lock()
+	defer f.topicMu.Unlock()
 	if _, ok := f.jobs.topics[topic]; !ok {
 		return f.newTopicCh // closed when any topic gets its first job
 	}
@@ -616,8 +620,10 @@ func (f *FSM) TopicChanges(topic string) <-chan struct{} {
 	return ch
 }
 
-// notifyTopic wakes the watchers of topic; f.mu is held.
+// notifyTopic wakes the watchers of topic; f.mu is held for writing.
 func (f *FSM) notifyTopic(topic string) {
+	f.topicMu.Lock()
+	defer f.topicMu.Unlock()
 	if ch, ok := f.topicCh[topic]; ok {
 		close(ch)
 		delete(f.topicCh, topic)

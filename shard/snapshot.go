@@ -288,11 +288,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.applied = h.Applied
 	close(f.appliedCh)
 	f.appliedCh = make(chan struct{})
-	for topic := range f.topicCh {
-		f.notifyTopic(topic)
+	f.topicMu.Lock()
+	for topic, ch := range f.topicCh {
+		close(ch)
+		delete(f.topicCh, topic)
 	}
 	close(f.newTopicCh)
 	f.newTopicCh = make(chan struct{})
+	f.topicMu.Unlock()
 	return nil
 }
 
