@@ -200,9 +200,20 @@ func checkWrite(m *wire.Message) *wire.Message {
 	return nil
 }
 
-// write applies op through the shard's leader. The op's session makes the
-// retries of viaLeader safe: an op applied twice answers from the session.
+// write applies op through the shard's leader and turns its result into a
+// reply.
 func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Message {
+	res, err := n.writeResult(ctx, rep, op)
+	if err != nil {
+		return leaderErrorReply(ctx, rep.id, err)
+	}
+	return opReply(res)
+}
+
+// writeResult applies op through the shard's leader and returns the state
+// machine's result. The op's session makes the retries of viaLeader safe:
+// an op applied twice answers from the session.
+func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shard.Result, error) {
 	var res shard.Result
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
@@ -214,10 +225,7 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 			res = fr.Result
 			return err
 		})
-	if err != nil {
-		return leaderErrorReply(ctx, rep.id, err)
-	}
-	return opReply(res)
+	return res, err
 }
 
 // get reads key. A stale read answers from this replica's state as it is;

@@ -100,23 +100,6 @@ func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 	return jobReply(m.Op, res)
 }
 
-// writeResult applies op through the shard's leader and returns the state
-// machine's result (see write).
-func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shard.Result, error) {
-	var res shard.Result
-	err := n.viaLeader(ctx, rep,
-		func() (err error) {
-			res, err = rep.propose(op)
-			return err
-		},
-		func(leader string) error {
-			fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, Op: op})
-			res = fr.Result
-			return err
-		})
-	return res, err
-}
-
 func checkJobID(id string) *wire.Message {
 	if id == "" || len(id) > wire.MaxKeySize {
 		return errorReply(wire.CodeBadRequest, "a job id of 1 to %d bytes is needed", wire.MaxKeySize)
