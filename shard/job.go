@@ -379,12 +379,10 @@ func (f *FSM) extend(op *Op) Result {
 
 // complete ends the job: it is forgotten, and counted done.
 func (f *FSM) complete(op *Op) Result {
-	j, res, ok := f.held(op)
+	j, q, res, ok := f.takeLeased(op)
 	if !ok {
 		return res
 	}
-	q := f.jobs.topics[j.Topic]
-	heap.Remove(&q.leased, j.index)
 	f.forget(j)
 	q.done++
 	f.jobs.completed++
@@ -394,39 +392,27 @@ func (f *FSM) complete(op *Op) Result {
 // fail queues the job again after a backoff, or buries it after its last
 // attempt.
 func (f *FSM) fail(op *Op) Result {
-	j, res, ok := f.held(op)
+	j, q, res, ok := f.takeLeased(op)
 	if !ok {
 		return res
 	}
-	q := f.jobs.topics[j.Topic]
-	heap.Remove(&q.leased, j.index)
 	j.LastError = op.Reason
 	if j.Attempt >= j.MaxAttempts {
 		f.bury(q, j)
 		return Result{JobID: j.ID}
 	}
-	j.state = stateQueued
-	j.RunAt = f.clock + backoff(j)
-	j.Holder = ""
-	heap.Push(&q.queued, j)
-	f.notifyTopic(j.Topic)
+	f.queue(q, j, f.clock+backoff(j))
 	return Result{JobID: j.ID, Deadline: j.RunAt}
 }
 
 // release queues the job again at once; the attempt does not count.
 func (f *FSM) release(op *Op) Result {
-	j, res, ok := f.held(op)
+	j, q, res, ok := f.takeLeased(op)
 	if !ok {
 		return res
 	}
-	q := f.jobs.topics[j.Topic]
-	heap.Remove(&q.leased, j.index)
-	j.state = stateQueued
 	j.Attempt--
-	j.RunAt = f.clock
-	j.Holder = ""
-	heap.Push(&q.queued, j)
-	f.notifyTopic(j.Topic)
+	f.queue(q, j, f.clock)
 	return Result{JobID: j.ID}
 }
 
@@ -441,9 +427,7 @@ func (f *FSM) requeue(op *Op) Result {
 	}
 	q := f.jobs.topic(j.Topic)
 	q.dead--
-	j.state = stateQueued
 	j.Attempt = 0
-	j.RunAt = f.clock
 	if j.Unique != "" {
 		if _, taken := f.jobs.unique[uniqueKey(j.Topic, j.Unique)]; taken {
 			// Another live job has the key now; at most one may.
@@ -452,9 +436,29 @@ func (f *FSM) requeue(op *Op) Result {
 			f.jobs.unique[uniqueKey(j.Topic, j.Unique)] = j.ID
 		}
 	}
+	f.queue(q, j, f.clock)
+	return Result{JobID: j.ID}
+}
+
+// takeLeased takes the job op names out of its topic's leased heap, if op's
+// token is its live lease.
+func (f *FSM) takeLeased(op *Op) (*Job, *topicQueue, Result, bool) {
+	j, res, ok := f.held(op)
+	if !ok {
+		return nil, nil, res, false
+	}
+	q := f.jobs.topics[j.Topic]
+	heap.Remove(&q.leased, j.index)
+	return j, q, Result{}, true
+}
+
+// queue puts a job (out of every heap) in its topic's queue to run at runAt.
+func (f *FSM) queue(q *topicQueue, j *Job, runAt int64) {
+	j.state = stateQueued
+	j.RunAt = runAt
+	j.Holder = ""
 	heap.Push(&q.queued, j)
 	f.notifyTopic(j.Topic)
-	return Result{JobID: j.ID}
 }
 
 // bury makes a job dead: kept, out of every queue, until requeued.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -71,13 +72,9 @@ func running(pid int) bool {
 	return bytes.Contains(cmdline, []byte("server\x00"))
 }
 
-func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("cluster up", stderr)
-	dir := fs.String("dir", "", "`DIR` for the cluster: spec, data, logs and pid files")
-	nodes := fs.Int("nodes", 3, "number of nodes of a new cluster")
-	shards := fs.Int("shards", 4, "number of shards of a new cluster")
-	replicas := fs.Int("replicas", 3, "replicas of each shard of a new cluster (2 or 3)")
-	wait := fs.Duration("wait", 30*time.Second, "how long to wait for every shard to have a leader")
+// parseDirCommand parses the flags of a command that takes no arguments
+// and a required --dir.
+func parseDirCommand(fs *flag.FlagSet, args []string) error {
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -85,8 +82,21 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
 	}
-	if *dir == "" {
+	if fs.Lookup("dir").Value.String() == "" {
 		return fmt.Errorf("%w: --dir is required", errUsage)
+	}
+	return nil
+}
+
+func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster up", stderr)
+	dir := fs.String("dir", "", "`DIR` for the cluster: spec, data, logs and pid files")
+	nodes := fs.Int("nodes", 3, "number of nodes of a new cluster")
+	shards := fs.Int("shards", 4, "number of shards of a new cluster")
+	replicas := fs.Int("replicas", 3, "replicas of each shard of a new cluster (2 or 3)")
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for every shard to have a leader")
+	if err := parseDirCommand(fs, args); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return err
@@ -199,15 +209,8 @@ func clusterDown(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster down", stderr)
 	dir := fs.String("dir", "", "`DIR` the cluster was started in")
 	grace := fs.Duration("grace", 15*time.Second, "how long nodes may take to stop before they are killed")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
+	if err := parseDirCommand(fs, args); err != nil {
 		return err
-	}
-	if err := wantArgs(pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *dir == "" {
-		return fmt.Errorf("%w: --dir is required", errUsage)
 	}
 	pidFiles, err := filepath.Glob(filepath.Join(*dir, "*.pid"))
 	if err != nil {
