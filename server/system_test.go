@@ -17,10 +17,17 @@ import (
 	"github.com/shoal-kv/shoal/wire"
 )
 
+// client connects a client to the cluster. Unless the test brings its own
+// transport (to study loss and attempts), the client makes 10 attempts, not
+// 3, so that a slow moment of a loaded test machine (the race detector on
+// two cores) does not fail a test about something else.
 func (c *testCluster) client(cfg client.Config) *client.Client {
 	c.t.Helper()
 	if cfg.Seeds == nil {
 		cfg.Seeds = c.seeds()
+	}
+	if cfg.Attempts == 0 && cfg.Transport == nil {
+		cfg.Attempts = 10
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(c.t)
