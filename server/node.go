@@ -240,6 +240,15 @@ func (n *Node) Status() wire.NodeStatus {
 	return st
 }
 
+// ShardStats returns the state machine counters of this node's replica of
+// shard id, zero if it holds none.
+func (n *Node) ShardStats(id shard.ID) shard.Stats {
+	if r := n.replicas[id]; r != nil {
+		return r.fsm.Stats()
+	}
+	return shard.Stats{}
+}
+
 func (n *Node) shardIDs() []shard.ID {
 	ids := make([]shard.ID, 0, len(n.replicas))
 	for id := range n.replicas {

@@ -20,6 +20,10 @@ type Config struct {
 	Quick bool
 	// Progress receives a line per step of a long run. If nil, nothing.
 	Progress io.Writer
+	// Out is where an experiment writes what explains a failure (such as
+	// porcupine's visualization of a history that is not linearizable).
+	// If empty, a new directory under the system's temporary directory.
+	Out string
 	// Logger receives the logs of the nodes and clients of system
 	// experiments. If nil, they are discarded.
 	Logger *slog.Logger

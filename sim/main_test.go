@@ -1,0 +1,33 @@
+package sim
+
+import (
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// checkReport logs r and fails t unless every check passed and its tables
+// and figures write out.
+func checkReport(t *testing.T, r *Report) {
+	t.Helper()
+	var out strings.Builder
+	r.Print(&out)
+	t.Log("\n" + out.String())
+	if !r.Pass() {
+		t.Error(r.Verdict())
+	}
+	if _, err := r.Write(t.TempDir()); err != nil {
+		t.Error(err)
+	}
+}
+
+// testLogWriter logs an experiment's progress lines.
+type testLogWriter struct{ t *testing.T }
+
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
