@@ -132,6 +132,7 @@ type Client struct {
 // call collects the replies to the attempts of one request.
 type call struct {
 	replies chan reply
+	sent    map[uint64]time.Time // by transaction id; only do touches it
 }
 
 type reply struct {
@@ -368,11 +369,10 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	if mutating {
 		est = &c.rtt[1]
 	}
-	cl := &call{replies: make(chan reply, 4)}
-	var txids []uint64
+	cl := &call{replies: make(chan reply, 4), sent: make(map[uint64]time.Time)}
 	defer func() {
 		c.mu.Lock()
-		for _, tx := range txids {
+		for tx := range cl.sent {
 			delete(c.pending, tx)
 		}
 		c.mu.Unlock()
@@ -397,11 +397,11 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if timeout <= 0 {
 			return wire.Message{}, fmt.Errorf("shoal: %s: %w", op, context.DeadlineExceeded)
 		}
-		tx := newTxID()
+		tx, start := newTxID(), time.Now()
+		cl.sent[tx] = start
 		c.mu.Lock()
 		c.pending[tx] = cl
 		c.mu.Unlock()
-		txids = append(txids, tx)
 		m := wire.Message{
 			Type: wire.TypeQuery, TxID: tx, Op: op,
 			Client: c.id, Seq: seq, Ack: c.seq.floor(), Timeout: timeout, Args: args,
@@ -410,7 +410,6 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if err != nil {
 			return wire.Message{}, err
 		}
-		start := time.Now()
 		c.attempts.Add(1)
 		if tg.node != nil {
 			tg.node.attempts.Add(1)
@@ -423,7 +422,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			}
 			continue
 		}
-		r, err := c.await(ctx, cl, tx, start, timeout, est, wait > 0)
+		r, err := c.await(ctx, cl, tx, timeout, est, wait > 0)
 		switch {
 		case err != nil:
 			return wire.Message{}, err
@@ -448,27 +447,37 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		}
 	}
 	c.failures.Add(1)
+	if timeouts == attempts {
+		est.tooShort()
+	}
 	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, attempts, lastErr)
 }
 
 // await waits for a reply to the request. A success from any attempt
 // counts; an error reply counts only from the latest attempt, tx. It
-// returns nil, nil on timeout. Replies to a request the node was allowed
-// to hold (waited) are not round trips and are not measured.
-func (c *Client) await(ctx context.Context, cl *call, tx uint64, start time.Time, timeout time.Duration, est *rttEstimator, waited bool) (*wire.Message, error) {
+// returns nil, nil on timeout.
+//
+// Every reply is a round trip to measure, also one to an earlier attempt:
+// each attempt has a transaction id of its own, so unlike a TCP segment's
+// retransmission (Karn's rule) the reply says which send it answers. Were
+// those replies left out, a client whose timeout fell below the cluster's
+// round trip under load would never measure one, and would retry every
+// request until it failed. Replies to a request the node was allowed to
+// hold (waited) are not round trips and are not measured.
+func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Duration, est *rttEstimator, waited bool) (*wire.Message, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
 		select {
 		case r := <-cl.replies:
-			if r.msg.TxID != tx && r.msg.Type != wire.TypeResponse {
-				continue
-			}
 			// A node that answers "unavailable" waited out the attempt's
 			// budget: that is no round trip, and timing it would feed the
 			// timeout back into itself.
-			if r.msg.TxID == tx && !waited && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
-				est.sample(r.at.Sub(start))
+			if !waited && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
+				est.sample(r.at.Sub(cl.sent[r.msg.TxID]))
+			}
+			if r.msg.TxID != tx && r.msg.Type != wire.TypeResponse {
+				continue
 			}
 			return &r.msg, nil
 		case <-timer.C:

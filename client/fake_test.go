@@ -21,9 +21,10 @@ type fakeNode struct {
 	topo func() *wire.Topology
 
 	mu        sync.Mutex
-	silent    bool // neither answers nor heartbeats
-	dropFirst bool // ignores the first attempt it sees of every request
-	stalled   bool // answers gets "unavailable" once their budget is spent
+	silent    bool          // neither answers nor heartbeats
+	dropFirst bool          // ignores the first attempt it sees of every request
+	stalled   bool          // answers gets "unavailable" once their budget is spent
+	delay     time.Duration // before each answer to a get or set
 	// grant, if set, is the job an acquire gets, after grantAfter;
 	// otherwise an acquire gets no job at once.
 	grant      *wire.JobInfo
@@ -138,6 +139,7 @@ func (f *fakeNode) serve() {
 		f.attempts[key]++
 		first := f.attempts[key] == 1
 		silent, drop := f.silent, f.dropFirst && first && m.Op != wire.OpTopology && m.Op != wire.OpPing
+		delay := f.delay
 		stalled := f.stalled && m.Op == wire.OpGet
 		if !silent {
 			f.seen = append(f.seen, m)
@@ -181,6 +183,10 @@ func (f *fakeNode) serve() {
 			r.Result.Version = m.Seq
 		}
 		b, _ := wire.Encode(&r)
+		if delay > 0 && (m.Op == wire.OpGet || m.Op == wire.OpSet) {
+			time.AfterFunc(delay, func() { _ = f.ep.Send(b, from) })
+			continue
+		}
 		_ = f.ep.Send(b, from)
 	}
 }
@@ -394,6 +400,41 @@ func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
 	}
 	if worst > c.cfg.InitialAttemptTimeout {
 		t.Errorf("attempt timeouts climbed to %v (initial %v)", worst, c.cfg.InitialAttemptTimeout)
+	}
+}
+
+// A cluster whose round trip grows far above the timeout fast replies
+// taught the client (as under a sudden load) must not fail every request:
+// the timeout backs off until a reply, to whichever attempt, is measured.
+func TestTimeoutFollowsSlowerRoundTrips(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	c := fc.client(t, Config{MinAttemptTimeout: 5 * time.Millisecond})
+	ctx := context.Background()
+	for i := 0; i < 30; i++ {
+		if _, err := c.Set(ctx, "k", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.delay = 100 * time.Millisecond })
+	}
+	failed := 0
+	for i := 0; i < 10; i++ {
+		if _, err := c.Set(ctx, "k", nil); err != nil {
+			failed++
+		}
+	}
+	if failed > 3 {
+		t.Errorf("%d of 10 writes failed after the round trip grew", failed)
+	}
+	before := c.Counters()
+	for i := 0; i < 5; i++ {
+		if _, err := c.Set(ctx, "k", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := c.Counters(); after.Attempts-before.Attempts != 5 {
+		t.Errorf("5 writes took %d attempts once the timeout had adapted", after.Attempts-before.Attempts)
 	}
 }
 

@@ -17,6 +17,7 @@ type rttEstimator struct {
 	srtt    time.Duration
 	rttvar  time.Duration
 	samples int
+	backoff int // doublings since the last sample
 }
 
 func (e *rttEstimator) sample(rtt time.Duration) {
@@ -33,16 +34,29 @@ func (e *rttEstimator) sample(rtt time.Duration) {
 		e.srtt = (7*e.srtt + rtt) / 8
 	}
 	e.samples++
+	e.backoff = 0
+}
+
+// tooShort records a request whose every attempt timed out: the estimate
+// is below the round trip, and the timeout doubles until a sample comes
+// (as RFC 6298 backs off its timer). Without this, a client whose estimate
+// fell below a round trip that grew under load would never wait long
+// enough to measure one.
+func (e *rttEstimator) tooShort() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.backoff = min(e.backoff+1, 6)
 }
 
 // timeout returns how long to wait for the next attempt.
 func (e *rttEstimator) timeout() time.Duration {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.samples == 0 {
-		return e.initial
+	base := e.initial
+	if e.samples > 0 {
+		base = max(e.srtt+4*e.rttvar, e.min)
 	}
-	return min(max(e.srtt+4*e.rttvar, e.min), e.max)
+	return min(base<<e.backoff, e.max)
 }
 
 // smoothed returns the smoothed round trip time, 0 before any sample.

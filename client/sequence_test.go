@@ -1,9 +1,6 @@
 package client
 
-import (
-	"testing"
-	"time"
-)
+import "testing"
 
 func TestSequencerFloor(t *testing.T) {
 	s := newSequencer()
@@ -38,29 +35,5 @@ func TestSequencerFloor(t *testing.T) {
 	s.end(w5) // twice is harmless
 	if f := s.floor(); f != 6 {
 		t.Errorf("floor %d, want 6", f)
-	}
-}
-
-func TestRTTEstimator(t *testing.T) {
-	e := rttEstimator{min: 10 * time.Millisecond, max: time.Second, initial: 250 * time.Millisecond}
-	if d := e.timeout(); d != 250*time.Millisecond {
-		t.Errorf("initial timeout %v", d)
-	}
-	for i := 0; i < 50; i++ {
-		e.sample(40 * time.Millisecond)
-	}
-	// Steady samples: srtt → 40ms, rttvar → 0.
-	if d := e.timeout(); d < 40*time.Millisecond || d > 45*time.Millisecond {
-		t.Errorf("steady 40ms round trips give timeout %v", d)
-	}
-	for i := 0; i < 50; i++ {
-		e.sample(time.Microsecond)
-	}
-	if d := e.timeout(); d != 10*time.Millisecond {
-		t.Errorf("timeout %v below the minimum", d)
-	}
-	e.sample(10 * time.Second)
-	if d := e.timeout(); d != time.Second {
-		t.Errorf("timeout %v above the maximum", d)
 	}
 }
