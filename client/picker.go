@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 )
@@ -183,4 +185,111 @@ func NewRoundRobin() *RoundRobin { return &RoundRobin{} }
 // Pick returns the next candidate in turn.
 func (p *RoundRobin) Pick(activity []float64) int {
 	return int((p.next.Add(1) - 1) % uint64(len(activity)))
+}
+
+// LeastLoaded chooses a candidate with the least activity, uniformly at
+// random among the ties. On stale reports it herds: every request until
+// the next report goes to the nodes that were least loaded.
+type LeastLoaded struct{ rng *lockedRand }
+
+// NewLeastLoaded returns the picker; rng may be nil for a randomly seeded
+// one.
+func NewLeastLoaded(rng *rand.Rand) *LeastLoaded { return &LeastLoaded{rng: newLockedRand(rng)} }
+
+// Weights returns 1/k for each of the k candidates with the least activity
+// and 0 for the others.
+func (p *LeastLoaded) Weights(activity []float64) []float64 {
+	least := slices.Min(activity)
+	w := make([]float64, len(activity))
+	k := 0
+	for i, a := range activity {
+		if a == least {
+			w[i] = 1
+			k++
+		}
+	}
+	for i := range w {
+		w[i] /= float64(k)
+	}
+	return w
+}
+
+// Pick draws one of the least active candidates uniformly.
+func (p *LeastLoaded) Pick(activity []float64) int {
+	first, k := 0, 1
+	for i := 1; i < len(activity); i++ {
+		switch a := activity[i]; {
+		case a < activity[first]:
+			first, k = i, 1
+		case a == activity[first]:
+			k++
+		}
+	}
+	if k == 1 {
+		return first
+	}
+	r := p.rng.intN(k)
+	for i := first; ; i++ {
+		if activity[i] == activity[first] {
+			if r == 0 {
+				return i
+			}
+			r--
+		}
+	}
+}
+
+// PowerOfTwo draws two distinct candidates uniformly at random and chooses
+// the less active, either one on a tie ("the power of two choices"). A pick
+// costs O(1) whatever the number of candidates. With one candidate it picks
+// it.
+type PowerOfTwo struct{ rng *lockedRand }
+
+// NewPowerOfTwo returns the picker; rng may be nil for a randomly seeded
+// one.
+func NewPowerOfTwo(rng *rand.Rand) *PowerOfTwo { return &PowerOfTwo{rng: newLockedRand(rng)} }
+
+// Weights returns the probability that Pick chooses each candidate: of the
+// n(n-1)/2 pairs, those where it is less active than the other, plus half
+// of those where they tie. It costs O(n log n).
+func (p *PowerOfTwo) Weights(activity []float64) []float64 {
+	n := len(activity)
+	if n == 1 {
+		return []float64{1}
+	}
+	sorted := slices.Clone(activity)
+	slices.Sort(sorted)
+	pairs := float64(n) * float64(n-1) / 2
+	w := make([]float64, n)
+	for i, a := range activity {
+		lo := sort.SearchFloat64s(sorted, a)
+		hi := sort.Search(n, func(k int) bool { return sorted[k] > a })
+		w[i] = (float64(n-hi) + float64(hi-lo-1)/2) / pairs
+	}
+	return w
+}
+
+// Pick draws the pair and returns its less active candidate.
+func (p *PowerOfTwo) Pick(activity []float64) int {
+	n := len(activity)
+	if n == 1 {
+		return 0
+	}
+	p.rng.mu.Lock()
+	defer p.rng.mu.Unlock()
+	i := p.rng.rng.IntN(n)
+	j := p.rng.rng.IntN(n - 1)
+	if j >= i {
+		j++
+	}
+	switch {
+	case activity[i] < activity[j]:
+		return i
+	case activity[j] < activity[i]:
+		return j
+	case p.rng.rng.IntN(2) == 0:
+		return i
+	default:
+		return j
+	}
 }

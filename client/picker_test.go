@@ -3,7 +3,9 @@ package client
 import (
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
+	"time"
 )
 
 func seeded() *rand.Rand { return rand.New(rand.NewPCG(1, 2)) }
@@ -31,16 +33,7 @@ func TestReverseSoftmaxWeights(t *testing.T) {
 		// Huge activities do not overflow.
 		{[]float64{1e6, 1e6 + 1000, 1e6}, []float64{0.5, 0, 0.5}},
 	} {
-		w := p.Weights(tc.activity)
-		for i := range w {
-			if math.Abs(w[i]-tc.want[i]) > 1e-9 {
-				t.Errorf("Weights(%v) = %v, want %v", tc.activity, w, tc.want)
-				break
-			}
-		}
-		if math.Abs(sum(w)-1) > 1e-9 {
-			t.Errorf("Weights(%v) sums to %v", tc.activity, sum(w))
-		}
+		checkWeights(t, p, tc.activity, tc.want)
 	}
 }
 
@@ -65,10 +58,9 @@ func TestSoftminWeights(t *testing.T) {
 	}
 }
 
-// Each random picker's choices follow its weights.
+// Each random picker's choices follow its weights, with and without ties.
 func TestPickFollowsWeights(t *testing.T) {
 	const draws = 60000
-	activity := []float64{0, 1, 3}
 	soft, _ := NewSoftmin(1, seeded())
 	for name, p := range map[string]interface {
 		Picker
@@ -77,18 +69,126 @@ func TestPickFollowsWeights(t *testing.T) {
 		"reverse softmax": NewReverseSoftmax(seeded()),
 		"softmin":         soft,
 		"uniform":         NewUniform(seeded()),
+		"least loaded":    NewLeastLoaded(seeded()),
+		"power of two":    NewPowerOfTwo(seeded()),
 	} {
-		counts := make([]int, len(activity))
-		for i := 0; i < draws; i++ {
-			counts[p.Pick(activity)]++
-		}
-		for i, w := range p.Weights(activity) {
-			got := float64(counts[i]) / draws
-			// 5 standard deviations of a binomial proportion.
-			if tol := 5 * math.Sqrt(w*(1-w)/draws); math.Abs(got-w) > tol+1e-9 {
-				t.Errorf("%s: candidate %d picked %.4f of the time, weight %.4f", name, i, got, w)
+		for _, activity := range [][]float64{{0, 1, 3}, {2, 0, 2, 0, 5}, {4, 1}} {
+			counts := make([]int, len(activity))
+			for i := 0; i < draws; i++ {
+				counts[p.Pick(activity)]++
+			}
+			for i, w := range p.Weights(activity) {
+				got := float64(counts[i]) / draws
+				// 5 standard deviations of a binomial proportion.
+				if tol := 5 * math.Sqrt(w*(1-w)/draws); math.Abs(got-w) > tol+1e-9 {
+					t.Errorf("%s on %v: candidate %d picked %.4f of the time, weight %.4f", name, activity, i, got, w)
+				}
 			}
 		}
+	}
+}
+
+func TestLeastLoadedWeights(t *testing.T) {
+	p := NewLeastLoaded(seeded())
+	for _, tc := range []struct {
+		activity, want []float64
+	}{
+		{[]float64{7}, []float64{1}},
+		{[]float64{3, 1, 2}, []float64{0, 1, 0}},
+		{[]float64{2, 0, 2, 0, 5}, []float64{0, 0.5, 0, 0.5, 0}},
+		{[]float64{1, 1, 1, 1}, []float64{0.25, 0.25, 0.25, 0.25}},
+	} {
+		checkWeights(t, p, tc.activity, tc.want)
+	}
+}
+
+func TestPowerOfTwoWeights(t *testing.T) {
+	p := NewPowerOfTwo(seeded())
+	for _, tc := range []struct {
+		activity, want []float64
+	}{
+		{[]float64{7}, []float64{1}},
+		// Two distinct candidates: the less active always wins.
+		{[]float64{4, 1}, []float64{0, 1}},
+		{[]float64{3, 3}, []float64{0.5, 0.5}},
+		// Of the pairs of indices (0,1), (0,2), (1,2), 0 wins two, 1 one.
+		{[]float64{0, 1, 3}, []float64{2. / 3, 1. / 3, 0}},
+		// 10 pairs; a 0 wins against the three others and half its tie.
+		{[]float64{2, 0, 2, 0, 5}, []float64{0.15, 0.35, 0.15, 0.35, 0}},
+	} {
+		checkWeights(t, p, tc.activity, tc.want)
+	}
+}
+
+// PowerOfTwo's weights match brute force over every pair on larger inputs.
+func TestPowerOfTwoWeightsBruteForce(t *testing.T) {
+	rng := seeded()
+	p := NewPowerOfTwo(seeded())
+	for trial := 0; trial < 20; trial++ {
+		activity := make([]float64, 2+rng.IntN(30))
+		for i := range activity {
+			activity[i] = float64(rng.IntN(5))
+		}
+		n := len(activity)
+		want := make([]float64, n)
+		for i := 0; i < n; i++ {
+			for j := i + 1; j < n; j++ {
+				switch share := 1 / float64(n*(n-1)/2); {
+				case activity[i] < activity[j]:
+					want[i] += share
+				case activity[j] < activity[i]:
+					want[j] += share
+				default:
+					want[i] += share / 2
+					want[j] += share / 2
+				}
+			}
+		}
+		w := p.Weights(activity)
+		for i := range w {
+			if math.Abs(w[i]-want[i]) > 1e-12 {
+				t.Fatalf("Weights(%v) = %v, want %v", activity, w, want)
+			}
+		}
+	}
+}
+
+// PowerOfTwo costs O(1) a pick: among a million candidates, about what it
+// costs among two, where a scan would be a million times slower.
+func TestPowerOfTwoConstantTime(t *testing.T) {
+	p := NewPowerOfTwo(seeded())
+	picks := func(n int) time.Duration {
+		activity := make([]float64, n)
+		start := time.Now()
+		for i := 0; i < 1000; i++ {
+			p.Pick(activity)
+		}
+		return time.Since(start)
+	}
+	small := picks(2)
+	if large := picks(1_000_000); large > 20*small+20*time.Millisecond {
+		t.Errorf("1000 picks among a million candidates took %v, among two %v", large, small)
+	}
+}
+
+// The pickers are safe for concurrent use.
+func TestPickersConcurrent(t *testing.T) {
+	soft, _ := NewSoftmin(1, seeded())
+	activity := []float64{3, 0, 2, 0}
+	for _, p := range []Picker{NewReverseSoftmax(seeded()), soft, NewUniform(seeded()),
+		NewRoundRobin(), NewLeastLoaded(seeded()), NewPowerOfTwo(seeded())} {
+		var wg sync.WaitGroup
+		for g := 0; g < 4; g++ {
+			wg.Go(func() {
+				for i := 0; i < 1000; i++ {
+					if k := p.Pick(activity); k < 0 || k >= len(activity) {
+						t.Errorf("%T picked %d", p, k)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
 	}
 }
 
@@ -110,5 +210,21 @@ func TestWeightedSkipsZeroWeights(t *testing.T) {
 		if got := weighted(r, []float64{0, 1, 0}); got != 1 {
 			t.Fatalf("picked %d with weight 0", got)
 		}
+	}
+}
+
+// checkWeights fails the test unless p's weights for activity are want
+// and sum to 1.
+func checkWeights(t *testing.T, p Weigher, activity, want []float64) {
+	t.Helper()
+	w := p.Weights(activity)
+	for i := range w {
+		if math.Abs(w[i]-want[i]) > 1e-9 {
+			t.Errorf("Weights(%v) = %v, want %v", activity, w, want)
+			break
+		}
+	}
+	if math.Abs(sum(w)-1) > 1e-9 {
+		t.Errorf("Weights(%v) sums to %v", activity, sum(w))
 	}
 }
