@@ -10,6 +10,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,9 @@ const (
 	DefaultInitialAttemptTimeout = 250 * time.Millisecond
 	DefaultNodeTimeout           = time.Second
 	DefaultKeepaliveInterval     = 5 * time.Second
+	// DefaultTemperature is the temperature of the default picker, a
+	// Softmin over each node's load in requests in progress.
+	DefaultTemperature = 1.0
 )
 
 // Config configures a Client.
@@ -41,9 +45,13 @@ type Config struct {
 	// id and sequence number, before it fails with ErrUnavailable. If
 	// zero, DefaultAttempts.
 	Attempts int
-	// Picker chooses among a shard's live replicas. If nil, the original
-	// reverse softmax over the nodes' reported activity.
+	// Picker chooses among a shard's live replicas by their load. If nil,
+	// a Softmin at DefaultTemperature.
 	Picker Picker
+	// IgnoreInFlight leaves this client's own requests in flight at each
+	// node out of the load the picker weighs, which is then only what the
+	// nodes last reported.
+	IgnoreInFlight bool
 	// Transport carries the client's datagrams. If nil, the client opens
 	// a UDP socket on a free port. The client owns and closes either.
 	Transport wire.Transport
@@ -74,7 +82,7 @@ func (c *Config) setDefaults() {
 		c.Attempts = DefaultAttempts
 	}
 	if c.Picker == nil {
-		c.Picker = NewReverseSoftmax(nil)
+		c.Picker = &Softmin{temperature: DefaultTemperature, rng: newLockedRand(nil)}
 	}
 	if c.MinAttemptTimeout <= 0 {
 		c.MinAttemptTimeout = DefaultMinAttemptTimeout
@@ -379,6 +387,12 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	}()
 
 	var tried []netip.AddrPort
+	var charged []*node // nodes whose in-flight count holds this request
+	defer func() {
+		for _, n := range charged {
+			n.inFlight.Add(-1)
+		}
+	}()
 	var lastErr error
 	timeouts := 0 // attempts of this request that got no reply
 	for attempt := 0; attempt < attempts; attempt++ {
@@ -414,6 +428,11 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if tg.node != nil {
 			tg.node.attempts.Add(1)
 			tg.node.sent.Store(start.UnixNano())
+			// A long poll waits at the node by design: it is no load.
+			if wait == 0 && !slices.Contains(charged, tg.node) {
+				tg.node.inFlight.Add(1)
+				charged = append(charged, tg.node)
+			}
 		}
 		if err := c.t.Send(b, tg.addr); err != nil {
 			lastErr = err

@@ -4,8 +4,9 @@
 // nodes heartbeat to the client with their activity and the shards they
 // lead, and the client asks again for the map when a heartbeat announces a
 // newer one. Each request goes to a live replica of its key's shard, chosen
-// by the Picker from the activity the nodes report; a node not heard from
-// for Config.NodeTimeout is skipped until it is heard again.
+// by the Picker from each node's load: the requests in progress the node
+// reports, plus the client's own requests in flight there. A node not
+// heard from for Config.NodeTimeout is skipped until it is heard again.
 //
 // Every request carries the client's id and a sequence number, the same on
 // every attempt, so a write is applied at most once however many of its

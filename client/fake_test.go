@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -493,5 +494,70 @@ func TestAbandonedAcquireReleasesItsGrant(t *testing.T) {
 	}
 	if got := fc.nodes[0].releasedJobs(); got[0] != "late" {
 		t.Errorf("released %v", got)
+	}
+}
+
+// recordingPicker chooses the last candidate and records the loads it saw.
+type recordingPicker struct {
+	mu   sync.Mutex
+	seen [][]float64
+}
+
+func (p *recordingPicker) Pick(load []float64) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen = append(p.seen, slices.Clone(load))
+	return len(load) - 1
+}
+
+func (p *recordingPicker) last() []float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seen[len(p.seen)-1]
+}
+
+// The picker weighs the load a node reports plus the client's own requests
+// in flight there, until they end; with IgnoreInFlight, the report alone.
+func TestPickerSeesRequestsInFlight(t *testing.T) {
+	for _, ignore := range []bool{false, true} {
+		fc := newFakeCluster(t, 2)
+		fc.nodes[1].set(func(f *fakeNode) { f.delay = 300 * time.Millisecond })
+		p := &recordingPicker{}
+		c := fc.client(t, Config{Picker: p, IgnoreInFlight: ignore, MinAttemptTimeout: time.Second})
+		done := make(chan error)
+		go func() {
+			_, err := c.Get(context.Background(), "k") // to b, which answers late
+			done <- err
+		}()
+		time.Sleep(100 * time.Millisecond)
+		want := 1.0
+		if ignore {
+			want = 0
+		}
+		var inFlight int64
+		for _, n := range c.Nodes() {
+			if n.ID == "b" {
+				inFlight = n.InFlight
+			}
+		}
+		if inFlight != 1 {
+			t.Errorf("ignore=%v: b has %d requests in flight, want 1", ignore, inFlight)
+		}
+		fc.nodes[1].set(func(f *fakeNode) { f.delay = 0 })
+		if _, err := c.Get(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		// The fake nodes report 1 thousandth.
+		if got := p.last(); len(got) != 2 || got[0] != 0.001 || got[1] != 0.001+want {
+			t.Errorf("ignore=%v: the picker saw loads %v, want [0.001 %v]", ignore, got, 0.001+want)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Nodes() {
+			if n.InFlight != 0 {
+				t.Errorf("ignore=%v: node %s has %d in flight after every request ended", ignore, n.ID, n.InFlight)
+			}
+		}
 	}
 }

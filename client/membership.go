@@ -27,8 +27,12 @@ type view struct {
 type node struct {
 	id   string
 	addr netip.AddrPort
-	// activity is the node's load as it last reported it.
+	// activity is the node's load as it last reported it, in thousandths
+	// of a request in progress.
 	activity atomic.Int64
+	// inFlight counts this client's requests with an attempt sent to the
+	// node, until the request ends.
+	inFlight atomic.Int64
 	// heard and sent are Unix nanoseconds of the last datagram from and
 	// to the node.
 	heard, sent atomic.Int64
@@ -50,8 +54,11 @@ type NodeInfo struct {
 	Addr netip.AddrPort
 	// Alive: heard from within the node timeout.
 	Alive bool
-	// Activity is the node's last reported load.
-	Activity int64
+	// Activity is the node's last reported load: the client requests in
+	// progress at it, averaged over its recent past.
+	Activity float64
+	// InFlight counts this client's requests with an attempt at the node.
+	InFlight int64
 	// Attempts counts the attempts the client sent it.
 	Attempts uint64
 	// Weight is the probability the picker would give the node among
@@ -71,14 +78,15 @@ func (c *Client) Nodes() []NodeInfo {
 	for i, n := range v.order {
 		out[i] = NodeInfo{
 			ID: n.id, Addr: n.addr, Alive: n.alive(now, c.cfg.NodeTimeout),
-			Activity: n.activity.Load(), Attempts: n.attempts.Load(), Weight: math.NaN(),
+			Activity: float64(n.activity.Load()) / 1000, InFlight: n.inFlight.Load(),
+			Attempts: n.attempts.Load(), Weight: math.NaN(),
 		}
 		if l := n.leads.Load(); l != nil {
 			out[i].Leads = append([]shard.ID(nil), *l...)
 		}
 		if out[i].Alive {
 			live = append(live, i)
-			act = append(act, float64(out[i].Activity))
+			act = append(act, c.load(n))
 		}
 	}
 	if w, ok := c.picker.(Weigher); ok && len(live) > 0 {
@@ -154,7 +162,7 @@ func (c *Client) routeKey(key string) router { return c.routeSlot(shard.KeySlot(
 
 // routeSlot routes attempts to the replicas of the shard owning slot: among
 // the live ones not tried yet by this request (or, failing that, the live
-// ones, or failing that, all), the picker chooses by reported activity.
+// ones, or failing that, all), the picker chooses by load.
 func (c *Client) routeSlot(slot int) router {
 	return func(tried []netip.AddrPort) (target, error) {
 		v := c.view.Load()
@@ -205,16 +213,29 @@ func (c *Client) pickReplica(v *view, id shard.ID, tried []netip.AddrPort) (targ
 	return target{addr: n.addr, node: n}, nil
 }
 
-// pick asks the picker to choose among nodes by their reported activity.
+// pick asks the picker to choose among nodes by their load.
 func (c *Client) pick(nodes []*node) int {
 	if len(nodes) == 1 {
 		return 0
 	}
 	act := make([]float64, len(nodes))
 	for i, n := range nodes {
-		act[i] = float64(n.activity.Load())
+		act[i] = c.load(n)
 	}
 	return c.picker.Pick(act)
+}
+
+// load is what the picker weighs for node n: the requests in progress the
+// node last reported plus, unless Config.IgnoreInFlight, this client's own
+// requests in flight there. The report is up to a heartbeat old; the
+// client's own count is current, so a node that stopped answering stops
+// being picked before the node timeout marks it dead.
+func (c *Client) load(n *node) float64 {
+	l := float64(n.activity.Load()) / 1000
+	if !c.cfg.IgnoreInFlight {
+		l += float64(n.inFlight.Load())
+	}
+	return l
 }
 
 func contains(l []netip.AddrPort, a netip.AddrPort) bool {

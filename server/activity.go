@@ -1,52 +1,64 @@
 package server
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 	"time"
 )
 
-// activity counts client requests over a sliding window of one-second
-// buckets. It is the load a node reports in every reply and heartbeat, and
-// what clients' pickers weigh.
+// activity is the load a node reports in every reply and heartbeat, and
+// what clients' pickers weigh: the number of client requests in progress
+// at the node (from decoding the request to sending its reply), averaged
+// over time with exponentially decaying weights of time constant tau. A
+// node that serves slowly holds more requests at once and so reports more
+// load, whatever its request rate.
 type activity struct {
-	mu      sync.Mutex
-	counts  []int64 // per bucket
-	seconds []int64 // the Unix second each bucket counts
+	mu         sync.Mutex
+	tau        float64 // seconds
+	inProgress int
+	avg        float64
+	at         time.Time // avg is the average up to at
 }
 
-func newActivity(window time.Duration) *activity {
-	n := int(window / time.Second)
-	if n < 1 {
-		n = 1
+func newActivity(tau time.Duration, now time.Time) *activity {
+	return &activity{tau: max(tau, time.Millisecond).Seconds(), at: now}
+}
+
+// advance brings avg up to now. In progress has held its value since at,
+// and the exponential average of a constant x over dt moves toward x by
+// 1−e^(−dt/tau).
+func (a *activity) advance(now time.Time) {
+	if dt := now.Sub(a.at).Seconds(); dt > 0 {
+		x := float64(a.inProgress)
+		a.avg = x + (a.avg-x)*math.Exp(-dt/a.tau)
+		a.at = now
 	}
-	return &activity{counts: make([]int64, n), seconds: make([]int64, n)}
 }
 
-func (a *activity) add(now time.Time) {
-	s := now.Unix()
-	i := int(s % int64(len(a.counts)))
+// begin counts a request in progress from now.
+func (a *activity) begin(now time.Time) {
 	a.mu.Lock()
-	if a.seconds[i] != s {
-		a.seconds[i], a.counts[i] = s, 0
-	}
-	a.counts[i]++
+	a.advance(now)
+	a.inProgress++
 	a.mu.Unlock()
 }
 
-// count returns the requests in the window ending now.
-func (a *activity) count(now time.Time) int64 {
-	s := now.Unix()
-	oldest := s - int64(len(a.counts)) + 1
-	var total int64
+// end counts a request no longer in progress from now.
+func (a *activity) end(now time.Time) {
 	a.mu.Lock()
-	for i, sec := range a.seconds {
-		if sec >= oldest && sec <= s {
-			total += a.counts[i]
-		}
-	}
+	a.advance(now)
+	a.inProgress--
 	a.mu.Unlock()
-	return total
+}
+
+// milli returns the average up to now in thousandths of a request, the
+// unit of wire.Message.Activity.
+func (a *activity) milli(now time.Time) int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.advance(now)
+	return int64(math.Round(a.avg * 1000))
 }
 
 // maxClients bounds the addresses a node heartbeats to. Past it, new

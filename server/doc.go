@@ -19,8 +19,9 @@
 //     leader confirms its leadership with one heartbeat round shared by
 //     concurrent reads, and the replica waits to apply that far); a stale
 //     read answers from the replica's state at once.
-//   - Every reply and heartbeat carries the node's activity, the requests
-//     it served over Config.ActivityWindow; heartbeats go every
+//   - Every reply and heartbeat carries the node's activity: the client
+//     requests in progress at the node, averaged over time (time constant
+//     Config.ActivityWindow), in thousandths; heartbeats go every
 //     Config.HeartbeatInterval to each client heard from within
 //     Config.ClientTTL.
 //

@@ -82,8 +82,10 @@ func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
 	n.requests.Add(1)
 	now := time.Now()
 	n.clients.touch(from, now)
+	// Acquires are left out: a long poll waits at the node by design.
 	if m.Op.Mutating() || m.Op == wire.OpGet || m.Op == wire.OpJobStats || m.Op == wire.OpDeadJobs {
-		n.activity.add(now)
+		n.activity.begin(now)
+		defer func() { n.activity.end(time.Now()) }()
 	}
 	timeout := n.cfg.RequestTimeout
 	if m.Timeout > 0 && m.Timeout < timeout {
@@ -100,7 +102,7 @@ func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
 	out := *r
 	out.TxID = txid
 	out.Node = n.id
-	out.Activity = n.activity.count(time.Now())
+	out.Activity = n.activity.milli(time.Now())
 	b, err := wire.Encode(&out)
 	if err != nil {
 		n.log.Error("encoding reply", "err", err)

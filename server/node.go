@@ -23,7 +23,7 @@ import (
 const (
 	DefaultHeartbeatInterval = 250 * time.Millisecond
 	DefaultClientTTL         = 30 * time.Second
-	DefaultActivityWindow    = 10 * time.Second
+	DefaultActivityWindow    = 250 * time.Millisecond
 	DefaultRequestTimeout    = 5 * time.Second
 	DefaultMaxInFlight       = 4096
 )
@@ -49,8 +49,9 @@ type Config struct {
 	// ClientTTL is how long a client stays "recent" after its last
 	// request. If zero, DefaultClientTTL.
 	ClientTTL time.Duration
-	// ActivityWindow is the span over which activity counts requests. If
-	// zero, DefaultActivityWindow.
+	// ActivityWindow is the time constant of the node's activity: the
+	// requests in progress at the node, averaged over time with weights
+	// that fall by e every ActivityWindow. If zero, DefaultActivityWindow.
 	ActivityWindow time.Duration
 	// RequestTimeout bounds the time spent on one request. If zero,
 	// DefaultRequestTimeout.
@@ -144,7 +145,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		log:      cfg.Logger.With("node", cfg.ID),
 		shardMap: m,
 		topology: wire.Topology{Map: m},
-		activity: newActivity(cfg.ActivityWindow),
+		activity: newActivity(cfg.ActivityWindow, time.Now()),
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -225,7 +226,7 @@ func (n *Node) serveRPC(conn net.Conn) {
 
 // Status reports the node's view of each of its shards.
 func (n *Node) Status() wire.NodeStatus {
-	st := wire.NodeStatus{ID: n.id, Activity: n.activity.count(time.Now())}
+	st := wire.NodeStatus{ID: n.id, Activity: n.activity.milli(time.Now())}
 	for _, id := range n.shardIDs() {
 		r := n.replicas[id]
 		fs := r.fsm.Stats()
@@ -338,7 +339,7 @@ func (n *Node) heartbeat() {
 			if len(to) == 0 {
 				continue
 			}
-			m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.count(now)}
+			m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.milli(now)}
 			m.Heartbeat.MapVersion = n.shardMap.Version
 			m.Heartbeat.Ready = n.readyReports(now)
 			for _, id := range n.shardIDs() {

@@ -102,7 +102,8 @@ type Message struct {
 	Args    Args
 
 	// Responses, errors and heartbeats: the sending node and its activity,
-	// the count of client requests it served in its recent window.
+	// the client requests in progress at it averaged over its recent past,
+	// in thousandths of a request.
 	Node     string
 	Activity int64
 

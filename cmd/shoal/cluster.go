@@ -267,12 +267,12 @@ type clusterView struct {
 }
 
 type nodeView struct {
-	ID       string          `json:"id"`
-	Addr     string          `json:"addr"`
-	Up       bool            `json:"up"`
-	Activity int64           `json:"activity"`
-	Shards   []nodeShardView `json:"shards,omitempty"`
-	Err      string          `json:"error,omitempty"`
+	ID     string          `json:"id"`
+	Addr   string          `json:"addr"`
+	Up     bool            `json:"up"`
+	Load   float64         `json:"load"`
+	Shards []nodeShardView `json:"shards,omitempty"`
+	Err    string          `json:"error,omitempty"`
 }
 
 // nodeShardView is one replica as its node reports it.
@@ -323,7 +323,7 @@ func collectStatus(ctx context.Context, c *client.Client) *clusterView {
 				v.Nodes[i].Err = err.Error()
 				return
 			}
-			v.Nodes[i].Up, v.Nodes[i].Activity = true, st.Activity
+			v.Nodes[i].Up, v.Nodes[i].Load = true, float64(st.Activity)/1000
 			for _, ss := range st.Shards {
 				v.Nodes[i].Shards = append(v.Nodes[i].Shards,
 					nodeShardView{ID: ss.ID, State: ss.State, Leader: ss.Leader, Applied: ss.Applied, Keys: ss.Keys})
@@ -365,7 +365,7 @@ func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
 		return printJSON(stdout, v)
 	}
 	w := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tCLIENT ADDRESS\tSTATE\tACTIVITY\tLEADS")
+	fmt.Fprintln(w, "NODE\tCLIENT ADDRESS\tSTATE\tLOAD\tLEADS")
 	for _, n := range v.Nodes {
 		if !n.Up {
 			fmt.Fprintf(w, "%s\t%s\tdown\t-\t-\n", n.ID, n.Addr)
@@ -378,7 +378,7 @@ func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
 			}
 		}
 		sort.Strings(leads)
-		fmt.Fprintf(w, "%s\t%s\tup\t%d\t%s\n", n.ID, n.Addr, n.Activity, strings.Join(leads, " "))
+		fmt.Fprintf(w, "%s\t%s\tup\t%.2f\t%s\n", n.ID, n.Addr, n.Load, strings.Join(leads, " "))
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "SHARD\tLEADER\tREPLICAS (state, applied index, keys)")

@@ -314,19 +314,19 @@ func (d *demo) nodeTable(w io.Writer, victim string) {
 		total += n.Attempts
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "node\tshare of requests\tpicker weight now\treported activity")
+	fmt.Fprintln(tw, "node\tshare of requests\tpicker weight now\treported load")
 	for _, n := range infos {
 		share := fmt.Sprintf("%.1f%%", 100*float64(n.Attempts)/float64(max(total, 1)))
 		if n.ID == victim {
 			fmt.Fprintf(tw, "%s\t%s\t-\tkilled\n", n.ID, share)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%s requests in the last %v\n", n.ID, share, n.Weight,
-			commas(n.Activity), server.DefaultActivityWindow)
+		fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.2f requests in progress\n", n.ID, share, n.Weight, n.Activity)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nThe client picks among a shard's live replicas with reverse-softmax weights over the")
-	fmt.Fprintln(w, "activity the nodes report; it stops picking a node it has not heard from for a second.")
+	fmt.Fprintln(w, "\nThe client picks among a shard's live replicas with softmin weights, exp(-load/T) at T = 1,")
+	fmt.Fprintln(w, "over the load each node reports plus the client's own requests in flight there; it stops")
+	fmt.Fprintln(w, "picking a node it has not heard from for a second.")
 }
 
 func plural(n int) string {
