@@ -1,0 +1,236 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+)
+
+func init() {
+	register(Experiment{
+		Name:    "scale",
+		Summary: "write throughput and CPU per operation against shard count 1, 2, 4, 8, in one process",
+		Run:     scale,
+	})
+}
+
+// scalePoint is what one seed measured at one shard count.
+type scalePoint struct {
+	ops     int
+	elapsed time.Duration
+	cpu     time.Duration   // user and system time of the process
+	lat     []time.Duration // of the writes that succeeded
+	all     []time.Duration // of every request
+	failed  int
+	// flushes is the disk flushes during the run and flushCap the flushes
+	// a second the disk did with as many writers as replicas; both 0
+	// where the disk is unknown.
+	flushes  uint64
+	flushCap float64
+}
+
+func (p scalePoint) flushesPerOp() float64 { return float64(p.flushes) / float64(max(p.ops, 1)) }
+
+func (p scalePoint) throughput() float64 { return float64(p.ops) / p.elapsed.Seconds() }
+
+func (p scalePoint) cpuPerOp() time.Duration { return p.cpu / time.Duration(max(p.ops, 1)) }
+
+// little is the mean number of requests in the system (the time every
+// request spent there, failed and cut-off ones included, over the run's
+// length) per writer: throughput times mean latency, which Little's law
+// makes 1 for a closed loop without think time. It falls short by the time
+// writers spend between requests, and so checks the measurement.
+func (p scalePoint) little(writers int) float64 {
+	var sum time.Duration
+	for _, l := range p.all {
+		sum += l
+	}
+	return float64(len(p.all)) / p.elapsed.Seconds() * (sum.Seconds() / float64(max(len(p.all), 1))) / float64(writers)
+}
+
+// processCPU is the user and system time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func scale(ctx context.Context, cfg Config) (*Report, error) {
+	shardCounts := []int{1, 2, 4, 8}
+	seeds := cfg.seeds(3, 1)
+	run, perShard := 3*time.Second, 32
+	if cfg.Quick {
+		shardCounts, run = []int{1, 4}, time.Second
+	}
+	points := make([][]scalePoint, len(shardCounts))
+	for s := 0; s < seeds; s++ {
+		seed := cfg.Seed + int64(s)
+		for i, n := range shardCounts {
+			pt, err := scaleRun(ctx, cfg, seed, n, n*perShard, run)
+			if err != nil {
+				return nil, fmt.Errorf("seed %d, %d shards: %w", seed, n, err)
+			}
+			points[i] = append(points[i], pt)
+			cfg.progress("scale: seed %d, %d shards: %.0f writes/s, %v CPU per write, %d failed",
+				seed, n, pt.throughput(), pt.cpuPerOp().Round(time.Microsecond), pt.failed)
+		}
+	}
+
+	cores := runtime.GOMAXPROCS(0)
+	r := &Report{
+		Experiment: "scale",
+		Setup: fmt.Sprintf("3 nodes in one process (%d cores), N shards x 3 replicas, raft logs fsynced on disk; %d closed-loop writers per shard "+
+			"over a fault-free SimNet, %v per point, %d seeds", cores, perShard, run, seeds),
+	}
+	t := Table{Name: "scale", Title: "throughput, CPU and latency by shard count",
+		Header: []string{"shards", "writes/s", "±95%", "bound", "bound by", "CPU/write", "cores busy", "flushes/write", "flushes/s possible",
+			"p50", "p99", "failed", "Little's law"}}
+	tput := Series{Name: "measured"}
+	bound := Series{Name: "bound: min(N X(1), cores / CPU per write, disk flushes per second / flushes per write)"}
+	cpu := Series{Name: "CPU per write"}
+	var x1, c1 float64
+	for i, n := range shardCounts {
+		var xs, cs, busy, little, fpw, fcap []float64
+		var lats []time.Duration
+		failed := 0
+		for _, pt := range points[i] {
+			xs = append(xs, pt.throughput())
+			cs = append(cs, pt.cpuPerOp().Seconds()*1e6)
+			busy = append(busy, pt.cpu.Seconds()/pt.elapsed.Seconds())
+			lats = append(lats, pt.lat...)
+			little = append(little, pt.little(n*perShard))
+			fpw, fcap = append(fpw, pt.flushesPerOp()), append(fcap, pt.flushCap)
+			failed += pt.failed
+		}
+		x, c, b, l, f, fc := Mean(xs), Mean(cs), Mean(busy), Mean(little), Mean(fpw), Mean(fcap)
+		if n == 1 {
+			x1, c1 = x.Mean, c.Mean
+		}
+		// The operational laws' asymptotic bound (Denning & Buzen 1978):
+		// a shard is a pipeline of its own, so N shards do at most N times
+		// what one does, until a shared resource saturates: the cores at
+		// the CPU each write costs, or the disk at the flushes each costs.
+		want, by := float64(n)*x1, "shards"
+		if cpuBound := float64(cores) / (c.Mean / 1e6); cpuBound < want {
+			want, by = cpuBound, "cores"
+		}
+		if f.Mean > 0 && fc.Mean/f.Mean < want {
+			want, by = fc.Mean/f.Mean, "disk"
+		}
+		t.Rows = append(t.Rows, []string{fmt.Sprint(n), fmt.Sprintf("%.0f", x.Mean), fmt.Sprintf("%.0f", x.HalfWidth), fmt.Sprintf("%.0f", want), by,
+			fmt.Sprintf("%.0fµs", c.Mean), fmt.Sprintf("%.2f", b.Mean), fmt.Sprintf("%.2f", f.Mean), fmt.Sprintf("%.0f", fc.Mean),
+			Percentile(lats, 50).Round(10 * time.Microsecond).String(), Percentile(lats, 99).Round(10 * time.Microsecond).String(),
+			fmt.Sprint(failed), fmt.Sprintf("%.3f", l.Mean)})
+		tput.X, tput.Y, tput.Err = append(tput.X, float64(n)), append(tput.Y, x.Mean), append(tput.Err, x.HalfWidth)
+		bound.X, bound.Y = append(bound.X, float64(n)), append(bound.Y, want)
+		cpu.X, cpu.Y, cpu.Err = append(cpu.X, float64(n)), append(cpu.Y, c.Mean), append(cpu.Err, c.HalfWidth)
+		r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("Little's law at %d shards: throughput x mean latency / writers", n), l, 1, 0.95, 1.05,
+			"Little (1961): each closed-loop writer always has one request in the system; checks the measurement"))
+		if n == 1 {
+			continue
+		}
+		r.Checks = append(r.Checks,
+			NewCheck(fmt.Sprintf("writes/s at %d shards over the bound", n), Estimate{Mean: x.Mean / want, HalfWidth: x.HalfWidth / want},
+				1, 0.7, 1.05, "operational laws (Denning & Buzen 1978): the bound of the table"))
+		r.Notes = append(r.Notes, fmt.Sprintf("CPU per write at %d shards is %.2fx that at 1 shard (the bench target is at most 1.15x at 8)", n, c.Mean/c1))
+	}
+	r.Tables = append(r.Tables, t)
+	r.Figures = append(r.Figures,
+		Figure{Name: "scale-throughput", Title: "Write throughput by shard count", XLabel: "shards", YLabel: "writes per second",
+			Series: []Series{tput, bound}},
+		Figure{Name: "scale-cpu", Title: "CPU per write by shard count", XLabel: "shards", YLabel: "CPU microseconds per write",
+			Series: []Series{cpu}})
+	return r, nil
+}
+
+// scaleRun measures writers closed-loop writers on a fresh cluster of
+// shards shards for run.
+func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, run time.Duration) (scalePoint, error) {
+	var pt scalePoint
+	c, err := startCluster(ctx, seed, 3, shards, 3, cfg.logger())
+	if err != nil {
+		return pt, err
+	}
+	defer c.close()
+	// A client per 32 writers keeps each under its limit of pending
+	// requests.
+	clients := make([]*client.Client, (writers+31)/32)
+	for i := range clients {
+		if clients[i], err = c.client(ctx, client.Config{}); err != nil {
+			return pt, err
+		}
+		defer clients[i].Close(context.Background())
+	}
+	// Warm up: every client learns every shard's leader.
+	for _, cl := range clients {
+		for i := 0; i < 4*shards; i++ {
+			if _, err := cl.Set(ctx, fmt.Sprintf("warm-%d", i), []byte("v")); err != nil {
+				return pt, err
+			}
+		}
+	}
+	runCtx, stop := context.WithTimeout(ctx, run)
+	defer stop()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	disk, ok := diskOf(c.dir)
+	var f0 uint64
+	if ok {
+		if f0, err = diskFlushes(disk); err != nil {
+			return pt, err
+		}
+	}
+	cpu0, t0 := processCPU(), time.Now()
+	for w := 0; w < writers; w++ {
+		cl := clients[w%len(clients)]
+		rng := rand.New(rand.NewPCG(uint64(seed), uint64(w)))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var lat, all []time.Duration
+			failed := 0
+			value := make([]byte, 100)
+			for runCtx.Err() == nil {
+				start := time.Now()
+				_, err := cl.Set(runCtx, fmt.Sprintf("k%08d", rng.IntN(100000)), value)
+				d := time.Since(start)
+				switch {
+				case err == nil:
+					lat = append(lat, d)
+				case errors.Is(err, context.DeadlineExceeded):
+					// Cut off by the end of the run: in the system
+					// until then, but not done.
+				default:
+					failed++
+				}
+				all = append(all, d)
+			}
+			mu.Lock()
+			pt.lat, pt.all = append(pt.lat, lat...), append(pt.all, all...)
+			pt.failed += failed
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	pt.elapsed, pt.cpu, pt.ops = time.Since(t0), processCPU()-cpu0, len(pt.lat)
+	if ok {
+		f1, err := diskFlushes(disk)
+		if err != nil {
+			return pt, err
+		}
+		pt.flushes = f1 - f0
+		if pt.flushCap, err = flushCapacity(c.dir, disk, 3*shards, run/2); err != nil {
+			return pt, err
+		}
+	}
+	return pt, nil
+}
