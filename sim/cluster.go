@@ -27,11 +27,20 @@ type cluster struct {
 	log   *slog.Logger
 	nodes map[string]*server.Node
 	ids   []string
+	// wrap, if set, stands between each node and its endpoint.
+	wrap func(id string, t wire.Transport) wire.Transport
 }
 
 // startCluster starts nodes nodes with shards shards of replicas replicas
 // on a SimNet seeded with seed, and waits for every shard to have a leader.
 func startCluster(ctx context.Context, seed int64, nodes, shards, replicas int, log *slog.Logger) (*cluster, error) {
+	return startWrapped(ctx, seed, nodes, shards, replicas, log, nil)
+}
+
+// startWrapped is startCluster with wrap, if not nil, between each node and
+// its endpoint on the SimNet.
+func startWrapped(ctx context.Context, seed int64, nodes, shards, replicas int, log *slog.Logger,
+	wrap func(id string, t wire.Transport) wire.Transport) (*cluster, error) {
 	spec, err := server.LocalSpec(nodes, shards, replicas)
 	if err != nil {
 		return nil, err
@@ -40,7 +49,7 @@ func startCluster(ctx context.Context, seed int64, nodes, shards, replicas int, 
 	if err != nil {
 		return nil, err
 	}
-	c := &cluster{net: wire.NewSimNet(seed), spec: spec, dir: dir, log: log, nodes: map[string]*server.Node{}}
+	c := &cluster{net: wire.NewSimNet(seed), spec: spec, dir: dir, log: log, nodes: map[string]*server.Node{}, wrap: wrap}
 	for i := range spec.Nodes {
 		// The clients reach the nodes on the simulated network.
 		spec.Nodes[i].Client = fmt.Sprintf("10.1.0.%d:7000", i+1)
@@ -72,8 +81,12 @@ func (c *cluster) start(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	var t wire.Transport = ep
+	if c.wrap != nil {
+		t = c.wrap(id, ep)
+	}
 	n, err := server.Start(ctx, server.Config{
-		ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log, Transport: ep,
+		ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log, Transport: t,
 	})
 	if err != nil {
 		return err
@@ -120,11 +133,20 @@ func (c *cluster) waitLeaders(ctx context.Context) error {
 
 // client connects a client over the simulated network.
 func (c *cluster) client(ctx context.Context, cfg client.Config) (*client.Client, error) {
+	return c.clientVia(ctx, cfg, nil)
+}
+
+// clientVia connects a client over the simulated network through wrap, if
+// not nil.
+func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wire.Transport) wire.Transport) (*client.Client, error) {
 	ep, err := c.net.Listen(netip.AddrPort{})
 	if err != nil {
 		return nil, err
 	}
 	cfg.Transport = ep
+	if wrap != nil {
+		cfg.Transport = wrap(ep)
+	}
 	cfg.Logger = c.log
 	for _, n := range c.spec.Nodes {
 		cfg.Seeds = append(cfg.Seeds, n.Client)

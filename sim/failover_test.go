@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"context"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -24,12 +23,5 @@ func TestElectionTheory(t *testing.T) {
 
 // The failover experiment, reduced: every check must pass on the real code.
 func TestFailoverExperiment(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs real clusters")
-	}
-	r, err := failover(context.Background(), Config{Quick: true, Seed: 1, Progress: &testLogWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkReport(t, r)
+	runQuick(t, failover)
 }

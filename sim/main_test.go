@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -8,6 +9,20 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// runQuick runs a system experiment in its reduced form and checks its
+// report; -short skips it.
+func runQuick(t *testing.T, run func(context.Context, Config) (*Report, error)) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs real clusters")
+	}
+	r, err := run(context.Background(), Config{Quick: true, Seed: 1, Progress: &testLogWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, r)
+}
 
 // checkReport logs r and fails t unless every check passed and its tables
 // and figures write out.

@@ -189,3 +189,21 @@ func TestCLIJobs(t *testing.T) {
 		t.Errorf("extend with a bad token: exit %d, want 2", code)
 	}
 }
+
+func TestSimCommand(t *testing.T) {
+	code, out, _ := shoal("sim", "list")
+	if code != 0 {
+		t.Fatalf("sim list: exit %d", code)
+	}
+	for _, name := range []string{"loss", "herd", "balance", "failover", "scale", "linearizability"} {
+		if !strings.Contains(out, name+" ") {
+			t.Errorf("sim list does not name %s:\n%s", name, out)
+		}
+	}
+	if code, _, errOut := shoal("sim", "nope"); code != 2 || !strings.Contains(errOut, "unknown experiment") {
+		t.Errorf("sim nope: exit %d, %q", code, errOut)
+	}
+	if code, _, _ := shoal("sim", "loss", "--seeds", "-1"); code != 2 {
+		t.Errorf("sim loss --seeds -1: exit %d", code)
+	}
+}

@@ -8,6 +8,7 @@
 //	shoal cluster status --cluster FILE
 //	shoal get KEY | set KEY VALUE | del KEY     with --cluster FILE, --seeds or SHOAL_SEEDS
 //	shoal enqueue | acquire | extend | complete | fail | requeue | jobs
+//	shoal sim list | EXPERIMENT [--seed N --seeds N --quick --out DIR]
 //
 // Run `shoal help` for the flags of each.
 package main
@@ -33,7 +34,7 @@ Usage:
                                                   start a local cluster of processes
   shoal cluster down --dir DIR                    stop it
   shoal cluster status (--cluster FILE | --seeds ADDRS)
-                                                  nodes, shards, leaders, activity
+                                                  nodes, shards, leaders, load
   shoal get KEY [--stale]                         print the value of KEY
   shoal set KEY VALUE                             store VALUE under KEY
   shoal del KEY                                   delete KEY
@@ -46,6 +47,10 @@ Usage:
   shoal fail ID TOKEN [--reason R]                fail it: retried with backoff, or dead
   shoal requeue ID                                queue a dead job again
   shoal jobs TOPIC [--dead]                       counts by state (and the dead jobs)
+  shoal sim list                                  the experiments
+  shoal sim EXPERIMENT [--seed 1] [--seeds N] [--quick] [--out sim-out]
+                                                  run one: a report checked against theory,
+                                                  CSV and PNG files; exit 1 if a check fails
 
 The commands that talk to a cluster find it by --cluster FILE (a cluster.json),
 --seeds host:port,..., or the SHOAL_SEEDS (or SHOAL_CLUSTER) environment variable.
@@ -83,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"fail":     failCmd,
 		"requeue":  requeueCmd,
 		"jobs":     jobsCmd,
+		"sim":      simCmd,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "--help" {

@@ -1,0 +1,603 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+func init() {
+	register(Experiment{
+		Name: "balance",
+		Summary: "5 real nodes, one 5x slower or stalling, stale gets at 60% of capacity, heartbeats lost: " +
+			"latency, shares and Jain's index per picker, with and without the client's in-flight counts",
+		Run: balance,
+	})
+}
+
+// serviceQueue makes a node's client transport a FIFO single server: each
+// reply leaves after the ones before it, service apart, so a node with a
+// longer service time holds more requests at once, as a slow machine does,
+// and knows it. A stall holds everything the node sends, heartbeats
+// included, until it ends.
+type serviceQueue struct {
+	wire.Transport
+	service time.Duration
+
+	mu       sync.Mutex
+	free     time.Time // when the replies accepted so far have all left
+	stallEnd time.Time
+
+	served  atomic.Int64 // replies sent
+	sojourn atomic.Int64 // their nanoseconds in the queue and in service
+}
+
+func (q *serviceQueue) Send(b []byte, to netip.AddrPort) error {
+	m, err := wire.Decode(b)
+	reply := err == nil && (m.Type == wire.TypeResponse || m.Type == wire.TypeError)
+	q.mu.Lock()
+	now := time.Now()
+	at := q.stallEnd // heartbeats wait out a stall only
+	if reply {
+		start := now
+		for _, t := range []time.Time{q.free, q.stallEnd} {
+			if t.After(start) {
+				start = t
+			}
+		}
+		at = start.Add(q.service)
+		q.free = at
+	}
+	q.mu.Unlock()
+	if d := time.Until(at); d > 0 {
+		time.Sleep(d)
+	}
+	if reply {
+		q.served.Add(1)
+		q.sojourn.Add(int64(at.Sub(now)))
+	}
+	return q.Transport.Send(b, to)
+}
+
+// stall holds the node's datagrams for d from now.
+func (q *serviceQueue) stall(d time.Duration) {
+	q.mu.Lock()
+	q.stallEnd = time.Now().Add(d)
+	q.mu.Unlock()
+}
+
+// idleAt is when the node will have sent every reply it holds.
+func (q *serviceQueue) idleAt() time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stallEnd.After(q.free) {
+		return q.stallEnd
+	}
+	return q.free
+}
+
+// heartbeatLoss drops each heartbeat a client receives with probability p.
+// Replies still carry the nodes' loads.
+type heartbeatLoss struct {
+	wire.Transport
+	p   float64
+	rng *rand.Rand // only the client's one receiving goroutine draws
+}
+
+func (h *heartbeatLoss) Receive(buf []byte) (int, netip.AddrPort, error) {
+	for {
+		n, from, err := h.Transport.Receive(buf)
+		if err != nil || h.p == 0 {
+			return n, from, err
+		}
+		if m, err := wire.Decode(buf[:n]); err == nil && m.Type == wire.TypeHeartbeat && h.rng.Float64() < h.p {
+			continue
+		}
+		return n, from, nil
+	}
+}
+
+// balanceStrategy is a picker and whether the client counts its own
+// requests in flight.
+type balanceStrategy struct {
+	name     string
+	picker   func(rng *rand.Rand) client.Picker
+	inFlight bool
+}
+
+func (s balanceStrategy) label() string {
+	if s.inFlight {
+		return s.name + " + in flight"
+	}
+	return s.name
+}
+
+// balanceStrategies are herd's strategies but the tracking softmin (its
+// report period has no counterpart here: every reply carries a load), each
+// with and without the client's in-flight counts, random once.
+func balanceStrategies(temperatures []float64) []balanceStrategy {
+	var out []balanceStrategy
+	for _, s := range herdStrategies(temperatures) {
+		if s.name == "softmin tracking" {
+			continue
+		}
+		pick := func(rng *rand.Rand) client.Picker { return s.picker(dispatch{}, rng) }
+		out = append(out, balanceStrategy{s.name, pick, false})
+		if s.name != "random" {
+			out = append(out, balanceStrategy{s.name, pick, true})
+		}
+	}
+	return out
+}
+
+// defaultStrategy is the label of the client's default: softmin at
+// client.DefaultTemperature, counting its requests in flight.
+func defaultStrategy() string {
+	return balanceStrategy{name: fmt.Sprintf("softmin T=%g", client.DefaultTemperature), inFlight: true}.label()
+}
+
+// balanceScenario is the nodes' speeds and what happens during a run.
+type balanceScenario struct {
+	name    string
+	service []time.Duration // per node
+	// stall, if positive, stalls the last node that long, from a sixth of
+	// the way into the measured part of the run.
+	stall time.Duration
+}
+
+// capacity is the requests a second the nodes serve together.
+func (s balanceScenario) capacity() float64 {
+	var c float64
+	for _, d := range s.service {
+		c += 1 / d.Seconds()
+	}
+	return c
+}
+
+// balanceRun is what one run measured.
+type balanceRun struct {
+	lat     []time.Duration // of the measured requests that succeeded
+	failed  int
+	served  []int64         // replies per node while measuring
+	sojourn []time.Duration // their total time in the nodes' queues
+	window  time.Duration
+}
+
+// meanSojourn is the mean time of the replies in the nodes' queues.
+func (r balanceRun) meanSojourn() time.Duration {
+	var n int64
+	var sum time.Duration
+	for i := range r.served {
+		n += r.served[i]
+		sum += r.sojourn[i]
+	}
+	return sum / time.Duration(max(n, 1))
+}
+
+func (r balanceRun) utilization(s balanceScenario) []float64 {
+	u := make([]float64, len(r.served))
+	for i, n := range r.served {
+		u[i] = float64(n) * s.service[i].Seconds() / r.window.Seconds()
+	}
+	return u
+}
+
+func (r balanceRun) share(i int) float64 {
+	var total int64
+	for _, n := range r.served {
+		total += n
+	}
+	return float64(r.served[i]) / float64(max(total, 1))
+}
+
+func (r balanceRun) meanLatency() time.Duration {
+	var sum time.Duration
+	for _, l := range r.lat {
+		sum += l
+	}
+	return sum / time.Duration(max(len(r.lat), 1))
+}
+
+// jain is Jain's fairness index of x: (Σx)² / (n·Σx²), 1 when all are equal
+// and 1/n when one has everything.
+func jain(x []float64) float64 {
+	var s, sq float64
+	for _, v := range x {
+		s += v
+		sq += v * v
+	}
+	if sq == 0 {
+		return 1
+	}
+	return s * s / (float64(len(x)) * sq)
+}
+
+// mdOne is the mean time in system of an M/D/1 queue with service time s at
+// utilization rho (Pollaczek–Khinchine).
+func mdOne(s time.Duration, rho float64) time.Duration {
+	return s + time.Duration(float64(s)*rho/(2*(1-rho)))
+}
+
+// balanceSetup sizes the experiment.
+type balanceSetup struct {
+	seeds            int
+	nodes            int
+	fast, slow       time.Duration
+	utilization      float64 // offered load over capacity
+	clients          int
+	warm, measure    time.Duration
+	stall            time.Duration
+	losses           []float64
+	strategies       []balanceStrategy
+	scenarios        []balanceScenario
+	equal            balanceScenario // the calibration run's
+	slowIdx, stallIx int             // into scenarios
+}
+
+func newBalanceSetup(cfg *Config) balanceSetup {
+	s := balanceSetup{
+		seeds: cfg.seeds(3, 1), nodes: 5, fast: 2 * time.Millisecond, slow: 10 * time.Millisecond,
+		utilization: 0.6, clients: 4, warm: time.Second, measure: 3 * time.Second, stall: 1500 * time.Millisecond,
+		losses:     []float64{0, 0.1, 0.3},
+		strategies: balanceStrategies([]float64{0.25, 1, 4}),
+	}
+	if cfg.Quick {
+		s.warm, s.measure, s.stall, s.losses = 500*time.Millisecond, 1500*time.Millisecond, 750*time.Millisecond, []float64{0}
+		keep := []string{"random", "power of two + in flight", defaultStrategy(), fmt.Sprintf("softmin T=%g", client.DefaultTemperature)}
+		s.strategies = slices.DeleteFunc(s.strategies, func(b balanceStrategy) bool { return !slices.Contains(keep, b.label()) })
+	}
+	speeds := func(last time.Duration) []time.Duration {
+		d := make([]time.Duration, s.nodes)
+		for i := range d {
+			d[i] = s.fast
+		}
+		d[len(d)-1] = last
+		return d
+	}
+	s.equal = balanceScenario{name: "equal", service: speeds(s.fast)}
+	s.scenarios = []balanceScenario{
+		{name: "slow", service: speeds(s.slow)},
+		{name: "stall", service: speeds(s.fast), stall: s.stall},
+	}
+	s.slowIdx, s.stallIx = 0, 1
+	return s
+}
+
+// balanceCluster is a cluster whose nodes serve through service queues.
+type balanceCluster struct {
+	*cluster
+	queues []*serviceQueue // by node, in id order
+}
+
+func startBalanceCluster(ctx context.Context, cfg *Config, seed int64, nodes int) (*balanceCluster, error) {
+	bc := &balanceCluster{}
+	byID := map[string]*serviceQueue{}
+	c, err := startWrapped(ctx, seed, nodes, nodes, 3, cfg.logger(), func(id string, t wire.Transport) wire.Transport {
+		q := &serviceQueue{Transport: t}
+		byID[id] = q
+		return q
+	})
+	if err != nil {
+		return nil, err
+	}
+	bc.cluster = c
+	for _, id := range c.ids {
+		bc.queues = append(bc.queues, byID[id])
+	}
+	return bc, nil
+}
+
+// run drives one run: clients of one strategy sending stale gets as a
+// Poisson stream at rate, over heartbeats lost with probability loss.
+func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanceStrategy, loss, rate float64,
+	setup balanceSetup, seed uint64) (balanceRun, error) {
+	for i, q := range bc.queues {
+		q.mu.Lock()
+		q.service = sc.service[i]
+		q.mu.Unlock()
+	}
+	// The last run's backlog drains, and the loads the nodes report fall
+	// back, before this one starts.
+	for _, q := range bc.queues {
+		if d := time.Until(q.idleAt()); d > 0 {
+			time.Sleep(d)
+		}
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		settled := true
+		for _, n := range bc.nodes {
+			settled = settled && n.Status().Activity < 50
+		}
+		if settled {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return balanceRun{}, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	var clients []*client.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close(context.Background())
+		}
+	}()
+	for i := 0; i < setup.clients; i++ {
+		cfg := client.Config{Picker: st.picker(rand.New(rand.NewPCG(seed, uint64(10+i)))), IgnoreInFlight: !st.inFlight}
+		c, err := bc.clientVia(ctx, cfg, func(t wire.Transport) wire.Transport {
+			return &heartbeatLoss{Transport: t, p: loss, rng: rand.New(rand.NewPCG(seed, uint64(20+i)))}
+		})
+		if err != nil {
+			return balanceRun{}, err
+		}
+		clients = append(clients, c)
+	}
+
+	rng := rand.New(rand.NewPCG(seed, 1))
+	total := setup.warm + setup.measure
+	start := time.Now()
+	var (
+		mu                    sync.Mutex
+		out                   = balanceRun{window: setup.measure}
+		wg                    sync.WaitGroup
+		before, beforeSojourn []int64
+	)
+	stallAt := setup.warm + setup.measure/6
+	stalled := sc.stall <= 0
+	for k, at := 0, time.Duration(0); ; k++ {
+		at += time.Duration(rng.ExpFloat64() / rate * float64(time.Second))
+		if at >= total {
+			break
+		}
+		if d := time.Until(start.Add(at)); d > 0 {
+			select {
+			case <-ctx.Done():
+				wg.Wait()
+				return balanceRun{}, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+		if before == nil && at >= setup.warm {
+			for _, q := range bc.queues {
+				before = append(before, q.served.Load())
+				beforeSojourn = append(beforeSojourn, q.sojourn.Load())
+			}
+		}
+		if !stalled && at >= stallAt {
+			bc.queues[len(bc.queues)-1].stall(sc.stall)
+			stalled = true
+		}
+		c, key, measured := clients[k%len(clients)], fmt.Sprintf("k%08d", rng.IntN(1000)), at >= setup.warm
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := c.Get(rctx, key, client.Stale())
+			took := time.Since(start.Add(at))
+			if !measured {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && !errors.Is(err, client.ErrNotFound) {
+				out.failed++
+				return
+			}
+			out.lat = append(out.lat, took)
+		})
+	}
+	for i, q := range bc.queues {
+		out.served = append(out.served, q.served.Load()-before[i])
+		out.sojourn = append(out.sojourn, time.Duration(q.sojourn.Load()-beforeSojourn[i]))
+	}
+	wg.Wait()
+	return out, ctx.Err()
+}
+
+// balanceKey identifies a cell of the grid.
+type balanceKey struct {
+	scenario, strategy string
+	loss               float64
+}
+
+func balance(ctx context.Context, cfg Config) (*Report, error) {
+	setup := newBalanceSetup(&cfg)
+	runs := map[balanceKey][]balanceRun{}
+	random := setup.strategies[0]
+	for s := 0; s < setup.seeds; s++ {
+		seed := cfg.Seed + int64(s)
+		bc, err := startBalanceCluster(ctx, &cfg, seed, setup.nodes)
+		if err != nil {
+			return nil, err
+		}
+		do := func(sc balanceScenario, st balanceStrategy, loss float64) error {
+			rate := setup.utilization * sc.capacity()
+			began := time.Now()
+			r, err := bc.run(ctx, sc, st, loss, rate, setup, uint64(seed))
+			if err != nil {
+				return fmt.Errorf("seed %d, %s, %s, heartbeat loss %g: %w", seed, sc.name, st.label(), loss, err)
+			}
+			k := balanceKey{sc.name, st.label(), loss}
+			runs[k] = append(runs[k], r)
+			cfg.progress("balance: seed %d, %s, heartbeat loss %g%%, %s: p99 %v, last node's share %.3f, %d failed (%.1fs)",
+				seed, sc.name, loss*100, st.label(), Percentile(r.lat, 99).Round(10*time.Microsecond),
+				r.share(len(r.served)-1), r.failed, time.Since(began).Seconds())
+			return nil
+		}
+		err = do(setup.equal, random, 0)
+		for _, sc := range setup.scenarios {
+			for _, loss := range setup.losses {
+				for _, st := range setup.strategies {
+					if err == nil {
+						err = do(sc, st, loss)
+					}
+				}
+			}
+		}
+		bc.close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return balanceReport(setup, runs), nil
+}
+
+// balanceReport turns the runs into tables, figures and checks.
+func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report {
+	r := &Report{
+		Experiment: "balance",
+		Setup: fmt.Sprintf("%d real nodes (%d shards of 3 replicas; a stale get may go to any replica of its key's shard), each a FIFO server "+
+			"of its replies: service %v, the last node %v in \"slow\", all %v in \"stall\" where the last node "+
+			"stalls for %v; %d clients send a Poisson stream of stale gets at %.0f%% of capacity; "+
+			"heartbeats lost at %s; %v warm-up, %v measured per run; %d seeds",
+			setup.nodes, setup.nodes, setup.fast, setup.slow, setup.fast, setup.stall, setup.clients,
+			setup.utilization*100, percents(setup.losses), setup.warm, setup.measure, setup.seeds),
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	stat := func(k balanceKey, f func(balanceRun) float64) Estimate {
+		var x []float64
+		for _, run := range runs[k] {
+			x = append(x, f(run))
+		}
+		return Mean(x)
+	}
+	last := setup.nodes - 1
+	table := Table{
+		Name:  "balance",
+		Title: fmt.Sprintf("latency of stale gets (ms, mean over %d seeds), the last node's share, Jain's index of utilizations", setup.seeds),
+		Header: []string{"scenario", "heartbeat loss", "strategy", "p50", "p99", "p99.9", "± p99 CI",
+			"mean in queue", "last node's share", "Jain", "failed"},
+	}
+	for _, sc := range setup.scenarios {
+		fig := Figure{
+			Name:   "balance-" + sc.name,
+			Title:  fmt.Sprintf("%s: p99 latency of stale gets against heartbeat loss", sc.name),
+			XLabel: "heartbeats lost (%)",
+			YLabel: "p99 latency (ms)",
+			LogY:   true,
+		}
+		for _, st := range setup.strategies {
+			series := Series{Name: st.label()}
+			for _, loss := range setup.losses {
+				k := balanceKey{sc.name, st.label(), loss}
+				p99 := stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99)) })
+				series.X = append(series.X, loss*100)
+				series.Y = append(series.Y, p99.Mean)
+				series.Err = append(series.Err, p99.HalfWidth)
+				table.Rows = append(table.Rows, []string{sc.name, fmt.Sprintf("%g%%", loss*100), st.label(),
+					num(stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 50)) }).Mean),
+					num(p99.Mean), num(stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99.9)) }).Mean),
+					num(p99.HalfWidth),
+					num(stat(k, func(b balanceRun) float64 { return ms(b.meanSojourn()) }).Mean),
+					num(stat(k, func(b balanceRun) float64 { return b.share(last) }).Mean),
+					num(stat(k, func(b balanceRun) float64 { return jain(b.utilization(sc)) }).Mean),
+					num(stat(k, func(b balanceRun) float64 { return float64(b.failed) }).Mean)})
+			}
+			fig.Series = append(fig.Series, series)
+		}
+		r.Figures = append(r.Figures, fig)
+	}
+	r.Tables = append(r.Tables, table)
+
+	// Calibration: random over equal nodes splits the Poisson stream into
+	// Poisson streams, each node an M/D/1 queue.
+	eq := balanceKey{"equal", "random", 0}
+	want := mdOne(setup.fast, setup.utilization)
+	sojourn := stat(eq, func(b balanceRun) float64 { return ms(b.meanSojourn()) })
+	r.Checks = append(r.Checks, NewCheck("equal nodes, random: mean time in a node's queue (ms)",
+		sojourn, ms(want), ms(want)*0.9, ms(want)*1.1,
+		fmt.Sprintf("M/D/1 at ρ=%g, s=%v (Pollaczek–Khinchine: s + ρs/2(1−ρ)), ±10%%", setup.utilization, setup.fast)))
+	overhead := stat(eq, func(b balanceRun) float64 { return ms(b.meanLatency() - b.meanSojourn()) })
+	r.Notes = append(r.Notes, fmt.Sprintf("a request's time outside the nodes' queues (client, simulated "+
+		"network, the node's own work, timers in a busy process): %s ± %s ms on average (equal nodes, random)",
+		num(overhead.Mean), num(overhead.HalfWidth)))
+
+	slow := setup.scenarios[setup.slowIdx]
+	offered := setup.utilization * slow.capacity() / float64(setup.nodes) * setup.slow.Seconds()
+	r.Checks = append(r.Checks, NewCheck("slow node, random: its utilization",
+		stat(balanceKey{slow.name, "random", 0}, func(b balanceRun) float64 { return b.utilization(slow)[last] }),
+		1, 0.9, 1.02,
+		fmt.Sprintf("random offers it a fifth of the stream, %.2f times what it serves: it saturates", offered)))
+
+	def := balanceKey{slow.name, defaultStrategy(), 0}
+	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("slow node, %s (the default): its utilization", defaultStrategy()),
+		stat(def, func(b balanceRun) float64 { return b.utilization(slow)[last] }),
+		setup.utilization, 0, 0.95,
+		fmt.Sprintf("below saturation, where random drives it: at %.0f%% of the capacity every node can be "+
+			"stable, and a picker that sees requests in progress must find the slow node without being told "+
+			"(a capacity-proportional split would load it to %.0f%%)", setup.utilization*100, setup.utilization*100)))
+	stall := setup.scenarios[setup.stallIx]
+	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("stall, %s (the default): failed requests per run", defaultStrategy()),
+		stat(balanceKey{stall.name, defaultStrategy(), 0}, func(b balanceRun) float64 { return float64(b.failed) }),
+		0, 0, 0,
+		fmt.Sprintf("none: the stall (%v) outlasts the attempt timeout many times over, so each request's "+
+			"later attempts go to the other replicas", stall.stall)))
+
+	// An oracle that knows the capacities splits the stream in proportion:
+	// every node an M/D/1 queue at the same utilization.
+	var oracle float64
+	for _, s := range slow.service {
+		oracle += ms(mdOne(s, setup.utilization)) / s.Seconds() / slow.capacity()
+	}
+	got := stat(def, func(b balanceRun) float64 { return ms(b.meanSojourn()) })
+	r.Notes = append(r.Notes, fmt.Sprintf("slow node, %s (the default), no heartbeat loss: mean time in a "+
+		"node's queue %s ± %s ms, last node's share %s, against %s ms for an oracle that splits the stream "+
+		"in proportion to capacity (share %.3f, M/D/1 each): balancing requests in progress sends a node "+
+		"5 times slower more than its capacity share, since the same queue there is 5 times the wait",
+		defaultStrategy(), num(got.Mean), num(got.HalfWidth),
+		num(stat(def, func(b balanceRun) float64 { return b.share(last) }).Mean), num(oracle),
+		1/setup.slow.Seconds()/slow.capacity()))
+
+	r.Notes = append(r.Notes, balanceRanking(setup, runs)...)
+	return r
+}
+
+// balanceRanking notes each strategy's worst p99 over the scenarios and
+// losses, best first.
+func balanceRanking(setup balanceSetup, runs map[balanceKey][]balanceRun) []string {
+	type score struct {
+		label string
+		worst time.Duration
+		where string
+	}
+	var scores []score
+	for _, st := range setup.strategies {
+		s := score{label: st.label()}
+		for _, sc := range setup.scenarios {
+			for _, loss := range setup.losses {
+				var p99 []float64
+				for _, run := range runs[balanceKey{sc.name, st.label(), loss}] {
+					p99 = append(p99, float64(Percentile(run.lat, 99)))
+				}
+				if m := time.Duration(Mean(p99).Mean); m > s.worst {
+					s.worst, s.where = m, fmt.Sprintf("%s, %g%% heartbeats lost", sc.name, loss*100)
+				}
+			}
+		}
+		scores = append(scores, s)
+	}
+	slices.SortStableFunc(scores, func(a, b score) int { return int(a.worst - b.worst) })
+	var parts []string
+	for _, s := range scores {
+		parts = append(parts, fmt.Sprintf("%s %v (%s)", s.label, s.worst.Round(10*time.Microsecond), s.where))
+	}
+	return []string{"worst p99 over scenarios and heartbeat losses, best first: " + strings.Join(parts, "; ")}
+}
+
+func percents(x []float64) string {
+	s := make([]string, len(x))
+	for i, v := range x {
+		s[i] = fmt.Sprintf("%g%%", v*100)
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,85 @@
+package sim
+
+import (
+	"math"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/wire"
+)
+
+func TestJain(t *testing.T) {
+	for _, tc := range []struct {
+		x    []float64
+		want float64
+	}{
+		{[]float64{1, 1, 1, 1}, 1},
+		{[]float64{1, 0, 0, 0}, 0.25},
+		{[]float64{2, 1}, 0.9},
+		{[]float64{0, 0}, 1},
+	} {
+		if got := jain(tc.x); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("jain(%v) = %v, want %v", tc.x, got, tc.want)
+		}
+	}
+}
+
+func TestMDOne(t *testing.T) {
+	// ρ = 0.6: s + 0.6s/0.8 = 1.75s.
+	if got := mdOne(2*time.Millisecond, 0.6); got != 3500*time.Microsecond {
+		t.Errorf("M/D/1 at 0.6, 2ms: %v", got)
+	}
+}
+
+// The service queue sends replies one service time apart, in order, and a
+// stall holds heartbeats too.
+func TestServiceQueue(t *testing.T) {
+	net := wire.NewSimNet(1)
+	a, err := net.Listen(netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := net.Listen(netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer b.Close()
+	q := &serviceQueue{Transport: a, service: 20 * time.Millisecond}
+	reply, _ := wire.Encode(&wire.Message{Type: wire.TypeResponse, TxID: 1, Node: "n"})
+	beat, _ := wire.Encode(&wire.Message{Type: wire.TypeHeartbeat, Node: "n"})
+	start := time.Now()
+	done := make(chan time.Duration, 3)
+	for range 3 {
+		go func() {
+			_ = q.Send(reply, b.LocalAddr())
+			done <- time.Since(start)
+		}()
+	}
+	var last time.Duration
+	for range 3 {
+		last = max(last, <-done)
+	}
+	if last < 60*time.Millisecond {
+		t.Errorf("three replies of 20 ms each all left after %v", last)
+	}
+	if q.served.Load() != 3 {
+		t.Errorf("served %d", q.served.Load())
+	}
+	_ = q.Send(beat, b.LocalAddr())
+	if q.served.Load() != 3 {
+		t.Error("a heartbeat counted as served")
+	}
+	q.stall(100 * time.Millisecond)
+	start = time.Now()
+	_ = q.Send(beat, b.LocalAddr())
+	if d := time.Since(start); d < 90*time.Millisecond {
+		t.Errorf("a heartbeat left %v into a 100 ms stall", d)
+	}
+}
+
+// The balance experiment, reduced: every check must pass on the real code.
+func TestBalanceExperiment(t *testing.T) {
+	runQuick(t, balance)
+}
