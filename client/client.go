@@ -49,8 +49,9 @@ type Config struct {
 	// a Softmin at DefaultTemperature.
 	Picker Picker
 	// IgnoreInFlight leaves this client's own requests in flight at each
-	// node out of the load the picker weighs, which is then only what the
-	// nodes last reported.
+	// node (those with an attempt sent there, until the request ends) out
+	// of the load the picker weighs, which is then only what the nodes last
+	// reported.
 	IgnoreInFlight bool
 	// Transport carries the client's datagrams. If nil, the client opens
 	// a UDP socket on a free port. The client owns and closes either.
@@ -165,14 +166,21 @@ type Counters struct {
 // ErrUnavailable if no seed answers before ctx ends.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	cfg.setDefaults()
+	// The client owns cfg.Transport from here, also when New fails.
+	fail := func(err error) (*Client, error) {
+		if cfg.Transport != nil {
+			cfg.Transport.Close()
+		}
+		return nil, err
+	}
 	if len(cfg.Seeds) == 0 {
-		return nil, errors.New("client: no seeds")
+		return fail(errors.New("client: no seeds"))
 	}
 	seeds := make([]netip.AddrPort, 0, len(cfg.Seeds))
 	for _, s := range cfg.Seeds {
 		a, err := wire.ParseAddr(s)
 		if err != nil {
-			return nil, fmt.Errorf("client: seed: %w", err)
+			return fail(fmt.Errorf("client: seed: %w", err))
 		}
 		seeds = append(seeds, a)
 	}
@@ -182,7 +190,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	// them instead of being applied.
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return nil, fmt.Errorf("client: making an id: %w", err)
+		return fail(fmt.Errorf("client: making an id: %w", err))
 	}
 	id := hex.EncodeToString(b[:])
 	c := &Client{
@@ -428,8 +436,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if tg.node != nil {
 			tg.node.attempts.Add(1)
 			tg.node.sent.Store(start.UnixNano())
-			// A long poll waits at the node by design: it is no load.
-			if wait == 0 && !slices.Contains(charged, tg.node) {
+			if op.Loads() && !slices.Contains(charged, tg.node) {
 				tg.node.inFlight.Add(1)
 				charged = append(charged, tg.node)
 			}

@@ -30,8 +30,8 @@ type node struct {
 	// activity is the node's load as it last reported it, in thousandths
 	// of a request in progress.
 	activity atomic.Int64
-	// inFlight counts this client's requests with an attempt sent to the
-	// node, until the request ends.
+	// inFlight counts this client's requests (of ops that load a node)
+	// with an attempt sent to the node, until the request ends.
 	inFlight atomic.Int64
 	// heard and sent are Unix nanoseconds of the last datagram from and
 	// to the node.
@@ -227,9 +227,11 @@ func (c *Client) pick(nodes []*node) int {
 
 // load is what the picker weighs for node n: the requests in progress the
 // node last reported plus, unless Config.IgnoreInFlight, this client's own
-// requests in flight there. The report is up to a heartbeat old; the
-// client's own count is current, so a node that stopped answering stops
-// being picked before the node timeout marks it dead.
+// requests with an attempt at the node, until each request ends. The
+// report, up to a heartbeat old, already averages this client's requests
+// too, so they count about twice: the current count is the one that reacts
+// at once, and a node that stops answering gathers the requests waiting on
+// it and stops being picked before the node timeout marks it dead.
 func (c *Client) load(n *node) float64 {
 	l := float64(n.activity.Load()) / 1000
 	if !c.cfg.IgnoreInFlight {

@@ -11,17 +11,19 @@ import (
 )
 
 // Picker chooses the node for a request among the eligible ones: the live
-// replicas of the key's shard. activity holds each candidate's recent load
-// as the nodes last reported it; Pick returns an index into it. It is
-// called with at least one candidate and must be safe for concurrent use.
+// replicas of the key's shard. load holds each candidate's load in
+// requests in progress: what the node last reported plus, unless
+// Config.IgnoreInFlight, the client's own requests in flight there. Pick
+// returns an index into it. It is called with at least one candidate and
+// must be safe for concurrent use.
 type Picker interface {
-	Pick(activity []float64) int
+	Pick(load []float64) int
 }
 
 // Weigher is implemented by pickers that choose at random by weight:
 // Weights returns the probability of each candidate, summing to 1.
 type Weigher interface {
-	Weights(activity []float64) []float64
+	Weights(load []float64) []float64
 }
 
 // lockedRand is a generator shared by concurrent callers.

@@ -21,7 +21,7 @@
 //     read answers from the replica's state at once.
 //   - Every reply and heartbeat carries the node's activity: the client
 //     requests in progress at the node, averaged over time (time constant
-//     Config.ActivityWindow), in thousandths; heartbeats go every
+//     Config.LoadTimeConstant), in thousandths; heartbeats go every
 //     Config.HeartbeatInterval to each client heard from within
 //     Config.ClientTTL.
 //

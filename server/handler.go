@@ -82,8 +82,7 @@ func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
 	n.requests.Add(1)
 	now := time.Now()
 	n.clients.touch(from, now)
-	// Acquires are left out: a long poll waits at the node by design.
-	if m.Op.Mutating() || m.Op == wire.OpGet || m.Op == wire.OpJobStats || m.Op == wire.OpDeadJobs {
+	if m.Op.Loads() {
 		n.activity.begin(now)
 		defer func() { n.activity.end(time.Now()) }()
 	}

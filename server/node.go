@@ -23,7 +23,7 @@ import (
 const (
 	DefaultHeartbeatInterval = 250 * time.Millisecond
 	DefaultClientTTL         = 30 * time.Second
-	DefaultActivityWindow    = 250 * time.Millisecond
+	DefaultLoadTimeConstant  = 250 * time.Millisecond
 	DefaultRequestTimeout    = 5 * time.Second
 	DefaultMaxInFlight       = 4096
 )
@@ -49,10 +49,11 @@ type Config struct {
 	// ClientTTL is how long a client stays "recent" after its last
 	// request. If zero, DefaultClientTTL.
 	ClientTTL time.Duration
-	// ActivityWindow is the time constant of the node's activity: the
-	// requests in progress at the node, averaged over time with weights
-	// that fall by e every ActivityWindow. If zero, DefaultActivityWindow.
-	ActivityWindow time.Duration
+	// LoadTimeConstant is the time constant of the load the node reports:
+	// the client requests in progress at it, averaged over time with
+	// weights that fall by e every LoadTimeConstant. If zero,
+	// DefaultLoadTimeConstant.
+	LoadTimeConstant time.Duration
 	// RequestTimeout bounds the time spent on one request. If zero,
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
@@ -71,8 +72,8 @@ func (c *Config) setDefaults() {
 	if c.ClientTTL <= 0 {
 		c.ClientTTL = DefaultClientTTL
 	}
-	if c.ActivityWindow <= 0 {
-		c.ActivityWindow = DefaultActivityWindow
+	if c.LoadTimeConstant <= 0 {
+		c.LoadTimeConstant = DefaultLoadTimeConstant
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = DefaultRequestTimeout
@@ -145,7 +146,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		log:      cfg.Logger.With("node", cfg.ID),
 		shardMap: m,
 		topology: wire.Topology{Map: m},
-		activity: newActivity(cfg.ActivityWindow, time.Now()),
+		activity: newActivity(cfg.LoadTimeConstant, time.Now()),
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())

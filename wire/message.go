@@ -79,6 +79,20 @@ func (op Op) Mutating() bool {
 	return false
 }
 
+// Loads reports whether a request of op counts toward a node's load, the
+// requests in progress it reports: every request but the ones that wait at
+// the node by design (an acquire's long poll) or cost next to nothing
+// (ping, topology, status).
+func (op Op) Loads() bool {
+	switch op {
+	case OpAcquire:
+		return false
+	case OpGet, OpJobStats, OpDeadJobs:
+		return true
+	}
+	return op.Mutating()
+}
+
 // Message is one datagram, decoded. Which fields are meaningful depends on
 // Type; Encode writes only those.
 type Message struct {
