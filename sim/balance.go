@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,8 +39,11 @@ type serviceQueue struct {
 	free     time.Time // when the replies accepted so far have all left
 	stallEnd time.Time
 
-	served  atomic.Int64 // replies sent
-	sojourn atomic.Int64 // their nanoseconds in the queue and in service
+	served atomic.Int64 // replies sent
+	// sojourn sums the replies' nanoseconds in the queue and in service as
+	// scheduled, the M/D/1 model's; late, how much later the timers sent
+	// them.
+	sojourn, late atomic.Int64
 }
 
 func (q *serviceQueue) Send(b []byte, to netip.AddrPort) error {
@@ -59,12 +63,23 @@ func (q *serviceQueue) Send(b []byte, to netip.AddrPort) error {
 		q.free = at
 	}
 	q.mu.Unlock()
-	if d := time.Until(at); d > 0 {
-		time.Sleep(d)
+	for {
+		if d := time.Until(at); d > 0 {
+			time.Sleep(d)
+		}
+		// A stall that began while this datagram waited holds it too.
+		q.mu.Lock()
+		end := q.stallEnd
+		q.mu.Unlock()
+		if !end.After(at) {
+			break
+		}
+		at = end
 	}
 	if reply {
 		q.served.Add(1)
 		q.sojourn.Add(int64(at.Sub(now)))
+		q.late.Add(int64(time.Since(at)))
 	}
 	return q.Transport.Send(b, to)
 }
@@ -110,9 +125,10 @@ func (h *heartbeatLoss) Receive(buf []byte) (int, netip.AddrPort, error) {
 // balanceStrategy is a picker and whether the client counts its own
 // requests in flight.
 type balanceStrategy struct {
-	name     string
-	picker   func(rng *rand.Rand) client.Picker
-	inFlight bool
+	name        string
+	temperature float64 // a softmin's; 0 for the others
+	picker      func(rng *rand.Rand) client.Picker
+	inFlight    bool
 }
 
 func (s balanceStrategy) label() string {
@@ -132,9 +148,9 @@ func balanceStrategies(temperatures []float64) []balanceStrategy {
 			continue
 		}
 		pick := func(rng *rand.Rand) client.Picker { return s.picker(dispatch{}, rng) }
-		out = append(out, balanceStrategy{s.name, pick, false})
+		out = append(out, balanceStrategy{s.name, s.temperature, pick, false})
 		if s.name != "random" {
-			out = append(out, balanceStrategy{s.name, pick, true})
+			out = append(out, balanceStrategy{s.name, s.temperature, pick, true})
 		}
 	}
 	return out
@@ -166,10 +182,11 @@ func (s balanceScenario) capacity() float64 {
 
 // balanceRun is what one run measured.
 type balanceRun struct {
-	lat     []time.Duration // of the measured requests that succeeded
+	lat     []time.Duration // of the measured requests, the failed ones until they failed
 	failed  int
 	served  []int64         // replies per node while measuring
 	sojourn []time.Duration // their total time in the nodes' queues
+	late    time.Duration   // their total lateness past their schedule
 	window  time.Duration
 }
 
@@ -230,18 +247,18 @@ func mdOne(s time.Duration, rho float64) time.Duration {
 
 // balanceSetup sizes the experiment.
 type balanceSetup struct {
-	seeds            int
-	nodes            int
-	fast, slow       time.Duration
-	utilization      float64 // offered load over capacity
-	clients          int
-	warm, measure    time.Duration
-	stall            time.Duration
-	losses           []float64
-	strategies       []balanceStrategy
-	scenarios        []balanceScenario
-	equal            balanceScenario // the calibration run's
-	slowIdx, stallIx int             // into scenarios
+	seeds             int
+	nodes             int
+	fast, slow        time.Duration
+	utilization       float64 // offered load over capacity
+	clients           int
+	warm, measure     time.Duration
+	stall             time.Duration
+	losses            []float64
+	strategies        []balanceStrategy
+	scenarios         []balanceScenario
+	equal             balanceScenario // the calibration run's
+	slowIdx, stallIdx int             // into scenarios
 }
 
 func newBalanceSetup(cfg *Config) balanceSetup {
@@ -269,7 +286,7 @@ func newBalanceSetup(cfg *Config) balanceSetup {
 		{name: "slow", service: speeds(s.slow)},
 		{name: "stall", service: speeds(s.fast), stall: s.stall},
 	}
-	s.slowIdx, s.stallIx = 0, 1
+	s.slowIdx, s.stallIdx = 0, 1
 	return s
 }
 
@@ -313,13 +330,16 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 			time.Sleep(d)
 		}
 	}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(20 * time.Second); ; {
 		settled := true
 		for _, n := range bc.nodes {
 			settled = settled && n.Status().Activity < 50
 		}
 		if settled {
 			break
+		}
+		if time.Now().After(deadline) {
+			return balanceRun{}, errors.New("the nodes' loads did not fall back within 20 s of the last run")
 		}
 		select {
 		case <-ctx.Done():
@@ -349,9 +369,11 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 	start := time.Now()
 	var (
 		mu                    sync.Mutex
-		out                   = balanceRun{window: setup.measure}
+		out                   balanceRun
 		wg                    sync.WaitGroup
 		before, beforeSojourn []int64
+		beforeLate            int64
+		measureStart          time.Time
 	)
 	stallAt := setup.warm + setup.measure/6
 	stalled := sc.stall <= 0
@@ -369,9 +391,11 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 			}
 		}
 		if before == nil && at >= setup.warm {
+			measureStart = time.Now()
 			for _, q := range bc.queues {
 				before = append(before, q.served.Load())
 				beforeSojourn = append(beforeSojourn, q.sojourn.Load())
+				beforeLate += q.late.Load()
 			}
 		}
 		if !stalled && at >= stallAt {
@@ -389,16 +413,23 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			// A failed request counts with its time to fail.
 			if err != nil && !errors.Is(err, client.ErrNotFound) {
 				out.failed++
-				return
 			}
 			out.lat = append(out.lat, took)
 		})
 	}
+	if before == nil {
+		wg.Wait()
+		return balanceRun{}, errors.New("no request arrived after the warm-up")
+	}
+	out.window = time.Since(measureStart)
+	out.late -= time.Duration(beforeLate)
 	for i, q := range bc.queues {
 		out.served = append(out.served, q.served.Load()-before[i])
 		out.sojourn = append(out.sojourn, time.Duration(q.sojourn.Load()-beforeSojourn[i]))
+		out.late += time.Duration(q.late.Load())
 	}
 	wg.Wait()
 	return out, ctx.Err()
@@ -413,7 +444,7 @@ type balanceKey struct {
 func balance(ctx context.Context, cfg Config) (*Report, error) {
 	setup := newBalanceSetup(&cfg)
 	runs := map[balanceKey][]balanceRun{}
-	random := setup.strategies[0]
+	random := setup.strategies[slices.IndexFunc(setup.strategies, func(s balanceStrategy) bool { return s.name == "random" })]
 	for s := 0; s < setup.seeds; s++ {
 		seed := cfg.Seed + int64(s)
 		bc, err := startBalanceCluster(ctx, &cfg, seed, setup.nodes)
@@ -479,21 +510,10 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 			"mean in queue", "last node's share", "Jain", "failed"},
 	}
 	for _, sc := range setup.scenarios {
-		fig := Figure{
-			Name:   "balance-" + sc.name,
-			Title:  fmt.Sprintf("%s: p99 latency of stale gets against heartbeat loss", sc.name),
-			XLabel: "heartbeats lost (%)",
-			YLabel: "p99 latency (ms)",
-			LogY:   true,
-		}
 		for _, st := range setup.strategies {
-			series := Series{Name: st.label()}
 			for _, loss := range setup.losses {
 				k := balanceKey{sc.name, st.label(), loss}
 				p99 := stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99)) })
-				series.X = append(series.X, loss*100)
-				series.Y = append(series.Y, p99.Mean)
-				series.Err = append(series.Err, p99.HalfWidth)
 				table.Rows = append(table.Rows, []string{sc.name, fmt.Sprintf("%g%%", loss*100), st.label(),
 					num(stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 50)) }).Mean),
 					num(p99.Mean), num(stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99.9)) }).Mean),
@@ -503,9 +523,10 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 					num(stat(k, func(b balanceRun) float64 { return jain(b.utilization(sc)) }).Mean),
 					num(stat(k, func(b balanceRun) float64 { return float64(b.failed) }).Mean)})
 			}
-			fig.Series = append(fig.Series, series)
 		}
-		r.Figures = append(r.Figures, fig)
+		r.Figures = append(r.Figures, balanceFigure(setup, sc, func(st balanceStrategy) float64 {
+			return stat(balanceKey{sc.name, st.label(), 0}, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99)) }).Mean
+		}))
 	}
 	r.Tables = append(r.Tables, table)
 
@@ -518,9 +539,17 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 		sojourn, ms(want), ms(want)*0.9, ms(want)*1.1,
 		fmt.Sprintf("M/D/1 at ρ=%g, s=%v (Pollaczek–Khinchine: s + ρs/2(1−ρ)), ±10%%", setup.utilization, setup.fast)))
 	overhead := stat(eq, func(b balanceRun) float64 { return ms(b.meanLatency() - b.meanSojourn()) })
-	r.Notes = append(r.Notes, fmt.Sprintf("a request's time outside the nodes' queues (client, simulated "+
-		"network, the node's own work, timers in a busy process): %s ± %s ms on average (equal nodes, random)",
-		num(overhead.Mean), num(overhead.HalfWidth)))
+	late := stat(eq, func(b balanceRun) float64 {
+		var n int64
+		for _, s := range b.served {
+			n += s
+		}
+		return ms(b.late / time.Duration(max(n, 1)))
+	})
+	r.Notes = append(r.Notes, fmt.Sprintf("the clients' mean latency exceeds the replies' mean time in the "+
+		"nodes' queues by %s ± %s ms (equal nodes, random): the client, the simulated network, the node's "+
+		"own work, and the timers of the service queues, which sent replies %s ± %s ms after their time "+
+		"on average", num(overhead.Mean), num(overhead.HalfWidth), num(late.Mean), num(late.HalfWidth)))
 
 	slow := setup.scenarios[setup.slowIdx]
 	offered := setup.utilization * slow.capacity() / float64(setup.nodes) * setup.slow.Seconds()
@@ -532,11 +561,12 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 	def := balanceKey{slow.name, defaultStrategy(), 0}
 	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("slow node, %s (the default): its utilization", defaultStrategy()),
 		stat(def, func(b balanceRun) float64 { return b.utilization(slow)[last] }),
-		setup.utilization, 0, 0.95,
-		fmt.Sprintf("below saturation, where random drives it: at %.0f%% of the capacity every node can be "+
-			"stable, and a picker that sees requests in progress must find the slow node without being told "+
-			"(a capacity-proportional split would load it to %.0f%%)", setup.utilization*100, setup.utilization*100)))
-	stall := setup.scenarios[setup.stallIx]
+		setup.utilization, 0.3, 0.97,
+		fmt.Sprintf("used but below saturation, where random drives it: at %.0f%% of the capacity every node "+
+			"can be stable, and a picker that sees requests in progress must find the slow node without being "+
+			"told, yet not shun it (a capacity-proportional split would load it to %.0f%%); band 0.3 to 0.97",
+			setup.utilization*100, setup.utilization*100)))
+	stall := setup.scenarios[setup.stallIdx]
 	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("stall, %s (the default): failed requests per run", defaultStrategy()),
 		stat(balanceKey{stall.name, defaultStrategy(), 0}, func(b balanceRun) float64 { return float64(b.failed) }),
 		0, 0, 0,
@@ -550,16 +580,61 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 		oracle += ms(mdOne(s, setup.utilization)) / s.Seconds() / slow.capacity()
 	}
 	got := stat(def, func(b balanceRun) float64 { return ms(b.meanSojourn()) })
+	share, capShare := stat(def, func(b balanceRun) float64 { return b.share(last) }), 1/setup.slow.Seconds()/slow.capacity()
+	why := ""
+	if share.Mean > capShare {
+		why = ": balancing requests in progress sends a slower node more than its capacity share, " +
+			"since the same queue there is a longer wait"
+	}
 	r.Notes = append(r.Notes, fmt.Sprintf("slow node, %s (the default), no heartbeat loss: mean time in a "+
 		"node's queue %s ± %s ms, last node's share %s, against %s ms for an oracle that splits the stream "+
-		"in proportion to capacity (share %.3f, M/D/1 each): balancing requests in progress sends a node "+
-		"5 times slower more than its capacity share, since the same queue there is 5 times the wait",
-		defaultStrategy(), num(got.Mean), num(got.HalfWidth),
-		num(stat(def, func(b balanceRun) float64 { return b.share(last) }).Mean), num(oracle),
-		1/setup.slow.Seconds()/slow.capacity()))
+		"in proportion to capacity (share %.3f, M/D/1 each)%s",
+		defaultStrategy(), num(got.Mean), num(got.HalfWidth), num(share.Mean), num(oracle), capShare, why))
 
 	r.Notes = append(r.Notes, balanceRanking(setup, runs)...)
 	return r
+}
+
+// balanceFigure plots p99, without heartbeat loss, against the softmin's
+// temperature, with and without the in-flight counts; the other pickers
+// have no temperature and are flat lines.
+func balanceFigure(setup balanceSetup, sc balanceScenario, p99 func(balanceStrategy) float64) Figure {
+	fig := Figure{
+		Name: "balance-" + sc.name,
+		Title: fmt.Sprintf("%s: p99 of stale gets by softmin temperature, no heartbeat loss (flat: pickers without one)",
+			sc.name),
+		XLabel: "softmin temperature T (requests in progress)",
+		YLabel: "p99 latency (ms)",
+		LogY:   true,
+	}
+	var temps []float64
+	for _, st := range setup.strategies {
+		if st.temperature > 0 && !slices.Contains(temps, st.temperature) {
+			temps = append(temps, st.temperature)
+		}
+	}
+	softmin := map[bool]*Series{false: {Name: "softmin, reported load"}, true: {Name: "softmin + in flight"}}
+	for _, st := range setup.strategies {
+		if st.temperature > 0 {
+			s := softmin[st.inFlight]
+			s.X, s.Y = append(s.X, st.temperature), append(s.Y, p99(st))
+			continue
+		}
+		if st.name == "reverse softmax (original)" {
+			continue
+		}
+		flat := Series{Name: st.label()}
+		for _, t := range temps {
+			flat.X, flat.Y = append(flat.X, t), append(flat.Y, p99(st))
+		}
+		fig.Series = append(fig.Series, flat)
+	}
+	for _, inFlight := range []bool{false, true} {
+		if len(softmin[inFlight].X) > 0 {
+			fig.Series = append(fig.Series, *softmin[inFlight])
+		}
+	}
+	return fig
 }
 
 // balanceRanking notes each strategy's worst p99 over the scenarios and
@@ -586,7 +661,7 @@ func balanceRanking(setup balanceSetup, runs map[balanceKey][]balanceRun) []stri
 		}
 		scores = append(scores, s)
 	}
-	slices.SortStableFunc(scores, func(a, b score) int { return int(a.worst - b.worst) })
+	slices.SortStableFunc(scores, func(a, b score) int { return cmp.Compare(a.worst, b.worst) })
 	var parts []string
 	for _, s := range scores {
 		parts = append(parts, fmt.Sprintf("%s %v (%s)", s.label, s.worst.Round(10*time.Microsecond), s.where))

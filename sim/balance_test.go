@@ -3,6 +3,7 @@ package sim
 import (
 	"math"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,4 +83,49 @@ func TestServiceQueue(t *testing.T) {
 // The balance experiment, reduced: every check must pass on the real code.
 func TestBalanceExperiment(t *testing.T) {
 	runQuick(t, balance)
+}
+
+// The report of a grid: one table row per cell, a figure per scenario with
+// a point per temperature, the checks on the runs they name.
+func TestBalanceReport(t *testing.T) {
+	setup := newBalanceSetup(&Config{})
+	runs := map[balanceKey][]balanceRun{}
+	run := balanceRun{lat: []time.Duration{time.Millisecond}, served: []int64{300, 300, 300, 300, 60},
+		sojourn: make([]time.Duration, 5), window: time.Second}
+	runs[balanceKey{"equal", "random", 0}] = []balanceRun{run}
+	for _, sc := range setup.scenarios {
+		for _, st := range setup.strategies {
+			for _, loss := range setup.losses {
+				runs[balanceKey{sc.name, st.label(), loss}] = []balanceRun{run}
+			}
+		}
+	}
+	r := balanceReport(setup, runs)
+	if got, want := len(r.Tables[0].Rows), len(setup.scenarios)*len(setup.strategies)*len(setup.losses); got != want {
+		t.Errorf("%d rows, want %d", got, want)
+	}
+	if len(r.Figures) != len(setup.scenarios) {
+		t.Fatalf("%d figures", len(r.Figures))
+	}
+	for _, s := range r.Figures[0].Series {
+		if len(s.X) != 3 || len(s.Y) != 3 {
+			t.Errorf("series %s has %d points, want one per temperature", s.Name, len(s.X))
+		}
+	}
+	// 60 replies of 10 ms in a second: the slow node 60% busy.
+	found := false
+	for _, c := range r.Checks {
+		if strings.Contains(c.Name, "slow node, softmin") {
+			found = true
+			if math.Abs(c.Measured-0.6) > 1e-9 || !c.Pass {
+				t.Errorf("%s: %v (pass %v), want 0.6, passing", c.Name, c.Measured, c.Pass)
+			}
+		}
+	}
+	if !found {
+		t.Error("no check of the default on the slow node")
+	}
+	if _, err := r.Write(t.TempDir()); err != nil {
+		t.Error(err)
+	}
 }

@@ -104,12 +104,30 @@ func (c *cluster) kill(id string) {
 }
 
 // leader returns the id of the running node that leads shard id, or "".
+//
+// A leader deposed by a newer election can still think it leads for a
+// moment, so a node counts only when a majority of the shard's replicas,
+// itself included, name it as their leader.
 func (c *cluster) leader(id shard.ID) string {
+	named := map[string]int{}
+	var leaders []string
 	for nid, n := range c.nodes {
 		for _, s := range n.Status().Shards {
-			if s.ID == id && s.State == "Leader" {
-				return nid
+			if s.ID != id {
+				continue
 			}
+			if s.State == "Leader" {
+				leaders = append(leaders, nid)
+				named[nid]++
+			} else if s.Leader != "" {
+				named[s.Leader]++
+			}
+		}
+	}
+	replicas := len(c.smap.Shard(id).Replicas)
+	for _, nid := range leaders {
+		if 2*named[nid] > replicas {
+			return nid
 		}
 	}
 	return ""
@@ -151,7 +169,7 @@ func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wi
 	for _, n := range c.spec.Nodes {
 		cfg.Seeds = append(cfg.Seeds, n.Client)
 	}
-	return client.New(ctx, cfg)
+	return client.New(ctx, cfg) // closes the endpoint if it fails
 }
 
 // stats sums the state machine counters of each shard's leader.

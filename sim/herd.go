@@ -24,8 +24,9 @@ func init() {
 
 // strategy is a picker under test; picker builds one for a run.
 type strategy struct {
-	name   string
-	picker func(d dispatch, rng *rand.Rand) client.Picker
+	name        string
+	temperature float64 // a softmin's; 0 for the others
+	picker      func(d dispatch, rng *rand.Rand) client.Picker
 }
 
 // Indices into herdStrategies.
@@ -40,19 +41,19 @@ const (
 // a report period.
 func herdStrategies(temperatures []float64) []strategy {
 	s := []strategy{
-		{"random", func(_ dispatch, rng *rand.Rand) client.Picker { return client.NewUniform(rng) }},
-		{"least loaded", func(_ dispatch, rng *rand.Rand) client.Picker { return client.NewLeastLoaded(rng) }},
-		{"power of two", func(_ dispatch, rng *rand.Rand) client.Picker { return client.NewPowerOfTwo(rng) }},
-		{"reverse softmax (original)", func(_ dispatch, rng *rand.Rand) client.Picker {
+		{"random", 0, func(_ dispatch, rng *rand.Rand) client.Picker { return client.NewUniform(rng) }},
+		{"least loaded", 0, func(_ dispatch, rng *rand.Rand) client.Picker { return client.NewLeastLoaded(rng) }},
+		{"power of two", 0, func(_ dispatch, rng *rand.Rand) client.Picker { return client.NewPowerOfTwo(rng) }},
+		{"reverse softmax (original)", 0, func(_ dispatch, rng *rand.Rand) client.Picker {
 			return client.NewReverseSoftmax(rng)
 		}},
 	}
 	for _, t := range temperatures {
-		s = append(s, strategy{fmt.Sprintf("softmin T=%g", t), func(_ dispatch, rng *rand.Rand) client.Picker {
+		s = append(s, strategy{fmt.Sprintf("softmin T=%g", t), t, func(_ dispatch, rng *rand.Rand) client.Picker {
 			return softmin(t, rng)
 		}})
 	}
-	return append(s, strategy{"softmin tracking", func(d dispatch, rng *rand.Rand) client.Picker {
+	return append(s, strategy{"softmin tracking", 0, func(d dispatch, rng *rand.Rand) client.Picker {
 		return softmin(max(d.lambda*d.period, 0.05), rng)
 	}})
 }

@@ -253,6 +253,10 @@ func (f *Figure) plot(path string) error {
 			p.Add(bars)
 		}
 	}
+	if f.LogY && p.Y.Min == p.Y.Max {
+		// gonum/plot widens an empty range by ±1, which can reach 0.
+		p.Y.Min, p.Y.Max = p.Y.Min/2, p.Y.Max*2
+	}
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 

@@ -138,9 +138,16 @@ func scale(ctx context.Context, cfg Config) (*Report, error) {
 		if n == 1 {
 			continue
 		}
-		r.Checks = append(r.Checks,
-			NewCheck(fmt.Sprintf("writes/s at %d shards over the bound", n), Estimate{Mean: x.Mean / want, HalfWidth: x.HalfWidth / want},
+		ratio := Estimate{Mean: x.Mean / want, HalfWidth: x.HalfWidth / want}
+		if cfg.Quick {
+			// One short point per shard count, on a machine that CI
+			// shares with other packages' tests: the bound's parts are
+			// measured at different moments, so it is no yardstick there.
+			r.Notes = append(r.Notes, fmt.Sprintf("writes/s at %d shards are %.2f of the bound (checked in the full run only)", n, ratio.Mean))
+		} else {
+			r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("writes/s at %d shards over the bound", n), ratio,
 				1, 0.7, 1.05, "operational laws (Denning & Buzen 1978): the bound of the table"))
+		}
 		r.Notes = append(r.Notes, fmt.Sprintf("CPU per write at %d shards is %.2fx that at 1 shard (the bench target is at most 1.15x at 8)", n, c.Mean/c1))
 	}
 	r.Tables = append(r.Tables, t)
