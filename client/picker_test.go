@@ -228,3 +228,30 @@ func checkWeights(t *testing.T, p Weigher, activity, want []float64) {
 		t.Errorf("Weights(%v) sums to %v", activity, sum(w))
 	}
 }
+
+// BenchmarkPick is one choice among a shard's three replicas by each
+// picker, the default first.
+func BenchmarkPick(b *testing.B) {
+	softmin, err := NewSoftmin(DefaultTemperature, seeded())
+	if err != nil {
+		b.Fatal(err)
+	}
+	load := []float64{0.7, 1.3, 2.1}
+	for _, bc := range []struct {
+		name string
+		p    Picker
+	}{
+		{"softmin", softmin},
+		{"power of two", NewPowerOfTwo(seeded())},
+		{"least loaded", NewLeastLoaded(seeded())},
+		{"reverse softmax", NewReverseSoftmax(seeded())},
+		{"uniform", NewUniform(seeded())},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				bc.p.Pick(load)
+			}
+		})
+	}
+}
