@@ -207,3 +207,33 @@ func TestSimCommand(t *testing.T) {
 		t.Errorf("sim loss --seeds -1: exit %d", code)
 	}
 }
+
+// One point against an existing cluster: a JSON object with the fields
+// the grid promises; without pid files, no CPU or memory.
+func TestBenchPointOnExistingCluster(t *testing.T) {
+	spec := startCluster(t)
+	file := filepath.Join(t.TempDir(), "cluster.json")
+	if err := spec.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := shoal("bench", "--cluster", file, "--op", "mixed", "--clients", "4", "--duration", "500ms", "--json")
+	if code != 0 {
+		t.Fatalf("bench: exit %d: %s", code, errs)
+	}
+	var p map[string]any
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatalf("%q: %v", out, err)
+	}
+	if p["op"] != "mixed" || p["shards"] != 2.0 || p["clients"] != 4.0 || !(p["ops_per_sec"].(float64) > 0) ||
+		!(p["p50_us"].(float64) > 0) || !(p["p99_us"].(float64) >= p["p50_us"].(float64)) || p["cpu_us_per_op"] != 0.0 {
+		t.Errorf("point %v\n%s", p, errs)
+	}
+	if !strings.Contains(errs, "CPU and memory are not measured") {
+		t.Errorf("stderr does not say CPU is not measured: %q", errs)
+	}
+	for _, args := range [][]string{{"--op", "put"}, {"--clients", "-1"}, {"--cluster", file, "--shards", "2"}} {
+		if code, _, _ := shoal(append([]string{"bench"}, args...)...); code != 2 {
+			t.Errorf("bench %v: exit %d, want 2", args, code)
+		}
+	}
+}

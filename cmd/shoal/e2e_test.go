@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -170,5 +173,39 @@ func TestKillLeaderProcess(t *testing.T) {
 	shoalRun(t, bin, "cluster", "down", "--dir", dir)
 	if n := countRunning(dir); n != 0 {
 		t.Errorf("%d nodes still running after cluster down", n)
+	}
+}
+
+// shoal bench starts a cluster of processes, measures the nodes' CPU and
+// memory, and stops it.
+func TestBenchStartsAndStopsACluster(t *testing.T) {
+	bin := buildShoal(t)
+	cmd := exec.Command(bin, "bench", "--op", "job", "--shards", "1", "--clients", "4", "--duration", "1s", "--json")
+	var out, errs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errs
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\n%s", err, errs.String())
+	}
+	var p benchPoint
+	if err := json.Unmarshal(out.Bytes(), &p); err != nil {
+		t.Fatalf("%q: %v", out.String(), err)
+	}
+	if p.Op != "job" || p.Shards != 1 || p.Ops == 0 || p.CPUusPerOp <= 0 || len(p.RSSMiB) != 3 || p.RSSMiB[0] <= 0 {
+		t.Errorf("point %+v", p)
+	}
+	// The cluster is gone: its directory, and every process started on it.
+	_, rest, ok := strings.Cut(errs.String(), " replicas in ")
+	if !ok {
+		t.Fatalf("stderr does not name the cluster's directory: %q", errs.String())
+	}
+	dir, _, _ := strings.Cut(rest, "\n")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the cluster's directory %s is still there (%v)", dir, err)
+	}
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range cmdlines {
+		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), dir) {
+			t.Errorf("%s still runs: %q", f, b)
+		}
 	}
 }

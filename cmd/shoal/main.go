@@ -8,6 +8,7 @@
 //	shoal cluster status --cluster FILE
 //	shoal get KEY | set KEY VALUE | del KEY     with --cluster FILE, --seeds or SHOAL_SEEDS
 //	shoal enqueue | acquire | extend | complete | fail | requeue | jobs
+//	shoal bench [--op OP --shards N --clients C --duration D --cluster FILE --json]
 //	shoal sim list | EXPERIMENT [--seed N --seeds N --quick --out DIR]
 //
 // Run `shoal help` for the flags of each.
@@ -47,6 +48,9 @@ Usage:
   shoal fail ID TOKEN [--reason R]                fail it: retried with backoff, or dead
   shoal requeue ID                                queue a dead job again
   shoal jobs TOPIC [--dead]                       counts by state (and the dead jobs)
+  shoal bench [--op OP --shards N --clients C --duration 10s] [--cluster FILE] [--json]
+                                                  closed-loop throughput, latency, CPU and
+                                                  memory (default: the whole grid)
   shoal sim list                                  the experiments
   shoal sim EXPERIMENT [--seed 1] [--seeds N] [--quick] [--out sim-out]
                                                   run one: a report checked against theory,
@@ -89,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"requeue":  requeueCmd,
 		"jobs":     jobsCmd,
 		"sim":      simCmd,
+		"bench":    benchCmd,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "--help" {

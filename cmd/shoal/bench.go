@@ -1,0 +1,316 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+)
+
+// benchOps are the workloads of `shoal bench`, in the order a grid runs
+// them: reads come after the sets that wrote their keys.
+var benchOps = []string{"set", "get", "get-stale", "mixed", "job"}
+
+// benchKeys is the key space, as in ../shared/peerbench.
+const benchKeys = 100_000
+
+// benchPoint is one measured point of the grid.
+type benchPoint struct {
+	Op         string    `json:"op"`
+	Shards     int       `json:"shards"`
+	Clients    int       `json:"clients"`
+	Seconds    float64   `json:"seconds"`
+	Ops        int       `json:"ops"`
+	Errors     int       `json:"errors"`
+	OpsPerSec  float64   `json:"ops_per_sec"`
+	P50us      float64   `json:"p50_us"`
+	P99us      float64   `json:"p99_us"`
+	P999us     float64   `json:"p999_us"`
+	CPUusPerOp float64   `json:"cpu_us_per_op"` // summed over the node processes; 0 if unknown
+	RSSMiB     []float64 `json:"rss_mib"`       // per node at the end of the point
+}
+
+func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench", stderr)
+	op := fs.String("op", "", "one of "+strings.Join(benchOps, ", ")+" (default: all)")
+	shardsFlag := fs.Int("shards", 0, "shards of the cluster started (default: 1, 2, 4 and 8)")
+	clientsFlag := fs.Int("clients", 0, "closed-loop clients, each with one request in flight (default: 1, 16, 64 and 256)")
+	duration := fs.Duration("duration", 10*time.Second, "length of each point")
+	nodes := fs.Int("nodes", 3, "nodes of the cluster started")
+	replicas := fs.Int("replicas", 3, "replicas per shard of the cluster started")
+	clusterFile := fs.String("cluster", "", "run against this existing cluster (a cluster.json) instead of starting one")
+	asJSON := fs.Bool("json", false, "print one JSON object per point")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	ops := benchOps
+	if *op != "" {
+		if !slices.Contains(benchOps, *op) {
+			return fmt.Errorf("%w: --op %q is not one of %s", errUsage, *op, strings.Join(benchOps, ", "))
+		}
+		ops = []string{*op}
+	}
+	shardCounts, clientCounts := []int{1, 2, 4, 8}, []int{1, 16, 64, 256}
+	if *shardsFlag < 0 || *clientsFlag < 0 || *duration <= 0 {
+		return fmt.Errorf("%w: --shards, --clients and --duration must be positive", errUsage)
+	}
+	if *shardsFlag > 0 {
+		shardCounts = []int{*shardsFlag}
+	}
+	if *clientsFlag > 0 {
+		clientCounts = []int{*clientsFlag}
+	}
+	if *clusterFile != "" && *shardsFlag > 0 {
+		return fmt.Errorf("%w: --shards is the existing cluster's with --cluster", errUsage)
+	}
+
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
+	if !*asJSON {
+		fmt.Fprintln(tw, "op\tshards\tclients\tops/s\tp50\tp99\tp99.9\tCPU/op\tRSS/node\terrors\t")
+	}
+	emit := func(p benchPoint) error {
+		if *asJSON {
+			return printJSON(stdout, p)
+		}
+		rss := make([]string, len(p.RSSMiB))
+		for i, r := range p.RSSMiB {
+			rss[i] = fmt.Sprintf("%.0f", r)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s MiB\t%d\t\n", p.Op, p.Shards, p.Clients, p.OpsPerSec,
+			micros(p.P50us), micros(p.P99us), micros(p.P999us), micros(p.CPUusPerOp), strings.Join(rss, "/"), p.Errors)
+		return tw.Flush()
+	}
+
+	if *clusterFile != "" {
+		spec, err := server.LoadSpec(*clusterFile)
+		if err != nil {
+			return err
+		}
+		return benchCluster(ctx, spec, filepath.Dir(*clusterFile), ops, clientCounts, *duration, stderr, emit)
+	}
+	for _, n := range shardCounts {
+		if err := benchFreshCluster(ctx, n, *nodes, *replicas, ops, clientCounts, *duration, stderr, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchFreshCluster starts a cluster of processes with shards shards, runs
+// the points on it and stops it.
+func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, ops []string, clientCounts []int,
+	d time.Duration, stderr io.Writer, emit func(benchPoint) error) error {
+	dir, err := os.MkdirTemp("", "shoal-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Fprintf(stderr, "bench: starting %d nodes with %d shards of %d replicas in %s\n", nodes, shards, replicas, dir)
+	up := []string{"--dir", dir, "--nodes", strconv.Itoa(nodes), "--shards", strconv.Itoa(shards),
+		"--replicas", strconv.Itoa(replicas)}
+	// The cluster goes down however the points end.
+	defer clusterDown([]string{"--dir", dir}, io.Discard, stderr)
+	if err := clusterUp(ctx, up, io.Discard, stderr); err != nil {
+		return err
+	}
+	spec, err := server.LoadSpec(specPath(dir))
+	if err != nil {
+		return err
+	}
+	return benchCluster(ctx, spec, dir, ops, clientCounts, d, stderr, emit)
+}
+
+// benchCluster runs the points against a running cluster; dir holds its
+// nodes' pid files, if it has any, for CPU and memory.
+func benchCluster(ctx context.Context, spec *server.Spec, dir string, ops []string, clientCounts []int,
+	d time.Duration, stderr io.Writer, emit func(benchPoint) error) error {
+	var pids []int
+	for _, n := range spec.Nodes {
+		if pid, err := readPid(pidPath(dir, n.ID)); err == nil && running(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) != len(spec.Nodes) {
+		fmt.Fprintf(stderr, "bench: no pid files of the nodes in %s: CPU and memory are not measured\n", dir)
+		pids = nil
+	}
+	var seeds []string
+	for _, n := range spec.Nodes {
+		seeds = append(seeds, n.Client)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := waitForLeaders(wctx, spec, nil); err != nil {
+		return err
+	}
+	for _, op := range ops {
+		for _, c := range clientCounts {
+			fmt.Fprintf(stderr, "bench: %s, %d shards, %d clients, %v ...\n", op, len(spec.Shards), c, d)
+			p, err := benchPointRun(ctx, seeds, pids, op, c, d, stderr)
+			if err != nil {
+				return fmt.Errorf("%s with %d clients: %w", op, c, err)
+			}
+			p.Shards = len(spec.Shards)
+			if err := emit(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// benchOp is one request (or, for jobs, one round trip) of a workload.
+type benchOp func(ctx context.Context, c *client.Client, rng *rand.Rand) error
+
+func benchWorkload(op string, value []byte) benchOp {
+	key := func(rng *rand.Rand) string { return fmt.Sprintf("k%08d", rng.IntN(benchKeys)) }
+	get := func(ctx context.Context, c *client.Client, k string, opts ...client.ReadOption) error {
+		_, err := c.Get(ctx, k, opts...)
+		if errors.Is(err, client.ErrNotFound) {
+			return nil // a key the sets have not written: still a read served
+		}
+		return err
+	}
+	switch op {
+	case "set":
+		return func(ctx context.Context, c *client.Client, rng *rand.Rand) error {
+			_, err := c.Set(ctx, key(rng), value)
+			return err
+		}
+	case "get":
+		return func(ctx context.Context, c *client.Client, rng *rand.Rand) error { return get(ctx, c, key(rng)) }
+	case "get-stale":
+		return func(ctx context.Context, c *client.Client, rng *rand.Rand) error {
+			return get(ctx, c, key(rng), client.Stale())
+		}
+	case "mixed":
+		return func(ctx context.Context, c *client.Client, rng *rand.Rand) error {
+			if rng.IntN(10) == 0 {
+				_, err := c.Set(ctx, key(rng), value)
+				return err
+			}
+			return get(ctx, c, key(rng))
+		}
+	default: // job: enqueue, acquire, complete
+		return func(ctx context.Context, c *client.Client, rng *rand.Rand) error {
+			topic := fmt.Sprintf("bench%d", rng.IntN(16))
+			if _, err := c.Enqueue(ctx, topic, value, client.EnqueueOptions{}); err != nil {
+				return err
+			}
+			j, err := c.Acquire(ctx, topic, 30*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.Complete(ctx, j)
+		}
+	}
+}
+
+// benchPointRun drives clients closed-loop clients for d and measures.
+func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, clients int, d time.Duration,
+	stderr io.Writer) (benchPoint, error) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// A client.Client per 32 workers, as an application would share one.
+	conns := make([]*client.Client, (clients+31)/32)
+	for i := range conns {
+		c, err := client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
+		if err != nil {
+			return benchPoint{}, err
+		}
+		defer c.Close(context.Background())
+		conns[i] = c
+	}
+	work := benchWorkload(op, make([]byte, 100))
+	cpu0 := nodesCPU(pids)
+	runCtx, stop := context.WithTimeout(ctx, d)
+	defer stop()
+	start := time.Now()
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		errs     int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	for w := 0; w < clients; w++ {
+		c, rng := conns[w%len(conns)], rand.New(rand.NewPCG(uint64(w), 1))
+		wg.Go(func() {
+			var mine []time.Duration
+			var failed int
+			var first error
+			for runCtx.Err() == nil {
+				t := time.Now()
+				err := work(runCtx, c, rng)
+				switch {
+				case err == nil:
+					mine = append(mine, time.Since(t))
+				case runCtx.Err() == nil:
+					failed++
+					first = cmp.Or(first, err)
+				}
+			}
+			mu.Lock()
+			lat, errs, firstErr = append(lat, mine...), errs+failed, cmp.Or(firstErr, first)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if ctx.Err() != nil {
+		return benchPoint{}, ctx.Err()
+	}
+	if errs > 0 {
+		fmt.Fprintf(stderr, "bench: %d requests failed, the first with: %v\n", errs, firstErr)
+	}
+	slices.Sort(lat)
+	p := benchPoint{
+		Op: op, Clients: clients, Seconds: elapsed.Seconds(), Ops: len(lat), Errors: errs,
+		OpsPerSec: float64(len(lat)) / elapsed.Seconds(),
+		P50us:     percentileMicros(lat, 0.50), P99us: percentileMicros(lat, 0.99), P999us: percentileMicros(lat, 0.999),
+	}
+	if pids != nil && len(lat) > 0 {
+		p.CPUusPerOp = (nodesCPU(pids) - cpu0).Seconds() * 1e6 / float64(len(lat))
+		for _, pid := range pids {
+			p.RSSMiB = append(p.RSSMiB, processRSS(pid))
+		}
+	}
+	return p, nil
+}
+
+// percentileMicros is the q-quantile of sorted, in microseconds.
+func percentileMicros(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := min(int(q*float64(len(sorted))), len(sorted)-1)
+	return float64(sorted[i]) / float64(time.Microsecond)
+}
+
+func micros(us float64) string {
+	switch {
+	case us == 0:
+		return "-"
+	case us >= 1000:
+		return fmt.Sprintf("%.2fms", us/1000)
+	default:
+		return fmt.Sprintf("%.0fµs", us)
+	}
+}
