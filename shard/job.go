@@ -429,11 +429,12 @@ func (f *FSM) requeue(op *Op) Result {
 	q.dead--
 	j.Attempt = 0
 	if j.Unique != "" {
-		if _, taken := f.jobs.unique[uniqueKey(j.Topic, j.Unique)]; taken {
+		k := uniqueKey(j.Topic, j.Unique)
+		if _, taken := f.jobs.unique[k]; taken {
 			// Another live job has the key now; at most one may.
 			j.Unique = ""
 		} else {
-			f.jobs.unique[uniqueKey(j.Topic, j.Unique)] = j.ID
+			f.jobs.unique[k] = j.ID
 		}
 	}
 	f.queue(q, j, f.clock)
@@ -466,16 +467,22 @@ func (f *FSM) bury(q *topicQueue, j *Job) {
 	j.state = stateDead
 	j.Holder = ""
 	q.dead++
-	if j.Unique != "" && f.jobs.unique[uniqueKey(j.Topic, j.Unique)] == j.ID {
-		delete(f.jobs.unique, uniqueKey(j.Topic, j.Unique))
-	}
+	f.dropUnique(j)
 }
 
 // forget removes a finished job from the table.
 func (f *FSM) forget(j *Job) {
 	delete(f.jobs.jobs, j.ID)
-	if j.Unique != "" && f.jobs.unique[uniqueKey(j.Topic, j.Unique)] == j.ID {
-		delete(f.jobs.unique, uniqueKey(j.Topic, j.Unique))
+	f.dropUnique(j)
+}
+
+// dropUnique frees j's uniqueness key, if j holds it.
+func (f *FSM) dropUnique(j *Job) {
+	if j.Unique == "" {
+		return
+	}
+	if k := uniqueKey(j.Topic, j.Unique); f.jobs.unique[k] == j.ID {
+		delete(f.jobs.unique, k)
 	}
 }
 
@@ -512,18 +519,16 @@ func (f *FSM) JobCounts(topic string, now int64) JobCounts {
 		return JobCounts{}
 	}
 	c := JobCounts{Done: q.done, Dead: q.dead}
-	for _, j := range q.queued {
-		if j.RunAt > now {
-			c.Scheduled++
-		} else {
-			c.Ready++
-		}
-	}
-	for _, j := range q.leased {
-		if j.Deadline < now {
-			c.Ready++
-		} else {
-			c.Leased++
+	for _, h := range []jobHeap{q.queued, q.leased} {
+		for _, j := range h {
+			switch j.State(now) {
+			case JobScheduled:
+				c.Scheduled++
+			case JobReady:
+				c.Ready++
+			case JobLeased:
+				c.Leased++
+			}
 		}
 	}
 	return c
@@ -538,6 +543,11 @@ func (f *FSM) ReadyCount(topic string, now int64, limit int) int {
 	if q == nil {
 		return 0
 	}
+	return q.ready(now, limit)
+}
+
+// ready counts the queue's jobs that can be acquired at now, up to limit.
+func (q *topicQueue) ready(now int64, limit int) int {
 	n := q.queued.countDue(now, limit)
 	return n + q.leased.countDue(now, limit-n)
 }
@@ -549,8 +559,7 @@ func (f *FSM) ReadyTopics(now int64, limit int) map[string]int {
 	defer f.mu.RUnlock()
 	out := map[string]int{}
 	for name, q := range f.jobs.topics {
-		n := q.queued.countDue(now, limit)
-		if n += q.leased.countDue(now, limit-n); n > 0 {
+		if n := q.ready(now, limit); n > 0 {
 			out[name] = n
 		}
 	}
@@ -563,17 +572,14 @@ func (f *FSM) NextAvailable(topic string) (int64, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	q := f.jobs.topics[topic]
-	if q == nil || len(q.queued)+len(q.leased) == 0 {
+	if q == nil {
 		return 0, false
 	}
-	at := int64(1<<63 - 1)
-	if len(q.queued) > 0 {
-		at = q.queued[0].available()
+	j, _ := q.next()
+	if j == nil {
+		return 0, false
 	}
-	if len(q.leased) > 0 {
-		at = min(at, q.leased[0].available())
-	}
-	return at, true
+	return j.available(), true
 }
 
 // NextLeaseEnd returns the earliest end of a lease that the state machine

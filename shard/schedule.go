@@ -85,9 +85,9 @@ func (f *FSM) runSchedules() {
 	if len(t.schedules) == 0 || f.clock < t.scheduleDue {
 		return
 	}
-	keys := make([]string, 0, len(t.schedules))
+	var keys []string // of the schedules due
 	for k, s := range t.schedules {
-		if !s.Stopped {
+		if !s.Stopped && f.clock/s.Interval > s.Last {
 			keys = append(keys, k)
 		}
 	}
@@ -95,9 +95,6 @@ func (f *FSM) runSchedules() {
 	for _, key := range keys {
 		s := t.schedules[key]
 		k := f.clock / s.Interval
-		if k <= s.Last {
-			continue
-		}
 		s.Last = k
 		id := IntervalJobID(s.Topic, s.Key, k)
 		if _, exists := t.jobs[id]; !exists {

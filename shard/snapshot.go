@@ -130,7 +130,6 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		for seq, r := range ss.results {
 			rec.Results = append(rec.Results, resultRecord{Seq: seq, Result: r})
 		}
-		sort.Slice(rec.Results, func(i, j int) bool { return rec.Results[i].Seq < rec.Results[j].Seq })
 		s.sessions = append(s.sessions, rec)
 	}
 	for name, q := range f.jobs.topics {
@@ -154,13 +153,6 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		}
 		s.schedules = append(s.schedules, rec)
 	}
-	sort.Slice(s.kv, func(i, j int) bool { return s.kv[i].Key < s.kv[j].Key })
-	sort.Slice(s.sessions, func(i, j int) bool { return s.sessions[i].Client < s.sessions[j].Client })
-	sort.Slice(s.topics, func(i, j int) bool { return s.topics[i].Name < s.topics[j].Name })
-	sort.Slice(s.jobs, func(i, j int) bool { return s.jobs[i].ID < s.jobs[j].ID })
-	sort.Slice(s.schedules, func(i, j int) bool {
-		return uniqueKey(s.schedules[i].Topic, s.schedules[i].Key) < uniqueKey(s.schedules[j].Topic, s.schedules[j].Key)
-	})
 	h := &s.header
 	h.Keys, h.Sessions, h.Topics, h.Jobs, h.Schedules = len(s.kv), len(s.sessions), len(s.topics), len(s.jobs), len(s.schedules)
 	return s, nil
@@ -175,7 +167,24 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
+// sort puts every record in a fixed order, so that equal states write equal
+// bytes. It runs in Persist, not under the FSM's lock.
+func (s *fsmSnapshot) sort() {
+	sort.Slice(s.kv, func(i, j int) bool { return s.kv[i].Key < s.kv[j].Key })
+	sort.Slice(s.sessions, func(i, j int) bool { return s.sessions[i].Client < s.sessions[j].Client })
+	for _, rec := range s.sessions {
+		sort.Slice(rec.Results, func(i, j int) bool { return rec.Results[i].Seq < rec.Results[j].Seq })
+	}
+	sort.Slice(s.topics, func(i, j int) bool { return s.topics[i].Name < s.topics[j].Name })
+	sort.Slice(s.jobs, func(i, j int) bool { return s.jobs[i].ID < s.jobs[j].ID })
+	sort.Slice(s.schedules, func(i, j int) bool {
+		a, b := s.schedules[i], s.schedules[j]
+		return a.Topic < b.Topic || a.Topic == b.Topic && a.Key < b.Key
+	})
+}
+
 func (s *fsmSnapshot) write(w io.Writer) error {
+	s.sort()
 	bw := bufio.NewWriter(w)
 	err := bencode.Marshal(bw, s.header)
 	if err == nil {
