@@ -180,13 +180,17 @@ func (n *Node) keyReplica(m *wire.Message) (*replica, *wire.Message) {
 	case len(k) > wire.MaxKeySize:
 		return nil, errorReply(wire.CodeTooLarge, "key of %d bytes exceeds %d", len(k), wire.MaxKeySize)
 	}
-	id := n.shardMap.ShardOf(m.Args.Key)
-	rep := n.replicas[id]
-	if rep == nil {
-		return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
-			n.id, id, n.shardMap.Version)
+	return n.shardReplica(n.shardMap.ShardOf(m.Args.Key))
+}
+
+// shardReplica returns this node's replica of shard id, or the reply that
+// says it holds none.
+func (n *Node) shardReplica(id shard.ID) (*replica, *wire.Message) {
+	if rep := n.replicas[id]; rep != nil {
+		return rep, nil
 	}
-	return rep, nil
+	return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
+		n.id, id, n.shardMap.Version)
 }
 
 func checkWrite(m *wire.Message) *wire.Message {

@@ -32,6 +32,13 @@ const (
 	maxDeadListing = 100
 )
 
+// holderKinds are the state machine ops of the job ops that act on a job by
+// its id.
+var holderKinds = map[wire.Op]shard.Kind{
+	wire.OpExtend: shard.KindExtend, wire.OpComplete: shard.KindComplete, wire.OpFail: shard.KindFail,
+	wire.OpRelease: shard.KindRelease, wire.OpRequeue: shard.KindRequeue,
+}
+
 // jobOp handles the job ops other than acquire.
 func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 	a := &m.Args
@@ -59,10 +66,7 @@ func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 		}
 		slot = shard.JobSlot(a.JobID)
 	case wire.OpExtend, wire.OpComplete, wire.OpFail, wire.OpRelease, wire.OpRequeue:
-		op.Kind = map[wire.Op]shard.Kind{
-			wire.OpExtend: shard.KindExtend, wire.OpComplete: shard.KindComplete, wire.OpFail: shard.KindFail,
-			wire.OpRelease: shard.KindRelease, wire.OpRequeue: shard.KindRequeue,
-		}[m.Op]
+		op.Kind = holderKinds[m.Op]
 		if bad := checkJobID(a.JobID); bad != nil {
 			return bad
 		}
@@ -89,7 +93,7 @@ func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 	if bad := checkWrite(m); bad != nil {
 		return bad
 	}
-	rep, bad := n.slotReplica(slot)
+	rep, bad := n.shardReplica(n.shardMap.SlotShard(slot))
 	if bad != nil {
 		return bad
 	}
@@ -117,16 +121,6 @@ func checkTopic(t string) *wire.Message {
 		}
 	}
 	return nil
-}
-
-// slotReplica returns this node's replica of the shard owning slot.
-func (n *Node) slotReplica(slot int) (*replica, *wire.Message) {
-	id := n.shardMap.SlotShard(slot)
-	if rep := n.replicas[id]; rep != nil {
-		return rep, nil
-	}
-	return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
-		n.id, id, n.shardMap.Version)
 }
 
 // jobReply turns the result of a job op into a reply.
@@ -396,19 +390,16 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	if len(a.Shards) != 1 {
 		return errorReply(wire.CodeBadRequest, "%s names one shard", m.Op)
 	}
-	rep := n.replicas[a.Shards[0]]
-	if rep == nil {
-		return errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
-			n.id, a.Shards[0], n.shardMap.Version)
+	rep, bad := n.shardReplica(a.Shards[0])
+	if bad != nil {
+		return bad
 	}
 	if err := n.readBarrier(ctx, rep); err != nil {
 		return leaderErrorReply(ctx, rep.id, err)
 	}
 	if m.Op == wire.OpJobStats {
 		c := rep.fsm.JobCounts(a.Topic, time.Now().UnixNano())
-		return resultReply(wire.Result{Counts: &wire.JobCounts{
-			Scheduled: c.Scheduled, Ready: c.Ready, Leased: c.Leased, Dead: c.Dead, Done: c.Done,
-		}})
+		return resultReply(wire.Result{Counts: &c})
 	}
 	limit := a.Limit
 	if limit <= 0 || limit > maxDeadListing {
@@ -424,16 +415,13 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	return resultReply(wire.Result{Jobs: jobs})
 }
 
-// readyReports lists, for the shards this node leads, the topics with jobs
-// ready now.
-func (n *Node) readyReports(now time.Time) []wire.ReadyCount {
+// readyReports lists, for the shards leads (those this node leads), the
+// topics with jobs ready now.
+func (n *Node) readyReports(now time.Time, leads []shard.ID) []wire.ReadyCount {
 	var out []wire.ReadyCount
 	size := 0
-	for _, id := range n.shardIDs() {
+	for _, id := range leads {
 		rep := n.replicas[id]
-		if !rep.isLeader() {
-			continue
-		}
 		topics := rep.fsm.ReadyTopics(now.UnixNano(), readyCap)
 		names := make([]string, 0, len(topics))
 		for t := range topics {
@@ -441,7 +429,7 @@ func (n *Node) readyReports(now time.Time) []wire.ReadyCount {
 		}
 		sort.Strings(names)
 		for _, t := range names {
-			if len(out) == maxReadyReports || size+len(t) > maxReadyBytes {
+			if len(out) == maxReadyReports || size+len(t)+24 > maxReadyBytes {
 				return out
 			}
 			size += len(t) + 24

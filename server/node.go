@@ -327,7 +327,7 @@ func (n *Node) Close() error {
 }
 
 // heartbeat tells every recent client, every HeartbeatInterval, the node's
-// activity and which shards it leads and follows.
+// load, which shards it leads and follows, and their ready topics.
 func (n *Node) heartbeat() {
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
@@ -342,7 +342,6 @@ func (n *Node) heartbeat() {
 			}
 			m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.milli(now)}
 			m.Heartbeat.MapVersion = n.shardMap.Version
-			m.Heartbeat.Ready = n.readyReports(now)
 			for _, id := range n.shardIDs() {
 				if n.replicas[id].isLeader() {
 					m.Heartbeat.Leads = append(m.Heartbeat.Leads, id)
@@ -350,6 +349,7 @@ func (n *Node) heartbeat() {
 					m.Heartbeat.Follows = append(m.Heartbeat.Follows, id)
 				}
 			}
+			m.Heartbeat.Ready = n.readyReports(now, m.Heartbeat.Leads)
 			b, err := wire.Encode(&m)
 			if err != nil {
 				n.log.Error("encoding heartbeat", "err", err)

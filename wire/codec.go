@@ -35,8 +35,7 @@ func Encode(m *Message) ([]byte, error) {
 		putString(d, "c", m.Client)
 		putUint(d, "s", m.Seq)
 		putUint(d, "k", m.Ack)
-		// Rounded up: a budget below a millisecond must not read as none.
-		putUint(d, "w", uint64((m.Timeout+time.Millisecond-1)/time.Millisecond))
+		putMillis(d, "w", m.Timeout)
 		if a := encodeArgs(&m.Args); len(a) > 0 {
 			d["a"] = a
 		}
@@ -231,11 +230,7 @@ func Decode(b []byte) (m Message, err error) {
 		m.Client = f.str("c", false)
 		m.Seq = f.uint("s", false)
 		m.Ack = f.uint("k", false)
-		if w := f.uint("w", false); w <= uint64(MaxTimeout/time.Millisecond) {
-			m.Timeout = time.Duration(w) * time.Millisecond
-		} else {
-			f.fail("w", "at most an hour in milliseconds", int64(w))
-		}
+		m.Timeout = f.millis("w", MaxTimeout)
 		if a, ok := f.dict("a"); ok {
 			m.Args = decodeArgs(a)
 		}
@@ -264,7 +259,7 @@ func Decode(b []byte) (m Message, err error) {
 					break
 				}
 				m.Heartbeat.Ready = append(m.Heartbeat.Ready, ReadyCount{
-					Shard: shard.ID(rf.uint32("s")), Topic: rf.str("t", true), Count: int(rf.uint32("n")),
+					Shard: shard.ID(rf.uint32("s", true)), Topic: rf.str("t", true), Count: int(rf.uint32("n", true)),
 				})
 			}
 		}
@@ -316,17 +311,17 @@ func decodeArgs(a fields) Args {
 		Topic:       a.str("tp", false),
 		JobID:       a.str("j", false),
 		Token:       a.uint("tk", false),
-		Lease:       a.millis("ls"),
-		Delay:       a.millis("dl"),
+		Lease:       a.millis("ls", MaxDuration),
+		Delay:       a.millis("dl", MaxDuration),
 		RunAt:       a.time("at"),
-		MaxAttempts: int(a.small("ma")),
-		Backoff:     a.millis("bo"),
+		MaxAttempts: int(a.uint32("ma", false)),
+		Backoff:     a.millis("bo", MaxDuration),
 		Unique:      a.str("u", false),
 		Reason:      a.str("rs", false),
-		Interval:    a.millis("iv"),
+		Interval:    a.millis("iv", MaxDuration),
 		Shards:      shardIDs(a, "sh"),
-		Wait:        a.millis("wt"),
-		Limit:       int(a.small("lm")),
+		Wait:        a.millis("wt", MaxDuration),
+		Limit:       int(a.uint32("lm", false)),
 	}
 }
 
@@ -335,11 +330,11 @@ func decodeJob(f fields) JobInfo {
 		ID:          f.str("i", true),
 		Topic:       f.str("tp", false),
 		Payload:     f.str("p", false),
-		Attempt:     int(f.small("a")),
+		Attempt:     int(f.uint32("a", false)),
 		Token:       f.uint("tk", false),
 		Deadline:    f.time("dl"),
 		State:       f.str("st", false),
-		MaxAttempts: int(f.small("ma")),
+		MaxAttempts: int(f.uint32("ma", false)),
 		LastError:   f.str("er", false),
 	}
 }
@@ -386,7 +381,7 @@ func decodeResult(r fields) Result {
 				break
 			}
 			st.Shards = append(st.Shards, ShardStatus{
-				ID:      shard.ID(sf.uint32("i")),
+				ID:      shard.ID(sf.uint32("i", true)),
 				State:   sf.str("s", false),
 				Leader:  sf.str("l", false),
 				Applied: sf.uint("a", false),
@@ -410,9 +405,9 @@ func decodeResult(r fields) Result {
 		}
 	}
 	if c, ok := r.dict("jc"); ok {
-		res.Counts = &JobCounts{
-			Scheduled: int(c.small("s")), Ready: int(c.small("r")), Leased: int(c.small("l")),
-			Dead: int(c.small("x")), Done: c.uint("d", false),
+		res.Counts = &shard.JobCounts{
+			Scheduled: int(c.uint32("s", false)), Ready: int(c.uint32("r", false)), Leased: int(c.uint32("l", false)),
+			Dead: int(c.uint32("x", false)), Done: c.uint("d", false),
 		}
 	}
 	return res
@@ -425,7 +420,7 @@ func decodeMap(f fields) *shard.Map {
 		if !ok {
 			return nil
 		}
-		s := shard.Shard{ID: shard.ID(sf.uint32("i"))}
+		s := shard.Shard{ID: shard.ID(sf.uint32("i", true))}
 		for j, n := range sf.list("n", true) {
 			id, ok := n.(string)
 			if !ok {
@@ -442,9 +437,9 @@ func decodeMap(f fields) *shard.Map {
 			return nil
 		}
 		m.Ranges = append(m.Ranges, shard.Range{
-			Start: int(rf.uint32("a")),
-			End:   int(rf.uint32("b")),
-			Shard: shard.ID(rf.uint32("s")),
+			Start: int(rf.uint32("a", true)),
+			End:   int(rf.uint32("b", true)),
+			Shard: shard.ID(rf.uint32("s", true)),
 		})
 	}
 	if *f.err != nil {

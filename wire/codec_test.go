@@ -69,7 +69,7 @@ func sampleMessages(t testing.TB) map[string]*Message {
 			Token: 77, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
 		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}}),
 		"no dead jobs": reply(Result{Jobs: []JobInfo{}}),
-		"counts":       reply(Result{Counts: &JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
+		"counts":       reply(Result{Counts: &shard.JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
 		"lease lost": {Type: TypeError, TxID: 42, Node: "n2", Activity: 1,
 			Err: &Error{Code: CodeLeaseLost, Message: "lease lost"}},
 	}

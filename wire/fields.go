@@ -77,21 +77,10 @@ func (f fields) uint(key string, required bool) uint64 {
 	return uint64(n)
 }
 
-// uint32 reads a required integer in [0, MaxUint32], such as a shard id or
-// a slot.
-func (f fields) uint32(key string) uint32 {
-	n := f.uint(key, true)
-	if n > math.MaxUint32 {
-		f.fail(key, "an integer below 2^32", n)
-		return 0
-	}
-	return uint32(n)
-}
-
-// small reads an optional integer in [0, MaxUint32]: a count or an
-// attempt number.
-func (f fields) small(key string) uint32 {
-	n := f.uint(key, false)
+// uint32 reads an integer in [0, MaxUint32]: a shard id, a slot, a count
+// or an attempt number.
+func (f fields) uint32(key string, required bool) uint32 {
+	n := f.uint(key, required)
 	if n > math.MaxUint32 {
 		f.fail(key, "an integer below 2^32", n)
 		return 0
@@ -100,10 +89,10 @@ func (f fields) small(key string) uint32 {
 }
 
 // millis reads an optional duration in milliseconds, at most MaxDuration.
-func (f fields) millis(key string) time.Duration {
+func (f fields) millis(key string, max time.Duration) time.Duration {
 	n := f.uint(key, false)
-	if n > uint64(MaxDuration/time.Millisecond) {
-		f.fail(key, "milliseconds within a year", n)
+	if n > uint64(max/time.Millisecond) {
+		f.fail(key, fmt.Sprintf("at most %v in milliseconds", max), n)
 		return 0
 	}
 	return time.Duration(n) * time.Millisecond

@@ -180,7 +180,7 @@ type Result struct {
 	Job *JobInfo
 	// Jobs answers OpDeadJobs; Counts answers OpJobStats.
 	Jobs   []JobInfo
-	Counts *JobCounts
+	Counts *shard.JobCounts
 }
 
 // JobInfo describes a job.
@@ -196,12 +196,6 @@ type JobInfo struct {
 	State       string
 	MaxAttempts int
 	LastError   string
-}
-
-// JobCounts counts a topic's jobs by state; Done counts completions.
-type JobCounts struct {
-	Scheduled, Ready, Leased, Dead int
-	Done                           uint64
 }
 
 // ReadyCount is how many jobs of Topic are ready on Shard, as its leader
