@@ -141,7 +141,24 @@ type Client struct {
 // call collects the replies to the attempts of one request.
 type call struct {
 	replies chan reply
-	sent    map[uint64]time.Time // by transaction id; only do touches it
+	sent    []sending // only do and await touch it
+}
+
+// sending is one attempt of a request: its transaction id and when it was
+// sent.
+type sending struct {
+	tx uint64
+	at time.Time
+}
+
+// sentAt returns when the attempt with transaction id tx was sent.
+func (cl *call) sentAt(tx uint64) time.Time {
+	for _, a := range cl.sent {
+		if a.tx == tx {
+			return a.at
+		}
+	}
+	return time.Time{}
 }
 
 type reply struct {
@@ -188,11 +205,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	// results of a client's writes under it for an hour, and a second
 	// client with the same id and sequence numbers would be answered from
 	// them instead of being applied.
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
+	id, err := randomID()
+	if err != nil {
 		return fail(fmt.Errorf("client: making an id: %w", err))
 	}
-	id := hex.EncodeToString(b[:])
 	c := &Client{
 		cfg:     cfg,
 		id:      id,
@@ -366,6 +382,16 @@ type target struct {
 // earlier attempts of the same request.
 type router func(tried []netip.AddrPort) (target, error)
 
+// request runs a public call's request, admitted unless the client is
+// closing.
+func (c *Client) request(ctx context.Context, op wire.Op, args wire.Args, route router, wait time.Duration) (wire.Message, error) {
+	if err := c.enter(); err != nil {
+		return wire.Message{}, err
+	}
+	defer c.calls.Done()
+	return c.do(ctx, op, args, route, c.cfg.Attempts, wait)
+}
+
 // do runs one request to completion: up to attempts attempts, each to the
 // target route gives, all with the same client id and sequence number, so
 // that the cluster applies a write at most once however many arrive. An
@@ -385,11 +411,11 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	if mutating {
 		est = &c.rtt[1]
 	}
-	cl := &call{replies: make(chan reply, 4), sent: make(map[uint64]time.Time)}
+	cl := &call{replies: make(chan reply, 4), sent: make([]sending, 0, attempts)}
 	defer func() {
 		c.mu.Lock()
-		for tx := range cl.sent {
-			delete(c.pending, tx)
+		for _, a := range cl.sent {
+			delete(c.pending, a.tx)
 		}
 		c.mu.Unlock()
 	}()
@@ -409,10 +435,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			return wire.Message{}, err
 		}
 		tried = append(tried, tg.addr)
-		// As TCP backs off its retransmission timer, each attempt waits
-		// twice as long as the one before it timed out: a reply that is
-		// slow because the cluster is busy then still arrives.
-		timeout := min(est.timeout()<<min(timeouts, 6), c.cfg.MaxAttemptTimeout) + wait
+		timeout := est.timeout(timeouts) + wait
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = min(timeout, time.Until(dl))
 		}
@@ -420,7 +443,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			return wire.Message{}, fmt.Errorf("shoal: %s: %w", op, context.DeadlineExceeded)
 		}
 		tx, start := newTxID(), time.Now()
-		cl.sent[tx] = start
+		cl.sent = append(cl.sent, sending{tx, start})
 		c.mu.Lock()
 		c.pending[tx] = cl
 		c.mu.Unlock()
@@ -500,7 +523,7 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Du
 			// budget: that is no round trip, and timing it would feed the
 			// timeout back into itself.
 			if !waited && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
-				est.sample(r.at.Sub(cl.sent[r.msg.TxID]))
+				est.sample(r.at.Sub(cl.sentAt(r.msg.TxID)))
 			}
 			if r.msg.TxID != tx && r.msg.Type != wire.TypeResponse {
 				continue
@@ -534,6 +557,15 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 
 // newTxID returns a random transaction id: 63 bits, never 0, so that a
 // reply cannot be forged without seeing the query.
+// randomID returns 8 random bytes in hex, from the system's secure source.
+func randomID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
 func newTxID() uint64 {
 	for {
 		if tx := mrand.Uint64() >> 1; tx != 0 {

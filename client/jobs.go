@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -50,12 +48,8 @@ type EnqueueOptions struct {
 	Key string
 }
 
-// JobCounts counts a topic's jobs by state, over all shards.
-type JobCounts struct {
-	Scheduled, Ready, Leased, Dead int
-	// Done counts completions.
-	Done uint64
-}
+// JobCounts counts a topic's jobs by state; Stats sums it over all shards.
+type JobCounts = shard.JobCounts
 
 // DeadJob is a job that used up its attempts.
 type DeadJob struct {
@@ -76,14 +70,6 @@ var (
 // job; Acquire asks again until its context ends.
 const DefaultLongPoll = 5 * time.Second
 
-func newJobSuffix() (string, error) {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("client: making a job id: %w", err)
-	}
-	return hex.EncodeToString(b[:]), nil
-}
-
 func checkTopic(topic string) error {
 	if topic == "" || len(topic) > wire.MaxKeySize {
 		return fmt.Errorf("%w: topic of %d bytes (1 to %d allowed)", ErrInvalidKey, len(topic), wire.MaxKeySize)
@@ -101,9 +87,9 @@ func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts
 	if err := checkValue(len(payload)); err != nil {
 		return "", err
 	}
-	suffix, err := newJobSuffix()
+	suffix, err := randomID()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("client: making a job id: %w", err)
 	}
 	slot := mrand.IntN(shard.SlotCount)
 	if opts.Key != "" {
@@ -114,7 +100,7 @@ func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts
 		Topic: topic, JobID: id, Value: string(payload), Delay: opts.Delay, RunAt: opts.RunAt,
 		MaxAttempts: opts.MaxAttempts, Backoff: opts.Backoff, Unique: opts.Key,
 	}
-	r, err := c.call(ctx, wire.OpEnqueue, args, c.routeSlot(slot), 0)
+	r, err := c.request(ctx, wire.OpEnqueue, args, c.routeSlot(slot), 0)
 	if err != nil {
 		return "", err
 	}
@@ -124,15 +110,6 @@ func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts
 	return r.Result.Job.ID, nil
 }
 
-// call runs a public call: admitted unless the client is closing.
-func (c *Client) call(ctx context.Context, op wire.Op, args wire.Args, route router, wait time.Duration) (wire.Message, error) {
-	if err := c.enter(); err != nil {
-		return wire.Message{}, err
-	}
-	defer c.calls.Done()
-	return c.do(ctx, op, args, route, c.cfg.Attempts, wait)
-}
-
 // Acquire leases the next ready job of topic for lease. When nothing is
 // ready it waits, without polling the network: it asks the nodes to hold
 // its request until a job appears, until ctx ends, and then fails with
@@ -140,7 +117,7 @@ func (c *Client) call(ctx context.Context, op wire.Op, args wire.Args, route rou
 //
 // The shards to ask come from the nodes' heartbeats, which report the
 // topics with ready jobs per shard; among those the picker chooses by the
-// leaders' activity. With none reported, one long-poll request per node
+// leaders' load. With none reported, one long-poll request per node
 // needed to watch every shard waits for the first job.
 func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration) (*Job, error) {
 	if err := checkTopic(topic); err != nil {
@@ -160,29 +137,29 @@ func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration)
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("shoal: %w", err)
 		}
-		if id, n, ok := c.readyShard(topic); ok {
-			j, err := c.acquireFrom(ctx, topic, lease, []shard.ID{id}, 0, fixed(n.addr, n))
-			if err != nil && (ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)) {
-				continue // the wait is over: ErrNoJob above
+		// A shard reported to have the topic's jobs ready is asked alone,
+		// without waiting; otherwise nodes covering every shard wait for
+		// one.
+		var polls []poll
+		var wait time.Duration
+		id, n, ready := c.readyShard(topic)
+		if ready {
+			polls = []poll{{node: n, shards: []shard.ID{id}}}
+		} else {
+			polls, wait = c.cover(), c.cfg.LongPoll
+			if d, ok := ctx.Deadline(); ok {
+				wait = min(wait, time.Until(d))
 			}
-			if j != nil || (err != nil && !errors.Is(err, ErrUnavailable)) {
-				return j, err
-			}
-			c.markEmpty(topic, id)
-			continue
 		}
-		wait := c.cfg.LongPoll
-		if d, ok := ctx.Deadline(); ok {
-			wait = min(wait, time.Until(d))
-		}
-		j, err := c.longPoll(ctx, topic, lease, wait)
-		if err != nil && (ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)) {
+		j, err := c.acquireFirst(ctx, topic, lease, wait, polls)
+		switch {
+		case err != nil && (ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)):
 			continue // the wait is over: ErrNoJob above
-		}
-		if j != nil || (err != nil && !errors.Is(err, ErrUnavailable)) {
+		case j != nil || (err != nil && !errors.Is(err, ErrUnavailable)):
 			return j, err
-		}
-		if err != nil { // no node answered: pause before asking again
+		case ready:
+			c.markEmpty(topic, id)
+		case err != nil: // no node answered: pause before asking again
 			if err := c.backoff(ctx, 2); err != nil {
 				return nil, err
 			}
@@ -190,39 +167,59 @@ func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration)
 	}
 }
 
-// acquireFrom sends one acquire request; a nil job without error means the
-// node had nothing. The request runs on past ctx: if ctx ends first, the
-// node may still grant a job, which is then released, not left leased to
-// nobody.
-func (c *Client) acquireFrom(ctx context.Context, topic string, lease time.Duration, shards []shard.ID, wait time.Duration, route router) (*Job, error) {
+// acquireFirst sends an acquire request to each poll's node at once, for
+// its shards, each held there up to wait. The first grant wins. The
+// requests run on past ctx: every other grant, also one that arrives after
+// ctx ended, is released, not left leased to nobody. A nil job without
+// error means the nodes had nothing.
+func (c *Client) acquireFirst(ctx context.Context, topic string, lease, wait time.Duration, polls []poll) (*Job, error) {
+	if len(polls) == 0 {
+		return nil, fmt.Errorf("%w: no live node", ErrUnavailable)
+	}
 	type answer struct {
 		job *Job
 		err error
 	}
-	answers := make(chan answer, 1)
+	answers := make(chan answer, len(polls))
 	budget := wait + c.cfg.MaxAttemptTimeout*time.Duration(min(c.cfg.Attempts, DefaultAttempts))
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
-	started := c.background(func() {
-		defer cancel()
-		args := wire.Args{Topic: topic, Lease: lease, Shards: shards, Wait: wait}
-		r, err := c.do(rctx, wire.OpAcquire, args, route, c.cfg.Attempts, wait)
-		answers <- answer{jobOf(r.Result.Job), err}
-	})
-	if !started {
-		cancel()
-		return nil, ErrClosed
+	for _, p := range polls {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
+		if !c.background(func() {
+			defer cancel()
+			args := wire.Args{Topic: topic, Lease: lease, Shards: p.shards, Wait: wait}
+			r, err := c.do(rctx, wire.OpAcquire, args, fixed(p.node.addr, p.node), c.cfg.Attempts, wait)
+			answers <- answer{jobOf(r.Result.Job), err}
+		}) {
+			cancel()
+			answers <- answer{err: ErrClosed}
+		}
 	}
-	select {
-	case a := <-answers:
-		return a.job, a.err
-	case <-ctx.Done():
+	releaseLate := func(n int) {
 		c.background(func() {
-			if a := <-answers; a.job != nil {
-				c.releaseQuietly(a.job)
+			for range n {
+				if a := <-answers; a.job != nil {
+					c.releaseQuietly(a.job)
+				}
 			}
 		})
-		return nil, fmt.Errorf("shoal: %w", ctx.Err())
 	}
+	var lastErr error
+	for received := 0; received < len(polls); received++ {
+		select {
+		case a := <-answers:
+			if a.job != nil {
+				releaseLate(len(polls) - received - 1)
+				return a.job, nil
+			}
+			if a.err != nil {
+				lastErr = a.err
+			}
+		case <-ctx.Done():
+			releaseLate(len(polls) - received)
+			return nil, fmt.Errorf("shoal: %w", ctx.Err())
+		}
+	}
+	return nil, lastErr
 }
 
 func jobOf(j *wire.JobInfo) *Job {
@@ -230,53 +227,6 @@ func jobOf(j *wire.JobInfo) *Job {
 		return nil
 	}
 	return &Job{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempt: j.Attempt, Token: j.Token, Deadline: j.Deadline}
-}
-
-// longPoll asks, in parallel, the live nodes that between them hold every
-// shard to wait up to wait for a job. The first grant wins; a grant that
-// arrives after it is released at once.
-func (c *Client) longPoll(ctx context.Context, topic string, lease, wait time.Duration) (*Job, error) {
-	cover := c.cover()
-	if len(cover) == 0 {
-		return nil, fmt.Errorf("%w: no live node", ErrUnavailable)
-	}
-	if len(cover) == 1 {
-		return c.acquireFrom(ctx, topic, lease, cover[0].shards, wait, fixed(cover[0].node.addr, cover[0].node))
-	}
-	type answer struct {
-		job *Job
-		err error
-	}
-	answers := make(chan answer, len(cover))
-	for _, p := range cover {
-		if !c.background(func() {
-			j, err := c.acquireFrom(ctx, topic, lease, p.shards, wait, fixed(p.node.addr, p.node))
-			answers <- answer{j, err}
-		}) {
-			answers <- answer{err: ErrClosed}
-		}
-	}
-	var lastErr error
-	for received := 1; received <= len(cover); received++ {
-		a := <-answers
-		if a.err != nil {
-			lastErr = a.err
-		}
-		if a.job == nil {
-			continue
-		}
-		// The first grant wins; release what the others bring.
-		left := len(cover) - received
-		c.background(func() {
-			for i := 0; i < left; i++ {
-				if a := <-answers; a.job != nil {
-					c.releaseQuietly(a.job)
-				}
-			}
-		})
-		return a.job, nil
-	}
-	return nil, lastErr
 }
 
 // releaseQuietly gives back a job the caller did not ask for.
@@ -410,7 +360,7 @@ func (c *Client) onJob(ctx context.Context, op wire.Op, job *Job, args wire.Args
 		return nil, errors.New("client: no job")
 	}
 	args.JobID, args.Token = job.ID, job.Token
-	r, err := c.call(ctx, op, args, c.routeSlot(shard.JobSlot(job.ID)), 0)
+	r, err := c.request(ctx, op, args, c.routeSlot(shard.JobSlot(job.ID)), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -449,7 +399,7 @@ func (c *Client) Release(ctx context.Context, job *Job) error {
 
 // Requeue gives a dead job its attempts back and queues it to run now.
 func (c *Client) Requeue(ctx context.Context, id string) error {
-	_, err := c.call(ctx, wire.OpRequeue, wire.Args{JobID: id}, c.routeSlot(shard.JobSlot(id)), 0)
+	_, err := c.request(ctx, wire.OpRequeue, wire.Args{JobID: id}, c.routeSlot(shard.JobSlot(id)), 0)
 	return err
 }
 
@@ -467,13 +417,13 @@ func (c *Client) Every(ctx context.Context, topic, key string, interval time.Dur
 		return err
 	}
 	args := wire.Args{Topic: topic, Unique: key, Interval: interval, Value: string(payload)}
-	_, err := c.call(ctx, wire.OpEvery, args, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
+	_, err := c.request(ctx, wire.OpEvery, args, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
 	return err
 }
 
 // StopEvery removes the schedule of topic and key; jobs it made stay.
 func (c *Client) StopEvery(ctx context.Context, topic, key string) error {
-	_, err := c.call(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key}, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
+	_, err := c.request(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key}, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
 	return err
 }
 

@@ -48,15 +48,11 @@ func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (Item,
 	if err := checkKey(key); err != nil {
 		return Item{}, err
 	}
-	if err := c.enter(); err != nil {
-		return Item{}, err
-	}
-	defer c.calls.Done()
 	args := wire.Args{Key: key}
 	for _, o := range opts {
 		o(&args)
 	}
-	r, err := c.do(ctx, wire.OpGet, args, c.routeKey(key), c.cfg.Attempts, 0)
+	r, err := c.request(ctx, wire.OpGet, args, c.routeKey(key), 0)
 	if err != nil {
 		return Item{}, err
 	}
@@ -89,11 +85,7 @@ func (c *Client) write(ctx context.Context, op wire.Op, args wire.Args) (uint64,
 	if err := checkValue(len(args.Value)); err != nil {
 		return 0, err
 	}
-	if err := c.enter(); err != nil {
-		return 0, err
-	}
-	defer c.calls.Done()
-	r, err := c.do(ctx, op, args, c.routeKey(args.Key), c.cfg.Attempts, 0)
+	r, err := c.request(ctx, op, args, c.routeKey(args.Key), 0)
 	if err != nil {
 		return 0, err
 	}

@@ -48,15 +48,21 @@ func (e *rttEstimator) tooShort() {
 	e.backoff = min(e.backoff+1, 6)
 }
 
-// timeout returns how long to wait for the next attempt.
-func (e *rttEstimator) timeout() time.Duration {
+// timeout returns how long to wait for an attempt of a request whose
+// earlier attempts got no reply timedOut times. As TCP backs off its
+// retransmission timer, each such attempt waits twice as long as the one
+// before: a reply that is slow because the cluster is busy then still
+// arrives.
+func (e *rttEstimator) timeout(timedOut int) time.Duration {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	base := e.initial
 	if e.samples > 0 {
 		base = max(e.srtt+4*e.rttvar, e.min)
 	}
-	return min(base<<e.backoff, e.max)
+	// 12 doublings take any base past any sensible maximum without
+	// overflowing.
+	return min(base<<min(e.backoff+timedOut, 12), e.max)
 }
 
 // smoothed returns the smoothed round trip time, 0 before any sample.

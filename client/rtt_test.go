@@ -7,28 +7,28 @@ import (
 
 func TestRTTEstimator(t *testing.T) {
 	e := rttEstimator{min: 10 * time.Millisecond, max: time.Second, initial: 250 * time.Millisecond}
-	if d := e.timeout(); d != 250*time.Millisecond {
+	if d := e.timeout(0); d != 250*time.Millisecond {
 		t.Errorf("initial timeout %v", d)
 	}
 	for i := 0; i < 50; i++ {
 		e.sample(40 * time.Millisecond)
 	}
 	// Steady samples: srtt → 40ms, rttvar → 0.
-	if d := e.timeout(); d < 40*time.Millisecond || d > 45*time.Millisecond {
+	if d := e.timeout(0); d < 40*time.Millisecond || d > 45*time.Millisecond {
 		t.Errorf("steady 40ms round trips give timeout %v", d)
 	}
 	for i := 0; i < 50; i++ {
 		e.sample(time.Microsecond)
 	}
-	if d := e.timeout(); d != 10*time.Millisecond {
+	if d := e.timeout(0); d != 10*time.Millisecond {
 		t.Errorf("timeout %v below the minimum", d)
 	}
 	e.sample(10 * time.Second)
-	if d := e.timeout(); d != time.Second {
+	if d := e.timeout(0); d != time.Second {
 		t.Errorf("timeout %v above the maximum", d)
 	}
 	e.tooShort()
-	if d := e.timeout(); d != time.Second {
+	if d := e.timeout(0); d != time.Second {
 		t.Errorf("backing off above the maximum: %v", d)
 	}
 }
@@ -40,20 +40,25 @@ func TestRTTEstimatorBacksOff(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		e.sample(20 * time.Millisecond)
 	}
-	base := e.timeout()
+	base := e.timeout(0)
 	e.tooShort()
 	e.tooShort()
-	if d := e.timeout(); d != 4*base {
+	if d := e.timeout(0); d != 4*base {
 		t.Errorf("after two failed requests: %v, want %v", d, 4*base)
+	}
+	// An attempt after one that timed out within the request waits twice
+	// as long again.
+	if d := e.timeout(1); d != 8*base {
+		t.Errorf("second attempt after two failed requests: %v, want %v", d, 8*base)
 	}
 	for i := 0; i < 10; i++ {
 		e.tooShort()
 	}
-	if d := e.timeout(); d != time.Second {
+	if d := e.timeout(0); d != time.Second {
 		t.Errorf("backed off to %v, want the maximum", d)
 	}
 	e.sample(20 * time.Millisecond)
-	if d := e.timeout(); d < base-time.Millisecond || d > base+time.Millisecond {
+	if d := e.timeout(0); d < base-time.Millisecond || d > base+time.Millisecond {
 		t.Errorf("after a sample: %v, want about %v", d, base)
 	}
 }
