@@ -182,23 +182,32 @@ func (s balanceScenario) capacity() float64 {
 
 // balanceRun is what one run measured.
 type balanceRun struct {
-	lat     []time.Duration // of the measured requests, the failed ones until they failed
-	failed  int
-	served  []int64         // replies per node while measuring
-	sojourn []time.Duration // their total time in the nodes' queues
-	late    time.Duration   // their total lateness past their schedule
-	window  time.Duration
+	lat []time.Duration // of the measured requests, the failed ones until they failed
+	// p50, p99 and p999 are percentiles of lat.
+	p50, p99, p999 time.Duration
+	failed         int
+	served         []int64         // replies per node while measuring
+	sojourn        []time.Duration // their total time in the nodes' queues
+	late           time.Duration   // their total lateness past their schedule
+	window         time.Duration
 }
 
 // meanSojourn is the mean time of the replies in the nodes' queues.
 func (r balanceRun) meanSojourn() time.Duration {
-	var n int64
 	var sum time.Duration
-	for i := range r.served {
-		n += r.served[i]
-		sum += r.sojourn[i]
+	for _, s := range r.sojourn {
+		sum += s
 	}
-	return sum / time.Duration(max(n, 1))
+	return sum / time.Duration(max(r.replies(), 1))
+}
+
+// replies counts the replies the nodes sent while measuring.
+func (r balanceRun) replies() int64 {
+	var n int64
+	for _, s := range r.served {
+		n += s
+	}
+	return n
 }
 
 func (r balanceRun) utilization(s balanceScenario) []float64 {
@@ -210,11 +219,7 @@ func (r balanceRun) utilization(s balanceScenario) []float64 {
 }
 
 func (r balanceRun) share(i int) float64 {
-	var total int64
-	for _, n := range r.served {
-		total += n
-	}
-	return float64(r.served[i]) / float64(max(total, 1))
+	return float64(r.served[i]) / float64(max(r.replies(), 1))
 }
 
 func (r balanceRun) meanLatency() time.Duration {
@@ -432,6 +437,8 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 		out.late += time.Duration(q.late.Load())
 	}
 	wg.Wait()
+	pct := Percentiles(out.lat, 50, 99, 99.9)
+	out.p50, out.p99, out.p999 = pct[0], pct[1], pct[2]
 	return out, ctx.Err()
 }
 
@@ -461,7 +468,7 @@ func balance(ctx context.Context, cfg Config) (*Report, error) {
 			k := balanceKey{sc.name, st.label(), loss}
 			runs[k] = append(runs[k], r)
 			cfg.progress("balance: seed %d, %s, heartbeat loss %g%%, %s: p99 %v, last node's share %.3f, %d failed (%.1fs)",
-				seed, sc.name, loss*100, st.label(), Percentile(r.lat, 99).Round(10*time.Microsecond),
+				seed, sc.name, loss*100, st.label(), r.p99.Round(10*time.Microsecond),
 				r.share(len(r.served)-1), r.failed, time.Since(began).Seconds())
 			return nil
 		}
@@ -513,10 +520,10 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 		for _, st := range setup.strategies {
 			for _, loss := range setup.losses {
 				k := balanceKey{sc.name, st.label(), loss}
-				p99 := stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99)) })
+				p99 := stat(k, func(b balanceRun) float64 { return ms(b.p99) })
 				table.Rows = append(table.Rows, []string{sc.name, fmt.Sprintf("%g%%", loss*100), st.label(),
-					num(stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 50)) }).Mean),
-					num(p99.Mean), num(stat(k, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99.9)) }).Mean),
+					num(stat(k, func(b balanceRun) float64 { return ms(b.p50) }).Mean),
+					num(p99.Mean), num(stat(k, func(b balanceRun) float64 { return ms(b.p999) }).Mean),
 					num(p99.HalfWidth),
 					num(stat(k, func(b balanceRun) float64 { return ms(b.meanSojourn()) }).Mean),
 					num(stat(k, func(b balanceRun) float64 { return b.share(last) }).Mean),
@@ -525,7 +532,7 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 			}
 		}
 		r.Figures = append(r.Figures, balanceFigure(setup, sc, func(st balanceStrategy) float64 {
-			return stat(balanceKey{sc.name, st.label(), 0}, func(b balanceRun) float64 { return ms(Percentile(b.lat, 99)) }).Mean
+			return stat(balanceKey{sc.name, st.label(), 0}, func(b balanceRun) float64 { return ms(b.p99) }).Mean
 		}))
 	}
 	r.Tables = append(r.Tables, table)
@@ -539,13 +546,7 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 		sojourn, ms(want), ms(want)*0.9, ms(want)*1.1,
 		fmt.Sprintf("M/D/1 at ρ=%g, s=%v (Pollaczek–Khinchine: s + ρs/2(1−ρ)), ±10%%", setup.utilization, setup.fast)))
 	overhead := stat(eq, func(b balanceRun) float64 { return ms(b.meanLatency() - b.meanSojourn()) })
-	late := stat(eq, func(b balanceRun) float64 {
-		var n int64
-		for _, s := range b.served {
-			n += s
-		}
-		return ms(b.late / time.Duration(max(n, 1)))
-	})
+	late := stat(eq, func(b balanceRun) float64 { return ms(b.late / time.Duration(max(b.replies(), 1))) })
 	r.Notes = append(r.Notes, fmt.Sprintf("the clients' mean latency exceeds the replies' mean time in the "+
 		"nodes' queues by %s ± %s ms (equal nodes, random): the client, the simulated network, the node's "+
 		"own work, and the timers of the service queues, which sent replies %s ± %s ms after their time "+
@@ -652,7 +653,7 @@ func balanceRanking(setup balanceSetup, runs map[balanceKey][]balanceRun) []stri
 			for _, loss := range setup.losses {
 				var p99 []float64
 				for _, run := range runs[balanceKey{sc.name, st.label(), loss}] {
-					p99 = append(p99, float64(Percentile(run.lat, 99)))
+					p99 = append(p99, float64(run.p99))
 				}
 				if m := time.Duration(Mean(p99).Mean); m > s.worst {
 					s.worst, s.where = m, fmt.Sprintf("%s, %g%% heartbeats lost", sc.name, loss*100)

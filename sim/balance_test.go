@@ -90,7 +90,8 @@ func TestBalanceExperiment(t *testing.T) {
 func TestBalanceReport(t *testing.T) {
 	setup := newBalanceSetup(&Config{})
 	runs := map[balanceKey][]balanceRun{}
-	run := balanceRun{lat: []time.Duration{time.Millisecond}, served: []int64{300, 300, 300, 300, 60},
+	ms := time.Millisecond
+	run := balanceRun{lat: []time.Duration{ms}, p50: ms, p99: ms, p999: ms, served: []int64{300, 300, 300, 300, 60},
 		sojourn: make([]time.Duration, 5), window: time.Second}
 	runs[balanceKey{"equal", "random", 0}] = []balanceRun{run}
 	for _, sc := range setup.scenarios {

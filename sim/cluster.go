@@ -29,6 +29,8 @@ type cluster struct {
 	ids   []string
 	// wrap, if set, stands between each node and its endpoint.
 	wrap func(id string, t wire.Transport) wire.Transport
+	// clients are the clients connected; close closes them.
+	clients []*client.Client
 }
 
 // startCluster starts nodes nodes with shards shards of replicas replicas
@@ -155,7 +157,7 @@ func (c *cluster) client(ctx context.Context, cfg client.Config) (*client.Client
 }
 
 // clientVia connects a client over the simulated network through wrap, if
-// not nil.
+// not nil. The cluster's close closes it, if its owner has not.
 func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wire.Transport) wire.Transport) (*client.Client, error) {
 	ep, err := c.net.Listen(netip.AddrPort{})
 	if err != nil {
@@ -169,7 +171,12 @@ func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wi
 	for _, n := range c.spec.Nodes {
 		cfg.Seeds = append(cfg.Seeds, n.Client)
 	}
-	return client.New(ctx, cfg) // closes the endpoint if it fails
+	cl, err := client.New(ctx, cfg) // closes the endpoint if it fails
+	if err != nil {
+		return nil, err
+	}
+	c.clients = append(c.clients, cl)
+	return cl, nil
 }
 
 // stats sums the state machine counters of each shard's leader.
@@ -188,8 +195,11 @@ func (c *cluster) stats() shard.Stats {
 	return total
 }
 
-// close stops every node and removes the data.
+// close closes the clients, stops every node and removes the data.
 func (c *cluster) close() {
+	for _, cl := range c.clients {
+		cl.Close(context.Background())
+	}
 	for id := range c.nodes {
 		c.kill(id)
 	}

@@ -224,11 +224,6 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 	// Writers use the client's defaults: the errors they see are what an
 	// application sees. The history's clients ride out the election.
 	var clients []*client.Client
-	defer func() {
-		for _, cl := range clients {
-			cl.Close(context.Background())
-		}
-	}()
 	for _, cc := range []client.Config{{}, {}, historyClient, historyClient} {
 		cl, err := c.client(ctx, cc)
 		if err != nil {

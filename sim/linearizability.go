@@ -166,7 +166,6 @@ func linearizabilitySeed(ctx context.Context, cfg Config, set linSetup, seed int
 		if clients[i], err = c.client(ctx, cc); err != nil {
 			return err
 		}
-		defer clients[i].Close(context.Background())
 	}
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	for round := 0; round < set.rounds; round++ {

@@ -74,6 +74,7 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		for i, p := range drops {
 			if err := c.net.SetDefaultFaults(wire.Faults{Drop: p}); err != nil {
+				c.close()
 				return nil, err
 			}
 			before := c.stats()
@@ -85,7 +86,6 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 			points[i] = append(points[i], pt)
 			cfg.progress("loss: seed %d, drop %.2f: %d/%d succeeded, %.2f attempts each", seed, p, pt.ok, pt.ok+pt.failed, pt.attempts)
 		}
-		cl.Close(context.Background())
 		c.close()
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -130,11 +130,11 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 			r.Checks = append(r.Checks, Check{Name: fmt.Sprintf("failures at drop %.2f are ErrUnavailable", p),
 				Source: "a failed write must return a clear error"})
 		}
-		ae := Mean(att1)
+		ae, pct := Mean(att1), Percentiles(lats, 50, 99)
 		t.Rows = append(t.Rows, []string{
 			fmt.Sprintf("%.2f", p), fmt.Sprintf("%.4f", est.Mean), fmt.Sprintf("%.4f", est.HalfWidth), fmt.Sprintf("%.4f", want),
 			fmt.Sprint(dups), fmt.Sprintf("%.3f", ae.Mean), fmt.Sprintf("%.3f", attemptsTheory(p, attempts)),
-			Percentile(lats, 50).Round(10 * time.Microsecond).String(), Percentile(lats, 99).Round(10 * time.Microsecond).String(),
+			pct[0].Round(10 * time.Microsecond).String(), pct[1].Round(10 * time.Microsecond).String(),
 		})
 		measured.X, measured.Y, measured.Err = append(measured.X, p), append(measured.Y, est.Mean), append(measured.Err, est.HalfWidth)
 		theory.X, theory.Y = append(theory.X, p), append(theory.Y, want)

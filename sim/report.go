@@ -253,8 +253,12 @@ func (f *Figure) plot(path string) error {
 			p.Add(bars)
 		}
 	}
-	if f.LogY && p.Y.Min == p.Y.Max {
-		// gonum/plot widens an empty range by ±1, which can reach 0.
+	// gonum/plot widens an empty range by ±1, which can reach 0, and has
+	// no range at all without a point.
+	switch {
+	case f.LogY && p.Y.Max <= 0:
+		p.Y.Min, p.Y.Max = 1, 10
+	case f.LogY && p.Y.Min == p.Y.Max:
 		p.Y.Min, p.Y.Max = p.Y.Min/2, p.Y.Max*2
 	}
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)

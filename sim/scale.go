@@ -112,6 +112,7 @@ func scale(ctx context.Context, cfg Config) (*Report, error) {
 			failed += pt.failed
 		}
 		x, c, b, l, f, fc := Mean(xs), Mean(cs), Mean(busy), Mean(little), Mean(fpw), Mean(fcap)
+		pct := Percentiles(lats, 50, 99)
 		if n == 1 {
 			x1, c1 = x.Mean, c.Mean
 		}
@@ -128,7 +129,7 @@ func scale(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		t.Rows = append(t.Rows, []string{fmt.Sprint(n), fmt.Sprintf("%.0f", x.Mean), fmt.Sprintf("%.0f", x.HalfWidth), fmt.Sprintf("%.0f", want), by,
 			fmt.Sprintf("%.0fµs", c.Mean), fmt.Sprintf("%.2f", b.Mean), fmt.Sprintf("%.2f", f.Mean), fmt.Sprintf("%.0f", fc.Mean),
-			Percentile(lats, 50).Round(10 * time.Microsecond).String(), Percentile(lats, 99).Round(10 * time.Microsecond).String(),
+			pct[0].Round(10 * time.Microsecond).String(), pct[1].Round(10 * time.Microsecond).String(),
 			fmt.Sprint(failed), fmt.Sprintf("%.3f", l.Mean)})
 		tput.X, tput.Y, tput.Err = append(tput.X, float64(n)), append(tput.Y, x.Mean), append(tput.Err, x.HalfWidth)
 		bound.X, bound.Y = append(bound.X, float64(n)), append(bound.Y, want)
@@ -175,7 +176,6 @@ func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, 
 		if clients[i], err = c.client(ctx, client.Config{}); err != nil {
 			return pt, err
 		}
-		defer clients[i].Close(context.Background())
 	}
 	// Warm up: every client learns every shard's leader.
 	for _, cl := range clients {

@@ -2,7 +2,7 @@ package sim
 
 import (
 	"math"
-	"sort"
+	"slices"
 	"time"
 )
 
@@ -60,13 +60,19 @@ func Proportion(successes, trials int) Estimate {
 	return Estimate{Mean: p, HalfWidth: math.Max(center+half-p, p-(center-half)), N: trials}
 }
 
-// Percentile returns the p-th percentile (0 to 100) of durations.
-func Percentile(d []time.Duration, p float64) time.Duration {
+// Percentiles returns the ps-th percentiles (0 to 100) of durations,
+// sorting a copy of them once: the smallest value with at least p% of them
+// at or below it; 0 for none.
+func Percentiles(d []time.Duration, ps ...float64) []time.Duration {
+	out := make([]time.Duration, len(ps))
 	if len(d) == 0 {
-		return 0
+		return out
 	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
+	s := slices.Clone(d)
+	slices.Sort(s)
+	for k, p := range ps {
+		i := int(math.Ceil(p/100*float64(len(s)))) - 1
+		out[k] = s[max(0, min(i, len(s)-1))]
+	}
+	return out
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/sim"
 )
 
 // benchOps are the workloads of `shoal bench`, in the order a grid runs
@@ -284,11 +285,12 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 	if errs > 0 {
 		fmt.Fprintf(stderr, "bench: %d requests failed, the first with: %v\n", errs, firstErr)
 	}
-	slices.Sort(lat)
+	pct := sim.Percentiles(lat, 50, 99, 99.9)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	p := benchPoint{
 		Op: op, Clients: clients, Seconds: elapsed.Seconds(), Ops: len(lat), Errors: errs,
 		OpsPerSec: float64(len(lat)) / elapsed.Seconds(),
-		P50us:     percentileMicros(lat, 0.50), P99us: percentileMicros(lat, 0.99), P999us: percentileMicros(lat, 0.999),
+		P50us:     us(pct[0]), P99us: us(pct[1]), P999us: us(pct[2]),
 	}
 	if pids != nil && len(lat) > 0 {
 		p.CPUusPerOp = (nodesCPU(pids) - cpu0).Seconds() * 1e6 / float64(len(lat))
@@ -297,15 +299,6 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 		}
 	}
 	return p, nil
-}
-
-// percentileMicros is the q-quantile of sorted, in microseconds.
-func percentileMicros(sorted []time.Duration, q float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := min(int(q*float64(len(sorted))), len(sorted)-1)
-	return float64(sorted[i]) / float64(time.Microsecond)
 }
 
 func micros(us float64) string {
