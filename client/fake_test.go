@@ -40,6 +40,7 @@ type fakeNode struct {
 type fakeCluster struct {
 	net   *wire.SimNet
 	nodes []*fakeNode
+	mu    sync.Mutex // guards smap, which a test may replace while nodes serve
 	smap  *shard.Map
 	done  chan struct{}
 	wg    sync.WaitGroup
@@ -85,7 +86,9 @@ func newFakeShardedCluster(t *testing.T, n, shards, replicas int) *fakeCluster {
 }
 
 func (fc *fakeCluster) topology() *wire.Topology {
+	fc.mu.Lock()
 	t := &wire.Topology{Map: fc.smap}
+	fc.mu.Unlock()
 	for _, f := range fc.nodes {
 		t.Nodes = append(t.Nodes, wire.NodeAddr{ID: f.id, Addr: f.ep.LocalAddr().String()})
 	}
@@ -333,7 +336,9 @@ func TestNewerMapIsFetched(t *testing.T) {
 	for _, f := range fc.nodes {
 		f.set(func(f *fakeNode) { f.mapVersion = 2 })
 	}
-	fc.nodes[0].set(func(*fakeNode) { fc.smap = &m2 })
+	fc.mu.Lock()
+	fc.smap = &m2
+	fc.mu.Unlock()
 	deadline := time.Now().Add(5 * time.Second)
 	for c.Map().Version != 2 {
 		if time.Now().After(deadline) {
