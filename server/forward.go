@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/rpc"
 	"sync"
@@ -21,25 +22,27 @@ import (
 // is exactly when it matters; the follower learns the new leader from raft
 // itself. Node-to-node calls use net/rpc over the node listener.
 
-// ForwardRequest is a call from a node to the leader of a shard: apply Op,
-// or, with ReadIndex set, return a read index. It is part of the
-// node-to-node protocol, not of the client API.
+// ForwardRequest is a call from a node to the leader of a shard: apply Ops
+// as they come, or, with ReadIndex set, return a read index. A follower
+// sends the ops that arrived while its earlier calls were running in one
+// request. It is part of the node-to-node protocol, not of the client API.
 type ForwardRequest struct {
 	Shard     shard.ID
 	ReadIndex bool
-	Op        shard.Op
+	Ops       []shard.Op
 	// Timeout is how long the caller will wait.
 	Timeout time.Duration
 }
 
 // ForwardReply answers a ForwardRequest.
 type ForwardReply struct {
-	Result shard.Result
-	Index  uint64
+	// Results holds one result per op of the request, in order.
+	Results []shard.Result
+	Index   uint64
 	// Retry says the call failed in a way worth retrying, perhaps on
 	// another leader: the callee was not the leader, lost leadership
-	// while applying (the op may or may not have committed), or ran out of
-	// time.
+	// while applying (the ops may or may not have committed), or ran out
+	// of time.
 	Retry bool
 	// Err describes the failure; empty on success.
 	Err string
@@ -61,6 +64,46 @@ func retryable(err error) bool {
 func isNetError(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed)
+}
+
+// linkToLeader sets up rep's forwarders to its shard's leader, with at most
+// outstandingEntries calls of each kind running at once.
+func (n *Node) linkToLeader(rep *replica) {
+	call := func(req ForwardRequest) (ForwardReply, error) {
+		leader := rep.leaderID()
+		if leader == "" || leader == n.id {
+			return ForwardReply{}, fmt.Errorf("%w: shard %d: no other node leads", errRetry, rep.id)
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
+		defer cancel()
+		req.Shard = rep.id
+		return n.peers.forward(ctx, leader, req)
+	}
+	rep.forwardWrites = &batcher[shard.Op, shard.Result]{
+		commit: func(ops []shard.Op) ([]shard.Result, error) {
+			fr, err := call(ForwardRequest{Ops: ops})
+			return fr.Results, err
+		},
+		parallel: outstandingEntries,
+		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
+		spawn: n.group.Go, closed: rpc.ErrShutdown,
+	}
+	rep.forwardReads = &batcher[struct{}, uint64]{
+		commit: func(reads []struct{}) ([]uint64, error) {
+			fr, err := call(ForwardRequest{ReadIndex: true})
+			if err != nil {
+				return nil, err
+			}
+			indexes := make([]uint64, len(reads))
+			for i := range indexes {
+				indexes[i] = fr.Index
+			}
+			return indexes, nil
+		},
+		parallel: outstandingEntries,
+		maxItems: math.MaxInt, maxBytes: math.MaxInt, size: func(struct{}) int { return 0 },
+		spawn: n.group.Go, closed: rpc.ErrShutdown,
+	}
 }
 
 // nodeService is the net/rpc receiver a node registers for its peers.
@@ -88,7 +131,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	if req.ReadIndex {
 		reply.Index, err = rep.readIndex(ctx)
 	} else {
-		reply.Result, err = rep.propose(req.Op)
+		reply.Results, err = rep.propose(ctx, req.Ops...)
 	}
 	if err != nil {
 		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded)

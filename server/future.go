@@ -2,6 +2,7 @@ package server
 
 import (
 	"reflect"
+	"sync"
 
 	"github.com/hashicorp/raft"
 )
@@ -20,6 +21,11 @@ func awaitFuture(f raft.Future, stop chan struct{}) error {
 	return f.Error()
 }
 
+// shutdownFields caches, per future type, the index of its settable
+// ShutdownCh field, or nil when it has none: looking a field up by name
+// costs more than the rest of a proposal.
+var shutdownFields sync.Map // reflect.Type → []int
+
 // hookShutdown sets f's ShutdownCh to stop if f has one that is unset, and
 // reports whether it did.
 func hookShutdown(f raft.Future, stop chan struct{}) bool {
@@ -27,8 +33,20 @@ func hookShutdown(f raft.Future, stop chan struct{}) bool {
 	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
 		return false
 	}
-	fld := v.Elem().FieldByName("ShutdownCh")
-	if !fld.IsValid() || !fld.CanSet() || fld.Type() != reflect.TypeOf(stop) || !fld.IsNil() {
+	t := v.Elem().Type()
+	index, ok := shutdownFields.Load(t)
+	if !ok {
+		var idx []int
+		if sf, found := t.FieldByName("ShutdownCh"); found && sf.IsExported() && sf.Type == reflect.TypeOf(stop) {
+			idx = sf.Index
+		}
+		index, _ = shutdownFields.LoadOrStore(t, idx)
+	}
+	if index.([]int) == nil {
+		return false
+	}
+	fld, err := v.Elem().FieldByIndexErr(index.([]int))
+	if err != nil || !fld.CanSet() || !fld.IsNil() {
 		return false
 	}
 	fld.Set(reflect.ValueOf(stop))

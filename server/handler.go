@@ -219,18 +219,20 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 // machine's result. The op's session makes the retries of viaLeader safe:
 // an op applied twice answers from the session.
 func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shard.Result, error) {
-	var res shard.Result
+	var res []shard.Result
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
-			res, err = rep.propose(op)
+			res, err = rep.propose(ctx, op)
 			return err
 		},
-		func(leader string) error {
-			fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, Op: op})
-			res = fr.Result
+		func() (err error) {
+			res, err = rep.forwardWrites.submit(ctx, op)
 			return err
 		})
-	return res, err
+	if err != nil {
+		return shard.Result{}, err
+	}
+	return res[0], nil
 }
 
 // get reads key. A stale read answers from this replica's state as it is;
@@ -260,12 +262,12 @@ func (n *Node) readBarrier(ctx context.Context, rep *replica) error {
 			}
 			return rep.fsm.WaitApplied(ctx, index)
 		},
-		func(leader string) error {
-			fr, err := n.peers.forward(ctx, leader, ForwardRequest{Shard: rep.id, ReadIndex: true})
+		func() error {
+			index, err := rep.forwardReads.submit(ctx, struct{}{})
 			if err != nil {
 				return err
 			}
-			return rep.fsm.WaitApplied(ctx, fr.Index)
+			return rep.fsm.WaitApplied(ctx, index[0])
 		})
 }
 
@@ -273,18 +275,18 @@ func (n *Node) readBarrier(ctx context.Context, rep *replica) error {
 var errGaveUp = errors.New("server: gave up waiting for the leader")
 
 // viaLeader runs a step against the shard's leader: local when this replica
-// leads, remote with the leader's id when another does. A failure that may
+// leads, remote (through the replica's forwarders) when another does. A failure that may
 // pass (no leader yet, leadership moved or lost mid-call, a peer
 // unreachable) is retried when leadership changes or after a short backoff,
 // until ctx ends; then the last error comes back wrapped in errGaveUp.
-func (n *Node) viaLeader(ctx context.Context, rep *replica, local func() error, remote func(leader string) error) error {
+func (n *Node) viaLeader(ctx context.Context, rep *replica, local, remote func() error) error {
 	for {
 		changed := rep.changes()
 		var err error
 		if rep.isLeader() {
 			err = local()
-		} else if leader := rep.leaderID(); leader != "" {
-			err = remote(leader)
+		} else if rep.leaderID() != "" {
+			err = remote()
 		} else {
 			err = fmt.Errorf("%w: shard %d has no leader", errRetry, rep.id)
 		}

@@ -455,7 +455,7 @@ func (n *Node) runSchedules() {
 				if !rep.isLeader() || !tickDue(rep.fsm, now.UnixNano()) {
 					continue
 				}
-				if _, err := rep.propose(shard.Op{Kind: shard.KindTick}); err != nil && rep.isLeader() {
+				if _, err := rep.propose(n.ctx, shard.Op{Kind: shard.KindTick}); err != nil && rep.isLeader() {
 					rep.log.Warn("proposing a tick failed", "err", err)
 				}
 			}

@@ -196,6 +196,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			sl.Close()
 			return fail(err)
 		}
+		n.linkToLeader(rep)
 		replicas[id] = rep
 	}
 	n.replicas = replicas

@@ -29,6 +29,14 @@ const (
 	boltOpenTimeout = 2 * time.Second
 	// applyEnqueueTimeout bounds waiting for raft to take a proposal.
 	applyEnqueueTimeout = time.Second
+	// Proposals share raft entries: at most outstandingEntries of a
+	// replica's entries are being committed at once, and ops proposed
+	// meanwhile wait to go together in the next, up to entryMaxOps ops or
+	// entryMaxBytes. Two outstanding entries let the leader write one to
+	// its disk while the followers write the other.
+	outstandingEntries = 2
+	entryMaxOps        = 512
+	entryMaxBytes      = 1 << 20
 )
 
 // errNotLeader is returned by the leader-only paths of a replica that is not
@@ -56,11 +64,16 @@ type replica struct {
 
 	// stop closes when the replica starts closing; every wait on a raft
 	// future ends then (see awaitFuture).
-	stop     chan struct{}
-	verifier verifier
-	observer *raft.Observer
-	obsCh    chan raft.Observation
-	group    group
+	stop      chan struct{}
+	verifier  verifier
+	proposals *batcher[shard.Op, shard.Result]
+	// A follower sends writes, and asks for read indexes, through these:
+	// what arrives while earlier calls to the leader run goes together.
+	forwardWrites *batcher[shard.Op, shard.Result]
+	forwardReads  *batcher[struct{}, uint64]
+	observer      *raft.Observer
+	obsCh         chan raft.Observation
+	group         group
 }
 
 // openReplica opens (or creates) the replica of shard id in dir and starts
@@ -158,6 +171,12 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		obsCh:   make(chan raft.Observation, 64),
 	}
 	rep.verifier.r = rep
+	rep.proposals = &batcher[shard.Op, shard.Result]{
+		commit:   rep.commit,
+		parallel: outstandingEntries,
+		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
+		spawn: rep.group.Go, closed: raft.ErrRaftShutdown,
+	}
 	rep.observer = raft.NewObserver(rep.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
 		case raft.LeaderObservation, raft.RaftState:
@@ -212,7 +231,7 @@ func (r *replica) ensureReady() {
 			if r.readyTerm.Load() == term {
 				break
 			}
-			_, err := r.apply(shard.Op{Kind: shard.KindTick})
+			_, err := r.apply(context.Background(), shard.Op{Kind: shard.KindTick})
 			// The command is this term's only if the term did not move
 			// meanwhile.
 			if err == nil && r.raft.CurrentTerm() == term && r.isLeader() {
@@ -261,37 +280,53 @@ func (r *replica) leaderID() string {
 	return string(id)
 }
 
-// propose applies op through this replica, which must lead. raft.ErrNotLeader
-// and raft.ErrLeadershipLost come back as they are: after the latter the op
-// may or may not commit, and only a retry with the same sequence number
-// settles it.
-func (r *replica) propose(op shard.Op) (shard.Result, error) {
+// propose applies ops through this replica, which must lead, and returns
+// their results in order. raft.ErrNotLeader and raft.ErrLeadershipLost come
+// back as they are: after the latter the ops may or may not commit, and
+// only a retry with the same sequence numbers settles it.
+func (r *replica) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result, error) {
 	if !r.isLeader() {
-		return shard.Result{}, errNotLeader
+		return nil, errNotLeader
 	}
-	return r.apply(op)
+	return r.proposals.submit(ctx, ops...)
 }
 
-// apply proposes a command of op, stamped with this node's clock, and waits
+// apply proposes op, in an entry perhaps shared with other ops, and waits
 // for it to apply.
-func (r *replica) apply(op shard.Op) (shard.Result, error) {
-	cmd := shard.Command{Now: time.Now().UnixNano(), Ops: []shard.Op{op}}
-	data, err := cmd.Encode()
+func (r *replica) apply(ctx context.Context, op shard.Op) (shard.Result, error) {
+	res, err := r.proposals.submit(ctx, op)
 	if err != nil {
 		return shard.Result{}, err
 	}
+	return res[0], nil
+}
+
+// commit proposes ops as one command, stamped with this node's clock, and
+// waits for it to apply.
+func (r *replica) commit(ops []shard.Op) ([]shard.Result, error) {
+	cmd := shard.Command{Now: time.Now().UnixNano(), Ops: ops}
+	data, err := cmd.Encode()
+	if err != nil {
+		return nil, err
+	}
 	f := r.raft.Apply(data, applyEnqueueTimeout)
 	if err := awaitFuture(f, r.stop); err != nil {
-		return shard.Result{}, err
+		return nil, err
 	}
 	switch resp := f.Response().(type) {
 	case []shard.Result:
-		return resp[0], nil
+		return resp, nil
 	case error:
-		return shard.Result{}, resp
+		return nil, resp
 	default:
-		return shard.Result{}, fmt.Errorf("server: shard %d: unexpected apply response %T", r.id, resp)
+		return nil, fmt.Errorf("server: shard %d: unexpected apply response %T", r.id, resp)
 	}
+}
+
+// opSize is about the bytes op takes in a command.
+func opSize(op shard.Op) int {
+	return 64 + len(op.Client) + len(op.Key) + len(op.Value) + len(op.Topic) + len(op.JobID) +
+		len(op.Unique) + len(op.Reason)
 }
 
 // readIndex returns an index such that a replica that has applied it

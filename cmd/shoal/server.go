@@ -20,6 +20,7 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	data := fs.String("data", "", "data `DIR` for the node's raft logs and snapshots")
 	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiles (net/http/pprof) on `ADDR`, e.g. 127.0.0.1:6060; off when empty")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -39,6 +40,13 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	if *pprofAddr != "" {
+		stop, err := servePprof(*pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	n, err := server.Start(ctx, server.Config{ID: *id, DataDir: *data, Spec: spec, Logger: log})
 	if err != nil {
 		return err
