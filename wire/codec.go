@@ -27,6 +27,22 @@ var (
 // shoal adds c client, s sequence, k ack, w timeout in milliseconds, n node,
 // l activity and h heartbeat.
 func Encode(m *Message) ([]byte, error) {
+	d, err := encodeDict(m)
+	if err != nil {
+		return nil, err
+	}
+	b, err := appendValue(make([]byte, 0, 256), d)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxDatagramSize {
+		return nil, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, len(b), MaxDatagramSize)
+	}
+	return b, nil
+}
+
+// encodeDict returns m as the dict Encode writes.
+func encodeDict(m *Message) (map[string]any, error) {
 	d := map[string]any{"y": string(m.Type)}
 	switch m.Type {
 	case TypeQuery:
@@ -71,14 +87,7 @@ func Encode(m *Message) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("wire: encode: unknown message type %q", m.Type)
 	}
-	var buf bytes.Buffer
-	if err := bencode.Marshal(&buf, d); err != nil {
-		return nil, fmt.Errorf("wire: encode: %w", err)
-	}
-	if buf.Len() > MaxDatagramSize {
-		return nil, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, buf.Len(), MaxDatagramSize)
-	}
-	return buf.Bytes(), nil
+	return d, nil
 }
 
 func putString(d map[string]any, key, v string) {
@@ -160,7 +169,7 @@ func encodeResult(r *Result) map[string]any {
 		}
 		td := map[string]any{"n": nodes}
 		if t.Map != nil {
-			td["m"] = *t.Map
+			td["m"] = encodeMap(t.Map)
 		}
 		d["tp"] = td
 	}

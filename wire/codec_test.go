@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackpal/bencode-go"
 	"github.com/shoal-kv/shoal/shard"
 )
 
@@ -246,5 +247,30 @@ func TestDecodeAllocationIsBounded(t *testing.T) {
 		if got := after.TotalAlloc - before.TotalAlloc; got > 1536<<10 {
 			t.Errorf("%s: %d bytes in, %d bytes allocated", name, len(in), got)
 		}
+	}
+}
+
+// appendValue must write exactly what bencode-go's Marshal writes for the
+// same dict, for every message.
+func TestEncodeMatchesBencodeGo(t *testing.T) {
+	for name, m := range sampleMessages(t) {
+		d, err := encodeDict(m)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		ours, err := appendValue(nil, d)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var theirs bytes.Buffer
+		if err := bencode.Marshal(&theirs, d); err != nil {
+			t.Fatalf("%s: bencode-go: %v", name, err)
+		}
+		if !bytes.Equal(ours, theirs.Bytes()) {
+			t.Errorf("%s:\n ours   %q\n theirs %q", name, ours, theirs.Bytes())
+		}
+	}
+	if _, err := appendValue(nil, map[string]any{"x": 1.5}); err == nil {
+		t.Error("encoding a float: no error")
 	}
 }

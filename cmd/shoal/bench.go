@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,6 +56,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	replicas := fs.Int("replicas", 3, "replicas per shard of the cluster started")
 	clusterFile := fs.String("cluster", "", "run against this existing cluster (a cluster.json) instead of starting one")
 	asJSON := fs.Bool("json", false, "print one JSON object per point")
+	cpuProfile := fs.String("cpuprofile", "", "write the benchmark client's CPU profile to `FILE` (nodes: shoal server --pprof)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -81,6 +83,18 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *clusterFile != "" && *shardsFlag > 0 {
 		return fmt.Errorf("%w: --shards is the existing cluster's with --cluster", errUsage)
+	}
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
