@@ -44,6 +44,12 @@ func newTestCluster(t testing.TB, nodes, shards, replicas int) *testCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startTestCluster(t, spec)
+}
+
+// startTestCluster starts every node of spec and waits for leaders.
+func startTestCluster(t testing.TB, spec *Spec) *testCluster {
+	t.Helper()
 	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
 	t.Cleanup(c.closeAll)
 	for _, n := range spec.Nodes {

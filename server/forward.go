@@ -23,12 +23,14 @@ import (
 // itself. Node-to-node calls use net/rpc over the node listener.
 
 // ForwardRequest is a call from a node to the leader of a shard: apply Ops
-// as they come, or, with ReadIndex set, return a read index. A follower
-// sends the ops that arrived while its earlier calls were running in one
-// request. It is part of the node-to-node protocol, not of the client API.
+// as they come, or, with ReadIndex set, return a read index and the entries
+// of Keys as of that index. A follower sends the ops (or keys) that arrived
+// while its earlier calls were running in one request. It is part of the
+// node-to-node protocol, not of the client API.
 type ForwardRequest struct {
 	Shard     shard.ID
 	ReadIndex bool
+	Keys      []string
 	Ops       []shard.Op
 	// Timeout is how long the caller will wait.
 	Timeout time.Duration
@@ -39,6 +41,9 @@ type ForwardReply struct {
 	// Results holds one result per op of the request, in order.
 	Results []shard.Result
 	Index   uint64
+	// Entries holds the entry of each key of the request, in order; a
+	// key that does not exist has Version 0.
+	Entries []shard.Entry
 	// Retry says the call failed in a way worth retrying, perhaps on
 	// another leader: the callee was not the leader, lost leadership
 	// while applying (the ops may or may not have committed), or ran out
@@ -66,18 +71,24 @@ func isNetError(err error) bool {
 	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed)
 }
 
+// callLeader sends req about rep's shard to the node that leads it, as rep
+// knows it. A failure the caller may retry wraps errRetry.
+func (n *Node) callLeader(ctx context.Context, rep *replica, req ForwardRequest) (ForwardReply, error) {
+	leader := rep.leaderID()
+	if leader == "" || leader == n.id {
+		return ForwardReply{}, fmt.Errorf("%w: shard %d: no other node leads", errRetry, rep.id)
+	}
+	req.Shard = rep.id
+	return n.peers.forward(ctx, leader, req)
+}
+
 // linkToLeader sets up rep's forwarders to its shard's leader, with at most
 // outstandingEntries calls of each kind running at once.
 func (n *Node) linkToLeader(rep *replica) {
 	call := func(req ForwardRequest) (ForwardReply, error) {
-		leader := rep.leaderID()
-		if leader == "" || leader == n.id {
-			return ForwardReply{}, fmt.Errorf("%w: shard %d: no other node leads", errRetry, rep.id)
-		}
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
 		defer cancel()
-		req.Shard = rep.id
-		return n.peers.forward(ctx, leader, req)
+		return n.callLeader(ctx, rep, req)
 	}
 	rep.forwardWrites = &batcher[shard.Op, shard.Result]{
 		commit: func(ops []shard.Op) ([]shard.Result, error) {
@@ -88,20 +99,14 @@ func (n *Node) linkToLeader(rep *replica) {
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
 		spawn: n.group.Go, closed: rpc.ErrShutdown,
 	}
-	rep.forwardReads = &batcher[struct{}, uint64]{
-		commit: func(reads []struct{}) ([]uint64, error) {
-			fr, err := call(ForwardRequest{ReadIndex: true})
-			if err != nil {
-				return nil, err
-			}
-			indexes := make([]uint64, len(reads))
-			for i := range indexes {
-				indexes[i] = fr.Index
-			}
-			return indexes, nil
+	rep.forwardGets = &batcher[string, shard.Entry]{
+		commit: func(keys []string) ([]shard.Entry, error) {
+			fr, err := call(ForwardRequest{ReadIndex: true, Keys: keys})
+			return fr.Entries, err
 		},
 		parallel: outstandingEntries,
-		maxItems: math.MaxInt, maxBytes: math.MaxInt, size: func(struct{}) int { return 0 },
+		// Values come back, up to MaxValueSize each.
+		maxItems: forwardMaxGets, maxBytes: math.MaxInt, size: func(string) int { return 0 },
 		spawn: n.group.Go, closed: rpc.ErrShutdown,
 	}
 }
@@ -129,7 +134,12 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	defer cancel()
 	var err error
 	if req.ReadIndex {
-		reply.Index, err = rep.readIndex(ctx)
+		if reply.Index, err = rep.readIndex(ctx); err == nil && len(req.Keys) > 0 {
+			reply.Entries = make([]shard.Entry, len(req.Keys))
+			for i, k := range req.Keys {
+				reply.Entries[i], _ = rep.fsm.Get(k)
+			}
+		}
 	} else {
 		reply.Results, err = rep.propose(ctx, req.Ops...)
 	}

@@ -235,16 +235,38 @@ func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shar
 	return res[0], nil
 }
 
-// get reads key. A stale read answers from this replica's state as it is;
-// otherwise the replica first waits for the leader's read index.
+// get reads key. A stale read answers from this replica's state as it is.
+// A linearizable one reads the leader's state once the leader has confirmed
+// a read index (ReadIndex, Raft dissertation §6.4): here, when this replica
+// leads, or there, in one call for the reads that came meanwhile. A
+// follower could wait to apply the index and read its own state, but it
+// learns of a commit only with the leader's next message, which may be a
+// CommitTimeout away.
 func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
-	if !stale {
-		if err := n.readBarrier(ctx, rep); err != nil {
+	var e shard.Entry
+	if stale {
+		e, _ = rep.fsm.Get(key)
+	} else {
+		err := n.viaLeader(ctx, rep,
+			func() error {
+				if _, err := rep.readIndex(ctx); err != nil {
+					return err
+				}
+				e, _ = rep.fsm.Get(key)
+				return nil
+			},
+			func() error {
+				es, err := rep.forwardGets.submit(ctx, key)
+				if err == nil {
+					e = es[0]
+				}
+				return err
+			})
+		if err != nil {
 			return leaderErrorReply(ctx, rep.id, err)
 		}
 	}
-	e, ok := rep.fsm.Get(key)
-	if !ok {
+	if e.Version == 0 {
 		return errorReply(wire.CodeNotFound, "key not found")
 	}
 	return resultReply(wire.Result{Value: e.Value, Version: e.Version})
@@ -263,11 +285,11 @@ func (n *Node) readBarrier(ctx context.Context, rep *replica) error {
 			return rep.fsm.WaitApplied(ctx, index)
 		},
 		func() error {
-			index, err := rep.forwardReads.submit(ctx, struct{}{})
+			fr, err := n.callLeader(ctx, rep, ForwardRequest{ReadIndex: true})
 			if err != nil {
 				return err
 			}
-			return rep.fsm.WaitApplied(ctx, index[0])
+			return rep.fsm.WaitApplied(ctx, fr.Index)
 		})
 }
 

@@ -37,6 +37,8 @@ const (
 	outstandingEntries = 2
 	entryMaxOps        = 512
 	entryMaxBytes      = 1 << 20
+	// forwardMaxGets bounds the keys of one forwarded read.
+	forwardMaxGets = 256
 )
 
 // errNotLeader is returned by the leader-only paths of a replica that is not
@@ -67,10 +69,10 @@ type replica struct {
 	stop      chan struct{}
 	verifier  verifier
 	proposals *batcher[shard.Op, shard.Result]
-	// A follower sends writes, and asks for read indexes, through these:
-	// what arrives while earlier calls to the leader run goes together.
+	// A follower sends writes, and linearizable reads, to the leader
+	// through these: what arrives while earlier calls run goes together.
 	forwardWrites *batcher[shard.Op, shard.Result]
-	forwardReads  *batcher[struct{}, uint64]
+	forwardGets   *batcher[string, shard.Entry]
 	observer      *raft.Observer
 	obsCh         chan raft.Observation
 	group         group

@@ -70,7 +70,9 @@ type RaftTiming struct {
 	// long steps down. Default 250ms.
 	LeaderLeaseTimeout Duration `json:"leader_lease_timeout,omitempty"`
 	// CommitTimeout bounds how long a follower waits to learn of a commit
-	// when nothing else is sent. Default 5ms.
+	// when nothing else is sent: every CommitTimeout (randomized up to
+	// twice that) the leader sends each follower an append, even when idle.
+	// Default 50ms (hashicorp/raft's own).
 	CommitTimeout Duration `json:"commit_timeout,omitempty"`
 	// SnapshotThreshold is the number of log entries between snapshots.
 	// Default 8192.
@@ -83,7 +85,7 @@ const (
 	DefaultHeartbeatTimeout   = 500 * time.Millisecond
 	DefaultElectionTimeout    = 500 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
-	DefaultCommitTimeout      = 5 * time.Millisecond
+	DefaultCommitTimeout      = 50 * time.Millisecond
 	DefaultSnapshotThreshold  = 8192
 )
 

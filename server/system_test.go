@@ -158,6 +158,45 @@ func TestWriteVisibleToAnotherClient(t *testing.T) {
 	}
 }
 
+// A linearizable read on a follower sees a write acknowledged just before
+// it without waiting for the follower to learn of the commit, which with a
+// long CommitTimeout it would not for many seconds; a stale read there
+// does not wait.
+func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
+	spec, err := LocalSpec(3, 1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Raft.CommitTimeout = Duration(time.Minute)
+	c := startTestCluster(t, spec)
+	leader := c.leader(0)
+	var follower *Node
+	for _, n := range c.nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	for i := range 20 {
+		v := fmt.Sprint("v", i)
+		set := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
+			Client: "reader-test", Seq: uint64(i + 1), Args: wire.Args{Key: "k", Value: v}})
+		if set.Type != wire.TypeResponse {
+			t.Fatalf("set: %+v", set.Err)
+		}
+		get := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+			Timeout: time.Second, Args: wire.Args{Key: "k"}})
+		if get.Type != wire.TypeResponse || get.Result.Value != v || get.Result.Version != set.Result.Version {
+			t.Fatalf("follower read after set %s: %+v %+v; want %s at version %d", v, get.Result, get.Err, v, set.Result.Version)
+		}
+	}
+	stale := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+		Timeout: time.Second, Args: wire.Args{Key: "k", Stale: true}})
+	if stale.Type == wire.TypeError && stale.Err.Code != wire.CodeNotFound {
+		t.Fatalf("stale read on the follower: %+v", stale.Err)
+	}
+}
+
 // 1,000 writes through a link that drops 20% of datagrams each way: each
 // succeeds within 3 attempts or fails with ErrUnavailable, and the state
 // machines execute each at most once although retries reach them twice.
