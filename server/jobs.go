@@ -307,7 +307,10 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 // readyFirst returns the replicas whose state shows a ready job of topic,
 // most ready first, in random order among equals so that concurrent
 // acquires spread over the shards; a replica that has applied nothing
-// since its shard last had nothing is left out.
+// since its shard last had nothing is left out. A follower learns of a
+// commit only with its leader's next message, up to two CommitTimeouts
+// later, so a follower's shard not yet asked in this request is asked
+// anyway, last: a job enqueued just before is then found at once.
 func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now time.Time) []*replica {
 	type cand struct {
 		rep   *replica
@@ -316,10 +319,11 @@ func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now 
 	}
 	var cands []cand
 	for _, rep := range reps {
-		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
+		at, asked := emptyAt[rep.id]
+		if asked && rep.fsm.Applied() <= at {
 			continue
 		}
-		if k := rep.fsm.ReadyCount(topic, now.UnixNano(), readyCap); k > 0 {
+		if k := rep.fsm.ReadyCount(topic, now.UnixNano(), readyCap); k > 0 || (!asked && !rep.isLeader()) {
 			cands = append(cands, cand{rep, k, rand.Uint32()})
 		}
 	}

@@ -197,6 +197,40 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 	}
 }
 
+// An acquire that reaches a follower right after a job was enqueued gets
+// the job, although the follower has not yet learned that the enqueue
+// committed (with a long CommitTimeout, it would not for a minute).
+func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
+	spec, err := LocalSpec(3, 1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Raft.CommitTimeout = Duration(time.Minute)
+	c := startTestCluster(t, spec)
+	leader := c.leader(0)
+	var follower *Node
+	for _, n := range c.nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	for i := range 5 {
+		id := fmt.Sprint("job-", i)
+		enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+			Client: "acquire-test", Seq: uint64(2*i + 1), Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
+		if enq.Type != wire.TypeResponse {
+			t.Fatalf("enqueue: %+v", enq.Err)
+		}
+		acq := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+			Client: "acquire-test", Seq: uint64(2*i + 2), Timeout: time.Second,
+			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 500 * time.Millisecond}})
+		if acq.Type != wire.TypeResponse || acq.Result.Job == nil || acq.Result.Job.ID != id {
+			t.Fatalf("acquire on the follower after enqueueing %s: %+v %+v", id, acq.Result.Job, acq.Err)
+		}
+	}
+}
+
 // 1,000 writes through a link that drops 20% of datagrams each way: each
 // succeeds within 3 attempts or fails with ErrUnavailable, and the state
 // machines execute each at most once although retries reach them twice.
