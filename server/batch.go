@@ -40,6 +40,7 @@ type queued[T, R any] struct {
 	item T
 	pos  int
 	done chan<- outcome[R]
+	ctx  context.Context // the submitter's: an item it gave up on is dropped, not committed
 }
 
 type outcome[R any] struct {
@@ -50,12 +51,13 @@ type outcome[R any] struct {
 
 // submit commits items, perhaps in several batches together with others'
 // items, and returns their results in order. It gives up with ctx's error
-// when ctx ends first, but the items may still commit.
+// when ctx ends first: items still queued then are dropped, but those
+// already in a batch may commit.
 func (b *batcher[T, R]) submit(ctx context.Context, items ...T) ([]R, error) {
 	done := make(chan outcome[R], len(items))
 	b.mu.Lock()
 	for i, it := range items {
-		b.queue = append(b.queue, queued[T, R]{item: it, pos: i, done: done})
+		b.queue = append(b.queue, queued[T, R]{item: it, pos: i, done: done, ctx: ctx})
 	}
 	start := b.running < b.parallel
 	if start {
@@ -116,10 +118,23 @@ func (b *batcher[T, R]) run() {
 }
 
 // take removes the next batch from the queue, or, when the queue is empty,
-// retires the calling committer and returns nil.
+// retires the calling committer and returns nil. Items whose submitter gave
+// up are answered with its context's error and left out: nothing of them
+// was committed, and a stalled commit must not leave work piling up for
+// callers long gone.
 func (b *batcher[T, R]) take() []queued[T, R] {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	live := b.queue[:0]
+	for _, q := range b.queue {
+		if err := q.ctx.Err(); err != nil {
+			q.done <- outcome[R]{pos: q.pos, err: err}
+			continue
+		}
+		live = append(live, q)
+	}
+	clear(b.queue[len(live):])
+	b.queue = live
 	if len(b.queue) == 0 {
 		b.running--
 		return nil

@@ -181,3 +181,33 @@ func TestBatcherErrorsAndClosing(t *testing.T) {
 	close(h.release)
 	h.group.Wait()
 }
+
+// Items whose submitter gave up while they waited are not committed.
+func TestBatcherDropsAbandonedItems(t *testing.T) {
+	g := newGatedBatcher(1, 100, 1000)
+	ctx := context.Background()
+	hold := g.submitAsync(ctx, 1)
+	<-g.started
+	cctx, cancel := context.WithCancel(ctx)
+	abandoned := make(chan error, 1)
+	go func() {
+		_, err := g.b.submit(cctx, 2, 3)
+		abandoned <- err
+	}()
+	g.waitQueued(t, 2)
+	kept := g.submitAsync(ctx, 4)
+	g.waitQueued(t, 3)
+	cancel()
+	if err := <-abandoned; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned submit: %v", err)
+	}
+	close(g.release)
+	<-hold
+	if got := <-g.started; len(got) != 1 || got[0] != 4 {
+		t.Fatalf("next batch %v, want only the item still waited for, [4]", got)
+	}
+	if r := <-kept; len(r) != 1 || r[0] != 8 {
+		t.Fatalf("results %v", r)
+	}
+	g.group.Wait()
+}

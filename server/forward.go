@@ -85,10 +85,29 @@ func (n *Node) callLeader(ctx context.Context, rep *replica, req ForwardRequest)
 // linkToLeader sets up rep's forwarders to its shard's leader, with at most
 // outstandingEntries calls of each kind running at once.
 func (n *Node) linkToLeader(rep *replica) {
+	// A call ends when the shard's leadership changes: a leader that was
+	// lost may never answer, and the callers retry on the new one (their
+	// sessions make that safe whatever the old one did).
 	call := func(req ForwardRequest) (ForwardReply, error) {
+		changed := rep.changes()
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
 		defer cancel()
-		return n.callLeader(ctx, rep, req)
+		go func() {
+			select {
+			case <-changed:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		fr, err := n.callLeader(ctx, rep, req)
+		select {
+		case <-changed:
+			if err != nil {
+				err = fmt.Errorf("%w: shard %d: the leader changed during the call: %v", errRetry, rep.id, err)
+			}
+		default:
+		}
+		return fr, err
 	}
 	rep.forwardWrites = &batcher[shard.Op, shard.Result]{
 		commit: func(ops []shard.Op) ([]shard.Result, error) {
@@ -126,6 +145,13 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
 		return nil
 	}
+	if !req.ReadIndex && len(req.Ops) == 0 {
+		// Nothing to do is no request this version sends: answering it
+		// with no results could pass for success with a node that sends
+		// another form.
+		reply.Err = fmt.Sprintf("node %s: a forward with neither ops nor a read", s.n.id)
+		return nil
+	}
 	timeout := req.Timeout
 	if timeout <= 0 || timeout > s.n.cfg.RequestTimeout {
 		timeout = s.n.cfg.RequestTimeout
@@ -144,7 +170,10 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Results, err = rep.propose(ctx, req.Ops...)
 	}
 	if err != nil {
-		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded)
+		// A leader shutting down (or its raft) answers "retry": the ops
+		// may be retried on its successor.
+		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded) ||
+			errors.Is(err, context.Canceled) || errors.Is(err, raft.ErrRaftShutdown)
 		reply.Err = err.Error()
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
@@ -331,7 +332,8 @@ func leaderErrorReply(ctx context.Context, id shard.ID, err error) *wire.Message
 	case errors.Is(ctx.Err(), context.Canceled):
 		return errorReply(wire.CodeUnavailable, "node shutting down")
 	default:
-		return errorReply(wire.CodeUnavailable, "shard %d unavailable: %v", id, errors.Unwrap(err))
+		return errorReply(wire.CodeUnavailable, "shard %d unavailable: %s", id,
+			strings.TrimPrefix(err.Error(), errGaveUp.Error()+": "))
 	}
 }
 

@@ -203,6 +203,11 @@ func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, open *rep
 	close(f.done)
 }
 
+// unseenAskTimeout bounds asking a shard that this node's replica shows no
+// job on (see readyFirst): a leader that stopped answering must not hold
+// up the jobs of the others for the request's whole budget.
+const unseenAskTimeout = 500 * time.Millisecond
+
 // acquire leases a ready job of the topic from one of the shards the
 // request names (all this node holds, if it names none), waiting up to
 // Args.Wait for one. It proposes the acquire on the shards whose replicas
@@ -277,15 +282,24 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 		// after the look wakes the wait.
 		watch := watchJobs(reps, emptyAt, a.Topic)
 		now := time.Now()
-		cands := readyFirst(reps, emptyAt, a.Topic, now)
-		if open != nil {
+		cands, unseen := readyFirst(reps, emptyAt, a.Topic, now)
+		// The shard a failed run proposed on goes first, to learn what
+		// came of that proposal, unless it has no live leader to ask: then
+		// the run goes on without it, and a job it may have granted comes
+		// back when that lease runs out.
+		if open != nil && (open.isLeader() || open.leaderHeard()) {
 			cands = append([]*replica{open}, cands...)
-			open = nil
 		}
-		for _, rep := range cands {
-			res, err := n.writeResult(ctx, rep, op)
+		open = nil
+		for i, rep := range append(cands, unseen...) {
+			actx, cancel := ctx, context.CancelFunc(func() {})
+			if i >= len(cands) {
+				actx, cancel = context.WithTimeout(ctx, unseenAskTimeout)
+			}
+			res, err := n.writeResult(actx, rep, op)
+			cancel()
 			if err != nil {
-				return leaderErrorReply(ctx, rep.id, err), rep
+				return leaderErrorReply(actx, rep.id, err), rep
 			}
 			if res.Status == shard.StatusOK {
 				return jobReply(m.Op, res), nil
@@ -298,7 +312,7 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 		if !now.Before(until) {
 			return resultReply(wire.Result{}), nil
 		}
-		if len(cands) == 0 {
+		if len(cands)+len(unseen) == 0 {
 			waitForJobs(ctx, watch, reps, emptyAt, a.Topic, until)
 		}
 	}
@@ -307,11 +321,14 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 // readyFirst returns the replicas whose state shows a ready job of topic,
 // most ready first, in random order among equals so that concurrent
 // acquires spread over the shards; a replica that has applied nothing
-// since its shard last had nothing is left out. A follower learns of a
-// commit only with its leader's next message, up to two CommitTimeouts
-// later, so a follower's shard not yet asked in this request is asked
-// anyway, last: a job enqueued just before is then found at once.
-func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now time.Time) []*replica {
+// since its shard last had nothing is left out.
+//
+// A follower learns of a commit only with its leader's next message, up to
+// two CommitTimeouts later, so it also returns, as unseen, the followers
+// here whose shard this request has not asked yet and whose leader was
+// heard from lately: asked once, their leaders find a job enqueued just
+// before at once.
+func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now time.Time) (ready, unseen []*replica) {
 	type cand struct {
 		rep   *replica
 		ready int
@@ -323,18 +340,21 @@ func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now 
 		if asked && rep.fsm.Applied() <= at {
 			continue
 		}
-		if k := rep.fsm.ReadyCount(topic, now.UnixNano(), readyCap); k > 0 || (!asked && !rep.isLeader()) {
+		if k := rep.fsm.ReadyCount(topic, now.UnixNano(), readyCap); k > 0 {
 			cands = append(cands, cand{rep, k, rand.Uint32()})
+		} else if !asked && !rep.isLeader() && rep.leaderHeard() {
+			unseen = append(unseen, rep)
 		}
 	}
 	sort.Slice(cands, func(i, j int) bool {
 		return cands[i].ready > cands[j].ready || (cands[i].ready == cands[j].ready && cands[i].tie < cands[j].tie)
 	})
-	out := make([]*replica, len(cands))
+	ready = make([]*replica, len(cands))
 	for i, c := range cands {
-		out[i] = c.rep
+		ready[i] = c.rep
 	}
-	return out
+	rand.Shuffle(len(unseen), func(i, j int) { unseen[i], unseen[j] = unseen[j], unseen[i] })
+	return ready, unseen
 }
 
 // watchJobs returns what waitForJobs waits on for each replica: the

@@ -37,8 +37,9 @@ const (
 	outstandingEntries = 2
 	entryMaxOps        = 512
 	entryMaxBytes      = 1 << 20
-	// forwardMaxGets bounds the keys of one forwarded read.
-	forwardMaxGets = 256
+	// forwardMaxGets bounds the keys of one forwarded read, and so its
+	// reply: at most 64 values of MaxValueSize, 3.75 MiB.
+	forwardMaxGets = 64
 )
 
 // errNotLeader is returned by the leader-only paths of a replica that is not
@@ -69,6 +70,9 @@ type replica struct {
 	stop      chan struct{}
 	verifier  verifier
 	proposals *batcher[shard.Op, shard.Result]
+	// heartbeatTimeout is raft's: a follower that has not heard from its
+	// leader for this long takes it for gone.
+	heartbeatTimeout time.Duration
 	// A follower sends writes, and linearizable reads, to the leader
 	// through these: what arrives while earlier calls run goes together.
 	forwardWrites *batcher[shard.Op, shard.Result]
@@ -173,6 +177,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		obsCh:   make(chan raft.Observation, 64),
 	}
 	rep.verifier.r = rep
+	rep.heartbeatTimeout = cfg.HeartbeatTimeout
 	rep.proposals = &batcher[shard.Op, shard.Result]{
 		commit:   rep.commit,
 		parallel: outstandingEntries,
@@ -275,6 +280,12 @@ func (r *replica) waitReady(ctx context.Context) (uint64, error) {
 }
 
 func (r *replica) isLeader() bool { return r.raft.State() == raft.Leader }
+
+// leaderHeard reports whether this replica follows a leader it heard from
+// within a heartbeat timeout.
+func (r *replica) leaderHeard() bool {
+	return r.leaderID() != "" && time.Since(r.raft.LastContact()) < r.heartbeatTimeout
+}
 
 // leaderID returns the node id of the leader this replica knows, or "".
 func (r *replica) leaderID() string {

@@ -231,6 +231,74 @@ func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
 	}
 }
 
+// An acquire on a node one of whose shards has lost its leader still gets
+// a job ready on another shard, at once: the leaderless shard is not
+// waited on.
+func TestAcquireSkipsALeaderlessShard(t *testing.T) {
+	c := newTestCluster(t, 3, 3, 2)
+	smap, err := c.spec.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a holds a shard with b (which dies) and a shard with the third node.
+	var a, b string
+	var live shard.ID
+	for _, s := range smap.Shards {
+		for _, o := range smap.Shards {
+			if s.ID == o.ID || s.Replicas[0] != o.Replicas[0] && s.Replicas[0] != o.Replicas[1] {
+				continue
+			}
+			x := s.Replicas[0]
+			other := func(sh shard.Shard) string {
+				if sh.Replicas[0] == x {
+					return sh.Replicas[1]
+				}
+				return sh.Replicas[0]
+			}
+			if other(s) != other(o) {
+				a, b, live = x, other(s), o.ID
+			}
+		}
+	}
+	if a == "" {
+		t.Fatalf("no node holds two shards with different partners in %+v", smap.Shards)
+	}
+	c.stop(b)
+	dead := c.nodes[a]
+	deadline := time.Now().Add(10 * time.Second)
+	for _, rep := range dead.replicas {
+		for rep.id != live && (rep.isLeader() || rep.leaderHeard()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("shard %d on %s still has a leader 10s after %s stopped", rep.id, a, b)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	id := ""
+	for i := 0; id == ""; i++ {
+		if k := fmt.Sprint("job-", i); smap.SlotShard(shard.JobSlot(k)) == live {
+			id = k
+		}
+	}
+	// The acquire waits; the job comes while it does.
+	got := make(chan wire.Message, 1)
+	go func() {
+		got <- rawRequest(t, c.spec.Node(a).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+			Client: "skip-test", Seq: 1, Timeout: 3 * time.Second,
+			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 2 * time.Second}})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	enq := rawRequest(t, c.spec.Node(a).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+		Client: "skip-test-enqueue", Seq: 1, Timeout: 3 * time.Second, Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
+	if enq.Type != wire.TypeResponse {
+		t.Fatalf("enqueue on shard %d: %+v", live, enq.Err)
+	}
+	acq := <-got
+	if acq.Type != wire.TypeResponse || acq.Result.Job == nil || acq.Result.Job.ID != id {
+		t.Fatalf("acquire on %s with shard of %s leaderless: %+v %+v", a, b, acq.Result.Job, acq.Err)
+	}
+}
+
 // 1,000 writes through a link that drops 20% of datagrams each way: each
 // succeeds within 3 attempts or fails with ErrUnavailable, and the state
 // machines execute each at most once although retries reach them twice.
@@ -643,5 +711,35 @@ func TestForwardDuringStart(t *testing.T) {
 	close(stop)
 	if calls := <-done; calls == 0 {
 		t.Log("no call reached the node while it started")
+	}
+}
+
+// A forward that carries neither ops nor a read, as a node speaking another
+// form of the call would send, gets an error, not an empty success.
+func TestForwardWithoutOpsIsRefused(t *testing.T) {
+	c := newTestCluster(t, 3, 1, 3)
+	leader := c.leader(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := dialContext(ctx, c.spec.Node(leader.ID()).Raft, []byte{preambleRPC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := rpc.NewClient(conn)
+	defer cl.Close()
+	var reply ForwardReply
+	if err := cl.Call("Node.Forward", ForwardRequest{Shard: 0, Timeout: time.Second}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	if reply.Err == "" || reply.Retry {
+		t.Fatalf("forward without ops: %+v, want a final error", reply)
+	}
+	reply = ForwardReply{}
+	op := shard.Op{Kind: shard.KindSet, Client: "fw-test", Seq: 1, Key: "k", Value: "v"}
+	if err := cl.Call("Node.Forward", ForwardRequest{Shard: 0, Ops: []shard.Op{op}, Timeout: time.Second}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	if reply.Err != "" || len(reply.Results) != 1 || reply.Results[0].Version == 0 {
+		t.Fatalf("forward of one set: %+v", reply)
 	}
 }
