@@ -32,6 +32,9 @@ type ForwardRequest struct {
 	ReadIndex bool
 	Keys      []string
 	Ops       []shard.Op
+	// WaitTopic asks the leader to answer once the topic has a job ready
+	// in its state, or when the call's time runs out.
+	WaitTopic string
 	// Timeout is how long the caller will wait.
 	Timeout time.Duration
 }
@@ -44,6 +47,8 @@ type ForwardReply struct {
 	// Entries holds the entry of each key of the request, in order; a
 	// key that does not exist has Version 0.
 	Entries []shard.Entry
+	// Ready answers WaitTopic: a job of the topic is ready.
+	Ready bool
 	// Retry says the call failed in a way worth retrying, perhaps on
 	// another leader: the callee was not the leader, lost leadership
 	// while applying (the ops may or may not have committed), or ran out
@@ -145,7 +150,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
 		return nil
 	}
-	if !req.ReadIndex && len(req.Ops) == 0 {
+	if !req.ReadIndex && len(req.Ops) == 0 && req.WaitTopic == "" {
 		// Nothing to do is no request this version sends: answering it
 		// with no results could pass for success with a node that sends
 		// another form.
@@ -159,14 +164,17 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	ctx, cancel := context.WithTimeout(s.n.ctx, timeout)
 	defer cancel()
 	var err error
-	if req.ReadIndex {
+	switch {
+	case req.WaitTopic != "":
+		reply.Ready, err = awaitReady(ctx, rep, req.WaitTopic)
+	case req.ReadIndex:
 		if reply.Index, err = rep.readIndex(ctx); err == nil && len(req.Keys) > 0 {
 			reply.Entries = make([]shard.Entry, len(req.Keys))
 			for i, k := range req.Keys {
 				reply.Entries[i], _ = rep.fsm.Get(k)
 			}
 		}
-	} else {
+	default:
 		reply.Results, err = rep.propose(ctx, req.Ops...)
 	}
 	if err != nil {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"sort"
@@ -313,7 +314,10 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 			return resultReply(wire.Result{}), nil
 		}
 		if len(cands)+len(unseen) == 0 {
-			waitForJobs(ctx, watch, reps, emptyAt, a.Topic, until)
+			// A shard whose leader says a job is ready is asked again.
+			for _, id := range n.waitForJobs(ctx, watch, reps, emptyAt, a.Topic, until) {
+				delete(emptyAt, id)
+			}
 		}
 	}
 }
@@ -376,8 +380,12 @@ func watchJobs(reps []*replica, emptyAt map[shard.ID]uint64, topic string) []ref
 
 // waitForJobs waits on watch (see watchJobs), until the topic's next job
 // comes due on a replica not left out by readyFirst, until passes, or ctx
-// ends.
-func waitForJobs(ctx context.Context, watch []reflect.SelectCase, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) {
+// ends. A follower here learns of a new job only with its leader's next
+// message, up to two CommitTimeouts late, so for each shard this node
+// follows it also asks the leader to answer when the topic has a job ready
+// there (ForwardRequest.WaitTopic), and returns the shards whose leaders
+// answered so.
+func (n *Node) waitForJobs(ctx context.Context, watch []reflect.SelectCase, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) []shard.ID {
 	wake := until
 	for _, rep := range reps {
 		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
@@ -387,12 +395,63 @@ func waitForJobs(ctx context.Context, watch []reflect.SelectCase, reps []*replic
 			wake = time.Unix(0, at)
 		}
 	}
-	t := time.NewTimer(max(time.Until(wake), 0))
-	defer t.Stop()
+	wctx, cancel := context.WithDeadline(ctx, wake)
+	defer cancel()
+	ready := make(chan shard.ID, len(reps))
+	for _, rep := range reps {
+		if rep.isLeader() || !rep.leaderHeard() {
+			continue
+		}
+		n.group.Go(func() {
+			fr, err := n.callLeader(wctx, rep, ForwardRequest{WaitTopic: topic})
+			if err == nil && fr.Ready {
+				ready <- rep.id
+			}
+		})
+	}
 	cases := append(watch,
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(t.C)})
-	reflect.Select(cases)
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(wctx.Done())},
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ready)})
+	var woke []shard.ID
+	if chosen, id, _ := reflect.Select(cases); chosen == len(cases)-1 {
+		woke = append(woke, id.Interface().(shard.ID))
+	}
+	for {
+		select {
+		case id := <-ready:
+			woke = append(woke, id)
+		default:
+			return woke
+		}
+	}
+}
+
+// awaitReady waits, on a leader, until topic has a job ready in rep's
+// state, and reports whether it has one; false when ctx ends first.
+func awaitReady(ctx context.Context, rep *replica, topic string) (bool, error) {
+	for {
+		changed := rep.fsm.TopicChanges(topic)
+		if !rep.isLeader() {
+			return false, errNotLeader
+		}
+		now := time.Now()
+		if rep.fsm.ReadyCount(topic, now.UnixNano(), 1) > 0 {
+			return true, nil
+		}
+		due := time.Duration(math.MaxInt64)
+		if at, ok := rep.fsm.NextAvailable(topic); ok {
+			due = max(time.Unix(0, at).Sub(now), 0)
+		}
+		t := time.NewTimer(due)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return false, nil
+		}
+		t.Stop()
+	}
 }
 
 // tickDue reports whether the state machine needs a command at now.

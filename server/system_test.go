@@ -231,6 +231,43 @@ func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
 	}
 }
 
+// An acquire waiting on a follower gets a job enqueued on the leader while
+// it waits, although the follower has not learned of the enqueue (with a
+// long CommitTimeout it would not for a minute).
+func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
+	spec, err := LocalSpec(3, 1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Raft.CommitTimeout = Duration(time.Minute)
+	c := startTestCluster(t, spec)
+	leader := c.leader(0)
+	var follower *Node
+	for _, n := range c.nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	got := make(chan wire.Message, 1)
+	start := time.Now()
+	go func() {
+		got <- rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+			Client: "wait-test", Seq: 1, Timeout: 4 * time.Second,
+			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 3 * time.Second}})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+		Client: "wait-test-enqueue", Seq: 1, Args: wire.Args{Topic: "mail", JobID: "j1", Value: "p"}})
+	if enq.Type != wire.TypeResponse {
+		t.Fatalf("enqueue: %+v", enq.Err)
+	}
+	acq := <-got
+	if acq.Type != wire.TypeResponse || acq.Result.Job == nil || acq.Result.Job.ID != "j1" {
+		t.Fatalf("waiting acquire on the follower after %v: %+v %+v; want job j1", time.Since(start), acq.Result.Job, acq.Err)
+	}
+}
+
 // An acquire on a node one of whose shards has lost its leader still gets
 // a job ready on another shard, at once: the leaderless shard is not
 // waited on.
