@@ -158,25 +158,35 @@ func TestWriteVisibleToAnotherClient(t *testing.T) {
 	}
 }
 
-// A linearizable read on a follower sees a write acknowledged just before
-// it without waiting for the follower to learn of the commit, which with a
-// long CommitTimeout it would not for many seconds; a stale read there
-// does not wait.
-func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
+// quietFollowerCluster starts 3 nodes holding one shard of 3 replicas
+// whose followers learn of a commit only with the next entries: the
+// leader's idle appends come once a minute (CommitTimeout), and raft's
+// heartbeats do not carry the commit index. It returns the leader and a
+// follower.
+func quietFollowerCluster(t *testing.T) (c *testCluster, leader, follower *Node) {
+	t.Helper()
 	spec, err := LocalSpec(3, 1, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec.Raft.CommitTimeout = Duration(time.Minute)
-	c := startTestCluster(t, spec)
-	leader := c.leader(0)
-	var follower *Node
+	c = startTestCluster(t, spec)
+	leader = c.leader(0)
 	for _, n := range c.nodes {
 		if n != leader {
-			follower = n
-			break
+			return c, leader, n
 		}
 	}
+	t.Fatal("no follower")
+	return nil, nil, nil
+}
+
+// A linearizable read on a follower sees a write acknowledged just before
+// it without waiting for the follower to learn of the commit, which with a
+// long CommitTimeout it would not for many seconds; a stale read there
+// does not wait.
+func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
+	c, leader, follower := quietFollowerCluster(t)
 	for i := range 20 {
 		v := fmt.Sprint("v", i)
 		set := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
@@ -201,20 +211,7 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 // the job, although the follower has not yet learned that the enqueue
 // committed (with a long CommitTimeout, it would not for a minute).
 func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
-	spec, err := LocalSpec(3, 1, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Raft.CommitTimeout = Duration(time.Minute)
-	c := startTestCluster(t, spec)
-	leader := c.leader(0)
-	var follower *Node
-	for _, n := range c.nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
+	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
 		enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
@@ -235,20 +232,7 @@ func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
 // it waits, although the follower has not learned of the enqueue (with a
 // long CommitTimeout it would not for a minute).
 func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
-	spec, err := LocalSpec(3, 1, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Raft.CommitTimeout = Duration(time.Minute)
-	c := startTestCluster(t, spec)
-	leader := c.leader(0)
-	var follower *Node
-	for _, n := range c.nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
+	c, leader, follower := quietFollowerCluster(t)
 	got := make(chan wire.Message, 1)
 	start := time.Now()
 	go func() {
