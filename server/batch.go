@@ -22,8 +22,8 @@ type batcher[T, R any] struct {
 	commit func(items []T) ([]R, error)
 	// parallel bounds the commits running at once.
 	parallel int
-	// maxItems and maxBytes bound a batch; size gives an item's bytes. A
-	// batch always takes at least one item.
+	// maxItems and, when size is set, maxBytes bound a batch; size gives
+	// an item's bytes. A batch always takes at least one item.
 	maxItems, maxBytes int
 	size               func(T) int
 	// spawn runs a committer in a goroutine, or reports false when the
@@ -141,11 +141,13 @@ func (b *batcher[T, R]) take() []queued[T, R] {
 	}
 	n, bytes := 0, 0
 	for n < len(b.queue) && n < b.maxItems {
-		s := b.size(b.queue[n].item)
-		if n > 0 && bytes+s > b.maxBytes {
-			break
+		if b.size != nil {
+			s := b.size(b.queue[n].item)
+			if n > 0 && bytes+s > b.maxBytes {
+				break
+			}
+			bytes += s
 		}
-		bytes += s
 		n++
 	}
 	batch := make([]queued[T, R], n)

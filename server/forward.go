@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/rpc"
 	"sync"
@@ -130,8 +129,8 @@ func (n *Node) linkToLeader(rep *replica) {
 		},
 		parallel: outstandingEntries,
 		// Values come back, up to MaxValueSize each.
-		maxItems: forwardMaxGets, maxBytes: math.MaxInt, size: func(string) int { return 0 },
-		spawn: n.group.Go, closed: rpc.ErrShutdown,
+		maxItems: forwardMaxGets,
+		spawn:    n.group.Go, closed: rpc.ErrShutdown,
 	}
 }
 
@@ -166,7 +165,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	var err error
 	switch {
 	case req.WaitTopic != "":
-		reply.Ready, err = awaitReady(ctx, rep, req.WaitTopic)
+		reply.Ready, err = s.n.awaitReady(ctx, rep, req.WaitTopic)
 	case req.ReadIndex:
 		if reply.Index, err = rep.readIndex(ctx); err == nil && len(req.Keys) > 0 {
 			reply.Entries = make([]shard.Entry, len(req.Keys))

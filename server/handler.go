@@ -298,10 +298,10 @@ func (n *Node) readBarrier(ctx context.Context, rep *replica) error {
 var errGaveUp = errors.New("server: gave up waiting for the leader")
 
 // viaLeader runs a step against the shard's leader: local when this replica
-// leads, remote (through the replica's forwarders) when another does. A failure that may
-// pass (no leader yet, leadership moved or lost mid-call, a peer
-// unreachable) is retried when leadership changes or after a short backoff,
-// until ctx ends; then the last error comes back wrapped in errGaveUp.
+// leads, remote when another does. A failure that may pass (no leader yet,
+// leadership moved or lost mid-call, a peer unreachable) is retried when
+// leadership changes or after a short backoff, until ctx ends; then the
+// last error comes back wrapped in errGaveUp.
 func (n *Node) viaLeader(ctx context.Context, rep *replica, local, remote func() error) error {
 	for {
 		changed := rep.changes()

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"math"
 	"math/rand/v2"
 	"reflect"
 	"sort"
@@ -428,29 +427,20 @@ func (n *Node) waitForJobs(ctx context.Context, watch []reflect.SelectCase, reps
 
 // awaitReady waits, on a leader, until topic has a job ready in rep's
 // state, and reports whether it has one; false when ctx ends first.
-func awaitReady(ctx context.Context, rep *replica, topic string) (bool, error) {
+func (n *Node) awaitReady(ctx context.Context, rep *replica, topic string) (bool, error) {
+	deadline, _ := ctx.Deadline()
+	reps := []*replica{rep}
 	for {
-		changed := rep.fsm.TopicChanges(topic)
-		if !rep.isLeader() {
+		watch := watchJobs(reps, nil, topic)
+		switch {
+		case !rep.isLeader():
 			return false, errNotLeader
-		}
-		now := time.Now()
-		if rep.fsm.ReadyCount(topic, now.UnixNano(), 1) > 0 {
+		case rep.fsm.ReadyCount(topic, time.Now().UnixNano(), 1) > 0:
 			return true, nil
-		}
-		due := time.Duration(math.MaxInt64)
-		if at, ok := rep.fsm.NextAvailable(topic); ok {
-			due = max(time.Unix(0, at).Sub(now), 0)
-		}
-		t := time.NewTimer(due)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		case ctx.Err() != nil:
 			return false, nil
 		}
-		t.Stop()
+		n.waitForJobs(ctx, watch, reps, nil, topic, deadline)
 	}
 }
 
