@@ -29,26 +29,26 @@ func KeySlot(key string) int {
 // A Map must not be modified once it is in use; build a new one instead.
 type Map struct {
 	// Version orders maps: a larger version replaces a smaller one.
-	Version uint64 `json:"version" bencode:"v"`
+	Version uint64 `json:"version"`
 	// Shards lists every shard with its replicas, sorted by ID.
-	Shards []Shard `json:"shards" bencode:"s"`
+	Shards []Shard `json:"shards"`
 	// Ranges assigns slots to shards. Sorted by Start, the ranges are
 	// contiguous and cover [0, SlotCount) exactly.
-	Ranges []Range `json:"ranges" bencode:"r"`
+	Ranges []Range `json:"ranges"`
 }
 
 // Shard is one replicated group: its ID and the IDs of the nodes holding its
 // replicas.
 type Shard struct {
-	ID       ID       `json:"id" bencode:"i"`
-	Replicas []string `json:"replicas" bencode:"n"`
+	ID       ID       `json:"id"`
+	Replicas []string `json:"replicas"`
 }
 
 // Range assigns the slots [Start, End) to Shard.
 type Range struct {
-	Start int `json:"start" bencode:"a"`
-	End   int `json:"end" bencode:"b"`
-	Shard ID  `json:"shard" bencode:"s"`
+	Start int `json:"start"`
+	End   int `json:"end"`
+	Shard ID  `json:"shard"`
 }
 
 // ErrInvalidMap is returned (wrapped) by Validate for a map that does not
