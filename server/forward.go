@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // A follower does not make a client redirect: it forwards the write to the
@@ -22,15 +23,17 @@ import (
 // itself. Node-to-node calls use net/rpc over the node listener.
 
 // ForwardRequest is a call from a node to the leader of a shard: apply Ops
-// as they come, or, with ReadIndex set, return a read index and the entries
-// of Keys as of that index. A follower sends the ops (or keys) that arrived
+// as they come, or, with ReadIndex set, return a read index and, as of that
+// index, the entries of Keys and the answer to JobRead. A follower sends the ops (or keys) that arrived
 // while its earlier calls were running in one request. It is part of the
 // node-to-node protocol, not of the client API.
 type ForwardRequest struct {
 	Shard     shard.ID
 	ReadIndex bool
 	Keys      []string
-	Ops       []shard.Op
+	// JobRead, with ReadIndex, asks for a job read as of the read index.
+	JobRead *JobRead
+	Ops     []shard.Op
 	// WaitTopic asks the leader to answer once the topic has a job ready
 	// in its state, or when the call's time runs out.
 	WaitTopic string
@@ -46,6 +49,8 @@ type ForwardReply struct {
 	// Entries holds the entry of each key of the request, in order; a
 	// key that does not exist has Version 0.
 	Entries []shard.Entry
+	// JobResult answers JobRead.
+	JobResult *wire.Result
 	// Ready answers WaitTopic: a job of the topic is ready.
 	Ready bool
 	// Retry says the call failed in a way worth retrying, perhaps on
@@ -55,6 +60,14 @@ type ForwardReply struct {
 	Retry bool
 	// Err describes the failure; empty on success.
 	Err string
+}
+
+// JobRead is a job read forwarded to a shard's leader: the topic's job
+// counts, or with Dead set, up to Limit of its dead jobs.
+type JobRead struct {
+	Topic string
+	Dead  bool
+	Limit int
 }
 
 // errRetry marks failures after which the request may be retried with the
@@ -167,11 +180,18 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	case req.WaitTopic != "":
 		reply.Ready, err = s.n.awaitReady(ctx, rep, req.WaitTopic)
 	case req.ReadIndex:
-		if reply.Index, err = rep.readIndex(ctx); err == nil && len(req.Keys) > 0 {
+		if reply.Index, err = rep.readIndex(ctx); err != nil {
+			break
+		}
+		if len(req.Keys) > 0 {
 			reply.Entries = make([]shard.Entry, len(req.Keys))
 			for i, k := range req.Keys {
 				reply.Entries[i], _ = rep.fsm.Get(k)
 			}
+		}
+		if req.JobRead != nil {
+			res := readJobs(rep, *req.JobRead)
+			reply.JobResult = &res
 		}
 	default:
 		reply.Results, err = rep.propose(ctx, req.Ops...)

@@ -273,27 +273,6 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 	return resultReply(wire.Result{Value: e.Value, Version: e.Version})
 }
 
-// readBarrier waits until rep has applied everything acknowledged before the
-// call: it learns a read index from the leader (itself, or over the
-// network) and waits to apply that far.
-func (n *Node) readBarrier(ctx context.Context, rep *replica) error {
-	return n.viaLeader(ctx, rep,
-		func() error {
-			index, err := rep.readIndex(ctx)
-			if err != nil {
-				return err
-			}
-			return rep.fsm.WaitApplied(ctx, index)
-		},
-		func() error {
-			fr, err := n.callLeader(ctx, rep, ForwardRequest{ReadIndex: true})
-			if err != nil {
-				return err
-			}
-			return rep.fsm.WaitApplied(ctx, fr.Index)
-		})
-}
-
 // errGaveUp wraps the last error of a viaLeader that ran out of time.
 var errGaveUp = errors.New("server: gave up waiting for the leader")
 

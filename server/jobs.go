@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"sort"
@@ -21,9 +22,11 @@ const (
 	// of a heartbeat, which must fit a datagram.
 	maxReadyReports = 256
 	maxReadyBytes   = 32 << 10
-	// scheduleTick is how often a node checks whether a schedule of a
-	// shard it leads is due.
+	// A node looks at most every scheduleTick, and at least every
+	// scheduleIdle, whether a shard it leads needs a tick (see
+	// runSchedules).
 	scheduleTick = 50 * time.Millisecond
+	scheduleIdle = time.Second
 	// acquireResultTTL is how long a node remembers the answer to an
 	// acquire, so that a retry of it gets the same job rather than a
 	// second one.
@@ -454,7 +457,8 @@ func tickDue(f *shard.FSM, now int64) bool {
 }
 
 // jobRead answers the job reads, stats and dead listings, for one shard,
-// linearizably: like a get, after learning the leader's read index.
+// linearizably: like a get, from the leader's state once it has confirmed
+// a read index, here or there.
 func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	a := &m.Args
 	if bad := checkTopic(a.Topic); bad != nil {
@@ -467,25 +471,53 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	if bad != nil {
 		return bad
 	}
-	if err := n.readBarrier(ctx, rep); err != nil {
+	jr := JobRead{Topic: a.Topic, Dead: m.Op == wire.OpDeadJobs, Limit: a.Limit}
+	var res wire.Result
+	err := n.viaLeader(ctx, rep,
+		func() error {
+			if _, err := rep.readIndex(ctx); err != nil {
+				return err
+			}
+			res = readJobs(rep, jr)
+			return nil
+		},
+		func() error {
+			fr, err := n.callLeader(ctx, rep, ForwardRequest{ReadIndex: true, JobRead: &jr})
+			if err == nil && fr.JobResult == nil {
+				err = fmt.Errorf("server: shard %d: the leader answered a job read with no result", rep.id)
+			}
+			if err == nil {
+				res = *fr.JobResult
+			}
+			return err
+		})
+	if err != nil {
 		return leaderErrorReply(ctx, rep.id, err)
 	}
-	if m.Op == wire.OpJobStats {
-		c := rep.fsm.JobCounts(a.Topic, time.Now().UnixNano())
-		return resultReply(wire.Result{Counts: &c})
+	if jr.Dead && res.Jobs == nil {
+		res.Jobs = []wire.JobInfo{} // an empty listing, not a missing one
 	}
-	limit := a.Limit
+	return resultReply(res)
+}
+
+// readJobs answers jr from rep's state.
+func readJobs(rep *replica, jr JobRead) wire.Result {
+	if !jr.Dead {
+		c := rep.fsm.JobCounts(jr.Topic, time.Now().UnixNano())
+		return wire.Result{Counts: &c}
+	}
+	limit := jr.Limit
 	if limit <= 0 || limit > maxDeadListing {
 		limit = maxDeadListing
 	}
-	jobs := []wire.JobInfo{}
-	for _, j := range rep.fsm.DeadJobs(a.Topic, limit) {
+	var jobs []wire.JobInfo
+	for _, j := range rep.fsm.DeadJobs(jr.Topic, limit) {
 		jobs = append(jobs, wire.JobInfo{
 			ID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, State: string(shard.JobDead),
 			MaxAttempts: j.MaxAttempts, LastError: j.LastError,
 		})
 	}
-	return resultReply(wire.Result{Jobs: jobs})
+	return wire.Result{Jobs: jobs}
 }
 
 // readyReports lists, for the shards leads (those this node leads), the
@@ -515,23 +547,56 @@ func (n *Node) readyReports(now time.Time, leads []shard.ID) []wire.ReadyCount {
 // runSchedules proposes a tick on each shard this node leads when a
 // schedule is due or a lease has run out since its last command, so interval
 // jobs appear, and the state machine's clock follows the leases, even when
-// nothing else is written. Stops with the node.
+// nothing else is written. It sleeps until the earliest such time (at least
+// scheduleTick, at most scheduleIdle), or until a replica reports new
+// timers: a lease or schedule proposed, or leadership won. Stops with the
+// node.
 func (n *Node) runSchedules() {
-	t := time.NewTicker(scheduleTick)
+	t := time.NewTimer(scheduleTick)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case now := <-t.C:
-			for _, rep := range n.replicas {
-				if !rep.isLeader() || !tickDue(rep.fsm, now.UnixNano()) {
-					continue
-				}
+		case <-n.timersChanged:
+		case <-t.C:
+		}
+		now := time.Now()
+		next := now.Add(scheduleIdle)
+		for _, rep := range n.replicas {
+			if !rep.isLeader() {
+				continue
+			}
+			if tickDue(rep.fsm, now.UnixNano()) {
 				if _, err := rep.propose(n.ctx, shard.Op{Kind: shard.KindTick}); err != nil && rep.isLeader() {
 					rep.log.Warn("proposing a tick failed", "err", err)
 				}
 			}
+			if due, ok := nextTick(rep.fsm); ok && due.Before(next) {
+				next = due
+			}
 		}
+		t.Reset(max(time.Until(next), scheduleTick))
+	}
+}
+
+// nextTick returns when the state machine will next need a tick: when its
+// next schedule is due, or just after its next lease ends.
+func nextTick(f *shard.FSM) (time.Time, bool) {
+	due, ok := f.NextScheduleDue()
+	if end, leased := f.NextLeaseEnd(); leased && (!ok || end+1 < due) {
+		due, ok = end+1, true
+	}
+	return time.Unix(0, due), ok
+}
+
+// timedKinds are the ops that may bring a shard's next tick forward.
+var timedKinds = []shard.Kind{shard.KindAcquire, shard.KindExtend, shard.KindEvery}
+
+// kickSchedules tells runSchedules to look again at the shards' timers.
+func (n *Node) kickSchedules() {
+	select {
+	case n.timersChanged <- struct{}{}:
+	default:
 	}
 }

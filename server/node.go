@@ -112,6 +112,8 @@ type Node struct {
 	activity  *activity
 	acquires  acquireFlights
 	inFlight  chan struct{}
+	// timersChanged wakes runSchedules.
+	timersChanged chan struct{}
 
 	requests, malformed, busy atomic.Uint64
 
@@ -148,6 +150,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		topology: wire.Topology{Map: m},
 		activity: newActivity(cfg.LoadTimeConstant, time.Now()),
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
+
+		timersChanged: make(chan struct{}, 1),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	raftAddrs := make(map[string]string, len(cfg.Spec.Nodes))
@@ -191,7 +195,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			peers[nid] = raftAddrs[nid]
 		}
 		dir := filepath.Join(cfg.DataDir, fmt.Sprintf("shard-%d", id))
-		rep, err := openReplica(dir, id, cfg.ID, peers, cfg.Spec.Raft, sl, n.log)
+		rep, err := openReplica(dir, id, cfg.ID, peers, cfg.Spec.Raft, sl, n.kickSchedules, n.log)
 		if err != nil {
 			sl.Close()
 			return fail(err)
@@ -204,6 +208,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.group.Go(n.serve)
 	n.group.Go(n.heartbeat)
 	n.group.Go(n.runSchedules)
+	n.group.Go(n.quiesceIdle)
 	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
 	return n, nil
 }
@@ -282,6 +287,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			r.wake() // raft bounds a transfer by the election timeout
 			if err := awaitFuture(r.raft.LeadershipTransfer(), giveUp); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("%w: shard %d: %v", ErrHandover, r.id, err))

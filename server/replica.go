@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,13 +71,28 @@ type replica struct {
 	stop      chan struct{}
 	verifier  verifier
 	proposals *batcher[shard.Op, shard.Result]
-	// heartbeatTimeout is raft's: a follower that has not heard from its
-	// leader for this long takes it for gone.
-	heartbeatTimeout time.Duration
+	// heartbeatTimeout and electionTimeout are raft's, as configured: a
+	// follower that has not heard from its leader for heartbeatTimeout
+	// takes it for gone.
+	heartbeatTimeout, electionTimeout time.Duration
+	// Quiescence (see quiesce.go): quiet is the heartbeat timeout of this
+	// replica leading an idle group, zero if it never quiesces; entries
+	// counts the entries it proposed; idle is the idle checks' own state.
+	quiet    time.Duration
+	quietMu  sync.Mutex // serializes quiesce and wake
+	quiesced atomic.Bool
+	entries  atomic.Uint64
+	idle     struct {
+		entries uint64
+		checks  int
+	}
 	// A follower sends writes, and linearizable reads, to the leader
 	// through these: what arrives while earlier calls run goes together.
 	forwardWrites *batcher[shard.Op, shard.Result]
 	forwardGets   *batcher[string, shard.Entry]
+	// timersChanged is called when this leader's next tick may have come
+	// forward: it won leadership, or committed an op of timedKinds.
+	timersChanged func()
 	observer      *raft.Observer
 	obsCh         chan raft.Observation
 	group         group
@@ -84,9 +100,10 @@ type replica struct {
 
 // openReplica opens (or creates) the replica of shard id in dir and starts
 // its raft instance. peers are the replicas of the shard: node id → raft
-// address.
+// address. timersChanged is called when the shard's next tick may have
+// come forward (see Node.runSchedules).
 func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string, timing RaftTiming,
-	sl *streamLayer, log *slog.Logger) (*replica, error) {
+	sl *streamLayer, timersChanged func(), log *slog.Logger) (*replica, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
@@ -175,9 +192,12 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		changed: make(chan struct{}),
 		stop:    make(chan struct{}),
 		obsCh:   make(chan raft.Observation, 64),
+
+		timersChanged: timersChanged,
 	}
 	rep.verifier.r = rep
-	rep.heartbeatTimeout = cfg.HeartbeatTimeout
+	rep.heartbeatTimeout, rep.electionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
+	rep.quiet = quietTimeout(t)
 	rep.proposals = &batcher[shard.Op, shard.Result]{
 		commit:   rep.commit,
 		parallel: outstandingEntries,
@@ -197,11 +217,15 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 }
 
 // watch follows raft's leadership changes: it wakes whoever waits for a
-// leader, and makes a new leader ready for reads.
+// leader, makes a new leader ready for reads, and gives a replica that
+// stopped leading its configured heartbeat timeout back.
 func (r *replica) watch() {
 	for range r.obsCh {
 		if r.raft.State() == raft.Leader {
 			r.ensureReady()
+			r.timersChanged()
+		} else {
+			r.wake()
 		}
 		r.broadcast()
 	}
@@ -301,7 +325,14 @@ func (r *replica) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result,
 	if !r.isLeader() {
 		return nil, errNotLeader
 	}
-	return r.proposals.submit(ctx, ops...)
+	res, err := r.proposals.submit(ctx, ops...)
+	for _, op := range ops {
+		if slices.Contains(timedKinds, op.Kind) {
+			r.timersChanged()
+			break
+		}
+	}
+	return res, err
 }
 
 // apply proposes op, in an entry perhaps shared with other ops, and waits
@@ -322,6 +353,8 @@ func (r *replica) commit(ops []shard.Op) ([]shard.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.entries.Add(1)
+	r.wake()
 	f := r.raft.Apply(data, applyEnqueueTimeout)
 	if err := awaitFuture(f, r.stop); err != nil {
 		return nil, err

@@ -63,16 +63,19 @@ func (n *NodeSpec) clientListen() string {
 // RaftTiming holds the raft settings that must be alike on all replicas.
 type RaftTiming struct {
 	// HeartbeatTimeout and ElectionTimeout: a follower that hears nothing
-	// from its leader for this long starts an election. Default 500ms.
+	// from its leader for this long starts an election. Default 1s;
+	// ElectionTimeout defaults to HeartbeatTimeout.
 	HeartbeatTimeout Duration `json:"heartbeat_timeout,omitempty"`
 	ElectionTimeout  Duration `json:"election_timeout,omitempty"`
 	// LeaderLeaseTimeout: a leader that cannot reach a quorum for this
-	// long steps down. Default 250ms.
+	// long steps down. At most HeartbeatTimeout, which is its default.
 	LeaderLeaseTimeout Duration `json:"leader_lease_timeout,omitempty"`
 	// CommitTimeout bounds how long a follower waits to learn of a commit
 	// when nothing else is sent: every CommitTimeout (randomized up to
 	// twice that) the leader sends each follower an append, even when idle.
-	// Default 50ms (hashicorp/raft's own).
+	// An idle group's leader heartbeats rarely (it quiesces) only while
+	// twice CommitTimeout is at most four fifths of LeaderLeaseTimeout.
+	// Default: two fifths of LeaderLeaseTimeout (400ms).
 	CommitTimeout Duration `json:"commit_timeout,omitempty"`
 	// SnapshotThreshold is the number of log entries between snapshots.
 	// Default 8192.
@@ -80,13 +83,11 @@ type RaftTiming struct {
 }
 
 // The default raft timing suits a LAN or loopback. Across data centres,
-// raise HeartbeatTimeout and ElectionTimeout to several round trips.
+// raise HeartbeatTimeout to several round trips; the other timeouts follow
+// it unless set.
 const (
-	DefaultHeartbeatTimeout   = 500 * time.Millisecond
-	DefaultElectionTimeout    = 500 * time.Millisecond
-	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
-	DefaultCommitTimeout      = 50 * time.Millisecond
-	DefaultSnapshotThreshold  = 8192
+	DefaultHeartbeatTimeout  = time.Second
+	DefaultSnapshotThreshold = 8192
 )
 
 func (t RaftTiming) withDefaults() RaftTiming {
@@ -96,9 +97,9 @@ func (t RaftTiming) withDefaults() RaftTiming {
 		}
 	}
 	set(&t.HeartbeatTimeout, DefaultHeartbeatTimeout)
-	set(&t.ElectionTimeout, DefaultElectionTimeout)
-	set(&t.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
-	set(&t.CommitTimeout, DefaultCommitTimeout)
+	set(&t.ElectionTimeout, time.Duration(t.HeartbeatTimeout))
+	set(&t.LeaderLeaseTimeout, time.Duration(t.HeartbeatTimeout))
+	set(&t.CommitTimeout, 2*time.Duration(t.LeaderLeaseTimeout)/5)
 	if t.SnapshotThreshold == 0 {
 		t.SnapshotThreshold = DefaultSnapshotThreshold
 	}
@@ -182,6 +183,10 @@ func (s *Spec) Validate() error {
 	if t.LeaderLeaseTimeout > t.HeartbeatTimeout {
 		return fmt.Errorf("%w: leader lease timeout %v exceeds heartbeat timeout %v", ErrInvalidSpec,
 			time.Duration(t.LeaderLeaseTimeout), time.Duration(t.HeartbeatTimeout))
+	}
+	if t.ElectionTimeout < t.HeartbeatTimeout {
+		return fmt.Errorf("%w: election timeout %v is below heartbeat timeout %v", ErrInvalidSpec,
+			time.Duration(t.ElectionTimeout), time.Duration(t.HeartbeatTimeout))
 	}
 	return nil
 }

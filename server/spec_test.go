@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/shard"
@@ -29,25 +30,42 @@ func TestSpecValidate(t *testing.T) {
 		t.Fatalf("valid spec: %v", err)
 	}
 	for name, mutate := range map[string]func(*Spec){
-		"no nodes":              func(s *Spec) { s.Nodes = nil },
-		"no id":                 func(s *Spec) { s.Nodes[0].ID = "" },
-		"duplicate id":          func(s *Spec) { s.Nodes[1].ID = "a" },
-		"duplicate raft":        func(s *Spec) { s.Nodes[1].Raft = s.Nodes[0].Raft },
-		"duplicate client":      func(s *Spec) { s.Nodes[1].Client = s.Nodes[0].Client },
-		"no port":               func(s *Spec) { s.Nodes[0].Raft = "127.0.0.1" },
-		"unspecified raft host": func(s *Spec) { s.Nodes[0].Raft = "0.0.0.0:7000" },
-		"empty client host":     func(s *Spec) { s.Nodes[0].Client = ":7001" },
-		"bad listen address":    func(s *Spec) { s.Nodes[0].RaftListen = "nowhere" },
-		"unknown replica":       func(s *Spec) { s.Shards[1].Replicas = []string{"b", "z"} },
-		"four replicas":         func(s *Spec) { s.Shards[0].Replicas = []string{"a", "b", "c", "a"} },
-		"no shards":             func(s *Spec) { s.Shards = nil },
-		"bad ranges":            func(s *Spec) { s.Ranges = []shard.Range{{Start: 0, End: 10, Shard: 0}} },
-		"lease over heartbeat":  func(s *Spec) { s.Raft.LeaderLeaseTimeout = Duration(DefaultHeartbeatTimeout * 2) },
+		"no nodes":                 func(s *Spec) { s.Nodes = nil },
+		"no id":                    func(s *Spec) { s.Nodes[0].ID = "" },
+		"duplicate id":             func(s *Spec) { s.Nodes[1].ID = "a" },
+		"duplicate raft":           func(s *Spec) { s.Nodes[1].Raft = s.Nodes[0].Raft },
+		"duplicate client":         func(s *Spec) { s.Nodes[1].Client = s.Nodes[0].Client },
+		"no port":                  func(s *Spec) { s.Nodes[0].Raft = "127.0.0.1" },
+		"unspecified raft host":    func(s *Spec) { s.Nodes[0].Raft = "0.0.0.0:7000" },
+		"empty client host":        func(s *Spec) { s.Nodes[0].Client = ":7001" },
+		"bad listen address":       func(s *Spec) { s.Nodes[0].RaftListen = "nowhere" },
+		"unknown replica":          func(s *Spec) { s.Shards[1].Replicas = []string{"b", "z"} },
+		"four replicas":            func(s *Spec) { s.Shards[0].Replicas = []string{"a", "b", "c", "a"} },
+		"no shards":                func(s *Spec) { s.Shards = nil },
+		"bad ranges":               func(s *Spec) { s.Ranges = []shard.Range{{Start: 0, End: 10, Shard: 0}} },
+		"lease over heartbeat":     func(s *Spec) { s.Raft.LeaderLeaseTimeout = Duration(DefaultHeartbeatTimeout * 2) },
+		"election under heartbeat": func(s *Spec) { s.Raft.ElectionTimeout = Duration(DefaultHeartbeatTimeout / 2) },
 	} {
 		s := validSpec()
 		mutate(s)
 		if err := s.Validate(); !errors.Is(err, ErrInvalidSpec) {
 			t.Errorf("%s: Validate = %v, want ErrInvalidSpec", name, err)
+		}
+	}
+}
+
+// Unset raft timeouts follow the heartbeat timeout.
+func TestRaftTimingDefaults(t *testing.T) {
+	s := time.Second
+	for _, tc := range []struct{ set, want RaftTiming }{
+		{RaftTiming{}, RaftTiming{Duration(s), Duration(s), Duration(s), Duration(400 * time.Millisecond), DefaultSnapshotThreshold}},
+		{RaftTiming{HeartbeatTimeout: Duration(2 * s)},
+			RaftTiming{Duration(2 * s), Duration(2 * s), Duration(2 * s), Duration(800 * time.Millisecond), DefaultSnapshotThreshold}},
+		{RaftTiming{HeartbeatTimeout: Duration(2 * s), ElectionTimeout: Duration(3 * s), LeaderLeaseTimeout: Duration(s), CommitTimeout: Duration(s), SnapshotThreshold: 5},
+			RaftTiming{Duration(2 * s), Duration(3 * s), Duration(s), Duration(s), 5}},
+	} {
+		if got := tc.set.withDefaults(); got != tc.want {
+			t.Errorf("%+v with defaults: %+v, want %+v", tc.set, got, tc.want)
 		}
 	}
 }

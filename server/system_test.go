@@ -207,6 +207,30 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 	}
 }
 
+// Job stats and dead listings on a follower count a job enqueued just
+// before, without waiting for the follower to learn of the commit (with a
+// long CommitTimeout it would not for a minute).
+func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
+	c, leader, follower := quietFollowerCluster(t)
+	for i := range 5 {
+		enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+			Client: "stats-test", Seq: uint64(i + 1), Args: wire.Args{Topic: "mail", JobID: fmt.Sprint("job-", i), Value: "p"}})
+		if enq.Type != wire.TypeResponse {
+			t.Fatalf("enqueue: %+v", enq.Err)
+		}
+		stats := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpJobStats,
+			Timeout: time.Second, Args: wire.Args{Topic: "mail", Shards: []shard.ID{0}}})
+		if stats.Type != wire.TypeResponse || stats.Result.Counts == nil || stats.Result.Counts.Ready != i+1 {
+			t.Fatalf("stats on the follower after %d enqueues: %+v %+v", i+1, stats.Result.Counts, stats.Err)
+		}
+	}
+	dead := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpDeadJobs,
+		Timeout: time.Second, Args: wire.Args{Topic: "mail", Shards: []shard.ID{0}}})
+	if dead.Type != wire.TypeResponse || dead.Result.Jobs == nil || len(dead.Result.Jobs) != 0 {
+		t.Fatalf("dead jobs on the follower: %+v %+v; want an empty listing", dead.Result.Jobs, dead.Err)
+	}
+}
+
 // An acquire that reaches a follower right after a job was enqueued gets
 // the job, although the follower has not yet learned that the enqueue
 // committed (with a long CommitTimeout, it would not for a minute).

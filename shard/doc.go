@@ -15,9 +15,9 @@
 //     (client, sequence) at most once, answering retries from the client's
 //     session, which is part of the replicated state and of every snapshot,
 //     so this holds across leader changes and restarts.
-//  3. Reads (Get) see the state as of the last applied entry. A
-//     linearizable read must first wait (WaitApplied) for an index the
-//     leader has confirmed; the FSM itself knows nothing about leadership.
+//  3. Reads (Get) see the state as of the last applied entry (Applied). A
+//     linearizable read must read a state that has applied an index the
+//     leader confirmed; the FSM itself knows nothing about leadership.
 //
 // Jobs live beside the keys: each topic's queued and leased jobs are kept in
 // heaps by when they become available, so an acquire hands out the job

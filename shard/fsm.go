@@ -1,8 +1,6 @@
 package shard
 
 import (
-	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -246,23 +244,6 @@ func (f *FSM) Applied() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.applied
-}
-
-// WaitApplied blocks until the entry at index has been applied or ctx ends.
-func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
-	for {
-		f.mu.RLock()
-		applied, ch := f.applied, f.appliedCh
-		f.mu.RUnlock()
-		if applied >= index {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("shard: waiting to apply index %d (at %d): %w", index, applied, ctx.Err())
-		}
-	}
 }
 
 // AppliedChanges returns a channel closed when the next command applies.

@@ -2,7 +2,6 @@ package shard
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"reflect"
@@ -277,27 +276,6 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 		if err := f.Restore(io.NopCloser(bytes.NewReader(data))); !errors.Is(err, ErrBadSnapshot) {
 			t.Errorf("%s: Restore = %v, want ErrBadSnapshot", name, err)
 		}
-	}
-}
-
-func TestWaitApplied(t *testing.T) {
-	a := newApplier(t)
-	done := make(chan error, 1)
-	go func() { done <- a.fsm.WaitApplied(context.Background(), 2) }()
-	a.one(Op{Kind: KindSet, Key: "k"})
-	select {
-	case err := <-done:
-		t.Fatalf("returned %v at index 1", err)
-	case <-time.After(20 * time.Millisecond):
-	}
-	a.one(Op{Kind: KindSet, Key: "k"})
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := a.fsm.WaitApplied(ctx, 10); !errors.Is(err, context.Canceled) {
-		t.Errorf("WaitApplied on a cancelled context = %v", err)
 	}
 }
 
