@@ -28,6 +28,7 @@ const (
 	DefaultMinAttemptTimeout     = 20 * time.Millisecond
 	DefaultMaxAttemptTimeout     = 2 * time.Second
 	DefaultInitialAttemptTimeout = 250 * time.Millisecond
+	DefaultReplyGrace            = 500 * time.Millisecond
 	DefaultNodeTimeout           = time.Second
 	DefaultKeepaliveInterval     = 5 * time.Second
 	// DefaultTemperature is the temperature of the default picker, a
@@ -62,6 +63,12 @@ type Config struct {
 	// request that got no reply. InitialAttemptTimeout is used before the
 	// first measurement. Zero values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
+	// ReplyGrace: a request whose every attempt timed out still takes a
+	// late reply to any of them until ReplyGrace has passed since it
+	// began, before it fails with ErrUnavailable; under load, replies
+	// come late rather than not at all. It sends nothing more. If zero,
+	// DefaultReplyGrace; if negative, none.
+	ReplyGrace time.Duration
 	// NodeTimeout is how long a node may go unheard (no heartbeat, no
 	// reply) before the client stops picking it. If zero,
 	// DefaultNodeTimeout.
@@ -93,6 +100,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.InitialAttemptTimeout <= 0 {
 		c.InitialAttemptTimeout = DefaultInitialAttemptTimeout
+	}
+	if c.ReplyGrace == 0 {
+		c.ReplyGrace = DefaultReplyGrace
 	}
 	if c.NodeTimeout <= 0 {
 		c.NodeTimeout = DefaultNodeTimeout
@@ -428,6 +438,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		}
 	}()
 	var lastErr error
+	begin := time.Now()
 	timeouts := 0 // attempts of this request that got no reply
 	for attempt := 0; attempt < attempts; attempt++ {
 		tg, err := route(tried)
@@ -472,6 +483,11 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			continue
 		}
 		r, err := c.await(ctx, cl, tx, timeout, est, wait > 0)
+		if err == nil && r == nil && attempt == attempts-1 {
+			if grace := c.cfg.ReplyGrace - time.Since(begin); grace > 0 {
+				r, err = c.await(ctx, cl, tx, grace, est, wait > 0)
+			}
+		}
 		switch {
 		case err != nil:
 			return wire.Message{}, err

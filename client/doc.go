@@ -11,7 +11,8 @@
 // Every request carries the client's id and a sequence number, the same on
 // every attempt, so a write is applied at most once however many of its
 // attempts arrive, and on whichever node. An attempt waits for a timeout
-// derived from measured round trips; after Config.Attempts attempts the
+// derived from measured round trips; after Config.Attempts attempts, and
+// once Config.ReplyGrace has passed with no late reply to any of them, the
 // call fails with ErrUnavailable, and a write that failed so may or may not
 // have been applied, now or a little later.
 //

@@ -444,6 +444,33 @@ func TestTimeoutFollowsSlowerRoundTrips(t *testing.T) {
 	}
 }
 
+// A reply slower than every attempt's timeout still counts within the
+// reply grace, and no more attempts are sent for it; without the grace the
+// request fails.
+func TestLateReplyWithinGrace(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.delay = 150 * time.Millisecond })
+	}
+	slow := Config{Attempts: 2, MinAttemptTimeout: 5 * time.Millisecond, MaxAttemptTimeout: 20 * time.Millisecond,
+		InitialAttemptTimeout: 20 * time.Millisecond}
+	graced := slow
+	graced.ReplyGrace = time.Second
+	c := fc.client(t, graced)
+	before := c.Counters()
+	if _, err := c.Set(context.Background(), "k", nil); err != nil {
+		t.Fatalf("set answered after 150 ms, attempts timing out at 20 ms, grace 1s: %v", err)
+	}
+	if a := c.Counters().Attempts - before.Attempts; a != 2 {
+		t.Errorf("%d attempts, want 2", a)
+	}
+	slow.ReplyGrace = -1
+	c = fc.client(t, slow)
+	if _, err := c.Set(context.Background(), "k", nil); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("set answered after 150 ms without a grace: %v, want ErrUnavailable", err)
+	}
+}
+
 func (f *fakeNode) releasedJobs() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
