@@ -60,13 +60,15 @@ type Config struct {
 	// MinAttemptTimeout and MaxAttemptTimeout bound the wait for a reply
 	// to one attempt, otherwise derived from measured round trips
 	// (srtt + 4·rttvar) and doubled for each earlier attempt of the same
-	// request that got no reply. InitialAttemptTimeout is used before the
+	// request that got no reply, or that a node answered "unavailable"
+	// having spent its budget. InitialAttemptTimeout is used before the
 	// first measurement. Zero values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
 	// ReplyGrace: a request whose every attempt timed out still takes a
 	// late reply to any of them until ReplyGrace has passed since it
 	// began, before it fails with ErrUnavailable; under load, replies
-	// come late rather than not at all. It sends nothing more. If zero,
+	// come late rather than not at all. It sends nothing more, and tells
+	// the nodes they may work on each attempt until then. If zero,
 	// DefaultReplyGrace; if negative, none.
 	ReplyGrace time.Duration
 	// NodeTimeout is how long a node may go unheard (no heartbeat, no
@@ -440,15 +442,22 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	var lastErr error
 	begin := time.Now()
 	timeouts := 0 // attempts of this request that got no reply
+	// outlasted counts the attempts a node answered "unavailable" having
+	// spent their budget: like a timeout, the next attempt gets twice as
+	// long, but, being a reply, they teach the estimator nothing.
+	outlasted := 0
 	for attempt := 0; attempt < attempts; attempt++ {
 		tg, err := route(tried)
 		if err != nil {
 			return wire.Message{}, err
 		}
 		tried = append(tried, tg.addr)
-		timeout := est.timeout(timeouts) + wait
+		timeout := est.timeout(timeouts+outlasted) + wait
+		// The node may work on the attempt for as long as the request
+		// takes a reply to it: at least until the reply grace ends.
+		budget := max(timeout, c.cfg.ReplyGrace-time.Since(begin))
 		if dl, ok := ctx.Deadline(); ok {
-			timeout = min(timeout, time.Until(dl))
+			timeout, budget = min(timeout, time.Until(dl)), min(budget, time.Until(dl))
 		}
 		if timeout <= 0 {
 			return wire.Message{}, fmt.Errorf("shoal: %s: %w", op, context.DeadlineExceeded)
@@ -460,7 +469,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		c.mu.Unlock()
 		m := wire.Message{
 			Type: wire.TypeQuery, TxID: tx, Op: op,
-			Client: c.id, Seq: seq, Ack: c.seq.floor(), Timeout: timeout, Args: args,
+			Client: c.id, Seq: seq, Ack: c.seq.floor(), Timeout: budget, Args: args,
 		}
 		b, err := wire.Encode(&m)
 		if err != nil {
@@ -504,8 +513,11 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			return *r, e
 		}
 		lastErr = e
-		if e.Code == wire.CodeWrongShard {
+		switch e.Code {
+		case wire.CodeWrongShard:
 			c.requestRefresh()
+		case wire.CodeUnavailable:
+			outlasted++
 		}
 		if err := c.backoff(ctx, attempt); err != nil {
 			return wire.Message{}, err

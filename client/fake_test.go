@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -381,31 +382,36 @@ func TestRejectsBadKeysAndValues(t *testing.T) {
 }
 
 // Replies that say "unavailable" come after the node waited out the
-// attempt's budget; timing them would feed the timeout back into itself
-// and let it climb to the maximum.
+// attempt's budget. Within a request, each gives the next attempt twice the
+// budget, as a timeout does; but timing them would feed the timeout back
+// into itself and let every later request start higher, up to the maximum.
 func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
 	fc := newFakeCluster(t, 3)
-	c := fc.client(t, Config{MaxAttemptTimeout: time.Second})
+	c := fc.client(t, Config{MaxAttemptTimeout: 2 * time.Second, ReplyGrace: -1})
 	for _, f := range fc.nodes {
 		f.set(func(f *fakeNode) { f.stalled = true })
 	}
-	for i := 0; i < 5; i++ {
+	base := c.rtt[0].timeout(0)
+	for i := 0; i < 3; i++ {
 		if _, err := c.Get(context.Background(), "k"); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("get %d: %v, want ErrUnavailable", i, err)
 		}
 	}
-	var worst time.Duration
+	budgets := map[time.Duration]int{}
 	for _, f := range fc.nodes {
 		f.mu.Lock()
 		for _, m := range f.seen {
 			if m.Op == wire.OpGet {
-				worst = max(worst, m.Timeout)
+				budgets[m.Timeout]++
 			}
 		}
 		f.mu.Unlock()
 	}
-	if worst > c.cfg.InitialAttemptTimeout {
-		t.Errorf("attempt timeouts climbed to %v (initial %v)", worst, c.cfg.InitialAttemptTimeout)
+	if want := map[time.Duration]int{base: 3, 2 * base: 3, 4 * base: 3}; !reflect.DeepEqual(budgets, want) {
+		t.Errorf("attempt budgets (budget → attempts) %v, want %v", budgets, want)
+	}
+	if got := c.rtt[0].timeout(0); got != base {
+		t.Errorf("after requests answered only \"unavailable\", a first attempt waits %v, want %v as before", got, base)
 	}
 }
 
@@ -463,6 +469,16 @@ func TestLateReplyWithinGrace(t *testing.T) {
 	}
 	if a := c.Counters().Attempts - before.Attempts; a != 2 {
 		t.Errorf("%d attempts, want 2", a)
+	}
+	// Each attempt gave the node the rest of the grace to work on it.
+	for _, f := range fc.nodes {
+		f.mu.Lock()
+		for _, m := range f.seen {
+			if m.Op == wire.OpSet && m.Client == c.ID() && (m.Timeout < 900*time.Millisecond || m.Timeout > time.Second) {
+				t.Errorf("an attempt sent with a budget of %v, want the rest of the 1s grace", m.Timeout)
+			}
+		}
+		f.mu.Unlock()
 	}
 	slow.ReplyGrace = -1
 	c = fc.client(t, slow)
