@@ -71,6 +71,34 @@ func TestIdleLeaderQuiesces(t *testing.T) {
 	waitHeartbeatTimeout(t, c, leader.ID(), hb, hb)
 }
 
+// A quiesced leader that dies is replaced as fast as a busy one: its
+// followers never quiesced, so they notice within their own heartbeat
+// timeout (randomized up to twice that), and elect a leader at once.
+func TestQuiescedLeaderFailsOverPromptly(t *testing.T) {
+	spec, err := LocalSpec(3, 1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb := 200 * time.Millisecond
+	spec.Raft.HeartbeatTimeout = Duration(hb)
+	c := startTestCluster(t, spec)
+	old := c.leader(0)
+	waitHeartbeatTimeout(t, c, old.ID(), quietFactor*hb, (quiesceAfter+3)*hb)
+
+	killed := time.Now()
+	c.stop(old.ID())
+	for c.leader(0) == nil {
+		// The later of two randomized timeouts in [hb, 2hb], then a vote
+		// (a split one now and then); a follower with a quiesced timeout
+		// would wait quietFactor times as long.
+		if time.Since(killed) > quietFactor*hb/2 {
+			t.Fatalf("no new leader %v after the quiesced leader died", time.Since(killed))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("new leader %v after the kill", time.Since(killed).Round(time.Millisecond))
+}
+
 // A group whose idle appends come too seldom to keep the leader's lease
 // never quiesces: its heartbeats are what keeps the lease.
 func TestQuietTimeout(t *testing.T) {
