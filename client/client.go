@@ -492,9 +492,13 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			continue
 		}
 		r, err := c.await(ctx, cl, tx, timeout, est, wait > 0)
+		lastErr = fmt.Errorf("no reply from %s within %v", tg, timeout)
 		if err == nil && r == nil && attempt == attempts-1 {
+			// The context's deadline, if sooner, ends this wait as it
+			// ends the attempts'.
 			if grace := c.cfg.ReplyGrace - time.Since(begin); grace > 0 {
 				r, err = c.await(ctx, cl, tx, grace, est, wait > 0)
+				lastErr = fmt.Errorf("no reply to any attempt within %v", time.Since(begin).Round(time.Millisecond))
 			}
 		}
 		switch {
@@ -503,7 +507,6 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		case r == nil:
 			c.timeouts.Add(1)
 			timeouts++
-			lastErr = fmt.Errorf("no reply from %s within %v", tg, timeout)
 			continue
 		case r.Type == wire.TypeResponse:
 			return *r, nil
@@ -530,9 +533,9 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, attempts, lastErr)
 }
 
-// await waits for a reply to the request. A success from any attempt
-// counts; an error reply counts only from the latest attempt, tx. It
-// returns nil, nil on timeout.
+// await waits for a reply to the request. A success or a definitive error
+// from any attempt counts; a retryable error only from the latest attempt,
+// tx. It returns nil, nil on timeout.
 //
 // Every reply is a round trip to measure, also one to an earlier attempt:
 // each attempt has a transaction id of its own, so unlike a TCP segment's
@@ -553,7 +556,11 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Du
 			if !waited && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
 				est.sample(r.at.Sub(cl.sentAt(r.msg.TxID)))
 			}
-			if r.msg.TxID != tx && r.msg.Type != wire.TypeResponse {
+			// An earlier attempt's retryable error is stale: the latest
+			// attempt may still succeed. A definitive one (not found, a
+			// conflict) answers the request: every attempt carries the
+			// same sequence number.
+			if r.msg.TxID != tx && r.msg.Type != wire.TypeResponse && replyError(&r.msg).retryable() {
 				continue
 			}
 			return &r.msg, nil

@@ -27,6 +27,9 @@ type fakeNode struct {
 	dropFirst bool          // ignores the first attempt it sees of every request
 	stalled   bool          // answers gets "unavailable" once their budget is spent
 	delay     time.Duration // before each answer to a get or set
+	// missingOnce: the first attempt of each get is answered "not found",
+	// the later ones not at all.
+	missingOnce bool
 	// grant, if set, is the job an acquire gets, after grantAfter;
 	// otherwise an acquire gets no job at once.
 	grant      *wire.JobInfo
@@ -146,11 +149,12 @@ func (f *fakeNode) serve() {
 		silent, drop := f.silent, f.dropFirst && first && m.Op != wire.OpTopology && m.Op != wire.OpPing
 		delay := f.delay
 		stalled := f.stalled && m.Op == wire.OpGet
+		missing := f.missingOnce && m.Op == wire.OpGet
 		if !silent {
 			f.seen = append(f.seen, m)
 		}
 		f.mu.Unlock()
-		if silent || drop {
+		if silent || drop || missing && !first {
 			continue
 		}
 		r := wire.Message{Type: wire.TypeResponse, TxID: m.TxID, Node: f.id, Activity: 1}
@@ -184,6 +188,10 @@ func (f *fakeNode) serve() {
 			r.Result.Topology = f.topo()
 		case wire.OpGet:
 			r.Result.Value = f.id
+			if missing {
+				r = wire.Message{Type: wire.TypeError, TxID: m.TxID, Node: f.id,
+					Err: &wire.Error{Code: wire.CodeNotFound, Message: "key not found"}}
+			}
 		case wire.OpSet:
 			r.Result.Version = m.Seq
 		}
@@ -484,6 +492,19 @@ func TestLateReplyWithinGrace(t *testing.T) {
 	c = fc.client(t, slow)
 	if _, err := c.Set(context.Background(), "k", nil); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("set answered after 150 ms without a grace: %v, want ErrUnavailable", err)
+	}
+}
+
+// A definitive error to an earlier attempt answers the request, though a
+// later attempt is the one awaited: here "not found" to the first attempt
+// of a get, arriving in the reply grace after the second timed out.
+func TestLateDefinitiveErrorAnswersTheRequest(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	c := fc.client(t, Config{Attempts: 2, MinAttemptTimeout: 5 * time.Millisecond, MaxAttemptTimeout: 20 * time.Millisecond,
+		InitialAttemptTimeout: 20 * time.Millisecond, ReplyGrace: time.Second})
+	fc.nodes[0].set(func(f *fakeNode) { f.delay, f.missingOnce = 150*time.Millisecond, true })
+	if _, err := c.Get(context.Background(), "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get answered \"not found\" late, to its first attempt: %v, want ErrNotFound", err)
 	}
 }
 

@@ -548,17 +548,25 @@ func (n *Node) readyReports(now time.Time, leads []shard.ID) []wire.ReadyCount {
 // schedule is due or a lease has run out since its last command, so interval
 // jobs appear, and the state machine's clock follows the leases, even when
 // nothing else is written. It sleeps until the earliest such time (at least
-// scheduleTick, at most scheduleIdle), or until a replica reports new
-// timers: a lease or schedule proposed, or leadership won. Stops with the
-// node.
+// scheduleTick, at most scheduleIdle), or, when a replica reports new timers
+// (a lease or schedule committed, a term's state applied), for at most
+// scheduleTick. Stops with the node.
 func (n *Node) runSchedules() {
 	t := time.NewTimer(scheduleTick)
 	defer t.Stop()
+	planned := time.Now().Add(scheduleTick)
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-n.timersChanged:
+			// Look again soon, not at once: a busy shard reports with
+			// every acquire.
+			if soon := time.Now().Add(scheduleTick); soon.Before(planned) {
+				planned = soon
+				t.Reset(scheduleTick)
+			}
+			continue
 		case <-t.C:
 		}
 		now := time.Now()
@@ -576,7 +584,9 @@ func (n *Node) runSchedules() {
 				next = due
 			}
 		}
-		t.Reset(max(time.Until(next), scheduleTick))
+		wait := max(time.Until(next), scheduleTick)
+		planned = time.Now().Add(wait)
+		t.Reset(wait)
 	}
 }
 

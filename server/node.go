@@ -287,7 +287,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.wake() // raft bounds a transfer by the election timeout
+			r.stayAwake()
 			if err := awaitFuture(r.raft.LeadershipTransfer(), giveUp); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("%w: shard %d: %v", ErrHandover, r.id, err))

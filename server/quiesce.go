@@ -58,7 +58,11 @@ func (r *replica) checkIdle() {
 		return
 	}
 	entries := r.entries.Load()
-	if !r.isLeader() || entries != r.idle.entries {
+	// While a follower's heartbeats fail, raft backs them off up to half
+	// the heartbeat timeout: quiesced, a follower coming back would wait
+	// that long to hear from its leader.
+	failing := time.Since(time.Unix(0, r.heartbeatFailed.Load())) < quiesceAfter*r.heartbeatTimeout
+	if !r.isLeader() || entries != r.idle.entries || failing {
 		r.idle.entries, r.idle.checks = entries, 0
 		return
 	}
@@ -76,6 +80,9 @@ func (r *replica) checkIdle() {
 func (r *replica) quiesce(entries uint64) {
 	r.quietMu.Lock()
 	defer r.quietMu.Unlock()
+	if r.awake {
+		return
+	}
 	r.quiesced.Store(true)
 	if r.entries.Load() != entries || !r.isLeader() {
 		r.quiesced.Store(false)
@@ -100,6 +107,16 @@ func (r *replica) wake() {
 		r.quiesced.Store(false)
 		r.log.Debug("woke", "heartbeat_timeout", r.heartbeatTimeout)
 	}
+}
+
+// stayAwake wakes the replica and keeps it from quiescing again: raft
+// bounds a leadership transfer by the election timeout, which quiescing
+// raises.
+func (r *replica) stayAwake() {
+	r.quietMu.Lock()
+	r.awake = true
+	r.quietMu.Unlock()
+	r.wake()
 }
 
 // setHeartbeatTimeout sets raft's heartbeat timeout, and its election

@@ -34,21 +34,28 @@ func waitHeartbeatTimeout(t *testing.T, c *testCluster, node string, want, limit
 	}
 }
 
-// An idle group's leader quiesces, and only the leader; a write wakes it
-// before it is acknowledged; a leader that hands its leadership over gets
-// its configured timeout back.
-func TestIdleLeaderQuiesces(t *testing.T) {
+// quiescedCluster starts 3 nodes holding one shard of 3 replicas, with a
+// heartbeat timeout of hb, and waits for its leader to quiesce.
+func quiescedCluster(t *testing.T) (c *testCluster, leader *Node, hb time.Duration) {
+	t.Helper()
 	spec, err := LocalSpec(3, 1, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hb := 200 * time.Millisecond
+	hb = 200 * time.Millisecond
 	spec.Raft.HeartbeatTimeout = Duration(hb)
-	quiet := quietFactor * hb
-	c := startTestCluster(t, spec)
-	leader := c.leader(0)
+	c = startTestCluster(t, spec)
+	leader = c.leader(0)
+	waitHeartbeatTimeout(t, c, leader.ID(), quietFactor*hb, (quiesceAfter+3)*hb)
+	return c, leader, hb
+}
 
-	waitHeartbeatTimeout(t, c, leader.ID(), quiet, (quiesceAfter+3)*hb)
+// An idle group's leader quiesces, and only the leader; a write wakes it
+// before it is acknowledged; a leader that hands its leadership over gets
+// its configured timeout back.
+func TestIdleLeaderQuiesces(t *testing.T) {
+	c, leader, hb := quiescedCluster(t)
+	quiet := quietFactor * hb
 	for id, d := range heartbeatTimeouts(c) {
 		if id != leader.ID() && d != hb {
 			t.Errorf("follower %s quiesced too: heartbeat timeout %v", id, d)
@@ -75,15 +82,7 @@ func TestIdleLeaderQuiesces(t *testing.T) {
 // followers never quiesced, so they notice within their own heartbeat
 // timeout (randomized up to twice that), and elect a leader at once.
 func TestQuiescedLeaderFailsOverPromptly(t *testing.T) {
-	spec, err := LocalSpec(3, 1, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hb := 200 * time.Millisecond
-	spec.Raft.HeartbeatTimeout = Duration(hb)
-	c := startTestCluster(t, spec)
-	old := c.leader(0)
-	waitHeartbeatTimeout(t, c, old.ID(), quietFactor*hb, (quiesceAfter+3)*hb)
+	c, old, hb := quiescedCluster(t)
 
 	killed := time.Now()
 	c.stop(old.ID())
@@ -97,6 +96,34 @@ func TestQuiescedLeaderFailsOverPromptly(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Logf("new leader %v after the kill", time.Since(killed).Round(time.Millisecond))
+}
+
+// A leader whose heartbeats to a follower fail wakes, and stays awake
+// while they fail: quiesced, raft would back its heartbeats off for up to
+// half the quiesced timeout, and the follower, back, would hear nothing for
+// that long. Once the follower is back and the group idle, it quiesces
+// again.
+func TestLeaderStaysAwakeWhileAFollowerIsDown(t *testing.T) {
+	c, leader, hb := quiescedCluster(t)
+
+	var down string
+	for id := range c.nodes {
+		if id != leader.ID() {
+			down = id
+			break
+		}
+	}
+	c.stop(down)
+	// Quiesced, the leader heartbeats every 2 to 4 s (a tenth or a fifth
+	// of 20 hb); the first that fails wakes it.
+	waitHeartbeatTimeout(t, c, leader.ID(), hb, quietFactor*hb/4+hb)
+	time.Sleep((quiesceAfter + 2) * hb)
+	if got := heartbeatTimeouts(c)[leader.ID()]; got != hb {
+		t.Fatalf("leader quiesced (heartbeat timeout %v) with follower %s down", got, down)
+	}
+
+	c.start(down)
+	waitHeartbeatTimeout(t, c, leader.ID(), quietFactor*hb, (2*quiesceAfter+5)*hb)
 }
 
 // A group whose idle appends come too seldom to keep the leader's lease

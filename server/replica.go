@@ -81,8 +81,12 @@ type replica struct {
 	quiet    time.Duration
 	quietMu  sync.Mutex // serializes quiesce and wake
 	quiesced atomic.Bool
+	awake    bool // never to quiesce again (handing leadership over); under quietMu
 	entries  atomic.Uint64
-	idle     struct {
+	// heartbeatFailed is when, in Unix nanoseconds, raft last failed to
+	// heartbeat a follower of this leader.
+	heartbeatFailed atomic.Int64
+	idle            struct {
 		entries uint64
 		checks  int
 	}
@@ -206,7 +210,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 	}
 	rep.observer = raft.NewObserver(rep.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.RaftState:
+		case raft.LeaderObservation, raft.RaftState, raft.FailedHeartbeatObservation:
 			return true
 		}
 		return false
@@ -218,12 +222,17 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 
 // watch follows raft's leadership changes: it wakes whoever waits for a
 // leader, makes a new leader ready for reads, and gives a replica that
-// stopped leading its configured heartbeat timeout back.
+// stopped leading, or whose heartbeats to a follower fail, its configured
+// heartbeat timeout back.
 func (r *replica) watch() {
-	for range r.obsCh {
+	for o := range r.obsCh {
+		if _, ok := o.Data.(raft.FailedHeartbeatObservation); ok {
+			r.heartbeatFailed.Store(time.Now().UnixNano())
+			r.wake()
+			continue
+		}
 		if r.raft.State() == raft.Leader {
 			r.ensureReady()
-			r.timersChanged()
 		} else {
 			r.wake()
 		}
@@ -267,6 +276,7 @@ func (r *replica) ensureReady() {
 			// meanwhile.
 			if err == nil && r.raft.CurrentTerm() == term && r.isLeader() {
 				r.readyTerm.Store(term)
+				r.timersChanged() // the state the term inherited is all applied
 			}
 			if err != nil {
 				break // not leader any more, or shutting down
@@ -325,14 +335,7 @@ func (r *replica) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result,
 	if !r.isLeader() {
 		return nil, errNotLeader
 	}
-	res, err := r.proposals.submit(ctx, ops...)
-	for _, op := range ops {
-		if slices.Contains(timedKinds, op.Kind) {
-			r.timersChanged()
-			break
-		}
-	}
-	return res, err
+	return r.proposals.submit(ctx, ops...)
 }
 
 // apply proposes op, in an entry perhaps shared with other ops, and waits
@@ -358,6 +361,12 @@ func (r *replica) commit(ops []shard.Op) ([]shard.Result, error) {
 	f := r.raft.Apply(data, applyEnqueueTimeout)
 	if err := awaitFuture(f, r.stop); err != nil {
 		return nil, err
+	}
+	for _, op := range ops {
+		if slices.Contains(timedKinds, op.Kind) {
+			r.timersChanged()
+			break
+		}
 	}
 	switch resp := f.Response().(type) {
 	case []shard.Result:
