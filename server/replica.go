@@ -391,7 +391,10 @@ func opSize(op shard.Op) int {
 // The leader's own applied index serves: it has applied every write it
 // acknowledged, and, once ready in its term, every write any earlier leader
 // acknowledged. Confirming leadership with a quorum after taking the index
-// rules out a newer leader having acknowledged writes meanwhile.
+// rules out a newer leader having acknowledged writes meanwhile, with one
+// gap: raft's VerifyLeader also counts a response to a message sent before
+// the call, which a follower may have sent before voting for a newer
+// leader. That needs the response in flight across an election.
 func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	term, err := r.waitReady(ctx)
 	if err != nil {
