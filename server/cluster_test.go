@@ -47,6 +47,20 @@ func newTestCluster(t testing.TB, nodes, shards, replicas int) *testCluster {
 	return startTestCluster(t, spec)
 }
 
+// newFailoverTestCluster is newTestCluster with a heartbeat timeout of
+// 500 ms, half the default, for tests whose bounds assume a failover well
+// under two seconds: with the default a failover takes 1 to 2 s, and more
+// after a split vote. The sim's failover experiment measures the default.
+func newFailoverTestCluster(t testing.TB, nodes, shards, replicas int) *testCluster {
+	t.Helper()
+	spec, err := LocalSpec(nodes, shards, replicas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Raft.HeartbeatTimeout = Duration(500 * time.Millisecond)
+	return startTestCluster(t, spec)
+}
+
 // startTestCluster starts every node of spec and waits for leaders.
 func startTestCluster(t testing.TB, spec *Spec) *testCluster {
 	t.Helper()

@@ -236,7 +236,7 @@ const server250ms = DefaultHeartbeatInterval
 // An interval job appears once per interval, also across a change of the
 // schedule shard's leader.
 func TestEveryAcrossLeaderChange(t *testing.T) {
-	c := newTestCluster(t, 3, 2, 3)
+	c := newFailoverTestCluster(t, 3, 2, 3) // an interval (2 s) must outlast the failover
 	cl := c.client(client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

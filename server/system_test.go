@@ -421,7 +421,7 @@ func TestLossyWritesApplyAtMostOnce(t *testing.T) {
 // readable, writes to that shard succeed again within 3 s, and the killed
 // node, restarted on its data, catches up and serves.
 func TestLeaderKillDuringWrites(t *testing.T) {
-	c := newTestCluster(t, 3, 4, 3)
+	c := newFailoverTestCluster(t, 3, 4, 3)
 	smap, err := c.spec.Map()
 	if err != nil {
 		t.Fatal(err)

@@ -43,8 +43,9 @@ func shoalRun(t *testing.T, bin string, args ...string) string {
 }
 
 // Real processes: kill -9 the leader of a shard while clients write; every
-// acknowledged write stays readable, writes to the shard resume within 3 s,
-// and the killed node, started again by `cluster up`, catches up.
+// acknowledged write stays readable, writes to the shard resume within an
+// election's worst case, and the killed node, started again by `cluster
+// up`, catches up.
 func TestKillLeaderProcess(t *testing.T) {
 	bin := buildShoal(t)
 	dir := t.TempDir()
@@ -111,8 +112,10 @@ func TestKillLeaderProcess(t *testing.T) {
 		}
 	}
 	t.Logf("kill -9 of %s (pid %d), leader of shard 0: writes to the shard resumed after %v", victim, pid, recovered)
-	if recovered > 3*time.Second {
-		t.Errorf("recovery took %v, over 3s", recovered)
+	// The later of two followers' randomized timeouts, 1 to 2 heartbeat
+	// timeouts, and as much again after a split vote.
+	if limit := 4*server.DefaultHeartbeatTimeout + time.Second; recovered > limit {
+		t.Errorf("recovery took %v, over %v", recovered, limit)
 	}
 	time.Sleep(200 * time.Millisecond)
 	cancel()
