@@ -7,8 +7,9 @@ import "time"
 // groups: on a node holding many replicas that is most of its idle CPU. So
 // the leader of a group whose log has stopped growing quiesces: it raises
 // its own heartbeat timeout (raft.ReloadConfig), which makes its heartbeats
-// rare, and lowers it again with the group's next entry, or when it stops
-// leading. Only the leader's timing changes. Its followers keep theirs, so a
+// rare, and lowers it again with the group's next entry, when a heartbeat
+// to a follower fails, or when it stops leading. Only the leader's timing
+// changes. Its followers keep theirs, so a
 // quiesced leader that dies is noticed as soon as a busy one; while it
 // lives, the append raft sends every CommitTimeout keeps them, and the
 // leader's lease, in contact. That is why a group quiesces only when twice
@@ -71,8 +72,8 @@ func (r *replica) checkIdle() {
 	}
 }
 
-// quiesce raises the leader's heartbeat timeout, unless an entry was
-// proposed since the idle checks saw entries proposals.
+// quiesce raises the leader's heartbeat timeout, unless the replica has
+// proposed an entry since the idle checks counted entries of them.
 //
 // commit counts each entry before it looks whether the replica is
 // quiesced, and quiesce marks it quiesced before it looks at the count, so
