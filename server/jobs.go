@@ -447,15 +447,6 @@ func (n *Node) awaitReady(ctx context.Context, rep *replica, topic string) (bool
 	}
 }
 
-// tickDue reports whether the state machine needs a command at now.
-func tickDue(f *shard.FSM, now int64) bool {
-	if due, ok := f.NextScheduleDue(); ok && due <= now {
-		return true
-	}
-	end, ok := f.NextLeaseEnd()
-	return ok && end < now
-}
-
 // jobRead answers the job reads, stats and dead listings, for one shard,
 // linearizably: like a get, from the leader's state once it has confirmed
 // a read index, here or there.
@@ -575,12 +566,14 @@ func (n *Node) runSchedules() {
 			if !rep.isLeader() {
 				continue
 			}
-			if tickDue(rep.fsm, now.UnixNano()) {
+			due, ok := nextTick(rep.fsm)
+			if ok && !due.After(now) {
 				if _, err := rep.propose(n.ctx, shard.Op{Kind: shard.KindTick}); err != nil && rep.isLeader() {
 					rep.log.Warn("proposing a tick failed", "err", err)
 				}
+				due, ok = nextTick(rep.fsm)
 			}
-			if due, ok := nextTick(rep.fsm); ok && due.Before(next) {
+			if ok && due.Before(next) {
 				next = due
 			}
 		}
