@@ -492,13 +492,13 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			continue
 		}
 		r, err := c.await(ctx, cl, tx, timeout, est, wait > 0)
-		lastErr = fmt.Errorf("no reply from %s within %v", tg, timeout)
+		graced := false
 		if err == nil && r == nil && attempt == attempts-1 {
 			// The context's deadline, if sooner, ends this wait as it
 			// ends the attempts'.
 			if grace := c.cfg.ReplyGrace - time.Since(begin); grace > 0 {
 				r, err = c.await(ctx, cl, tx, grace, est, wait > 0)
-				lastErr = fmt.Errorf("no reply to any attempt within %v", time.Since(begin).Round(time.Millisecond))
+				graced = true
 			}
 		}
 		switch {
@@ -507,6 +507,10 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		case r == nil:
 			c.timeouts.Add(1)
 			timeouts++
+			lastErr = fmt.Errorf("no reply from %s within %v", tg, timeout)
+			if graced {
+				lastErr = fmt.Errorf("no reply to any attempt within %v", time.Since(begin).Round(time.Millisecond))
+			}
 			continue
 		case r.Type == wire.TypeResponse:
 			return *r, nil
