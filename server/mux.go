@@ -85,7 +85,7 @@ func (m *mux) acceptLoop() {
 	}
 }
 
-func (m *mux) route(conn net.Conn) {
+func (m *mux) route(conn *trackedConn) {
 	var kind [1]byte
 	_ = conn.SetReadDeadline(time.Now().Add(preambleTimeout))
 	if _, err := io.ReadFull(conn, kind[:]); err != nil {
@@ -122,7 +122,8 @@ func (m *mux) streamLayer(id shard.ID) (*streamLayer, error) {
 	if m.closed {
 		return nil, errMuxClosed
 	}
-	sl := &streamLayer{mux: m, id: id, conns: make(chan net.Conn), done: make(chan struct{})}
+	sl := &streamLayer{mux: m, id: id, conns: make(chan net.Conn), done: make(chan struct{}),
+		live: make(map[*trackedConn]struct{})}
 	m.shards[id] = sl
 	return sl, nil
 }
@@ -174,14 +175,19 @@ func (m *mux) close() error {
 // since whoever it was handed to may be blocked reading from it.
 type trackedConn struct {
 	net.Conn
-	mux  *mux
-	once sync.Once
+	mux   *mux
+	layer *streamLayer // the shard it was handed to, if any; under mux.mu
+	once  sync.Once
 }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
 		c.mux.mu.Lock()
 		delete(c.mux.accepted, c)
+		if c.layer != nil {
+			delete(c.layer.live, c)
+			c.layer.handlers.Done()
+		}
 		c.mux.mu.Unlock()
 	})
 	return c.Conn.Close()
@@ -195,13 +201,30 @@ type streamLayer struct {
 	conns chan net.Conn
 	done  chan struct{}
 	once  sync.Once
+
+	// live holds the connections handed to raft that it has not closed
+	// yet, and handlers counts them; closed refuses new ones. All three
+	// are under mux.mu (handlers' Add and Done).
+	live     map[*trackedConn]struct{}
+	handlers sync.WaitGroup
+	closed   bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
 // deliver hands an accepted connection to raft, or reports false once the
-// layer is closed.
-func (s *streamLayer) deliver(conn net.Conn) bool {
+// layer is closed. From then on the connection counts as live until it is
+// closed.
+func (s *streamLayer) deliver(conn *trackedConn) bool {
+	s.mux.mu.Lock()
+	if s.closed {
+		s.mux.mu.Unlock()
+		return false
+	}
+	conn.layer = s
+	s.live[conn] = struct{}{}
+	s.handlers.Add(1)
+	s.mux.mu.Unlock()
 	select {
 	case s.conns <- conn:
 		return true
@@ -225,12 +248,33 @@ func (s *streamLayer) Close() error {
 	s.once.Do(func() {
 		close(s.done)
 		s.mux.mu.Lock()
+		s.closed = true
 		if s.mux.shards[s.id] == s {
 			delete(s.mux.shards, s.id)
 		}
 		s.mux.mu.Unlock()
 	})
 	return nil
+}
+
+// drain closes the layer, ends every connection it handed to raft, and waits
+// until raft's handlers have let go of them. NetworkTransport does not wait
+// for its connection handlers when it closes, and one may be in the middle
+// of a heartbeat, which can write the term to the stable store: closing the
+// store under it makes raft panic.
+func (s *streamLayer) drain() {
+	s.Close()
+	s.mux.mu.Lock()
+	live := make([]*trackedConn, 0, len(s.live))
+	for c := range s.live {
+		live = append(live, c)
+	}
+	s.mux.mu.Unlock()
+	for _, c := range live {
+		// The handler's read fails; its own Close releases the connection.
+		c.Conn.Close()
+	}
+	s.handlers.Wait()
 }
 
 // Addr returns the address peers reach the node at.

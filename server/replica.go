@@ -55,6 +55,7 @@ type replica struct {
 	raft  *raft.Raft
 	fsm   *shard.FSM
 	trans *raft.NetworkTransport
+	sl    *streamLayer
 	store *raftboltdb.BoltStore
 
 	// readyTerm is the term in which this replica, as leader, has applied
@@ -192,6 +193,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		raft:    r,
 		fsm:     fsm,
 		trans:   trans,
+		sl:      sl,
 		store:   store,
 		changed: make(chan struct{}),
 		stop:    make(chan struct{}),
@@ -423,6 +425,7 @@ func (r *replica) close() error {
 	close(r.obsCh)
 	r.trans.Close()
 	r.trans.CloseStreams()
+	r.sl.drain()
 	r.group.Wait()
 	if cerr := r.store.Close(); err == nil {
 		err = cerr
