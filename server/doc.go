@@ -16,11 +16,12 @@
 //     moves, until the request's budget (the client's attempt timeout) runs
 //     out. The leader stamps each command with its clock.
 //   - Reads are linearizable by default on every replica (ReadIndex: the
-//     leader confirms its leadership with one heartbeat round shared by
-//     concurrent reads, then reads its own state; a follower relays the
-//     reads that arrive together in one call); a stale read answers from
-//     the replica's own state at once, which trails the leader's by up to
-//     about two CommitTimeouts when writes stop.
+//     leader confirms its leadership by asking the other replicas their
+//     raft term, one round shared by concurrent reads, then reads its own
+//     state; a follower relays the reads that arrive together in one
+//     call); a stale read answers from the replica's own state at once,
+//     which trails the leader's by up to about two CommitTimeouts when
+//     writes stop.
 //   - Every reply and heartbeat carries the node's activity: the client
 //     requests in progress at the node, averaged over time (time constant
 //     Config.LoadTimeConstant), in thousandths; heartbeats go every

@@ -271,23 +271,12 @@ func (p *peers) drop(node string, c *rpc.Client) {
 // forward sends req to node and waits for the reply or ctx. A failure the
 // caller may retry wraps errRetry.
 func (p *peers) forward(ctx context.Context, node string, req ForwardRequest) (ForwardReply, error) {
-	c, err := p.client(ctx, node)
-	if err != nil {
-		return ForwardReply{}, fmt.Errorf("%w: %v", errRetry, err)
-	}
 	if d, ok := ctx.Deadline(); ok {
 		req.Timeout = time.Until(d)
 	}
 	var reply ForwardReply
-	call := c.Go("Node.Forward", req, &reply, make(chan *rpc.Call, 1))
-	select {
-	case <-call.Done:
-	case <-ctx.Done():
-		return ForwardReply{}, ctx.Err()
-	}
-	if call.Error != nil {
-		p.drop(node, c)
-		return ForwardReply{}, fmt.Errorf("%w: forwarding to %s: %v", errRetry, node, call.Error)
+	if err := p.call(ctx, node, "Node.Forward", req, &reply); err != nil {
+		return ForwardReply{}, err
 	}
 	if reply.Err != "" {
 		if reply.Retry {
@@ -296,6 +285,29 @@ func (p *peers) forward(ctx context.Context, node string, req ForwardRequest) (F
 		return reply, fmt.Errorf("server: %s: %s", node, reply.Err)
 	}
 	return reply, nil
+}
+
+// call calls method on node and waits for its reply or ctx. A failure to
+// reach node wraps errRetry; it drops the connection unless node answered.
+func (p *peers) call(ctx context.Context, node, method string, args, reply any) error {
+	c, err := p.client(ctx, node)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errRetry, err)
+	}
+	call := c.Go(method, args, reply, make(chan *rpc.Call, 1))
+	select {
+	case <-call.Done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if call.Error != nil {
+		var answered rpc.ServerError
+		if !errors.As(call.Error, &answered) {
+			p.drop(node, c)
+		}
+		return fmt.Errorf("%w: calling %s: %v", errRetry, node, call.Error)
+	}
+	return nil
 }
 
 func (p *peers) close() {

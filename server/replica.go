@@ -202,6 +202,11 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		timersChanged: timersChanged,
 	}
 	rep.verifier.r = rep
+	for nid := range peers {
+		if nid != nodeID {
+			rep.verifier.others = append(rep.verifier.others, nid)
+		}
+	}
 	rep.heartbeatTimeout, rep.electionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
 	rep.quiet = quietTimeout(t)
 	rep.proposals = &batcher[shard.Op, shard.Result]{
@@ -386,36 +391,6 @@ func opSize(op shard.Op) int {
 		len(op.Unique) + len(op.Reason)
 }
 
-// readIndex returns an index such that a replica that has applied it
-// reflects every write acknowledged before the call: the ReadIndex of the
-// Raft dissertation (§6.4). This replica must be the leader.
-//
-// The leader's own applied index serves: it has applied every write it
-// acknowledged, and, once ready in its term, every write any earlier leader
-// acknowledged. Confirming leadership with a quorum after taking the index
-// rules out a newer leader having acknowledged writes meanwhile, with one
-// gap: raft's VerifyLeader also counts a response to a message sent before
-// the call, which a follower may have sent before voting for a newer
-// leader. That needs the response in flight across an election.
-func (r *replica) readIndex(ctx context.Context) (uint64, error) {
-	term, err := r.waitReady(ctx)
-	if err != nil {
-		return 0, err
-	}
-	index := r.fsm.Applied()
-	if err := r.verifier.verify(ctx); err != nil {
-		return 0, err
-	}
-	// The index counts only if leadership held through one term from the
-	// readiness check to the confirmation: had it been lost and won back
-	// meanwhile, another leader could have acknowledged writes this
-	// replica had not applied when it took the index.
-	if r.raft.CurrentTerm() != term || r.readyTerm.Load() != term {
-		return 0, errNotLeader
-	}
-	return index, nil
-}
-
 // close shuts the raft instance down and releases its transport and store.
 // Peers see it as a crash: no leadership is handed over.
 func (r *replica) close() error {
@@ -431,55 +406,4 @@ func (r *replica) close() error {
 		err = cerr
 	}
 	return err
-}
-
-// verifier confirms leadership for many reads with one round of heartbeats:
-// reads that arrive while a round is running share the next one.
-type verifier struct {
-	r       *replica
-	mu      sync.Mutex
-	waiting []chan error
-	running bool
-}
-
-func (v *verifier) verify(ctx context.Context) error {
-	ch := make(chan error, 1)
-	v.mu.Lock()
-	v.waiting = append(v.waiting, ch)
-	if !v.running {
-		v.running = v.r.group.Go(v.loop)
-		if !v.running {
-			v.waiting = v.waiting[:len(v.waiting)-1]
-			v.mu.Unlock()
-			return raft.ErrRaftShutdown
-		}
-	}
-	v.mu.Unlock()
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (v *verifier) loop() {
-	for {
-		v.mu.Lock()
-		batch := v.waiting
-		v.waiting = nil
-		if len(batch) == 0 {
-			v.running = false
-			v.mu.Unlock()
-			return
-		}
-		v.mu.Unlock()
-		err := awaitFuture(v.r.raft.VerifyLeader(), v.r.stop)
-		if errors.Is(err, raft.ErrNotLeader) {
-			err = errNotLeader
-		}
-		for _, ch := range batch {
-			ch <- err
-		}
-	}
 }

@@ -1,0 +1,197 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// Linearizable reads use the ReadIndex of the Raft dissertation (§6.4): the
+// leader takes its applied index, then confirms with a quorum that it still
+// leads. The confirmation is a call of our own, not raft's VerifyLeader:
+// that counts every follower response arriving after it is called,
+// including one to a heartbeat sent before, which the follower may have
+// answered before voting for a newer leader.
+
+// readIndex returns an index such that a replica that has applied it
+// reflects every write acknowledged before the call. This replica must be
+// the leader.
+//
+// The leader's own applied index serves: it has applied every write it
+// acknowledged, and, once ready in its term, every write any earlier leader
+// acknowledged. A round of the verifier begun after the index was taken
+// rules out a newer leader having acknowledged writes meanwhile.
+func (r *replica) readIndex(ctx context.Context) (uint64, error) {
+	term, err := r.waitReady(ctx)
+	if err != nil {
+		return 0, err
+	}
+	index := r.fsm.Applied()
+	if err := r.verifier.verify(ctx); err != nil {
+		return 0, err
+	}
+	// The index counts only if leadership held through one term from the
+	// readiness check to the confirmation: had it been lost and won back
+	// meanwhile, another leader could have acknowledged writes this
+	// replica had not applied when it took the index.
+	if r.raft.CurrentTerm() != term || r.readyTerm.Load() != term {
+		return 0, errNotLeader
+	}
+	return index, nil
+}
+
+// TermRequest asks a node for its current raft term of a shard: a leader
+// confirming its leadership for reads. It is part of the node-to-node
+// protocol, not of the client API.
+type TermRequest struct {
+	Shard shard.ID
+}
+
+// TermReply answers a TermRequest.
+type TermReply struct {
+	Term uint64
+	// Err describes the failure; empty on success.
+	Err string
+}
+
+// Term serves a TermRequest from a peer.
+func (s *nodeService) Term(req TermRequest, reply *TermReply) error {
+	if !s.n.started.Load() {
+		reply.Err = fmt.Sprintf("node %s is starting", s.n.id)
+		return nil
+	}
+	rep := s.n.replicas[req.Shard]
+	if rep == nil {
+		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
+		return nil
+	}
+	reply.Term = rep.raft.CurrentTerm()
+	return nil
+}
+
+// termOf asks node for its current raft term of shard id.
+func (p *peers) termOf(ctx context.Context, node string, id shard.ID) (uint64, error) {
+	var reply TermReply
+	if err := p.call(ctx, node, "Node.Term", TermRequest{Shard: id}, &reply); err != nil {
+		return 0, err
+	}
+	if reply.Err != "" {
+		return 0, fmt.Errorf("server: %s: %s", node, reply.Err)
+	}
+	return reply.Term, nil
+}
+
+// verifier confirms leadership for many reads with one round of calls to
+// the shard's other replicas: reads that arrive while a round is running
+// share the next one.
+type verifier struct {
+	r *replica
+	// others are the nodes holding the shard's other replicas; termOf asks
+	// one of them its current term of the shard.
+	others []string
+	termOf func(ctx context.Context, node string) (uint64, error)
+
+	mu      sync.Mutex
+	waiting []chan error
+	running bool
+}
+
+func (v *verifier) verify(ctx context.Context) error {
+	ch := make(chan error, 1)
+	v.mu.Lock()
+	v.waiting = append(v.waiting, ch)
+	if !v.running {
+		v.running = v.r.group.Go(v.loop)
+		if !v.running {
+			v.waiting = v.waiting[:len(v.waiting)-1]
+			v.mu.Unlock()
+			return raft.ErrRaftShutdown
+		}
+	}
+	v.mu.Unlock()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (v *verifier) loop() {
+	for {
+		v.mu.Lock()
+		batch := v.waiting
+		v.waiting = nil
+		if len(batch) == 0 {
+			v.running = false
+			v.mu.Unlock()
+			return
+		}
+		v.mu.Unlock()
+		err := v.round()
+		for _, ch := range batch {
+			ch <- err
+		}
+	}
+}
+
+// round confirms that this replica leads in its current term as of a
+// moment after the round began: a quorum of the shard's replicas, itself
+// included, each answers a call made in the round with a term no newer.
+// A replica that has not moved past the term has not voted for a newer
+// leader, and a newer leader needs the votes of a quorum, which meets this
+// one: so none was elected before the answers, and none acknowledged a
+// write before the reads of the round took their indexes.
+func (v *verifier) round() error {
+	term := v.r.raft.CurrentTerm()
+	if v.r.raft.State() != raft.Leader {
+		return errNotLeader
+	}
+	need := (len(v.others)+1)/2 + 1 - 1 // this replica counts itself
+	if need == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.r.electionTimeout)
+	defer cancel()
+	type answer struct {
+		node string
+		term uint64
+		err  error
+	}
+	answers := make(chan answer, len(v.others))
+	for _, node := range v.others {
+		go func() {
+			t, err := v.termOf(ctx, node)
+			answers <- answer{node, t, err}
+		}()
+	}
+	var granted int
+	var errs []error
+	for range v.others {
+		var a answer
+		select {
+		case a = <-answers:
+		case <-v.r.stop:
+			return raft.ErrRaftShutdown
+		}
+		switch {
+		case a.err != nil:
+			errs = append(errs, a.err)
+		case a.term > term:
+			return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", errNotLeader, v.r.id, a.node, a.term, term)
+		default:
+			granted++
+		}
+		if granted == need {
+			return nil
+		}
+		if len(errs) > len(v.others)-need {
+			break
+		}
+	}
+	return fmt.Errorf("%w: shard %d: leadership not confirmed: %w", errRetry, v.r.id, errors.Join(errs...))
+}
