@@ -259,6 +259,18 @@ func (p *peers) client(ctx context.Context, node string) (*rpc.Client, error) {
 	return c, nil
 }
 
+// reset closes the connection to node, if there is one, ending the calls
+// on it; the next call dials anew.
+func (p *peers) reset(node string) {
+	p.mu.Lock()
+	c := p.clients[node]
+	delete(p.clients, node)
+	p.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
 func (p *peers) drop(node string, c *rpc.Client) {
 	p.mu.Lock()
 	if p.clients[node] == c {

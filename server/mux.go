@@ -165,7 +165,9 @@ func (m *mux) close() error {
 	}
 	m.mu.Unlock()
 	for _, c := range open {
-		c.Close()
+		// Only the socket: whoever holds the connection sees its read
+		// fail and closes it, which releases it (see trackedConn.Close).
+		c.Conn.Close()
 	}
 	m.wg.Wait()
 	return err

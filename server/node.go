@@ -201,6 +201,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return fail(err)
 		}
 		n.linkToLeader(rep)
+		rep.verifier.ctx = n.ctx
 		rep.verifier.termOf = func(ctx context.Context, node string) (uint64, error) {
 			return n.peers.termOf(ctx, node, rep.id)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/shard"
@@ -73,10 +74,15 @@ func (s *nodeService) Term(req TermRequest, reply *TermReply) error {
 	return nil
 }
 
-// termOf asks node for its current raft term of shard id.
+// termOf asks node for its current raft term of shard id. A call that
+// runs out of time resets the connection: net/rpc cannot cancel a call, and
+// a peer that stopped reading would otherwise hold every call sent to it.
 func (p *peers) termOf(ctx context.Context, node string, id shard.ID) (uint64, error) {
 	var reply TermReply
 	if err := p.call(ctx, node, "Node.Term", TermRequest{Shard: id}, &reply); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			p.reset(node)
+		}
 		return 0, err
 	}
 	if reply.Err != "" {
@@ -91,9 +97,16 @@ func (p *peers) termOf(ctx context.Context, node string, id shard.ID) (uint64, e
 type verifier struct {
 	r *replica
 	// others are the nodes holding the shard's other replicas; termOf asks
-	// one of them its current term of the shard.
+	// one of them its current term of the shard, within ctx, which ends
+	// when the node stops.
 	others []string
 	termOf func(ctx context.Context, node string) (uint64, error)
+	ctx    context.Context
+	// asking[i] is set while a call to others[i] is unanswered. A round
+	// ends once a quorum answers, but its calls run on, each until answered
+	// or an election timeout passes: a peer that does not answer gets no
+	// other call meanwhile, so calls to it cannot pile up.
+	asking []atomic.Bool
 
 	mu      sync.Mutex
 	waiting []chan error
@@ -155,19 +168,30 @@ func (v *verifier) round() error {
 	if need == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), v.r.electionTimeout)
-	defer cancel()
 	type answer struct {
 		node string
 		term uint64
 		err  error
 	}
 	answers := make(chan answer, len(v.others))
-	for _, node := range v.others {
-		go func() {
+	for i, node := range v.others {
+		if !v.asking[i].CompareAndSwap(false, true) {
+			answers <- answer{node: node, err: fmt.Errorf("node %s has not answered the last call", node)}
+			continue
+		}
+		ask := func() {
+			ctx, cancel := context.WithTimeout(v.ctx, v.r.electionTimeout)
 			t, err := v.termOf(ctx, node)
+			cancel()
+			// Free before answering: the next round may start on this
+			// answer, and must be able to call again.
+			v.asking[i].Store(false)
 			answers <- answer{node, t, err}
-		}()
+		}
+		if !v.r.group.Go(ask) {
+			v.asking[i].Store(false)
+			return raft.ErrRaftShutdown
+		}
 	}
 	var granted int
 	var errs []error

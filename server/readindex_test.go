@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,15 +31,40 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 	if _, err := rep.readIndex(ctx); err != nil {
 		t.Fatalf("read index with every replica in the term: %v", err)
 	}
+	// A round ends at a quorum; the other call runs on, and the next
+	// round does not call that replica until it ends.
+	settle := func() {
+		t.Helper()
+		for i := range rep.verifier.asking {
+			for rep.verifier.asking[i].Load() {
+				if ctx.Err() != nil {
+					t.Fatal("a term call did not end")
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	settle()
 
 	type answer struct {
-		term uint64
-		err  error
+		term  uint64
+		err   error
+		block bool // until the call's time runs out
 	}
 	unreachable := answer{err: errors.New("unreachable")}
 	var answers atomic.Pointer[map[string]answer]
+	var blocked, mostBlocked atomic.Int32
 	rep.verifier.termOf = func(ctx context.Context, node string) (uint64, error) {
 		a := (*answers.Load())[node]
+		if a.block {
+			now := blocked.Add(1)
+			defer blocked.Add(-1)
+			if now > mostBlocked.Load() {
+				mostBlocked.Store(now)
+			}
+			<-ctx.Done()
+			return 0, ctx.Err()
+		}
 		return a.term, a.err
 	}
 	a, b := rep.verifier.others[0], rep.verifier.others[1]
@@ -52,12 +79,68 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 		{"no follower answers", map[string]answer{a: unreachable, b: unreachable}, errRetry},
 	} {
 		answers.Store(&tc.answers)
+		settle()
 		_, err := rep.readIndex(ctx)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("%s: read index: %v, want %v", tc.name, err, tc.want)
 		}
 	}
+
+	// Rounds go on while a follower does not answer, and it is never
+	// asked more than once at a time.
+	answers.Store(&map[string]answer{a: {term: term}, b: {block: true}})
+	settle()
+	for i := 0; i < 50; i++ {
+		if _, err := rep.readIndex(ctx); err != nil {
+			t.Fatalf("read %d with one follower silent: %v", i, err)
+		}
+	}
+	if mostBlocked.Load() != 1 {
+		t.Errorf("a silent follower had up to %d calls at once, want 1", mostBlocked.Load())
+	}
+
 	if _, err := leader.peers.termOf(ctx, a, shard.ID(7)); err == nil {
 		t.Error("term of a shard the node does not hold: no error")
+	}
+}
+
+// A term call that runs out of time resets the connection, so that calls
+// to a peer that stopped reading do not pile up on it.
+func TestTermCallTimeoutResetsTheConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c // and never answer
+		}
+	}()
+	p := newPeers(map[string]string{"silent": ln.Addr().String()}, time.Second)
+	defer p.close()
+	for i := 0; i < 2; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_, err := p.termOf(ctx, "silent", 0)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("call %d to a silent peer: %v, want a deadline error", i, err)
+		}
+		var c net.Conn
+		select {
+		case c = <-accepted:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("call %d did not dial a connection of its own", i)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("call %d: the connection did not end cleanly: %v", i, err)
+		}
+		c.Close()
 	}
 }

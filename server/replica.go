@@ -207,6 +207,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 			rep.verifier.others = append(rep.verifier.others, nid)
 		}
 	}
+	rep.verifier.asking = make([]atomic.Bool, len(rep.verifier.others))
 	rep.heartbeatTimeout, rep.electionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
 	rep.quiet = quietTimeout(t)
 	rep.proposals = &batcher[shard.Op, shard.Result]{
