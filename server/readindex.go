@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/shard"
@@ -44,6 +45,10 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	}
 	return index, nil
 }
+
+// hedgeDelay is how long a read round waits for the peers it called before
+// it calls the rest of the shard's replicas too.
+const hedgeDelay = 5 * time.Millisecond
 
 // TermRequest asks a node for its current raft term of a shard: a leader
 // confirming its leadership for reads. It is part of the node-to-node
@@ -107,6 +112,9 @@ type verifier struct {
 	// or an election timeout passes: a peer that does not answer gets no
 	// other call meanwhile, so calls to it cannot pile up.
 	asking []atomic.Bool
+	// first is the peer that answered first in the last round; the loop
+	// alone uses it.
+	first int
 
 	mu      sync.Mutex
 	waiting []chan error
@@ -159,6 +167,10 @@ func (v *verifier) loop() {
 // leader, and a newer leader needs the votes of a quorum, which meets this
 // one: so none was elected before the answers, and none acknowledged a
 // write before the reads of the round took their indexes.
+//
+// A round calls only as many peers as it needs, the one that answered
+// first last time before the others; it calls another when one fails, and
+// all the rest when the answers are later than hedgeDelay.
 func (v *verifier) round() error {
 	term := v.r.raft.CurrentTerm()
 	if v.r.raft.State() != raft.Leader {
@@ -169,53 +181,71 @@ func (v *verifier) round() error {
 		return nil
 	}
 	type answer struct {
-		node string
+		peer int
 		term uint64
 		err  error
 	}
 	answers := make(chan answer, len(v.others))
-	for i, node := range v.others {
-		if !v.asking[i].CompareAndSwap(false, true) {
-			answers <- answer{node: node, err: fmt.Errorf("node %s has not answered the last call", node)}
-			continue
-		}
-		ask := func() {
-			ctx, cancel := context.WithTimeout(v.ctx, v.r.electionTimeout)
-			t, err := v.termOf(ctx, node)
-			cancel()
-			// Free before answering: the next round may start on this
-			// answer, and must be able to call again.
-			v.asking[i].Store(false)
-			answers <- answer{node, t, err}
-		}
-		if !v.r.group.Go(ask) {
-			v.asking[i].Store(false)
-			return raft.ErrRaftShutdown
-		}
-	}
-	var granted int
 	var errs []error
-	for range v.others {
-		var a answer
+	calling, next := 0, 0
+	// call calls the next peer in turn that has no call running, and
+	// reports whether there was one.
+	call := func() bool {
+		for ; next < len(v.others); next++ {
+			i := (v.first + next) % len(v.others)
+			if !v.asking[i].CompareAndSwap(false, true) {
+				errs = append(errs, fmt.Errorf("node %s has not answered the last call", v.others[i]))
+				continue
+			}
+			next++
+			ask := func() {
+				ctx, cancel := context.WithTimeout(v.ctx, v.r.electionTimeout)
+				t, err := v.termOf(ctx, v.others[i])
+				cancel()
+				// Free before answering: the next round may start on
+				// this answer, and must be able to call again.
+				v.asking[i].Store(false)
+				answers <- answer{i, t, err}
+			}
+			if !v.r.group.Go(ask) {
+				v.asking[i].Store(false)
+				return false
+			}
+			calling++
+			return true
+		}
+		return false
+	}
+	for range need {
+		call()
+	}
+	hedge := time.NewTimer(hedgeDelay)
+	defer hedge.Stop()
+	for granted := 0; granted < need; {
+		if calling == 0 {
+			return fmt.Errorf("%w: shard %d: leadership not confirmed: %w", errRetry, v.r.id, errors.Join(errs...))
+		}
 		select {
-		case a = <-answers:
+		case a := <-answers:
+			calling--
+			switch {
+			case a.err != nil:
+				errs = append(errs, a.err)
+				call()
+			case a.term > term:
+				return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", errNotLeader, v.r.id, v.others[a.peer], a.term, term)
+			default:
+				if granted == 0 {
+					v.first = a.peer
+				}
+				granted++
+			}
+		case <-hedge.C:
+			for call() {
+			}
 		case <-v.r.stop:
 			return raft.ErrRaftShutdown
 		}
-		switch {
-		case a.err != nil:
-			errs = append(errs, a.err)
-		case a.term > term:
-			return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", errNotLeader, v.r.id, a.node, a.term, term)
-		default:
-			granted++
-		}
-		if granted == need {
-			return nil
-		}
-		if len(errs) > len(v.others)-need {
-			break
-		}
 	}
-	return fmt.Errorf("%w: shard %d: leadership not confirmed: %w", errRetry, v.r.id, errors.Join(errs...))
+	return nil
 }

@@ -49,13 +49,18 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 	type answer struct {
 		term  uint64
 		err   error
-		block bool // until the call's time runs out
+		block bool          // until the call's time runs out
+		after time.Duration // before answering
 	}
 	unreachable := answer{err: errors.New("unreachable")}
 	var answers atomic.Pointer[map[string]answer]
 	var blocked, mostBlocked atomic.Int32
+	a, b := rep.verifier.others[0], rep.verifier.others[1]
+	calls := map[string]*atomic.Int32{a: {}, b: {}}
 	rep.verifier.termOf = func(ctx context.Context, node string) (uint64, error) {
+		calls[node].Add(1)
 		a := (*answers.Load())[node]
+		time.Sleep(a.after)
 		if a.block {
 			now := blocked.Add(1)
 			defer blocked.Add(-1)
@@ -67,13 +72,13 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 		}
 		return a.term, a.err
 	}
-	a, b := rep.verifier.others[0], rep.verifier.others[1]
 	for _, tc := range []struct {
 		name    string
 		answers map[string]answer
 		want    error // nil: an index
 	}{
 		{"one follower in the term", map[string]answer{a: {term: term}, b: unreachable}, nil},
+		{"the other follower in the term", map[string]answer{a: unreachable, b: {term: term}}, nil},
 		{"one follower in an older term", map[string]answer{a: {term: term - 1}, b: unreachable}, nil},
 		{"one follower in a newer term", map[string]answer{a: {term: term + 1}, b: unreachable}, errNotLeader},
 		{"no follower answers", map[string]answer{a: unreachable, b: unreachable}, errRetry},
@@ -86,11 +91,32 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 		}
 	}
 
-	// Rounds go on while a follower does not answer, and it is never
-	// asked more than once at a time.
-	answers.Store(&map[string]answer{a: {term: term}, b: {block: true}})
+	// A round calls one follower, the one that answered first before.
+	answers.Store(&map[string]answer{a: {term: term}, b: {term: term}})
 	settle()
-	for i := 0; i < 50; i++ {
+	if _, err := rep.readIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	settle()
+	calls[a].Store(0)
+	calls[b].Store(0)
+	const reads = 40
+	for i := 0; i < reads; i++ {
+		if _, err := rep.readIndex(ctx); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	settle()
+	if fewer := min(calls[a].Load(), calls[b].Load()); fewer > reads/2 {
+		t.Errorf("%d reads called the followers %d and %d times, want mostly one", reads, calls[a].Load(), calls[b].Load())
+	}
+
+	// Rounds go on while a follower does not answer, and it is never
+	// called more than once at a time; the other, slower than hedgeDelay,
+	// is called at first alongside it and then alone.
+	answers.Store(&map[string]answer{a: {term: term, after: 2 * hedgeDelay}, b: {block: true}})
+	settle()
+	for i := 0; i < 20; i++ {
 		if _, err := rep.readIndex(ctx); err != nil {
 			t.Fatalf("read %d with one follower silent: %v", i, err)
 		}
