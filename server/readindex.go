@@ -187,12 +187,20 @@ func (v *verifier) round() error {
 	}
 	answers := make(chan answer, len(v.others))
 	var errs []error
+	// Peers are called in turn from start, each at most once a round;
+	// calling counts the calls not answered yet.
+	start, first := v.first, -1
+	defer func() {
+		if first >= 0 {
+			v.first = first
+		}
+	}()
 	calling, next := 0, 0
 	// call calls the next peer in turn that has no call running, and
 	// reports whether there was one.
 	call := func() bool {
 		for ; next < len(v.others); next++ {
-			i := (v.first + next) % len(v.others)
+			i := (start + next) % len(v.others)
 			if !v.asking[i].CompareAndSwap(false, true) {
 				errs = append(errs, fmt.Errorf("node %s has not answered the last call", v.others[i]))
 				continue
@@ -222,7 +230,9 @@ func (v *verifier) round() error {
 	hedge := time.NewTimer(hedgeDelay)
 	defer hedge.Stop()
 	for granted := 0; granted < need; {
-		if calling == 0 {
+		// A peer that failed, or was skipped with a call running, counts
+		// against the round.
+		if calling == 0 || len(errs) > len(v.others)-need {
 			return fmt.Errorf("%w: shard %d: leadership not confirmed: %w", errRetry, v.r.id, errors.Join(errs...))
 		}
 		select {
@@ -235,8 +245,8 @@ func (v *verifier) round() error {
 			case a.term > term:
 				return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", errNotLeader, v.r.id, v.others[a.peer], a.term, term)
 			default:
-				if granted == 0 {
-					v.first = a.peer
+				if first < 0 {
+					first = a.peer
 				}
 				granted++
 			}

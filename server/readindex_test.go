@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -31,19 +32,7 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 	if _, err := rep.readIndex(ctx); err != nil {
 		t.Fatalf("read index with every replica in the term: %v", err)
 	}
-	// A round ends at a quorum; the other call runs on, and the next
-	// round does not call that replica until it ends.
-	settle := func() {
-		t.Helper()
-		for i := range rep.verifier.asking {
-			for rep.verifier.asking[i].Load() {
-				if ctx.Err() != nil {
-					t.Fatal("a term call did not end")
-				}
-				time.Sleep(time.Millisecond)
-			}
-		}
-	}
+	settle := func() { t.Helper(); awaitTermCalls(ctx, t, rep) }
 	settle()
 
 	type answer struct {
@@ -127,6 +116,57 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 
 	if _, err := leader.peers.termOf(ctx, a, shard.ID(7)); err == nil {
 		t.Error("term of a shard the node does not hold: no error")
+	}
+}
+
+// awaitTermCalls waits until rep's read rounds have no call running. A
+// round ends at a quorum; its other calls run on, and the next round does
+// not call those replicas until they end.
+func awaitTermCalls(ctx context.Context, t *testing.T, rep *replica) {
+	t.Helper()
+	for i := range rep.verifier.asking {
+		for rep.verifier.asking[i].Load() {
+			if ctx.Err() != nil {
+				t.Fatal("a term call did not end")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// Each follower counts at most once in a round, whatever order the
+// answers come in and whichever follower the round starts with. A spec
+// allows 3 replicas at most, where a round ends at its first answer in the
+// term; with 6 followers (scripted) it needs 3 of them: 2 are too few.
+func TestReadRoundCountsEachFollowerOnce(t *testing.T) {
+	c := newTestCluster(t, 3, 1, 3)
+	rep := c.leader(0).replicas[0]
+	term := rep.raft.CurrentTerm()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rep.verifier.others = []string{"p0", "p1", "p2", "p3", "p4", "p5"}
+	rep.verifier.asking = make([]atomic.Bool, len(rep.verifier.others))
+	var inTerm atomic.Pointer[map[string]bool]
+	rep.verifier.termOf = func(ctx context.Context, node string) (uint64, error) {
+		if (*inTerm.Load())[node] {
+			return term, nil
+		}
+		return 0, errors.New("unreachable")
+	}
+	others := rep.verifier.others
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 60; i++ {
+		k := 2 + i%2
+		set := map[string]bool{}
+		for _, j := range rng.Perm(len(others))[:k] {
+			set[others[j]] = true
+		}
+		inTerm.Store(&set)
+		awaitTermCalls(ctx, t, rep)
+		_, err := rep.readIndex(ctx)
+		if k == 2 && !errors.Is(err, errRetry) || k == 3 && err != nil {
+			t.Fatalf("round %d, %d of %d followers in the term: %v", i, k, len(others), err)
+		}
 	}
 }
 
