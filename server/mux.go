@@ -205,11 +205,10 @@ type streamLayer struct {
 	once  sync.Once
 
 	// live holds the connections handed to raft that it has not closed
-	// yet, and handlers counts them; closed refuses new ones. All three
-	// are under mux.mu (handlers' Add and Done).
+	// yet, and handlers counts them; both are under mux.mu (handlers' Add
+	// and Done).
 	live     map[*trackedConn]struct{}
 	handlers sync.WaitGroup
-	closed   bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -219,9 +218,12 @@ var _ raft.StreamLayer = (*streamLayer)(nil)
 // closed.
 func (s *streamLayer) deliver(conn *trackedConn) bool {
 	s.mux.mu.Lock()
-	if s.closed {
+	select {
+	case <-s.done:
+		// drain takes its list of live connections after done closes.
 		s.mux.mu.Unlock()
 		return false
+	default:
 	}
 	conn.layer = s
 	s.live[conn] = struct{}{}
@@ -250,7 +252,6 @@ func (s *streamLayer) Close() error {
 	s.once.Do(func() {
 		close(s.done)
 		s.mux.mu.Lock()
-		s.closed = true
 		if s.mux.shards[s.id] == s {
 			delete(s.mux.shards, s.id)
 		}

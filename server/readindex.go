@@ -176,7 +176,8 @@ func (v *verifier) round() error {
 	if v.r.raft.State() != raft.Leader {
 		return errNotLeader
 	}
-	need := (len(v.others)+1)/2 + 1 - 1 // this replica counts itself
+	// A quorum of the len(v.others)+1 replicas, less this one.
+	need := (len(v.others) + 1) / 2
 	if need == 0 {
 		return nil
 	}
