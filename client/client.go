@@ -336,7 +336,7 @@ func (c *Client) receive() {
 	defer c.wg.Done()
 	buf := make([]byte, wire.MaxDatagramSize+1)
 	for {
-		n, _, err := c.t.Receive(buf)
+		n, _, _, err := c.t.Receive(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}

@@ -133,7 +133,7 @@ func (f *fakeNode) set(fn func(*fakeNode)) {
 func (f *fakeNode) serve() {
 	buf := make([]byte, wire.MaxDatagramSize)
 	for {
-		n, from, err := f.ep.Receive(buf)
+		n, from, _, err := f.ep.Receive(buf)
 		if err != nil {
 			return
 		}

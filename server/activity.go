@@ -9,10 +9,11 @@ import (
 
 // activity is the load a node reports in every reply and heartbeat, and
 // what clients' pickers weigh: the number of client requests in progress
-// at the node (from decoding the request to sending its reply), averaged
-// over time with exponentially decaying weights of time constant tau. A
-// node that serves slowly holds more requests at once and so reports more
-// load, whatever its request rate.
+// at the node (from their arrival at its socket to sending their replies),
+// averaged over time with exponentially decaying weights of time constant
+// tau. A node that serves slowly holds more requests at once, in its
+// socket's buffer or in its handlers, and so reports more load, whatever
+// its request rate.
 type activity struct {
 	mu         sync.Mutex
 	tau        float64 // seconds
@@ -36,10 +37,18 @@ func (a *activity) advance(now time.Time) {
 	}
 }
 
-// begin counts a request in progress from now.
-func (a *activity) begin(now time.Time) {
+// begin counts a request in progress from now, and over the time it waited
+// before now to be read.
+func (a *activity) begin(now time.Time, waited time.Duration) {
 	a.mu.Lock()
 	a.advance(now)
+	if waited > 0 {
+		// One more request in progress over [now−waited, now] adds its
+		// weight in the average at now: ∫ e^(−(now−s)/tau) ds / tau over
+		// the interval, 1−e^(−waited/tau). The reports sent meanwhile
+		// missed it; the ones from now on count it as if they had not.
+		a.avg += 1 - math.Exp(-waited.Seconds()/a.tau)
+	}
 	a.inProgress++
 	a.mu.Unlock()
 }

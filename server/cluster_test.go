@@ -166,7 +166,7 @@ func rawRequest(t testing.TB, to string, m *wire.Message) wire.Message {
 		got := make(chan wire.Message, 1)
 		go func() {
 			for {
-				n, _, err := u.Receive(buf)
+				n, _, _, err := u.Receive(buf)
 				if err != nil {
 					return
 				}

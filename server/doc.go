@@ -23,8 +23,11 @@
 //     which trails the leader's by up to about two CommitTimeouts when
 //     writes stop.
 //   - Every reply and heartbeat carries the node's activity: the client
-//     requests in progress at the node, averaged over time (time constant
-//     Config.LoadTimeConstant), in thousandths; heartbeats go every
+//     requests in progress at the node, from their arrival at its socket
+//     (the kernel's receive stamp, on Linux) to their reply, averaged over
+//     time (time constant Config.LoadTimeConstant), in thousandths. The
+//     receive loop answers stale reads, pings and topology queries itself
+//     and gives every other request a goroutine. Heartbeats go every
 //     Config.HeartbeatInterval to each client heard from within
 //     Config.ClientTTL.
 //

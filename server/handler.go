@@ -21,12 +21,13 @@ const receiveErrorPause = 10 * time.Millisecond
 // shard's leader when raft has announced no change.
 const retryBackoff = 10 * time.Millisecond
 
-// serve reads datagrams until the transport closes and handles each query
-// in a goroutine of its own, at most MaxInFlight at once.
+// serve reads datagrams until the transport closes. It answers the queries
+// that wait on nothing itself, and handles each other query in a goroutine
+// of its own, at most MaxInFlight at once.
 func (n *Node) serve() {
 	buf := make([]byte, wire.MaxDatagramSize+1)
 	for {
-		size, from, err := n.transport.Receive(buf)
+		size, from, arrived, err := n.transport.Receive(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -37,33 +38,47 @@ func (n *Node) serve() {
 			time.Sleep(receiveErrorPause)
 			continue
 		}
+		m, ok := n.decodeQuery(buf[:size], from)
+		if !ok {
+			continue
+		}
+		if immediate(&m) {
+			n.handleQuery(&m, from, arrived)
+			continue
+		}
 		select {
 		case n.inFlight <- struct{}{}:
 		default:
 			n.busy.Add(1)
-			n.refuse(buf[:size], from)
+			n.reply(from, m.TxID, errorReply(wire.CodeUnavailable, "node busy: too many requests in flight"))
 			continue
 		}
-		data := append([]byte(nil), buf[:size]...)
 		if !n.group.Go(func() {
 			defer func() { <-n.inFlight }()
-			n.handleDatagram(data, from)
+			n.handleQuery(&m, from, arrived)
 		}) {
 			return
 		}
 	}
 }
 
-// refuse answers a query that arrived while the node was saturated.
-func (n *Node) refuse(data []byte, from netip.AddrPort) {
-	m, err := wire.Decode(data)
-	if err != nil || m.Type != wire.TypeQuery {
-		return
+// immediate reports whether m is answered from this node's own state
+// without waiting on anything. The receive loop answers those itself: a
+// goroutine each, and the wake-ups of other threads they cause, doubled the
+// node CPU of a stale get. They are answered while MaxInFlight requests run.
+func immediate(m *wire.Message) bool {
+	switch m.Op {
+	case wire.OpGet:
+		return m.Args.Stale
+	case wire.OpPing, wire.OpTopology:
+		return true
 	}
-	n.reply(from, m.TxID, errorReply(wire.CodeUnavailable, "node busy: too many requests in flight"))
+	return false
 }
 
-func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
+// decodeQuery decodes a datagram. It answers one that does not decode,
+// if it can tell where to, and drops anything but a query.
+func (n *Node) decodeQuery(data []byte, from netip.AddrPort) (wire.Message, bool) {
 	m, err := wire.Decode(data)
 	if err != nil {
 		n.malformed.Add(1)
@@ -74,17 +89,22 @@ func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
 			}
 			n.reply(from, m.TxID, errorReply(code, "%v", err))
 		}
-		return
+		return m, false
 	}
 	if m.Type != wire.TypeQuery {
 		n.malformed.Add(1)
-		return
+		return m, false
 	}
+	return m, true
+}
+
+// handleQuery answers a query that arrived at the node's socket at arrived.
+func (n *Node) handleQuery(m *wire.Message, from netip.AddrPort, arrived time.Time) {
 	n.requests.Add(1)
 	now := time.Now()
 	n.clients.touch(from, now)
 	if m.Op.Loads() {
-		n.activity.begin(now)
+		n.activity.begin(now, now.Sub(arrived))
 		defer func() { n.activity.end(time.Now()) }()
 	}
 	timeout := n.cfg.RequestTimeout
@@ -93,7 +113,7 @@ func (n *Node) handleDatagram(data []byte, from netip.AddrPort) {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, timeout)
 	defer cancel()
-	n.reply(from, m.TxID, n.dispatch(ctx, &m))
+	n.reply(from, m.TxID, n.dispatch(ctx, m))
 }
 
 // reply sends r as the answer to txid. It does not change r, which a

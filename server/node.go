@@ -58,7 +58,8 @@ type Config struct {
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// MaxInFlight bounds the requests handled at once; past it, requests
-	// get CodeUnavailable. If zero, DefaultMaxInFlight.
+	// get CodeUnavailable, except those answered at once from the node's
+	// own state (stale gets, pings, topology). If zero, DefaultMaxInFlight.
 	MaxInFlight int
 }
 

@@ -622,7 +622,7 @@ func rawSend(t *testing.T, u *wire.UDP, to netip.AddrPort, b []byte) wire.Messag
 	go func() {
 		buf := make([]byte, wire.MaxDatagramSize)
 		for {
-			n, _, err := u.Receive(buf)
+			n, _, _, err := u.Receive(buf)
 			if err != nil {
 				return
 			}

@@ -26,62 +26,76 @@ func init() {
 	})
 }
 
-// serviceQueue makes a node's client transport a FIFO single server: each
-// reply leaves after the ones before it, service apart, so a node with a
-// longer service time holds more requests at once, as a slow machine does,
-// and knows it. A stall holds everything the node sends, heartbeats
-// included, until it ends.
+// serviceQueue makes a node's client transport a FIFO single server: the
+// node reads each query a service time after the one before it, or after
+// its arrival if the server was idle, so a node with a longer service time
+// holds more requests at once, as a slow machine does. They wait in its
+// socket, and the node knows it from their arrival times. A stall holds
+// every query and everything the node sends, heartbeats included, until it
+// ends.
 type serviceQueue struct {
 	wire.Transport
 	service time.Duration
 
 	mu       sync.Mutex
-	free     time.Time // when the replies accepted so far have all left
+	free     time.Time // when the queries read so far have all been served
 	stallEnd time.Time
 
-	served atomic.Int64 // replies sent
-	// sojourn sums the replies' nanoseconds in the queue and in service as
-	// scheduled, the M/D/1 model's; late, how much later the timers sent
-	// them.
+	served atomic.Int64 // queries read
+	// sojourn sums the queries' nanoseconds from arrival to the end of
+	// their service as scheduled, the M/D/1 model's time in system; late,
+	// how much later than scheduled the node got them.
 	sojourn, late atomic.Int64
 }
 
-func (q *serviceQueue) Send(b []byte, to netip.AddrPort) error {
-	m, err := wire.Decode(b)
-	reply := err == nil && (m.Type == wire.TypeResponse || m.Type == wire.TypeError)
-	q.mu.Lock()
-	now := time.Now()
-	at := q.stallEnd // heartbeats wait out a stall only
-	if reply {
-		start := now
-		for _, t := range []time.Time{q.free, q.stallEnd} {
-			if t.After(start) {
-				start = t
-			}
-		}
-		at = start.Add(q.service)
-		q.free = at
+// Receive hands the node the next datagram, a query at the end of its
+// service.
+func (q *serviceQueue) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
+	n, from, arrived, err := q.Transport.Receive(buf)
+	if err != nil {
+		return n, from, arrived, err
 	}
+	if m, err := wire.Decode(buf[:n]); err != nil || m.Type != wire.TypeQuery {
+		return n, from, arrived, nil
+	}
+	q.mu.Lock()
+	start := arrived
+	for _, t := range []time.Time{q.free, q.stallEnd} {
+		if t.After(start) {
+			start = t
+		}
+	}
+	at := start.Add(q.service)
+	q.free = at
 	q.mu.Unlock()
+	at = q.holdUntil(at)
+	q.served.Add(1)
+	q.sojourn.Add(int64(at.Sub(arrived)))
+	q.late.Add(int64(time.Since(at)))
+	return n, from, arrived, nil
+}
+
+// Send sends b once any stall is over.
+func (q *serviceQueue) Send(b []byte, to netip.AddrPort) error {
+	q.holdUntil(time.Now())
+	return q.Transport.Send(b, to)
+}
+
+// holdUntil sleeps until at, and past it to the end of any stall that
+// began meanwhile. It returns the time it slept until.
+func (q *serviceQueue) holdUntil(at time.Time) time.Time {
 	for {
 		if d := time.Until(at); d > 0 {
 			time.Sleep(d)
 		}
-		// A stall that began while this datagram waited holds it too.
 		q.mu.Lock()
 		end := q.stallEnd
 		q.mu.Unlock()
 		if !end.After(at) {
-			break
+			return at
 		}
 		at = end
 	}
-	if reply {
-		q.served.Add(1)
-		q.sojourn.Add(int64(at.Sub(now)))
-		q.late.Add(int64(time.Since(at)))
-	}
-	return q.Transport.Send(b, to)
 }
 
 // stall holds the node's datagrams for d from now.
@@ -91,7 +105,7 @@ func (q *serviceQueue) stall(d time.Duration) {
 	q.mu.Unlock()
 }
 
-// idleAt is when the node will have sent every reply it holds.
+// idleAt is when the node will have been handed every query it was sent.
 func (q *serviceQueue) idleAt() time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -109,16 +123,16 @@ type heartbeatLoss struct {
 	rng *rand.Rand // only the client's one receiving goroutine draws
 }
 
-func (h *heartbeatLoss) Receive(buf []byte) (int, netip.AddrPort, error) {
+func (h *heartbeatLoss) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
 	for {
-		n, from, err := h.Transport.Receive(buf)
+		n, from, arrived, err := h.Transport.Receive(buf)
 		if err != nil || h.p == 0 {
-			return n, from, err
+			return n, from, arrived, err
 		}
 		if m, err := wire.Decode(buf[:n]); err == nil && m.Type == wire.TypeHeartbeat && h.rng.Float64() < h.p {
 			continue
 		}
-		return n, from, nil
+		return n, from, arrived, nil
 	}
 }
 
@@ -186,23 +200,23 @@ type balanceRun struct {
 	// p50, p99 and p999 are percentiles of lat.
 	p50, p99, p999 time.Duration
 	failed         int
-	served         []int64         // replies per node while measuring
+	served         []int64         // queries served per node while measuring
 	sojourn        []time.Duration // their total time in the nodes' queues
 	late           time.Duration   // their total lateness past their schedule
 	window         time.Duration
 }
 
-// meanSojourn is the mean time of the replies in the nodes' queues.
+// meanSojourn is the mean time of the queries in the nodes' queues.
 func (r balanceRun) meanSojourn() time.Duration {
 	var sum time.Duration
 	for _, s := range r.sojourn {
 		sum += s
 	}
-	return sum / time.Duration(max(r.replies(), 1))
+	return sum / time.Duration(max(r.queries(), 1))
 }
 
-// replies counts the replies the nodes sent while measuring.
-func (r balanceRun) replies() int64 {
+// queries counts the queries the nodes served while measuring.
+func (r balanceRun) queries() int64 {
 	var n int64
 	for _, s := range r.served {
 		n += s
@@ -219,7 +233,7 @@ func (r balanceRun) utilization(s balanceScenario) []float64 {
 }
 
 func (r balanceRun) share(i int) float64 {
-	return float64(r.served[i]) / float64(max(r.replies(), 1))
+	return float64(r.served[i]) / float64(max(r.queries(), 1))
 }
 
 func (r balanceRun) meanLatency() time.Duration {
@@ -495,7 +509,7 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 	r := &Report{
 		Experiment: "balance",
 		Setup: fmt.Sprintf("%d real nodes (%d shards of 3 replicas; a stale get may go to any replica of its key's shard), each a FIFO server "+
-			"of its replies: service %v, the last node %v in \"slow\", all %v in \"stall\" where the last node "+
+			"of the queries it reads: service %v, the last node %v in \"slow\", all %v in \"stall\" where the last node "+
 			"stalls for %v; %d clients send a Poisson stream of stale gets at %.0f%% of capacity; "+
 			"heartbeats lost at %s; %v warm-up, %v measured per run; %d seeds",
 			setup.nodes, setup.nodes, setup.fast, setup.slow, setup.fast, setup.stall, setup.clients,
@@ -546,10 +560,10 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 		sojourn, ms(want), ms(want)*0.9, ms(want)*1.1,
 		fmt.Sprintf("M/D/1 at ρ=%g, s=%v (Pollaczek–Khinchine: s + ρs/2(1−ρ)), ±10%%", setup.utilization, setup.fast)))
 	overhead := stat(eq, func(b balanceRun) float64 { return ms(b.meanLatency() - b.meanSojourn()) })
-	late := stat(eq, func(b balanceRun) float64 { return ms(b.late / time.Duration(max(b.replies(), 1))) })
-	r.Notes = append(r.Notes, fmt.Sprintf("the clients' mean latency exceeds the replies' mean time in the "+
+	late := stat(eq, func(b balanceRun) float64 { return ms(b.late / time.Duration(max(b.queries(), 1))) })
+	r.Notes = append(r.Notes, fmt.Sprintf("the clients' mean latency exceeds the queries' mean time in the "+
 		"nodes' queues by %s ± %s ms (equal nodes, random): the client, the simulated network, the node's "+
-		"own work, and the timers of the service queues, which sent replies %s ± %s ms after their time "+
+		"own work, and the timers of the service queues, which handed queries to the nodes %s ± %s ms after their time "+
 		"on average", num(overhead.Mean), num(overhead.HalfWidth), num(late.Mean), num(late.HalfWidth)))
 
 	slow := setup.scenarios[setup.slowIdx]

@@ -33,8 +33,8 @@ func TestMDOne(t *testing.T) {
 	}
 }
 
-// The service queue sends replies one service time apart, in order, and a
-// stall holds heartbeats too.
+// The service queue hands the node its queries one service time apart, in
+// order, with their arrival times, and a stall holds heartbeats too.
 func TestServiceQueue(t *testing.T) {
 	net := wire.NewSimNet(1)
 	a, err := net.Listen(netip.AddrPort{})
@@ -47,28 +47,41 @@ func TestServiceQueue(t *testing.T) {
 	}
 	defer a.Close()
 	defer b.Close()
-	q := &serviceQueue{Transport: a, service: 20 * time.Millisecond}
-	reply, _ := wire.Encode(&wire.Message{Type: wire.TypeResponse, TxID: 1, Node: "n"})
-	beat, _ := wire.Encode(&wire.Message{Type: wire.TypeHeartbeat, Node: "n"})
+	const service = 20 * time.Millisecond
+	q := &serviceQueue{Transport: a, service: service}
 	start := time.Now()
-	done := make(chan time.Duration, 3)
-	for range 3 {
-		go func() {
-			_ = q.Send(reply, b.LocalAddr())
-			done <- time.Since(start)
-		}()
+	for txid := uint64(1); txid <= 3; txid++ {
+		query, _ := wire.Encode(&wire.Message{Type: wire.TypeQuery, TxID: txid, Op: wire.OpPing})
+		_ = b.Send(query, a.LocalAddr())
 	}
-	var last time.Duration
-	for range 3 {
-		last = max(last, <-done)
-	}
-	if last < 60*time.Millisecond {
-		t.Errorf("three replies of 20 ms each all left after %v", last)
+	beat, _ := wire.Encode(&wire.Message{Type: wire.TypeHeartbeat, Node: "n"})
+	_ = b.Send(beat, a.LocalAddr())
+	buf := make([]byte, wire.MaxDatagramSize)
+	for txid := uint64(1); txid <= 3; txid++ {
+		n, _, arrived, err := q.Receive(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := wire.Decode(buf[:n])
+		if err != nil || m.TxID != txid {
+			t.Fatalf("query %d: got %+v, %v", txid, m, err)
+		}
+		if d := time.Since(start); d < time.Duration(txid)*service {
+			t.Errorf("query %d handed over %v after all three were sent, want at least %v", txid, d, time.Duration(txid)*service)
+		}
+		if arrived.Sub(start) > service {
+			t.Errorf("query %d arrived %v after it was sent", txid, arrived.Sub(start))
+		}
 	}
 	if q.served.Load() != 3 {
 		t.Errorf("served %d", q.served.Load())
 	}
-	_ = q.Send(beat, b.LocalAddr())
+	if sojourn := time.Duration(q.sojourn.Load()); sojourn < 11*service/2 || sojourn > 7*service {
+		t.Errorf("total time in system %v, want about 1+2+3 service times", sojourn)
+	}
+	if _, _, _, err := q.Receive(buf); err != nil {
+		t.Fatal(err)
+	}
 	if q.served.Load() != 3 {
 		t.Error("a heartbeat counted as served")
 	}

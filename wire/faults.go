@@ -144,8 +144,9 @@ type Faulty struct {
 }
 
 type datagram struct {
-	b    []byte
-	from netip.AddrPort
+	b       []byte
+	from    netip.AddrPort
+	arrived time.Time // when it was queued for Receive
 }
 
 // faultyInbox bounds the datagrams a Faulty holds for Receive; past it they
@@ -211,7 +212,7 @@ func (w *Faulty) pump() {
 	defer close(w.pumpDone)
 	buf := make([]byte, MaxDatagramSize+1)
 	for {
-		n, from, err := w.t.Receive(buf)
+		n, from, _, err := w.t.Receive(buf)
 		if err != nil {
 			return
 		}
@@ -219,7 +220,7 @@ func (w *Faulty) pump() {
 		w.counters.record(ft)
 		ft.deliver(append([]byte(nil), buf[:n]...), func(b []byte) {
 			select {
-			case w.inbox <- datagram{b, from}:
+			case w.inbox <- datagram{b, from, time.Now()}:
 				w.counters.delivered.Add(1)
 			default:
 			}
@@ -227,13 +228,14 @@ func (w *Faulty) pump() {
 	}
 }
 
-// Receive returns the next datagram that survived the inbound faults.
-func (w *Faulty) Receive(buf []byte) (int, netip.AddrPort, error) {
+// Receive returns the next datagram that survived the inbound faults. It
+// arrived when the faults delivered it, after any delay they gave it.
+func (w *Faulty) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
 	select {
 	case d := <-w.inbox:
-		return copy(buf, d.b), d.from, nil
+		return copy(buf, d.b), d.from, d.arrived, nil
 	case <-w.done:
-		return 0, netip.AddrPort{}, fmt.Errorf("wire: receive: %w", net.ErrClosed)
+		return 0, netip.AddrPort{}, time.Time{}, fmt.Errorf("wire: receive: %w", net.ErrClosed)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // SimNet is an in-process datagram network for tests and experiments. Every
@@ -144,7 +145,7 @@ func (n *SimNet) send(b []byte, from, to netip.AddrPort) {
 		return
 	}
 	ft.deliver(append([]byte(nil), b...), func(b []byte) {
-		if dst.enqueue(datagram{b, from}) {
+		if dst.enqueue(datagram{b, from, time.Now()}) {
 			n.counters.delivered.Add(1)
 		}
 	})
@@ -189,13 +190,14 @@ func (e *SimEndpoint) enqueue(d datagram) bool {
 	}
 }
 
-// Receive returns the next datagram delivered to the endpoint.
-func (e *SimEndpoint) Receive(buf []byte) (int, netip.AddrPort, error) {
+// Receive returns the next datagram delivered to the endpoint. It arrived
+// when the network queued it at the endpoint.
+func (e *SimEndpoint) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
 	select {
 	case d := <-e.inbox:
-		return copy(buf, d.b), d.from, nil
+		return copy(buf, d.b), d.from, d.arrived, nil
 	case <-e.done:
-		return 0, netip.AddrPort{}, fmt.Errorf("wire: receive: %w", net.ErrClosed)
+		return 0, netip.AddrPort{}, time.Time{}, fmt.Errorf("wire: receive: %w", net.ErrClosed)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // Transport sends and receives datagrams, without any guarantee of delivery
@@ -21,9 +22,11 @@ type Transport interface {
 	// Send transmits b to addr. It does not retain b.
 	Send(b []byte, addr netip.AddrPort) error
 	// Receive waits for the next datagram, copies it into buf and returns
-	// its length and sender. A datagram longer than buf is truncated to
-	// len(buf). After Close it returns an error wrapping net.ErrClosed.
-	Receive(buf []byte) (int, netip.AddrPort, error)
+	// its length, its sender and when it arrived: the time it began to
+	// wait for a reader, so that arrived's distance from now is how long
+	// it waited. A datagram longer than buf is truncated to len(buf).
+	// After Close it returns an error wrapping net.ErrClosed.
+	Receive(buf []byte) (n int, from netip.AddrPort, arrived time.Time, err error)
 	// Close releases the transport and unblocks Receive.
 	Close() error
 }
@@ -32,10 +35,13 @@ type Transport interface {
 // burst of datagrams is queued rather than dropped by the kernel.
 const udpSocketBuffer = 4 << 20
 
-// UDP is a Transport over a UDP socket.
+// UDP is a Transport over a UDP socket. Where the system can (Linux), the
+// kernel stamps each datagram with the time it arrived, so Receive reports
+// how long a datagram waited in the socket's buffer.
 type UDP struct {
-	conn *net.UDPConn
-	addr netip.AddrPort
+	conn   *net.UDPConn
+	addr   netip.AddrPort
+	stamps bool // the kernel stamps arrivals
 }
 
 var _ Transport = (*UDP)(nil)
@@ -55,7 +61,7 @@ func ListenUDP(addr string) (*UDP, error) {
 	_ = conn.SetReadBuffer(udpSocketBuffer)
 	_ = conn.SetWriteBuffer(udpSocketBuffer)
 	local := conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	return &UDP{conn: conn, addr: netip.AddrPortFrom(local.Addr().Unmap(), local.Port())}, nil
+	return &UDP{conn: conn, addr: netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), stamps: stampArrivals(conn)}, nil
 }
 
 // LocalAddr returns the address the socket is bound to.
@@ -69,13 +75,28 @@ func (u *UDP) Send(b []byte, addr netip.AddrPort) error {
 	return nil
 }
 
-// Receive reads one datagram.
-func (u *UDP) Receive(buf []byte) (int, netip.AddrPort, error) {
-	n, from, err := u.conn.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		return 0, netip.AddrPort{}, fmt.Errorf("wire: receive: %w", err)
+// Receive reads one datagram. Its arrival is the kernel's stamp, or the
+// time it was read where there is none.
+func (u *UDP) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
+	var (
+		n, oobn int
+		from    netip.AddrPort
+		err     error
+		oob     [stampSpace]byte
+	)
+	if u.stamps {
+		n, oobn, _, from, err = u.conn.ReadMsgUDPAddrPort(buf, oob[:])
+	} else {
+		n, from, err = u.conn.ReadFromUDPAddrPort(buf)
 	}
-	return n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), nil
+	if err != nil {
+		return 0, netip.AddrPort{}, time.Time{}, fmt.Errorf("wire: receive: %w", err)
+	}
+	arrived, ok := arrivalStamp(oob[:oobn])
+	if !ok {
+		arrived = time.Now()
+	}
+	return n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), arrived, nil
 }
 
 // Close closes the socket.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ func receiveAll(t Transport, quiet time.Duration) []string {
 	go func() {
 		buf := make([]byte, MaxDatagramSize)
 		for {
-			n, _, err := t.Receive(buf)
+			n, _, _, err := t.Receive(buf)
 			if err != nil {
 				close(out)
 				return
@@ -41,21 +42,29 @@ func receiveAll(t Transport, quiet time.Duration) []string {
 	}
 }
 
-func TestUDPSendReceive(t *testing.T) {
+// udpPair opens two UDP transports on loopback.
+func udpPair(t *testing.T) (*UDP, *UDP) {
+	t.Helper()
 	a, err := ListenUDP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
 	b, err := ListenUDP("127.0.0.1:0")
 	if err != nil {
+		a.Close()
 		t.Fatal(err)
 	}
+	return a, b
+}
+
+func TestUDPSendReceive(t *testing.T) {
+	a, b := udpPair(t)
+	defer a.Close()
 	if err := a.Send([]byte("hello"), b.LocalAddr()); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 16)
-	n, from, err := b.Receive(buf)
+	n, from, _, err := b.Receive(buf)
 	if err != nil || string(buf[:n]) != "hello" || from != a.LocalAddr() {
 		t.Fatalf("Receive = %q from %v, %v; want hello from %v", buf[:n], from, err, a.LocalAddr())
 	}
@@ -65,15 +74,77 @@ func TestUDPSendReceive(t *testing.T) {
 		t.Fatalf("sending %d bytes: %v", len(big), err)
 	}
 	buf = make([]byte, MaxDatagramSize+1)
-	if n, _, err := b.Receive(buf); err != nil || n != MaxDatagramSize {
+	if n, _, _, err := b.Receive(buf); err != nil || n != MaxDatagramSize {
 		t.Fatalf("received %d bytes, %v", n, err)
 	}
 	// Close unblocks a waiting Receive.
 	done := make(chan error, 1)
-	go func() { _, _, err := b.Receive(buf); done <- err }()
+	go func() { _, _, _, err := b.Receive(buf); done <- err }()
 	b.Close()
 	if err := <-done; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Receive after Close = %v, want net.ErrClosed", err)
+	}
+}
+
+// A datagram that waited for its reader reports when it arrived, not when
+// it was read: the kernel's stamp on Linux, the queueing time on a SimNet
+// and behind Faulty.
+func TestReceiveReportsArrival(t *testing.T) {
+	const wait = 50 * time.Millisecond
+	pairs := map[string]func() (Transport, Transport){
+		"simnet": func() (Transport, Transport) {
+			net := NewSimNet(1)
+			a, _ := net.Listen(netip.AddrPort{})
+			b, _ := net.Listen(netip.AddrPort{})
+			return a, b
+		},
+		"faulty": func() (Transport, Transport) {
+			net := NewSimNet(1)
+			a, _ := net.Listen(netip.AddrPort{})
+			b, _ := net.Listen(netip.AddrPort{})
+			fb, err := WithFaults(b, Faults{}, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a, fb
+		},
+	}
+	if runtime.GOOS == "linux" {
+		pairs["udp"] = func() (Transport, Transport) { return udpPair(t) }
+	}
+	for name, pair := range pairs {
+		t.Run(name, func(t *testing.T) {
+			a, b := pair()
+			defer a.Close()
+			defer b.Close()
+			// Linux turns receive stamping on for the whole system a moment
+			// after a socket asks for it; until then it stamps a datagram
+			// when it is read. So a few tries are allowed.
+			var sent, arrived, read time.Time
+			buf := make([]byte, 16)
+			for try := 0; try < 20; try++ {
+				sent = time.Now()
+				if err := a.Send([]byte("x"), b.LocalAddr()); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(wait)
+				var n int
+				var err error
+				n, _, arrived, err = b.Receive(buf)
+				read = time.Now()
+				if err != nil || n != 1 {
+					t.Fatalf("Receive: %d bytes, %v", n, err)
+				}
+				// The wall clock, which kernel stamps use, has a coarser
+				// resolution than the monotonic one on some systems.
+				const slack = 5 * time.Millisecond
+				if !arrived.Before(sent.Add(-slack)) && read.Sub(arrived) >= wait-slack {
+					return
+				}
+			}
+			t.Errorf("sent at %v, read %v later, arrived %v after sending; want arrival at sending",
+				sent, read.Sub(sent), arrived.Sub(sent))
+		})
 	}
 }
 
@@ -242,14 +313,7 @@ func TestSimNetPartition(t *testing.T) {
 }
 
 func TestFaultyDropsBothWays(t *testing.T) {
-	a, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := udpPair(t)
 	defer b.Close()
 	fa, err := WithFaults(a, Faults{Drop: 0.2}, 1)
 	if err != nil {

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"context"
+	"math"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// A node whose MaxInFlight requests are all running refuses a set as busy,
+// yet still answers the queries that wait on nothing: stale gets, pings.
+func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
+	spec, err := LocalSpec(1, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Start(context.Background(), Config{ID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"),
+		Spec: spec, Logger: testLogger(t), MaxInFlight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	addr := spec.Node("n1").Client
+	set := func(seq uint64) wire.Message {
+		return rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: seq,
+			Args: wire.Args{Key: "k", Value: "v"}})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for seq := uint64(1); set(seq).Type != wire.TypeResponse; seq++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not take a set")
+		}
+		time.Sleep(10 * time.Millisecond) // no leader yet
+	}
+
+	// A waiting acquire takes the one slot (once the last set has let go
+	// of it).
+	acquired := make(chan wire.Message, 1)
+	go func() {
+		for seq := uint64(1); ; seq++ {
+			r := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "busy-acquire",
+				Seq: seq, Timeout: 2500 * time.Millisecond, Args: wire.Args{Topic: "none", Lease: time.Minute, Wait: 2 * time.Second}})
+			if r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable || time.Now().After(deadline) {
+				acquired <- r
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for len(n.inFlight) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the acquire never took the slot")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if r := set(100); r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable {
+		t.Fatalf("a set while an acquire waits: %+v %+v, want busy", r.Result, r.Err)
+	}
+	busy := n.Counters().Busy
+
+	get := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+	if get.Type != wire.TypeResponse || get.Result.Value != "v" {
+		t.Errorf("stale get while busy: %+v %+v, want v", get.Result, get.Err)
+	}
+	if ping := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpPing}); ping.Type != wire.TypeResponse {
+		t.Errorf("ping while busy: %+v", ping.Err)
+	}
+	if got := n.Counters().Busy; got != busy {
+		t.Errorf("busy refusals went from %d to %d while answering a stale get and a ping", busy, got)
+	}
+	if r := <-acquired; r.Type != wire.TypeResponse || r.Result.Job != nil {
+		t.Errorf("acquire on an empty topic: %+v %+v, want no job", r.Result.Job, r.Err)
+	}
+}
+
+// slowReader hands each datagram on only after a pause, as a busy receive
+// loop would get to it late.
+type slowReader struct {
+	wire.Transport
+	pause time.Duration
+}
+
+func (s slowReader) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
+	n, from, arrived, err := s.Transport.Receive(buf)
+	time.Sleep(s.pause)
+	return n, from, arrived, err
+}
+
+// The time a query waits to be read counts in the activity the node
+// reports, as if the node had been working on it from its arrival.
+func TestWaitToBeReadCountsAsActivity(t *testing.T) {
+	spec, err := LocalSpec(1, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := spec.Node("n1").Client
+	u, err := wire.ListenUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tau, pause = 250 * time.Millisecond, 200 * time.Millisecond
+	n, err := Start(context.Background(), Config{ID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"), Spec: spec,
+		Logger: testLogger(t), Transport: slowReader{u, pause}, LoadTimeConstant: tau})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	get := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+	// One request in progress over the last 200 ms: 1−e^(−0.8) ≈ 0.55.
+	if want := int64(1000 * (1 - math.Exp(-pause.Seconds()/tau.Seconds())) * 0.9); get.Activity < want {
+		t.Errorf("a stale get read %v after it arrived reported activity %d thousandths, want at least %d",
+			pause, get.Activity, want)
+	}
+}
