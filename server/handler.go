@@ -99,13 +99,22 @@ func (n *Node) decodeQuery(data []byte, from netip.AddrPort) (wire.Message, bool
 }
 
 // handleQuery answers a query that arrived at the node's socket at arrived.
+// A zero arrived means the transport could not tell, and counts no wait.
 func (n *Node) handleQuery(m *wire.Message, from netip.AddrPort, arrived time.Time) {
 	n.requests.Add(1)
 	now := time.Now()
 	n.clients.touch(from, now)
 	if m.Op.Loads() {
-		n.activity.begin(now, now.Sub(arrived))
+		var waited time.Duration
+		if !arrived.IsZero() {
+			waited = now.Sub(arrived)
+		}
+		n.activity.begin(now, waited)
 		defer func() { n.activity.end(time.Now()) }()
+	}
+	if immediate(m) {
+		n.reply(from, m.TxID, n.dispatch(n.ctx, m)) // nothing to wait for, so no deadline
+		return
 	}
 	timeout := n.cfg.RequestTimeout
 	if m.Timeout > 0 && m.Timeout < timeout {

@@ -37,8 +37,14 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // no leader yet
 	}
 
-	// A waiting acquire takes the one slot (once the last set has let go
-	// of it).
+	// A waiting acquire takes the one slot, once the last set has let go
+	// of it: the set frees it only after its reply is sent.
+	for len(n.inFlight) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the last set never let go of its slot")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	acquired := make(chan wire.Message, 1)
 	go func() {
 		for seq := uint64(1); ; seq++ {
@@ -91,28 +97,49 @@ func (s slowReader) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) 
 }
 
 // The time a query waits to be read counts in the activity the node
-// reports, as if the node had been working on it from its arrival.
+// reports, as if the node had been working on it from its arrival. A
+// transport that cannot tell when a datagram arrived (a zero time) counts
+// no wait.
 func TestWaitToBeReadCountsAsActivity(t *testing.T) {
-	spec, err := LocalSpec(1, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := spec.Node("n1").Client
-	u, err := wire.ListenUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const tau, pause = 250 * time.Millisecond, 200 * time.Millisecond
-	n, err := Start(context.Background(), Config{ID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"), Spec: spec,
-		Logger: testLogger(t), Transport: slowReader{u, pause}, LoadTimeConstant: tau})
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name      string
+		wrap      func(wire.Transport) wire.Transport
+		low, high float64 // bounds on the reported activity, in requests
+	}{
+		// One request in progress over the last 200 ms: 1−e^(−0.8) ≈ 0.55.
+		{"read late", func(u wire.Transport) wire.Transport { return slowReader{u, pause} },
+			0.9 * (1 - math.Exp(-pause.Seconds()/tau.Seconds())), 1},
+		{"arrival unknown", func(u wire.Transport) wire.Transport { return unknownArrival{u} }, 0, 0.1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec, err := LocalSpec(1, 1, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := spec.Node("n1").Client
+			u, err := wire.ListenUDP(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := Start(context.Background(), Config{ID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"), Spec: spec,
+				Logger: testLogger(t), Transport: tc.wrap(u), LoadTimeConstant: tau})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			get := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+			if got := float64(get.Activity) / 1000; got < tc.low || got > tc.high {
+				t.Errorf("a stale get reported activity %.3f, want %.3f to %.3f", got, tc.low, tc.high)
+			}
+		})
 	}
-	defer n.Close()
-	get := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
-	// One request in progress over the last 200 ms: 1−e^(−0.8) ≈ 0.55.
-	if want := int64(1000 * (1 - math.Exp(-pause.Seconds()/tau.Seconds())) * 0.9); get.Activity < want {
-		t.Errorf("a stale get read %v after it arrived reported activity %d thousandths, want at least %d",
-			pause, get.Activity, want)
-	}
+}
+
+// unknownArrival reports no arrival time.
+type unknownArrival struct{ wire.Transport }
+
+func (u unknownArrival) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
+	n, from, _, err := u.Transport.Receive(buf)
+	return n, from, time.Time{}, err
 }

@@ -105,7 +105,7 @@ func (q *serviceQueue) stall(d time.Duration) {
 	q.mu.Unlock()
 }
 
-// idleAt is when the node will have been handed every query it was sent.
+// idleAt is when the node will have been served the queries it has read.
 func (q *serviceQueue) idleAt() time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -337,34 +337,31 @@ func startBalanceCluster(ctx context.Context, cfg *Config, seed int64, nodes int
 // Poisson stream at rate, over heartbeats lost with probability loss.
 func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanceStrategy, loss, rate float64,
 	setup balanceSetup, seed uint64) (balanceRun, error) {
-	for i, q := range bc.queues {
-		q.mu.Lock()
-		q.service = sc.service[i]
-		q.mu.Unlock()
-	}
-	// The last run's backlog drains, and the loads the nodes report fall
-	// back, before this one starts.
-	for _, q := range bc.queues {
-		if d := time.Until(q.idleAt()); d > 0 {
-			time.Sleep(d)
-		}
-	}
+	// The last run's backlog drains at the last run's speeds, and the
+	// loads the nodes report fall back, before this one starts. A backlog
+	// waits unread in a node's socket, but while one is left the node is
+	// serving the query before it, so its queue is not yet idle.
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		settled := true
-		for _, n := range bc.nodes {
-			settled = settled && n.Status().Activity < 50
+		for i, id := range bc.ids {
+			settled = settled && bc.nodes[id].Status().Activity < 50 && !bc.queues[i].idleAt().After(time.Now())
 		}
 		if settled {
 			break
 		}
 		if time.Now().After(deadline) {
-			return balanceRun{}, errors.New("the nodes' loads did not fall back within 20 s of the last run")
+			return balanceRun{}, errors.New("the nodes' queues and loads did not settle within 20 s of the last run")
 		}
 		select {
 		case <-ctx.Done():
 			return balanceRun{}, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+	for i, q := range bc.queues {
+		q.mu.Lock()
+		q.service = sc.service[i]
+		q.mu.Unlock()
 	}
 	var clients []*client.Client
 	defer func() {

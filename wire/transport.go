@@ -75,8 +75,10 @@ func (u *UDP) Send(b []byte, addr netip.AddrPort) error {
 	return nil
 }
 
-// Receive reads one datagram. Its arrival is the kernel's stamp, or the
-// time it was read where there is none.
+// Receive reads one datagram. Its arrival is the kernel's stamp, a wall
+// clock time with no monotonic reading (so a step of the system clock
+// skews the wait measured against it), or the time it was read where there
+// is no stamp.
 func (u *UDP) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
 	var (
 		n, oobn int
