@@ -24,7 +24,8 @@ type Transport interface {
 	// Receive waits for the next datagram, copies it into buf and returns
 	// its length, its sender and when it arrived: the time it began to
 	// wait for a reader, so that arrived's distance from now is how long
-	// it waited. A datagram longer than buf is truncated to len(buf).
+	// it waited, or the zero Time from a transport that cannot tell. A
+	// datagram longer than buf is truncated to len(buf).
 	// After Close it returns an error wrapping net.ErrClosed.
 	Receive(buf []byte) (n int, from netip.AddrPort, arrived time.Time, err error)
 	// Close releases the transport and unblocks Receive.
