@@ -42,8 +42,7 @@ func (n *Node) serve() {
 		if !ok {
 			continue
 		}
-		if immediate(&m) {
-			n.handleQuery(&m, from, arrived)
+		if immediate(&m) && n.answerAtOnce(&m, from, arrived) {
 			continue
 		}
 		select {
@@ -66,6 +65,10 @@ func (n *Node) serve() {
 // without waiting on anything. The receive loop answers those itself: a
 // goroutine each, and the wake-ups of other threads they cause, doubled the
 // node CPU of a stale get. They are answered while MaxInFlight requests run.
+// A stale get whose shard state is held by a write, or by a reader a write
+// waits for, goes to a goroutine like any other query instead (and counts
+// against MaxInFlight), so that a snapshot copying a large state holds up
+// neither the loop nor the other shards' queries.
 func immediate(m *wire.Message) bool {
 	switch m.Op {
 	case wire.OpGet:
@@ -98,22 +101,37 @@ func (n *Node) decodeQuery(data []byte, from netip.AddrPort) (wire.Message, bool
 	return m, true
 }
 
-// handleQuery answers a query that arrived at the node's socket at arrived.
-// A zero arrived means the transport could not tell, and counts no wait.
-func (n *Node) handleQuery(m *wire.Message, from netip.AddrPort, arrived time.Time) {
-	n.requests.Add(1)
-	now := time.Now()
-	n.clients.touch(from, now)
-	if m.Op.Loads() {
-		var waited time.Duration
-		if !arrived.IsZero() {
-			waited = now.Sub(arrived)
+// answerAtOnce answers an immediate query unless that would wait, and
+// reports whether it did.
+func (n *Node) answerAtOnce(m *wire.Message, from netip.AddrPort, arrived time.Time) bool {
+	var r *wire.Message
+	if m.Op == wire.OpGet {
+		rep, bad := n.keyReplica(m)
+		if r = bad; r == nil {
+			e, _, locked := rep.fsm.TryGet(m.Args.Key)
+			if !locked {
+				return false
+			}
+			r = entryReply(e)
 		}
-		n.activity.begin(now, waited)
-		defer func() { n.activity.end(time.Now()) }()
+	}
+	if n.queryBegins(m, from, arrived) {
+		defer n.queryEnds()
+	}
+	if r == nil {
+		r = n.dispatch(n.ctx, m)
+	}
+	n.reply(from, m.TxID, r)
+	return true
+}
+
+// handleQuery answers a query that arrived at the node's socket at arrived.
+func (n *Node) handleQuery(m *wire.Message, from netip.AddrPort, arrived time.Time) {
+	if n.queryBegins(m, from, arrived) {
+		defer n.queryEnds()
 	}
 	if immediate(m) {
-		n.reply(from, m.TxID, n.dispatch(n.ctx, m)) // nothing to wait for, so no deadline
+		n.reply(from, m.TxID, n.dispatch(n.ctx, m)) // nothing to wait for but locks, so no deadline
 		return
 	}
 	timeout := n.cfg.RequestTimeout
@@ -124,6 +142,27 @@ func (n *Node) handleQuery(m *wire.Message, from netip.AddrPort, arrived time.Ti
 	defer cancel()
 	n.reply(from, m.TxID, n.dispatch(ctx, m))
 }
+
+// queryBegins counts a query that arrived at arrived, and reports whether
+// it loads the node, so that its answer must call queryEnds. A zero arrived
+// means the transport could not tell, and counts no wait.
+func (n *Node) queryBegins(m *wire.Message, from netip.AddrPort, arrived time.Time) (loads bool) {
+	n.requests.Add(1)
+	now := time.Now()
+	n.clients.touch(from, now)
+	if !m.Op.Loads() {
+		return false
+	}
+	var waited time.Duration
+	if !arrived.IsZero() {
+		waited = now.Sub(arrived)
+	}
+	n.activity.begin(now, waited)
+	return true
+}
+
+// queryEnds counts the end of a query that loaded the node.
+func (n *Node) queryEnds() { n.activity.end(time.Now()) }
 
 // reply sends r as the answer to txid. It does not change r, which a
 // joined acquire shares between requests.
@@ -296,6 +335,11 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 			return leaderErrorReply(ctx, rep.id, err)
 		}
 	}
+	return entryReply(e)
+}
+
+// entryReply answers a get that read e.
+func entryReply(e shard.Entry) *wire.Message {
 	if e.Version == 0 {
 		return errorReply(wire.CodeNotFound, "key not found")
 	}

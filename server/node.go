@@ -59,7 +59,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxInFlight bounds the requests handled at once; past it, requests
 	// get CodeUnavailable, except those answered at once from the node's
-	// own state (stale gets, pings, topology). If zero, DefaultMaxInFlight.
+	// own state (stale gets, pings, topology; a stale get counts while a
+	// write holds its shard's state). If zero, DefaultMaxInFlight.
 	MaxInFlight int
 }
 

@@ -239,6 +239,18 @@ func (f *FSM) Get(key string) (Entry, bool) {
 	return e, ok
 }
 
+// TryGet is Get for a caller that must not wait: when a write holds the
+// state machine, or waits for readers to let go of it (a snapshot copying a
+// large state, say), it returns at once with locked false.
+func (f *FSM) TryGet(key string) (e Entry, found, locked bool) {
+	if !f.mu.TryRLock() {
+		return Entry{}, false, false
+	}
+	e, found = f.kv[key]
+	f.mu.RUnlock()
+	return e, found, true
+}
+
 // Applied returns the raft index of the last applied log entry.
 func (f *FSM) Applied() uint64 {
 	f.mu.RLock()

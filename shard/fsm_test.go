@@ -289,3 +289,43 @@ func TestApplyUndecodable(t *testing.T) {
 		t.Errorf("applied %d, want 1: the index advances even for a bad entry", f.Applied())
 	}
 }
+
+// TryGet answers without waiting: at once while no write holds the state
+// machine, and with locked false while an apply waits behind a long reader,
+// where Get would wait for both.
+func TestTryGetDoesNotWaitForWrites(t *testing.T) {
+	a := newApplier(t)
+	a.one(Op{Kind: KindSet, Key: "k", Value: "v1"})
+	if e, found, locked := a.fsm.TryGet("k"); !locked || !found || e.Value != "v1" {
+		t.Fatalf("TryGet(k) = %+v, %v, %v uncontended", e, found, locked)
+	}
+	if _, found, locked := a.fsm.TryGet("absent"); !locked || found {
+		t.Fatalf("TryGet(absent) = %v, %v", found, locked)
+	}
+
+	data, err := (&Command{Now: a.now, Ops: []Op{{Kind: KindSet, Key: "k", Value: "v2"}}}).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.fsm.mu.RLock() // a reader copying a large state, as Snapshot does
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		a.fsm.Apply(&raft.Log{Index: 2, Term: 1, Type: raft.LogCommand, Data: data})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, _, locked := a.fsm.TryGet("k"); !locked {
+			break // the apply now waits, and would hold up a Get
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("TryGet never saw the waiting apply")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a.fsm.mu.RUnlock()
+	<-applied
+	if e, _, locked := a.fsm.TryGet("k"); !locked || e.Value != "v2" {
+		t.Fatalf("TryGet(k) = %+v, %v after the apply", e, locked)
+	}
+}

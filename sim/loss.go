@@ -65,8 +65,13 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 			Attempts: attempts,
 			// Long enough that an attempt fails only when a datagram is
 			// lost, not when a reply is slow: the theory counts losses.
+			// A request whose attempts all timed out takes a late reply
+			// for a second, so that only a stall of the cluster longer
+			// than that fails it (a disk here stalls for up to a quarter
+			// second; the default half second once let one stall fail
+			// all 8 writers at once).
 			MinAttemptTimeout: 100 * time.Millisecond, InitialAttemptTimeout: 100 * time.Millisecond,
-			MaxAttemptTimeout: 200 * time.Millisecond,
+			MaxAttemptTimeout: 200 * time.Millisecond, ReplyGrace: time.Second,
 		})
 		if err != nil {
 			c.close()
