@@ -44,6 +44,11 @@ type benchPoint struct {
 	P999us     float64   `json:"p999_us"`
 	CPUusPerOp float64   `json:"cpu_us_per_op"` // summed over the node processes; 0 if unknown
 	RSSMiB     []float64 `json:"rss_mib"`       // per node at the end of the point
+	// Retries counts the requests' attempts past their first; Timeouts
+	// the attempts that got no reply in time. A tail of timeouts is lost
+	// or late datagrams, not a slow node.
+	Retries  uint64 `json:"retries"`
+	Timeouts uint64 `json:"timeouts"`
 }
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -99,7 +104,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
 	if !*asJSON {
-		fmt.Fprintln(tw, "op\tshards\tclients\tops/s\tp50\tp99\tp99.9\tCPU/op\tRSS/node\terrors\t")
+		fmt.Fprintln(tw, "op\tshards\tclients\tops/s\tp50\tp99\tp99.9\tCPU/op\tRSS/node\tretries\ttimeouts\terrors\t")
 	}
 	emit := func(p benchPoint) error {
 		if *asJSON {
@@ -109,8 +114,9 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for i, r := range p.RSSMiB {
 			rss[i] = fmt.Sprintf("%.0f", r)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s MiB\t%d\t\n", p.Op, p.Shards, p.Clients, p.OpsPerSec,
-			micros(p.P50us), micros(p.P99us), micros(p.P999us), micros(p.CPUusPerOp), strings.Join(rss, "/"), p.Errors)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s MiB\t%d\t%d\t%d\t\n", p.Op, p.Shards, p.Clients,
+			p.OpsPerSec, micros(p.P50us), micros(p.P99us), micros(p.P999us), micros(p.CPUusPerOp), strings.Join(rss, "/"),
+			p.Retries, p.Timeouts, p.Errors)
 		return tw.Flush()
 	}
 
@@ -254,7 +260,14 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 		conns[i] = c
 	}
 	work := benchWorkload(op, make([]byte, 100))
-	cpu0 := nodesCPU(pids)
+	counters := func() (sum client.Counters) {
+		for _, c := range conns {
+			n := c.Counters()
+			sum.Requests, sum.Attempts, sum.Timeouts = sum.Requests+n.Requests, sum.Attempts+n.Attempts, sum.Timeouts+n.Timeouts
+		}
+		return sum
+	}
+	sent0, cpu0 := counters(), nodesCPU(pids)
 	runCtx, stop := context.WithTimeout(ctx, d)
 	defer stop()
 	start := time.Now()
@@ -293,6 +306,7 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	sent := counters()
 	if ctx.Err() != nil {
 		return benchPoint{}, ctx.Err()
 	}
@@ -305,6 +319,8 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 		Op: op, Clients: clients, Seconds: elapsed.Seconds(), Ops: len(lat), Errors: errs,
 		OpsPerSec: float64(len(lat)) / elapsed.Seconds(),
 		P50us:     us(pct[0]), P99us: us(pct[1]), P999us: us(pct[2]),
+		Retries:  (sent.Attempts - sent0.Attempts) - (sent.Requests - sent0.Requests),
+		Timeouts: sent.Timeouts - sent0.Timeouts,
 	}
 	if pids != nil && len(lat) > 0 {
 		p.CPUusPerOp = (nodesCPU(pids) - cpu0).Seconds() * 1e6 / float64(len(lat))

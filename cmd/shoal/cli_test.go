@@ -225,7 +225,8 @@ func TestBenchPointOnExistingCluster(t *testing.T) {
 		t.Fatalf("%q: %v", out, err)
 	}
 	if p["op"] != "mixed" || p["shards"] != 2.0 || p["clients"] != 4.0 || !(p["ops_per_sec"].(float64) > 0) ||
-		!(p["p50_us"].(float64) > 0) || !(p["p99_us"].(float64) >= p["p50_us"].(float64)) || p["cpu_us_per_op"] != 0.0 {
+		!(p["p50_us"].(float64) > 0) || !(p["p99_us"].(float64) >= p["p50_us"].(float64)) || p["cpu_us_per_op"] != 0.0 ||
+		p["retries"] == nil || p["timeouts"] == nil {
 		t.Errorf("point %v\n%s", p, errs)
 	}
 	if !strings.Contains(errs, "CPU and memory are not measured") {
