@@ -154,8 +154,8 @@ type Client struct {
 	calls   sync.WaitGroup // public calls in flight
 	bg      sync.WaitGroup // background work; ends promptly once done is closed
 
-	requests, attempts, timeouts, failures atomic.Uint64
-	empty                                  emptyMarks
+	requests, attempts, retries, timeouts, failures atomic.Uint64
+	empty                                           emptyMarks
 
 	refresh   chan struct{} // asks maintain to fetch the topology again
 	done      chan struct{}
@@ -194,8 +194,9 @@ type reply struct {
 // Counters counts a client's requests.
 type Counters struct {
 	// Requests is every call made; Attempts every datagram sent for them,
-	// so Attempts - Requests were retries.
-	Requests, Attempts uint64
+	// and Retries those of them past a request's first. (A request can
+	// end before its first attempt, when its context does.)
+	Requests, Attempts, Retries uint64
 	// Timeouts counts attempts that got no reply in time; Failures counts
 	// calls that ended in ErrUnavailable.
 	Timeouts, Failures uint64
@@ -338,6 +339,7 @@ func (c *Client) Counters() Counters {
 	return Counters{
 		Requests: c.requests.Load(),
 		Attempts: c.attempts.Load(),
+		Retries:  c.retries.Load(),
 		Timeouts: c.timeouts.Load(),
 		Failures: c.failures.Load(),
 		RTT:      c.rtt[0].smoothed(),
@@ -489,6 +491,9 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			return wire.Message{}, err
 		}
 		c.attempts.Add(1)
+		if attempt > 0 {
+			c.retries.Add(1)
+		}
 		if tg.node != nil {
 			tg.node.attempts.Add(1)
 			tg.node.sent.Store(start.UnixNano())

@@ -263,7 +263,7 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 	counters := func() (sum client.Counters) {
 		for _, c := range conns {
 			n := c.Counters()
-			sum.Requests, sum.Attempts, sum.Timeouts = sum.Requests+n.Requests, sum.Attempts+n.Attempts, sum.Timeouts+n.Timeouts
+			sum.Retries, sum.Timeouts = sum.Retries+n.Retries, sum.Timeouts+n.Timeouts
 		}
 		return sum
 	}
@@ -319,7 +319,7 @@ func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, c
 		Op: op, Clients: clients, Seconds: elapsed.Seconds(), Ops: len(lat), Errors: errs,
 		OpsPerSec: float64(len(lat)) / elapsed.Seconds(),
 		P50us:     us(pct[0]), P99us: us(pct[1]), P999us: us(pct[2]),
-		Retries:  (sent.Attempts - sent0.Attempts) - (sent.Requests - sent0.Requests),
+		Retries:  sent.Retries - sent0.Retries,
 		Timeouts: sent.Timeouts - sent0.Timeouts,
 	}
 	if pids != nil && len(lat) > 0 {

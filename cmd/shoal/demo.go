@@ -245,10 +245,9 @@ func (d *demo) busiestLeader(ctx context.Context) (string, []shard.ID) {
 
 func (d *demo) report(w io.Writer, name string, length time.Duration, p *phase, now, prev client.Counters) {
 	ops := p.sets.Load() + p.gets.Load()
-	retries := int64(now.Attempts-prev.Attempts) - int64(now.Requests-prev.Requests)
 	fmt.Fprintf(w, "%-16s %4.1fs: %s ops (%s sets, %s gets, %.0f/s), %s retries, %s failed after %d attempts\n",
 		name, length.Seconds(), commas(ops), commas(p.sets.Load()), commas(p.gets.Load()), float64(ops)/length.Seconds(),
-		commas(retries), commas(p.failed.Load()), client.DefaultAttempts)
+		commas(int64(now.Retries-prev.Retries)), commas(p.failed.Load()), client.DefaultAttempts)
 }
 
 // recovered reports whether every shard in led has accepted a write since
