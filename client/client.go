@@ -24,14 +24,13 @@ const receiveErrorPause = 10 * time.Millisecond
 
 // Defaults of Config.
 const (
-	DefaultAttempts               = 3
-	DefaultMinAttemptTimeout      = 20 * time.Millisecond
-	DefaultMinWriteAttemptTimeout = 100 * time.Millisecond
-	DefaultMaxAttemptTimeout      = 2 * time.Second
-	DefaultInitialAttemptTimeout  = 250 * time.Millisecond
-	DefaultReplyGrace             = 500 * time.Millisecond
-	DefaultNodeTimeout            = time.Second
-	DefaultKeepaliveInterval      = 5 * time.Second
+	DefaultAttempts              = 3
+	DefaultMinAttemptTimeout     = 20 * time.Millisecond
+	DefaultMaxAttemptTimeout     = 2 * time.Second
+	DefaultInitialAttemptTimeout = 250 * time.Millisecond
+	DefaultReplyGrace            = 500 * time.Millisecond
+	DefaultNodeTimeout           = time.Second
+	DefaultKeepaliveInterval     = 5 * time.Second
 	// DefaultTemperature is the temperature of the default picker, a
 	// Softmin over each node's load in requests in progress.
 	DefaultTemperature = 1.0
@@ -59,21 +58,12 @@ type Config struct {
 	// a UDP socket on a free port. The client owns and closes either.
 	Transport wire.Transport
 	// MinAttemptTimeout and MaxAttemptTimeout bound the wait for a reply
-	// to one attempt, otherwise derived from measured round trips
-	// (srtt + 4·rttvar) and doubled for each earlier attempt of the same
-	// request that got no reply, or that a node answered "unavailable"
-	// having spent its budget. InitialAttemptTimeout is used before the
+	// to one attempt, otherwise derived from measured round trips (srtt +
+	// 4·rttvar, and at least 1.5 times about their 99th percentile) and
+	// doubled for each earlier attempt of the same request that got no
+	// reply, or that a node answered "unavailable" having spent its budget. InitialAttemptTimeout is used before the
 	// first measurement. Zero values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
-	// MinWriteAttemptTimeout is a higher floor for the attempts of
-	// requests that change state (writes and job operations). Their
-	// replies wait for a quorum's disk flushes, whose tail (a disk that
-	// stalls) lies far beyond the round trips' usual spread; an attempt
-	// retried only because its reply was slow makes the nodes forward and
-	// propose it again, and under load those retries feed on each other.
-	// If zero, DefaultMinWriteAttemptTimeout; it never lowers
-	// MinAttemptTimeout.
-	MinWriteAttemptTimeout time.Duration
 	// ReplyGrace: a request whose every attempt timed out still takes a
 	// late reply to any of them until ReplyGrace has passed since it
 	// began, before it fails with ErrUnavailable; under load, replies
@@ -106,9 +96,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.MinAttemptTimeout <= 0 {
 		c.MinAttemptTimeout = DefaultMinAttemptTimeout
-	}
-	if c.MinWriteAttemptTimeout <= 0 {
-		c.MinWriteAttemptTimeout = DefaultMinWriteAttemptTimeout
 	}
 	if c.MaxAttemptTimeout <= 0 {
 		c.MaxAttemptTimeout = DefaultMaxAttemptTimeout
@@ -246,8 +233,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		refresh: make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
-	for i, floor := range [2]time.Duration{cfg.MinAttemptTimeout, max(cfg.MinAttemptTimeout, cfg.MinWriteAttemptTimeout)} {
-		c.rtt[i] = rttEstimator{min: floor, max: cfg.MaxAttemptTimeout, initial: cfg.InitialAttemptTimeout}
+	for i := range c.rtt {
+		c.rtt[i] = rttEstimator{min: cfg.MinAttemptTimeout, max: cfg.MaxAttemptTimeout, initial: cfg.InitialAttemptTimeout}
 	}
 	if c.t == nil {
 		u, err := wire.ListenUDP(":0")

@@ -428,7 +428,7 @@ func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
 // the timeout backs off until a reply, to whichever attempt, is measured.
 func TestTimeoutFollowsSlowerRoundTrips(t *testing.T) {
 	fc := newFakeCluster(t, 3)
-	c := fc.client(t, Config{MinAttemptTimeout: 5 * time.Millisecond, MinWriteAttemptTimeout: 5 * time.Millisecond})
+	c := fc.client(t, Config{MinAttemptTimeout: 5 * time.Millisecond})
 	ctx := context.Background()
 	for i := 0; i < 30; i++ {
 		if _, err := c.Set(ctx, "k", nil); err != nil {
@@ -455,41 +455,6 @@ func TestTimeoutFollowsSlowerRoundTrips(t *testing.T) {
 	}
 	if after := c.Counters(); after.Attempts-before.Attempts != 5 {
 		t.Errorf("5 writes took %d attempts once the timeout had adapted", after.Attempts-before.Attempts)
-	}
-}
-
-// A write's attempt waits at least MinWriteAttemptTimeout, however fast
-// the replies it has measured: a write 50 ms slow (a disk that stalls) is
-// sent once, where a read as slow is retried at the 20 ms floor of reads.
-func TestWritesWaitLongerBeforeRetrying(t *testing.T) {
-	fc := newFakeCluster(t, 3)
-	c := fc.client(t, Config{}) // reads' floor 20 ms, writes' the default 100 ms
-	ctx := context.Background()
-	for i := 0; i < 30; i++ {
-		if _, err := c.Set(ctx, "k", nil); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Get(ctx, "k"); err != nil && !errors.Is(err, ErrNotFound) {
-			t.Fatal(err)
-		}
-	}
-	for _, f := range fc.nodes {
-		f.set(func(f *fakeNode) { f.delay = 50 * time.Millisecond })
-	}
-	before := c.Counters()
-	if _, err := c.Set(ctx, "k", nil); err != nil {
-		t.Fatal(err)
-	}
-	if a := c.Counters().Attempts - before.Attempts; a != 1 {
-		t.Errorf("a write answered in 50 ms took %d attempts, want 1", a)
-	}
-	before = c.Counters()
-	if _, err := c.Get(ctx, "k"); err != nil && !errors.Is(err, ErrNotFound) {
-		t.Fatal(err)
-	}
-	if after := c.Counters(); after.Attempts-before.Attempts < 2 || after.Retries == before.Retries {
-		t.Errorf("a read answered in 50 ms took %d attempt and %d retries, want a retry at the reads' floor",
-			after.Attempts-before.Attempts, after.Retries-before.Retries)
 	}
 }
 

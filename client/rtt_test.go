@@ -13,11 +13,11 @@ func TestRTTEstimator(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		e.sample(40 * time.Millisecond)
 	}
-	// Steady samples: srtt → 40ms, rttvar → 0.
-	if d := e.timeout(0); d < 40*time.Millisecond || d > 45*time.Millisecond {
+	// Steady samples: srtt → 40ms, rttvar → 0, and half again the tail.
+	if d := e.timeout(0); d != 60*time.Millisecond {
 		t.Errorf("steady 40ms round trips give timeout %v", d)
 	}
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 2*len(e.recent); i++ { // until the 40ms round trips leave the tail
 		e.sample(time.Microsecond)
 	}
 	if d := e.timeout(0); d != 10*time.Millisecond {
@@ -60,5 +60,45 @@ func TestRTTEstimatorBacksOff(t *testing.T) {
 	e.sample(20 * time.Millisecond)
 	if d := e.timeout(0); d < base-time.Millisecond || d > base+time.Millisecond {
 		t.Errorf("after a sample: %v, want about %v", d, base)
+	}
+}
+
+// Round trips with a long tail, as writes under load have: the timeout
+// stays above all but about the slowest 1% of recent ones, which
+// srtt + 4·rttvar alone does not; one outlier does not set it, and the
+// tail ages out as fast round trips come.
+func TestRTTEstimatorCoversTheTail(t *testing.T) {
+	e := rttEstimator{min: time.Millisecond, max: 2 * time.Second, initial: 250 * time.Millisecond}
+	for i := 0; i < 1000; i++ {
+		rtt := 10 * time.Millisecond
+		if i%50 == 0 {
+			rtt = 80 * time.Millisecond // 2% of them
+		}
+		e.sample(rtt)
+	}
+	if d, base := e.timeout(0), e.srtt+4*e.rttvar; d < 80*time.Millisecond || base >= 80*time.Millisecond {
+		t.Errorf("timeout %v (srtt + 4·rttvar %v) with 2%% of round trips at 80ms", d, base)
+	}
+
+	e = rttEstimator{min: time.Millisecond, max: 2 * time.Second, initial: 250 * time.Millisecond}
+	for i := 0; i < 1000; i++ {
+		rtt := 10 * time.Millisecond
+		if i == 900 {
+			rtt = time.Second
+		}
+		e.sample(rtt)
+	}
+	if d := e.timeout(0); d > 20*time.Millisecond {
+		t.Errorf("one round trip of 1s among 10ms ones sets the timeout to %v", d)
+	}
+
+	for i := 0; i < 200; i++ {
+		e.sample(80 * time.Millisecond)
+	}
+	for i := 0; i < 2*len(e.recent); i++ {
+		e.sample(10 * time.Millisecond)
+	}
+	if d := e.timeout(0); d > 20*time.Millisecond {
+		t.Errorf("a tail of 80ms gone for %d round trips still sets the timeout to %v", 2*len(e.recent), d)
 	}
 }
