@@ -61,8 +61,9 @@ type Config struct {
 	// to one attempt, otherwise derived from measured round trips (srtt +
 	// 4·rttvar, and at least 1.5 times about their 99th percentile) and
 	// doubled for each earlier attempt of the same request that got no
-	// reply, or that a node answered "unavailable" having spent its budget. InitialAttemptTimeout is used before the
-	// first measurement. Zero values take the defaults.
+	// reply, or that a node answered "unavailable" having spent its budget.
+	// InitialAttemptTimeout is used before the first measurement. Zero
+	// values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
 	// ReplyGrace: a request whose every attempt timed out still takes a
 	// late reply to any of them until ReplyGrace has passed since it

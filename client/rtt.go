@@ -15,8 +15,10 @@ import (
 // the sets of 64 clients and 9-13% of 256's were retried only for being
 // slow, each one forwarded and proposed again. So the timeout is also at
 // least half again the second longest of the last len(recent) round trips
-// (about their 99th percentile). A lost datagram leaves no sample, so on a
-// lossy but idle network the timeout stays short.
+// (about their 99th percentile), recomputed every tailEvery samples. A lost
+// datagram leaves no sample, so on a lossy but idle network the timeout
+// stays short. A stall that delays many requests at once holds the tail up
+// until len(recent) newer round trips have come.
 type rttEstimator struct {
 	min, max, initial time.Duration
 

@@ -60,7 +60,8 @@ type Config struct {
 	// MaxInFlight bounds the requests handled at once; past it, requests
 	// get CodeUnavailable, except those answered at once from the node's
 	// own state (stale gets, pings, topology; a stale get counts while a
-	// write holds its shard's state). If zero, DefaultMaxInFlight.
+	// write holds, or waits for, its shard's state). If zero,
+	// DefaultMaxInFlight.
 	MaxInFlight int
 }
 

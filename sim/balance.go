@@ -116,7 +116,7 @@ type gaps struct {
 }
 
 func (g *gaps) add(at time.Time) {
-	if !g.last.IsZero() && at.After(g.last) {
+	if !g.last.IsZero() && !at.Before(g.last) {
 		d := at.Sub(g.last).Seconds()
 		g.n, g.sum, g.sumSq = g.n+1, g.sum+d, g.sumSq+d*d
 	}
@@ -130,27 +130,24 @@ func (g gaps) since(before gaps) gaps {
 	return gaps{n: g.n - before.n, sum: g.sum - before.sum, sumSq: g.sumSq - before.sumSq}
 }
 
-func (g gaps) plus(o gaps) gaps {
-	return gaps{n: g.n + o.n, sum: g.sum + o.sum, sumSq: g.sumSq + o.sumSq}
-}
-
 // gdOne is the mean time in system of a queue with service time s whose
 // arrivals came with these gaps, by Kingman's formula for a G/G/1 queue
 // with deterministic service: s + s·ρ/(1−ρ)·c²/2, where ρ is s over the
 // mean gap and c² the gaps' squared coefficient of variation. For Poisson
 // arrivals (c² = 1) it is Pollaczek–Khinchine's exact M/D/1 time. It also
-// reports ρ and c².
-func (g gaps) gdOne(s time.Duration) (time.Duration, float64, float64) {
-	if g.n < 2 {
-		return 0, 0, 0
+// reports ρ and c²; ok is false with too few gaps, or at ρ ≥ 1, where the
+// queue has no steady state.
+func (g gaps) gdOne(s time.Duration) (w time.Duration, rho, c2 float64, ok bool) {
+	if g.n < 2 || g.sum <= 0 {
+		return 0, 0, 0, false
 	}
 	mean := g.sum / float64(g.n)
-	c2 := (g.sumSq/float64(g.n) - mean*mean) / (mean * mean)
-	rho := s.Seconds() / mean
+	c2 = (g.sumSq/float64(g.n) - mean*mean) / (mean * mean)
+	rho = s.Seconds() / mean
 	if rho >= 1 {
-		return 0, rho, c2
+		return 0, rho, c2, false
 	}
-	return s + time.Duration(float64(s)*rho/(1-rho)*c2/2), rho, c2
+	return s + time.Duration(float64(s)*rho/(1-rho)*c2/2), rho, c2, true
 }
 
 func (q *serviceQueue) gaps() gaps {
@@ -256,9 +253,27 @@ type balanceRun struct {
 	failed         int
 	served         []int64         // queries served per node while measuring
 	sojourn        []time.Duration // their total time in the nodes' queues
-	arrivals       gaps            // between the queries' arrivals at each node, pooled
+	arrivals       []gaps          // between the queries' arrivals, per node
 	late           time.Duration   // their total lateness past their schedule
 	window         time.Duration
+}
+
+// kingman is the mean time in the nodes' queues that Kingman's formula
+// gives for the arrivals each node saw, weighted by the queries each
+// served, as meanSojourn weighs them, with the weighted ρ and c². ok is
+// false if a node's arrivals give no steady state.
+func (r balanceRun) kingman(s time.Duration) (w time.Duration, rho, c2 float64, ok bool) {
+	var sum, rsum, csum float64
+	for i, g := range r.arrivals {
+		wi, ri, ci, ok := g.gdOne(s)
+		if !ok {
+			return 0, ri, ci, false
+		}
+		n := float64(r.served[i])
+		sum, rsum, csum = sum+n*float64(wi), rsum+n*ri, csum+n*ci
+	}
+	q := float64(max(r.queries(), 1))
+	return time.Duration(sum / q), rsum / q, csum / q, true
 }
 
 // meanSojourn is the mean time of the queries in the nodes' queues.
@@ -502,7 +517,7 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 	for i, q := range bc.queues {
 		out.served = append(out.served, q.served.Load()-before[i])
 		out.sojourn = append(out.sojourn, time.Duration(q.sojourn.Load()-beforeSojourn[i]))
-		out.arrivals = out.arrivals.plus(q.gaps().since(beforeGaps[i]))
+		out.arrivals = append(out.arrivals, q.gaps().since(beforeGaps[i]))
 		out.late += time.Duration(q.late.Load())
 	}
 	wg.Wait()
@@ -608,23 +623,34 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 
 	// Calibration: random over equal nodes splits the Poisson stream into
 	// Poisson streams, each node an M/D/1 queue. The stream is Poisson as
-	// sent; on a busy machine the sender's late timers bunch it up, so the
-	// expected time follows the arrivals each node saw (Kingman), which
-	// is M/D/1's when they are Poisson.
+	// sent; on a busy machine the sender's late timers bunch it up. So one
+	// check holds the queues to the time Kingman's formula gives for the
+	// arrivals each node saw (M/D/1's when they are Poisson), and another
+	// holds those arrivals near the Poisson stream at ρ they should be.
 	eq := balanceKey{"equal", "random", 0}
 	sojourn := stat(eq, func(b balanceRun) float64 { return ms(b.meanSojourn()) })
-	var want, rho, c2 float64
+	var want, rho, c2 []float64
+	steady := true
 	for _, b := range runs[eq] {
-		w, r, c := b.arrivals.gdOne(setup.fast)
-		want, rho, c2 = want+ms(w), rho+r, c2+c
+		w, rh, c, ok := b.kingman(setup.fast)
+		steady = steady && ok
+		want, rho, c2 = append(want, ms(w)), append(rho, rh), append(c2, c)
 	}
-	k := float64(max(len(runs[eq]), 1))
-	want, rho, c2 = want/k, rho/k, c2/k
-	r.Checks = append(r.Checks, NewCheck("equal nodes, random: mean time in a node's queue (ms)",
-		sojourn, want, want*0.9, want*1.1,
-		fmt.Sprintf("M/D/1 at ρ=%g, s=%v is %s ms (Pollaczek–Khinchine: s + ρs/2(1−ρ)); at the arrivals the nodes saw, "+
-			"ρ=%.3f and gaps with c²=%.3f (1 for Poisson), Kingman's s + s·ρ/(1−ρ)·c²/2, ±10%%",
-			setup.utilization, setup.fast, num(ms(mdOne(setup.fast, setup.utilization))), rho, c2)))
+	if !steady {
+		r.Checks = append(r.Checks, Check{Name: "equal nodes, random: the arrivals at every node leave it a steady state",
+			Source: fmt.Sprintf("ρ < 1 at each node; measured ρ %v", rho)})
+	} else {
+		w := Mean(want).Mean
+		r.Checks = append(r.Checks, NewCheck("equal nodes, random: mean time in a node's queue (ms)",
+			sojourn, w, w*0.9, w*1.1,
+			fmt.Sprintf("Kingman's s + s·ρ/(1−ρ)·c²/2 at the arrivals each node saw, ±10%%; M/D/1 at ρ=%g, s=%v "+
+				"(Pollaczek–Khinchine, c²=1) is %s ms", setup.utilization, setup.fast,
+				num(ms(mdOne(setup.fast, setup.utilization))))))
+	}
+	r.Checks = append(r.Checks, NewCheck("equal nodes, random: ρ of the arrivals at a node", Mean(rho),
+		setup.utilization, setup.utilization*0.9, setup.utilization*1.1, "the offered load, ±10%"))
+	r.Checks = append(r.Checks, NewCheck("equal nodes, random: c² of the gaps between arrivals at a node", Mean(c2),
+		1, 0.7, 1.5, "1 for a Poisson stream; a sender on a busy machine bunches it somewhat"))
 	overhead := stat(eq, func(b balanceRun) float64 { return ms(b.meanLatency() - b.meanSojourn()) })
 	late := stat(eq, func(b balanceRun) float64 { return ms(b.late / time.Duration(max(b.queries(), 1))) })
 	r.Notes = append(r.Notes, fmt.Sprintf("the clients' mean latency exceeds the queries' mean time in the "+
