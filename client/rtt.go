@@ -15,10 +15,10 @@ import (
 // the sets of 64 clients and 9-13% of 256's were retried only for being
 // slow, each one forwarded and proposed again. So the timeout is also at
 // least half again the second longest of the last len(recent) round trips
-// (about their 99th percentile), recomputed every tailEvery samples. A lost
+// (about their 99th percentile), of those no older than tailAge. A lost
 // datagram leaves no sample, so on a lossy but idle network the timeout
-// stays short. A stall that delays many requests at once holds the tail up
-// until len(recent) newer round trips have come.
+// stays short; and a stall that delayed many requests at once leaves the
+// tail after tailAge, however few requests a client sends.
 type rttEstimator struct {
 	min, max, initial time.Duration
 
@@ -27,14 +27,28 @@ type rttEstimator struct {
 	rttvar  time.Duration
 	samples int
 	backoff int // doublings since the last sample
-	recent  [128]time.Duration
-	tail    time.Duration // the second longest of recent
+	recent  [128]roundTrip
+	tail    time.Duration // the second longest of recent, as of tailAt
+	tailAt  time.Time
 }
 
-// tailEvery is how many samples pass between updates of the tail.
-const tailEvery = 8
+// roundTrip is a measured round trip and when it ended.
+type roundTrip struct {
+	rtt time.Duration
+	at  time.Time
+}
 
-func (e *rttEstimator) sample(rtt time.Duration) {
+const (
+	// tailEvery is how many samples pass between updates of the tail.
+	tailEvery = 8
+	// tailAge is how long a round trip counts in the tail; the tail is
+	// also updated when it is older than a tenth of that.
+	tailAge = 10 * time.Second
+)
+
+func (e *rttEstimator) sample(rtt time.Duration) { e.sampleAt(rtt, time.Now()) }
+
+func (e *rttEstimator) sampleAt(rtt time.Duration, now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.samples == 0 {
@@ -47,20 +61,28 @@ func (e *rttEstimator) sample(rtt time.Duration) {
 		e.rttvar = (3*e.rttvar + d) / 4
 		e.srtt = (7*e.srtt + rtt) / 8
 	}
-	e.recent[e.samples%len(e.recent)] = rtt
+	e.recent[e.samples%len(e.recent)] = roundTrip{rtt, now}
 	e.samples++
 	e.backoff = 0
 	if e.samples%tailEvery == 0 {
-		var first, second time.Duration
-		for _, d := range e.recent[:min(e.samples, len(e.recent))] {
-			if d > first {
-				first, second = d, first
-			} else if d > second {
-				second = d
-			}
-		}
-		e.tail = second
+		e.updateTail(now)
 	}
+}
+
+// updateTail sets the tail to the second longest of the recent round trips
+// no older than tailAge.
+func (e *rttEstimator) updateTail(now time.Time) {
+	var first, second time.Duration
+	for _, r := range e.recent[:min(e.samples, len(e.recent))] {
+		switch {
+		case now.Sub(r.at) > tailAge:
+		case r.rtt > first:
+			first, second = r.rtt, first
+		case r.rtt > second:
+			second = r.rtt
+		}
+	}
+	e.tail, e.tailAt = second, now
 }
 
 // tooShort records a request whose every attempt timed out: the estimate
@@ -79,11 +101,16 @@ func (e *rttEstimator) tooShort() {
 // retransmission timer, each such attempt waits twice as long as the one
 // before: a reply that is slow because the cluster is busy then still
 // arrives.
-func (e *rttEstimator) timeout(timedOut int) time.Duration {
+func (e *rttEstimator) timeout(timedOut int) time.Duration { return e.timeoutAt(timedOut, time.Now()) }
+
+func (e *rttEstimator) timeoutAt(timedOut int, now time.Time) time.Duration {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	base := e.initial
 	if e.samples > 0 {
+		if now.Sub(e.tailAt) > tailAge/10 {
+			e.updateTail(now)
+		}
 		base = max(e.srtt+4*e.rttvar, e.tail*3/2, e.min)
 	}
 	// 12 doublings take any base past any sensible maximum without

@@ -102,3 +102,24 @@ func TestRTTEstimatorCoversTheTail(t *testing.T) {
 		t.Errorf("a tail of 80ms gone for %d round trips still sets the timeout to %v", 2*len(e.recent), d)
 	}
 }
+
+// A stall that slowed many round trips at once holds the timeout up only
+// for tailAge, also for a client that sends too little to push them out of
+// the ring.
+func TestRTTEstimatorTailAges(t *testing.T) {
+	e := rttEstimator{min: time.Millisecond, max: 2 * time.Second, initial: 250 * time.Millisecond}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := 0; i < 64; i++ {
+		e.sampleAt(500*time.Millisecond, t0)
+	}
+	later := t0.Add(tailAge - time.Second)
+	for i := 0; i < 80; i++ { // enough for srtt + 4·rttvar to forget the stall, not the ring
+		e.sampleAt(10*time.Millisecond, later)
+	}
+	if d := e.timeoutAt(0, later); d < 500*time.Millisecond {
+		t.Errorf("right after a stall of 500ms round trips, the timeout is %v", d)
+	}
+	if d := e.timeoutAt(0, t0.Add(tailAge+time.Second)); d > 20*time.Millisecond {
+		t.Errorf("%v after the stall, with 10ms round trips since, the timeout is %v", tailAge+time.Second, d)
+	}
+}
