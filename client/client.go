@@ -62,9 +62,8 @@ type Config struct {
 	// 4·rttvar, and at least 1.5 times about the 99th percentile of recent
 	// ones) and doubled for each earlier attempt of the same request that
 	// got no reply, or that a node answered "unavailable" having spent its
-	// budget.
-	// InitialAttemptTimeout is used before the first measurement. Zero
-	// values take the defaults.
+	// budget. InitialAttemptTimeout is used before the first measurement.
+	// Zero values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
 	// ReplyGrace: a request whose every attempt timed out still takes a
 	// late reply to any of them until ReplyGrace has passed since it
