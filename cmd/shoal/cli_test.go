@@ -8,7 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -240,6 +244,25 @@ func TestBenchPointOnExistingCluster(t *testing.T) {
 	for _, args := range [][]string{{"--op", "put"}, {"--clients", "-1"}, {"--cluster", file, "--shards", "2"}} {
 		if code, _, _ := shoal(append([]string{"bench"}, args...)...); code != 2 {
 			t.Errorf("bench %v: exit %d, want 2", args, code)
+		}
+	}
+}
+
+func TestNodeEnvSharesTheCores(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "")
+	os.Unsetenv("GOMAXPROCS")
+	want := "GOMAXPROCS=" + strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/3))
+	if env := nodeEnv(3); !slices.Contains(env, want) {
+		t.Errorf("nodeEnv(3) lacks %s", want)
+	}
+	if env := nodeEnv(1000); !slices.Contains(env, "GOMAXPROCS=1") {
+		t.Error("nodeEnv(1000) lacks GOMAXPROCS=1")
+	}
+
+	t.Setenv("GOMAXPROCS", "7")
+	for _, kv := range nodeEnv(3) {
+		if strings.HasPrefix(kv, "GOMAXPROCS=") && kv != "GOMAXPROCS=7" {
+			t.Errorf("nodeEnv overrode the caller's GOMAXPROCS=7 with %s", kv)
 		}
 	}
 }

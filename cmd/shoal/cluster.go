@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -125,7 +126,7 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stdout, "%s already running (pid %d)\n", n.ID, pid)
 			continue
 		}
-		pid, err := startNode(exe, *dir, n.ID, exited)
+		pid, err := startNode(exe, *dir, n.ID, nodeEnv(len(spec.Nodes)), exited)
 		if err != nil {
 			return fmt.Errorf("starting %s: %w", n.ID, err)
 		}
@@ -145,7 +146,7 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // startNode starts `shoal server` for node id in the background, in a
 // session of its own so it outlives this command, and writes its pid file.
 // The node's id is sent on exited if it exits while this command runs.
-func startNode(exe, dir, id string, exited chan<- string) (int, error) {
+func startNode(exe, dir, id string, env []string, exited chan<- string) (int, error) {
 	logf, err := os.OpenFile(logPath(dir, id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
@@ -153,6 +154,7 @@ func startNode(exe, dir, id string, exited chan<- string) (int, error) {
 	defer logf.Close()
 	cmd := exec.Command(exe, "server", "--id", id, "--data", dataPath(dir, id), "--cluster", specPath(dir))
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -163,6 +165,21 @@ func startNode(exe, dir, id string, exited chan<- string) (int, error) {
 	}()
 	pid := cmd.Process.Pid
 	return pid, os.WriteFile(pidPath(dir, id), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+}
+
+// nodeEnv returns the environment of each of the nodes that `cluster up`
+// starts on this host: this command's, with GOMAXPROCS set to the nodes'
+// share of the cores this process may use, unless GOMAXPROCS is set
+// already. The nodes share the host's cores; a Go process that believes it
+// has all of them wakes idle threads to look for work whenever a packet or a
+// timer wakes it, and a node hosting many idle raft groups is woken dozens
+// of times a second.
+func nodeEnv(nodes int) []string {
+	env := os.Environ()
+	if os.Getenv("GOMAXPROCS") != "" {
+		return env
+	}
+	return append(env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/nodes)))
 }
 
 // waitForLeaders polls the nodes until every shard has a leader.
