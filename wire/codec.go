@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"time"
 
 	"github.com/jackpal/bencode-go"
 	"github.com/shoal-kv/shoal/shard"
@@ -27,11 +26,7 @@ var (
 // shoal adds c client, s sequence, k ack, w timeout in milliseconds, n node,
 // l activity and h heartbeat.
 func Encode(m *Message) ([]byte, error) {
-	d, err := encodeDict(m)
-	if err != nil {
-		return nil, err
-	}
-	b, err := appendValue(make([]byte, 0, 256), d)
+	b, err := appendMessage(make([]byte, 0, 256), m)
 	if err != nil {
 		return nil, err
 	}
@@ -41,159 +36,55 @@ func Encode(m *Message) ([]byte, error) {
 	return b, nil
 }
 
-// encodeDict returns m as the dict Encode writes.
-func encodeDict(m *Message) (map[string]any, error) {
-	d := map[string]any{"y": string(m.Type)}
+// appendMessage appends m as the dict Encode writes, its keys in order.
+func appendMessage(b []byte, m *Message) ([]byte, error) {
+	b = append(b, 'd')
 	switch m.Type {
 	case TypeQuery:
-		d["t"] = m.TxID
-		d["q"] = string(m.Op)
-		putString(d, "c", m.Client)
-		putUint(d, "s", m.Seq)
-		putUint(d, "k", m.Ack)
-		putMillis(d, "w", m.Timeout)
-		if a := encodeArgs(&m.Args); len(a) > 0 {
-			d["a"] = a
-		}
+		b = optDict(b, "a", &m.Args, appendArgs)
+		b = optStr(b, "c", m.Client)
+		b = optUint(b, "k", m.Ack)
+		b = putStr(b, "q", string(m.Op))
+		b = optUint(b, "s", m.Seq)
+		b = putUint(b, "t", m.TxID)
+		b = optMillis(b, "w", m.Timeout)
 	case TypeResponse, TypeError:
-		d["t"] = m.TxID
-		d["n"] = m.Node
-		d["l"] = m.Activity
-		if r := encodeResult(&m.Result); len(r) > 0 {
-			d["r"] = r
-		}
 		if m.Type == TypeError {
 			if m.Err == nil {
 				return nil, fmt.Errorf("wire: encode: error message without an error")
 			}
-			d["e"] = []any{int64(m.Err.Code), m.Err.Message}
+			b = append(appendBytes(b, "e"), 'l')
+			b = appendInt(b, int64(m.Err.Code))
+			b = append(appendBytes(b, m.Err.Message), 'e')
 		}
+		b = putInt(b, "l", m.Activity)
+		b = putStr(b, "n", m.Node)
+		b = optDict(b, "r", &m.Result, appendResult)
+		b = putUint(b, "t", m.TxID)
 	case TypeHeartbeat:
-		d["n"] = m.Node
-		d["l"] = m.Activity
-		h := map[string]any{
-			"l": m.Heartbeat.Leads,
-			"f": m.Heartbeat.Follows,
-			"m": m.Heartbeat.MapVersion,
-		}
-		if len(m.Heartbeat.Ready) > 0 {
-			ready := make([]any, len(m.Heartbeat.Ready))
-			for i, r := range m.Heartbeat.Ready {
-				ready[i] = map[string]any{"s": r.Shard, "t": r.Topic, "n": r.Count}
+		h := &m.Heartbeat
+		b = append(appendBytes(b, "h"), 'd')
+		b = putIDs(b, "f", h.Follows)
+		b = putIDs(b, "l", h.Leads)
+		b = putUint(b, "m", h.MapVersion)
+		if len(h.Ready) > 0 {
+			b = append(appendBytes(b, "r"), 'l')
+			for _, r := range h.Ready {
+				b = append(b, 'd')
+				b = putInt(b, "n", int64(r.Count))
+				b = putInt(b, "s", int64(r.Shard))
+				b = append(putStr(b, "t", r.Topic), 'e')
 			}
-			h["r"] = ready
+			b = append(b, 'e')
 		}
-		d["h"] = h
+		b = append(b, 'e')
+		b = putInt(b, "l", m.Activity)
+		b = putStr(b, "n", m.Node)
 	default:
 		return nil, fmt.Errorf("wire: encode: unknown message type %q", m.Type)
 	}
-	return d, nil
-}
-
-func putString(d map[string]any, key, v string) {
-	if v != "" {
-		d[key] = v
-	}
-}
-
-func putUint(d map[string]any, key string, v uint64) {
-	if v != 0 {
-		d[key] = v
-	}
-}
-
-func encodeArgs(a *Args) map[string]any {
-	d := map[string]any{}
-	putString(d, "k", a.Key)
-	putString(d, "v", a.Value)
-	putUint(d, "n", a.Version)
-	if a.Stale {
-		d["st"] = 1
-	}
-	putString(d, "tp", a.Topic)
-	putString(d, "j", a.JobID)
-	putUint(d, "tk", a.Token)
-	putMillis(d, "ls", a.Lease)
-	putMillis(d, "dl", a.Delay)
-	putTime(d, "at", a.RunAt)
-	putUint(d, "ma", uint64(a.MaxAttempts))
-	putMillis(d, "bo", a.Backoff)
-	putString(d, "u", a.Unique)
-	putString(d, "rs", a.Reason)
-	putMillis(d, "iv", a.Interval)
-	if len(a.Shards) > 0 {
-		d["sh"] = a.Shards
-	}
-	putMillis(d, "wt", a.Wait)
-	putUint(d, "lm", uint64(a.Limit))
-	return d
-}
-
-// putMillis writes a duration in milliseconds, rounded up so that a short
-// one does not read as none.
-func putMillis(d map[string]any, key string, v time.Duration) {
-	if v > 0 {
-		d[key] = uint64((v + time.Millisecond - 1) / time.Millisecond)
-	}
-}
-
-// putTime writes a time as Unix milliseconds.
-func putTime(d map[string]any, key string, t time.Time) {
-	if !t.IsZero() {
-		d[key] = t.UnixMilli()
-	}
-}
-
-func encodeJob(j *JobInfo) map[string]any {
-	d := map[string]any{}
-	putString(d, "i", j.ID)
-	putString(d, "tp", j.Topic)
-	putString(d, "p", j.Payload)
-	putUint(d, "a", uint64(j.Attempt))
-	putUint(d, "tk", j.Token)
-	putTime(d, "dl", j.Deadline)
-	putString(d, "st", j.State)
-	putUint(d, "ma", uint64(j.MaxAttempts))
-	putString(d, "er", j.LastError)
-	return d
-}
-
-func encodeResult(r *Result) map[string]any {
-	d := map[string]any{}
-	putString(d, "v", r.Value)
-	putUint(d, "n", r.Version)
-	if t := r.Topology; t != nil {
-		nodes := make([]any, len(t.Nodes))
-		for i, n := range t.Nodes {
-			nodes[i] = map[string]any{"i": n.ID, "a": n.Addr}
-		}
-		td := map[string]any{"n": nodes}
-		if t.Map != nil {
-			td["m"] = encodeMap(t.Map)
-		}
-		d["tp"] = td
-	}
-	if s := r.Status; s != nil {
-		shards := make([]any, len(s.Shards))
-		for i, sh := range s.Shards {
-			shards[i] = map[string]any{"i": sh.ID, "s": sh.State, "l": sh.Leader, "a": sh.Applied, "k": sh.Keys}
-		}
-		d["st"] = map[string]any{"i": s.ID, "l": s.Activity, "s": shards}
-	}
-	if r.Job != nil {
-		d["jb"] = encodeJob(r.Job)
-	}
-	if r.Jobs != nil {
-		jobs := make([]any, len(r.Jobs))
-		for i := range r.Jobs {
-			jobs[i] = encodeJob(&r.Jobs[i])
-		}
-		d["js"] = jobs
-	}
-	if c := r.Counts; c != nil {
-		d["jc"] = map[string]any{"s": c.Scheduled, "r": c.Ready, "l": c.Leased, "x": c.Dead, "d": c.Done}
-	}
-	return d
+	b = putStr(b, "y", string(m.Type))
+	return append(b, 'e'), nil
 }
 
 // readerPool holds readers big enough for any datagram, so decoding reads
