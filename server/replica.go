@@ -136,7 +136,9 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
-	logs, err := raft.NewLogCache(logCacheSize, store)
+	log = log.With("shard", id)
+	disk := &slowDiskStore{raftStore: store, log: log, slow: slowDiskWrite}
+	logs, err := raft.NewLogCache(logCacheSize, disk)
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
@@ -163,7 +165,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 	})
 	fsm := shard.NewFSM(shard.FSMConfig{LeaseGrace: time.Duration(t.ElectionTimeout)})
 
-	existing, err := raft.HasExistingState(logs, store, snaps)
+	existing, err := raft.HasExistingState(logs, disk, snaps)
 	if err != nil {
 		trans.Close()
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
@@ -175,12 +177,12 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		for nid, addr := range peers {
 			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(nid), Address: raft.ServerAddress(addr)})
 		}
-		if err := raft.BootstrapCluster(cfg, logs, store, snaps, trans, conf); err != nil {
+		if err := raft.BootstrapCluster(cfg, logs, disk, snaps, trans, conf); err != nil {
 			trans.Close()
 			return nil, fmt.Errorf("server: shard %d: bootstrap: %w", id, err)
 		}
 	}
-	r, err := raft.NewRaft(cfg, fsm, logs, store, snaps, trans)
+	r, err := raft.NewRaft(cfg, fsm, logs, disk, snaps, trans)
 	if err != nil {
 		trans.Close()
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
@@ -189,7 +191,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 
 	rep := &replica{
 		id:      id,
-		log:     log.With("shard", id),
+		log:     log,
 		raft:    r,
 		fsm:     fsm,
 		trans:   trans,
