@@ -92,6 +92,10 @@ type Counters struct {
 	// not a valid message (oversized ones included); Busy every request
 	// refused because MaxInFlight were running.
 	Requests, Malformed, Busy uint64
+	// Joined counts the writes that reached a shard's leader here while
+	// an earlier attempt of the same request waited to commit, and took
+	// its result instead of being proposed again.
+	Joined uint64
 }
 
 // Node is one shoal process: a replica of each shard the spec gives it, a
@@ -228,7 +232,11 @@ func (n *Node) Addr() netip.AddrPort { return n.transport.LocalAddr() }
 
 // Counters returns the client listener's counters.
 func (n *Node) Counters() Counters {
-	return Counters{Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load()}
+	c := Counters{Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load()}
+	for _, rep := range n.replicas {
+		c.Joined += rep.proposing.joined.Load()
+	}
+	return c
 }
 
 // serveRPC serves one peer connection until it closes.

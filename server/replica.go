@@ -72,6 +72,7 @@ type replica struct {
 	stop      chan struct{}
 	verifier  verifier
 	proposals *batcher[shard.Op, shard.Result]
+	proposing proposing // joins retried writes to their first attempts, then proposals
 	// heartbeatTimeout and electionTimeout are raft's, as configured: a
 	// follower that has not heard from its leader for heartbeatTimeout
 	// takes it for gone.
@@ -218,6 +219,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
 		spawn: rep.group.Go, closed: raft.ErrRaftShutdown,
 	}
+	rep.proposing.submit = rep.proposals.submit
 	rep.observer = raft.NewObserver(rep.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
 		case raft.LeaderObservation, raft.RaftState, raft.FailedHeartbeatObservation:
@@ -340,12 +342,13 @@ func (r *replica) leaderID() string {
 // propose applies ops through this replica, which must lead, and returns
 // their results in order. raft.ErrNotLeader and raft.ErrLeadershipLost come
 // back as they are: after the latter the ops may or may not commit, and
-// only a retry with the same sequence numbers settles it.
+// only a retry with the same sequence numbers settles it. An op whose
+// request already waits to commit here takes that attempt's result.
 func (r *replica) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result, error) {
 	if !r.isLeader() {
 		return nil, errNotLeader
 	}
-	return r.proposals.submit(ctx, ops...)
+	return r.proposing.propose(ctx, ops...)
 }
 
 // apply proposes op, in an entry perhaps shared with other ops, and waits

@@ -52,7 +52,9 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	<-ctx.Done() // SIGINT or SIGTERM
-	log.Info("stopping: handing over leadership")
+	c := n.Counters()
+	log.Info("stopping: handing over leadership", "requests", c.Requests, "malformed", c.Malformed,
+		"busy", c.Busy, "joined", c.Joined)
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err = n.Shutdown(sctx)
