@@ -86,15 +86,18 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Counters counts what a node's client listener has seen.
+// Counters counts what a node has seen: its client listener's requests,
+// and what its shards' leaders did with the writes reaching them.
 type Counters struct {
 	// Requests is every query decoded; Malformed every datagram that was
 	// not a valid message (oversized ones included); Busy every request
 	// refused because MaxInFlight were running.
 	Requests, Malformed, Busy uint64
-	// Joined counts the writes that reached a shard's leader here while
-	// an earlier attempt of the same request waited to commit, and took
-	// its result instead of being proposed again.
+	// Joined counts the writes, from clients or forwarded by peers,
+	// that reached a shard's leader here while an earlier attempt of the
+	// same request waited to commit, and waited on that attempt instead
+	// of being proposed: they take its result, or are proposed after all
+	// if it failed.
 	Joined uint64
 }
 
@@ -230,7 +233,7 @@ func (n *Node) ID() string { return n.id }
 // Addr returns the address the node serves clients on.
 func (n *Node) Addr() netip.AddrPort { return n.transport.LocalAddr() }
 
-// Counters returns the client listener's counters.
+// Counters returns the node's counters.
 func (n *Node) Counters() Counters {
 	c := Counters{Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load()}
 	for _, rep := range n.replicas {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -41,8 +40,9 @@ type proposal struct {
 }
 
 // propose proposes ops and returns their results, as submit does, except
-// that an op whose request already waits to commit here takes that
-// attempt's result.
+// that an op whose request already waits to commit here waits for that
+// attempt and takes its result; if the attempt fails, the op is proposed
+// then.
 func (p *proposing) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result, error) {
 	var (
 		fresh   []shard.Op
@@ -98,20 +98,18 @@ func (p *proposing) propose(ctx context.Context, ops ...shard.Op) ([]shard.Resul
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		switch {
-		case earlier.err == nil:
+		if earlier.err == nil {
 			results[i] = earlier.res
-		case errors.Is(earlier.err, context.Canceled) || errors.Is(earlier.err, context.DeadlineExceeded):
-			// The earlier attempt's requester gave up, perhaps before
-			// its op was proposed; this one has not.
-			res, err := p.propose(ctx, ops[i])
-			if err != nil {
-				return nil, err
-			}
-			results[i] = res[0]
-		default:
-			return nil, earlier.err
+			continue
 		}
+		// The earlier attempt failed, or its requester gave up, perhaps
+		// before its op was proposed: this one is proposed as if it had
+		// come after, and fails or succeeds on its own.
+		res, err := p.propose(ctx, ops[i])
+		if err != nil {
+			return nil, err
+		}
+		results[i] = res[0]
 	}
 	return results, nil
 }

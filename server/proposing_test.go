@@ -124,7 +124,7 @@ func TestProposingJoinsRetries(t *testing.T) {
 	}
 }
 
-func TestProposingJoinedRetryOutlivesAnAbandonedAttempt(t *testing.T) {
+func TestProposingJoinedRetryOutlivesItsFirstAttempt(t *testing.T) {
 	h := newHeldSubmits()
 	p := &proposing{submit: h.submit}
 	op := shard.Op{Kind: shard.KindSet, Client: "c1", Seq: 3, Key: "k"}
@@ -145,16 +145,19 @@ func TestProposingJoinedRetryOutlivesAnAbandonedAttempt(t *testing.T) {
 		t.Errorf("the retry: %+v", r)
 	}
 
-	// Any other failure is the joined retry's too.
+	// So does one whose first attempt failed otherwise.
 	failed := errors.New("leadership lost")
 	first = proposeAsync(context.Background(), p, op)
 	h.waitCalls(t, 1)
 	retry = proposeAsync(context.Background(), p, op)
 	waitJoined(t, p, 2)
 	h.release(2, failed)
-	for name, ch := range map[string]<-chan proposed{"first": first, "retry": retry} {
-		if r := <-ch; !errors.Is(r.err, failed) {
-			t.Errorf("%s: %+v, want %v", name, r, failed)
-		}
+	if r := <-first; !errors.Is(r.err, failed) {
+		t.Errorf("the failed attempt: %+v, want %v", r, failed)
+	}
+	h.waitCalls(t, 1)
+	h.release(3, nil)
+	if r := <-retry; r.err != nil || r.res[0].Version != 3 {
+		t.Errorf("the retry of a failed attempt: %+v", r)
 	}
 }

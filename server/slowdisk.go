@@ -19,8 +19,8 @@ type raftStore interface {
 	raft.StableStore
 }
 
-// slowDiskStore warns, on the replica's logger, about each write to store
-// that takes longer than slow. Every write commits a bbolt transaction with
+// slowDiskStore warns, on the replica's logger, about each write to the
+// store it wraps that takes longer than slow. Every write commits a bbolt transaction with
 // its fdatasyncs, and raft waits for it: a leader before it replicates an
 // entry, a follower before it acknowledges one. So a disk that stalls
 // stalls the shard, and these warnings are where the tail of a write's
@@ -50,8 +50,9 @@ func (s *slowDiskStore) StoreLogs(logs []*raft.Log) error {
 	return err
 }
 
-// DeleteRange removes the entries min to max from the log, as raft does
-// after a snapshot.
+// DeleteRange removes the entries min to max from the log: raft compacts
+// its log after a snapshot, and a follower drops entries that conflict
+// with its leader's.
 func (s *slowDiskStore) DeleteRange(min, max uint64) error {
 	start := time.Now()
 	err := s.raftStore.DeleteRange(min, max)

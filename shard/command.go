@@ -137,7 +137,8 @@ type Result struct {
 	Token    uint64 `bencode:"o"`
 	Deadline int64  `bencode:"d"`
 	// Index is the raft index of the entry that carried the op (for a
-	// retry answered from its session, the retry's entry).
+	// retry answered from its session, the retry's entry; for one that
+	// joined its first attempt on the leader, the first attempt's).
 	Index uint64 `bencode:"i"`
 }
 

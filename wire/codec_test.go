@@ -71,6 +71,12 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}}),
 		"no dead jobs": reply(Result{Jobs: []JobInfo{}}),
 		"counts":       reply(Result{Counts: &shard.JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
+		"every result field": reply(Result{Value: "v", Version: 3,
+			Topology: &Topology{Nodes: []NodeAddr{{ID: "n1", Addr: "127.0.0.1:7001"}}, Map: testMap(t)},
+			Status:   &NodeStatus{ID: "n1", Activity: 2, Shards: []ShardStatus{{ID: 1, State: "Leader", Leader: "n1", Applied: 4, Keys: 5}}},
+			Job:      &JobInfo{ID: "j1", Topic: "t", Payload: "p", Attempt: 1, Token: 9, State: "leased"},
+			Jobs:     []JobInfo{{ID: "j2", Topic: "t", State: "dead", LastError: "e"}},
+			Counts:   &shard.JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
 		"lease lost": {Type: TypeError, TxID: 42, Node: "n2", Activity: 1,
 			Err: &Error{Code: CodeLeaseLost, Message: "lease lost"}},
 	}

@@ -260,6 +260,9 @@ func TestNodeEnvSharesTheCores(t *testing.T) {
 	}
 
 	t.Setenv("GOMAXPROCS", "7")
+	if !slices.Contains(nodeEnv(3), "GOMAXPROCS=7") {
+		t.Error("nodeEnv dropped the caller's GOMAXPROCS=7")
+	}
 	for _, kv := range nodeEnv(3) {
 		if strings.HasPrefix(kv, "GOMAXPROCS=") && kv != "GOMAXPROCS=7" {
 			t.Errorf("nodeEnv overrode the caller's GOMAXPROCS=7 with %s", kv)
