@@ -103,21 +103,38 @@ func TestRTTEstimatorCoversTheTail(t *testing.T) {
 	}
 }
 
-// A stall that slowed many round trips at once holds the timeout up only
-// for tailAge, also for a client that sends too little to push them out of
-// the ring.
-func TestRTTEstimatorTailAges(t *testing.T) {
+// A stall that slowed many round trips at once holds the timeout up while
+// it fills half the ring, and only up to tailCap times the median round
+// trip after that; and the ring forgets it after tailAge, also for a
+// client that sends too little to push its round trips out.
+func TestRTTEstimatorForgetsAStall(t *testing.T) {
 	e := rttEstimator{min: time.Millisecond, max: 2 * time.Second, initial: 250 * time.Millisecond}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := 0; i < 64; i++ {
+		e.sampleAt(10*time.Millisecond, t0)
+	}
+	for i := 0; i < 64; i++ {
 		e.sampleAt(500*time.Millisecond, t0)
 	}
-	later := t0.Add(tailAge - time.Second)
+	if d := e.timeoutAt(0, t0); d < 500*time.Millisecond {
+		t.Errorf("during a stall of 500ms round trips, the timeout is %v", d)
+	}
+	later := t0.Add(time.Second)
 	for i := 0; i < 80; i++ { // enough for srtt + 4·rttvar to forget the stall, not the ring
 		e.sampleAt(10*time.Millisecond, later)
 	}
-	if d := e.timeoutAt(0, later); d < 500*time.Millisecond {
-		t.Errorf("right after a stall of 500ms round trips, the timeout is %v", d)
+	if d := e.timeoutAt(0, later); d > 200*time.Millisecond {
+		t.Errorf("80 round trips of 10ms after a stall of 500ms ones, the timeout is %v", d)
+	}
+
+	// A client that sends little: the stall's round trips leave the tail
+	// after tailAge.
+	e = rttEstimator{min: time.Millisecond, max: 2 * time.Second, initial: 250 * time.Millisecond}
+	for i := 0; i < 64; i++ {
+		e.sampleAt(500*time.Millisecond, t0)
+	}
+	for i := 0; i < 80; i++ {
+		e.sampleAt(10*time.Millisecond, later)
 	}
 	if d := e.timeoutAt(0, t0.Add(tailAge+time.Second)); d > 20*time.Millisecond {
 		t.Errorf("%v after the stall, with 10ms round trips since, the timeout is %v", tailAge+time.Second, d)
