@@ -60,10 +60,10 @@ type Config struct {
 	// MinAttemptTimeout and MaxAttemptTimeout bound the wait for a reply
 	// to one attempt, otherwise derived from measured round trips (srtt +
 	// 4·rttvar, and at least 1.5 times about the 99th percentile of recent
-	// ones, up to 8 times srtt) and doubled for each earlier attempt of the same request that
-	// got no reply, or that a node answered "unavailable" having spent its
-	// budget. InitialAttemptTimeout is used before the first measurement.
-	// Zero values take the defaults.
+	// ones, up to 8 times srtt) and doubled for each earlier attempt of
+	// the same request that got no reply, or that a node answered
+	// "unavailable" having spent its budget. InitialAttemptTimeout is used
+	// before the first measurement. Zero values take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
 	// ReplyGrace: a request whose every attempt timed out still takes a
 	// late reply to any of them until ReplyGrace has passed since it

@@ -131,9 +131,8 @@ func (g gaps) since(before gaps) gaps {
 }
 
 // gdOne is the mean time in system of a queue with service time s whose
-// arrivals came with these gaps, by Kingman's formula for a G/G/1 queue
-// with deterministic service: s + s·ρ/(1−ρ)·c²/2, where ρ is s over the
-// mean gap and c² the gaps' squared coefficient of variation. For Poisson
+// arrivals came with these gaps (kingmanTime, where ρ is s over the mean
+// gap and c² the gaps' squared coefficient of variation). For Poisson
 // arrivals (c² = 1) it is Pollaczek–Khinchine's exact M/D/1 time. It also
 // reports ρ and c²; ok is false with too few gaps, or at ρ ≥ 1, where the
 // queue has no steady state.
@@ -147,7 +146,7 @@ func (g gaps) gdOne(s time.Duration) (w time.Duration, rho, c2 float64, ok bool)
 	if rho >= 1 {
 		return 0, rho, c2, false
 	}
-	return s + time.Duration(float64(s)*rho/(1-rho)*c2/2), rho, c2, true
+	return kingmanTime(s, rho, c2), rho, c2, true
 }
 
 func (q *serviceQueue) gaps() gaps {
@@ -329,9 +328,15 @@ func jain(x []float64) float64 {
 }
 
 // mdOne is the mean time in system of an M/D/1 queue with service time s at
-// utilization rho (Pollaczek–Khinchine).
-func mdOne(s time.Duration, rho float64) time.Duration {
-	return s + time.Duration(float64(s)*rho/(2*(1-rho)))
+// utilization rho (Pollaczek–Khinchine): Kingman's time with Poisson
+// arrivals.
+func mdOne(s time.Duration, rho float64) time.Duration { return kingmanTime(s, rho, 1) }
+
+// kingmanTime is the mean time in system of a queue with deterministic
+// service s at utilization rho whose arrivals' gaps have the squared
+// coefficient of variation c2, by Kingman's formula: s + s·ρ/(1−ρ)·c²/2.
+func kingmanTime(s time.Duration, rho, c2 float64) time.Duration {
+	return s + time.Duration(float64(s)*rho/(1-rho)*c2/2)
 }
 
 // balanceSetup sizes the experiment.
