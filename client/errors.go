@@ -20,9 +20,9 @@ var (
 	// delayed datagram, an entry the next leader commits): settle it with
 	// a write that is safe to repeat, not with a read.
 	ErrUnavailable = errors.New("shoal: unavailable")
-	// ErrValueTooLarge: a value over wire.MaxValueSize.
+	// ErrValueTooLarge: a value over shard.MaxValueSize.
 	ErrValueTooLarge = errors.New("shoal: value too large")
-	// ErrInvalidKey: an empty key, or one over wire.MaxKeySize.
+	// ErrInvalidKey: an empty key, or one over shard.MaxKeySize.
 	ErrInvalidKey = errors.New("shoal: invalid key")
 	// ErrTooManyPending: the client has too many writes without a reply.
 	ErrTooManyPending = errors.New("shoal: too many unacknowledged writes")

@@ -378,10 +378,10 @@ func TestRejectsBadKeysAndValues(t *testing.T) {
 	if _, err := c.Get(ctx, ""); !errors.Is(err, ErrInvalidKey) {
 		t.Errorf("empty key: %v", err)
 	}
-	if _, err := c.Set(ctx, string(make([]byte, wire.MaxKeySize+1)), nil); !errors.Is(err, ErrInvalidKey) {
+	if _, err := c.Set(ctx, string(make([]byte, shard.MaxKeySize+1)), nil); !errors.Is(err, ErrInvalidKey) {
 		t.Errorf("long key: %v", err)
 	}
-	if _, err := c.Set(ctx, "k", make([]byte, wire.MaxValueSize+1)); !errors.Is(err, ErrValueTooLarge) {
+	if _, err := c.Set(ctx, "k", make([]byte, shard.MaxValueSize+1)); !errors.Is(err, ErrValueTooLarge) {
 		t.Errorf("large value: %v", err)
 	}
 	if c.Counters().Requests != 1 { // only New's topology request

@@ -71,8 +71,8 @@ var (
 const DefaultLongPoll = 5 * time.Second
 
 func checkTopic(topic string) error {
-	if topic == "" || len(topic) > wire.MaxKeySize {
-		return fmt.Errorf("%w: topic of %d bytes (1 to %d allowed)", ErrInvalidKey, len(topic), wire.MaxKeySize)
+	if topic == "" || len(topic) > shard.MaxKeySize {
+		return fmt.Errorf("%w: topic of %d bytes (1 to %d allowed)", ErrInvalidKey, len(topic), shard.MaxKeySize)
 	}
 	return nil
 }

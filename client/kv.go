@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -28,15 +29,15 @@ type ReadOption func(*wire.Args)
 func Stale() ReadOption { return func(a *wire.Args) { a.Stale = true } }
 
 func checkKey(key string) error {
-	if key == "" || len(key) > wire.MaxKeySize {
-		return fmt.Errorf("%w: %d bytes (1 to %d allowed)", ErrInvalidKey, len(key), wire.MaxKeySize)
+	if key == "" || len(key) > shard.MaxKeySize {
+		return fmt.Errorf("%w: %d bytes (1 to %d allowed)", ErrInvalidKey, len(key), shard.MaxKeySize)
 	}
 	return nil
 }
 
 func checkValue(size int) error {
-	if size > wire.MaxValueSize {
-		return fmt.Errorf("%w: %d bytes (at most %d)", ErrValueTooLarge, size, wire.MaxValueSize)
+	if size > shard.MaxValueSize {
+		return fmt.Errorf("%w: %d bytes (at most %d)", ErrValueTooLarge, size, shard.MaxValueSize)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -33,7 +34,7 @@ type ForwardRequest struct {
 	Keys      []string
 	// JobRead, with ReadIndex, asks for a job read as of the read index.
 	JobRead *JobRead
-	Ops     []shard.Op
+	Ops     []fsm.Op
 	// WaitTopic asks the leader to answer once the topic has a job ready
 	// in its state, or when the call's time runs out.
 	WaitTopic string
@@ -44,11 +45,11 @@ type ForwardRequest struct {
 // ForwardReply answers a ForwardRequest.
 type ForwardReply struct {
 	// Results holds one result per op of the request, in order.
-	Results []shard.Result
+	Results []fsm.Result
 	Index   uint64
 	// Entries holds the entry of each key of the request, in order; a
 	// key that does not exist has Version 0.
-	Entries []shard.Entry
+	Entries []fsm.Entry
 	// JobResult answers JobRead.
 	JobResult *wire.Result
 	// Ready answers WaitTopic: a job of the topic is ready.
@@ -126,8 +127,8 @@ func (n *Node) linkToLeader(rep *replica) {
 		}
 		return fr, err
 	}
-	rep.forwardWrites = &batcher[shard.Op, shard.Result]{
-		commit: func(ops []shard.Op) ([]shard.Result, error) {
+	rep.forwardWrites = &batcher[fsm.Op, fsm.Result]{
+		commit: func(ops []fsm.Op) ([]fsm.Result, error) {
 			fr, err := call(ForwardRequest{Ops: ops})
 			return fr.Results, err
 		},
@@ -135,8 +136,8 @@ func (n *Node) linkToLeader(rep *replica) {
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
 		spawn: n.group.Go, closed: rpc.ErrShutdown,
 	}
-	rep.forwardGets = &batcher[string, shard.Entry]{
-		commit: func(keys []string) ([]shard.Entry, error) {
+	rep.forwardGets = &batcher[string, fsm.Entry]{
+		commit: func(keys []string) ([]fsm.Entry, error) {
 			fr, err := call(ForwardRequest{ReadIndex: true, Keys: keys})
 			return fr.Entries, err
 		},
@@ -184,7 +185,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 			break
 		}
 		if len(req.Keys) > 0 {
-			reply.Entries = make([]shard.Entry, len(req.Keys))
+			reply.Entries = make([]fsm.Entry, len(req.Keys))
 			for i, k := range req.Keys {
 				reply.Entries[i], _ = rep.fsm.Get(k)
 			}

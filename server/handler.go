@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -207,17 +208,17 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 		if bad := checkWrite(m); bad != nil {
 			return bad
 		}
-		op := shard.Op{
+		op := fsm.Op{
 			Client: m.Client, Seq: m.Seq, Ack: m.Ack,
 			Key: m.Args.Key, Value: m.Args.Value, Version: m.Args.Version,
 		}
 		switch m.Op {
 		case wire.OpSet:
-			op.Kind = shard.KindSet
+			op.Kind = fsm.KindSet
 		case wire.OpDelete:
-			op.Kind = shard.KindDelete
+			op.Kind = fsm.KindDelete
 		default:
-			op.Kind = shard.KindCompareAndSet
+			op.Kind = fsm.KindCompareAndSet
 		}
 		return n.write(ctx, rep, op)
 	case wire.OpTopology:
@@ -246,8 +247,8 @@ func (n *Node) keyReplica(m *wire.Message) (*replica, *wire.Message) {
 	switch k := m.Args.Key; {
 	case k == "":
 		return nil, errorReply(wire.CodeBadRequest, "%s needs a key", m.Op)
-	case len(k) > wire.MaxKeySize:
-		return nil, errorReply(wire.CodeTooLarge, "key of %d bytes exceeds %d", len(k), wire.MaxKeySize)
+	case len(k) > shard.MaxKeySize:
+		return nil, errorReply(wire.CodeTooLarge, "key of %d bytes exceeds %d", len(k), shard.MaxKeySize)
 	}
 	return n.shardReplica(n.shardMap.ShardOf(m.Args.Key))
 }
@@ -264,8 +265,8 @@ func (n *Node) shardReplica(id shard.ID) (*replica, *wire.Message) {
 
 func checkWrite(m *wire.Message) *wire.Message {
 	switch {
-	case len(m.Args.Value) > wire.MaxValueSize:
-		return errorReply(wire.CodeTooLarge, "value of %d bytes exceeds %d", len(m.Args.Value), wire.MaxValueSize)
+	case len(m.Args.Value) > shard.MaxValueSize:
+		return errorReply(wire.CodeTooLarge, "value of %d bytes exceeds %d", len(m.Args.Value), shard.MaxValueSize)
 	case m.Client == "" || m.Seq == 0:
 		return errorReply(wire.CodeBadRequest, "%s needs a client id and a sequence number", m.Op)
 	case m.Ack > m.Seq:
@@ -276,7 +277,7 @@ func checkWrite(m *wire.Message) *wire.Message {
 
 // write applies op through the shard's leader and turns its result into a
 // reply.
-func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Message {
+func (n *Node) write(ctx context.Context, rep *replica, op fsm.Op) *wire.Message {
 	res, err := n.writeResult(ctx, rep, op)
 	if err != nil {
 		return leaderErrorReply(ctx, rep.id, err)
@@ -287,8 +288,8 @@ func (n *Node) write(ctx context.Context, rep *replica, op shard.Op) *wire.Messa
 // writeResult applies op through the shard's leader and returns the state
 // machine's result. The op's session makes the retries of viaLeader safe:
 // an op applied twice answers from the session.
-func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shard.Result, error) {
-	var res []shard.Result
+func (n *Node) writeResult(ctx context.Context, rep *replica, op fsm.Op) (fsm.Result, error) {
+	var res []fsm.Result
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
 			res, err = rep.propose(ctx, op)
@@ -299,7 +300,7 @@ func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shar
 			return err
 		})
 	if err != nil {
-		return shard.Result{}, err
+		return fsm.Result{}, err
 	}
 	return res[0], nil
 }
@@ -312,7 +313,7 @@ func (n *Node) writeResult(ctx context.Context, rep *replica, op shard.Op) (shar
 // learns of a commit only with the leader's next message, which may be a
 // CommitTimeout away.
 func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
-	var e shard.Entry
+	var e fsm.Entry
 	if stale {
 		e, _ = rep.fsm.Get(key)
 	} else {
@@ -339,7 +340,7 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 }
 
 // entryReply answers a get that read e.
-func entryReply(e shard.Entry) *wire.Message {
+func entryReply(e fsm.Entry) *wire.Message {
 	if e.Version == 0 {
 		return errorReply(wire.CodeNotFound, "key not found")
 	}
@@ -408,19 +409,19 @@ func wait(ctx context.Context, changed <-chan struct{}) bool {
 }
 
 // opReply turns a state machine result into a reply.
-func opReply(res shard.Result) *wire.Message {
+func opReply(res fsm.Result) *wire.Message {
 	switch err := res.Err(); {
 	case err == nil:
 		return resultReply(wire.Result{Version: res.Version})
-	case errors.Is(err, shard.ErrNotFound):
+	case errors.Is(err, fsm.ErrNotFound):
 		return errorReply(wire.CodeNotFound, "key not found")
-	case errors.Is(err, shard.ErrVersionConflict):
+	case errors.Is(err, fsm.ErrVersionConflict):
 		r := errorReply(wire.CodeConflict, "version conflict: the key is at version %d", res.Version)
 		r.Result.Version = res.Version
 		return r
-	case errors.Is(err, shard.ErrAcked):
+	case errors.Is(err, fsm.ErrAcked):
 		return errorReply(wire.CodeAcked, "sequence number already acknowledged by the client")
-	case errors.Is(err, shard.ErrTooManyPending):
+	case errors.Is(err, fsm.ErrTooManyPending):
 		return errorReply(wire.CodeTooManyPending, "too many unacknowledged requests")
 	default:
 		return errorReply(wire.CodeBadRequest, "%v", err)

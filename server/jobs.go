@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -37,15 +38,15 @@ const (
 
 // holderKinds are the state machine ops of the job ops that act on a job by
 // its id.
-var holderKinds = map[wire.Op]shard.Kind{
-	wire.OpExtend: shard.KindExtend, wire.OpComplete: shard.KindComplete, wire.OpFail: shard.KindFail,
-	wire.OpRelease: shard.KindRelease, wire.OpRequeue: shard.KindRequeue,
+var holderKinds = map[wire.Op]fsm.Kind{
+	wire.OpExtend: fsm.KindExtend, wire.OpComplete: fsm.KindComplete, wire.OpFail: fsm.KindFail,
+	wire.OpRelease: fsm.KindRelease, wire.OpRequeue: fsm.KindRequeue,
 }
 
 // jobOp handles the job ops other than acquire.
 func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 	a := &m.Args
-	op := shard.Op{
+	op := fsm.Op{
 		Client: m.Client, Seq: m.Seq, Ack: m.Ack,
 		Topic: a.Topic, JobID: a.JobID, Token: a.Token, Lease: int64(a.Lease),
 		MaxAttempts: a.MaxAttempts, Backoff: int64(a.Backoff), Unique: a.Unique,
@@ -57,15 +58,15 @@ func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 	var slot int
 	switch m.Op {
 	case wire.OpEnqueue:
-		op.Kind = shard.KindEnqueue
+		op.Kind = fsm.KindEnqueue
 		if bad := checkJobID(a.JobID); bad != nil {
 			return bad
 		}
 		if bad := checkTopic(a.Topic); bad != nil {
 			return bad
 		}
-		if len(a.Value) > wire.MaxValueSize {
-			return errorReply(wire.CodeTooLarge, "payload of %d bytes exceeds %d", len(a.Value), wire.MaxValueSize)
+		if len(a.Value) > shard.MaxValueSize {
+			return errorReply(wire.CodeTooLarge, "payload of %d bytes exceeds %d", len(a.Value), shard.MaxValueSize)
 		}
 		slot = shard.JobSlot(a.JobID)
 	case wire.OpExtend, wire.OpComplete, wire.OpFail, wire.OpRelease, wire.OpRequeue:
@@ -73,20 +74,20 @@ func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 		if bad := checkJobID(a.JobID); bad != nil {
 			return bad
 		}
-		if len(a.Reason) > wire.MaxKeySize {
-			op.Reason = a.Reason[:wire.MaxKeySize]
+		if len(a.Reason) > shard.MaxKeySize {
+			op.Reason = a.Reason[:shard.MaxKeySize]
 		}
 		slot = shard.JobSlot(a.JobID)
 	case wire.OpEvery, wire.OpUnevery:
-		op.Kind = shard.KindEvery
+		op.Kind = fsm.KindEvery
 		if m.Op == wire.OpUnevery {
-			op.Kind = shard.KindUnevery
+			op.Kind = fsm.KindUnevery
 		}
 		if bad := checkTopic(a.Topic); bad != nil {
 			return bad
 		}
-		if a.Unique == "" || len(a.Unique) > wire.MaxKeySize {
-			return errorReply(wire.CodeBadRequest, "%s needs a schedule key of 1 to %d bytes", m.Op, wire.MaxKeySize)
+		if a.Unique == "" || len(a.Unique) > shard.MaxKeySize {
+			return errorReply(wire.CodeBadRequest, "%s needs a schedule key of 1 to %d bytes", m.Op, shard.MaxKeySize)
 		}
 		if m.Op == wire.OpEvery && a.Interval < time.Millisecond {
 			return errorReply(wire.CodeBadRequest, "every needs an interval of at least 1ms")
@@ -108,15 +109,15 @@ func (n *Node) jobOp(ctx context.Context, m *wire.Message) *wire.Message {
 }
 
 func checkJobID(id string) *wire.Message {
-	if id == "" || len(id) > wire.MaxKeySize {
-		return errorReply(wire.CodeBadRequest, "a job id of 1 to %d bytes is needed", wire.MaxKeySize)
+	if id == "" || len(id) > shard.MaxKeySize {
+		return errorReply(wire.CodeBadRequest, "a job id of 1 to %d bytes is needed", shard.MaxKeySize)
 	}
 	return nil
 }
 
 func checkTopic(t string) *wire.Message {
-	if t == "" || len(t) > wire.MaxKeySize {
-		return errorReply(wire.CodeBadRequest, "a topic of 1 to %d bytes is needed", wire.MaxKeySize)
+	if t == "" || len(t) > shard.MaxKeySize {
+		return errorReply(wire.CodeBadRequest, "a topic of 1 to %d bytes is needed", shard.MaxKeySize)
 	}
 	for i := 0; i < len(t); i++ {
 		if t[i] == 0 {
@@ -127,13 +128,13 @@ func checkTopic(t string) *wire.Message {
 }
 
 // jobReply turns the result of a job op into a reply.
-func jobReply(op wire.Op, res shard.Result) *wire.Message {
+func jobReply(op wire.Op, res fsm.Result) *wire.Message {
 	switch err := res.Err(); {
-	case errors.Is(err, shard.ErrLeaseLost):
+	case errors.Is(err, fsm.ErrLeaseLost):
 		return errorReply(wire.CodeLeaseLost, "lease lost: the token is not the job's live lease")
-	case errors.Is(err, shard.ErrWrongState):
+	case errors.Is(err, fsm.ErrWrongState):
 		return errorReply(wire.CodeConflict, "the job is not dead")
-	case errors.Is(err, shard.ErrVersionConflict):
+	case errors.Is(err, fsm.ErrVersionConflict):
 		return errorReply(wire.CodeConflict, "a job with this id exists")
 	case err != nil:
 		return opReply(res)
@@ -144,7 +145,7 @@ func jobReply(op wire.Op, res shard.Result) *wire.Message {
 	return resultReply(wire.Result{Job: jobInfo(res)})
 }
 
-func jobInfo(res shard.Result) *wire.JobInfo {
+func jobInfo(res fsm.Result) *wire.JobInfo {
 	j := &wire.JobInfo{ID: res.JobID, Topic: res.Topic, Payload: res.Payload, Attempt: res.Attempt, Token: res.Token}
 	if res.Deadline != 0 {
 		j.Deadline = time.Unix(0, res.Deadline)
@@ -270,7 +271,7 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 // took is unknown.
 func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (*wire.Message, *replica) {
 	a := &m.Args
-	op := shard.Op{Kind: shard.KindAcquire, Client: m.Client, Seq: m.Seq, Ack: m.Ack, Topic: a.Topic, Lease: int64(a.Lease)}
+	op := fsm.Op{Kind: fsm.KindAcquire, Client: m.Client, Seq: m.Seq, Ack: m.Ack, Topic: a.Topic, Lease: int64(a.Lease)}
 	// Answer before the client gives up on this attempt.
 	wait := a.Wait
 	if d, ok := ctx.Deadline(); ok {
@@ -304,10 +305,10 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 			if err != nil {
 				return leaderErrorReply(actx, rep.id, err), rep
 			}
-			if res.Status == shard.StatusOK {
+			if res.Status == fsm.StatusOK {
 				return jobReply(m.Op, res), nil
 			}
-			if res.Status != shard.StatusEmpty {
+			if res.Status != fsm.StatusEmpty {
 				return opReply(res), nil
 			}
 			emptyAt[rep.id] = res.Index
@@ -504,7 +505,7 @@ func readJobs(rep *replica, jr JobRead) wire.Result {
 	var jobs []wire.JobInfo
 	for _, j := range rep.fsm.DeadJobs(jr.Topic, limit) {
 		jobs = append(jobs, wire.JobInfo{
-			ID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, State: string(shard.JobDead),
+			ID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, State: string(fsm.JobDead),
 			MaxAttempts: j.MaxAttempts, LastError: j.LastError,
 		})
 	}
@@ -568,7 +569,7 @@ func (n *Node) runSchedules() {
 			}
 			due, ok := nextTick(rep.fsm)
 			if ok && !due.After(now) {
-				if _, err := rep.propose(n.ctx, shard.Op{Kind: shard.KindTick}); err != nil && rep.isLeader() {
+				if _, err := rep.propose(n.ctx, fsm.Op{Kind: fsm.KindTick}); err != nil && rep.isLeader() {
 					rep.log.Warn("proposing a tick failed", "err", err)
 				}
 				due, ok = nextTick(rep.fsm)
@@ -585,7 +586,7 @@ func (n *Node) runSchedules() {
 
 // nextTick returns when the state machine will next need a tick: when its
 // next schedule is due, or just after its next lease ends.
-func nextTick(f *shard.FSM) (time.Time, bool) {
+func nextTick(f *fsm.FSM) (time.Time, bool) {
 	due, ok := f.NextScheduleDue()
 	if end, leased := f.NextLeaseEnd(); leased && (!ok || end+1 < due) {
 		due, ok = end+1, true
@@ -594,7 +595,7 @@ func nextTick(f *shard.FSM) (time.Time, bool) {
 }
 
 // timedKinds are the ops that may bring a shard's next tick forward.
-var timedKinds = []shard.Kind{shard.KindAcquire, shard.KindExtend, shard.KindEvery}
+var timedKinds = []fsm.Kind{fsm.KindAcquire, fsm.KindExtend, fsm.KindEvery}
 
 // kickSchedules tells runSchedules to look again at the shards' timers.
 func (n *Node) kickSchedules() {

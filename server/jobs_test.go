@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 )
 
 func TestJobRoundTrip(t *testing.T) {
@@ -280,7 +281,7 @@ func TestEveryAcrossLeaderChange(t *testing.T) {
 		seen[id] = true
 	}
 	for k := first; k <= last; k++ {
-		if !seen[shard.IntervalJobID("cron", "tick", k)] {
+		if !seen[fsm.IntervalJobID("cron", "tick", k)] {
 			t.Errorf("no job for interval %d", k)
 		}
 	}

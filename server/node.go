@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -266,13 +267,16 @@ func (n *Node) Status() wire.NodeStatus {
 	return st
 }
 
+// ShardStats are the counters and sizes of one replica's state machine.
+type ShardStats = fsm.Stats
+
 // ShardStats returns the state machine counters of this node's replica of
 // shard id, zero if it holds none.
-func (n *Node) ShardStats(id shard.ID) shard.Stats {
+func (n *Node) ShardStats(id shard.ID) ShardStats {
 	if r := n.replicas[id]; r != nil {
 		return r.fsm.Stats()
 	}
-	return shard.Stats{}
+	return ShardStats{}
 }
 
 func (n *Node) shardIDs() []shard.ID {

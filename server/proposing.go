@@ -5,7 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 )
 
 // proposing joins each retry of a write that reaches a leader while an
@@ -19,7 +19,7 @@ import (
 // up on.
 type proposing struct {
 	// submit proposes ops and waits for their results.
-	submit func(ctx context.Context, ops ...shard.Op) ([]shard.Result, error)
+	submit func(ctx context.Context, ops ...fsm.Op) ([]fsm.Result, error)
 
 	mu      sync.Mutex
 	pending map[sessionSeq]*proposal
@@ -35,7 +35,7 @@ type sessionSeq struct {
 // proposal is an op waiting to commit; done closes when res or err is set.
 type proposal struct {
 	done chan struct{}
-	res  shard.Result
+	res  fsm.Result
 	err  error
 }
 
@@ -43,9 +43,9 @@ type proposal struct {
 // that an op whose request already waits to commit here waits for that
 // attempt and takes its result; if the attempt fails, the op is proposed
 // then.
-func (p *proposing) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result, error) {
+func (p *proposing) propose(ctx context.Context, ops ...fsm.Op) ([]fsm.Result, error) {
 	var (
-		fresh   []shard.Op
+		fresh   []fsm.Op
 		freshAt []int
 		mine    []*proposal // one per fresh op; nil for an op of no request
 		joined  = map[int]*proposal{}
@@ -70,7 +70,7 @@ func (p *proposing) propose(ctx context.Context, ops ...shard.Op) ([]shard.Resul
 	}
 	p.mu.Unlock()
 
-	results := make([]shard.Result, len(ops))
+	results := make([]fsm.Result, len(ops))
 	if len(fresh) > 0 {
 		res, err := p.submit(ctx, fresh...)
 		p.mu.Lock()

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 )
 
 // heldSubmits is a submit for proposing that records each call and holds
@@ -15,14 +15,14 @@ import (
 // its Seq as a Version).
 type heldSubmits struct {
 	mu    sync.Mutex
-	calls [][]shard.Op
+	calls [][]fsm.Op
 	held  []chan error
 	added chan struct{}
 }
 
 func newHeldSubmits() *heldSubmits { return &heldSubmits{added: make(chan struct{}, 100)} }
 
-func (h *heldSubmits) submit(ctx context.Context, ops ...shard.Op) ([]shard.Result, error) {
+func (h *heldSubmits) submit(ctx context.Context, ops ...fsm.Op) ([]fsm.Result, error) {
 	release := make(chan error, 1)
 	h.mu.Lock()
 	h.calls = append(h.calls, ops)
@@ -37,9 +37,9 @@ func (h *heldSubmits) submit(ctx context.Context, ops ...shard.Op) ([]shard.Resu
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	res := make([]shard.Result, len(ops))
+	res := make([]fsm.Result, len(ops))
 	for i, op := range ops {
-		res[i] = shard.Result{Status: shard.StatusOK, Version: op.Seq}
+		res[i] = fsm.Result{Status: fsm.StatusOK, Version: op.Seq}
 	}
 	return res, nil
 }
@@ -62,11 +62,11 @@ func (h *heldSubmits) release(i int, err error) {
 }
 
 type proposed struct {
-	res []shard.Result
+	res []fsm.Result
 	err error
 }
 
-func proposeAsync(ctx context.Context, p *proposing, ops ...shard.Op) <-chan proposed {
+func proposeAsync(ctx context.Context, p *proposing, ops ...fsm.Op) <-chan proposed {
 	out := make(chan proposed, 1)
 	go func() {
 		res, err := p.propose(ctx, ops...)
@@ -89,13 +89,13 @@ func TestProposingJoinsRetries(t *testing.T) {
 	h := newHeldSubmits()
 	p := &proposing{submit: h.submit}
 	ctx := context.Background()
-	set := func(seq uint64) shard.Op { return shard.Op{Kind: shard.KindSet, Client: "c1", Seq: seq, Key: "k"} }
+	set := func(seq uint64) fsm.Op { return fsm.Op{Kind: fsm.KindSet, Client: "c1", Seq: seq, Key: "k"} }
 
 	first := proposeAsync(ctx, p, set(7))
 	h.waitCalls(t, 1)
 	// A retry of seq 7 joins; seq 8 and a tick are proposed, together.
 	retry := proposeAsync(ctx, p, set(7))
-	other := proposeAsync(ctx, p, set(8), shard.Op{Kind: shard.KindTick})
+	other := proposeAsync(ctx, p, set(8), fsm.Op{Kind: fsm.KindTick})
 	h.waitCalls(t, 1)
 	waitJoined(t, p, 1)
 	h.mu.Lock()
@@ -127,7 +127,7 @@ func TestProposingJoinsRetries(t *testing.T) {
 func TestProposingJoinedRetryOutlivesItsFirstAttempt(t *testing.T) {
 	h := newHeldSubmits()
 	p := &proposing{submit: h.submit}
-	op := shard.Op{Kind: shard.KindSet, Client: "c1", Seq: 3, Key: "k"}
+	op := fsm.Op{Kind: fsm.KindSet, Client: "c1", Seq: 3, Key: "k"}
 
 	gaveUp, giveUp := context.WithCancel(context.Background())
 	first := proposeAsync(gaveUp, p, op)

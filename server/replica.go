@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"go.etcd.io/bbolt"
 )
 
@@ -53,7 +54,7 @@ type replica struct {
 	id    shard.ID
 	log   *slog.Logger
 	raft  *raft.Raft
-	fsm   *shard.FSM
+	fsm   *fsm.FSM
 	trans *raft.NetworkTransport
 	sl    *streamLayer
 	store *raftboltdb.BoltStore
@@ -71,7 +72,7 @@ type replica struct {
 	// future ends then (see awaitFuture).
 	stop      chan struct{}
 	verifier  verifier
-	proposals *batcher[shard.Op, shard.Result]
+	proposals *batcher[fsm.Op, fsm.Result]
 	proposing proposing // joins retried writes to their first attempts, then proposals
 	// heartbeatTimeout and electionTimeout are raft's, as configured: a
 	// follower that has not heard from its leader for heartbeatTimeout
@@ -94,8 +95,8 @@ type replica struct {
 	}
 	// A follower sends writes, and linearizable reads, to the leader
 	// through these: what arrives while earlier calls run goes together.
-	forwardWrites *batcher[shard.Op, shard.Result]
-	forwardGets   *batcher[string, shard.Entry]
+	forwardWrites *batcher[fsm.Op, fsm.Result]
+	forwardGets   *batcher[string, fsm.Entry]
 	// timersChanged is called when this leader's next tick may have come
 	// forward: it won leadership, or committed an op of timedKinds.
 	timersChanged func()
@@ -164,7 +165,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		Timeout: 10 * time.Second,
 		Logger:  hlog,
 	})
-	fsm := shard.NewFSM(shard.FSMConfig{LeaseGrace: time.Duration(t.ElectionTimeout)})
+	sm := fsm.New(fsm.Config{LeaseGrace: time.Duration(t.ElectionTimeout)})
 
 	existing, err := raft.HasExistingState(logs, disk, snaps)
 	if err != nil {
@@ -183,7 +184,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 			return nil, fmt.Errorf("server: shard %d: bootstrap: %w", id, err)
 		}
 	}
-	r, err := raft.NewRaft(cfg, fsm, logs, disk, snaps, trans)
+	r, err := raft.NewRaft(cfg, sm, logs, disk, snaps, trans)
 	if err != nil {
 		trans.Close()
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
@@ -194,7 +195,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		id:      id,
 		log:     log,
 		raft:    r,
-		fsm:     fsm,
+		fsm:     sm,
 		trans:   trans,
 		sl:      sl,
 		store:   store,
@@ -213,7 +214,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 	rep.verifier.asking = make([]atomic.Bool, len(rep.verifier.others))
 	rep.heartbeatTimeout, rep.electionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
 	rep.quiet = quietTimeout(t)
-	rep.proposals = &batcher[shard.Op, shard.Result]{
+	rep.proposals = &batcher[fsm.Op, fsm.Result]{
 		commit:   rep.commit,
 		parallel: outstandingEntries,
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
@@ -271,7 +272,7 @@ func (r *replica) changes() <-chan struct{} {
 // for reads in its current term: it proposes a tick and waits for it to
 // apply, which means everything committed before the term began is applied
 // here. (Applying the term's first command also extends the job leases
-// live under the previous leader; see shard.FSM.) One per term, until ready
+// live under the previous leader; see fsm.FSM.) One per term, until ready
 // or no longer leader.
 func (r *replica) ensureReady() {
 	if !r.barrierRunning.CompareAndSwap(false, true) {
@@ -283,7 +284,7 @@ func (r *replica) ensureReady() {
 			if r.readyTerm.Load() == term {
 				break
 			}
-			_, err := r.apply(context.Background(), shard.Op{Kind: shard.KindTick})
+			_, err := r.apply(context.Background(), fsm.Op{Kind: fsm.KindTick})
 			// The command is this term's only if the term did not move
 			// meanwhile.
 			if err == nil && r.raft.CurrentTerm() == term && r.isLeader() {
@@ -344,7 +345,7 @@ func (r *replica) leaderID() string {
 // back as they are: after the latter the ops may or may not commit, and
 // only a retry with the same sequence numbers settles it. An op whose
 // request already waits to commit here takes that attempt's result.
-func (r *replica) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result, error) {
+func (r *replica) propose(ctx context.Context, ops ...fsm.Op) ([]fsm.Result, error) {
 	if !r.isLeader() {
 		return nil, errNotLeader
 	}
@@ -353,18 +354,18 @@ func (r *replica) propose(ctx context.Context, ops ...shard.Op) ([]shard.Result,
 
 // apply proposes op, in an entry perhaps shared with other ops, and waits
 // for it to apply.
-func (r *replica) apply(ctx context.Context, op shard.Op) (shard.Result, error) {
+func (r *replica) apply(ctx context.Context, op fsm.Op) (fsm.Result, error) {
 	res, err := r.proposals.submit(ctx, op)
 	if err != nil {
-		return shard.Result{}, err
+		return fsm.Result{}, err
 	}
 	return res[0], nil
 }
 
 // commit proposes ops as one command, stamped with this node's clock, and
 // waits for it to apply.
-func (r *replica) commit(ops []shard.Op) ([]shard.Result, error) {
-	cmd := shard.Command{Now: time.Now().UnixNano(), Ops: ops}
+func (r *replica) commit(ops []fsm.Op) ([]fsm.Result, error) {
+	cmd := fsm.Command{Now: time.Now().UnixNano(), Ops: ops}
 	data, err := cmd.Encode()
 	if err != nil {
 		return nil, err
@@ -382,7 +383,7 @@ func (r *replica) commit(ops []shard.Op) ([]shard.Result, error) {
 		}
 	}
 	switch resp := f.Response().(type) {
-	case []shard.Result:
+	case []fsm.Result:
 		return resp, nil
 	case error:
 		return nil, resp
@@ -392,7 +393,7 @@ func (r *replica) commit(ops []shard.Op) ([]shard.Result, error) {
 }
 
 // opSize is about the bytes op takes in a command.
-func opSize(op shard.Op) int {
+func opSize(op fsm.Op) int {
 	return 64 + len(op.Client) + len(op.Key) + len(op.Value) + len(op.Topic) + len(op.JobID) +
 		len(op.Unique) + len(op.Reason)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -147,10 +148,10 @@ func TestWriteVisibleToAnotherClient(t *testing.T) {
 		// applied; give it the benefit only of being behind.
 		t.Logf("stale read after delete: %+v, %v", it, err)
 	}
-	if _, err := a.Set(ctx, "big", make([]byte, wire.MaxValueSize+1)); !errors.Is(err, client.ErrValueTooLarge) {
+	if _, err := a.Set(ctx, "big", make([]byte, shard.MaxValueSize+1)); !errors.Is(err, client.ErrValueTooLarge) {
 		t.Errorf("oversized value: %v", err)
 	}
-	if _, err := a.Set(ctx, "big", make([]byte, wire.MaxValueSize)); err != nil {
+	if _, err := a.Set(ctx, "big", make([]byte, shard.MaxValueSize)); err != nil {
 		t.Errorf("value of the maximum size: %v", err)
 	}
 	if _, err := a.Get(ctx, ""); !errors.Is(err, client.ErrInvalidKey) {
@@ -596,7 +597,7 @@ func TestBadInput(t *testing.T) {
 		{"no key", "d1:q3:get1:ti7e1:y1:qe", wire.CodeBadRequest},
 		{"write without a client", "d1:ad1:k1:xe1:q3:set1:ti7e1:y1:qe", wire.CodeBadRequest},
 		{"ack above seq", "d1:ad1:k1:xe1:c1:c1:ki9e1:q3:set1:si2e1:ti7e1:y1:qe", wire.CodeBadRequest},
-		{"long key", fmt.Sprintf("d1:ad1:k%d:%se1:q3:get1:ti7e1:y1:qe", wire.MaxKeySize+1, strings.Repeat("k", wire.MaxKeySize+1)), wire.CodeTooLarge},
+		{"long key", fmt.Sprintf("d1:ad1:k%d:%se1:q3:get1:ti7e1:y1:qe", shard.MaxKeySize+1, strings.Repeat("k", shard.MaxKeySize+1)), wire.CodeTooLarge},
 	} {
 		r := rawSend(t, u, to, []byte(tc.raw))
 		if r.Type != wire.TypeError || r.Err == nil || r.Err.Code != tc.want || r.TxID != 7 {
@@ -780,8 +781,8 @@ func TestForwardWithoutOpsIsRefused(t *testing.T) {
 		t.Fatalf("forward without ops: %+v, want a final error", reply)
 	}
 	reply = ForwardReply{}
-	op := shard.Op{Kind: shard.KindSet, Client: "fw-test", Seq: 1, Key: "k", Value: "v"}
-	if err := cl.Call("Node.Forward", ForwardRequest{Shard: 0, Ops: []shard.Op{op}, Timeout: time.Second}, &reply); err != nil {
+	op := fsm.Op{Kind: fsm.KindSet, Client: "fw-test", Seq: 1, Key: "k", Value: "v"}
+	if err := cl.Call("Node.Forward", ForwardRequest{Shard: 0, Ops: []fsm.Op{op}, Timeout: time.Second}, &reply); err != nil {
 		t.Fatal(err)
 	}
 	if reply.Err != "" || len(reply.Results) != 1 || reply.Results[0].Version == 0 {

@@ -1,33 +1,16 @@
-// Package shard maps keys to shards and holds the replicated state machine of
-// one shard.
+// Package shard is shoal's keyspace: what a key, a topic and a job id are,
+// which of SlotCount fixed slots each hashes to, and the versioned Map that
+// assigns slots to shards and shards to the nodes holding their replicas.
+// Clients, the wire protocol and nodes share it; it holds no state and
+// links nothing of raft.
 //
-// A key hashes (xxhash64) onto one of SlotCount fixed slots; a versioned Map
-// assigns slot ranges to shards and shards to the nodes that replicate them.
-// The slot of a key never changes; only the slot → shard assignment may.
+// A key hashes (xxhash64) onto a slot; the slot of a key never changes,
+// only the slot → shard assignment may. A job id made by NewJobID carries
+// its slot, so a job can be placed on any shard and found again; the jobs
+// with a uniqueness key, and schedules, live at JobKeySlot.
 //
-// FSM is a raft.FSM. Its duties toward callers:
-//
-//  1. Every write goes through raft as a Command: the proposing leader stamps
-//     it with its clock (Command.Now), and the FSM uses no other time, so
-//     all replicas reach the same state.
-//  2. Every client write carries the client's id, a sequence number and an
-//     acknowledgement floor (Op.Client, Op.Seq, Op.Ack). The FSM applies each
-//     (client, sequence) at most once, answering retries from the client's
-//     session, which is part of the replicated state and of every snapshot,
-//     so this holds across leader changes and restarts.
-//  3. Reads (Get) see the state as of the last applied entry (Applied). A
-//     linearizable read must read a state that has applied an index the
-//     leader confirmed; the FSM itself knows nothing about leadership.
-//
-// Jobs live beside the keys: each topic's queued and leased jobs are kept in
-// heaps by when they become available, so an acquire hands out the job
-// ready longest, the same one on every replica. Leases carry fencing tokens
-// from the shard's revision counter. The first command of a new raft term
-// (a new leader's) extends the leases live under the old leader by the
-// grace, before anything else; the term comes from the log entry, so every
-// replica does the same.
-//
-// Caveats: a session idle for longer than FSMConfig.SessionTTL is forgotten,
-// and a retry that arrives after that may apply a second time; the default
-// TTL of an hour is far beyond any client's retry budget.
+// CheckKey, CheckValue, CheckTopic, CheckJobID and CheckJobKey are the one
+// statement of the limits on names and values: the client runs them before
+// it sends, the node when a request arrives, and the state machine (package
+// shard/fsm) before it applies.
 package shard

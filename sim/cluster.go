@@ -180,8 +180,8 @@ func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wi
 }
 
 // stats sums the state machine counters of each shard's leader.
-func (c *cluster) stats() shard.Stats {
-	var total shard.Stats
+func (c *cluster) stats() server.ShardStats {
+	var total server.ShardStats
 	for _, s := range c.smap.Shards {
 		n := c.nodes[c.leader(s.ID)]
 		if n == nil {

@@ -34,7 +34,7 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		"get":          query(OpGet, Args{Key: "hello"}),
 		"get stale":    query(OpGet, Args{Key: "hello", Stale: true}),
 		"set":          query(OpSet, Args{Key: "hello", Value: "world"}),
-		"set binary":   query(OpSet, Args{Key: "k\x00\xff", Value: "\x00\x01\xfe\xff" + strings.Repeat("v", MaxValueSize-4)}),
+		"set binary":   query(OpSet, Args{Key: "k\x00\xff", Value: "\x00\x01\xfe\xff" + strings.Repeat("v", shard.MaxValueSize-4)}),
 		"del":          query(OpDelete, Args{Key: "hello"}),
 		"cas":          query(OpCompareAndSet, Args{Key: "hello", Value: "w2", Version: 5}),
 		"topology":     query(OpTopology, Args{}),

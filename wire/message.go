@@ -281,18 +281,14 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%d %s", e.Code, e.Message)
 }
 
-// Limits of the protocol. A value of MaxValueSize with a key of MaxKeySize
-// fits one datagram with room for the envelope.
+// Limits of the protocol. A value of shard.MaxValueSize with a key of
+// shard.MaxKeySize fits one datagram with room for the envelope.
 const (
 	// MaxDatagramSize is the largest datagram a node or client sends or
 	// accepts: the most an IPv4 UDP datagram can carry. Over a real network
 	// anything above the path MTU (about 1,400 bytes) is fragmented, and the
 	// loss of one fragment loses the datagram.
 	MaxDatagramSize = 65507
-	// MaxKeySize is the longest key, in bytes.
-	MaxKeySize = 1024
-	// MaxValueSize is the longest value, in bytes (60 KiB).
-	MaxValueSize = 60 << 10
 	// MaxDepth bounds the nesting of lists and dicts in a message.
 	MaxDepth = 10
 	// MaxElements bounds the number of values in a message.

@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 import "errors"
 
@@ -106,16 +106,16 @@ const (
 // Errors of the state machine, returned by Result.Err.
 var (
 	// ErrNotFound: the key does not exist.
-	ErrNotFound = errors.New("shard: key not found")
+	ErrNotFound = errors.New("fsm: key not found")
 	// ErrVersionConflict: a compare-and-set found another version.
-	ErrVersionConflict = errors.New("shard: version conflict")
+	ErrVersionConflict = errors.New("fsm: version conflict")
 	// ErrAcked: a request arrived whose sequence number the client has
 	// already acknowledged; it is a stale duplicate and was not executed.
-	ErrAcked = errors.New("shard: sequence number already acknowledged")
+	ErrAcked = errors.New("fsm: sequence number already acknowledged")
 	// ErrTooManyPending: a client has too many unacknowledged requests.
-	ErrTooManyPending = errors.New("shard: too many unacknowledged requests")
+	ErrTooManyPending = errors.New("fsm: too many unacknowledged requests")
 	// ErrInvalidOp: an op the state machine does not understand.
-	ErrInvalidOp = errors.New("shard: invalid op")
+	ErrInvalidOp = errors.New("fsm: invalid op")
 )
 
 // Result is the outcome of one Op.

@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 import (
 	"errors"

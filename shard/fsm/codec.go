@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 import (
 	"encoding/binary"
@@ -35,7 +35,7 @@ func kindCode(k Kind) (byte, bool) {
 }
 
 // errBadCommand is returned (wrapped) for an entry that does not decode.
-var errBadCommand = errors.New("shard: bad command")
+var errBadCommand = errors.New("fsm: bad command")
 
 // Encode returns the serialized command for raft.Apply.
 func (c *Command) Encode() ([]byte, error) {
@@ -47,7 +47,7 @@ func (c *Command) Encode() ([]byte, error) {
 		op := &c.Ops[i]
 		code, ok := kindCode(op.Kind)
 		if !ok {
-			return nil, fmt.Errorf("shard: encode command: unknown kind %q", op.Kind)
+			return nil, fmt.Errorf("fsm: encode command: unknown kind %q", op.Kind)
 		}
 		b = append(b, code)
 		b = appendString(b, op.Client)

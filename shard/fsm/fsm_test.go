@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ type applier struct {
 }
 
 func newApplier(t *testing.T) *applier {
-	return &applier{t: t, fsm: NewFSM(FSMConfig{}), term: 1, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}
+	return &applier{t: t, fsm: New(Config{}), term: 1, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}
 }
 
 func (a *applier) apply(ops ...Op) []Result {
@@ -229,7 +229,7 @@ func TestSnapshotRestore(t *testing.T) {
 	// Writes after the snapshot must not leak into it.
 	a.one(Op{Kind: KindSet, Key: "late"})
 
-	g := NewFSM(FSMConfig{})
+	g := New(Config{})
 	if err := g.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 		"truncated":    []byte("d1:fi1e1:ki3e1:si0ee"),
 		"cut":          good[:len(good)/2],
 	} {
-		f := NewFSM(FSMConfig{})
+		f := New(Config{})
 		if err := f.Restore(io.NopCloser(bytes.NewReader(data))); !errors.Is(err, ErrBadSnapshot) {
 			t.Errorf("%s: Restore = %v, want ErrBadSnapshot", name, err)
 		}
@@ -280,7 +280,7 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 }
 
 func TestApplyUndecodable(t *testing.T) {
-	f := NewFSM(FSMConfig{})
+	f := New(Config{})
 	out := f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte("junk")})
 	if _, ok := out.(error); !ok {
 		t.Errorf("Apply(junk) = %v, want an error", out)

@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 import (
 	"math"
@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/shoal-kv/shoal/shard"
 )
 
 // Schedule makes one job of Topic per Interval: for interval number k (the
@@ -39,8 +40,8 @@ func (s *Schedule) due() int64 {
 // IntervalJobID returns the id of the job that schedule (topic, key) makes
 // for interval number k.
 func IntervalJobID(topic, key string, k int64) string {
-	h := xxhash.Sum64String(uniqueKey(topic, key))
-	return NewJobID(JobKeySlot(topic, key), "e"+strconv.FormatUint(h, 16)+"."+strconv.FormatInt(k, 10))
+	h := xxhash.Sum64String(shard.JobKey(topic, key))
+	return shard.NewJobID(shard.JobKeySlot(topic, key), "e"+strconv.FormatUint(h, 16)+"."+strconv.FormatInt(k, 10))
 }
 
 // every creates, updates or restarts a schedule. A new one makes its first
@@ -49,10 +50,10 @@ func IntervalJobID(topic, key string, k int64) string {
 // worker process at start, say) makes no extra job. A new interval length
 // starts counting at the next of its intervals.
 func (f *FSM) every(op *Op) Result {
-	if !validTopic(op.Topic) || op.Unique == "" || op.Interval <= 0 {
+	if shard.CheckTopic(op.Topic) != nil || shard.CheckJobKey(op.Unique) != nil || op.Interval <= 0 {
 		return Result{Status: StatusInvalid}
 	}
-	k := uniqueKey(op.Topic, op.Unique)
+	k := shard.JobKey(op.Topic, op.Unique)
 	s := f.jobs.schedules[k]
 	switch {
 	case s == nil:
@@ -69,7 +70,7 @@ func (f *FSM) every(op *Op) Result {
 
 // unevery stops a schedule; the jobs it made stay.
 func (f *FSM) unevery(op *Op) Result {
-	s := f.jobs.schedules[uniqueKey(op.Topic, op.Unique)]
+	s := f.jobs.schedules[shard.JobKey(op.Topic, op.Unique)]
 	if s == nil || s.Stopped {
 		return Result{Status: StatusNotFound}
 	}

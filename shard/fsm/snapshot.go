@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/jackpal/bencode-go"
+	"github.com/shoal-kv/shoal/shard"
 )
 
 // snapshotFormat is the version of the snapshot stream. Restore refuses any
@@ -17,7 +18,7 @@ import (
 const snapshotFormat = 1
 
 // ErrBadSnapshot is returned (wrapped) by Restore for a stream it cannot read.
-var ErrBadSnapshot = errors.New("shard: bad snapshot")
+var ErrBadSnapshot = errors.New("fsm: bad snapshot")
 
 // The snapshot stream is a header followed by, in order, Keys key records,
 // Sessions session records, Topics topic records, Jobs job records and
@@ -162,7 +163,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	if err := s.write(sink); err != nil {
 		_ = sink.Cancel()
-		return fmt.Errorf("shard: persist snapshot: %w", err)
+		return fmt.Errorf("fsm: persist snapshot: %w", err)
 	}
 	return sink.Close()
 }
@@ -278,7 +279,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if err == nil {
 		err = readAll(br, h.Schedules, "schedule", func(r *scheduleRecord) {
-			jobs.schedules[uniqueKey(r.Topic, r.Key)] = &Schedule{
+			jobs.schedules[shard.JobKey(r.Topic, r.Key)] = &Schedule{
 				Topic: r.Topic, Key: r.Key, Payload: r.Payload, Interval: r.Interval,
 				MaxAttempts: r.MaxAttempts, Last: r.Last, Stopped: r.Stopped != 0,
 			}
@@ -323,6 +324,6 @@ func (t *jobTable) add(j *Job) {
 		return
 	}
 	if j.Unique != "" {
-		t.unique[uniqueKey(j.Topic, j.Unique)] = j.ID
+		t.unique[shard.JobKey(j.Topic, j.Unique)] = j.ID
 	}
 }

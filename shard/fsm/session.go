@@ -1,4 +1,4 @@
-package shard
+package fsm
 
 // MaxPendingPerClient bounds the results a session keeps: the unacknowledged
 // sequence numbers of one client. A client past it gets ErrTooManyPending.

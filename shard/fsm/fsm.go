@@ -1,10 +1,11 @@
-package shard
+package fsm
 
 import (
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard"
 )
 
 // DefaultSessionTTL is how long the state machine remembers a client that
@@ -20,9 +21,9 @@ type Entry struct {
 	Version uint64
 }
 
-// FSMConfig configures an FSM. Every replica of a shard must use the same
+// Config configures an FSM. Every replica of a shard must use the same
 // configuration, or their states diverge.
-type FSMConfig struct {
+type Config struct {
 	// SessionTTL is how long an idle client session is kept. If zero, it
 	// defaults to DefaultSessionTTL.
 	SessionTTL time.Duration
@@ -83,7 +84,7 @@ type FSM struct {
 var _ raft.BatchingFSM = (*FSM)(nil)
 
 // NewFSM returns an empty state machine.
-func NewFSM(cfg FSMConfig) *FSM {
+func New(cfg Config) *FSM {
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = DefaultSessionTTL
 	}
@@ -206,7 +207,7 @@ func (f *FSM) execute(op *Op) Result {
 }
 
 func (f *FSM) executeKV(op *Op) Result {
-	if op.Key == "" {
+	if shard.CheckKey(op.Key) != nil {
 		return Result{Status: StatusInvalid}
 	}
 	cur, exists := f.kv[op.Key]

@@ -1,0 +1,31 @@
+// Package fsm is the replicated state machine of one shard: versioned keys,
+// jobs and schedules, and the client sessions that make retried writes
+// apply once. Only the node (package server) uses it; clients and the wire
+// protocol know nothing of it.
+//
+// FSM is a raft.FSM. Its duties toward callers:
+//
+//  1. Every write goes through raft as a Command: the proposing leader stamps
+//     it with its clock (Command.Now), and the FSM uses no other time, so
+//     all replicas reach the same state.
+//  2. Every client write carries the client's id, a sequence number and an
+//     acknowledgement floor (Op.Client, Op.Seq, Op.Ack). The FSM applies each
+//     (client, sequence) at most once, answering retries from the client's
+//     session, which is part of the replicated state and of every snapshot,
+//     so this holds across leader changes and restarts.
+//  3. Reads (Get) see the state as of the last applied entry (Applied). A
+//     linearizable read must read a state that has applied an index the
+//     leader confirmed; the FSM itself knows nothing about leadership.
+//
+// Jobs live beside the keys: each topic's queued and leased jobs are kept in
+// heaps by when they become available, so an acquire hands out the job
+// ready longest, the same one on every replica. Leases carry fencing tokens
+// from the shard's revision counter. The first command of a new raft term
+// (a new leader's) extends the leases live under the old leader by the
+// grace, before anything else; the term comes from the log entry, so every
+// replica does the same.
+//
+// Caveats: a session idle for longer than Config.SessionTTL is forgotten,
+// and a retry that arrives after that may apply a second time; the default
+// TTL of an hour is far beyond any client's retry budget.
+package fsm

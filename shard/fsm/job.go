@@ -1,0 +1,644 @@
+package fsm
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// JobState is where a job stands. Queued jobs are "scheduled" until their
+// run-at time and "ready" after it; a leased job whose lease has run out is
+// ready again, for anyone to acquire.
+type JobState string
+
+// The states of a job as callers see them.
+const (
+	JobScheduled JobState = "scheduled"
+	JobReady     JobState = "ready"
+	JobLeased    JobState = "leased"
+	JobDone      JobState = "done"
+	JobDead      JobState = "dead"
+)
+
+// Defaults of job options.
+const (
+	// DefaultMaxAttempts is how many times a job is handed out before it
+	// is dead: failed, or its lease run out, that many times.
+	DefaultMaxAttempts = 25
+	// DefaultBackoff is the base of the delay before a failed job runs
+	// again: base·2^(attempt-1), at most MaxBackoff, jittered to between
+	// half and all of that.
+	DefaultBackoff = time.Second
+	// MaxBackoff caps the retry delay.
+	MaxBackoff = time.Hour
+)
+
+// Errors of job operations, returned by Result.Err.
+var (
+	// ErrLeaseLost: the token is not the job's current lease, or the lease
+	// has run out; nothing was changed.
+	ErrLeaseLost = errors.New("fsm: lease lost")
+	// ErrNoJob: nothing was ready to acquire.
+	ErrNoJob = errors.New("fsm: no job ready")
+	// ErrWrongState: the job is not in a state the op applies to (requeue
+	// of a job that is not dead).
+	ErrWrongState = errors.New("fsm: job in the wrong state")
+)
+
+// jobState is the stored state; scheduled, ready and an expired lease are
+// told apart from it by time.
+type jobState uint8
+
+const (
+	stateQueued jobState = iota
+	stateLeased
+	stateDead
+)
+
+// Job is a job as the state machine holds it.
+type Job struct {
+	ID      string
+	Topic   string
+	Payload string
+	state   jobState
+	// Attempt counts the times the job was handed out (a release gives
+	// one back).
+	Attempt     int
+	MaxAttempts int
+	// RunAt is when a queued job may run, Unix nanoseconds.
+	RunAt int64
+	// Lease is the length of the current or last lease; Deadline its
+	// end; Holder the client that acquired it; Token its fencing token,
+	// which grows with every grant of the shard.
+	Lease    int64
+	Deadline int64
+	Holder   string
+	Token    uint64
+	// Unique is the uniqueness key the job was enqueued with.
+	Unique string
+	// Backoff is the base retry delay after a failure, nanoseconds.
+	Backoff int64
+	// LastError is the reason of the last failure or expiry.
+	LastError string
+	Created   int64
+	// seq orders jobs enqueued at the same time: the enqueue order.
+	seq uint64
+	// index is the job's position in its topic's queued or leased heap.
+	index int
+}
+
+// State returns the job's state at time now (Unix nanoseconds).
+func (j *Job) State(now int64) JobState {
+	switch j.state {
+	case stateQueued:
+		if j.RunAt > now {
+			return JobScheduled
+		}
+		return JobReady
+	case stateLeased:
+		if j.Deadline < now {
+			return JobReady
+		}
+		return JobLeased
+	default:
+		return JobDead
+	}
+}
+
+// available returns when the job can next be handed out: its run-at time
+// when queued, just past its lease when leased.
+func (j *Job) available() int64 {
+	if j.state == stateLeased {
+		return j.Deadline + 1
+	}
+	return j.RunAt
+}
+
+// jobHeap orders a topic's queued or leased jobs by when they become
+// available, then by enqueue order, so every replica hands out the same job.
+type jobHeap []*Job
+
+func (h jobHeap) Len() int { return len(h) }
+func (h jobHeap) Less(i, j int) bool {
+	a, b := h[i].available(), h[j].available()
+	return a < b || (a == b && h[i].seq < h[j].seq)
+}
+func (h jobHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *jobHeap) Push(x any) {
+	j := x.(*Job)
+	j.index = len(*h)
+	*h = append(*h, j)
+}
+func (h *jobHeap) Pop() any {
+	old := *h
+	j := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	j.index = -1
+	return j
+}
+
+// countDue counts the jobs available at or before now, up to limit, visiting
+// only those and their children.
+func (h jobHeap) countDue(now int64, limit int) int {
+	n := 0
+	var visit func(i int)
+	visit = func(i int) {
+		if i >= len(h) || n >= limit || h[i].available() > now {
+			return
+		}
+		n++
+		visit(2*i + 1)
+		visit(2*i + 2)
+	}
+	visit(0)
+	return n
+}
+
+// topicQueue holds one topic's live jobs: queued ones and leased ones, each
+// in a heap by availability.
+type topicQueue struct {
+	queued, leased jobHeap
+	// done counts completions; dead counts jobs now dead.
+	done uint64
+	dead int
+}
+
+// jobTable is the job half of the state machine.
+type jobTable struct {
+	jobs      map[string]*Job
+	topics    map[string]*topicQueue
+	unique    map[string]string // topic \x00 unique key → id of a live job
+	schedules map[string]*Schedule
+	// scheduleDue is when the next schedule fires (max int64 if none).
+	scheduleDue int64
+	seq         uint64 // last enqueue order handed out
+	completed   uint64 // completions over the shard's history
+}
+
+func newJobTable() jobTable {
+	return jobTable{
+		jobs:        make(map[string]*Job),
+		topics:      make(map[string]*topicQueue),
+		unique:      make(map[string]string),
+		schedules:   make(map[string]*Schedule),
+		scheduleDue: 1<<63 - 1,
+	}
+}
+
+func (t *jobTable) topic(name string) *topicQueue {
+	q := t.topics[name]
+	if q == nil {
+		q = &topicQueue{}
+		t.topics[name] = q
+	}
+	return q
+}
+
+// backoff returns the delay before attempt+1 of a job that failed attempt:
+// exponential, capped, and jittered by a hash of the job and attempt, so
+// every replica computes the same.
+func backoff(j *Job) int64 {
+	base := j.Backoff
+	if base <= 0 {
+		base = int64(DefaultBackoff)
+	}
+	d := base
+	for i := 1; i < j.Attempt && d < int64(MaxBackoff); i++ {
+		d *= 2
+	}
+	d = min(d, int64(MaxBackoff))
+	h := xxhash.Sum64String(j.ID + "\x00" + strconv.Itoa(j.Attempt))
+	return d/2 + int64(h%uint64(d/2+1))
+}
+
+// enqueue creates a job, or, when a live job already has op's uniqueness
+// key, returns that job's id.
+func (f *FSM) enqueue(op *Op) Result {
+	t := &f.jobs
+	if shard.CheckJobID(op.JobID) != nil || shard.CheckTopic(op.Topic) != nil {
+		return Result{Status: StatusInvalid}
+	}
+	if op.Unique != "" {
+		if id, ok := t.unique[shard.JobKey(op.Topic, op.Unique)]; ok {
+			return Result{JobID: id}
+		}
+	}
+	if _, ok := t.jobs[op.JobID]; ok {
+		// Ids are random: this is the same enqueue again, retried after
+		// its session was forgotten.
+		return Result{JobID: op.JobID}
+	}
+	f.createJob(op.JobID, op.Topic, op.Value, max(op.RunAt, f.clock+op.Delay), op.MaxAttempts, op.Backoff, op.Unique)
+	return Result{JobID: op.JobID}
+}
+
+func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int, backoff int64, unique string) {
+	t := &f.jobs
+	if maxAttempts <= 0 {
+		maxAttempts = DefaultMaxAttempts
+	}
+	t.seq++
+	j := &Job{
+		ID: id, Topic: topic, Payload: payload, RunAt: runAt, MaxAttempts: maxAttempts,
+		Backoff: backoff, Unique: unique, Created: f.clock, seq: t.seq,
+	}
+	t.jobs[id] = j
+	if unique != "" {
+		t.unique[shard.JobKey(topic, unique)] = id
+	}
+	q, existed := t.topics[topic]
+	if !existed {
+		q = t.topic(topic)
+		// Waiters for a topic that had no queue wait on newTopicCh.
+		f.topicMu.Lock()
+		close(f.newTopicCh)
+		f.newTopicCh = make(chan struct{})
+		f.topicMu.Unlock()
+	}
+	heap.Push(&q.queued, j)
+	f.notifyTopic(topic)
+}
+
+// acquire hands out the topic's next available job: the one that became
+// available first. A job whose lease ran out MaxAttempts times is dead
+// instead.
+func (f *FSM) acquire(op *Op) Result {
+	if op.Lease <= 0 || shard.CheckTopic(op.Topic) != nil {
+		return Result{Status: StatusInvalid}
+	}
+	q := f.jobs.topics[op.Topic]
+	if q == nil {
+		return Result{Status: StatusEmpty}
+	}
+	for {
+		j, h := q.next()
+		if j == nil || j.available() > f.clock {
+			return Result{Status: StatusEmpty}
+		}
+		heap.Remove(h, j.index)
+		if j.state == stateLeased && j.Attempt >= j.MaxAttempts {
+			j.LastError = fmt.Sprintf("lease ran out on attempt %d of %d", j.Attempt, j.MaxAttempts)
+			f.bury(q, j)
+			continue
+		}
+		j.state = stateLeased
+		j.Attempt++
+		j.Lease = op.Lease
+		j.Deadline = f.clock + op.Lease
+		j.Holder = op.Client
+		f.rev++
+		j.Token = f.rev
+		heap.Push(&q.leased, j)
+		return grantResult(j)
+	}
+}
+
+// next returns the topic's job that becomes available first, and its heap.
+func (q *topicQueue) next() (*Job, *jobHeap) {
+	var j *Job
+	var h *jobHeap
+	if len(q.queued) > 0 {
+		j, h = q.queued[0], &q.queued
+	}
+	if len(q.leased) > 0 && (j == nil || jobHeap{q.leased[0], j}.Less(0, 1)) {
+		j, h = q.leased[0], &q.leased
+	}
+	return j, h
+}
+
+func grantResult(j *Job) Result {
+	return Result{JobID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, Token: j.Token, Deadline: j.Deadline}
+}
+
+// held returns the job op names if op's token is its live lease.
+func (f *FSM) held(op *Op) (*Job, Result, bool) {
+	j := f.jobs.jobs[op.JobID]
+	switch {
+	case j == nil:
+		return nil, Result{Status: StatusLeaseLost}, false
+	case j.state != stateLeased || j.Token != op.Token || j.Deadline < f.clock:
+		return nil, Result{Status: StatusLeaseLost, Token: j.Token}, false
+	}
+	return j, Result{}, true
+}
+
+// extend moves the lease's end to now + op.Lease (or the lease's own length).
+func (f *FSM) extend(op *Op) Result {
+	j, res, ok := f.held(op)
+	if !ok {
+		return res
+	}
+	if op.Lease > 0 {
+		j.Lease = op.Lease
+	}
+	j.Deadline = f.clock + j.Lease
+	heap.Fix(&f.jobs.topics[j.Topic].leased, j.index)
+	return grantResult(j)
+}
+
+// complete ends the job: it is forgotten, and counted done.
+func (f *FSM) complete(op *Op) Result {
+	j, q, res, ok := f.takeLeased(op)
+	if !ok {
+		return res
+	}
+	f.forget(j)
+	q.done++
+	f.jobs.completed++
+	return Result{JobID: j.ID, Token: j.Token}
+}
+
+// fail queues the job again after a backoff, or buries it after its last
+// attempt.
+func (f *FSM) fail(op *Op) Result {
+	j, q, res, ok := f.takeLeased(op)
+	if !ok {
+		return res
+	}
+	j.LastError = op.Reason
+	if j.Attempt >= j.MaxAttempts {
+		f.bury(q, j)
+		return Result{JobID: j.ID}
+	}
+	f.queue(q, j, f.clock+backoff(j))
+	return Result{JobID: j.ID, Deadline: j.RunAt}
+}
+
+// release queues the job again at once; the attempt does not count.
+func (f *FSM) release(op *Op) Result {
+	j, q, res, ok := f.takeLeased(op)
+	if !ok {
+		return res
+	}
+	j.Attempt--
+	f.queue(q, j, f.clock)
+	return Result{JobID: j.ID}
+}
+
+// requeue gives a dead job its attempts back and queues it now.
+func (f *FSM) requeue(op *Op) Result {
+	j := f.jobs.jobs[op.JobID]
+	switch {
+	case j == nil:
+		return Result{Status: StatusNotFound}
+	case j.state != stateDead:
+		return Result{Status: StatusWrongState}
+	}
+	q := f.jobs.topic(j.Topic)
+	q.dead--
+	j.Attempt = 0
+	if j.Unique != "" {
+		k := shard.JobKey(j.Topic, j.Unique)
+		if _, taken := f.jobs.unique[k]; taken {
+			// Another live job has the key now; at most one may.
+			j.Unique = ""
+		} else {
+			f.jobs.unique[k] = j.ID
+		}
+	}
+	f.queue(q, j, f.clock)
+	return Result{JobID: j.ID}
+}
+
+// takeLeased takes the job op names out of its topic's leased heap, if op's
+// token is its live lease.
+func (f *FSM) takeLeased(op *Op) (*Job, *topicQueue, Result, bool) {
+	j, res, ok := f.held(op)
+	if !ok {
+		return nil, nil, res, false
+	}
+	q := f.jobs.topics[j.Topic]
+	heap.Remove(&q.leased, j.index)
+	return j, q, Result{}, true
+}
+
+// queue puts a job (out of every heap) in its topic's queue to run at runAt.
+func (f *FSM) queue(q *topicQueue, j *Job, runAt int64) {
+	j.state = stateQueued
+	j.RunAt = runAt
+	j.Holder = ""
+	heap.Push(&q.queued, j)
+	f.notifyTopic(j.Topic)
+}
+
+// bury makes a job dead: kept, out of every queue, until requeued.
+func (f *FSM) bury(q *topicQueue, j *Job) {
+	j.state = stateDead
+	j.Holder = ""
+	q.dead++
+	f.dropUnique(j)
+}
+
+// forget removes a finished job from the table.
+func (f *FSM) forget(j *Job) {
+	delete(f.jobs.jobs, j.ID)
+	f.dropUnique(j)
+}
+
+// dropUnique frees j's uniqueness key, if j holds it.
+func (f *FSM) dropUnique(j *Job) {
+	if j.Unique == "" {
+		return
+	}
+	if k := shard.JobKey(j.Topic, j.Unique); f.jobs.unique[k] == j.ID {
+		delete(f.jobs.unique, k)
+	}
+}
+
+// promote runs before the first command of a new leader. Every lease that
+// was live when the previous leader last spoke (at before, by its clock)
+// ends the grace (the election timeout) after the later of its deadline and
+// the new leader's time: its holder, who could not extend it while the
+// shard had no leader, gets that long to do so now, and a lease is never
+// cut short by the new leader's clock running ahead by less than the
+// grace. Leases that had run out before are left alone. (Each change of
+// leader adds the grace again: a shard that changes leader more often than
+// that keeps its leases live.)
+func (f *FSM) promote(before int64) {
+	for _, q := range f.jobs.topics {
+		changed := false
+		for _, j := range q.leased {
+			if j.Deadline >= before {
+				j.Deadline = max(j.Deadline, f.clock) + f.leaseGrace
+				changed = true
+			}
+		}
+		if changed {
+			heap.Init(&q.leased)
+		}
+	}
+}
+
+// shard.JobCounts returns the counts of topic's jobs at time now.
+func (f *FSM) JobCounts(topic string, now int64) shard.JobCounts {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	q := f.jobs.topics[topic]
+	if q == nil {
+		return shard.JobCounts{}
+	}
+	c := shard.JobCounts{Done: q.done, Dead: q.dead}
+	for _, h := range []jobHeap{q.queued, q.leased} {
+		for _, j := range h {
+			switch j.State(now) {
+			case JobScheduled:
+				c.Scheduled++
+			case JobReady:
+				c.Ready++
+			case JobLeased:
+				c.Leased++
+			}
+		}
+	}
+	return c
+}
+
+// ReadyCount returns how many of topic's jobs can be acquired at now,
+// counting at most limit.
+func (f *FSM) ReadyCount(topic string, now int64, limit int) int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	q := f.jobs.topics[topic]
+	if q == nil {
+		return 0
+	}
+	return q.ready(now, limit)
+}
+
+// ready counts the queue's jobs that can be acquired at now, up to limit.
+func (q *topicQueue) ready(now int64, limit int) int {
+	n := q.queued.countDue(now, limit)
+	return n + q.leased.countDue(now, limit-n)
+}
+
+// ReadyTopics returns, for every topic with a job that can be acquired at
+// now, how many (each counted up to limit).
+func (f *FSM) ReadyTopics(now int64, limit int) map[string]int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := map[string]int{}
+	for name, q := range f.jobs.topics {
+		if n := q.ready(now, limit); n > 0 {
+			out[name] = n
+		}
+	}
+	return out
+}
+
+// NextAvailable returns when the next of topic's jobs can be acquired, and
+// false if the topic has none queued or leased.
+func (f *FSM) NextAvailable(topic string) (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	q := f.jobs.topics[topic]
+	if q == nil {
+		return 0, false
+	}
+	j, _ := q.next()
+	if j == nil {
+		return 0, false
+	}
+	return j.available(), true
+}
+
+// NextLeaseEnd returns the earliest end of a lease that the state machine
+// has not seen pass (its deadline is after the clock), and false if none. A
+// leader proposes a command after it, so that the state machine's clock,
+// which a new leader measures lease extensions from, keeps up with the
+// leases running out.
+func (f *FSM) NextLeaseEnd() (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	best := int64(math.MaxInt64)
+	for _, q := range f.jobs.topics {
+		h := q.leased
+		var visit func(i int)
+		visit = func(i int) {
+			if i >= len(h) || h[i].Deadline >= best {
+				return
+			}
+			if h[i].Deadline > f.clock {
+				best = h[i].Deadline // its children end later still
+				return
+			}
+			visit(2*i + 1)
+			visit(2*i + 2)
+		}
+		visit(0)
+	}
+	return best, best != math.MaxInt64
+}
+
+// TopicChanges returns a channel closed when a job of topic may have
+// become available other than by time passing: enqueued, released, failed
+// (to run again later), requeued. Time passing is the caller's to watch,
+// with NextAvailable.
+func (f *FSM) TopicChanges(topic string) <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.topicMu.Lock()
+	defer f.topicMu.Unlock()
+	if _, ok := f.jobs.topics[topic]; !ok {
+		return f.newTopicCh // closed when any topic gets its first job
+	}
+	ch := f.topicCh[topic]
+	if ch == nil {
+		ch = make(chan struct{})
+		f.topicCh[topic] = ch
+	}
+	return ch
+}
+
+// notifyTopic wakes the watchers of topic; f.mu is held for writing.
+func (f *FSM) notifyTopic(topic string) {
+	f.topicMu.Lock()
+	defer f.topicMu.Unlock()
+	if ch, ok := f.topicCh[topic]; ok {
+		close(ch)
+		delete(f.topicCh, topic)
+	}
+}
+
+// DeadJobs returns up to limit of topic's dead jobs, oldest first.
+func (f *FSM) DeadJobs(topic string, limit int) []Job {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []Job
+	for _, j := range f.jobs.jobs {
+		if j.Topic == topic && j.state == stateDead {
+			out = append(out, *j)
+		}
+	}
+	sortJobs(out)
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+// GetJob returns a copy of the job with the given id.
+func (f *FSM) GetJob(id string) (Job, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	j, ok := f.jobs.jobs[id]
+	if !ok {
+		return Job{}, false
+	}
+	return *j, true
+}
+
+// sortJobs orders jobs by enqueue order, the same on every replica.
+func sortJobs(js []Job) {
+	sort.Slice(js, func(a, b int) bool { return js[a].seq < js[b].seq })
+}

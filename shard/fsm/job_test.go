@@ -1,0 +1,546 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+)
+
+const sec = int64(time.Second)
+
+func (a *applier) enqueue(id, topic string, opts ...func(*Op)) Result {
+	a.t.Helper()
+	op := Op{Kind: KindEnqueue, JobID: id, Topic: topic, Value: "payload-" + id}
+	for _, o := range opts {
+		o(&op)
+	}
+	return a.one(op)
+}
+
+func (a *applier) acquire(topic, client string, lease int64) Result {
+	a.t.Helper()
+	return a.one(Op{Kind: KindAcquire, Topic: topic, Client: client, Lease: lease})
+}
+
+func (a *applier) onJob(kind Kind, g Result, opts ...func(*Op)) Result {
+	a.t.Helper()
+	op := Op{Kind: kind, JobID: g.JobID, Token: g.Token}
+	for _, o := range opts {
+		o(&op)
+	}
+	return a.one(op)
+}
+
+func TestJobLifecycle(t *testing.T) {
+	a := newApplier(t)
+	for _, id := range []string{"j1", "j2", "j3"} {
+		if r := a.enqueue(id, "mail"); r.Status != StatusOK || r.JobID != id {
+			t.Fatalf("enqueue %s: %+v", id, r)
+		}
+	}
+	a.enqueue("other", "sms")
+	if r := a.enqueue("j1", "mail"); r.Status != StatusOK || r.JobID != "j1" {
+		t.Errorf("enqueue of an existing id (a retry): %+v", r)
+	}
+	if st := a.fsm.Stats(); st.Jobs != 4 {
+		t.Errorf("%d jobs after a repeated enqueue, want 4", st.Jobs)
+	}
+	if c := a.fsm.JobCounts("mail", a.now); c != (shard.JobCounts{Ready: 3}) {
+		t.Errorf("counts %+v", c)
+	}
+	// First in, first out.
+	g := a.acquire("mail", "w1", 10*sec)
+	if g.Status != StatusOK || g.JobID != "j1" || g.Attempt != 1 || g.Payload != "payload-j1" || g.Topic != "mail" ||
+		g.Deadline != a.now+10*sec || g.Token == 0 {
+		t.Fatalf("grant %+v", g)
+	}
+	g2 := a.acquire("mail", "w2", 10*sec)
+	if g2.JobID != "j2" || g2.Token <= g.Token {
+		t.Errorf("second grant %+v after %+v: want j2 with a larger token", g2, g)
+	}
+	if c := a.fsm.JobCounts("mail", a.now); c != (shard.JobCounts{Ready: 1, Leased: 2}) {
+		t.Errorf("counts %+v", c)
+	}
+	if r := a.onJob(KindComplete, g); r.Status != StatusOK {
+		t.Fatalf("complete: %+v", r)
+	}
+	if r := a.onJob(KindComplete, g); r.Status != StatusLeaseLost {
+		t.Errorf("second complete (a new request): %+v, want StatusLeaseLost", r)
+	}
+	if _, ok := a.fsm.GetJob("j1"); ok {
+		t.Error("a completed job is still held")
+	}
+	a.acquire("mail", "w3", 10*sec)
+	if r := a.acquire("mail", "w4", 10*sec); r.Status != StatusEmpty || r.Err() != ErrNoJob {
+		t.Errorf("acquire with nothing ready: %+v", r)
+	}
+	if c := a.fsm.JobCounts("mail", a.now); c != (shard.JobCounts{Leased: 2, Done: 1}) {
+		t.Errorf("counts %+v", c)
+	}
+	if st := a.fsm.Stats(); st.Jobs != 3 || st.JobsCompleted != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	if r := a.acquire("", "w", sec); r.Status != StatusInvalid {
+		t.Errorf("acquire without a topic: %+v", r)
+	}
+	if r := a.acquire("mail", "w", 0); r.Status != StatusInvalid {
+		t.Errorf("acquire without a lease: %+v", r)
+	}
+}
+
+func TestDelayedJob(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("later", "t", func(o *Op) { o.Delay = 60 * sec })
+	a.enqueue("now", "t")
+	if c := a.fsm.JobCounts("t", a.now); c != (shard.JobCounts{Scheduled: 1, Ready: 1}) {
+		t.Errorf("counts %+v", c)
+	}
+	if g := a.acquire("t", "w", sec); g.JobID != "now" {
+		t.Fatalf("acquired %+v, want the job without delay", g)
+	}
+	if g := a.acquire("t", "w", sec); g.Status != StatusEmpty {
+		t.Fatalf("acquired %+v before its time", g)
+	}
+	if at, ok := a.fsm.NextAvailable("t"); !ok || at != a.now+sec+1 {
+		t.Errorf("NextAvailable = %d, %v; want the lease's end", at, ok)
+	}
+	a.now += 59 * sec
+	if g := a.acquire("t", "w", sec); g.Status != StatusOK || g.JobID != "now" {
+		// the first lease ran out: that job comes back first
+		t.Fatalf("after 59s: %+v", g)
+	}
+	a.now += 2 * sec
+	g := a.acquire("t", "w", sec)
+	if g.JobID != "later" {
+		t.Errorf("at its time: %+v, want the delayed job", g)
+	}
+}
+
+// The lease semantics of the issue: a holder that stops extending loses the
+// job when its lease runs out; another gets it with a larger token; the
+// first one's Complete fails with ErrLeaseLost and changes nothing; the
+// second's succeeds.
+func TestLeaseRunsOut(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j", "t")
+	first := a.acquire("t", "w1", 10*sec)
+	if r := a.onJob(KindExtend, first, func(o *Op) { o.Lease = 20 * sec }); r.Status != StatusOK || r.Deadline != a.now+20*sec {
+		t.Fatalf("extend: %+v", r)
+	}
+	a.now += 15 * sec
+	if r := a.acquire("t", "w2", 10*sec); r.Status != StatusEmpty {
+		t.Fatalf("acquired a job under an extended lease: %+v", r)
+	}
+	a.now += 6 * sec // past the extended deadline
+	if c := a.fsm.JobCounts("t", a.now); c.Ready != 1 {
+		t.Errorf("an expired lease counts %+v, want ready", c)
+	}
+	second := a.acquire("t", "w2", 10*sec)
+	if second.JobID != "j" || second.Token <= first.Token || second.Attempt != 2 {
+		t.Fatalf("second grant %+v after %+v", second, first)
+	}
+	for _, k := range []Kind{KindComplete, KindExtend, KindFail, KindRelease} {
+		if r := a.onJob(k, first); r.Status != StatusLeaseLost || r.Err() != ErrLeaseLost {
+			t.Errorf("%s with the stale token: %+v, want StatusLeaseLost", k, r)
+		}
+	}
+	if j, _ := a.fsm.GetJob("j"); j.Token != second.Token || j.Holder != "w2" || j.Attempt != 2 {
+		t.Errorf("a stale holder changed the job: %+v", j)
+	}
+	if r := a.onJob(KindComplete, second); r.Status != StatusOK {
+		t.Errorf("the current holder's complete: %+v", r)
+	}
+	// An extend after the deadline, before anyone else took the job, is
+	// refused too: the lease is over.
+	a.enqueue("k", "t")
+	g := a.acquire("t", "w", sec)
+	a.now += 2 * sec
+	if r := a.onJob(KindExtend, g); r.Status != StatusLeaseLost {
+		t.Errorf("extend after the deadline: %+v", r)
+	}
+}
+
+func TestFailBackoffAndDeath(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j", "t", func(o *Op) { o.MaxAttempts = 3; o.Backoff = 10 * sec })
+	for attempt := 1; attempt <= 2; attempt++ {
+		g := a.acquire("t", "w", sec)
+		if g.JobID != "j" || g.Attempt != attempt {
+			t.Fatalf("attempt %d: %+v", attempt, g)
+		}
+		r := a.onJob(KindFail, g, func(o *Op) { o.Reason = fmt.Sprint("boom ", attempt) })
+		// base·2^(attempt-1), jittered to between half and all of it
+		full := 10 * sec << (attempt - 1)
+		if d := r.Deadline - a.now; r.Status != StatusOK || d < full/2 || d > full {
+			t.Fatalf("fail %d: %+v, delay %v not in [%v, %v]", attempt, r, time.Duration(d), time.Duration(full/2), time.Duration(full))
+		}
+		if g := a.acquire("t", "w", sec); g.Status != StatusEmpty {
+			t.Fatalf("acquired during the backoff: %+v", g)
+		}
+		a.now = r.Deadline
+	}
+	g := a.acquire("t", "w", sec)
+	if r := a.onJob(KindFail, g, func(o *Op) { o.Reason = "last" }); r.Status != StatusOK || r.Deadline != 0 {
+		t.Fatalf("last failure: %+v, want dead (no next run)", r)
+	}
+	if c := a.fsm.JobCounts("t", a.now); c != (shard.JobCounts{Dead: 1}) {
+		t.Errorf("counts %+v", c)
+	}
+	dead := a.fsm.DeadJobs("t", 10)
+	if len(dead) != 1 || dead[0].LastError != "last" || dead[0].Attempt != 3 {
+		t.Fatalf("dead jobs %+v", dead)
+	}
+	if r := a.one(Op{Kind: KindRequeue, JobID: "j"}); r.Status != StatusOK {
+		t.Fatalf("requeue: %+v", r)
+	}
+	if r := a.one(Op{Kind: KindRequeue, JobID: "j"}); r.Status != StatusWrongState {
+		t.Errorf("requeue of a queued job: %+v", r)
+	}
+	if r := a.one(Op{Kind: KindRequeue, JobID: "nope"}); r.Status != StatusNotFound {
+		t.Errorf("requeue of an unknown job: %+v", r)
+	}
+	if g := a.acquire("t", "w", sec); g.JobID != "j" || g.Attempt != 1 {
+		t.Errorf("after requeue: %+v, want attempt 1 again", g)
+	}
+}
+
+// A job whose workers keep dying (their leases run out) is dead after
+// MaxAttempts grants, not handed out forever.
+func TestExpiredLeasesCountAsAttempts(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("poison", "t", func(o *Op) { o.MaxAttempts = 2 })
+	a.enqueue("fine", "t")
+	a.acquire("t", "w", sec) // poison, attempt 1
+	a.now += 2 * sec
+	if g := a.acquire("t", "w", sec); g.JobID != "fine" {
+		t.Fatalf("%+v", g) // fine was queued before poison's lease ran out
+	}
+	a.now += 2 * sec
+	if g := a.acquire("t", "w", sec); g.JobID != "poison" || g.Attempt != 2 {
+		t.Fatalf("%+v", g)
+	}
+	a.now += 2 * sec
+	if g := a.acquire("t", "w", sec); g.JobID != "fine" || g.Attempt != 2 {
+		t.Fatalf("%+v", g)
+	}
+	// Poison's second lease has run out: the next acquire finds it first,
+	// buries it, and hands out the next job instead.
+	a.now += 2 * sec
+	if g := a.acquire("t", "w", sec); g.JobID != "fine" || g.Attempt != 3 {
+		t.Errorf("%+v: want fine, with poison buried", g)
+	}
+	if dead := a.fsm.DeadJobs("t", 10); len(dead) != 1 || dead[0].ID != "poison" || dead[0].LastError == "" {
+		t.Errorf("dead %+v", dead)
+	}
+}
+
+func TestRelease(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j", "t")
+	g := a.acquire("t", "w1", 10*sec)
+	if r := a.onJob(KindRelease, g); r.Status != StatusOK {
+		t.Fatal(r)
+	}
+	g2 := a.acquire("t", "w2", 10*sec)
+	if g2.JobID != "j" || g2.Attempt != 1 {
+		t.Errorf("after release: %+v, want the job at attempt 1", g2)
+	}
+}
+
+func TestUniqueKey(t *testing.T) {
+	a := newApplier(t)
+	key := func(o *Op) { o.Unique = "daily-report" }
+	a.enqueue("first", "t", key)
+	if r := a.enqueue("second", "t", key); r.Status != StatusOK || r.JobID != "first" {
+		t.Errorf("second enqueue with the key: %+v, want the first job's id", r)
+	}
+	if r := a.enqueue("other-topic", "u", key); r.JobID != "other-topic" {
+		t.Errorf("the key is per topic: %+v", r)
+	}
+	g := a.acquire("t", "w", sec)
+	if r := a.enqueue("third", "t", key); r.JobID != "first" {
+		t.Errorf("while leased: %+v", r)
+	}
+	a.onJob(KindComplete, g)
+	if r := a.enqueue("fourth", "t", key); r.JobID != "fourth" {
+		t.Errorf("after the first is done: %+v, want a new job", r)
+	}
+}
+
+func TestEverySchedule(t *testing.T) {
+	a := newApplier(t)
+	const interval = 60 * sec
+	a.now = 1000 * interval // at the start of interval 1000
+	every := func() Result {
+		return a.one(Op{Kind: KindEvery, Topic: "cron", Unique: "cleanup", Interval: interval, Value: "p"})
+	}
+	if r := every(); r.Status != StatusOK || r.JobID != IntervalJobID("cron", "cleanup", 1000) {
+		t.Fatalf("every: %+v", r)
+	}
+	every() // registering again makes nothing new
+	a.now += interval / 2
+	a.one(Op{Kind: KindTick})
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Fatalf("%d jobs in the first interval, want 1", st.Jobs)
+	}
+	if due, ok := a.fsm.NextScheduleDue(); !ok || due != 1001*interval {
+		t.Errorf("NextScheduleDue = %d, %v", due, ok)
+	}
+	a.now = 1001*interval + 1
+	a.one(Op{Kind: KindTick})
+	a.one(Op{Kind: KindTick})
+	a.now = 1005*interval + 7 // four intervals pass unseen: one job, not four
+	a.one(Op{Kind: KindTick})
+	if st := a.fsm.Stats(); st.Jobs != 3 {
+		t.Errorf("%d jobs, want 3 (intervals 1000, 1001, 1005)", st.Jobs)
+	}
+	for _, k := range []int64{1000, 1001, 1005} {
+		if j, ok := a.fsm.GetJob(IntervalJobID("cron", "cleanup", k)); !ok || j.Payload != "p" || j.Topic != "cron" {
+			t.Errorf("job of interval %d: %+v %v", k, j, ok)
+		}
+	}
+	if r := a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "cleanup"}); r.Status != StatusOK {
+		t.Fatal(r)
+	}
+	a.now += 3 * interval
+	a.one(Op{Kind: KindTick})
+	if st := a.fsm.Stats(); st.Jobs != 3 {
+		t.Errorf("a removed schedule made a job: %d", st.Jobs)
+	}
+	if _, ok := a.fsm.NextScheduleDue(); ok {
+		t.Error("a schedule is still due")
+	}
+}
+
+// The first command of a new term (a new leader) gives every lease live
+// under the old leader the grace after the later of its deadline and the
+// new leader's time; leases that had run out stay out.
+func TestNewLeaderExtendsLiveLeases(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("live", "t")
+	a.enqueue("expired", "t")
+	a.enqueue("lapsed", "t")
+	expired := a.acquire("t", "w1", 10*sec)
+	a.now += 5 * sec
+	live := a.acquire("t", "w2", 10*sec)  // until now+10s
+	lapsed := a.acquire("t", "w3", 7*sec) // until now+7s
+	a.now += 6 * sec                      // expired ran out 1s ago
+	a.one(Op{Kind: KindTick})             // the old leader's last word
+	a.now += 2 * sec                      // lapsed runs out while there is no leader
+	a.term++
+	a.one(Op{Kind: KindTick}) // the new leader's first command
+	grace := int64(DefaultLeaseGrace)
+	if j, _ := a.fsm.GetJob(live.JobID); j.Deadline != live.Deadline+grace {
+		t.Errorf("live lease ends at %d, want its deadline %d plus the grace", j.Deadline, live.Deadline)
+	}
+	if j, _ := a.fsm.GetJob(lapsed.JobID); j.Deadline != a.now+grace {
+		t.Errorf("a lease that ran out while there was no leader ends at %d, want the grace from now %d", j.Deadline, a.now+grace)
+	}
+	if r := a.onJob(KindExtend, lapsed); r.Status != StatusOK {
+		t.Errorf("the holder of the lapsed lease could not extend it: %+v", r)
+	}
+	if j, _ := a.fsm.GetJob(expired.JobID); j.Deadline != expired.Deadline {
+		t.Errorf("a lease that had run out under the old leader was extended: %+v", j)
+	}
+	a.term++ // the same term again changes nothing
+	a.one(Op{Kind: KindTick})
+	j, _ := a.fsm.GetJob(live.JobID)
+	a.one(Op{Kind: KindTick})
+	if j2, _ := a.fsm.GetJob(live.JobID); j2.Deadline != j.Deadline {
+		t.Errorf("a second command of one term extended leases again")
+	}
+}
+
+// The leases the state machine has not yet seen run out, so the leader can
+// tick the clock past them.
+func TestNextLeaseEnd(t *testing.T) {
+	a := newApplier(t)
+	if _, ok := a.fsm.NextLeaseEnd(); ok {
+		t.Error("a lease end with no leases")
+	}
+	a.enqueue("a", "t")
+	a.enqueue("b", "t")
+	ga := a.acquire("t", "w", 5*sec)
+	gb := a.acquire("t", "w", 9*sec)
+	if end, ok := a.fsm.NextLeaseEnd(); !ok || end != ga.Deadline {
+		t.Errorf("NextLeaseEnd = %d, %v; want %d", end, ok, ga.Deadline)
+	}
+	a.now += 6 * sec
+	a.one(Op{Kind: KindTick})
+	if end, ok := a.fsm.NextLeaseEnd(); !ok || end != gb.Deadline {
+		t.Errorf("after a's lease was seen to end: %d, %v; want %d", end, ok, gb.Deadline)
+	}
+}
+
+func TestAcquireRetryGetsSameGrant(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j1", "t")
+	a.enqueue("j2", "t")
+	op := Op{Kind: KindAcquire, Topic: "t", Client: "c", Seq: 5, Ack: 5, Lease: sec}
+	g1, g2 := a.one(op), a.one(op)
+	if g1 != g2 {
+		t.Errorf("a retried acquire got %+v, then %+v", g1, g2)
+	}
+	if c := a.fsm.JobCounts("t", a.now); c.Leased != 1 {
+		t.Errorf("a retried acquire leased %d jobs", c.Leased)
+	}
+}
+
+func TestReadyCount(t *testing.T) {
+	a := newApplier(t)
+	for i := 0; i < 50; i++ {
+		a.enqueue(fmt.Sprint("j", i), "t", func(o *Op) { o.RunAt = a.now + int64(i)*sec })
+	}
+	if n := a.fsm.ReadyCount("t", a.now+9*sec, 100); n != 10 {
+		t.Errorf("ReadyCount at +9s = %d, want 10", n)
+	}
+	if n := a.fsm.ReadyCount("t", a.now+100*sec, 20); n != 20 {
+		t.Errorf("ReadyCount capped at 20 = %d", n)
+	}
+	if got := a.fsm.ReadyTopics(a.now, 100); got["t"] != 1 || len(got) != 1 {
+		t.Errorf("ReadyTopics = %v", got)
+	}
+}
+
+func TestIntervalJobID(t *testing.T) {
+	id := IntervalJobID("t", "k", 7)
+	if shard.JobSlot(id) != shard.JobKeySlot("t", "k") || id == IntervalJobID("t", "k", 8) {
+		t.Errorf("interval job id %q", id)
+	}
+}
+
+// Two replicas applying the same commands hold the same jobs and write the
+// same snapshot; a replica restored from it goes on identically.
+func TestJobSnapshotRestore(t *testing.T) {
+	build := func() *applier {
+		a := newApplier(t)
+		a.one(Op{Kind: KindEvery, Topic: "cron", Unique: "k", Interval: 60 * sec, Value: "p", Client: "c", Seq: 1, Ack: 1})
+		for i := 0; i < 20; i++ {
+			a.enqueue(fmt.Sprint("j", i), fmt.Sprint("t", i%3), func(o *Op) { o.Unique = fmt.Sprint("u", i%5); o.RunAt = a.now + int64(i%4)*sec })
+		}
+		a.now += 2 * sec
+		g := a.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec})
+		a.one(Op{Kind: KindFail, JobID: g.JobID, Token: g.Token, Reason: "x"})
+		a.acquire("t1", "w", 30*sec)
+		g = a.acquire("t2", "w", 30*sec)
+		a.onJob(KindComplete, g)
+		return a
+	}
+	x, y := build(), build()
+	data := snapshotBytes(t, x.fsm)
+	if !bytes.Equal(data, snapshotBytes(t, y.fsm)) {
+		t.Fatal("two replicas of the same history wrote different snapshots")
+	}
+	r := New(Config{})
+	if err := r.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(data, snapshotBytes(t, r)) {
+		t.Fatal("the restored replica's snapshot differs")
+	}
+	z := &applier{t: t, fsm: r, index: r.Applied(), now: x.now}
+	for _, a := range []*applier{x, z} {
+		a.now += 5 * sec
+	}
+	for i := 0; i < 10; i++ {
+		topic := fmt.Sprint("t", i%3)
+		if gx, gz := x.acquire(topic, "w", sec), z.acquire(topic, "w", sec); gx != gz {
+			t.Fatalf("after restore, acquire %d gives %+v, the original %+v", i, gz, gx)
+		}
+	}
+	if x.fsm.Stats() != z.fsm.Stats() {
+		t.Errorf("stats differ: %+v, %+v", x.fsm.Stats(), z.fsm.Stats())
+	}
+	// The session's stored grant survives: a retry returns it.
+	retry := z.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec})
+	if retry.Status != StatusOK || retry.Token == 0 || retry.Payload == "" {
+		t.Errorf("retried acquire after restore: %+v", retry)
+	}
+}
+
+func TestJobErrors(t *testing.T) {
+	for status, want := range map[Status]error{StatusEmpty: ErrNoJob, StatusLeaseLost: ErrLeaseLost, StatusWrongState: ErrWrongState} {
+		if err := (Result{Status: status}).Err(); !errors.Is(err, want) {
+			t.Errorf("status %d: %v", status, err)
+		}
+	}
+}
+
+// An acquire that found nothing is not remembered: tried again (the same
+// request, once a job is there) it acquires.
+func TestEmptyAcquireIsNotRemembered(t *testing.T) {
+	a := newApplier(t)
+	op := Op{Kind: KindAcquire, Topic: "t", Client: "c", Seq: 5, Ack: 5, Lease: sec}
+	if r := a.one(op); r.Status != StatusEmpty {
+		t.Fatalf("%+v", r)
+	}
+	a.enqueue("j", "t")
+	if r := a.one(op); r.Status != StatusOK || r.JobID != "j" {
+		t.Errorf("the same acquire once a job was there: %+v", r)
+	}
+}
+
+// At most one live job holds a uniqueness key, also after a dead job that
+// had it is requeued while another took it; a restored replica agrees.
+func TestUniqueKeyAfterRequeue(t *testing.T) {
+	a := newApplier(t)
+	key := func(o *Op) { o.Unique = "k"; o.MaxAttempts = 1 }
+	a.enqueue("jz", "t", key)
+	g := a.acquire("t", "w", sec)
+	a.onJob(KindFail, g) // dead: the key is free
+	a.enqueue("ja", "t", key)
+	if r := a.one(Op{Kind: KindRequeue, JobID: "jz"}); r.Status != StatusOK {
+		t.Fatal(r)
+	}
+	if r := a.enqueue("jb", "t", key); r.JobID != "ja" {
+		t.Errorf("enqueue with the key gives %q, want ja's", r.JobID)
+	}
+	r := New(Config{})
+	if err := r.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+		t.Fatal(err)
+	}
+	b := &applier{t: t, fsm: r, index: r.Applied(), term: a.term, now: a.now}
+	if res := b.enqueue("jc", "t", key); res.JobID != "ja" {
+		t.Errorf("after restore, enqueue with the key gives %q, want ja's", res.JobID)
+	}
+}
+
+// Changing a schedule's interval neither breaks it nor makes an extra job;
+// stopping and starting it in one interval makes no second job for it.
+func TestScheduleUpdates(t *testing.T) {
+	a := newApplier(t)
+	every := func(interval int64) Result {
+		return a.one(Op{Kind: KindEvery, Topic: "cron", Unique: "k", Interval: interval})
+	}
+	every(60 * sec)
+	every(3600 * sec) // a minute to an hour
+	due, ok := a.fsm.NextScheduleDue()
+	if !ok || due <= a.now || due > a.now+3600*sec {
+		t.Errorf("after a change to an hour, next due at %d (now %d)", due, a.now)
+	}
+	every(60 * sec) // and back to a minute: the current minute makes nothing new
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Errorf("%d jobs after interval changes, want 1", st.Jobs)
+	}
+	// The interval's job completes (and is forgotten); stop, start again.
+	g := a.acquire("cron", "w", sec)
+	a.onJob(KindComplete, g)
+	a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "k"})
+	if r := a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "k"}); r.Status != StatusNotFound {
+		t.Errorf("stopping a stopped schedule: %+v", r)
+	}
+	every(60 * sec)
+	if st := a.fsm.Stats(); st.Jobs != 0 {
+		t.Errorf("restarting in the same interval made %d jobs", st.Jobs)
+	}
+	a.now += 60 * sec
+	a.one(Op{Kind: KindTick})
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Errorf("the next interval made %d jobs, want 1", st.Jobs)
+	}
+}
