@@ -62,8 +62,9 @@ type Config struct {
 	// 4·rttvar, and at least 1.5 times about the 99th percentile of recent
 	// ones, up to 8 times srtt) and doubled for each earlier attempt of
 	// the same request that got no reply, or that a node answered
-	// "unavailable" having spent its budget. InitialAttemptTimeout is used
-	// before the first measurement. Zero values take the defaults.
+	// "unavailable" having spent its budget. InitialAttemptTimeout, at most
+	// MaxAttemptTimeout, is used before the first measurement. Zero values
+	// take the defaults.
 	MinAttemptTimeout, MaxAttemptTimeout, InitialAttemptTimeout time.Duration
 	// ReplyGrace: a request whose every attempt timed out still takes a
 	// late reply to any of them until ReplyGrace has passed since it
@@ -88,37 +89,86 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultConfig returns a Config with every field at its default; the
+// caller sets Seeds.
+func DefaultConfig() Config {
+	var c Config
+	c.setDefaults()
+	return c
+}
+
+// setDefaults gives every zero field its default.
 func (c *Config) setDefaults() {
-	if c.Attempts <= 0 {
+	if c.Attempts == 0 {
 		c.Attempts = DefaultAttempts
 	}
 	if c.Picker == nil {
 		c.Picker = &Softmin{temperature: DefaultTemperature, rng: newLockedRand(nil)}
 	}
-	if c.MinAttemptTimeout <= 0 {
+	if c.MinAttemptTimeout == 0 {
 		c.MinAttemptTimeout = DefaultMinAttemptTimeout
 	}
-	if c.MaxAttemptTimeout <= 0 {
+	if c.MaxAttemptTimeout == 0 {
 		c.MaxAttemptTimeout = DefaultMaxAttemptTimeout
 	}
-	if c.InitialAttemptTimeout <= 0 {
+	if c.InitialAttemptTimeout == 0 {
 		c.InitialAttemptTimeout = DefaultInitialAttemptTimeout
 	}
 	if c.ReplyGrace == 0 {
 		c.ReplyGrace = DefaultReplyGrace
 	}
-	if c.NodeTimeout <= 0 {
+	if c.NodeTimeout == 0 {
 		c.NodeTimeout = DefaultNodeTimeout
 	}
-	if c.KeepaliveInterval <= 0 {
+	if c.KeepaliveInterval == 0 {
 		c.KeepaliveInterval = DefaultKeepaliveInterval
 	}
-	if c.LongPoll <= 0 {
+	if c.LongPoll == 0 {
 		c.LongPoll = DefaultLongPoll
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+}
+
+// ErrInvalidConfig is returned (wrapped) by Config.Validate, and so by New,
+// for a configuration the client cannot work with.
+var ErrInvalidConfig = errors.New("client: invalid config")
+
+// Validate reports whether the client can work with c, its zero fields
+// taking their defaults: seeds that parse as host:port, no negative counts
+// or durations (but ReplyGrace, where negative means none), and
+// MinAttemptTimeout <= MaxAttemptTimeout. New returns its error.
+func (c Config) Validate() error {
+	if len(c.Seeds) == 0 {
+		return fmt.Errorf("%w: no seeds", ErrInvalidConfig)
+	}
+	for _, s := range c.Seeds {
+		if _, err := wire.ParseAddr(s); err != nil {
+			return fmt.Errorf("%w: seed %q: %v", ErrInvalidConfig, s, err)
+		}
+	}
+	if c.Attempts < 0 {
+		return fmt.Errorf("%w: Attempts is %d", ErrInvalidConfig, c.Attempts)
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"MinAttemptTimeout", c.MinAttemptTimeout}, {"MaxAttemptTimeout", c.MaxAttemptTimeout},
+		{"InitialAttemptTimeout", c.InitialAttemptTimeout}, {"NodeTimeout", c.NodeTimeout},
+		{"LongPoll", c.LongPoll}, {"KeepaliveInterval", c.KeepaliveInterval},
+	} {
+		if d.d < 0 {
+			return fmt.Errorf("%w: %s is negative (%v)", ErrInvalidConfig, d.name, d.d)
+		}
+	}
+	c.setDefaults()
+	if c.MinAttemptTimeout > c.MaxAttemptTimeout {
+		return fmt.Errorf("%w: MinAttemptTimeout %v is above MaxAttemptTimeout %v", ErrInvalidConfig,
+			c.MinAttemptTimeout, c.MaxAttemptTimeout)
+	}
+	return nil
 }
 
 // Client talks to a shoal cluster. It routes each request to a replica of
@@ -194,9 +244,9 @@ type Counters struct {
 
 // New connects to the cluster through cfg.Seeds: it learns the nodes and
 // the shard map and subscribes to the nodes' heartbeats. It fails with
+// cfg.Validate's error for a configuration that cannot work, and with
 // ErrUnavailable if no seed answers before ctx ends.
 func New(ctx context.Context, cfg Config) (*Client, error) {
-	cfg.setDefaults()
 	// The client owns cfg.Transport from here, also when New fails.
 	fail := func(err error) (*Client, error) {
 		if cfg.Transport != nil {
@@ -204,16 +254,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		return nil, err
 	}
-	if len(cfg.Seeds) == 0 {
-		return fail(errors.New("client: no seeds"))
+	if err := cfg.Validate(); err != nil {
+		return fail(err)
 	}
-	seeds := make([]netip.AddrPort, 0, len(cfg.Seeds))
-	for _, s := range cfg.Seeds {
-		a, err := wire.ParseAddr(s)
-		if err != nil {
-			return fail(fmt.Errorf("client: seed: %w", err))
-		}
-		seeds = append(seeds, a)
+	cfg.setDefaults()
+	seeds := make([]netip.AddrPort, len(cfg.Seeds))
+	for i, s := range cfg.Seeds {
+		seeds[i], _ = wire.ParseAddr(s) // Validate parsed them
 	}
 	// The id is new for every client, never reused: the cluster keeps the
 	// results of a client's writes under it for an hour, and a second

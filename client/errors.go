@@ -4,14 +4,15 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
 
 // Errors of the client, testable with errors.Is. Errors that nodes return
-// are *Error values that match these by their code.
+// are *Error values that match these by their code (see codeErrors).
 var (
-	// ErrNotFound: the key does not exist.
-	ErrNotFound = errors.New("shoal: key not found")
+	// ErrNotFound: the key, or the job, does not exist.
+	ErrNotFound = errors.New("shoal: not found")
 	// ErrVersionConflict: CompareAndSet found the key at another version.
 	ErrVersionConflict = errors.New("shoal: version conflict")
 	// ErrUnavailable: no node answered within the attempts, or the shard
@@ -20,15 +21,44 @@ var (
 	// delayed datagram, an entry the next leader commits): settle it with
 	// a write that is safe to repeat, not with a read.
 	ErrUnavailable = errors.New("shoal: unavailable")
-	// ErrValueTooLarge: a value over shard.MaxValueSize.
+	// ErrValueTooLarge: a value or payload over shard.MaxValueSize.
 	ErrValueTooLarge = errors.New("shoal: value too large")
-	// ErrInvalidKey: an empty key, or one over shard.MaxKeySize.
+	// ErrInvalidKey: an empty key, topic, job id or job key, one over
+	// shard.MaxKeySize, or a topic with a NUL in it.
 	ErrInvalidKey = errors.New("shoal: invalid key")
+	// ErrInvalidArgument: an argument out of its range other than a key
+	// or value: a lease or interval under a millisecond, say.
+	ErrInvalidArgument = errors.New("shoal: invalid argument")
 	// ErrTooManyPending: the client has too many writes without a reply.
 	ErrTooManyPending = errors.New("shoal: too many unacknowledged writes")
+	// ErrLeaseLost: the job's lease is no longer the caller's.
+	ErrLeaseLost = errors.New("shoal: lease lost")
+	// ErrNoJob: Acquire found nothing ready before its context ended.
+	ErrNoJob = errors.New("shoal: no job ready")
+	// ErrWrongState: the job is not in the state the call needs: Requeue
+	// of a job that is not dead.
+	ErrWrongState = errors.New("shoal: job in the wrong state")
+	// ErrJobExists: an enqueue named the id of another job, of another
+	// topic or payload.
+	ErrJobExists = errors.New("shoal: another job has this id")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("shoal: client closed")
 )
+
+// codeErrors maps each code of a node's error reply that has a sentinel
+// onto it: the one table between the two. The node maps its outcomes onto
+// the codes in server/outcome.go.
+var codeErrors = map[wire.Code]error{
+	wire.CodeNotFound:        ErrNotFound,
+	wire.CodeVersionConflict: ErrVersionConflict,
+	wire.CodeUnavailable:     ErrUnavailable,
+	wire.CodeTooLarge:        ErrValueTooLarge,
+	wire.CodeBadRequest:      ErrInvalidArgument,
+	wire.CodeTooManyPending:  ErrTooManyPending,
+	wire.CodeLeaseLost:       ErrLeaseLost,
+	wire.CodeWrongState:      ErrWrongState,
+	wire.CodeJobExists:       ErrJobExists,
+}
 
 // Error is an error reply from a node.
 type Error struct {
@@ -48,21 +78,8 @@ func (e *Error) Error() string {
 
 // Is matches the sentinel error of e's code.
 func (e *Error) Is(target error) bool {
-	switch e.Code {
-	case wire.CodeNotFound:
-		return target == ErrNotFound
-	case wire.CodeConflict:
-		return target == ErrVersionConflict
-	case wire.CodeUnavailable:
-		return target == ErrUnavailable
-	case wire.CodeTooLarge:
-		return target == ErrValueTooLarge
-	case wire.CodeTooManyPending:
-		return target == ErrTooManyPending
-	case wire.CodeLeaseLost:
-		return target == ErrLeaseLost
-	}
-	return false
+	s, ok := codeErrors[e.Code]
+	return ok && s == target
 }
 
 // retryable reports whether another attempt, perhaps on another node, may
@@ -73,4 +90,21 @@ func (e *Error) retryable() bool {
 		return true
 	}
 	return false
+}
+
+// checkArgs checks the arguments of a call of op before anything is sent,
+// by the rules the node applies (wire.CheckArgs), and wraps a failure in
+// the matching sentinel.
+func checkArgs(op wire.Op, a *wire.Args) error {
+	err := wire.CheckArgs(op, a)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, shard.ErrInvalidName):
+		return fmt.Errorf("%w: %w", ErrInvalidKey, err)
+	case errors.Is(err, shard.ErrTooLarge):
+		return fmt.Errorf("%w: %w", ErrValueTooLarge, err)
+	default:
+		return fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
 }

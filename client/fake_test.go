@@ -348,6 +348,13 @@ func TestNewerMapIsFetched(t *testing.T) {
 	fc.mu.Lock()
 	fc.smap = &m2
 	fc.mu.Unlock()
+	// Map is a copy: changing it changes nothing the client routes by.
+	m := c.Map()
+	m.Version = 99
+	m.Shards[0].Replicas[0] = "elsewhere"
+	if c.Map().Version == 99 || c.Map().Shards[0].Replicas[0] == "elsewhere" {
+		t.Fatal("a change to the map Map returned reached the client's own")
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for c.Map().Version != 2 {
 		if time.Now().After(deadline) {
@@ -383,6 +390,12 @@ func TestRejectsBadKeysAndValues(t *testing.T) {
 	}
 	if _, err := c.Set(ctx, "k", make([]byte, shard.MaxValueSize+1)); !errors.Is(err, ErrValueTooLarge) {
 		t.Errorf("large value: %v", err)
+	}
+	if _, err := c.Acquire(ctx, "t", time.Microsecond); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("a lease under a millisecond: %v", err)
+	}
+	if err := c.Every(ctx, "t\x00", "k", time.Second, nil); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("a topic with NUL: %v", err)
 	}
 	if c.Counters().Requests != 1 { // only New's topology request
 		t.Errorf("invalid calls reached the network: %+v", c.Counters())

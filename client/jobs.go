@@ -59,34 +59,14 @@ type DeadJob struct {
 	LastError string
 }
 
-// ErrLeaseLost: the job's lease is no longer the caller's. ErrNoJob:
-// Acquire found nothing ready before its context ended.
-var (
-	ErrLeaseLost = errors.New("shoal: lease lost")
-	ErrNoJob     = errors.New("shoal: no job ready")
-)
-
 // DefaultLongPoll bounds how long one acquire request waits at a node for a
 // job; Acquire asks again until its context ends.
 const DefaultLongPoll = 5 * time.Second
-
-func checkTopic(topic string) error {
-	if topic == "" || len(topic) > shard.MaxKeySize {
-		return fmt.Errorf("%w: topic of %d bytes (1 to %d allowed)", ErrInvalidKey, len(topic), shard.MaxKeySize)
-	}
-	return nil
-}
 
 // Enqueue stores a job of topic and returns its id. A job without a Key
 // goes to a shard at random; one with a Key to the shard the key hashes
 // to, where its uniqueness is kept.
 func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts EnqueueOptions) (string, error) {
-	if err := checkTopic(topic); err != nil {
-		return "", err
-	}
-	if err := checkValue(len(payload)); err != nil {
-		return "", err
-	}
 	suffix, err := randomID()
 	if err != nil {
 		return "", fmt.Errorf("client: making a job id: %w", err)
@@ -100,7 +80,7 @@ func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts
 		Topic: topic, JobID: id, Value: string(payload), Delay: opts.Delay, RunAt: opts.RunAt,
 		MaxAttempts: opts.MaxAttempts, Backoff: opts.Backoff, Unique: opts.Key,
 	}
-	r, err := c.request(ctx, wire.OpEnqueue, args, c.routeSlot(slot), 0)
+	r, err := c.call(ctx, wire.OpEnqueue, args)
 	if err != nil {
 		return "", err
 	}
@@ -120,11 +100,8 @@ func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts
 // leaders' load. With none reported, one long-poll request per node
 // needed to watch every shard waits for the first job.
 func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration) (*Job, error) {
-	if err := checkTopic(topic); err != nil {
+	if err := checkArgs(wire.OpAcquire, &wire.Args{Topic: topic, Lease: lease}); err != nil {
 		return nil, err
-	}
-	if lease < time.Millisecond {
-		return nil, fmt.Errorf("client: a lease of %v is too short", lease)
 	}
 	if err := c.enter(); err != nil {
 		return nil, err
@@ -233,7 +210,8 @@ func jobOf(j *wire.JobInfo) *Job {
 func (c *Client) releaseQuietly(j *Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.MaxAttemptTimeout)
 	defer cancel()
-	if _, err := c.do(ctx, wire.OpRelease, wire.Args{JobID: j.ID, Token: j.Token}, c.routeSlot(shard.JobSlot(j.ID)), c.cfg.Attempts, 0); err != nil {
+	args := wire.Args{JobID: j.ID, Token: j.Token}
+	if _, err := c.do(ctx, wire.OpRelease, args, c.routeOp(wire.OpRelease, &args), c.cfg.Attempts, 0); err != nil {
 		c.log.Warn("releasing a surplus job failed; it returns when its lease runs out", "job", j.ID, "err", err)
 	}
 }
@@ -360,7 +338,7 @@ func (c *Client) onJob(ctx context.Context, op wire.Op, job *Job, args wire.Args
 		return nil, errors.New("client: no job")
 	}
 	args.JobID, args.Token = job.ID, job.Token
-	r, err := c.request(ctx, op, args, c.routeSlot(shard.JobSlot(job.ID)), 0)
+	r, err := c.call(ctx, op, args)
 	if err != nil {
 		return nil, err
 	}
@@ -399,7 +377,7 @@ func (c *Client) Release(ctx context.Context, job *Job) error {
 
 // Requeue gives a dead job its attempts back and queues it to run now.
 func (c *Client) Requeue(ctx context.Context, id string) error {
-	_, err := c.request(ctx, wire.OpRequeue, wire.Args{JobID: id}, c.routeSlot(shard.JobSlot(id)), 0)
+	_, err := c.call(ctx, wire.OpRequeue, wire.Args{JobID: id})
 	return err
 }
 
@@ -410,30 +388,30 @@ func (c *Client) Requeue(ctx context.Context, id string) error {
 // call it at start. An interval with no moment seen (the shard was down
 // throughout) gets no job.
 func (c *Client) Every(ctx context.Context, topic, key string, interval time.Duration, payload []byte) error {
-	if err := checkTopic(topic); err != nil {
-		return err
-	}
-	if err := checkValue(len(payload)); err != nil {
-		return err
-	}
 	args := wire.Args{Topic: topic, Unique: key, Interval: interval, Value: string(payload)}
-	_, err := c.request(ctx, wire.OpEvery, args, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
+	_, err := c.call(ctx, wire.OpEvery, args)
 	return err
 }
 
 // StopEvery removes the schedule of topic and key; jobs it made stay.
 func (c *Client) StopEvery(ctx context.Context, topic, key string) error {
-	_, err := c.request(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key}, c.routeSlot(shard.JobKeySlot(topic, key)), 0)
+	_, err := c.call(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key})
 	return err
 }
 
 // perShard runs op for every shard, concurrently, and returns the replies.
+// args are those of each request but the shard it names.
 func (c *Client) perShard(ctx context.Context, op wire.Op, args wire.Args) ([]wire.Message, error) {
+	shards := c.view.Load().smap.Shards
+	first := args
+	first.Shards = []shard.ID{shards[0].ID}
+	if err := checkArgs(op, &first); err != nil {
+		return nil, err
+	}
 	if err := c.enter(); err != nil {
 		return nil, err
 	}
 	defer c.calls.Done()
-	shards := c.view.Load().smap.Shards
 	out := make([]wire.Message, len(shards))
 	errs := make([]error, len(shards))
 	var wg sync.WaitGroup
@@ -452,9 +430,6 @@ func (c *Client) perShard(ctx context.Context, op wire.Op, args wire.Args) ([]wi
 
 // Stats counts topic's jobs by state, over every shard, linearizably.
 func (c *Client) Stats(ctx context.Context, topic string) (JobCounts, error) {
-	if err := checkTopic(topic); err != nil {
-		return JobCounts{}, err
-	}
 	replies, err := c.perShard(ctx, wire.OpJobStats, wire.Args{Topic: topic})
 	if err != nil {
 		return JobCounts{}, err
@@ -474,9 +449,6 @@ func (c *Client) Stats(ctx context.Context, topic string) (JobCounts, error) {
 
 // DeadJobs lists up to limit (at most 100 per shard) of topic's dead jobs.
 func (c *Client) DeadJobs(ctx context.Context, topic string, limit int) ([]DeadJob, error) {
-	if err := checkTopic(topic); err != nil {
-		return nil, err
-	}
 	replies, err := c.perShard(ctx, wire.OpDeadJobs, wire.Args{Topic: topic, Limit: limit})
 	if err != nil {
 		return nil, err

@@ -19,41 +19,29 @@ type Item struct {
 }
 
 // ReadOption changes how Get reads.
-type ReadOption func(*wire.Args)
+type ReadOption func(*readOptions)
+
+// readOptions are what the ReadOptions of a Get set.
+type readOptions struct {
+	stale bool
+}
 
 // Stale makes Get answer from the chosen replica's local state without
 // asking the leader whether it is current: faster, and available while the
 // shard has no leader, but it may miss recent writes (a lagging follower's
 // state) or, after a node restart, return an older value than a read before
 // it did.
-func Stale() ReadOption { return func(a *wire.Args) { a.Stale = true } }
-
-func checkKey(key string) error {
-	if key == "" || len(key) > shard.MaxKeySize {
-		return fmt.Errorf("%w: %d bytes (1 to %d allowed)", ErrInvalidKey, len(key), shard.MaxKeySize)
-	}
-	return nil
-}
-
-func checkValue(size int) error {
-	if size > shard.MaxValueSize {
-		return fmt.Errorf("%w: %d bytes (at most %d)", ErrValueTooLarge, size, shard.MaxValueSize)
-	}
-	return nil
-}
+func Stale() ReadOption { return func(o *readOptions) { o.stale = true } }
 
 // Get reads key. By default the read is linearizable: it reflects every
 // write acknowledged before Get was called, whichever replica serves it.
 // A missing key gives ErrNotFound.
 func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (Item, error) {
-	if err := checkKey(key); err != nil {
-		return Item{}, err
+	var o readOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
-	args := wire.Args{Key: key}
-	for _, o := range opts {
-		o(&args)
-	}
-	r, err := c.request(ctx, wire.OpGet, args, c.routeKey(key), 0)
+	r, err := c.call(ctx, wire.OpGet, wire.Args{Key: key, Stale: o.stale})
 	if err != nil {
 		return Item{}, err
 	}
@@ -80,37 +68,59 @@ func (c *Client) CompareAndSet(ctx context.Context, key string, version uint64, 
 }
 
 func (c *Client) write(ctx context.Context, op wire.Op, args wire.Args) (uint64, error) {
-	if err := checkKey(args.Key); err != nil {
-		return 0, err
-	}
-	if err := checkValue(len(args.Value)); err != nil {
-		return 0, err
-	}
-	r, err := c.request(ctx, op, args, c.routeKey(args.Key), 0)
+	r, err := c.call(ctx, op, args)
 	if err != nil {
 		return 0, err
 	}
 	return r.Result.Version, nil
 }
 
+// NodeStatus is a node's report of itself and of its replicas.
+type NodeStatus struct {
+	ID string
+	// Activity is the node's load: the client requests in progress at
+	// it, averaged over its recent past.
+	Activity float64
+	// Shards lists the node's replicas, by shard id.
+	Shards []ShardStatus
+}
+
+// ShardStatus is one replica's view of its raft group.
+type ShardStatus struct {
+	ID shard.ID
+	// State is the raft state: Leader, Follower, Candidate or Shutdown.
+	State string
+	// Leader is the id of the node this replica knows as leader, if any.
+	Leader string
+	// Applied is the raft index the replica's state has applied; Keys
+	// counts the keys in it.
+	Applied uint64
+	Keys    int
+}
+
 // NodeStatus asks the node with the given id for its view of its shards. It
 // makes at most DefaultAttempts attempts, so a node that is down is
 // reported promptly.
-func (c *Client) NodeStatus(ctx context.Context, id string) (*wire.NodeStatus, error) {
+func (c *Client) NodeStatus(ctx context.Context, id string) (NodeStatus, error) {
 	route, err := c.routeNode(id)
 	if err != nil {
-		return nil, err
+		return NodeStatus{}, err
 	}
 	if err := c.enter(); err != nil {
-		return nil, err
+		return NodeStatus{}, err
 	}
 	defer c.calls.Done()
 	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts), 0)
 	if err != nil {
-		return nil, err
+		return NodeStatus{}, err
 	}
-	if r.Result.Status == nil {
-		return nil, fmt.Errorf("client: node %s sent no status", id)
+	st := r.Result.Status
+	if st == nil {
+		return NodeStatus{}, fmt.Errorf("client: node %s sent no status", id)
 	}
-	return r.Result.Status, nil
+	out := NodeStatus{ID: st.ID, Activity: float64(st.Activity) / 1000}
+	for _, s := range st.Shards {
+		out.Shards = append(out.Shards, ShardStatus{ID: s.ID, State: s.State, Leader: s.Leader, Applied: s.Applied, Keys: s.Keys})
+	}
+	return out, nil
 }

@@ -97,8 +97,8 @@ func (c *Client) Nodes() []NodeInfo {
 	return out
 }
 
-// Map returns the shard map the client routes by.
-func (c *Client) Map() *shard.Map { return c.view.Load().smap }
+// Map returns a copy of the shard map the client routes by.
+func (c *Client) Map() *shard.Map { return c.view.Load().smap.Clone() }
 
 // setTopology installs a topology, keeping the state of nodes already known
 // at the same address.
@@ -157,8 +157,21 @@ func fixed(addr netip.AddrPort, n *node) router {
 	return func([]netip.AddrPort) (target, error) { return target{addr: addr, node: n}, nil }
 }
 
-// routeKey routes attempts to the replicas of key's shard.
-func (c *Client) routeKey(key string) router { return c.routeSlot(shard.KeySlot(key)) }
+// call makes a request of an op about one slot (wire.Op.Slot): it checks
+// the arguments by the node's rules, then routes the attempts to the
+// replicas of the slot's shard.
+func (c *Client) call(ctx context.Context, op wire.Op, args wire.Args) (wire.Message, error) {
+	if err := checkArgs(op, &args); err != nil {
+		return wire.Message{}, err
+	}
+	return c.request(ctx, op, args, c.routeOp(op, &args), 0)
+}
+
+// routeOp routes the attempts of a request of an op about one slot.
+func (c *Client) routeOp(op wire.Op, args *wire.Args) router {
+	slot, _ := op.Slot(args)
+	return c.routeSlot(slot)
+}
 
 // routeSlot routes attempts to the replicas of the shard owning slot: among
 // the live ones not tried yet by this request (or, failing that, the live

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"sync/atomic"
 )
 
 // Picker chooses the node for a request among the eligible ones: the live
@@ -177,17 +176,6 @@ func (p *Uniform) Weights(activity []float64) []float64 {
 
 // Pick draws a candidate uniformly.
 func (p *Uniform) Pick(activity []float64) int { return p.rng.intN(len(activity)) }
-
-// RoundRobin cycles through the candidates, ignoring activity.
-type RoundRobin struct{ next atomic.Uint64 }
-
-// NewRoundRobin returns the picker.
-func NewRoundRobin() *RoundRobin { return &RoundRobin{} }
-
-// Pick returns the next candidate in turn.
-func (p *RoundRobin) Pick(activity []float64) int {
-	return int((p.next.Add(1) - 1) % uint64(len(activity)))
-}
 
 // LeastLoaded chooses a candidate with the least activity, uniformly at
 // random among the ties. On stale reports it herds: every request until

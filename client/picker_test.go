@@ -176,7 +176,7 @@ func TestPickersConcurrent(t *testing.T) {
 	soft, _ := NewSoftmin(1, seeded())
 	activity := []float64{3, 0, 2, 0}
 	for _, p := range []Picker{NewReverseSoftmax(seeded()), soft, NewUniform(seeded()),
-		NewRoundRobin(), NewLeastLoaded(seeded()), NewPowerOfTwo(seeded())} {
+		NewLeastLoaded(seeded()), NewPowerOfTwo(seeded())} {
 		var wg sync.WaitGroup
 		for g := 0; g < 4; g++ {
 			wg.Go(func() {
@@ -189,18 +189,6 @@ func TestPickersConcurrent(t *testing.T) {
 			})
 		}
 		wg.Wait()
-	}
-}
-
-func TestRoundRobin(t *testing.T) {
-	p := NewRoundRobin()
-	for i := 0; i < 7; i++ {
-		if got := p.Pick(make([]float64, 3)); got != i%3 {
-			t.Fatalf("pick %d = %d, want %d", i, got, i%3)
-		}
-	}
-	if got := p.Pick([]float64{1}); got != 0 {
-		t.Errorf("one candidate: %d", got)
 	}
 }
 

@@ -89,54 +89,56 @@ func isNetError(err error) bool {
 	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed)
 }
 
-// callLeader sends req about rep's shard to the node that leads it, as rep
-// knows it. A failure the caller may retry wraps errRetry.
-func (n *Node) callLeader(ctx context.Context, rep *replica, req ForwardRequest) (ForwardReply, error) {
-	leader := rep.leaderID()
-	if leader == "" || leader == n.id {
-		return ForwardReply{}, fmt.Errorf("%w: shard %d: no other node leads", errRetry, rep.id)
+// callLeader sends req about this replica's shard to the node that leads
+// it, as this replica knows it. A failure the caller may retry wraps
+// errRetry.
+func (r *replica) callLeader(ctx context.Context, req ForwardRequest) (ForwardReply, error) {
+	leader := r.leaderID()
+	if leader == "" || leader == r.node {
+		return ForwardReply{}, fmt.Errorf("%w: shard %d: no other node leads", errRetry, r.id)
 	}
-	req.Shard = rep.id
-	return n.peers.forward(ctx, leader, req)
+	req.Shard = r.id
+	return r.nodes.forward(ctx, leader, req)
 }
 
-// linkToLeader sets up rep's forwarders to its shard's leader, with at most
-// outstandingEntries calls of each kind running at once.
-func (n *Node) linkToLeader(rep *replica) {
+// linkToLeader sets up the replica's forwarders to its shard's leader, with
+// at most outstandingEntries calls of each kind running at once, each
+// within timeout and ending with ctx.
+func (r *replica) linkToLeader(ctx context.Context, timeout time.Duration) {
 	// A call ends when the shard's leadership changes: a leader that was
 	// lost may never answer, and the callers retry on the new one (their
 	// sessions make that safe whatever the old one did).
 	call := func(req ForwardRequest) (ForwardReply, error) {
-		changed := rep.changes()
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
+		changed := r.changes()
+		cctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		go func() {
+		go func() { // ends when the call does, at the latest
 			select {
 			case <-changed:
 				cancel()
-			case <-ctx.Done():
+			case <-cctx.Done():
 			}
 		}()
-		fr, err := n.callLeader(ctx, rep, req)
+		fr, err := r.callLeader(cctx, req)
 		select {
 		case <-changed:
 			if err != nil {
-				err = fmt.Errorf("%w: shard %d: the leader changed during the call: %v", errRetry, rep.id, err)
+				err = fmt.Errorf("%w: shard %d: the leader changed during the call: %v", errRetry, r.id, err)
 			}
 		default:
 		}
 		return fr, err
 	}
-	rep.forwardWrites = &batcher[fsm.Op, fsm.Result]{
+	r.forwardWrites = &batcher[fsm.Op, fsm.Result]{
 		commit: func(ops []fsm.Op) ([]fsm.Result, error) {
 			fr, err := call(ForwardRequest{Ops: ops})
 			return fr.Results, err
 		},
 		parallel: outstandingEntries,
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
-		spawn: n.group.Go, closed: rpc.ErrShutdown,
+		spawn: r.group.Go, closed: rpc.ErrShutdown,
 	}
-	rep.forwardGets = &batcher[string, fsm.Entry]{
+	r.forwardGets = &batcher[string, fsm.Entry]{
 		commit: func(keys []string) ([]fsm.Entry, error) {
 			fr, err := call(ForwardRequest{ReadIndex: true, Keys: keys})
 			return fr.Entries, err
@@ -144,7 +146,7 @@ func (n *Node) linkToLeader(rep *replica) {
 		parallel: outstandingEntries,
 		// Values come back, up to MaxValueSize each.
 		maxItems: forwardMaxGets,
-		spawn:    n.group.Go, closed: rpc.ErrShutdown,
+		spawn:    r.group.Go, closed: rpc.ErrShutdown,
 	}
 }
 

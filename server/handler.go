@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
@@ -107,8 +106,11 @@ func (n *Node) decodeQuery(data []byte, from netip.AddrPort) (wire.Message, bool
 func (n *Node) answerAtOnce(m *wire.Message, from netip.AddrPort, arrived time.Time) bool {
 	var r *wire.Message
 	if m.Op == wire.OpGet {
-		rep, bad := n.keyReplica(m)
-		if r = bad; r == nil {
+		if err := wire.CheckQuery(m); err != nil {
+			r = argsReply(err)
+		} else if rep, bad := n.slotReplica(m); bad != nil {
+			r = bad
+		} else {
 			e, _, locked := rep.fsm.TryGet(m.Args.Key)
 			if !locked {
 				return false
@@ -184,43 +186,15 @@ func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
 	_ = n.transport.Send(b, to) // a lost reply is a lost datagram: the client retries
 }
 
-func errorReply(code wire.Code, format string, args ...any) *wire.Message {
-	return &wire.Message{Type: wire.TypeError, Err: &wire.Error{Code: code, Message: fmt.Sprintf(format, args...)}}
-}
-
-func resultReply(r wire.Result) *wire.Message {
-	return &wire.Message{Type: wire.TypeResponse, Result: r}
-}
-
+// dispatch answers query m within ctx.
 func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
+	if !m.Op.Known() {
+		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
+	}
+	if err := wire.CheckQuery(m); err != nil {
+		return argsReply(err)
+	}
 	switch m.Op {
-	case wire.OpGet:
-		rep, bad := n.keyReplica(m)
-		if bad != nil {
-			return bad
-		}
-		return n.get(ctx, rep, m.Args.Key, m.Args.Stale)
-	case wire.OpSet, wire.OpDelete, wire.OpCompareAndSet:
-		rep, bad := n.keyReplica(m)
-		if bad != nil {
-			return bad
-		}
-		if bad := checkWrite(m); bad != nil {
-			return bad
-		}
-		op := fsm.Op{
-			Client: m.Client, Seq: m.Seq, Ack: m.Ack,
-			Key: m.Args.Key, Value: m.Args.Value, Version: m.Args.Version,
-		}
-		switch m.Op {
-		case wire.OpSet:
-			op.Kind = fsm.KindSet
-		case wire.OpDelete:
-			op.Kind = fsm.KindDelete
-		default:
-			op.Kind = fsm.KindCompareAndSet
-		}
-		return n.write(ctx, rep, op)
 	case wire.OpTopology:
 		topo := n.topology
 		return resultReply(wire.Result{Topology: &topo})
@@ -229,28 +203,34 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 	case wire.OpStatus:
 		st := n.Status()
 		return resultReply(wire.Result{Status: &st})
+	case wire.OpGet:
+		rep, bad := n.slotReplica(m)
+		if bad != nil {
+			return bad
+		}
+		return n.get(ctx, rep, m.Args.Key, m.Args.Stale)
 	case wire.OpAcquire:
 		return n.acquire(ctx, m)
-	case wire.OpEnqueue, wire.OpExtend, wire.OpComplete, wire.OpFail, wire.OpRelease, wire.OpRequeue,
-		wire.OpEvery, wire.OpUnevery:
-		return n.jobOp(ctx, m)
 	case wire.OpJobStats, wire.OpDeadJobs:
 		return n.jobRead(ctx, m)
-	default:
-		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
 	}
+	// A write of one slot.
+	rep, bad := n.slotReplica(m)
+	if bad != nil {
+		return bad
+	}
+	res, err := n.writeResult(ctx, rep, stateOp(m))
+	if err != nil {
+		return leaderErrorReply(ctx, rep.id, err)
+	}
+	return writeReply(res)
 }
 
-// keyReplica checks the key of m and returns this node's replica of its
-// shard, or an error reply.
-func (n *Node) keyReplica(m *wire.Message) (*replica, *wire.Message) {
-	switch k := m.Args.Key; {
-	case k == "":
-		return nil, errorReply(wire.CodeBadRequest, "%s needs a key", m.Op)
-	case len(k) > shard.MaxKeySize:
-		return nil, errorReply(wire.CodeTooLarge, "key of %d bytes exceeds %d", len(k), shard.MaxKeySize)
-	}
-	return n.shardReplica(n.shardMap.ShardOf(m.Args.Key))
+// slotReplica returns this node's replica of the shard that serves query
+// m, or the reply that says it holds none.
+func (n *Node) slotReplica(m *wire.Message) (*replica, *wire.Message) {
+	slot, _ := m.Op.Slot(&m.Args)
+	return n.shardReplica(n.shardMap.SlotShard(slot))
 }
 
 // shardReplica returns this node's replica of shard id, or the reply that
@@ -261,28 +241,6 @@ func (n *Node) shardReplica(id shard.ID) (*replica, *wire.Message) {
 	}
 	return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
 		n.id, id, n.shardMap.Version)
-}
-
-func checkWrite(m *wire.Message) *wire.Message {
-	switch {
-	case len(m.Args.Value) > shard.MaxValueSize:
-		return errorReply(wire.CodeTooLarge, "value of %d bytes exceeds %d", len(m.Args.Value), shard.MaxValueSize)
-	case m.Client == "" || m.Seq == 0:
-		return errorReply(wire.CodeBadRequest, "%s needs a client id and a sequence number", m.Op)
-	case m.Ack > m.Seq:
-		return errorReply(wire.CodeBadRequest, "ack %d is above sequence number %d", m.Ack, m.Seq)
-	}
-	return nil
-}
-
-// write applies op through the shard's leader and turns its result into a
-// reply.
-func (n *Node) write(ctx context.Context, rep *replica, op fsm.Op) *wire.Message {
-	res, err := n.writeResult(ctx, rep, op)
-	if err != nil {
-		return leaderErrorReply(ctx, rep.id, err)
-	}
-	return opReply(res)
 }
 
 // writeResult applies op through the shard's leader and returns the state
@@ -339,14 +297,6 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 	return entryReply(e)
 }
 
-// entryReply answers a get that read e.
-func entryReply(e fsm.Entry) *wire.Message {
-	if e.Version == 0 {
-		return errorReply(wire.CodeNotFound, "key not found")
-	}
-	return resultReply(wire.Result{Value: e.Value, Version: e.Version})
-}
-
 // errGaveUp wraps the last error of a viaLeader that ran out of time.
 var errGaveUp = errors.New("server: gave up waiting for the leader")
 
@@ -377,19 +327,6 @@ func (n *Node) viaLeader(ctx context.Context, rep *replica, local, remote func()
 	}
 }
 
-// leaderErrorReply answers a request that viaLeader failed.
-func leaderErrorReply(ctx context.Context, id shard.ID, err error) *wire.Message {
-	switch {
-	case !errors.Is(err, errGaveUp):
-		return errorReply(wire.CodeServer, "shard %d: %v", id, err)
-	case errors.Is(ctx.Err(), context.Canceled):
-		return errorReply(wire.CodeUnavailable, "node shutting down")
-	default:
-		return errorReply(wire.CodeUnavailable, "shard %d unavailable: %s", id,
-			strings.TrimPrefix(err.Error(), errGaveUp.Error()+": "))
-	}
-}
-
 // wait pauses a retry loop until the replica's leadership changes, a short
 // backoff passes, or ctx ends; it reports false for the last.
 func wait(ctx context.Context, changed <-chan struct{}) bool {
@@ -405,25 +342,5 @@ func wait(ctx context.Context, changed <-chan struct{}) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	}
-}
-
-// opReply turns a state machine result into a reply.
-func opReply(res fsm.Result) *wire.Message {
-	switch err := res.Err(); {
-	case err == nil:
-		return resultReply(wire.Result{Version: res.Version})
-	case errors.Is(err, fsm.ErrNotFound):
-		return errorReply(wire.CodeNotFound, "key not found")
-	case errors.Is(err, fsm.ErrVersionConflict):
-		r := errorReply(wire.CodeConflict, "version conflict: the key is at version %d", res.Version)
-		r.Result.Version = res.Version
-		return r
-	case errors.Is(err, fsm.ErrAcked):
-		return errorReply(wire.CodeAcked, "sequence number already acknowledged by the client")
-	case errors.Is(err, fsm.ErrTooManyPending):
-		return errorReply(wire.CodeTooManyPending, "too many unacknowledged requests")
-	default:
-		return errorReply(wire.CodeBadRequest, "%v", err)
 	}
 }

@@ -122,6 +122,7 @@ type Node struct {
 	clients   clients
 	activity  *activity
 	acquires  acquireFlights
+	jobs      *jobWatch
 	inFlight  chan struct{}
 	// timersChanged wakes runSchedules.
 	timersChanged chan struct{}
@@ -161,6 +162,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		topology: wire.Topology{Map: m},
 		activity: newActivity(cfg.LoadTimeConstant, time.Now()),
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
+		jobs:     newJobWatch(),
 
 		timersChanged: make(chan struct{}, 1),
 	}
@@ -205,16 +207,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		for _, nid := range m.Shard(id).Replicas {
 			peers[nid] = raftAddrs[nid]
 		}
-		dir := filepath.Join(cfg.DataDir, fmt.Sprintf("shard-%d", id))
-		rep, err := openReplica(dir, id, cfg.ID, peers, cfg.Spec.Raft, sl, n.kickSchedules, n.log)
+		rep, err := openReplica(replicaConfig{
+			id: id, dir: filepath.Join(cfg.DataDir, fmt.Sprintf("shard-%d", id)),
+			node: cfg.ID, peers: peers, timing: cfg.Spec.Raft, layer: sl, log: n.log,
+			ctx: n.ctx, callTimeout: cfg.RequestTimeout, nodes: n.peers, jobs: n.jobs,
+			timersChanged: n.kickSchedules,
+		})
 		if err != nil {
 			sl.Close()
 			return fail(err)
-		}
-		n.linkToLeader(rep)
-		rep.verifier.ctx = n.ctx
-		rep.verifier.termOf = func(ctx context.Context, node string) (uint64, error) {
-			return n.peers.termOf(ctx, node, rep.id)
 		}
 		replicas[id] = rep
 	}

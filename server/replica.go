@@ -51,7 +51,10 @@ var errNotLeader = errors.New("server: not the leader")
 // replica is one node's member of one shard's raft group: the raft instance,
 // its stores on disk, its network transport and the state machine.
 type replica struct {
-	id    shard.ID
+	id shard.ID
+	// node is this node's id; nodes calls the others.
+	node  string
+	nodes *peers
 	log   *slog.Logger
 	raft  *raft.Raft
 	fsm   *fsm.FSM
@@ -105,18 +108,43 @@ type replica struct {
 	group         group
 }
 
-// openReplica opens (or creates) the replica of shard id in dir and starts
-// its raft instance. peers are the replicas of the shard: node id → raft
-// address. timersChanged is called when the shard's next tick may have
-// come forward (see Node.runSchedules).
-func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string, timing RaftTiming,
-	sl *streamLayer, timersChanged func(), log *slog.Logger) (*replica, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// replicaConfig is what a node gives each replica it opens.
+type replicaConfig struct {
+	id shard.ID
+	// dir holds the replica's raft log and snapshots.
+	dir string
+	// node is this node's id; peers maps the id of each node holding a
+	// replica of the shard, this one included, to its raft address.
+	node  string
+	peers map[string]string
+	// timing is the raft timing of every group of the cluster.
+	timing RaftTiming
+	// layer carries the shard's raft traffic over the node listener.
+	layer *streamLayer
+	log   *slog.Logger
+	// ctx ends when the node closes; calls to other nodes end with it.
+	ctx context.Context
+	// callTimeout bounds a call to the shard's leader.
+	callTimeout time.Duration
+	// nodes calls the other nodes: their terms, forwards to the leader.
+	nodes *peers
+	// jobs hears what the state machine applies (see jobWatch).
+	jobs *jobWatch
+	// timersChanged is called when the shard's next tick may have come
+	// forward (see Node.runSchedules).
+	timersChanged func()
+}
+
+// openReplica opens (or creates) the replica of shard cfg.id in cfg.dir and
+// starts its raft instance: the one place a replica is built.
+func openReplica(cfg replicaConfig) (*replica, error) {
+	id := cfg.id
+	if err := os.MkdirAll(cfg.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
-	hlog := newRaftLogger(log, fmt.Sprintf("raft.shard-%d", id), hclog.Info)
+	hlog := newRaftLogger(cfg.log, fmt.Sprintf("raft.shard-%d", id), hclog.Info)
 	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(dir, "raft.db"),
+		Path: filepath.Join(cfg.dir, "raft.db"),
 		BoltOptions: &bbolt.Options{
 			Timeout: boltOpenTimeout,
 			// Without this, after log truncation the freelist is rewritten
@@ -134,38 +162,41 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 			store.Close()
 		}
 	}()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, snapshotsRetained, hlog)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.dir, snapshotsRetained, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
-	log = log.With("shard", id)
+	log := cfg.log.With("shard", id)
 	disk := &slowDiskStore{raftStore: store, log: log, slow: slowDiskWrite}
 	logs, err := raft.NewLogCache(logCacheSize, disk)
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
 
-	t := timing.withDefaults()
-	cfg := raft.DefaultConfig()
-	cfg.LocalID = raft.ServerID(nodeID)
-	cfg.Logger = hlog
-	cfg.HeartbeatTimeout = time.Duration(t.HeartbeatTimeout)
-	cfg.ElectionTimeout = time.Duration(t.ElectionTimeout)
-	cfg.LeaderLeaseTimeout = time.Duration(t.LeaderLeaseTimeout)
-	cfg.CommitTimeout = time.Duration(t.CommitTimeout)
-	cfg.SnapshotThreshold = t.SnapshotThreshold
-	cfg.BatchApplyCh = true
-	if err := raft.ValidateConfig(cfg); err != nil {
+	t := cfg.timing.withDefaults()
+	rcfg := raft.DefaultConfig()
+	rcfg.LocalID = raft.ServerID(cfg.node)
+	rcfg.Logger = hlog
+	rcfg.HeartbeatTimeout = time.Duration(t.HeartbeatTimeout)
+	rcfg.ElectionTimeout = time.Duration(t.ElectionTimeout)
+	rcfg.LeaderLeaseTimeout = time.Duration(t.LeaderLeaseTimeout)
+	rcfg.CommitTimeout = time.Duration(t.CommitTimeout)
+	rcfg.SnapshotThreshold = t.SnapshotThreshold
+	rcfg.BatchApplyCh = true
+	if err := raft.ValidateConfig(rcfg); err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
 
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  sl,
+		Stream:  cfg.layer,
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  hlog,
 	})
-	sm := fsm.New(fsm.Config{LeaseGrace: time.Duration(t.ElectionTimeout)})
+	sm := fsm.New(fsm.Config{
+		LeaseGrace: time.Duration(t.ElectionTimeout),
+		Observer:   replicaObserver{watch: cfg.jobs, id: id},
+	})
 
 	existing, err := raft.HasExistingState(logs, disk, snaps)
 	if err != nil {
@@ -176,15 +207,15 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		// Every replica bootstraps with the same configuration, which
 		// raft allows; whichever wins the first election leads.
 		var conf raft.Configuration
-		for nid, addr := range peers {
+		for nid, addr := range cfg.peers {
 			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(nid), Address: raft.ServerAddress(addr)})
 		}
-		if err := raft.BootstrapCluster(cfg, logs, disk, snaps, trans, conf); err != nil {
+		if err := raft.BootstrapCluster(rcfg, logs, disk, snaps, trans, conf); err != nil {
 			trans.Close()
 			return nil, fmt.Errorf("server: shard %d: bootstrap: %w", id, err)
 		}
 	}
-	r, err := raft.NewRaft(cfg, sm, logs, disk, snaps, trans)
+	r, err := raft.NewRaft(rcfg, sm, logs, disk, snaps, trans)
 	if err != nil {
 		trans.Close()
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
@@ -193,27 +224,32 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 
 	rep := &replica{
 		id:      id,
+		node:    cfg.node,
 		log:     log,
 		raft:    r,
 		fsm:     sm,
 		trans:   trans,
-		sl:      sl,
+		sl:      cfg.layer,
 		store:   store,
+		nodes:   cfg.nodes,
 		changed: make(chan struct{}),
 		stop:    make(chan struct{}),
 		obsCh:   make(chan raft.Observation, 64),
 
-		timersChanged: timersChanged,
+		heartbeatTimeout: rcfg.HeartbeatTimeout,
+		electionTimeout:  rcfg.ElectionTimeout,
+		quiet:            quietTimeout(t),
+		timersChanged:    cfg.timersChanged,
 	}
-	rep.verifier.r = rep
-	for nid := range peers {
-		if nid != nodeID {
+	rep.verifier = verifier{r: rep, ctx: cfg.ctx, termOf: func(ctx context.Context, node string) (uint64, error) {
+		return cfg.nodes.termOf(ctx, node, id)
+	}}
+	for nid := range cfg.peers {
+		if nid != cfg.node {
 			rep.verifier.others = append(rep.verifier.others, nid)
 		}
 	}
 	rep.verifier.asking = make([]atomic.Bool, len(rep.verifier.others))
-	rep.heartbeatTimeout, rep.electionTimeout = cfg.HeartbeatTimeout, cfg.ElectionTimeout
-	rep.quiet = quietTimeout(t)
 	rep.proposals = &batcher[fsm.Op, fsm.Result]{
 		commit:   rep.commit,
 		parallel: outstandingEntries,
@@ -221,6 +257,7 @@ func openReplica(dir string, id shard.ID, nodeID string, peers map[string]string
 		spawn: rep.group.Go, closed: raft.ErrRaftShutdown,
 	}
 	rep.proposing.submit = rep.proposals.submit
+	rep.linkToLeader(cfg.ctx, cfg.callTimeout)
 	rep.observer = raft.NewObserver(rep.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
 		case raft.LeaderObservation, raft.RaftState, raft.FailedHeartbeatObservation:

@@ -3,6 +3,7 @@ package shard
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/cespare/xxhash/v2"
@@ -122,6 +123,15 @@ func (m *Map) Validate() error {
 		return fmt.Errorf("%w: slots from %d on are unassigned", ErrInvalidMap, next)
 	}
 	return nil
+}
+
+// Clone returns a deep copy of m, which the caller may change.
+func (m *Map) Clone() *Map {
+	c := &Map{Version: m.Version, Shards: make([]Shard, len(m.Shards)), Ranges: slices.Clone(m.Ranges)}
+	for i, s := range m.Shards {
+		c.Shards[i] = Shard{ID: s.ID, Replicas: slices.Clone(s.Replicas)}
+	}
+	return c
 }
 
 // ShardOf returns the shard that owns key. m must be valid.

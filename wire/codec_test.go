@@ -53,7 +53,7 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		}}}),
 		"error": {Type: TypeError, TxID: 42, Node: "n2", Activity: 130, Err: &Error{Code: CodeNotFound, Message: "not found"}},
 		"conflict": {Type: TypeError, TxID: 42, Node: "n2", Activity: 1,
-			Err: &Error{Code: CodeConflict, Message: "version conflict"}, Result: Result{Version: 8}},
+			Err: &Error{Code: CodeVersionConflict, Message: "version conflict"}, Result: Result{Version: 8}},
 		"heartbeat": {Type: TypeHeartbeat, Node: "n1", Activity: 130,
 			Heartbeat: Heartbeat{Leads: []shard.ID{0}, Follows: []shard.ID{1, 2}, MapVersion: 1}},
 		"heartbeat with ready jobs": {Type: TypeHeartbeat, Node: "n1", Activity: 130,

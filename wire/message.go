@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
@@ -21,77 +20,6 @@ const (
 	// TypeHeartbeat is sent unprompted by a node to its recent clients.
 	TypeHeartbeat Type = "h"
 )
-
-// Op names a query (KRPC's "q").
-type Op string
-
-// The ops a node serves.
-const (
-	// OpGet reads a key; Args.Stale asks for a local read.
-	OpGet Op = "get"
-	// OpSet writes a key.
-	OpSet Op = "set"
-	// OpDelete removes a key.
-	OpDelete Op = "del"
-	// OpCompareAndSet writes a key if its version is Args.Version.
-	OpCompareAndSet Op = "cas"
-	// OpTopology asks for the cluster's nodes and shard map.
-	OpTopology Op = "topo"
-	// OpPing does nothing but keep the client subscribed to heartbeats.
-	OpPing Op = "ping"
-	// OpStatus asks a node for its raft state per shard.
-	OpStatus Op = "status"
-
-	// OpEnqueue creates job Args.JobID of Args.Topic with payload
-	// Args.Value.
-	OpEnqueue Op = "enq"
-	// OpAcquire leases a ready job of Args.Topic for Args.Lease from one
-	// of Args.Shards (all the node holds if empty), waiting up to
-	// Args.Wait for one.
-	OpAcquire Op = "acq"
-	// OpExtend, OpComplete, OpFail and OpRelease act on job Args.JobID
-	// under lease Args.Token.
-	OpExtend   Op = "ext"
-	OpComplete Op = "done"
-	OpFail     Op = "fail"
-	OpRelease  Op = "rel"
-	// OpRequeue queues dead job Args.JobID again.
-	OpRequeue Op = "requeue"
-	// OpEvery registers the schedule (Args.Topic, Args.Unique) making a
-	// job every Args.Interval; OpUnevery removes it.
-	OpEvery   Op = "every"
-	OpUnevery Op = "unevery"
-	// OpJobStats counts Args.Topic's jobs by state on shard Args.Shards[0].
-	OpJobStats Op = "jstats"
-	// OpDeadJobs lists up to Args.Limit dead jobs of Args.Topic on shard
-	// Args.Shards[0].
-	OpDeadJobs Op = "dead"
-)
-
-// Mutating reports whether op changes state, so that it must be applied at
-// most once and keeps its sequence number unacknowledged until answered.
-func (op Op) Mutating() bool {
-	switch op {
-	case OpSet, OpDelete, OpCompareAndSet, OpEnqueue, OpAcquire, OpExtend, OpComplete,
-		OpFail, OpRelease, OpRequeue, OpEvery, OpUnevery:
-		return true
-	}
-	return false
-}
-
-// Loads reports whether a request of op counts toward a node's load, the
-// requests in progress it reports: every request but the ones that wait at
-// the node by design (an acquire's long poll) or cost next to nothing
-// (ping, topology, status).
-func (op Op) Loads() bool {
-	switch op {
-	case OpAcquire:
-		return false
-	case OpGet, OpJobStats, OpDeadJobs:
-		return true
-	}
-	return op.Mutating()
-}
 
 // Message is one datagram, decoded. Which fields are meaningful depends on
 // Type; Encode writes only those.
@@ -247,38 +175,6 @@ type Heartbeat struct {
 	// Ready lists, for the shards the node leads, the topics with jobs
 	// ready to acquire.
 	Ready []ReadyCount
-}
-
-// Code classifies an error reply. 201 to 204 are KRPC's; the rest borrow
-// the meaning of the HTTP status with the same number.
-type Code int
-
-// The error codes.
-const (
-	CodeGeneric        Code = 201 // any other failure
-	CodeServer         Code = 202 // a fault inside the node
-	CodeProtocol       Code = 203 // malformed message or wrong argument types
-	CodeUnknownOp      Code = 204 // the op is not one this node serves
-	CodeBadRequest     Code = 400 // well formed, but the arguments are invalid
-	CodeNotFound       Code = 404 // the key does not exist
-	CodeConflict       Code = 409 // compare-and-set found another version
-	CodeLeaseLost      Code = 423 // the token is not the job's live lease (Locked)
-	CodeAcked          Code = 410 // the client already acknowledged this sequence number
-	CodeTooLarge       Code = 413 // key, value or message over the limits
-	CodeWrongShard     Code = 421 // the node holds no replica of the key's shard
-	CodeTooManyPending Code = 429 // the client has too many unacknowledged requests
-	CodeUnavailable    Code = 503 // no leader, or the node ran out of time
-)
-
-// Error is an error reply: KRPC's [code, message].
-type Error struct {
-	Code    Code
-	Message string
-}
-
-// Error formats the reply as "code message".
-func (e *Error) Error() string {
-	return fmt.Sprintf("%d %s", e.Code, e.Message)
 }
 
 // Limits of the protocol. A value of shard.MaxValueSize with a key of

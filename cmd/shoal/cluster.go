@@ -340,7 +340,7 @@ func collectStatus(ctx context.Context, c *client.Client) *clusterView {
 				v.Nodes[i].Err = err.Error()
 				return
 			}
-			v.Nodes[i].Up, v.Nodes[i].Load = true, float64(st.Activity)/1000
+			v.Nodes[i].Up, v.Nodes[i].Load = true, st.Activity
 			for _, ss := range st.Shards {
 				v.Nodes[i].Shards = append(v.Nodes[i].Shards,
 					nodeShardView{ID: ss.ID, State: ss.State, Leader: ss.Leader, Applied: ss.Applied, Keys: ss.Keys})

@@ -18,22 +18,6 @@ import (
 //	signed ones as varints.
 const commandFormat = 1
 
-// kindCodes numbers the kinds on disk; never renumber one.
-var kindCodes = []Kind{
-	1: KindSet, 2: KindDelete, 3: KindCompareAndSet, 4: KindEnqueue, 5: KindAcquire,
-	6: KindExtend, 7: KindComplete, 8: KindFail, 9: KindRelease, 10: KindRequeue,
-	11: KindEvery, 12: KindUnevery, 13: KindTick,
-}
-
-func kindCode(k Kind) (byte, bool) {
-	for code, kk := range kindCodes {
-		if kk == k && code != 0 {
-			return byte(code), true
-		}
-	}
-	return 0, false
-}
-
 // errBadCommand is returned (wrapped) for an entry that does not decode.
 var errBadCommand = errors.New("fsm: bad command")
 
@@ -45,11 +29,10 @@ func (c *Command) Encode() ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(len(c.Ops)))
 	for i := range c.Ops {
 		op := &c.Ops[i]
-		code, ok := kindCode(op.Kind)
-		if !ok {
-			return nil, fmt.Errorf("fsm: encode command: unknown kind %q", op.Kind)
+		if !op.Kind.valid() {
+			return nil, fmt.Errorf("fsm: encode command: unknown %v", op.Kind)
 		}
-		b = append(b, code)
+		b = append(b, byte(op.Kind))
 		b = appendString(b, op.Client)
 		b = binary.AppendUvarint(b, op.Seq)
 		b = binary.AppendUvarint(b, op.Ack)
@@ -155,15 +138,15 @@ func DecodeCommand(b []byte) (Command, error) {
 	}
 	c.Ops = make([]Op, n)
 	for i := range c.Ops {
-		code := int(d.byte())
-		if d.err == nil && (code <= 0 || code >= len(kindCodes) || kindCodes[code] == "") {
-			d.fail(fmt.Sprintf("unknown kind %d", code))
+		kind := Kind(d.byte())
+		if d.err == nil && !kind.valid() {
+			d.fail(fmt.Sprintf("unknown kind %d", kind))
 		}
 		if d.err != nil {
 			return Command{}, d.err
 		}
 		c.Ops[i] = Op{
-			Kind: kindCodes[code], Client: d.string(), Seq: d.uvarint(), Ack: d.uvarint(),
+			Kind: kind, Client: d.string(), Seq: d.uvarint(), Ack: d.uvarint(),
 			Key: d.string(), Value: d.string(), Version: d.uvarint(),
 			Topic: d.string(), JobID: d.string(), Token: d.uvarint(), Lease: d.varint(),
 			RunAt: d.varint(), Delay: d.varint(), MaxAttempts: int(d.varint()), Backoff: d.varint(),

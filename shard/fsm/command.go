@@ -1,44 +1,66 @@
 package fsm
 
-import "errors"
+import "fmt"
 
-// Kind is the operation an Op performs.
-type Kind string
+// Kind is the operation an Op performs. Its value is its code in the raft
+// log: never renumber one.
+type Kind uint8
 
-// The operations of the key-value state machine.
+// The operations of the state machine. The node maps the client ops of the
+// wire protocol onto them in one table (server/ops.go).
 const (
 	// KindSet stores Value under Key, creating or replacing it.
-	KindSet Kind = "set"
+	KindSet Kind = 1
 	// KindDelete removes Key.
-	KindDelete Kind = "del"
+	KindDelete Kind = 2
 	// KindCompareAndSet stores Value under Key only if the key's current
 	// version is Version; Version 0 means the key must not exist.
-	KindCompareAndSet Kind = "cas"
+	KindCompareAndSet Kind = 3
 
 	// KindEnqueue creates job JobID of Topic with payload Value, to run at
 	// RunAt or Delay after the command's time, whichever is later, with
 	// MaxAttempts, Backoff and uniqueness key Unique.
-	KindEnqueue Kind = "enq"
+	KindEnqueue Kind = 4
 	// KindAcquire leases the next available job of Topic to Client for
 	// Lease nanoseconds.
-	KindAcquire Kind = "acq"
+	KindAcquire Kind = 5
 	// KindExtend, KindComplete, KindFail and KindRelease act on job JobID
 	// under lease Token: extend it by Lease, finish it, fail it with
 	// Reason, or give it back.
-	KindExtend   Kind = "ext"
-	KindComplete Kind = "done"
-	KindFail     Kind = "fail"
-	KindRelease  Kind = "rel"
+	KindExtend   Kind = 6
+	KindComplete Kind = 7
+	KindFail     Kind = 8
+	KindRelease  Kind = 9
 	// KindRequeue queues dead job JobID again.
-	KindRequeue Kind = "requeue"
+	KindRequeue Kind = 10
 	// KindEvery creates or updates the schedule (Topic, Unique) making a
 	// job with payload Value every Interval; KindUnevery removes it.
-	KindEvery   Kind = "every"
-	KindUnevery Kind = "unevery"
+	KindEvery   Kind = 11
+	KindUnevery Kind = 12
 	// KindTick does nothing but move the clock, so schedules fire and
 	// leases are seen to run out.
-	KindTick Kind = "tick"
+	KindTick Kind = 13
+
+	// kindEnd is one past the last kind.
+	kindEnd Kind = 14
 )
+
+var kindNames = [kindEnd]string{
+	KindSet: "set", KindDelete: "delete", KindCompareAndSet: "compare-and-set", KindEnqueue: "enqueue",
+	KindAcquire: "acquire", KindExtend: "extend", KindComplete: "complete", KindFail: "fail",
+	KindRelease: "release", KindRequeue: "requeue", KindEvery: "every", KindUnevery: "unevery",
+	KindTick: "tick",
+}
+
+// String names the kind, for logs and errors.
+func (k Kind) String() string {
+	if k.valid() {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+func (k Kind) valid() bool { return k > 0 && k < kindEnd }
 
 // Op is one client request as the state machine applies it.
 //
@@ -99,23 +121,12 @@ const (
 	StatusEmpty
 	// StatusLeaseLost: the token is not the job's live lease.
 	StatusLeaseLost
-	// StatusWrongState: the job is not in a state the op applies to.
+	// StatusWrongState: the job is not in a state the op applies to (a
+	// requeue of a job that is not dead).
 	StatusWrongState
-)
-
-// Errors of the state machine, returned by Result.Err.
-var (
-	// ErrNotFound: the key does not exist.
-	ErrNotFound = errors.New("fsm: key not found")
-	// ErrVersionConflict: a compare-and-set found another version.
-	ErrVersionConflict = errors.New("fsm: version conflict")
-	// ErrAcked: a request arrived whose sequence number the client has
-	// already acknowledged; it is a stale duplicate and was not executed.
-	ErrAcked = errors.New("fsm: sequence number already acknowledged")
-	// ErrTooManyPending: a client has too many unacknowledged requests.
-	ErrTooManyPending = errors.New("fsm: too many unacknowledged requests")
-	// ErrInvalidOp: an op the state machine does not understand.
-	ErrInvalidOp = errors.New("fsm: invalid op")
+	// StatusJobExists: an enqueue named the id of a job of another topic
+	// or payload.
+	StatusJobExists
 )
 
 // Result is the outcome of one Op.
@@ -140,28 +151,4 @@ type Result struct {
 	// retry answered from its session, the retry's entry; for one that
 	// joined its first attempt on the leader, the first attempt's).
 	Index uint64 `bencode:"i"`
-}
-
-// Err returns nil for StatusOK and the matching sentinel error otherwise.
-func (r Result) Err() error {
-	switch r.Status {
-	case StatusOK:
-		return nil
-	case StatusNotFound:
-		return ErrNotFound
-	case StatusConflict:
-		return ErrVersionConflict
-	case StatusAcked:
-		return ErrAcked
-	case StatusTooManyPending:
-		return ErrTooManyPending
-	case StatusEmpty:
-		return ErrNoJob
-	case StatusLeaseLost:
-		return ErrLeaseLost
-	case StatusWrongState:
-		return ErrWrongState
-	default:
-		return ErrInvalidOp
-	}
 }

@@ -31,7 +31,28 @@ type Config struct {
 	// leader: the election timeout, during which its holder could not
 	// extend it. If zero, DefaultLeaseGrace.
 	LeaseGrace time.Duration
+	// Observer hears of what the state machine applies. If nil, nobody
+	// does.
+	Observer Observer
 }
+
+// Observer hears of changes in a state machine as it applies them: a node
+// waking the acquires that wait for jobs. Its methods are called with the
+// state machine locked, so they must return quickly and must not call it.
+type Observer interface {
+	// Applied: the state machine has applied the raft log up to index.
+	Applied(index uint64)
+	// JobsChanged: a job of topic may have become available other than
+	// by time passing (enqueued, released, failed to run again, requeued);
+	// after a snapshot is restored, topic is "", for every topic.
+	JobsChanged(topic string)
+}
+
+// noObserver is the Observer of a state machine that has none.
+type noObserver struct{}
+
+func (noObserver) Applied(uint64)     {}
+func (noObserver) JobsChanged(string) {}
 
 // DefaultLeaseGrace is the lease grace of a change of leader by default.
 const DefaultLeaseGrace = time.Second
@@ -72,13 +93,8 @@ type FSM struct {
 	lastExpiry int64  // clock at the last session expiry scan
 	executed   uint64
 	duplicates uint64
-	applied    uint64        // raft index of the last applied log
-	appliedCh  chan struct{} // closed and replaced when applied grows
-	// topicMu guards topicCh, so that waiters do not take mu for writing;
-	// it is taken after mu.
-	topicMu    sync.Mutex
-	topicCh    map[string]chan struct{} // see TopicChanges
-	newTopicCh chan struct{}            // closed when a topic gets its first job
+	applied    uint64 // raft index of the last applied log
+	observer   Observer
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -91,15 +107,16 @@ func New(cfg Config) *FSM {
 	if cfg.LeaseGrace <= 0 {
 		cfg.LeaseGrace = DefaultLeaseGrace
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
+	}
 	return &FSM{
 		sessionTTL: cfg.SessionTTL,
 		leaseGrace: int64(cfg.LeaseGrace),
 		kv:         make(map[string]Entry),
 		sessions:   make(sessions),
 		jobs:       newJobTable(),
-		topicCh:    make(map[string]chan struct{}),
-		newTopicCh: make(chan struct{}),
-		appliedCh:  make(chan struct{}),
+		observer:   cfg.Observer,
 	}
 }
 
@@ -120,8 +137,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		}
 		f.applied = l.Index
 	}
-	close(f.appliedCh)
-	f.appliedCh = make(chan struct{})
+	f.observer.Applied(f.applied)
 	return out
 }
 
@@ -257,13 +273,6 @@ func (f *FSM) Applied() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.applied
-}
-
-// AppliedChanges returns a channel closed when the next command applies.
-func (f *FSM) AppliedChanges() <-chan struct{} {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.appliedCh
 }
 
 // Stats returns counters and sizes of the state machine.

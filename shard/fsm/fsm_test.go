@@ -88,22 +88,6 @@ func TestKeyValueOps(t *testing.T) {
 	}
 }
 
-func TestResultErr(t *testing.T) {
-	for status, want := range map[Status]error{
-		StatusOK:             nil,
-		StatusNotFound:       ErrNotFound,
-		StatusConflict:       ErrVersionConflict,
-		StatusAcked:          ErrAcked,
-		StatusTooManyPending: ErrTooManyPending,
-		StatusInvalid:        ErrInvalidOp,
-		Status(200):          ErrInvalidOp,
-	} {
-		if got := (Result{Status: status}).Err(); !errors.Is(got, want) || (want == nil && got != nil) {
-			t.Errorf("status %d: Err() = %v, want %v", status, got, want)
-		}
-	}
-}
-
 func TestRetriedSequenceAppliesOnce(t *testing.T) {
 	a := newApplier(t)
 	first := a.one(Op{Kind: KindSet, Client: "c1", Seq: 1, Ack: 1, Key: "k", Value: "v1"})

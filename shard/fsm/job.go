@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"container/heap"
-	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -38,18 +37,6 @@ const (
 	DefaultBackoff = time.Second
 	// MaxBackoff caps the retry delay.
 	MaxBackoff = time.Hour
-)
-
-// Errors of job operations, returned by Result.Err.
-var (
-	// ErrLeaseLost: the token is not the job's current lease, or the lease
-	// has run out; nothing was changed.
-	ErrLeaseLost = errors.New("fsm: lease lost")
-	// ErrNoJob: nothing was ready to acquire.
-	ErrNoJob = errors.New("fsm: no job ready")
-	// ErrWrongState: the job is not in a state the op applies to (requeue
-	// of a job that is not dead).
-	ErrWrongState = errors.New("fsm: job in the wrong state")
 )
 
 // jobState is the stored state; scheduled, ready and an expired lease are
@@ -234,9 +221,13 @@ func (f *FSM) enqueue(op *Op) Result {
 			return Result{JobID: id}
 		}
 	}
-	if _, ok := t.jobs[op.JobID]; ok {
-		// Ids are random: this is the same enqueue again, retried after
-		// its session was forgotten.
+	if j, ok := t.jobs[op.JobID]; ok {
+		// Clients make ids at random: the same job is the same enqueue
+		// again, retried after its session was forgotten. Another job
+		// under the id is not this one.
+		if j.Topic != op.Topic || j.Payload != op.Value {
+			return Result{Status: StatusJobExists, JobID: op.JobID}
+		}
 		return Result{JobID: op.JobID}
 	}
 	f.createJob(op.JobID, op.Topic, op.Value, max(op.RunAt, f.clock+op.Delay), op.MaxAttempts, op.Backoff, op.Unique)
@@ -257,17 +248,9 @@ func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int,
 	if unique != "" {
 		t.unique[shard.JobKey(topic, unique)] = id
 	}
-	q, existed := t.topics[topic]
-	if !existed {
-		q = t.topic(topic)
-		// Waiters for a topic that had no queue wait on newTopicCh.
-		f.topicMu.Lock()
-		close(f.newTopicCh)
-		f.newTopicCh = make(chan struct{})
-		f.topicMu.Unlock()
-	}
+	q := t.topic(topic)
 	heap.Push(&q.queued, j)
-	f.notifyTopic(topic)
+	f.observer.JobsChanged(topic)
 }
 
 // acquire hands out the topic's next available job: the one that became
@@ -429,7 +412,7 @@ func (f *FSM) queue(q *topicQueue, j *Job, runAt int64) {
 	j.RunAt = runAt
 	j.Holder = ""
 	heap.Push(&q.queued, j)
-	f.notifyTopic(j.Topic)
+	f.observer.JobsChanged(j.Topic)
 }
 
 // bury makes a job dead: kept, out of every queue, until requeued.
@@ -578,36 +561,6 @@ func (f *FSM) NextLeaseEnd() (int64, bool) {
 		visit(0)
 	}
 	return best, best != math.MaxInt64
-}
-
-// TopicChanges returns a channel closed when a job of topic may have
-// become available other than by time passing: enqueued, released, failed
-// (to run again later), requeued. Time passing is the caller's to watch,
-// with NextAvailable.
-func (f *FSM) TopicChanges(topic string) <-chan struct{} {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	f.topicMu.Lock()
-	defer f.topicMu.Unlock()
-	if _, ok := f.jobs.topics[topic]; !ok {
-		return f.newTopicCh // closed when any topic gets its first job
-	}
-	ch := f.topicCh[topic]
-	if ch == nil {
-		ch = make(chan struct{})
-		f.topicCh[topic] = ch
-	}
-	return ch
-}
-
-// notifyTopic wakes the watchers of topic; f.mu is held for writing.
-func (f *FSM) notifyTopic(topic string) {
-	f.topicMu.Lock()
-	defer f.topicMu.Unlock()
-	if ch, ok := f.topicCh[topic]; ok {
-		close(ch)
-		delete(f.topicCh, topic)
-	}
 }
 
 // DeadJobs returns up to limit of topic's dead jobs, oldest first.

@@ -2,9 +2,9 @@ package fsm
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -76,7 +76,7 @@ func TestJobLifecycle(t *testing.T) {
 		t.Error("a completed job is still held")
 	}
 	a.acquire("mail", "w3", 10*sec)
-	if r := a.acquire("mail", "w4", 10*sec); r.Status != StatusEmpty || r.Err() != ErrNoJob {
+	if r := a.acquire("mail", "w4", 10*sec); r.Status != StatusEmpty {
 		t.Errorf("acquire with nothing ready: %+v", r)
 	}
 	if c := a.fsm.JobCounts("mail", a.now); c != (shard.JobCounts{Leased: 2, Done: 1}) {
@@ -145,7 +145,7 @@ func TestLeaseRunsOut(t *testing.T) {
 		t.Fatalf("second grant %+v after %+v", second, first)
 	}
 	for _, k := range []Kind{KindComplete, KindExtend, KindFail, KindRelease} {
-		if r := a.onJob(k, first); r.Status != StatusLeaseLost || r.Err() != ErrLeaseLost {
+		if r := a.onJob(k, first); r.Status != StatusLeaseLost {
 			t.Errorf("%s with the stale token: %+v, want StatusLeaseLost", k, r)
 		}
 	}
@@ -463,14 +463,6 @@ func TestJobSnapshotRestore(t *testing.T) {
 	}
 }
 
-func TestJobErrors(t *testing.T) {
-	for status, want := range map[Status]error{StatusEmpty: ErrNoJob, StatusLeaseLost: ErrLeaseLost, StatusWrongState: ErrWrongState} {
-		if err := (Result{Status: status}).Err(); !errors.Is(err, want) {
-			t.Errorf("status %d: %v", status, err)
-		}
-	}
-}
-
 // An acquire that found nothing is not remembered: tried again (the same
 // request, once a job is there) it acquires.
 func TestEmptyAcquireIsNotRemembered(t *testing.T) {
@@ -542,5 +534,67 @@ func TestScheduleUpdates(t *testing.T) {
 	a.one(Op{Kind: KindTick})
 	if st := a.fsm.Stats(); st.Jobs != 1 {
 		t.Errorf("the next interval made %d jobs, want 1", st.Jobs)
+	}
+}
+
+// An enqueue that names the id of a held job is that enqueue again if the
+// job has its topic and payload, and refused otherwise.
+func TestEnqueueOfAnExistingID(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j1", "mail")
+	if r := a.enqueue("j1", "mail"); r.Status != StatusOK || r.JobID != "j1" {
+		t.Errorf("the same enqueue again: %+v", r)
+	}
+	if r := a.enqueue("j1", "sms"); r.Status != StatusJobExists {
+		t.Errorf("an enqueue of another topic under the id: %+v, want StatusJobExists", r)
+	}
+	if r := a.one(Op{Kind: KindEnqueue, JobID: "j1", Topic: "mail", Value: "other"}); r.Status != StatusJobExists {
+		t.Errorf("an enqueue of another payload under the id: %+v, want StatusJobExists", r)
+	}
+	if c := a.fsm.JobCounts("mail", a.now); c.Ready != 1 {
+		t.Errorf("counts %+v, want the one job", c)
+	}
+}
+
+// recorder is an Observer that writes down what it hears.
+type recorder struct {
+	applied uint64
+	changed []string
+}
+
+func (r *recorder) Applied(index uint64)     { r.applied = index }
+func (r *recorder) JobsChanged(topic string) { r.changed = append(r.changed, topic) }
+
+// The observer hears of every applied index, and of each change that may
+// make a topic's job available other than by time passing; not of those
+// that take one away.
+func TestObserver(t *testing.T) {
+	rec := &recorder{}
+	a := newApplier(t)
+	a.fsm = New(Config{Observer: rec})
+	step := func(what string, want []string, do func()) {
+		t.Helper()
+		rec.changed = nil
+		do()
+		if !slices.Equal(rec.changed, want) || rec.applied != a.index {
+			t.Errorf("%s: heard %q and applied %d, want %q and %d", what, rec.changed, rec.applied, want, a.index)
+		}
+	}
+	var g Result
+	step("enqueue", []string{"t"}, func() { a.enqueue("j", "t") })
+	step("acquire", nil, func() { g = a.acquire("t", "w", 10*sec) })
+	step("release", []string{"t"}, func() { a.onJob(KindRelease, g) })
+	step("acquire again", nil, func() { g = a.acquire("t", "w", 10*sec) })
+	step("fail", []string{"t"}, func() { a.onJob(KindFail, g, func(op *Op) { op.Reason = "x" }) })
+	step("set", nil, func() { a.one(Op{Kind: KindSet, Key: "k", Value: "v"}) })
+
+	data := snapshotBytes(t, a.fsm)
+	rec2 := &recorder{}
+	r := New(Config{Observer: rec2})
+	if err := r.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rec2.changed, []string{""}) || rec2.applied != a.index {
+		t.Errorf("restore: heard %q and applied %d, want every topic and %d", rec2.changed, rec2.applied, a.index)
 	}
 }

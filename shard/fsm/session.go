@@ -60,16 +60,3 @@ func (ss sessions) expire(cutoff int64) {
 		}
 	}
 }
-
-// clone returns a deep copy, for a snapshot taken while applies continue.
-func (ss sessions) clone() sessions {
-	c := make(sessions, len(ss))
-	for id, s := range ss {
-		r := make(map[uint64]Result, len(s.results))
-		for seq, res := range s.results {
-			r[seq] = res
-		}
-		c[id] = &session{floor: s.floor, results: r, lastSeen: s.lastSeen}
-	}
-	return c
-}

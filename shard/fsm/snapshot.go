@@ -296,16 +296,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.rev, f.clock, f.lastExpiry, f.term = h.Revision, h.Clock, h.LastExpiry, h.Term
 	f.executed, f.duplicates = h.Executed, h.Duplicates
 	f.applied = h.Applied
-	close(f.appliedCh)
-	f.appliedCh = make(chan struct{})
-	f.topicMu.Lock()
-	for topic, ch := range f.topicCh {
-		close(ch)
-		delete(f.topicCh, topic)
-	}
-	close(f.newTopicCh)
-	f.newTopicCh = make(chan struct{})
-	f.topicMu.Unlock()
+	f.observer.Applied(f.applied)
+	f.observer.JobsChanged("")
 	return nil
 }
 

@@ -1,0 +1,303 @@
+package server
+
+import (
+	"context"
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+const (
+	// readyCap bounds each ready count a node computes and reports.
+	readyCap = 1000
+	// acquireResultTTL is how long a node remembers the answer to an
+	// acquire, so that a retry of it gets the same job rather than a
+	// second one.
+	acquireResultTTL = 30 * time.Second
+	// unseenAskTimeout bounds asking a shard that this node's replica
+	// shows no job on (see readyFirst): a leader that stopped answering
+	// must not hold up the jobs of the others for the request's whole
+	// budget.
+	unseenAskTimeout = 500 * time.Millisecond
+)
+
+// acquireFlights remembers the acquires a node is running or has answered
+// lately, by client and sequence number. A retry of an acquire joins the
+// one running, or gets its answer: a second run could hand out a second
+// job on another shard, and the client would take only one of them. A run
+// that failed (its outcome unknown) is not remembered as an answer: the
+// retry runs again, first on the shard the failed run proposed on, whose
+// session answers with the grant if the proposal took.
+type acquireFlights struct {
+	mu      sync.Mutex
+	flights map[string]*acquireFlight
+	pruned  time.Time
+}
+
+type acquireFlight struct {
+	done  chan struct{}
+	reply *wire.Message // nil: the run failed
+	// open is the replica of the shard the failed run had proposed on.
+	open  *replica
+	ended time.Time
+}
+
+// join returns the flight of key and whether the caller must run it, and
+// for a rerun, the replica a failed run left open.
+func (a *acquireFlights) join(key string, now time.Time) (f *acquireFlight, run bool, open *replica) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flights == nil {
+		a.flights = make(map[string]*acquireFlight)
+	}
+	if now.Sub(a.pruned) > acquireResultTTL/10 {
+		a.pruned = now
+		for k, f := range a.flights {
+			if !f.ended.IsZero() && now.Sub(f.ended) > acquireResultTTL {
+				delete(a.flights, k)
+			}
+		}
+	}
+	if f, ok := a.flights[key]; ok && (f.ended.IsZero() || f.reply != nil) {
+		return f, false, nil
+	} else if ok {
+		open = f.open
+	}
+	f = &acquireFlight{done: make(chan struct{})}
+	a.flights[key] = f
+	return f, true, open
+}
+
+func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, open *replica, now time.Time) {
+	a.mu.Lock()
+	f.reply, f.open, f.ended = reply, open, now
+	a.mu.Unlock()
+	close(f.done)
+}
+
+// acquire leases a ready job of the topic from one of the shards the
+// request names (all this node holds, if it names none), waiting up to
+// Args.Wait for one. It proposes the acquire on the shards whose replicas
+// here see a ready job; a replica that lags the leader may see one that is
+// gone, and a shard that answered "nothing" is tried again only once its
+// replica here has applied past that answer. When the wait is over it
+// replies with no job, and the client asks again.
+func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
+	a := &m.Args
+	var reps []*replica
+	if len(a.Shards) == 0 {
+		for _, id := range n.shardIDs() {
+			reps = append(reps, n.replicas[id])
+		}
+	}
+	for _, id := range a.Shards {
+		if rep := n.replicas[id]; rep != nil {
+			reps = append(reps, rep)
+		}
+	}
+	if len(reps) == 0 {
+		return errorReply(wire.CodeWrongShard, "node %s holds none of shards %v (map version %d)", n.id, a.Shards, n.shardMap.Version)
+	}
+	key := m.Client + "/" + strconv.FormatUint(m.Seq, 10)
+	f, run, open := n.acquires.join(key, time.Now())
+	if !run {
+		select {
+		case <-f.done:
+			if f.reply != nil {
+				return f.reply
+			}
+			return errorReply(wire.CodeUnavailable, "the acquire failed; ask again")
+		case <-ctx.Done():
+			return errorReply(wire.CodeUnavailable, "acquire still running")
+		}
+	}
+	reply, failed := n.runAcquire(ctx, m, reps, open)
+	if failed != nil {
+		n.acquires.finish(f, nil, failed, time.Now())
+	} else {
+		n.acquires.finish(f, reply, nil, time.Now())
+	}
+	return reply
+}
+
+// runAcquire does the work of acquire. If it fails after proposing on a
+// shard, it returns that shard's replica as failed: whether the proposal
+// took is unknown.
+func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (*wire.Message, *replica) {
+	a := &m.Args
+	op := stateOp(m)
+	// Answer before the client gives up on this attempt.
+	wait := a.Wait
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(d)*9/10)
+	}
+	until := time.Now().Add(wait)
+	// emptyAt[s] is the raft index of the entry in which shard s last had
+	// nothing for this request.
+	emptyAt := make(map[shard.ID]uint64, len(reps))
+	// Watch before looking, so that a job arriving after the look wakes
+	// the wait.
+	watch := n.jobs.watch(a.Topic)
+	defer watch.stop()
+	for {
+		for id, at := range emptyAt {
+			watch.after(id, at)
+		}
+		now := time.Now()
+		cands, unseen := readyFirst(reps, emptyAt, a.Topic, now)
+		// The shard a failed run proposed on goes first, to learn what
+		// came of that proposal, unless it has no live leader to ask: then
+		// the run goes on without it, and a job it may have granted comes
+		// back when that lease runs out.
+		if open != nil && (open.isLeader() || open.leaderHeard()) {
+			cands = append([]*replica{open}, cands...)
+		}
+		open = nil
+		for i, rep := range append(cands, unseen...) {
+			actx, cancel := ctx, context.CancelFunc(func() {})
+			if i >= len(cands) {
+				actx, cancel = context.WithTimeout(ctx, unseenAskTimeout)
+			}
+			res, err := n.writeResult(actx, rep, op)
+			cancel()
+			if err != nil {
+				return leaderErrorReply(actx, rep.id, err), rep
+			}
+			if res.Status != fsm.StatusEmpty {
+				return writeReply(res), nil
+			}
+			emptyAt[rep.id] = res.Index
+		}
+		if !now.Before(until) {
+			return resultReply(wire.Result{}), nil
+		}
+		if len(cands)+len(unseen) == 0 {
+			// A shard whose leader says a job is ready is asked again.
+			for _, id := range n.waitForJobs(ctx, watch, reps, emptyAt, a.Topic, until) {
+				delete(emptyAt, id)
+			}
+		}
+	}
+}
+
+// readyFirst returns the replicas whose state shows a ready job of topic,
+// most ready first, in random order among equals so that concurrent
+// acquires spread over the shards; a replica that has applied nothing
+// since its shard last had nothing is left out.
+//
+// A follower learns of a commit only with its leader's next message, up to
+// two CommitTimeouts later, so it also returns, as unseen, the followers
+// here whose shard this request has not asked yet and whose leader was
+// heard from lately: asked once, their leaders find a job enqueued just
+// before at once.
+func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now time.Time) (ready, unseen []*replica) {
+	type cand struct {
+		rep   *replica
+		ready int
+		tie   uint32
+	}
+	var cands []cand
+	for _, rep := range reps {
+		at, asked := emptyAt[rep.id]
+		if asked && rep.fsm.Applied() <= at {
+			continue
+		}
+		if k := rep.fsm.ReadyCount(topic, now.UnixNano(), readyCap); k > 0 {
+			cands = append(cands, cand{rep, k, rand.Uint32()})
+		} else if !asked && !rep.isLeader() && rep.leaderHeard() {
+			unseen = append(unseen, rep)
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		return cands[i].ready > cands[j].ready || (cands[i].ready == cands[j].ready && cands[i].tie < cands[j].tie)
+	})
+	ready = make([]*replica, len(cands))
+	for i, c := range cands {
+		ready[i] = c.rep
+	}
+	rand.Shuffle(len(unseen), func(i, j int) { unseen[i], unseen[j] = unseen[j], unseen[i] })
+	return ready, unseen
+}
+
+// waitForJobs waits for watch's wake-up (see jobWatch), until the topic's
+// next job comes due on a replica not left out by readyFirst, until passes,
+// or ctx ends. A follower here learns of a new job only with its leader's
+// next message, up to two CommitTimeouts late, so for each shard this node
+// follows it also asks the leader to answer when the topic has a job ready
+// there (ForwardRequest.WaitTopic), and returns the shards whose leaders
+// answered so.
+func (n *Node) waitForJobs(ctx context.Context, watch *jobWatcher, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) []shard.ID {
+	wake := until
+	for _, rep := range reps {
+		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
+			continue
+		}
+		if at, ok := rep.fsm.NextAvailable(topic); ok && time.Unix(0, at).Before(wake) {
+			wake = time.Unix(0, at)
+		}
+	}
+	wctx, cancel := context.WithDeadline(ctx, wake)
+	defer cancel()
+	ready := make(chan shard.ID, len(reps))
+	for _, rep := range reps {
+		if rep.isLeader() || !rep.leaderHeard() {
+			continue
+		}
+		n.group.Go(func() {
+			fr, err := rep.callLeader(wctx, ForwardRequest{WaitTopic: topic})
+			if err == nil && fr.Ready {
+				ready <- rep.id
+			}
+		})
+	}
+	var woke []shard.ID
+	select {
+	case <-watch.wake:
+	case <-wctx.Done():
+	case id := <-ready:
+		woke = append(woke, id)
+	}
+	for {
+		select {
+		case id := <-ready:
+			woke = append(woke, id)
+		default:
+			return woke
+		}
+	}
+}
+
+// awaitReady waits, on a leader, until topic has a job ready in rep's
+// state, and reports whether it has one; false when ctx ends first.
+func (n *Node) awaitReady(ctx context.Context, rep *replica, topic string) (bool, error) {
+	watch := n.jobs.watch(topic)
+	defer watch.stop()
+	for {
+		changed := rep.changes()
+		if !rep.isLeader() {
+			return false, errNotLeader
+		}
+		if rep.fsm.ReadyCount(topic, time.Now().UnixNano(), 1) > 0 {
+			return true, nil
+		}
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if at, ok := rep.fsm.NextAvailable(topic); ok {
+			wctx, cancel = context.WithDeadline(ctx, time.Unix(0, at))
+		}
+		select {
+		case <-watch.wake:
+		case <-changed:
+		case <-wctx.Done():
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return false, nil
+		}
+	}
+}
