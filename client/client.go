@@ -412,6 +412,7 @@ func (c *Client) receive() {
 		case wire.TypeHeartbeat:
 			if v != nil {
 				if nd := v.nodes[m.Node]; nd != nil {
+					nd.heartbeats.Add(1)
 					leads := m.Heartbeat.Leads
 					nd.leads.Store(&leads)
 					nd.ready.Store(&readyReport{at: now, counts: m.Heartbeat.Ready})

@@ -254,7 +254,7 @@ func TestSilentNodeIsSkipped(t *testing.T) {
 	}
 	b := fc.nodes[1]
 	b.set(func(f *fakeNode) { f.silent = true })
-	time.Sleep(250 * time.Millisecond) // past NodeTimeout
+	waitUntil(t, 5*time.Second, "b taken for dead", func() bool { return !nodeInfo(c, "b").Alive })
 	before := c.Counters().Attempts
 	if got := answeredBy(t, c, 200); got["b"] != 0 || got["a"]+got["c"] != 200 {
 		t.Errorf("with b silent, answers came from %v", got)
@@ -611,19 +611,11 @@ func TestPickerSeesRequestsInFlight(t *testing.T) {
 			_, err := c.Get(context.Background(), "k") // to b, which answers late
 			done <- err
 		}()
-		time.Sleep(100 * time.Millisecond)
+		// b answers 300 ms late: the request is in flight there until then.
+		waitUntil(t, 250*time.Millisecond, "one request in flight at b", func() bool { return nodeInfo(c, "b").InFlight == 1 })
 		want := 1.0
 		if ignore {
 			want = 0
-		}
-		var inFlight int64
-		for _, n := range c.Nodes() {
-			if n.ID == "b" {
-				inFlight = n.InFlight
-			}
-		}
-		if inFlight != 1 {
-			t.Errorf("ignore=%v: b has %d requests in flight, want 1", ignore, inFlight)
 		}
 		fc.nodes[1].set(func(f *fakeNode) { f.delay = 0 })
 		if _, err := c.Get(context.Background(), "k"); err != nil {
@@ -642,4 +634,27 @@ func TestPickerSeesRequestsInFlight(t *testing.T) {
 			}
 		}
 	}
+}
+
+// waitUntil polls cond every millisecond until it holds, and fails the
+// test with what after limit.
+func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// nodeInfo returns what c knows of node id.
+func nodeInfo(c *Client, id string) NodeInfo {
+	for _, n := range c.Nodes() {
+		if n.ID == id {
+			return n
+		}
+	}
+	return NodeInfo{}
 }

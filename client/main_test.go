@@ -3,20 +3,17 @@ package client_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/shoal-kv/shoal/client"
-	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"go.uber.org/goleak"
 )
 
-// TestMain starts a 3-node cluster for the examples and end-to-end tests of
-// this package, and publishes its seeds in SHOAL_SEEDS.
+// TestMain starts a cluster of 3 nodes holding 4 shards of 3 replicas for
+// the examples and end-to-end tests of this package, publishes its seeds in
+// SHOAL_SEEDS, and after the tests checks that its replicas converged.
 func TestMain(m *testing.M) {
 	code, err := runWithCluster(m)
 	if err != nil {
@@ -32,56 +29,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func runWithCluster(m *testing.M) (int, error) {
-	dir, err := os.MkdirTemp("", "shoal-client-test-")
+func runWithCluster(m *testing.M) (code int, err error) {
+	c, err := servertest.Start(context.Background(), servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
-	spec, err := server.LocalSpec(3, 4, 3)
-	if err != nil {
-		return 0, err
-	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var seeds []string
-	for _, ns := range spec.Nodes {
-		n, err := server.Start(context.Background(), server.Config{
-			ID: ns.ID, DataDir: dir + "/" + ns.ID, Spec: spec, Logger: quiet,
-		})
-		if err != nil {
-			return 0, err
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), servertest.CheckTimeout)
+		defer cancel()
+		if cerr := c.Check(ctx); cerr != nil && err == nil {
+			err = cerr
 		}
-		defer n.Close()
-		seeds = append(seeds, ns.Client)
-	}
-	os.Setenv("SHOAL_SEEDS", strings.Join(seeds, ","))
-	if err := waitForLeaders(seeds); err != nil {
-		return 0, err
-	}
+		if cerr := c.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	os.Setenv("SHOAL_SEEDS", strings.Join(c.Seeds(), ","))
 	return m.Run(), nil
-}
-
-// waitForLeaders waits until a write to every shard succeeds.
-func waitForLeaders(seeds []string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := client.New(ctx, client.Config{Seeds: seeds, Attempts: 1000})
-	if err != nil {
-		return err
-	}
-	defer c.Close(ctx)
-	m := c.Map()
-	for _, s := range m.Shards {
-		for i := 0; ; i++ {
-			k := fmt.Sprint("warmup-", i)
-			if m.ShardOf(k) != s.ID {
-				continue
-			}
-			if _, err := c.Set(ctx, k, nil); err != nil {
-				return fmt.Errorf("shard %d: %w", s.ID, err)
-			}
-			break
-		}
-	}
-	return nil
 }

@@ -36,8 +36,9 @@ type node struct {
 	// heard and sent are Unix nanoseconds of the last datagram from and
 	// to the node.
 	heard, sent atomic.Int64
-	// attempts counts the attempts sent to the node.
-	attempts atomic.Uint64
+	// attempts counts the attempts sent to the node; heartbeats the
+	// heartbeats it sent.
+	attempts, heartbeats atomic.Uint64
 	// leads lists the shards the node last said it leads; ready, the
 	// topics with ready jobs on them.
 	leads atomic.Pointer[[]shard.ID]
@@ -59,8 +60,9 @@ type NodeInfo struct {
 	Activity float64
 	// InFlight counts this client's requests with an attempt at the node.
 	InFlight int64
-	// Attempts counts the attempts the client sent it.
-	Attempts uint64
+	// Attempts counts the attempts the client sent it; Heartbeats the
+	// heartbeats the client took from it.
+	Attempts, Heartbeats uint64
 	// Weight is the probability the picker would give the node among
 	// all live nodes now; NaN if the picker does not choose by weight.
 	Weight float64
@@ -79,7 +81,7 @@ func (c *Client) Nodes() []NodeInfo {
 		out[i] = NodeInfo{
 			ID: n.id, Addr: n.addr, Alive: n.alive(now, c.cfg.NodeTimeout),
 			Activity: float64(n.activity.Load()) / 1000, InFlight: n.inFlight.Load(),
-			Attempts: n.attempts.Load(), Weight: math.NaN(),
+			Attempts: n.attempts.Load(), Heartbeats: n.heartbeats.Load(), Weight: math.NaN(),
 		}
 		if l := n.leads.Load(); l != nil {
 			out[i].Leads = append([]shard.ID(nil), *l...)

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -9,14 +9,15 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server/servertest"
 )
 
 // BenchmarkSet measures one set, end to end, on an in-process cluster of 3
 // nodes with one shard of 3 replicas: client, UDP, forwarding, raft with
 // fsync, state machine. Requests in flight: GOMAXPROCS (set it with -cpu).
 func BenchmarkSet(b *testing.B) {
-	c := newTestCluster(b, 3, 1, 3)
-	cl := c.client(client.Config{})
+	c := servertest.New(b, servertest.Options{})
+	cl := newClient(b, c, client.Config{})
 	ctx := context.Background()
 	value := make([]byte, 100)
 	var n atomic.Int64
@@ -47,10 +48,10 @@ func BenchmarkJobRoundTrip(b *testing.B) {
 
 func benchJobs(b *testing.B, shards int) {
 	const workers = 64
-	c := newTestCluster(b, 3, shards, 3)
+	c := servertest.New(b, servertest.Options{Shards: shards})
 	clients := make([]*client.Client, 8)
 	for i := range clients {
-		clients[i] = c.client(client.Config{})
+		clients[i] = newClient(b, c, client.Config{})
 	}
 	ctx := context.Background()
 	payload := make([]byte, 100)

@@ -1,203 +1,238 @@
-package server
+package server_test
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
 
-// testCluster runs the nodes of a LocalSpec in this process, each on its own
-// data directory, with real raft groups on disk and real UDP.
-type testCluster struct {
-	t     testing.TB
-	spec  *Spec
-	dir   string
-	nodes map[string]*Node
-}
+// failoverTiming halves the default heartbeat timeout, for tests whose
+// bounds assume a failover well under two seconds: with the default a
+// failover takes 1 to 2 s, and more after a split vote. The sim's failover
+// experiment measures the default.
+var failoverTiming = server.RaftTiming{HeartbeatTimeout: server.Duration(500 * time.Millisecond)}
 
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("SHOAL_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-// testWriter sends log lines to t.Log, so they show only for failed tests.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p[:len(p)-1]))
-	return len(p), nil
-}
-
-func newTestCluster(t testing.TB, nodes, shards, replicas int) *testCluster {
+// newClient connects a client to the cluster, closed when the test ends.
+// Unless the test brings its own transport (to study loss and attempts),
+// the client makes 10 attempts, not 3, so that a slow moment of a loaded
+// test machine (the race detector on two cores) does not fail a test about
+// something else.
+func newClient(t testing.TB, c *servertest.Cluster, cfg client.Config) *client.Client {
 	t.Helper()
-	spec, err := LocalSpec(nodes, shards, replicas)
+	if cfg.Seeds == nil {
+		cfg.Seeds = c.Seeds()
+	}
+	if cfg.Attempts == 0 && cfg.Transport == nil {
+		cfg.Attempts = 10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = servertest.TestLogger(t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startTestCluster(t, spec)
+	t.Cleanup(func() { cl.Close(context.Background()) })
+	return cl
 }
 
-// newFailoverTestCluster is newTestCluster with a heartbeat timeout of
-// 500 ms, half the default, for tests whose bounds assume a failover well
-// under two seconds: with the default a failover takes 1 to 2 s, and more
-// after a split vote. The sim's failover experiment measures the default.
-func newFailoverTestCluster(t testing.TB, nodes, shards, replicas int) *testCluster {
-	t.Helper()
-	spec, err := LocalSpec(nodes, shards, replicas)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Raft.HeartbeatTimeout = Duration(500 * time.Millisecond)
-	return startTestCluster(t, spec)
-}
-
-// startTestCluster starts every node of spec and waits for leaders.
-func startTestCluster(t testing.TB, spec *Spec) *testCluster {
-	t.Helper()
-	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
-	t.Cleanup(c.closeAll)
-	for _, n := range spec.Nodes {
-		c.start(n.ID)
-	}
-	c.waitLeaders()
-	return c
-}
-
-func (c *testCluster) start(id string) *Node {
-	c.t.Helper()
-	n, err := Start(context.Background(), Config{
-		ID:      id,
-		DataDir: filepath.Join(c.dir, id),
-		Spec:    c.spec,
-		Logger:  testLogger(c.t),
-	})
-	if err != nil {
-		c.t.Fatalf("starting %s: %v", id, err)
-	}
-	c.nodes[id] = n
-	return n
-}
-
-// stop closes a node abruptly: to its peers it looks like a crash.
-func (c *testCluster) stop(id string) {
-	c.t.Helper()
-	if err := c.nodes[id].Close(); err != nil {
-		c.t.Errorf("closing %s: %v", id, err)
-	}
-	delete(c.nodes, id)
-}
-
-func (c *testCluster) closeAll() {
-	for id := range c.nodes {
-		c.stop(id)
-	}
-}
-
-// leader returns the node leading shard id among the running nodes, or nil.
-func (c *testCluster) leader(id shard.ID) *Node {
-	for _, n := range c.nodes {
-		if r := n.replicas[id]; r != nil && r.isLeader() {
-			return n
-		}
-	}
-	return nil
-}
-
-// waitLeaders waits until every shard with a running quorum has a leader
-// that is ready to serve reads.
-func (c *testCluster) waitLeaders() {
-	c.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for _, s := range c.spec.Shards {
-		for {
-			if n := c.leader(s.ID); n != nil && n.replicas[s.ID].readyTerm.Load() == n.replicas[s.ID].raft.CurrentTerm() {
-				break
-			}
-			if time.Now().After(deadline) {
-				c.t.Fatalf("shard %d has no leader after 15s", s.ID)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-}
-
-func (c *testCluster) seeds() []string {
-	var s []string
-	for _, n := range c.spec.Nodes {
-		s = append(s, n.Client)
-	}
-	return s
-}
-
-// rawRequest sends one query to a node and waits for its reply.
-func rawRequest(t testing.TB, to string, m *wire.Message) wire.Message {
+// lossyClient is a client whose datagrams are dropped with probability drop
+// in each direction. Its attempts wait at least 100ms, so that on a slow or
+// loaded test machine retries come from lost datagrams, not slow replies.
+func lossyClient(t testing.TB, c *servertest.Cluster, drop float64, seed int64) *client.Client {
 	t.Helper()
 	u, err := wire.ListenUDP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer u.Close()
-	addr, err := wire.ParseAddr(to)
+	f, err := wire.WithFaults(u, wire.Faults{}, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The link turns lossy once the client has learned the cluster: a
+	// client.New whose three topology requests were all lost (4.7% at 20%
+	// each way) would fail the test for what it does not test.
+	cl := newClient(t, c, client.Config{Transport: f, MinAttemptTimeout: 100 * time.Millisecond})
+	if err := f.SetFaults(wire.Faults{Drop: drop}); err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// leader returns the node leading shard id, failing the test if it has
+// none.
+func leader(t testing.TB, c *servertest.Cluster, id shard.ID) *server.Node {
+	t.Helper()
+	n := c.Leader(id)
+	if n == nil {
+		t.Fatalf("shard %d has no leader", id)
+	}
+	return n
+}
+
+// kill stops node id abruptly: to its peers it looks like a crash.
+func kill(t testing.TB, c *servertest.Cluster, id string) {
+	t.Helper()
+	if err := c.Kill(id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restart starts node id again on its data.
+func restart(t testing.TB, c *servertest.Cluster, id string) *server.Node {
+	t.Helper()
+	n, err := c.Restart(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitReady waits until every shard with a running quorum has a leader.
+func waitReady(t testing.TB, c *servertest.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitConverged waits until every running replica of every shard has
+// applied as far as the shard's leader had when the wait began.
+func waitConverged(t testing.TB, c *servertest.Cluster) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, s := range c.Map().Shards {
+		want := leader(t, c, s.ID).ShardStats(s.ID).Applied
+		for _, id := range s.Replicas {
+			for n := c.Node(id); n != nil && n.ShardStats(s.ID).Applied < want; {
+				if time.Now().After(deadline) {
+					t.Fatalf("shard %d on %s did not apply up to %d", s.ID, id, want)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}
+}
+
+// waitFor polls cond every few milliseconds until it holds, and fails the
+// test with what after limit.
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// keysOf returns n keys that live on shard id.
+func keysOf(m *shard.Map, id shard.ID, prefix string, n int) []string {
+	var keys []string
+	for i := 0; len(keys) < n; i++ {
+		k := fmt.Sprintf("%s-%d", prefix, i)
+		if m.ShardOf(k) == id {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// rawRequest sends one query to the node at address to, up to three times,
+// and returns its reply. It may run in a goroutine of its own.
+func rawRequest(to string, m *wire.Message) (wire.Message, error) {
 	if m.TxID == 0 {
 		m.TxID = 1
 	}
 	b, err := wire.Encode(m)
 	if err != nil {
-		t.Fatal(err)
+		return wire.Message{}, err
 	}
-	buf := make([]byte, wire.MaxDatagramSize)
-	for attempt := 0; attempt < 3; attempt++ {
-		if err := u.Send(b, addr); err != nil {
-			t.Fatal(err)
-		}
-		got := make(chan wire.Message, 1)
-		go func() {
-			for {
-				n, _, _, err := u.Receive(buf)
-				if err != nil {
-					return
-				}
-				if r, err := wire.Decode(buf[:n]); err == nil && r.TxID == m.TxID {
-					got <- r
-					return
-				}
+	return exchange(to, b, 3, func(r wire.Message) bool { return r.TxID == m.TxID })
+}
+
+// exchange sends b to the node at address to from a socket of its own, up
+// to attempts times 3 seconds apart, and returns the first datagram back
+// that decodes and that want takes.
+func exchange(to string, b []byte, attempts int, want func(wire.Message) bool) (wire.Message, error) {
+	addr, err := wire.ParseAddr(to)
+	if err != nil {
+		return wire.Message{}, err
+	}
+	u, err := wire.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		return wire.Message{}, err
+	}
+	got, done := make(chan wire.Message, 1), make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, wire.MaxDatagramSize)
+		for {
+			n, _, _, err := u.Receive(buf)
+			if err != nil {
+				return // closed
 			}
-		}()
+			if r, err := wire.Decode(buf[:n]); err == nil && want(r) {
+				got <- r
+				return
+			}
+		}
+	}()
+	defer func() {
+		u.Close()
+		<-done
+	}()
+	for range attempts {
+		if err := u.Send(b, addr); err != nil {
+			return wire.Message{}, err
+		}
 		select {
 		case r := <-got:
-			return r
+			return r, nil
 		case <-time.After(3 * time.Second):
 		}
 	}
-	t.Fatalf("no reply from %s to %+v", to, m)
-	return wire.Message{}
+	return wire.Message{}, fmt.Errorf("no reply from %s to %q", to, b)
 }
 
+// request is rawRequest for the test's own goroutine: it fails the test
+// if no reply comes.
+func request(t testing.TB, to string, m *wire.Message) wire.Message {
+	t.Helper()
+	r, err := rawRequest(to, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// clientAddr returns the client address of node id.
+func clientAddr(c *servertest.Cluster, id string) string { return c.Spec().Node(id).Client }
+
 func TestSmoke(t *testing.T) {
-	c := newTestCluster(t, 3, 2, 3)
-	for i, n := range c.spec.Nodes {
-		r := rawRequest(t, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: uint64(i + 1), Ack: 1,
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	for i, n := range c.Spec().Nodes {
+		r := request(t, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: uint64(i + 1), Ack: 1,
 			Args: wire.Args{Key: fmt.Sprint("k", i), Value: "v"}})
 		if r.Type != wire.TypeResponse {
 			t.Fatalf("set via %s: %+v", n.ID, r.Err)
 		}
 	}
-	for _, n := range c.spec.Nodes {
-		for i := range c.spec.Nodes {
-			r := rawRequest(t, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: fmt.Sprint("k", i)}})
+	for _, n := range c.Spec().Nodes {
+		for i := range c.Spec().Nodes {
+			r := request(t, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: fmt.Sprint("k", i)}})
 			if r.Type != wire.TypeResponse || r.Result.Value != "v" {
 				t.Fatalf("get via %s: %+v %+v", n.ID, r.Result, r.Err)
 			}

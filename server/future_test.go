@@ -26,7 +26,7 @@ func TestFutureShutdownHook(t *testing.T) {
 	conf.ElectionTimeout = 50 * time.Millisecond
 	conf.LeaderLeaseTimeout = 50 * time.Millisecond
 	conf.BatchApplyCh = true
-	conf.Logger = newRaftLogger(testLogger(t), "raft", 0)
+	conf.Logger = newRaftLogger(quietLogger, "raft", 0)
 	store := raft.NewInmemStore()
 	snaps := raft.NewInmemSnapshotStore()
 	addr, trans := raft.NewInmemTransport("a")

@@ -1,78 +1,60 @@
-package server
+package server_test
 
 import (
-	"context"
 	"math"
 	"net/netip"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/wire"
 )
 
 // A node whose MaxInFlight requests are all running refuses a set as busy,
 // yet still answers the queries that wait on nothing: stale gets, pings.
 func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
-	spec, err := LocalSpec(1, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := Start(context.Background(), Config{ID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"),
-		Spec: spec, Logger: testLogger(t), MaxInFlight: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	addr := spec.Node("n1").Client
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
+		Configure: func(cfg *server.Config) { cfg.MaxInFlight = 1 }})
+	n := c.Node("n1")
+	addr := clientAddr(c, "n1")
 	set := func(seq uint64) wire.Message {
-		return rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: seq,
+		return request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: seq,
 			Args: wire.Args{Key: "k", Value: "v"}})
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for seq := uint64(1); set(seq).Type != wire.TypeResponse; seq++ {
-		if time.Now().After(deadline) {
-			t.Fatal("the node did not take a set")
-		}
-		time.Sleep(10 * time.Millisecond) // no leader yet
+	if r := set(1); r.Type != wire.TypeResponse {
+		t.Fatalf("set: %+v", r.Err)
 	}
 
 	// A waiting acquire takes the one slot, once the last set has let go
 	// of it: the set frees it only after its reply is sent.
-	for len(n.inFlight) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the last set never let go of its slot")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	deadline := time.Now().Add(10 * time.Second)
+	waitFor(t, 10*time.Second, "the last set letting go of its slot", func() bool { return server.InFlight(n) == 0 })
 	acquired := make(chan wire.Message, 1)
 	go func() {
 		for seq := uint64(1); ; seq++ {
-			r := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "busy-acquire",
+			r, err := rawRequest(addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "busy-acquire",
 				Seq: seq, Timeout: 2500 * time.Millisecond, Args: wire.Args{Topic: "none", Lease: time.Minute, Wait: 2 * time.Second}})
-			if r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable || time.Now().After(deadline) {
+			if err != nil {
+				t.Error(err)
+			}
+			if err != nil || r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable || time.Now().After(deadline) {
 				acquired <- r
 				return
 			}
-			time.Sleep(time.Millisecond)
 		}
 	}()
-	for len(n.inFlight) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the acquire never took the slot")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, "the acquire taking the slot", func() bool { return server.InFlight(n) != 0 })
 	if r := set(100); r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable {
 		t.Fatalf("a set while an acquire waits: %+v %+v, want busy", r.Result, r.Err)
 	}
 	busy := n.Counters().Busy
 
-	get := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+	get := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
 	if get.Type != wire.TypeResponse || get.Result.Value != "v" {
 		t.Errorf("stale get while busy: %+v %+v, want v", get.Result, get.Err)
 	}
-	if ping := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpPing}); ping.Type != wire.TypeResponse {
+	if ping := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpPing}); ping.Type != wire.TypeResponse {
 		t.Errorf("ping while busy: %+v", ping.Err)
 	}
 	if got := n.Counters().Busy; got != busy {
@@ -113,22 +95,17 @@ func TestWaitToBeReadCountsAsActivity(t *testing.T) {
 		{"arrival unknown", func(u wire.Transport) wire.Transport { return unknownArrival{u} }, 0, 0.1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			spec, err := LocalSpec(1, 1, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := spec.Node("n1").Client
-			u, err := wire.ListenUDP(addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n, err := Start(context.Background(), Config{ID: "n1", DataDir: filepath.Join(t.TempDir(), "n1"), Spec: spec,
-				Logger: testLogger(t), Transport: tc.wrap(u), LoadTimeConstant: tau})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer n.Close()
-			get := rawRequest(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+			c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
+				Transport: func(n server.NodeSpec) (wire.Transport, error) {
+					u, err := wire.ListenUDP(n.Client)
+					if err != nil {
+						return nil, err
+					}
+					return tc.wrap(u), nil
+				},
+				Configure: func(cfg *server.Config) { cfg.LoadTimeConstant = tau }})
+			addr := clientAddr(c, "n1")
+			get := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
 			if got := float64(get.Activity) / 1000; got < tc.low || got > tc.high {
 				t.Errorf("a stale get reported activity %.3f, want %.3f to %.3f", got, tc.low, tc.high)
 			}

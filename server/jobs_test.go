@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
 )
 
 func TestJobRoundTrip(t *testing.T) {
-	c := newTestCluster(t, 3, 4, 3)
-	cl := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	id, err := cl.Enqueue(ctx, "mail", []byte("hello"), client.EnqueueOptions{})
@@ -61,8 +62,8 @@ func TestJobRoundTrip(t *testing.T) {
 // another gets it with a larger token; the first one's Complete fails with
 // ErrLeaseLost, the second's succeeds.
 func TestStaleHolderIsRefused(t *testing.T) {
-	c := newTestCluster(t, 3, 2, 3)
-	first, second := c.client(client.Config{}), c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	first, second := newClient(t, c, client.Config{}), newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := first.Enqueue(ctx, "t", []byte("x"), client.EnqueueOptions{}); err != nil {
@@ -96,8 +97,8 @@ func TestStaleHolderIsRefused(t *testing.T) {
 }
 
 func TestDelayedFailedAndDeadJobs(t *testing.T) {
-	c := newTestCluster(t, 3, 2, 3)
-	cl := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const delay = 700 * time.Millisecond
@@ -159,15 +160,15 @@ func TestDelayedFailedAndDeadJobs(t *testing.T) {
 // two seconds sends a handful of requests, and a job enqueued meanwhile
 // reaches it at once.
 func TestAcquireWaitsWithoutSpinning(t *testing.T) {
-	c := newTestCluster(t, 3, 4, 3)
-	worker := c.client(client.Config{LongPoll: time.Second})
-	producer := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	worker := newClient(t, c, client.Config{LongPoll: time.Second})
+	producer := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	before := worker.Counters().Attempts
 	enqueued := make(chan time.Time, 1)
 	go func() {
-		time.Sleep(2 * time.Second)
+		time.Sleep(2 * time.Second) // the idle wait the test measures, not a synchronization
 		if _, err := producer.Enqueue(ctx, "idle", []byte("x"), client.EnqueueOptions{}); err == nil {
 			enqueued <- time.Now()
 		}
@@ -191,8 +192,8 @@ func TestAcquireWaitsWithoutSpinning(t *testing.T) {
 // first or second request in at least 95% of calls: nodes report ready
 // counts per shard in their heartbeats, and clients go where the jobs are.
 func TestAcquireGoesWhereJobsAre(t *testing.T) {
-	c := newTestCluster(t, 3, 4, 3)
-	cl := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	smap := cl.Map()
@@ -208,7 +209,20 @@ func TestAcquireGoesWhereJobsAre(t *testing.T) {
 		}
 		n++
 	}
-	time.Sleep(2 * server250ms) // let heartbeats report the ready jobs
+	// Every node's heartbeats report the ready jobs of the shards it leads:
+	// the second one from now was sent after the enqueues.
+	heard := map[string]uint64{}
+	for _, n := range cl.Nodes() {
+		heard[n.ID] = n.Heartbeats
+	}
+	waitFor(t, 5*time.Second, "two heartbeats from every node", func() bool {
+		for _, n := range cl.Nodes() {
+			if n.Heartbeats < heard[n.ID]+2 {
+				return false
+			}
+		}
+		return true
+	})
 	within2 := 0
 	var worst uint64
 	for i := 0; i < jobs; i++ {
@@ -232,13 +246,11 @@ func TestAcquireGoesWhereJobsAre(t *testing.T) {
 	}
 }
 
-const server250ms = DefaultHeartbeatInterval
-
 // An interval job appears once per interval, also across a change of the
 // schedule shard's leader.
 func TestEveryAcrossLeaderChange(t *testing.T) {
-	c := newFailoverTestCluster(t, 3, 2, 3) // an interval (2 s) must outlast the failover
-	cl := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming}) // an interval (2 s) must outlast the failover
+	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const interval = 2 * time.Second
@@ -249,10 +261,17 @@ func TestEveryAcrossLeaderChange(t *testing.T) {
 	if err := cl.Every(ctx, "cron", "tick", interval, []byte("p")); err != nil { // again: no extra job
 		t.Fatal(err)
 	}
-	time.Sleep(interval + interval/2)
-	victim := c.leader(cl.Map().SlotShard(shard.JobKeySlot("cron", "tick")))
-	c.stop(victim.ID())
-	time.Sleep(2 * interval)
+	// Jobs of two intervals come from the first leader, of two more from
+	// the next.
+	made := func(n int) func() bool {
+		return func() bool {
+			st, err := cl.Stats(ctx, "cron")
+			return err == nil && st.Ready >= n
+		}
+	}
+	waitFor(t, 3*interval, "two interval jobs", made(2))
+	kill(t, c, leader(t, c, c.Map().SlotShard(shard.JobKeySlot("cron", "tick"))).ID())
+	waitFor(t, 4*interval, "two more interval jobs after the failover", made(4))
 	end := time.Now()
 	if err := cl.StopEvery(ctx, "cron", "tick"); err != nil {
 		t.Fatal(err)
@@ -312,11 +331,11 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 	}
 	const workers = 8
 	const lease = time.Second
-	c := newTestCluster(t, 3, 4, 3)
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	producer := c.client(client.Config{})
+	producer := newClient(t, c, client.Config{})
 	var wg sync.WaitGroup
 	var emu sync.Mutex
 	enqueued := map[string]bool{} // acknowledged
@@ -352,7 +371,7 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 		done   chan struct{}
 	}
 	start := func(n int) *running {
-		cl := c.client(client.Config{})
+		cl := newClient(t, c, client.Config{})
 		wctx, wcancel := context.WithCancel(ctx)
 		w := &client.Worker{
 			Client: cl, Topic: "work", Lease: lease, Concurrency: 2,
@@ -384,20 +403,18 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 	// the acknowledged ones complete.
 	done := func() bool {
 		var completed uint64
-		leaders := 0
-		for _, n := range c.nodes {
-			for _, r := range n.replicas {
-				if r.isLeader() {
-					leaders++
-					st := r.fsm.Stats()
-					if st.Jobs > 0 {
-						return false
-					}
-					completed += st.JobsCompleted
-				}
+		for _, s := range c.Map().Shards {
+			l := c.Leader(s.ID)
+			if l == nil {
+				return false
 			}
+			st := l.ShardStats(s.ID)
+			if st.Jobs > 0 {
+				return false
+			}
+			completed += st.JobsCompleted
 		}
-		return leaders == len(c.spec.Shards) && completed >= uint64(len(enqueued))
+		return completed >= uint64(len(enqueued))
 	}
 	kills, leaderKilled := 0, false
 	began := time.Now()
@@ -405,7 +422,7 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatal("the jobs did not all complete within 5 minutes")
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // the pace of the crashes
 		// Crash a worker: its client goes away mid-job, without a word.
 		i := rand.IntN(workers)
 		dead, stop := context.WithCancel(context.Background())
@@ -417,9 +434,9 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 		next++
 		kills++
 		if !leaderKilled && time.Since(began) > time.Second {
-			victim := c.leader(0)
+			victim := leader(t, c, 0)
 			t.Logf("killing %s, leader of shard 0", victim.ID())
-			c.stop(victim.ID())
+			kill(t, c, victim.ID())
 			leaderKilled = true
 		}
 	}
@@ -433,11 +450,11 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 	// Done exactly once, in the state machine: the shards count one
 	// completion per job handed out (every job that exists was), and no
 	// job is left in any state.
-	c.waitLeaders()
+	waitReady(t, c)
 	var completed uint64
 	var left int
-	for _, s := range c.spec.Shards {
-		st := c.leader(s.ID).replicas[s.ID].fsm.Stats()
+	for _, s := range c.Map().Shards {
+		st := leader(t, c, s.ID).ShardStats(s.ID)
 		completed += st.JobsCompleted
 		left += st.Jobs
 	}
@@ -480,8 +497,8 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 // leader changes later: the leader ticks the clock past lease ends, so the
 // new leader's grace goes only to leases live when the old one stopped.
 func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
-	c := newTestCluster(t, 3, 1, 3)
-	cl := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := cl.Enqueue(ctx, "t", nil, client.EnqueueOptions{}); err != nil {
@@ -491,9 +508,15 @@ func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // the lease runs out; nothing else is written
-	c.stop(c.leader(0).ID())
-	c.waitLeaders()
+	// The lease runs out, and the leader ticks the state machine's clock
+	// past it: the only entry applied after the acquire's.
+	lead := leader(t, c, 0)
+	after := lead.ShardStats(0).Applied
+	waitFor(t, 5*time.Second, "a tick past the lease's end", func() bool {
+		return time.Now().After(j.Deadline) && lead.ShardStats(0).Applied > after
+	})
+	kill(t, c, lead.ID())
+	waitReady(t, c)
 	if err := cl.Complete(ctx, j); !errors.Is(err, client.ErrLeaseLost) {
 		t.Errorf("Complete on a lease that ran out before the leader changed: %v, want ErrLeaseLost", err)
 	}

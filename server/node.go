@@ -280,6 +280,65 @@ func (n *Node) ShardStats(id shard.ID) ShardStats {
 	return ShardStats{}
 }
 
+// Leading reports whether this node's replica of shard id leads its group
+// and is ready in its term: it has applied every write acknowledged before
+// the term began, so it serves writes and linearizable reads at once.
+func (n *Node) Leading(id shard.ID) bool {
+	r := n.replicas[id]
+	return r != nil && r.isLeader() && r.readyTerm.Load() == r.raft.CurrentTerm()
+}
+
+// Barrier waits until this node's replica of shard id, which must lead
+// it, has applied every write proposed before the call, and has told its
+// followers that those are committed: a follower otherwise learns of a
+// commit only with the leader's next entry, or after CommitTimeout. The
+// barrier is a raft entry of its own, which state machines do not see, so
+// once the followers have applied up to it their StateDigests compare.
+// ctx bounds the wait for raft to take the barrier.
+func (n *Node) Barrier(ctx context.Context, id shard.ID) error {
+	r := n.replicas[id]
+	switch {
+	case r == nil:
+		return fmt.Errorf("%w: node %s, shard %d", ErrNoReplica, n.id, id)
+	case !r.isLeader():
+		return fmt.Errorf("%w: node %s, shard %d", errNotLeader, n.id, id)
+	}
+	var timeout time.Duration // none: raft waits to take it as long as it must
+	if d, ok := ctx.Deadline(); ok {
+		if timeout = time.Until(d); timeout <= 0 {
+			return ctx.Err()
+		}
+	}
+	// The wait ends when raft applies the barrier, fails it (leadership
+	// lost) or shuts down.
+	return awaitFuture(r.raft.Barrier(timeout), r.stop)
+}
+
+// StateDigest identifies the state of a replica as of a raft index.
+type StateDigest struct {
+	// Applied is the raft index the state has applied.
+	Applied uint64
+	// Sum is a SHA-256 of the state. Replicas of a shard that applied the
+	// same log have the same Sum; a replica whose Sum differs from the
+	// others' at the same Applied has diverged.
+	Sum [32]byte
+}
+
+// ErrNoReplica is returned (wrapped) for a shard the node holds no
+// replica of.
+var ErrNoReplica = errors.New("server: no replica of the shard")
+
+// StateDigest returns the digest of this node's replica of shard id. It
+// copies and hashes the whole state, in time linear in its size.
+func (n *Node) StateDigest(id shard.ID) (StateDigest, error) {
+	r := n.replicas[id]
+	if r == nil {
+		return StateDigest{}, fmt.Errorf("%w: node %s, shard %d", ErrNoReplica, n.id, id)
+	}
+	applied, sum, err := r.fsm.Digest()
+	return StateDigest{Applied: applied, Sum: sum}, err
+}
+
 func (n *Node) shardIDs() []shard.ID {
 	ids := make([]shard.ID, 0, len(n.replicas))
 	for id := range n.replicas {

@@ -1,16 +1,13 @@
 package server
 
 import (
-	"context"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
 
-	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/shard"
 )
 
@@ -96,25 +93,5 @@ func TestSpecSaveLoad(t *testing.T) {
 	}
 	if _, err := LoadSpec(filepath.Join(t.TempDir(), "missing.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
-	}
-}
-
-// A node binds its listen addresses and is reached at its advertised ones.
-func TestListenAddresses(t *testing.T) {
-	spec, err := LocalSpec(1, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &spec.Nodes[0]
-	_, raftPort, _ := net.SplitHostPort(n.Raft)
-	_, clientPort, _ := net.SplitHostPort(n.Client)
-	n.RaftListen, n.ClientListen = "0.0.0.0:"+raftPort, "0.0.0.0:"+clientPort
-	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
-	t.Cleanup(c.closeAll)
-	c.start(n.ID)
-	c.waitLeaders()
-	cl := c.client(client.Config{})
-	if _, err := cl.Set(context.Background(), "k", []byte("v")); err != nil {
-		t.Fatal(err)
 	}
 }

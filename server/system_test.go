@@ -1,10 +1,10 @@
-package server
+package server_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
+	"net"
 	"net/rpc"
 	"strings"
 	"sync"
@@ -13,103 +13,17 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
-// client connects a client to the cluster. Unless the test brings its own
-// transport (to study loss and attempts), the client makes 10 attempts, not
-// 3, so that a slow moment of a loaded test machine (the race detector on
-// two cores) does not fail a test about something else.
-func (c *testCluster) client(cfg client.Config) *client.Client {
-	c.t.Helper()
-	if cfg.Seeds == nil {
-		cfg.Seeds = c.seeds()
-	}
-	if cfg.Attempts == 0 && cfg.Transport == nil {
-		cfg.Attempts = 10
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger(c.t)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cl, err := client.New(ctx, cfg)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(func() { cl.Close(context.Background()) })
-	return cl
-}
-
-// lossyClient is a client whose datagrams are dropped with probability drop
-// in each direction. Its attempts wait at least 100ms, so that on a slow or
-// loaded test machine retries come from lost datagrams, not slow replies.
-func (c *testCluster) lossyClient(drop float64, seed int64) *client.Client {
-	c.t.Helper()
-	u, err := wire.ListenUDP("127.0.0.1:0")
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	f, err := wire.WithFaults(u, wire.Faults{}, seed)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	// The link turns lossy once the client has learned the cluster: a
-	// client.New whose three topology requests were all lost (4.7% at 20%
-	// each way) would fail the test for what it does not test.
-	cl := c.client(client.Config{Transport: f, MinAttemptTimeout: 100 * time.Millisecond})
-	if err := f.SetFaults(wire.Faults{Drop: drop}); err != nil {
-		c.t.Fatal(err)
-	}
-	return cl
-}
-
-// keysOf returns n keys that live on shard id.
-func keysOf(m *shard.Map, id shard.ID, prefix string, n int) []string {
-	var keys []string
-	for i := 0; len(keys) < n; i++ {
-		k := fmt.Sprintf("%s-%d", prefix, i)
-		if m.ShardOf(k) == id {
-			keys = append(keys, k)
-		}
-	}
-	return keys
-}
-
-// waitConverged waits until every running replica of every shard has
-// applied as far as the shard's leader.
-func (c *testCluster) waitConverged() {
-	c.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for _, s := range c.spec.Shards {
-		for {
-			l := c.leader(s.ID)
-			ok := l != nil
-			if ok {
-				want := l.replicas[s.ID].fsm.Applied()
-				for _, n := range c.nodes {
-					if r := n.replicas[s.ID]; r != nil && r.fsm.Applied() < want {
-						ok = false
-					}
-				}
-			}
-			if ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				c.t.Fatalf("shard %d did not converge", s.ID)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-}
-
 func TestWriteVisibleToAnotherClient(t *testing.T) {
-	c := newTestCluster(t, 3, 4, 3)
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	ctx := context.Background()
-	a, b := c.client(client.Config{}), c.client(client.Config{})
+	a, b := newClient(t, c, client.Config{}), newClient(t, c, client.Config{})
 	v, err := a.Set(ctx, "greeting", []byte("hello"))
 	if err != nil {
 		t.Fatal(err)
@@ -164,18 +78,13 @@ func TestWriteVisibleToAnotherClient(t *testing.T) {
 // leader's idle appends come once a minute (CommitTimeout), and raft's
 // heartbeats do not carry the commit index. It returns the leader and a
 // follower.
-func quietFollowerCluster(t *testing.T) (c *testCluster, leader, follower *Node) {
+func quietFollowerCluster(t *testing.T) (c *servertest.Cluster, lead, follower *server.Node) {
 	t.Helper()
-	spec, err := LocalSpec(3, 1, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Raft.CommitTimeout = Duration(time.Minute)
-	c = startTestCluster(t, spec)
-	leader = c.leader(0)
-	for _, n := range c.nodes {
-		if n != leader {
-			return c, leader, n
+	c = servertest.New(t, servertest.Options{Raft: server.RaftTiming{CommitTimeout: server.Duration(time.Minute)}})
+	lead = leader(t, c, 0)
+	for _, id := range c.Running() {
+		if id != lead.ID() {
+			return c, lead, c.Node(id)
 		}
 	}
 	t.Fatal("no follower")
@@ -190,18 +99,18 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 20 {
 		v := fmt.Sprint("v", i)
-		set := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
+		set := request(t, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
 			Client: "reader-test", Seq: uint64(i + 1), Args: wire.Args{Key: "k", Value: v}})
 		if set.Type != wire.TypeResponse {
 			t.Fatalf("set: %+v", set.Err)
 		}
-		get := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+		get := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
 			Timeout: time.Second, Args: wire.Args{Key: "k"}})
 		if get.Type != wire.TypeResponse || get.Result.Value != v || get.Result.Version != set.Result.Version {
 			t.Fatalf("follower read after set %s: %+v %+v; want %s at version %d", v, get.Result, get.Err, v, set.Result.Version)
 		}
 	}
-	stale := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+	stale := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
 		Timeout: time.Second, Args: wire.Args{Key: "k", Stale: true}})
 	if stale.Type == wire.TypeError && stale.Err.Code != wire.CodeNotFound {
 		t.Fatalf("stale read on the follower: %+v", stale.Err)
@@ -214,18 +123,18 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
-		enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+		enq := request(t, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 			Client: "stats-test", Seq: uint64(i + 1), Args: wire.Args{Topic: "mail", JobID: fmt.Sprint("job-", i), Value: "p"}})
 		if enq.Type != wire.TypeResponse {
 			t.Fatalf("enqueue: %+v", enq.Err)
 		}
-		stats := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpJobStats,
+		stats := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpJobStats,
 			Timeout: time.Second, Args: wire.Args{Topic: "mail", Shards: []shard.ID{0}}})
 		if stats.Type != wire.TypeResponse || stats.Result.Counts == nil || stats.Result.Counts.Ready != i+1 {
 			t.Fatalf("stats on the follower after %d enqueues: %+v %+v", i+1, stats.Result.Counts, stats.Err)
 		}
 	}
-	dead := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpDeadJobs,
+	dead := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpDeadJobs,
 		Timeout: time.Second, Args: wire.Args{Topic: "mail", Shards: []shard.ID{0}}})
 	if dead.Type != wire.TypeResponse || dead.Result.Jobs == nil || len(dead.Result.Jobs) != 0 {
 		t.Fatalf("dead jobs on the follower: %+v %+v; want an empty listing", dead.Result.Jobs, dead.Err)
@@ -239,12 +148,12 @@ func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
-		enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+		enq := request(t, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 			Client: "acquire-test", Seq: uint64(2*i + 1), Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
 		if enq.Type != wire.TypeResponse {
 			t.Fatalf("enqueue: %+v", enq.Err)
 		}
-		acq := rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		acq := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "acquire-test", Seq: uint64(2*i + 2), Timeout: time.Second,
 			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 500 * time.Millisecond}})
 		if acq.Type != wire.TypeResponse || acq.Result.Job == nil || acq.Result.Job.ID != id {
@@ -261,12 +170,20 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 	got := make(chan wire.Message, 1)
 	start := time.Now()
 	go func() {
-		got <- rawRequest(t, c.spec.Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		r, err := rawRequest(clientAddr(c, follower.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "wait-test", Seq: 1, Timeout: 4 * time.Second,
 			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 3 * time.Second}})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
 	}()
-	time.Sleep(300 * time.Millisecond)
-	enq := rawRequest(t, c.spec.Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+	// The follower, finding nothing, asks the leader to answer once a
+	// job is ready there: the leader then watches the topic.
+	waitFor(t, 3*time.Second, "the follower's acquire waiting at the leader", func() bool {
+		return server.JobWatchers(leader) > 0
+	})
+	enq := request(t, clientAddr(c, leader.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 		Client: "wait-test-enqueue", Seq: 1, Args: wire.Args{Topic: "mail", JobID: "j1", Value: "p"}})
 	if enq.Type != wire.TypeResponse {
 		t.Fatalf("enqueue: %+v", enq.Err)
@@ -281,11 +198,8 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 // a job ready on another shard, at once: the leaderless shard is not
 // waited on.
 func TestAcquireSkipsALeaderlessShard(t *testing.T) {
-	c := newTestCluster(t, 3, 3, 2)
-	smap, err := c.spec.Map()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 3, Replicas: 2})
+	smap := c.Map()
 	// a holds a shard with b (which dies) and a shard with the third node.
 	var a, b string
 	var live shard.ID
@@ -309,15 +223,12 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 	if a == "" {
 		t.Fatalf("no node holds two shards with different partners in %+v", smap.Shards)
 	}
-	c.stop(b)
-	dead := c.nodes[a]
-	deadline := time.Now().Add(10 * time.Second)
-	for _, rep := range dead.replicas {
-		for rep.id != live && (rep.isLeader() || rep.leaderHeard()) {
-			if time.Now().After(deadline) {
-				t.Fatalf("shard %d on %s still has a leader 10s after %s stopped", rep.id, a, b)
-			}
-			time.Sleep(10 * time.Millisecond)
+	kill(t, c, b)
+	for _, id := range smap.ShardsOf(a) {
+		if id != live {
+			waitFor(t, 10*time.Second, fmt.Sprintf("shard %d on %s losing its leader after %s stopped", id, a, b), func() bool {
+				return !server.LeaderHeard(c.Node(a), id)
+			})
 		}
 	}
 	id := ""
@@ -329,12 +240,16 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 	// The acquire waits; the job comes while it does.
 	got := make(chan wire.Message, 1)
 	go func() {
-		got <- rawRequest(t, c.spec.Node(a).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		r, err := rawRequest(clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "skip-test", Seq: 1, Timeout: 3 * time.Second,
 			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 2 * time.Second}})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
 	}()
-	time.Sleep(300 * time.Millisecond)
-	enq := rawRequest(t, c.spec.Node(a).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+	waitFor(t, 3*time.Second, "the acquire waiting on "+a, func() bool { return server.JobWatchers(c.Node(a)) > 0 })
+	enq := request(t, clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 		Client: "skip-test-enqueue", Seq: 1, Timeout: 3 * time.Second, Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
 	if enq.Type != wire.TypeResponse {
 		t.Fatalf("enqueue on shard %d: %+v", live, enq.Err)
@@ -350,8 +265,8 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 // machines execute each at most once although retries reach them twice.
 func TestLossyWritesApplyAtMostOnce(t *testing.T) {
 	const writes, workers = 1000, 16
-	c := newTestCluster(t, 3, 4, 3)
-	cl := c.lossyClient(0.2, 1)
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	cl := lossyClient(t, c, 0.2, 1)
 	ctx := context.Background()
 	acked := make([]bool, writes)
 	var failed atomic.Int64
@@ -384,15 +299,11 @@ func TestLossyWritesApplyAtMostOnce(t *testing.T) {
 		t.Errorf("%d of %d writes failed; expected about 5%%", f, writes)
 	}
 
-	c.waitConverged()
+	waitConverged(t, c)
 	var duplicates uint64
-	for _, s := range c.spec.Shards {
-		for id, n := range c.nodes {
-			r := n.replicas[s.ID]
-			if r == nil {
-				continue
-			}
-			st := r.fsm.Stats()
+	for _, s := range c.Map().Shards {
+		for _, id := range s.Replicas {
+			st := c.Node(id).ShardStats(s.ID)
 			// Every key is distinct and written once, so a replica
 			// that executed more ops than it has keys applied a write
 			// twice.
@@ -406,7 +317,7 @@ func TestLossyWritesApplyAtMostOnce(t *testing.T) {
 	if duplicates == 0 {
 		t.Error("no retry ever reached a state machine twice: the test did not exercise deduplication")
 	}
-	reader := c.client(client.Config{})
+	reader := newClient(t, c, client.Config{})
 	for i, ok := range acked {
 		if !ok {
 			continue
@@ -422,13 +333,10 @@ func TestLossyWritesApplyAtMostOnce(t *testing.T) {
 // readable, writes to that shard succeed again within 3 s, and the killed
 // node, restarted on its data, catches up and serves.
 func TestLeaderKillDuringWrites(t *testing.T) {
-	c := newFailoverTestCluster(t, 3, 4, 3)
-	smap, err := c.spec.Map()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
+	smap := c.Map()
 	const victimShard = shard.ID(0)
-	victim := c.leader(victimShard).ID()
+	victim := leader(t, c, victimShard).ID()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -437,7 +345,7 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 	acked := map[string]string{}
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
-		cl := c.client(client.Config{})
+		cl := newClient(t, c, client.Config{})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -451,12 +359,17 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	ackedCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	waitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return ackedCount() >= 100 })
 
 	// A prober writes to the victim shard only, to time its recovery.
 	probeKeys := keysOf(smap, victimShard, "probe", 10000)
-	prober := c.client(client.Config{})
-	c.stop(victim)
+	prober := newClient(t, c, client.Config{})
+	kill(t, c, victim)
 	killed := time.Now()
 	var recovered time.Duration
 	for i := 0; ; i++ {
@@ -473,13 +386,14 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 	if recovered > 3*time.Second {
 		t.Errorf("recovery took %v, over 3s", recovered)
 	}
-	time.Sleep(300 * time.Millisecond)
+	before := ackedCount()
+	waitFor(t, 10*time.Second, "100 more writes acknowledged after the recovery", func() bool { return ackedCount() >= before+100 })
 	cancel()
 	wg.Wait()
 
 	// Every shard the victim led elects a leader, not only the probed one.
-	c.waitLeaders()
-	reader := c.client(client.Config{})
+	waitReady(t, c)
+	reader := newClient(t, c, client.Config{})
 	rctx := context.Background()
 	mu.Lock()
 	defer mu.Unlock()
@@ -496,14 +410,14 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 
 	// The victim comes back on its data, catches up, and serves reads of
 	// writes it missed, linearizable and stale, itself.
-	n := c.start(victim)
-	c.waitConverged()
+	n := restart(t, c, victim)
+	waitConverged(t, c)
 	for k, v := range acked {
 		if smap.ShardOf(k) != victimShard {
 			continue
 		}
 		for _, stale := range []bool{false, true} {
-			r := rawRequest(t, c.spec.Node(victim).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: k, Stale: stale}})
+			r := request(t, clientAddr(c, victim), &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: k, Stale: stale}})
 			if r.Type != wire.TypeResponse || r.Result.Value != v || r.Node != n.ID() {
 				t.Fatalf("restarted %s: get %s (stale %v) = %+v, %+v; want %s", victim, k, stale, r.Result, r.Err, v)
 			}
@@ -515,18 +429,9 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 // Stopping every node and starting them again on their data brings back
 // every key, from snapshots and from the log after them.
 func TestRestartAllKeepsEveryKey(t *testing.T) {
-	spec, err := LocalSpec(3, 2, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Raft.SnapshotThreshold = 64 // exercise snapshots and restore
-	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
-	t.Cleanup(c.closeAll)
-	for _, n := range spec.Nodes {
-		c.start(n.ID)
-	}
-	c.waitLeaders()
-	cl := c.client(client.Config{})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
+		Raft: server.RaftTiming{SnapshotThreshold: 64}}) // exercise snapshots and restore
+	cl := newClient(t, c, client.Config{})
 	ctx := context.Background()
 	const keys = 500
 	for i := 0; i < keys; i++ {
@@ -537,9 +442,9 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 	if err := cl.Delete(ctx, "k0"); err != nil {
 		t.Fatal(err)
 	}
-	c.waitConverged()
-	for _, r := range c.nodes["n1"].replicas {
-		if err := r.raft.Snapshot().Error(); err != nil {
+	waitConverged(t, c)
+	for _, id := range c.Map().ShardsOf("n1") {
+		if err := server.Raft(c.Node("n1"), id).Snapshot().Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -548,14 +453,16 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.waitConverged()
-	c.closeAll()
-
-	for _, n := range spec.Nodes {
-		c.start(n.ID)
+	waitConverged(t, c)
+	for _, id := range c.Running() {
+		kill(t, c, id)
 	}
-	c.waitLeaders()
-	reader := c.client(client.Config{})
+
+	for _, id := range []string{"n1", "n2", "n3"} {
+		restart(t, c, id)
+	}
+	waitReady(t, c)
+	reader := newClient(t, c, client.Config{})
 	for i := 1; i < keys+20; i++ {
 		it, err := reader.Get(ctx, fmt.Sprintf("k%d", i))
 		if err != nil || string(it.Value) != fmt.Sprint("v", i) {
@@ -571,9 +478,9 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 // datagrams are counted (and answered when they carry a transaction id),
 // unknown ops and wrong types get clear errors, and the node keeps serving.
 func TestBadInput(t *testing.T) {
-	c := newTestCluster(t, 3, 1, 3)
-	n := c.nodes["n1"]
-	addr := c.spec.Node("n1").Client
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	n := c.Node("n1")
+	addr := clientAddr(c, "n1")
 	u, err := wire.ListenUDP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -599,7 +506,10 @@ func TestBadInput(t *testing.T) {
 		{"ack above seq", "d1:ad1:k1:xe1:c1:c1:ki9e1:q3:set1:si2e1:ti7e1:y1:qe", wire.CodeBadRequest},
 		{"long key", fmt.Sprintf("d1:ad1:k%d:%se1:q3:get1:ti7e1:y1:qe", shard.MaxKeySize+1, strings.Repeat("k", shard.MaxKeySize+1)), wire.CodeTooLarge},
 	} {
-		r := rawSend(t, u, to, []byte(tc.raw))
+		r, err := exchange(addr, []byte(tc.raw), 1, func(m wire.Message) bool { return m.Type != wire.TypeHeartbeat })
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
 		if r.Type != wire.TypeError || r.Err == nil || r.Err.Code != tc.want || r.TxID != 7 {
 			t.Errorf("%s: reply %+v %+v, want error %d for transaction 7", tc.name, r, r.Err, tc.want)
 		}
@@ -607,50 +517,21 @@ func TestBadInput(t *testing.T) {
 	if got := n.Counters().Malformed; got < 8 {
 		t.Errorf("%d malformed datagrams counted, want at least 8", got)
 	}
-	cl := c.client(client.Config{})
+	cl := newClient(t, c, client.Config{})
 	if _, err := cl.Set(context.Background(), "still", []byte("serving")); err != nil {
 		t.Errorf("after bad input: %v", err)
-	}
-}
-
-// rawSend sends one datagram on u and returns the first reply.
-func rawSend(t *testing.T, u *wire.UDP, to netip.AddrPort, b []byte) wire.Message {
-	t.Helper()
-	if err := u.Send(b, to); err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan wire.Message, 1)
-	go func() {
-		buf := make([]byte, wire.MaxDatagramSize)
-		for {
-			n, _, _, err := u.Receive(buf)
-			if err != nil {
-				return
-			}
-			if m, err := wire.Decode(buf[:n]); err == nil && m.Type != wire.TypeHeartbeat {
-				got <- m
-				return
-			}
-		}
-	}()
-	select {
-	case m := <-got:
-		return m
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no reply to %q", b)
-		return wire.Message{}
 	}
 }
 
 // A node told to shut down hands the leadership of its shards to a peer
 // first, so writes carry on without waiting out an election timeout.
 func TestShutdownHandsOverLeadership(t *testing.T) {
-	c := newTestCluster(t, 3, 1, 3)
-	leader := c.leader(0)
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	leader := leader(t, c, 0)
 	// Make an election impossible within the test: the followers would
 	// wait a minute before standing, so only a handover gives a leader.
-	for _, n := range c.nodes {
-		r := n.replicas[0].raft
+	for _, id := range c.Running() {
+		r := server.Raft(c.Node(id), 0)
 		rc := r.ReloadableConfig()
 		rc.HeartbeatTimeout, rc.ElectionTimeout = time.Minute, time.Minute
 		if err := r.ReloadConfig(rc); err != nil {
@@ -659,12 +540,11 @@ func TestShutdownHandsOverLeadership(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := leader.Shutdown(ctx); err != nil {
+	if err := c.Shutdown(ctx, leader.ID()); err != nil {
 		t.Fatal(err) // ErrHandover if the leadership was not handed over
 	}
-	delete(c.nodes, leader.ID())
-	c.waitLeaders()
-	cl := c.client(client.Config{})
+	waitReady(t, c)
+	cl := newClient(t, c, client.Config{})
 	if _, err := cl.Set(ctx, "after", []byte("handover")); err != nil {
 		t.Error(err)
 	}
@@ -673,40 +553,40 @@ func TestShutdownHandsOverLeadership(t *testing.T) {
 // A node that was down while the others compacted their logs past what it
 // has catches up by receiving a snapshot over the node listener.
 func TestCatchUpBySnapshot(t *testing.T) {
-	c := newTestCluster(t, 3, 1, 3)
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	lagger := "n3"
-	if c.leader(0).ID() == lagger {
+	if leader(t, c, 0).ID() == lagger {
 		lagger = "n2"
 	}
-	c.stop(lagger)
+	kill(t, c, lagger)
 	// Keep almost no log behind the snapshots.
-	for _, n := range c.nodes {
-		r := n.replicas[0].raft
+	for _, id := range c.Running() {
+		r := server.Raft(c.Node(id), 0)
 		rc := r.ReloadableConfig()
 		rc.TrailingLogs, rc.SnapshotThreshold = 5, 20
 		if err := r.ReloadConfig(rc); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cl := c.client(client.Config{})
+	cl := newClient(t, c, client.Config{})
 	ctx := context.Background()
 	for i := 0; i < 300; i++ {
 		if _, err := cl.Set(ctx, fmt.Sprint("s", i), []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, n := range c.nodes {
-		if err := n.replicas[0].raft.Snapshot().Error(); err != nil {
+	for _, id := range c.Running() {
+		if err := server.Raft(c.Node(id), 0).Snapshot().Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	first, err := c.leader(0).replicas[0].store.FirstIndex()
+	first, err := server.FirstLogIndex(leader(t, c, 0), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := c.start(lagger)
-	c.waitConverged()
-	if st := n.replicas[0].fsm.Stats(); st.Keys != 300 {
+	n := restart(t, c, lagger)
+	waitConverged(t, c)
+	if st := n.ShardStats(0); st.Keys != 300 {
 		t.Fatalf("restarted %s holds %d keys, want 300", lagger, st.Keys)
 	}
 	t.Logf("leader's log starts at %d; %s caught up from a snapshot", first, lagger)
@@ -719,12 +599,10 @@ func TestCatchUpBySnapshot(t *testing.T) {
 // replicas (a restart with many shards): the node answers "retry" until it
 // has started, never touching its replicas half-built. Run with -race.
 func TestForwardDuringStart(t *testing.T) {
-	spec, err := LocalSpec(3, 32, 3)
+	spec, err := server.LocalSpec(3, 32, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &testCluster{t: t, spec: spec, dir: t.TempDir(), nodes: map[string]*Node{}}
-	t.Cleanup(c.closeAll)
 	stop := make(chan struct{})
 	done := make(chan int)
 	go func() {
@@ -737,15 +615,15 @@ func TestForwardDuringStart(t *testing.T) {
 			default:
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			conn, err := dialContext(ctx, spec.Nodes[0].Raft, []byte{preambleRPC})
+			conn, err := server.DialRPC(ctx, spec.Nodes[0].Raft)
 			cancel()
 			if err != nil {
 				continue // not listening yet
 			}
 			cl := rpc.NewClient(conn)
 			for i := 0; i < 50; i++ {
-				var reply ForwardReply
-				if cl.Call("Node.Forward", ForwardRequest{Shard: shard.ID(i % 32), ReadIndex: true, Timeout: time.Millisecond}, &reply) != nil {
+				var reply server.ForwardReply
+				if cl.Call("Node.Forward", server.ForwardRequest{Shard: shard.ID(i % 32), ReadIndex: true, Timeout: time.Millisecond}, &reply) != nil {
 					break
 				}
 				calls++
@@ -753,8 +631,15 @@ func TestForwardDuringStart(t *testing.T) {
 			cl.Close()
 		}
 	}()
-	c.start("n1")
+	// Only n1 runs, with no quorum for any shard: what is tested is its
+	// start, not a cluster.
+	n, err := server.Start(context.Background(), server.Config{ID: "n1", DataDir: t.TempDir(), Spec: spec,
+		Logger: servertest.TestLogger(t)})
 	close(stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
 	if calls := <-done; calls == 0 {
 		t.Log("no call reached the node while it started")
 	}
@@ -763,29 +648,46 @@ func TestForwardDuringStart(t *testing.T) {
 // A forward that carries neither ops nor a read, as a node speaking another
 // form of the call would send, gets an error, not an empty success.
 func TestForwardWithoutOpsIsRefused(t *testing.T) {
-	c := newTestCluster(t, 3, 1, 3)
-	leader := c.leader(0)
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	leader := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := dialContext(ctx, c.spec.Node(leader.ID()).Raft, []byte{preambleRPC})
+	conn, err := server.DialRPC(ctx, c.Spec().Node(leader.ID()).Raft)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cl := rpc.NewClient(conn)
 	defer cl.Close()
-	var reply ForwardReply
-	if err := cl.Call("Node.Forward", ForwardRequest{Shard: 0, Timeout: time.Second}, &reply); err != nil {
+	var reply server.ForwardReply
+	if err := cl.Call("Node.Forward", server.ForwardRequest{Shard: 0, Timeout: time.Second}, &reply); err != nil {
 		t.Fatal(err)
 	}
 	if reply.Err == "" || reply.Retry {
 		t.Fatalf("forward without ops: %+v, want a final error", reply)
 	}
-	reply = ForwardReply{}
+	reply = server.ForwardReply{}
 	op := fsm.Op{Kind: fsm.KindSet, Client: "fw-test", Seq: 1, Key: "k", Value: "v"}
-	if err := cl.Call("Node.Forward", ForwardRequest{Shard: 0, Ops: []fsm.Op{op}, Timeout: time.Second}, &reply); err != nil {
+	if err := cl.Call("Node.Forward", server.ForwardRequest{Shard: 0, Ops: []fsm.Op{op}, Timeout: time.Second}, &reply); err != nil {
 		t.Fatal(err)
 	}
 	if reply.Err != "" || len(reply.Results) != 1 || reply.Results[0].Version == 0 {
 		t.Fatalf("forward of one set: %+v", reply)
+	}
+}
+
+// A node binds its listen addresses and is reached at its advertised ones.
+func TestListenAddresses(t *testing.T) {
+	spec, err := server.LocalSpec(1, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &spec.Nodes[0]
+	_, raftPort, _ := net.SplitHostPort(n.Raft)
+	_, clientPort, _ := net.SplitHostPort(n.Client)
+	n.RaftListen, n.ClientListen = "0.0.0.0:"+raftPort, "0.0.0.0:"+clientPort
+	c := servertest.New(t, servertest.Options{Spec: spec})
+	cl := newClient(t, c, client.Config{})
+	if _, err := cl.Set(context.Background(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
 	}
 }

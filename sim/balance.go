@@ -419,7 +419,7 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		settled := true
 		for i, id := range bc.ids {
-			settled = settled && bc.nodes[id].Status().Activity < 50 && !bc.queues[i].idleAt().After(time.Now())
+			settled = settled && bc.Node(id).Status().Activity < 50 && !bc.queues[i].idleAt().After(time.Now())
 		}
 		if settled {
 			break
@@ -571,8 +571,7 @@ func balance(ctx context.Context, cfg Config) (*Report, error) {
 				}
 			}
 		}
-		bc.close()
-		if err != nil {
+		if err := errors.Join(err, bc.close()); err != nil {
 			return nil, err
 		}
 	}

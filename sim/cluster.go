@@ -5,30 +5,23 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"time"
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
 
-// cluster is a system experiment's cluster: real nodes in this process,
-// each a raft group per shard replica on disk (raft between nodes over TCP
-// on loopback), serving clients over a SimNet, where the experiment's
-// faults apply.
+// cluster is a system experiment's cluster: real nodes in this process
+// (servertest), each a raft group per shard replica on disk (raft between
+// nodes over TCP on loopback), serving clients over a SimNet, where the
+// experiment's faults apply.
 type cluster struct {
-	net   *wire.SimNet
-	spec  *server.Spec
-	smap  *shard.Map
-	dir   string
-	log   *slog.Logger
-	nodes map[string]*server.Node
-	ids   []string
-	// wrap, if set, stands between each node and its endpoint.
-	wrap func(id string, t wire.Transport) wire.Transport
+	*servertest.Cluster
+	net *wire.SimNet
+	log *slog.Logger
+	ids []string // the nodes, in spec order
 	// clients are the clients connected; close closes them.
 	clients []*client.Client
 }
@@ -40,115 +33,43 @@ func startCluster(ctx context.Context, seed int64, nodes, shards, replicas int, 
 }
 
 // startWrapped is startCluster with wrap, if not nil, between each node and
-// its endpoint on the SimNet.
+// its endpoint on the SimNet, at each start.
 func startWrapped(ctx context.Context, seed int64, nodes, shards, replicas int, log *slog.Logger,
 	wrap func(id string, t wire.Transport) wire.Transport) (*cluster, error) {
 	spec, err := server.LocalSpec(nodes, shards, replicas)
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "shoal-sim-")
-	if err != nil {
-		return nil, err
-	}
-	c := &cluster{net: wire.NewSimNet(seed), spec: spec, dir: dir, log: log, nodes: map[string]*server.Node{}, wrap: wrap}
+	c := &cluster{net: wire.NewSimNet(seed), log: log}
 	for i := range spec.Nodes {
 		// The clients reach the nodes on the simulated network.
 		spec.Nodes[i].Client = fmt.Sprintf("10.1.0.%d:7000", i+1)
 		c.ids = append(c.ids, spec.Nodes[i].ID)
 	}
-	if c.smap, err = spec.Map(); err != nil {
-		return nil, err
-	}
-	for _, id := range c.ids {
-		if err := c.start(ctx, id); err != nil {
-			c.close()
-			return nil, err
-		}
-	}
-	if err := c.waitLeaders(ctx); err != nil {
-		c.close()
+	c.Cluster, err = servertest.Start(ctx, servertest.Options{Spec: spec, Logger: log,
+		Transport: func(n server.NodeSpec) (wire.Transport, error) {
+			addr, err := netip.ParseAddrPort(n.Client)
+			if err != nil {
+				return nil, err
+			}
+			ep, err := c.net.Listen(addr)
+			if err != nil || wrap == nil {
+				return ep, err
+			}
+			return wrap(n.ID, ep), nil
+		}})
+	if err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// start starts node id (again) on its data directory.
-func (c *cluster) start(ctx context.Context, id string) error {
-	addr, err := netip.ParseAddrPort(c.spec.Node(id).Client)
-	if err != nil {
-		return err
-	}
-	ep, err := c.net.Listen(addr)
-	if err != nil {
-		return err
-	}
-	var t wire.Transport = ep
-	if c.wrap != nil {
-		t = c.wrap(id, ep)
-	}
-	n, err := server.Start(ctx, server.Config{
-		ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log, Transport: t,
-	})
-	if err != nil {
-		return err
-	}
-	c.nodes[id] = n
-	return nil
-}
-
-// kill stops node id at once: to its peers, a crash.
-func (c *cluster) kill(id string) {
-	if n := c.nodes[id]; n != nil {
-		n.Close()
-		delete(c.nodes, id)
-	}
-}
-
-// leader returns the id of the running node that leads shard id, or "".
-//
-// A leader deposed by a newer election can still think it leads for a
-// moment, so a node counts only when a majority of the shard's replicas,
-// itself included, name it as their leader.
-func (c *cluster) leader(id shard.ID) string {
-	named := map[string]int{}
-	var leaders []string
-	for nid, n := range c.nodes {
-		for _, s := range n.Status().Shards {
-			if s.ID != id {
-				continue
-			}
-			if s.State == "Leader" {
-				leaders = append(leaders, nid)
-				named[nid]++
-			} else if s.Leader != "" {
-				named[s.Leader]++
-			}
-		}
-	}
-	replicas := len(c.smap.Shard(id).Replicas)
-	for _, nid := range leaders {
-		if 2*named[nid] > replicas {
-			return nid
-		}
+// leaderID returns the id of the running node that leads shard id, or "".
+func (c *cluster) leaderID(id shard.ID) string {
+	if n := c.Leader(id); n != nil {
+		return n.ID()
 	}
 	return ""
-}
-
-// waitLeaders waits until every shard has a leader among the running nodes.
-func (c *cluster) waitLeaders(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for _, s := range c.smap.Shards {
-		for c.leader(s.ID) == "" {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("sim: shard %d has no leader: %w", s.ID, ctx.Err())
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}
-	return nil
 }
 
 // client connects a client over the simulated network.
@@ -168,9 +89,7 @@ func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wi
 		cfg.Transport = wrap(ep)
 	}
 	cfg.Logger = c.log
-	for _, n := range c.spec.Nodes {
-		cfg.Seeds = append(cfg.Seeds, n.Client)
-	}
+	cfg.Seeds = c.Seeds()
 	cl, err := client.New(ctx, cfg) // closes the endpoint if it fails
 	if err != nil {
 		return nil, err
@@ -182,8 +101,8 @@ func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wi
 // stats sums the state machine counters of each shard's leader.
 func (c *cluster) stats() server.ShardStats {
 	var total server.ShardStats
-	for _, s := range c.smap.Shards {
-		n := c.nodes[c.leader(s.ID)]
+	for _, s := range c.Map().Shards {
+		n := c.Leader(s.ID)
 		if n == nil {
 			continue
 		}
@@ -195,13 +114,18 @@ func (c *cluster) stats() server.ShardStats {
 	return total
 }
 
-// close closes the clients, stops every node and removes the data.
-func (c *cluster) close() {
+// close closes the clients, checks that the running replicas of every
+// shard converged to one state (servertest.Cluster.Check), stops every
+// node and removes the data.
+func (c *cluster) close() error {
 	for _, cl := range c.clients {
 		cl.Close(context.Background())
 	}
-	for id := range c.nodes {
-		c.kill(id)
+	ctx, cancel := context.WithTimeout(context.Background(), servertest.CheckTimeout)
+	defer cancel()
+	err := c.Check(ctx)
+	if cerr := c.Close(); err == nil {
+		err = cerr
 	}
-	os.RemoveAll(c.dir)
+	return err
 }

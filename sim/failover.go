@@ -209,15 +209,14 @@ func keysOf(m *shard.Map, id shard.ID, prefix string, n int) []string {
 	return keys
 }
 
-func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64) (failoverRun, error) {
-	var run failoverRun
+func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64) (run failoverRun, err error) {
 	c, err := startCluster(ctx, seed, 3, 2, 3, cfg.logger())
 	if err != nil {
 		return run, err
 	}
-	defer c.close()
+	defer func() { err = errors.Join(err, c.close()) }()
 	rng := rand.New(rand.NewPCG(uint64(seed), 2))
-	victim := c.smap.Shards[rng.IntN(len(c.smap.Shards))].ID
+	victim := c.Map().Shards[rng.IntN(len(c.Map().Shards))].ID
 	if err := c.net.SetDefaultFaults(wire.Faults{Drop: set.drop}); err != nil {
 		return run, err
 	}
@@ -253,7 +252,7 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 		go func() {
 			defer wg.Done()
 			for i := 0; loadCtx.Err() == nil; i++ {
-				key := keysOf(c.smap, victim, fmt.Sprintf("w%d-%d", w, i), 1)[0]
+				key := keysOf(c.Map(), victim, fmt.Sprintf("w%d-%d", w, i), 1)[0]
 				wr := write{key: key, value: fmt.Sprintf("v%d-%d", w, i), sent: since(time.Now())}
 				wr.version, wr.err = cl.Set(context.WithoutCancel(loadCtx), key, []byte(wr.value))
 				wr.done = since(time.Now())
@@ -268,14 +267,14 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 	go func() {
 		defer wg.Done()
 		procs := []*client.Client{clients[2], clients[3], clients[2], clients[3]}
-		kvWorkload(loadCtx, h, procs, keysOf(c.smap, victim, "lin", 4), seed)
+		kvWorkload(loadCtx, h, procs, keysOf(c.Map(), victim, "lin", 4), seed)
 	}()
 
 	select {
 	case <-loadCtx.Done():
 	case <-time.After(set.before):
 	}
-	leader := c.leader(victim)
+	leader := c.leaderID(victim)
 	if leader == "" {
 		stop()
 		wg.Wait()
@@ -283,8 +282,10 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 	}
 	kill = time.Now()
 	close(killed)
-	c.kill(leader)
-	for c.leader(victim) == "" && loadCtx.Err() == nil {
+	if err := c.Kill(leader); err != nil {
+		return run, err
+	}
+	for c.leaderID(victim) == "" && loadCtx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
 	run.election = time.Since(kill)

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -43,7 +45,7 @@ var disruptions = []disruption{
 // and from the requests other nodes forward to it. Raft, over TCP, goes on.
 func isolateNode(_ context.Context, c *cluster, rng *rand.Rand) (func() error, error) {
 	id := c.ids[rng.IntN(len(c.ids))]
-	addr, err := netip.ParseAddrPort(c.spec.Node(id).Client)
+	addr, err := netip.ParseAddrPort(c.Spec().Node(id).Client)
 	if err != nil {
 		return nil, err
 	}
@@ -54,13 +56,18 @@ func isolateNode(_ context.Context, c *cluster, rng *rand.Rand) (func() error, e
 // killLeader kills the leader of a random shard and restarts it on its
 // data at the end.
 func killLeader(ctx context.Context, c *cluster, rng *rand.Rand) (func() error, error) {
-	s := c.smap.Shards[rng.IntN(len(c.smap.Shards))]
-	id := c.leader(s.ID)
+	s := c.Map().Shards[rng.IntN(len(c.Map().Shards))]
+	id := c.leaderID(s.ID)
 	if id == "" {
 		return nil, fmt.Errorf("sim: shard %d has no leader to kill", s.ID)
 	}
-	c.kill(id)
-	return func() error { return c.start(ctx, id) }, nil
+	if err := c.Kill(id); err != nil {
+		return nil, err
+	}
+	return func() error {
+		_, err := c.Restart(ctx, id)
+		return err
+	}, nil
 }
 
 // linRound is what one round of histories found under one disruption.
@@ -148,12 +155,12 @@ func linearizability(ctx context.Context, cfg Config) (*Report, error) {
 
 // linearizabilitySeed runs set.rounds rounds on one cluster, the
 // disruptions in turn, and adds what each found to results.
-func linearizabilitySeed(ctx context.Context, cfg Config, set linSetup, seed int64, results [][]linRound) error {
+func linearizabilitySeed(ctx context.Context, cfg Config, set linSetup, seed int64, results [][]linRound) (err error) {
 	c, err := startCluster(ctx, seed, 3, 2, 3, cfg.logger())
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer func() { err = errors.Join(err, c.close()) }()
 	// One client in four has the defaults, and gives up on some writes in
 	// a failover: their outcome is unknown, and the model must allow for
 	// them taking effect at any later time.
@@ -219,7 +226,9 @@ func linearizabilityRound(ctx context.Context, cfg Config, set linSetup, c *clus
 	if eventErr != nil {
 		return linRound{}, eventErr
 	}
-	if err := c.waitLeaders(ctx); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, servertest.ReadyTimeout)
+	defer cancel()
+	if err := c.WaitReady(wctx); err != nil {
 		return linRound{}, err
 	}
 

@@ -74,13 +74,11 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 			MaxAttemptTimeout: 200 * time.Millisecond, ReplyGrace: time.Second,
 		})
 		if err != nil {
-			c.close()
-			return nil, err
+			return nil, errors.Join(err, c.close())
 		}
 		for i, p := range drops {
 			if err := c.net.SetDefaultFaults(wire.Faults{Drop: p}); err != nil {
-				c.close()
-				return nil, err
+				return nil, errors.Join(err, c.close())
 			}
 			before := c.stats()
 			pt := runLossPoint(ctx, cl, fmt.Sprintf("s%d-p%d", s, i), requests, workers)
@@ -91,8 +89,7 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 			points[i] = append(points[i], pt)
 			cfg.progress("loss: seed %d, drop %.2f: %d/%d succeeded, %.2f attempts each", seed, p, pt.ok, pt.ok+pt.failed, pt.attempts)
 		}
-		c.close()
-		if err := ctx.Err(); err != nil {
+		if err := errors.Join(c.close(), ctx.Err()); err != nil {
 			return nil, err
 		}
 	}

@@ -162,13 +162,12 @@ func scale(ctx context.Context, cfg Config) (*Report, error) {
 
 // scaleRun measures writers closed-loop writers on a fresh cluster of
 // shards shards for run.
-func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, run time.Duration) (scalePoint, error) {
-	var pt scalePoint
+func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, run time.Duration) (pt scalePoint, err error) {
 	c, err := startCluster(ctx, seed, 3, shards, 3, cfg.logger())
 	if err != nil {
 		return pt, err
 	}
-	defer c.close()
+	defer func() { err = errors.Join(err, c.close()) }()
 	// A client per 32 writers keeps each under its limit of pending
 	// requests.
 	clients := make([]*client.Client, (writers+31)/32)
@@ -189,7 +188,7 @@ func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, 
 	defer stop()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	disk, ok := diskOf(c.dir)
+	disk, ok := diskOf(c.Dir())
 	var f0 uint64
 	if ok {
 		if f0, err = diskFlushes(disk); err != nil {
@@ -235,7 +234,7 @@ func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, 
 			return pt, err
 		}
 		pt.flushes = f1 - f0
-		if pt.flushCap, err = flushCapacity(c.dir, disk, 3*shards, run/2); err != nil {
+		if pt.flushCap, err = flushCapacity(c.Dir(), disk, 3*shards, run/2); err != nil {
 			return pt, err
 		}
 	}

@@ -15,8 +15,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -50,26 +51,29 @@ func shoal(args ...string) (code int, stdout, stderr string) {
 	return code, out.String(), errb.String()
 }
 
-func startCluster(t *testing.T) *server.Spec {
+// startCluster starts a cluster of 3 nodes holding 2 shards of 3 replicas
+// for the test.
+func startCluster(t *testing.T) *servertest.Cluster {
 	t.Helper()
-	spec, err := server.LocalSpec(3, 2, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	for _, ns := range spec.Nodes {
-		n, err := server.Start(context.Background(), server.Config{ID: ns.ID, DataDir: filepath.Join(dir, ns.ID), Spec: spec, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
+	return servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+}
+
+// waitFor polls cond until it holds, and fails the test with what after
+// limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
 		}
-		t.Cleanup(func() { n.Close() })
+		time.Sleep(5 * time.Millisecond)
 	}
-	return spec
 }
 
 func TestCLICommands(t *testing.T) {
-	spec := startCluster(t)
+	spec := startCluster(t).Spec()
 	file := filepath.Join(t.TempDir(), "cluster.json")
 	if err := spec.Save(file); err != nil {
 		t.Fatal(err)
@@ -141,7 +145,7 @@ func TestDemo(t *testing.T) {
 }
 
 func TestCLIJobs(t *testing.T) {
-	spec := startCluster(t)
+	spec := startCluster(t).Spec()
 	t.Setenv("SHOAL_SEEDS", strings.Join(seedsOf(spec), ","))
 	code, out, errs := shoal("enqueue", "mail", "hi there")
 	if code != 0 || !strings.HasPrefix(out, "j") {
@@ -220,7 +224,7 @@ func isNumber(v any) bool {
 // One point against an existing cluster: a JSON object with the fields
 // the grid promises; without pid files, no CPU or memory.
 func TestBenchPointOnExistingCluster(t *testing.T) {
-	spec := startCluster(t)
+	spec := startCluster(t).Spec()
 	file := filepath.Join(t.TempDir(), "cluster.json")
 	if err := spec.Save(file); err != nil {
 		t.Fatal(err)

@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -17,17 +15,15 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/client"
-	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
 
 // demo is the embedded cluster, the lossy client and what the workload saw.
 type demo struct {
-	spec   *server.Spec
-	smap   *shard.Map
-	nodes  map[string]*server.Node
-	client *client.Client
+	cluster *servertest.Cluster
+	client  *client.Client
 
 	mu        sync.Mutex
 	acked     map[string]string      // every acknowledged write
@@ -54,41 +50,16 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "shoal-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-
 	logOut := io.Discard
 	if *showLog {
 		logOut = stderr
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := &demo{nodes: map[string]*server.Node{}, acked: map[string]string{}, firstOK: map[shard.ID]time.Time{}}
-	if d.spec, err = server.LocalSpec(3, 4, 3); err != nil {
+	d := &demo{acked: map[string]string{}, firstOK: map[shard.ID]time.Time{}}
+	if d.cluster, err = servertest.Start(ctx, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Logger: log}); err != nil {
 		return err
 	}
-	if d.smap, err = d.spec.Map(); err != nil {
-		return err
-	}
-	defer func() {
-		for _, n := range d.nodes {
-			n.Close()
-		}
-	}()
-	for _, ns := range d.spec.Nodes {
-		n, err := server.Start(ctx, server.Config{ID: ns.ID, DataDir: filepath.Join(dir, ns.ID), Spec: d.spec, Logger: log})
-		if err != nil {
-			return err
-		}
-		d.nodes[ns.ID] = n
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := waitForLeaders(wctx, d.spec, nil); err != nil {
-		return err
-	}
+	defer d.cluster.Close()
 
 	udp, err := wire.ListenUDP("127.0.0.1:0")
 	if err != nil {
@@ -98,13 +69,13 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	if d.client, err = client.New(ctx, client.Config{Seeds: seedsOf(d.spec), Transport: lossy, Logger: log}); err != nil {
+	if d.client, err = client.New(ctx, client.Config{Seeds: d.cluster.Seeds(), Transport: lossy, Logger: log}); err != nil {
 		return err
 	}
 	defer d.client.Close(context.Background())
 	d.perWorker = make([][]string, *workers)
 
-	fmt.Fprintf(stdout, "shoal demo: 3 nodes, 4 shards x 3 replicas; raft logs on disk in %s; clients over UDP on 127.0.0.1\n", dir)
+	fmt.Fprintf(stdout, "shoal demo: 3 nodes, 4 shards x 3 replicas; raft logs on disk in %s; clients over UDP on 127.0.0.1\n", d.cluster.Dir())
 	fmt.Fprintf(stdout, "the client's link drops %.0f%% of datagrams each way; %d workers, half sets of new keys, half reads of keys already written\n\n", *drop*100, *workers)
 
 	before, took := d.run(ctx, *workers, *length, func() bool { return false })
@@ -115,10 +86,9 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	d.mu.Lock()
 	d.killedAt = time.Now()
 	d.mu.Unlock()
-	if err := d.nodes[victim].Close(); err != nil {
+	if err := d.cluster.Kill(victim); err != nil {
 		return err
 	}
-	delete(d.nodes, victim)
 	fmt.Fprintf(stdout, "killed %s abruptly (no handover); it led shard%s %s\n", victim, plural(len(led)), joinIDs(led))
 
 	after, took := d.run(ctx, *workers, *length, func() bool { return !d.recovered(led) })
@@ -132,17 +102,15 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if bad > 0 || before.wrong.Load()+after.wrong.Load() > 0 {
 		return fmt.Errorf("%d of %d acknowledged writes read back wrong", bad+int(before.wrong.Load()+after.wrong.Load()), checked)
 	}
-	fmt.Fprintf(stdout, "check: all %s acknowledged writes read back correctly through a fresh client\n\n", commas(int64(checked)))
+	fmt.Fprintf(stdout, "check: all %s acknowledged writes read back correctly through a fresh client\n", commas(int64(checked)))
+	cctx, cancel := context.WithTimeout(ctx, servertest.CheckTimeout)
+	defer cancel()
+	if err := d.cluster.Check(cctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "check: the live replicas of each shard hold the same state (a SHA-256 of it, at one log index)\n\n")
 	d.nodeTable(stdout, victim)
 	return nil
-}
-
-func seedsOf(spec *server.Spec) []string {
-	var s []string
-	for _, n := range spec.Nodes {
-		s = append(s, n.Client)
-	}
-	return s
 }
 
 // maxRecoveryWait bounds how long the phase after the kill is stretched
@@ -193,7 +161,7 @@ func (d *demo) set(ctx context.Context, w int, p *phase) {
 	now := time.Now()
 	d.mu.Lock()
 	d.acked[key] = val
-	if id := d.smap.ShardOf(key); !d.killedAt.IsZero() {
+	if id := d.cluster.Map().ShardOf(key); !d.killedAt.IsZero() {
 		if _, ok := d.firstOK[id]; !ok {
 			d.firstOK[id] = now
 		}
@@ -234,8 +202,8 @@ func (d *demo) busiestLeader(ctx context.Context) (string, []shard.ID) {
 			leads[s.Leader] = append(leads[s.Leader], s.ID)
 		}
 	}
-	best := d.spec.Nodes[0].ID
-	for _, n := range d.spec.Nodes {
+	best := d.cluster.Spec().Nodes[0].ID
+	for _, n := range d.cluster.Spec().Nodes {
 		if len(leads[n.ID]) > len(leads[best]) {
 			best = n.ID
 		}
@@ -286,8 +254,8 @@ func (d *demo) recovery(led []shard.ID) string {
 func (d *demo) verify(ctx context.Context) (checked, bad int, err error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var seeds []string
-	for _, n := range d.nodes {
-		seeds = append(seeds, n.Addr().String())
+	for _, id := range d.cluster.Running() {
+		seeds = append(seeds, d.cluster.Spec().Node(id).Client)
 	}
 	c, err := client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
 	if err != nil {

@@ -93,7 +93,12 @@ func TestKillLeaderProcess(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	ackedCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	waitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return ackedCount() >= 100 })
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +122,8 @@ func TestKillLeaderProcess(t *testing.T) {
 	if limit := 4*server.DefaultHeartbeatTimeout + time.Second; recovered > limit {
 		t.Errorf("recovery took %v, over %v", recovered, limit)
 	}
-	time.Sleep(200 * time.Millisecond)
+	before := ackedCount()
+	waitFor(t, 10*time.Second, "100 more writes acknowledged after the recovery", func() bool { return ackedCount() >= before+100 })
 	cancel()
 	wg.Wait()
 
@@ -211,4 +217,13 @@ func TestBenchStartsAndStopsACluster(t *testing.T) {
 			t.Errorf("%s still runs: %q", f, b)
 		}
 	}
+}
+
+// seedsOf returns the client address of every node of spec.
+func seedsOf(spec *server.Spec) []string {
+	var s []string
+	for _, n := range spec.Nodes {
+		s = append(s, n.Client)
+	}
+	return s
 }

@@ -313,3 +313,28 @@ func TestTryGetDoesNotWaitForWrites(t *testing.T) {
 		t.Fatalf("TryGet(k) = %+v, %v after the apply", e, locked)
 	}
 }
+
+// Replicas that applied the same commands have the same digest, at the
+// same index; one change of state changes it.
+func TestDigest(t *testing.T) {
+	x, y := newApplier(t), newApplier(t)
+	for _, a := range []*applier{x, y} {
+		a.one(Op{Kind: KindSet, Client: "c", Seq: 1, Key: "k", Value: "v"})
+		a.one(Op{Kind: KindEnqueue, JobID: "j", Topic: "t", Value: "p"})
+	}
+	ix, dx, err := x.fsm.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	iy, dy, err := y.fsm.Digest()
+	if err != nil || ix != iy || dx != dy || ix != x.index {
+		t.Fatalf("same history: %d %x and %d %x, %v", ix, dx, iy, dy, err)
+	}
+	y.one(Op{Kind: KindSet, Key: "k", Value: "w"})
+	x.one(Op{Kind: KindSet, Key: "k", Value: "v"})
+	ix, dx, _ = x.fsm.Digest()
+	iy, dy, _ = y.fsm.Digest()
+	if ix != iy || dx == dy {
+		t.Fatalf("different values at index %d and %d: digests %x and %x", ix, iy, dx, dy)
+	}
+}

@@ -1,0 +1,308 @@
+// Package servertest runs a shoal cluster inside one process, as
+// net/http/httptest runs an HTTP server: real nodes, each with a raft group
+// per replica on disk and real node-to-node TCP, serving clients over UDP
+// or over a transport the caller gives (a simulated network). The tests of
+// every package and the sim experiments start their clusters with it.
+//
+// A Cluster starts every node of its spec and waits until it is ready
+// (every shard has a leader that serves), kills and restarts nodes, and
+// checks that the running replicas of each shard converged to one state
+// (Check). New does all of that for a test: it fails the test if the
+// cluster does not start, and on cleanup checks and closes it, so that a
+// test whose replicas diverged fails, as bbolt checks its file in every
+// test's cleanup.
+package servertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// Options describe a cluster. The zero value is 3 nodes holding 1 shard of
+// 3 replicas.
+type Options struct {
+	// Nodes, Shards and Replicas size a cluster on 127.0.0.1 with free
+	// ports (server.LocalSpec). Zero values take 3, 1 and 3.
+	Nodes, Shards, Replicas int
+	// Raft is the raft timing of that cluster; zero fields take the
+	// defaults.
+	Raft server.RaftTiming
+	// Spec, if set, is the cluster instead, and the fields above are
+	// ignored.
+	Spec *server.Spec
+	// Dir holds the nodes' data, a directory per node. If empty, a
+	// temporary directory that Close removes.
+	Dir string
+	// Logger receives the nodes' logs. If nil, they are dropped (New sends
+	// them to the test's log).
+	Logger *slog.Logger
+	// Transport, if set, gives a node its client transport at each start,
+	// in place of a UDP socket at its client address in the spec.
+	Transport func(node server.NodeSpec) (wire.Transport, error)
+	// Configure, if set, changes a node's configuration before each start.
+	Configure func(*server.Config)
+}
+
+// Cluster is a running in-process cluster. Its methods are safe for
+// concurrent use.
+type Cluster struct {
+	spec    *server.Spec
+	smap    *shard.Map
+	dir     string
+	ownDir  bool
+	log     *slog.Logger
+	opts    Options
+	mu      sync.Mutex
+	nodes   map[string]*server.Node // the running ones
+}
+
+// ReadyTimeout bounds Start's wait for the cluster to be ready.
+const ReadyTimeout = 30 * time.Second
+
+// Start starts every node of the cluster opts describe and waits until it
+// is ready (see WaitReady), at most ReadyTimeout. On failure it closes
+// what it started.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	spec := opts.Spec
+	if spec == nil {
+		nodes, shards, replicas := or(opts.Nodes, 3), or(opts.Shards, 1), or(opts.Replicas, 3)
+		var err error
+		if spec, err = server.LocalSpec(nodes, shards, replicas); err != nil {
+			return nil, err
+		}
+		spec.Raft = opts.Raft
+	}
+	smap, err := spec.Map()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{spec: spec, smap: smap, dir: opts.Dir, log: opts.Logger, opts: opts, nodes: map[string]*server.Node{}}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.dir == "" {
+		if c.dir, err = os.MkdirTemp("", "shoal-servertest-"); err != nil {
+			return nil, err
+		}
+		c.ownDir = true
+	}
+	for _, ns := range spec.Nodes {
+		if _, err := c.Restart(ctx, ns.ID); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+	defer cancel()
+	if err := c.WaitReady(wctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func or(n, def int) int {
+	if n == 0 {
+		return def
+	}
+	return n
+}
+
+// Spec returns the cluster's spec. The caller must not change it.
+func (c *Cluster) Spec() *server.Spec { return c.spec }
+
+// Map returns the cluster's shard map. The caller must not change it.
+func (c *Cluster) Map() *shard.Map { return c.smap }
+
+// Dir returns the directory that holds the nodes' data.
+func (c *Cluster) Dir() string { return c.dir }
+
+// Seeds returns the client address of every node in the spec, running or
+// not, for client.Config.Seeds.
+func (c *Cluster) Seeds() []string {
+	seeds := make([]string, len(c.spec.Nodes))
+	for i, n := range c.spec.Nodes {
+		seeds[i] = n.Client
+	}
+	return seeds
+}
+
+// Node returns the running node with the given id, or nil if it is down.
+func (c *Cluster) Node(id string) *server.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[id]
+}
+
+// Running returns the ids of the running nodes, sorted.
+func (c *Cluster) Running() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.nodes))
+	for id := range c.nodes {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Restart starts node id on its data directory: the first time, or again
+// after Kill or Shutdown. It does not wait for the node's shards to be
+// ready; WaitReady does.
+func (c *Cluster) Restart(ctx context.Context, id string) (*server.Node, error) {
+	if c.spec.Node(id) == nil {
+		return nil, fmt.Errorf("servertest: no node %q in the spec", id)
+	}
+	if c.Node(id) != nil {
+		return nil, fmt.Errorf("servertest: node %s is running", id)
+	}
+	cfg := server.Config{ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log}
+	if c.opts.Transport != nil {
+		t, err := c.opts.Transport(*c.spec.Node(id))
+		if err != nil {
+			return nil, fmt.Errorf("servertest: transport of %s: %w", id, err)
+		}
+		cfg.Transport = t
+	}
+	if c.opts.Configure != nil {
+		c.opts.Configure(&cfg)
+	}
+	n, err := server.Start(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("servertest: starting %s: %w", id, err)
+	}
+	c.mu.Lock()
+	c.nodes[id] = n
+	c.mu.Unlock()
+	return n, nil
+}
+
+// Kill stops node id at once: to its peers, a crash. Its data stays.
+func (c *Cluster) Kill(id string) error {
+	n := c.take(id)
+	if n == nil {
+		return fmt.Errorf("servertest: node %s is not running", id)
+	}
+	return n.Close()
+}
+
+// Shutdown stops node id gracefully: it hands the leadership of its shards
+// over first (server.Node.Shutdown), within ctx.
+func (c *Cluster) Shutdown(ctx context.Context, id string) error {
+	n := c.take(id)
+	if n == nil {
+		return fmt.Errorf("servertest: node %s is not running", id)
+	}
+	return n.Shutdown(ctx)
+}
+
+// take removes node id from the running ones and returns it.
+func (c *Cluster) take(id string) *server.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[id]
+	delete(c.nodes, id)
+	return n
+}
+
+// Close kills every running node and removes the data directory if Start
+// made it.
+func (c *Cluster) Close() error {
+	var errs []error
+	for _, id := range c.Running() {
+		errs = append(errs, c.Kill(id))
+	}
+	if c.ownDir {
+		errs = append(errs, os.RemoveAll(c.dir))
+	}
+	return errors.Join(errs...)
+}
+
+// holders returns the running nodes that hold a replica of shard id.
+func (c *Cluster) holders(id shard.ID) map[string]*server.Node {
+	out := map[string]*server.Node{}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, nid := range c.smap.Shard(id).Replicas {
+		if n := c.nodes[nid]; n != nil {
+			out[nid] = n
+		}
+	}
+	return out
+}
+
+// Leader returns the running node that leads shard id and serves, or nil.
+// A leader deposed by a newer election can think it leads for a moment, so
+// a node counts only when it is ready in its term (server.Node.Leading)
+// and a majority of the shard's replicas, itself included, name it their
+// leader.
+func (c *Cluster) Leader(id shard.ID) *server.Node {
+	holders := c.holders(id)
+	named := map[string]int{}
+	for _, n := range holders {
+		for _, s := range n.Status().Shards {
+			switch {
+			case s.ID != id:
+			case s.State == "Leader":
+				named[n.ID()]++
+			case s.Leader != "":
+				named[s.Leader]++
+			}
+		}
+	}
+	replicas := len(c.smap.Shard(id).Replicas)
+	for nid, votes := range named {
+		if n := holders[nid]; n != nil && 2*votes > replicas && n.Leading(id) {
+			return n
+		}
+	}
+	return nil
+}
+
+// WaitReady waits until every shard of which a majority of replicas run
+// has a Leader, and reports ctx's error with the shards still without one
+// if ctx ends first.
+func (c *Cluster) WaitReady(ctx context.Context) error {
+	for {
+		var waiting []string
+		for _, s := range c.smap.Shards {
+			if 2*len(c.holders(s.ID)) > len(s.Replicas) && c.Leader(s.ID) == nil {
+				waiting = append(waiting, fmt.Sprint(s.ID))
+			}
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		if err := pause(ctx); err != nil {
+			return fmt.Errorf("servertest: shards %s have no leader: %w", strings.Join(waiting, ", "), err)
+		}
+	}
+}
+
+// pollInterval is how often the waits look at the nodes again.
+const pollInterval = 10 * time.Millisecond
+
+// pause waits pollInterval, or until ctx ends.
+func pause(ctx context.Context) error {
+	t := time.NewTimer(pollInterval)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
