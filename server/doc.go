@@ -31,6 +31,12 @@
 //     Config.HeartbeatInterval to each client heard from within
 //     Config.ClientTTL.
 //
+// Operators and tests look at a node through Status, ShardStats, Leading
+// (leads a shard and serves), and StateDigest, a hash of a replica's state
+// at its applied index that the replicas of a shard must agree on once they
+// have applied the same log (Barrier makes the followers learn of the last
+// commit). Package servertest runs whole clusters in one process.
+//
 // A Node's owner stops it with Shutdown (hands leadership over first, as
 // on SIGTERM) or Close (at once; to its peers, a crash).
 package server

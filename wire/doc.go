@@ -16,6 +16,12 @@
 // waits, w, in milliseconds; every reply and heartbeat carries the node n
 // and its activity l.
 //
+// The ops are listed once, in ops.go, with their rules: which change state
+// (Op.Mutating), which count toward a node's load (Op.Loads), which slot
+// serves them (Op.Slot), and what their arguments must be (CheckArgs,
+// CheckQuery, which the client runs before it sends and the node when a
+// query arrives). Each error Code means one thing (codes.go).
+//
 // Decode is the boundary with the network and never trusts its input: it
 // rejects datagrams over MaxDatagramSize, nesting over MaxDepth, more than
 // MaxElements values, non-canonical Bencode, trailing bytes and fields of

@@ -59,14 +59,14 @@ type Options struct {
 // Cluster is a running in-process cluster. Its methods are safe for
 // concurrent use.
 type Cluster struct {
-	spec    *server.Spec
-	smap    *shard.Map
-	dir     string
-	ownDir  bool
-	log     *slog.Logger
-	opts    Options
-	mu      sync.Mutex
-	nodes   map[string]*server.Node // the running ones
+	spec   *server.Spec
+	smap   *shard.Map
+	dir    string
+	ownDir bool
+	log    *slog.Logger
+	opts   Options
+	mu     sync.Mutex
+	nodes  map[string]*server.Node // the running ones
 }
 
 // ReadyTimeout bounds Start's wait for the cluster to be ready.
