@@ -11,21 +11,18 @@ import (
 // however late, measures the round trip of the attempt it answers.
 //
 // Under load round trips have a long tail (a write waits on a quorum's
-// disk flushes), and srtt + 4·rttvar sits below it: with it alone, 2-4% of
-// the sets of 64 clients and 9-13% of 256's were retried only for being
-// slow, each one forwarded and proposed again. So the timeout is also at
-// least half again the second longest of the last len(recent) round trips
-// (about their 99th percentile), of those no older than tailAge, up to
-// tailCap times srtt. A lost datagram leaves no sample, so on a lossy but
-// idle network the timeout stays short.
+// disk flushes) that srtt + 4·rttvar sits below, and every attempt retried
+// only for being slow is another proposal. So the timeout is also at least
+// half again the second longest of the last len(recent) round trips (about
+// their 99th percentile), of those no older than tailAge. A lost datagram
+// leaves no sample, so on a lossy but idle network the timeout stays short.
 //
-// The cap is for stalls. One that delays many requests at once (a
-// failover, a disk stopping) fills the ring with their round trips, and
-// uncapped they set every timeout to half again the stall until they age
-// out or newer ones push them out: on a lossy link each lost datagram then
-// waited that long for its retry, and `shoal demo` ran at 58 requests a
-// second for 8 s after a failover, against 792 before it. srtt forgets a
-// stall within a few dozen round trips, and the cap with it.
+// The tail counts up to tailCap times srtt. A stall that delays many
+// requests at once (a failover, a disk stopping) fills the ring with its
+// round trips; uncapped, they would hold every timeout at half again the
+// stall until they aged out, and on a lossy link each lost datagram would
+// wait that long for its retry. srtt forgets a stall within a few dozen
+// round trips, and the cap with it.
 type rttEstimator struct {
 	min, max, initial time.Duration
 
