@@ -285,7 +285,7 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 	if err := c.Kill(leader); err != nil {
 		return run, err
 	}
-	for c.leaderID(victim) == "" && loadCtx.Err() == nil {
+	for c.Elected(victim) == nil && loadCtx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
 	run.election = time.Since(kill)

@@ -244,12 +244,21 @@ func (c *Cluster) holders(id shard.ID) map[string]*server.Node {
 	return out
 }
 
-// Leader returns the running node that leads shard id and serves, or nil.
-// A leader deposed by a newer election can think it leads for a moment, so
-// a node counts only when it is ready in its term (server.Node.Leading)
-// and a majority of the shard's replicas, itself included, name it their
-// leader.
+// Leader returns the running node that leads shard id and serves, or nil:
+// the Elected one, once it is ready in its term (server.Node.Leading).
 func (c *Cluster) Leader(id shard.ID) *server.Node {
+	if n := c.Elected(id); n != nil && n.Leading(id) {
+		return n
+	}
+	return nil
+}
+
+// Elected returns the running node that raft elected to lead shard id, or
+// nil. A leader deposed by a newer election can think it leads for a
+// moment, so a node counts only when a majority of the shard's replicas,
+// itself included, name it their leader. An elected leader serves once it
+// has applied what its term inherited (see Leader).
+func (c *Cluster) Elected(id shard.ID) *server.Node {
 	holders := c.holders(id)
 	named := map[string]int{}
 	for _, n := range holders {
@@ -265,7 +274,7 @@ func (c *Cluster) Leader(id shard.ID) *server.Node {
 	}
 	replicas := len(c.smap.Shard(id).Replicas)
 	for nid, votes := range named {
-		if n := holders[nid]; n != nil && 2*votes > replicas && n.Leading(id) {
+		if n := holders[nid]; n != nil && 2*votes > replicas {
 			return n
 		}
 	}
