@@ -146,8 +146,12 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 	watch := n.jobs.watch(a.Topic)
 	defer watch.stop()
 	for {
-		for id, at := range emptyAt {
-			watch.after(id, at)
+		// A replica still at or before the index its shard last had
+		// nothing at is asked again only once it has applied past it.
+		for _, rep := range reps {
+			if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
+				watch.after(rep.id, at)
+			}
 		}
 		now := time.Now()
 		cands, unseen := readyFirst(reps, emptyAt, a.Topic, now)
@@ -257,12 +261,14 @@ func (n *Node) waitForJobs(ctx context.Context, watch *jobWatcher, reps []*repli
 		})
 	}
 	var woke []shard.ID
+	n.jobs.blocked.Add(1)
 	select {
 	case <-watch.wake:
 	case <-wctx.Done():
 	case id := <-ready:
 		woke = append(woke, id)
 	}
+	n.jobs.blocked.Add(-1)
 	for {
 		select {
 		case id := <-ready:

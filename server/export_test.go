@@ -57,6 +57,10 @@ func InFlight(n *Node) int { return len(n.inFlight) }
 // or, at a leader, from followers.
 func JobWatchers(n *Node) int { return int(n.jobs.watchers.Load()) }
 
+// BlockedAcquires counts the client acquires at node n asleep until a job
+// may have come: they have looked at every shard and found nothing.
+func BlockedAcquires(n *Node) int { return int(n.jobs.blocked.Load()) }
+
 // DialRPC opens a node-to-node RPC connection to the node listener at addr.
 func DialRPC(ctx context.Context, addr string) (net.Conn, error) {
 	return dialContext(ctx, addr, []byte{preambleRPC})

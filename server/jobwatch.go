@@ -19,8 +19,9 @@ import (
 type jobWatch struct {
 	// watchers and wishes count the entries of topics and catchUp, so that
 	// the replicas, which report every apply, skip the lock while nobody
-	// waits.
-	watchers, wishes atomic.Int64
+	// waits. blocked counts the acquires asleep until a wake-up (see
+	// Node.waitForJobs).
+	watchers, wishes, blocked atomic.Int64
 
 	mu     sync.Mutex
 	topics map[string]map[*jobWatcher]struct{}

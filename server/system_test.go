@@ -248,7 +248,7 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 		}
 		got <- r
 	}()
-	waitFor(t, 3*time.Second, "the acquire waiting on "+a, func() bool { return server.JobWatchers(c.Node(a)) > 0 })
+	waitFor(t, 3*time.Second, "the acquire asleep on "+a, func() bool { return server.BlockedAcquires(c.Node(a)) > 0 })
 	enq := request(t, clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 		Client: "skip-test-enqueue", Seq: 1, Timeout: 3 * time.Second, Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
 	if enq.Type != wire.TypeResponse {
@@ -689,5 +689,41 @@ func TestListenAddresses(t *testing.T) {
 	cl := newClient(t, c, client.Config{})
 	if _, err := cl.Set(context.Background(), "k", []byte("v")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An acquire asleep on a follower stays asleep while the shard applies
+// writes of other things: it does not look again, nor ask the leader again
+// to wake it, at every entry.
+func TestWaitingAcquireIgnoresOtherWrites(t *testing.T) {
+	c := servertest.New(t, servertest.Options{})
+	lead := leader(t, c, 0)
+	var follower *server.Node
+	for _, id := range c.Running() {
+		if id != lead.ID() {
+			follower = c.Node(id)
+		}
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := rawRequest(clientAddr(c, follower.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+			Client: "quiet-test", Seq: 1, Timeout: 4 * time.Second,
+			Args: wire.Args{Topic: "nothing", Lease: time.Minute, Wait: 3 * time.Second}})
+		got <- err
+	}()
+	waitFor(t, 3*time.Second, "the acquire asleep on the follower", func() bool { return server.BlockedAcquires(follower) > 0 })
+	cl := newClient(t, c, client.Config{})
+	for i := range 100 {
+		if _, err := cl.Set(context.Background(), fmt.Sprint("other-", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One call from the follower waits at the leader, perhaps one more
+	// from a look the first writes caused; not one per write.
+	if n := server.JobWatchers(lead); n > 2 {
+		t.Errorf("after 100 other writes the leader holds %d waits for the follower's acquire", n)
+	}
+	if err := <-got; err != nil {
+		t.Error(err)
 	}
 }
