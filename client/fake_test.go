@@ -606,7 +606,7 @@ func TestPickerSeesRequestsInFlight(t *testing.T) {
 		fc.nodes[1].set(func(f *fakeNode) { f.delay = 300 * time.Millisecond })
 		p := &recordingPicker{}
 		c := fc.client(t, Config{Picker: p, IgnoreInFlight: ignore, MinAttemptTimeout: time.Second})
-		done := make(chan error)
+		done := make(chan error, 1)
 		go func() {
 			_, err := c.Get(context.Background(), "k") // to b, which answers late
 			done <- err

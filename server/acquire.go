@@ -287,7 +287,7 @@ func (n *Node) awaitReady(ctx context.Context, rep *replica, topic string) (bool
 	for {
 		changed := rep.changes()
 		if !rep.isLeader() {
-			return false, errNotLeader
+			return false, ErrNotLeader
 		}
 		if rep.fsm.ReadyCount(topic, time.Now().UnixNano(), 1) > 0 {
 			return true, nil

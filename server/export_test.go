@@ -22,12 +22,8 @@ const (
 	HedgeDelay   = hedgeDelay
 )
 
-// ErrRetry marks failures worth retrying on whichever node leads now;
-// ErrNotLeader, those of a replica that does not lead.
-var (
-	ErrRetry     = errRetry
-	ErrNotLeader = errNotLeader
-)
+// ErrRetry marks failures worth retrying on whichever node leads now.
+var ErrRetry = errRetry
 
 func replicaOf(n *Node, id shard.ID) *replica {
 	r := n.replicas[id]

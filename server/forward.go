@@ -78,7 +78,7 @@ var errRetry = errors.New("server: retry")
 // retryable reports whether err from a local raft call or a forward means
 // that the request may be retried on the current leader.
 func retryable(err error) bool {
-	return errors.Is(err, errRetry) || errors.Is(err, errNotLeader) ||
+	return errors.Is(err, errRetry) || errors.Is(err, ErrNotLeader) ||
 		errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrLeadershipTransferInProgress) ||
 		errors.Is(err, rpc.ErrShutdown) || isNetError(err)

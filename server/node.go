@@ -289,19 +289,21 @@ func (n *Node) Leading(id shard.ID) bool {
 }
 
 // Barrier waits until this node's replica of shard id, which must lead
-// it, has applied every write proposed before the call, and has told its
-// followers that those are committed: a follower otherwise learns of a
-// commit only with the leader's next entry, or after CommitTimeout. The
-// barrier is a raft entry of its own, which state machines do not see, so
-// once the followers have applied up to it their StateDigests compare.
-// ctx bounds the wait for raft to take the barrier.
+// it (else ErrNotLeader), has applied every write proposed before the
+// call. The barrier is a raft entry of its own, which state machines do
+// not see: sending it to the followers tells them that the entries
+// committed before it are, which they otherwise learn only with the
+// leader's next entry or after CommitTimeout. So once they have applied
+// those, their StateDigests and the leader's compare. ctx bounds the wait
+// for raft to take the barrier; the wait for it to apply ends when raft
+// applies it, fails it (leadership lost) or shuts down.
 func (n *Node) Barrier(ctx context.Context, id shard.ID) error {
 	r := n.replicas[id]
 	switch {
 	case r == nil:
 		return fmt.Errorf("%w: node %s, shard %d", ErrNoReplica, n.id, id)
 	case !r.isLeader():
-		return fmt.Errorf("%w: node %s, shard %d", errNotLeader, n.id, id)
+		return fmt.Errorf("%w: node %s, shard %d", ErrNotLeader, n.id, id)
 	}
 	var timeout time.Duration // none: raft waits to take it as long as it must
 	if d, ok := ctx.Deadline(); ok {
@@ -309,8 +311,6 @@ func (n *Node) Barrier(ctx context.Context, id shard.ID) error {
 			return ctx.Err()
 		}
 	}
-	// The wait ends when raft applies the barrier, fails it (leadership
-	// lost) or shuts down.
 	return awaitFuture(r.raft.Barrier(timeout), r.stop)
 }
 

@@ -25,23 +25,29 @@ var commandKinds = map[wire.Op]fsm.Kind{
 }
 
 // stateOp returns the state machine op of query m, whose op must be in
-// commandKinds and whose arguments passed wire.CheckQuery.
+// commandKinds and whose arguments passed wire.CheckQuery. It carries only
+// the arguments of its kind, so what else a query holds stays out of the
+// raft log.
 func stateOp(m *wire.Message) fsm.Op {
 	a := &m.Args
-	op := fsm.Op{
-		Kind: commandKinds[m.Op], Client: m.Client, Seq: m.Seq, Ack: m.Ack,
-		Key: a.Key, Value: a.Value, Version: a.Version,
-		Topic: a.Topic, JobID: a.JobID, Token: a.Token, Lease: int64(a.Lease),
-		Delay: int64(a.Delay), MaxAttempts: a.MaxAttempts, Backoff: int64(a.Backoff),
-		Unique: a.Unique, Reason: a.Reason, Interval: int64(a.Interval),
-	}
-	if !a.RunAt.IsZero() {
-		op.RunAt = a.RunAt.UnixNano()
-	}
-	// A failure's reason is kept with the job for operators to read: a
-	// longer one is cut rather than refused, so the job still fails.
-	if len(op.Reason) > shard.MaxKeySize {
-		op.Reason = op.Reason[:shard.MaxKeySize]
+	op := fsm.Op{Kind: commandKinds[m.Op], Client: m.Client, Seq: m.Seq, Ack: m.Ack}
+	switch op.Kind {
+	case fsm.KindSet, fsm.KindCompareAndSet:
+		op.Key, op.Value, op.Version = a.Key, a.Value, a.Version
+	case fsm.KindDelete:
+		op.Key = a.Key
+	default: // the job ops
+		op.Topic, op.JobID, op.Token, op.Lease, op.Value = a.Topic, a.JobID, a.Token, int64(a.Lease), a.Value
+		op.Delay, op.MaxAttempts, op.Backoff = int64(a.Delay), a.MaxAttempts, int64(a.Backoff)
+		op.Unique, op.Reason, op.Interval = a.Unique, a.Reason, int64(a.Interval)
+		if !a.RunAt.IsZero() {
+			op.RunAt = a.RunAt.UnixNano()
+		}
+		// A failure's reason is kept with the job for operators to read:
+		// a longer one is cut rather than refused, so the job still fails.
+		if len(op.Reason) > shard.MaxKeySize {
+			op.Reason = op.Reason[:shard.MaxKeySize]
+		}
 	}
 	return op
 }

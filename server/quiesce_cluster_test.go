@@ -83,7 +83,7 @@ func TestQuiescedLeaderFailsOverPromptly(t *testing.T) {
 
 	killed := time.Now()
 	kill(t, c, old.ID())
-	for c.Leader(0) == nil {
+	for c.Elected(0) == nil {
 		// The later of two randomized timeouts in [hb, 2hb], then a vote
 		// (a split one now and then); a follower with a quiesced timeout
 		// would wait server.QuietFactor times as long.

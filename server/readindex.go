@@ -41,7 +41,7 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	// meanwhile, another leader could have acknowledged writes this
 	// replica had not applied when it took the index.
 	if r.raft.CurrentTerm() != term || r.readyTerm.Load() != term {
-		return 0, errNotLeader
+		return 0, ErrNotLeader
 	}
 	return index, nil
 }
@@ -174,7 +174,7 @@ func (v *verifier) loop() {
 func (v *verifier) round() error {
 	term := v.r.raft.CurrentTerm()
 	if v.r.raft.State() != raft.Leader {
-		return errNotLeader
+		return ErrNotLeader
 	}
 	// A quorum of the len(v.others)+1 replicas, less this one.
 	need := (len(v.others) + 1) / 2
@@ -244,7 +244,7 @@ func (v *verifier) round() error {
 				errs = append(errs, a.err)
 				call()
 			case a.term > term:
-				return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", errNotLeader, v.r.id, v.others[a.peer], a.term, term)
+				return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", ErrNotLeader, v.r.id, v.others[a.peer], a.term, term)
 			default:
 				if first < 0 {
 					first = a.peer

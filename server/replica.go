@@ -44,9 +44,11 @@ const (
 	forwardMaxGets = 64
 )
 
-// errNotLeader is returned by the leader-only paths of a replica that is not
-// (or no longer) the leader; the caller retries wherever the leader is now.
-var errNotLeader = errors.New("server: not the leader")
+// ErrNotLeader is returned (wrapped) by the calls that only a shard's leader
+// serves (Node.Barrier, and inside the node its read indexes and
+// proposals) on a replica that does not lead, or no longer does; the
+// caller tries again wherever the leader is now.
+var ErrNotLeader = errors.New("server: not the leader")
 
 // replica is one node's member of one shard's raft group: the raft instance,
 // its stores on disk, its network transport and the state machine.
@@ -343,11 +345,11 @@ func (r *replica) ensureReady() {
 }
 
 // waitReady waits until this replica leads and is ready in its term, and
-// returns the term; errNotLeader if it does not lead.
+// returns the term; ErrNotLeader if it does not lead.
 func (r *replica) waitReady(ctx context.Context) (uint64, error) {
 	for {
 		if !r.isLeader() {
-			return 0, errNotLeader
+			return 0, ErrNotLeader
 		}
 		ch := r.changes()
 		term := r.raft.CurrentTerm()
@@ -384,7 +386,7 @@ func (r *replica) leaderID() string {
 // request already waits to commit here takes that attempt's result.
 func (r *replica) propose(ctx context.Context, ops ...fsm.Op) ([]fsm.Result, error) {
 	if !r.isLeader() {
-		return nil, errNotLeader
+		return nil, ErrNotLeader
 	}
 	return r.proposing.propose(ctx, ops...)
 }

@@ -11,6 +11,6 @@
 //
 // CheckKey, CheckValue, CheckTopic, CheckJobID and CheckJobKey are the one
 // statement of the limits on names and values: the client runs them before
-// it sends, the node when a request arrives, and the state machine (package
-// shard/fsm) before it applies.
+// it sends, and the node when a request arrives; the state machine (package
+// shard/fsm) checks the names an op needs before it applies it.
 package shard

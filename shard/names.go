@@ -29,8 +29,9 @@ var (
 )
 
 // These checks are the one statement of what the keyspace accepts: the
-// client runs them before it sends a request, the node when one arrives,
-// and the state machine before it applies an op.
+// client runs them before it sends a request, and the node when one
+// arrives; the state machine checks the names an op needs before it
+// applies it.
 
 // CheckKey reports whether key can name a value: 1 to MaxKeySize bytes of
 // any kind.

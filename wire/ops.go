@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
@@ -93,6 +94,16 @@ var opSpecs = map[Op]opSpec{
 	OpUnevery:       {mutating: true, loads: true, slot: jobKeySlot, check: checkSchedule},
 	OpJobStats:      {loads: true, check: checkShardRead},
 	OpDeadJobs:      {loads: true, check: checkShardRead},
+}
+
+// Ops returns every op the protocol defines, sorted.
+func Ops() []Op {
+	ops := make([]Op, 0, len(opSpecs))
+	for op := range opSpecs {
+		ops = append(ops, op)
+	}
+	slices.Sort(ops)
+	return ops
 }
 
 // Known reports whether op is one the protocol defines.

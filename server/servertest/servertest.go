@@ -261,20 +261,22 @@ func (c *Cluster) Leader(id shard.ID) *server.Node {
 func (c *Cluster) Elected(id shard.ID) *server.Node {
 	holders := c.holders(id)
 	named := map[string]int{}
+	var claims []*server.Node // the nodes that say they lead
 	for _, n := range holders {
 		for _, s := range n.Status().Shards {
 			switch {
 			case s.ID != id:
 			case s.State == "Leader":
 				named[n.ID()]++
+				claims = append(claims, n)
 			case s.Leader != "":
 				named[s.Leader]++
 			}
 		}
 	}
 	replicas := len(c.smap.Shard(id).Replicas)
-	for nid, votes := range named {
-		if n := holders[nid]; n != nil && 2*votes > replicas {
+	for _, n := range claims {
+		if 2*named[n.ID()] > replicas {
 			return n
 		}
 	}

@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -44,7 +45,7 @@ func TestCommandRoundTrip(t *testing.T) {
 
 // The raft log holds commands for good: the encoding of a command, kind
 // codes included, never changes. These bytes were written by the first
-// version of the format.
+// version of the format, which named its kinds with strings.
 func TestCommandEncodingIsStable(t *testing.T) {
 	const golden = "01aab4aed5be94b9863104010263310907026b000276ff030000000000000000000000040263328080808080200000077061796c6f616400046d61696c066a3061332e7800000980a8d6b9073280d0acf30e017500000800000000000000016a4d80b09dc2df01000000000004626f6f6d80e0ba84bf030d0000000000000000000000000000000000"
 	c := sampleCommand()
@@ -54,6 +55,19 @@ func TestCommandEncodingIsStable(t *testing.T) {
 	}
 	if got := hex.EncodeToString(b); got != golden {
 		t.Errorf("sample command encodes as\n%s\nwant\n%s", got, golden)
+	}
+	// One op of each kind, in the order of their codes.
+	const kinds = "010a0d0101630100026b30000000000000000000000000000201630200026b31000000000000000000000000000301630300026b32000000000000000000000000000401630400026b33000000000000000000000000000501630500026b34000000000000000000000000000601630600026b35000000000000000000000000000701630700026b36000000000000000000000000000801630800026b37000000000000000000000000000901630900026b38000000000000000000000000000a01630a00026b39000000000000000000000000000b01630b00036b3130000000000000000000000000000c01630c00036b3131000000000000000000000000000d01630d00036b313200000000000000000000000000"
+	var ops []Op
+	for kind := KindSet; kind < kindEnd; kind++ {
+		i := int(kind - KindSet)
+		ops = append(ops, Op{Kind: kind, Client: "c", Seq: uint64(i + 1), Key: fmt.Sprint("k", i)})
+	}
+	if b, err = (&Command{Now: 5, Ops: ops}).Encode(); err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(b); got != kinds {
+		t.Errorf("one op of each kind encodes as\n%s\nwant\n%s", got, kinds)
 	}
 }
 

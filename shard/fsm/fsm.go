@@ -99,7 +99,7 @@ type FSM struct {
 
 var _ raft.BatchingFSM = (*FSM)(nil)
 
-// NewFSM returns an empty state machine.
+// New returns an empty state machine.
 func New(cfg Config) *FSM {
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = DefaultSessionTTL

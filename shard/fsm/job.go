@@ -463,7 +463,7 @@ func (f *FSM) promote(before int64) {
 	}
 }
 
-// shard.JobCounts returns the counts of topic's jobs at time now.
+// JobCounts returns the counts of topic's jobs at time now.
 func (f *FSM) JobCounts(topic string, now int64) shard.JobCounts {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

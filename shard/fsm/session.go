@@ -1,7 +1,7 @@
 package fsm
 
 // MaxPendingPerClient bounds the results a session keeps: the unacknowledged
-// sequence numbers of one client. A client past it gets ErrTooManyPending.
+// sequence numbers of one client. A client past it gets StatusTooManyPending.
 const MaxPendingPerClient = 1 << 14
 
 // session is what the state machine remembers of one client so that a

@@ -1,0 +1,58 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/shoal-kv/shoal/shard/fsm"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// The op → kind table names a kind for every op that changes state, and
+// every kind but the tick, which the node proposes itself, has one op.
+func TestCommandKindsCoverTheMutatingOps(t *testing.T) {
+	ops := map[fsm.Kind]wire.Op{}
+	for _, op := range wire.Ops() {
+		kind, ok := commandKinds[op]
+		if ok != op.Mutating() {
+			t.Errorf("op %s: mutating %v, in the table %v", op, op.Mutating(), ok)
+		}
+		if !ok {
+			continue
+		}
+		if other, dup := ops[kind]; dup {
+			t.Errorf("ops %s and %s share kind %v", other, op, kind)
+		}
+		ops[kind] = op
+	}
+	for kind := fsm.KindSet; kind <= fsm.KindTick; kind++ {
+		if _, ok := ops[kind]; !ok && kind != fsm.KindTick {
+			t.Errorf("kind %v has no op", kind)
+		}
+	}
+	if len(ops) != len(commandKinds) {
+		t.Errorf("the table holds %d ops the protocol does not define", len(commandKinds)-len(ops))
+	}
+}
+
+// Every status of a failed op has its own code; success and an empty
+// acquire are not errors.
+func TestOutcomesCoverTheStatuses(t *testing.T) {
+	codes := map[wire.Code]fsm.Status{}
+	for s := fsm.StatusOK; s <= fsm.StatusJobExists; s++ { // StatusJobExists is the last
+		o, ok := outcomes[s]
+		if want := s != fsm.StatusOK && s != fsm.StatusEmpty; ok != want {
+			t.Errorf("status %d: in the table %v, want %v", s, ok, want)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if other, dup := codes[o.code]; dup {
+			t.Errorf("statuses %d and %d share code %d", other, s, o.code)
+		}
+		codes[o.code] = s
+	}
+	if r := writeReply(fsm.Result{Status: fsm.StatusConflict, Version: 7}); r.Err.Code != wire.CodeVersionConflict || r.Result.Version != 7 {
+		t.Errorf("a conflict's reply %+v %+v, want code 409 with the key's version", r.Err, r.Result)
+	}
+}

@@ -1,0 +1,97 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// The rules of each op, as the client and the node apply them: each bad
+// argument is refused with the sentinel of its kind, and the good ones
+// pass.
+func TestCheckArgs(t *testing.T) {
+	long := strings.Repeat("x", shard.MaxKeySize+1)
+	big := string(make([]byte, shard.MaxValueSize+1))
+	job := Args{JobID: "j000.x", Topic: "t", Value: "p"}
+	for _, tc := range []struct {
+		op   Op
+		args Args
+		want []error // nil: passes
+	}{
+		{OpGet, Args{Key: "k"}, nil},
+		{OpGet, Args{}, []error{shard.ErrInvalidName}},
+		{OpGet, Args{Key: long}, []error{shard.ErrInvalidName, shard.ErrTooLarge}},
+		{OpSet, Args{Key: "k", Value: big}, []error{shard.ErrTooLarge}},
+		{OpDelete, Args{Key: "k", Value: big}, nil}, // a delete's value means nothing
+		{OpCompareAndSet, Args{Key: "k", Value: "v"}, nil},
+		{OpEnqueue, job, nil},
+		{OpEnqueue, Args{JobID: "j", Topic: "t\x00"}, []error{shard.ErrInvalidName}},
+		{OpEnqueue, Args{JobID: "j", Topic: "t", Unique: long}, []error{shard.ErrInvalidName, shard.ErrTooLarge}},
+		{OpEnqueue, Args{JobID: "j", Topic: "t", Value: big}, []error{shard.ErrTooLarge}},
+		{OpEnqueue, Args{Topic: "t"}, []error{shard.ErrInvalidName}},
+		{OpAcquire, Args{Topic: "t", Lease: time.Millisecond}, nil},
+		{OpAcquire, Args{Topic: "t", Lease: time.Microsecond}, []error{ErrInvalidArgs}},
+		{OpComplete, Args{JobID: "j"}, nil},
+		{OpRequeue, Args{}, []error{shard.ErrInvalidName}},
+		{OpEvery, Args{Topic: "t", Unique: "k", Interval: time.Second}, nil},
+		{OpEvery, Args{Topic: "t", Unique: "k"}, []error{ErrInvalidArgs}},
+		{OpEvery, Args{Topic: "t", Interval: time.Second}, []error{shard.ErrInvalidName}},
+		{OpUnevery, Args{Topic: "t", Unique: "k"}, nil},
+		{OpJobStats, Args{Topic: "t", Shards: []shard.ID{1}}, nil},
+		{OpDeadJobs, Args{Topic: "t"}, []error{ErrInvalidArgs}},
+		{OpPing, Args{}, nil},
+		{Op("frob"), Args{}, []error{ErrInvalidArgs}},
+	} {
+		err := CheckArgs(tc.op, &tc.args)
+		if tc.want == nil && err != nil {
+			t.Errorf("%s %+v: %v, want no error", tc.op, tc.args, err)
+		}
+		for _, w := range tc.want {
+			if !errors.Is(err, w) {
+				t.Errorf("%s: %v, want %v", tc.op, err, w)
+			}
+		}
+	}
+}
+
+// A query that changes state needs a client id and a sequence number, and
+// an acknowledgement floor no higher than it; a read needs neither.
+func TestCheckQuery(t *testing.T) {
+	for _, tc := range []struct {
+		m  Message
+		ok bool
+	}{
+		{Message{Op: OpSet, Client: "c", Seq: 2, Ack: 2, Args: Args{Key: "k"}}, true},
+		{Message{Op: OpSet, Seq: 2, Args: Args{Key: "k"}}, false},
+		{Message{Op: OpSet, Client: "c", Args: Args{Key: "k"}}, false},
+		{Message{Op: OpSet, Client: "c", Seq: 2, Ack: 3, Args: Args{Key: "k"}}, false},
+		{Message{Op: OpGet, Args: Args{Key: "k"}}, true},
+	} {
+		if err := CheckQuery(&tc.m); (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrInvalidArgs) {
+			t.Errorf("%+v: %v, want ok %v", tc.m, err, tc.ok)
+		}
+	}
+}
+
+// Each op about one slot is served where its key, job id or schedule
+// lives; the others name no slot.
+func TestOpSlot(t *testing.T) {
+	a := Args{Key: "k", JobID: shard.NewJobID(77, "x"), Topic: "t", Unique: "u"}
+	for op, want := range map[Op]int{
+		OpGet: shard.KeySlot("k"), OpSet: shard.KeySlot("k"), OpDelete: shard.KeySlot("k"), OpCompareAndSet: shard.KeySlot("k"),
+		OpEnqueue: 77, OpExtend: 77, OpComplete: 77, OpFail: 77, OpRelease: 77, OpRequeue: 77,
+		OpEvery: shard.JobKeySlot("t", "u"), OpUnevery: shard.JobKeySlot("t", "u"),
+	} {
+		if got, ok := op.Slot(&a); !ok || got != want {
+			t.Errorf("%s: slot %d, %v; want %d", op, got, ok, want)
+		}
+	}
+	for _, op := range []Op{OpAcquire, OpJobStats, OpDeadJobs, OpTopology, OpPing, OpStatus} {
+		if _, ok := op.Slot(&a); ok {
+			t.Errorf("%s names a slot", op)
+		}
+	}
+}
