@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
@@ -254,7 +255,7 @@ func TestSilentNodeIsSkipped(t *testing.T) {
 	}
 	b := fc.nodes[1]
 	b.set(func(f *fakeNode) { f.silent = true })
-	waitUntil(t, 5*time.Second, "b taken for dead", func() bool { return !nodeInfo(c, "b").Alive })
+	servertest.WaitFor(t, 5*time.Second, "b taken for dead", func() bool { return !nodeInfo(c, "b").Alive })
 	before := c.Counters().Attempts
 	if got := answeredBy(t, c, 200); got["b"] != 0 || got["a"]+got["c"] != 200 {
 		t.Errorf("with b silent, answers came from %v", got)
@@ -612,7 +613,7 @@ func TestPickerSeesRequestsInFlight(t *testing.T) {
 			done <- err
 		}()
 		// b answers 300 ms late: the request is in flight there until then.
-		waitUntil(t, 250*time.Millisecond, "one request in flight at b", func() bool { return nodeInfo(c, "b").InFlight == 1 })
+		servertest.WaitFor(t, 250*time.Millisecond, "one request in flight at b", func() bool { return nodeInfo(c, "b").InFlight == 1 })
 		want := 1.0
 		if ignore {
 			want = 0
@@ -633,19 +634,6 @@ func TestPickerSeesRequestsInFlight(t *testing.T) {
 				t.Errorf("ignore=%v: node %s has %d in flight after every request ended", ignore, n.ID, n.InFlight)
 			}
 		}
-	}
-}
-
-// waitUntil polls cond every millisecond until it holds, and fails the
-// test with what after limit.
-func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, limit)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -125,19 +125,6 @@ func waitConverged(t testing.TB, c *servertest.Cluster) {
 	}
 }
 
-// waitFor polls cond every few milliseconds until it holds, and fails the
-// test with what after limit.
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, limit)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // keysOf returns n keys that live on shard id.
 func keysOf(m *shard.Map, id shard.ID, prefix string, n int) []string {
 	var keys []string

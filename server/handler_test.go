@@ -29,7 +29,7 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 	// A waiting acquire takes the one slot, once the last set has let go
 	// of it: the set frees it only after its reply is sent.
 	deadline := time.Now().Add(10 * time.Second)
-	waitFor(t, 10*time.Second, "the last set letting go of its slot", func() bool { return server.InFlight(n) == 0 })
+	servertest.WaitFor(t, 10*time.Second, "the last set letting go of its slot", func() bool { return server.InFlight(n) == 0 })
 	acquired := make(chan wire.Message, 1)
 	go func() {
 		for seq := uint64(1); ; seq++ {
@@ -44,7 +44,7 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, 10*time.Second, "the acquire taking the slot", func() bool { return server.InFlight(n) != 0 })
+	servertest.WaitFor(t, 10*time.Second, "the acquire taking the slot", func() bool { return server.InFlight(n) != 0 })
 	if r := set(100); r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable {
 		t.Fatalf("a set while an acquire waits: %+v %+v, want busy", r.Result, r.Err)
 	}

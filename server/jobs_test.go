@@ -215,7 +215,7 @@ func TestAcquireGoesWhereJobsAre(t *testing.T) {
 	for _, n := range cl.Nodes() {
 		heard[n.ID] = n.Heartbeats
 	}
-	waitFor(t, 5*time.Second, "two heartbeats from every node", func() bool {
+	servertest.WaitFor(t, 5*time.Second, "two heartbeats from every node", func() bool {
 		for _, n := range cl.Nodes() {
 			if n.Heartbeats < heard[n.ID]+2 {
 				return false
@@ -269,9 +269,9 @@ func TestEveryAcrossLeaderChange(t *testing.T) {
 			return err == nil && st.Ready >= n
 		}
 	}
-	waitFor(t, 3*interval, "two interval jobs", made(2))
+	servertest.WaitFor(t, 3*interval, "two interval jobs", made(2))
 	kill(t, c, leader(t, c, c.Map().SlotShard(shard.JobKeySlot("cron", "tick"))).ID())
-	waitFor(t, 4*interval, "two more interval jobs after the failover", made(4))
+	servertest.WaitFor(t, 4*interval, "two more interval jobs after the failover", made(4))
 	end := time.Now()
 	if err := cl.StopEvery(ctx, "cron", "tick"); err != nil {
 		t.Fatal(err)
@@ -512,7 +512,7 @@ func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
 	// past it: the only entry applied after the acquire's.
 	lead := leader(t, c, 0)
 	after := lead.ShardStats(0).Applied
-	waitFor(t, 5*time.Second, "a tick past the lease's end", func() bool {
+	servertest.WaitFor(t, 5*time.Second, "a tick past the lease's end", func() bool {
 		return time.Now().After(j.Deadline) && lead.ShardStats(0).Applied > after
 	})
 	kill(t, c, lead.ID())

@@ -180,7 +180,7 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 	}()
 	// The follower, finding nothing, asks the leader to answer once a
 	// job is ready there: the leader then watches the topic.
-	waitFor(t, 3*time.Second, "the follower's acquire waiting at the leader", func() bool {
+	servertest.WaitFor(t, 3*time.Second, "the follower's acquire waiting at the leader", func() bool {
 		return server.JobWatchers(leader) > 0
 	})
 	enq := request(t, clientAddr(c, leader.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
@@ -226,7 +226,7 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 	kill(t, c, b)
 	for _, id := range smap.ShardsOf(a) {
 		if id != live {
-			waitFor(t, 10*time.Second, fmt.Sprintf("shard %d on %s losing its leader after %s stopped", id, a, b), func() bool {
+			servertest.WaitFor(t, 10*time.Second, fmt.Sprintf("shard %d on %s losing its leader after %s stopped", id, a, b), func() bool {
 				return !server.LeaderHeard(c.Node(a), id)
 			})
 		}
@@ -248,7 +248,7 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 		}
 		got <- r
 	}()
-	waitFor(t, 3*time.Second, "the acquire asleep on "+a, func() bool { return server.BlockedAcquires(c.Node(a)) > 0 })
+	servertest.WaitFor(t, 3*time.Second, "the acquire asleep on "+a, func() bool { return server.BlockedAcquires(c.Node(a)) > 0 })
 	enq := request(t, clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 		Client: "skip-test-enqueue", Seq: 1, Timeout: 3 * time.Second, Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
 	if enq.Type != wire.TypeResponse {
@@ -364,7 +364,7 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 		defer mu.Unlock()
 		return len(acked)
 	}
-	waitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return ackedCount() >= 100 })
+	servertest.WaitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return ackedCount() >= 100 })
 
 	// A prober writes to the victim shard only, to time its recovery.
 	probeKeys := keysOf(smap, victimShard, "probe", 10000)
@@ -387,7 +387,7 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 		t.Errorf("recovery took %v, over 3s", recovered)
 	}
 	before := ackedCount()
-	waitFor(t, 10*time.Second, "100 more writes acknowledged after the recovery", func() bool { return ackedCount() >= before+100 })
+	servertest.WaitFor(t, 10*time.Second, "100 more writes acknowledged after the recovery", func() bool { return ackedCount() >= before+100 })
 	cancel()
 	wg.Wait()
 
@@ -711,7 +711,7 @@ func TestWaitingAcquireIgnoresOtherWrites(t *testing.T) {
 			Args: wire.Args{Topic: "nothing", Lease: time.Minute, Wait: 3 * time.Second}})
 		got <- err
 	}()
-	waitFor(t, 3*time.Second, "the acquire asleep on the follower", func() bool { return server.BlockedAcquires(follower) > 0 })
+	servertest.WaitFor(t, 3*time.Second, "the acquire asleep on the follower", func() bool { return server.BlockedAcquires(follower) > 0 })
 	cl := newClient(t, c, client.Config{})
 	for i := range 100 {
 		if _, err := cl.Set(context.Background(), fmt.Sprint("other-", i), []byte("v")); err != nil {

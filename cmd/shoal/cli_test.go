@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/shoal-kv/shoal/server/servertest"
 )
@@ -57,19 +56,6 @@ func startCluster(t *testing.T) *servertest.Cluster {
 	t.Helper()
 	return servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-}
-
-// waitFor polls cond until it holds, and fails the test with what after
-// limit.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, limit)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestCLICommands(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 )
 
@@ -98,7 +99,7 @@ func TestKillLeaderProcess(t *testing.T) {
 		defer mu.Unlock()
 		return len(acked)
 	}
-	waitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return ackedCount() >= 100 })
+	servertest.WaitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return ackedCount() >= 100 })
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +124,7 @@ func TestKillLeaderProcess(t *testing.T) {
 		t.Errorf("recovery took %v, over %v", recovered, limit)
 	}
 	before := ackedCount()
-	waitFor(t, 10*time.Second, "100 more writes acknowledged after the recovery", func() bool { return ackedCount() >= before+100 })
+	servertest.WaitFor(t, 10*time.Second, "100 more writes acknowledged after the recovery", func() bool { return ackedCount() >= before+100 })
 	cancel()
 	wg.Wait()
 

@@ -70,3 +70,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Logf("%s", p[:len(p)-1])
 	return len(p), nil
 }
+
+// WaitFor polls cond every few milliseconds until it holds, and fails the
+// test, saying what it waited for, once limit has passed: tests wait on
+// state they can observe, not on sleeps.
+func WaitFor(t TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
