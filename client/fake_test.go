@@ -607,6 +607,10 @@ func TestPickerSeesRequestsInFlight(t *testing.T) {
 		fc.nodes[1].set(func(f *fakeNode) { f.delay = 300 * time.Millisecond })
 		p := &recordingPicker{}
 		c := fc.client(t, Config{Picker: p, IgnoreInFlight: ignore, MinAttemptTimeout: time.Second})
+		// The loads compared below are the reported ones: wait for both reports.
+		servertest.WaitFor(t, 5*time.Second, "both nodes' load reported", func() bool {
+			return nodeInfo(c, "a").Heartbeats > 0 && nodeInfo(c, "b").Heartbeats > 0
+		})
 		done := make(chan error, 1)
 		go func() {
 			_, err := c.Get(context.Background(), "k") // to b, which answers late
