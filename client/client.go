@@ -2,8 +2,6 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +55,17 @@ type Config struct {
 	// Transport carries the client's datagrams. If nil, the client opens
 	// a UDP socket on a free port. The client owns and closes either.
 	Transport wire.Transport
+	// Secret holds the cluster's secrets: the client seals every datagram
+	// it sends with the first and opens only replies and heartbeats sealed
+	// with one of them, dropping any other (wire.Seal). If nil, New loads
+	// it from SecretFile, or else from the file named by the environment
+	// variable SHOAL_SECRET_FILE; with none of them, New fails with
+	// ErrAuth unless Insecure.
+	Secret     *wire.Keyring
+	SecretFile string
+	// Insecure sends datagrams unsealed, to a cluster whose nodes run
+	// insecure (for a trusted network only). It excludes a secret.
+	Insecure bool
 	// MinAttemptTimeout and MaxAttemptTimeout bound the wait for a reply
 	// to one attempt, otherwise derived from measured round trips (srtt +
 	// 4·rttvar, and at least 1.5 times about the 99th percentile of recent
@@ -164,6 +173,9 @@ func (c Config) Validate() error {
 		}
 	}
 	c.setDefaults()
+	if c.Insecure && (c.Secret != nil || c.SecretFile != "") {
+		return fmt.Errorf("%w: Insecure with a secret", ErrInvalidConfig)
+	}
 	if c.MinAttemptTimeout > c.MaxAttemptTimeout {
 		return fmt.Errorf("%w: MinAttemptTimeout %v is above MaxAttemptTimeout %v", ErrInvalidConfig,
 			c.MinAttemptTimeout, c.MaxAttemptTimeout)
@@ -178,6 +190,7 @@ func (c Config) Validate() error {
 type Client struct {
 	cfg    Config
 	id     string
+	proof  string // proves id is this client's (wire.ClientIdentity)
 	t      wire.Transport
 	picker Picker
 	log    *slog.Logger
@@ -262,20 +275,22 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	for i, s := range cfg.Seeds {
 		seeds[i], _ = wire.ParseAddr(s) // Validate parsed them
 	}
+	keys, err := cfg.keyring()
+	if err != nil {
+		return fail(err)
+	}
 	// The id is new for every client, never reused: the cluster keeps the
 	// results of a client's writes under it for an hour, and a second
 	// client with the same id and sequence numbers would be answered from
-	// them instead of being applied.
-	id, err := randomID()
-	if err != nil {
-		return fail(fmt.Errorf("client: making an id: %w", err))
-	}
+	// them instead of being applied. Only this client knows its proof.
+	ident := wire.NewClientIdentity()
 	c := &Client{
 		cfg:     cfg,
-		id:      id,
+		id:      ident.ID,
+		proof:   ident.Proof,
 		t:       cfg.Transport,
 		picker:  cfg.Picker,
-		log:     cfg.Logger.With("client", id),
+		log:     cfg.Logger.With("client", ident.ID),
 		seq:     newSequencer(),
 		pending: make(map[uint64]*call),
 		refresh: make(chan struct{}, 1),
@@ -290,6 +305,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, err
 		}
 		c.t = u
+	}
+	if keys != nil {
+		c.t = wire.Seal(c.t, keys, wire.ClientSide)
 	}
 	c.wg.Add(1)
 	go c.receive()
@@ -520,7 +538,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		c.mu.Unlock()
 		m := wire.Message{
 			Type: wire.TypeQuery, TxID: tx, Op: op,
-			Client: c.id, Seq: seq, Ack: c.seq.floor(), Timeout: budget, Args: args,
+			Client: c.id, Proof: c.proof, Seq: seq, Ack: c.seq.floor(), Timeout: budget, Args: args,
 		}
 		b, err := wire.Encode(&m)
 		if err != nil {
@@ -650,15 +668,6 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 
 // newTxID returns a random transaction id: 63 bits, never 0, so that a
 // reply cannot be forged without seeing the query.
-// randomID returns 8 random bytes in hex, from the system's secure source.
-func randomID() (string, error) {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(b[:]), nil
-}
-
 func newTxID() uint64 {
 	for {
 		if tx := mrand.Uint64() >> 1; tx != 0 {

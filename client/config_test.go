@@ -33,6 +33,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.MinAttemptTimeout = 3 * time.Second }, "MinAttemptTimeout 3s is above MaxAttemptTimeout 2s"},
 		{func(c *Config) { c.MinAttemptTimeout, c.MaxAttemptTimeout = time.Second, 500*time.Millisecond },
 			"MinAttemptTimeout 1s is above MaxAttemptTimeout 500ms"},
+		{func(c *Config) { c.Insecure, c.SecretFile = true, "secret" }, "Insecure with a secret"},
 	} {
 		c := ok
 		tc.change(&c)
@@ -57,7 +58,7 @@ func TestConfigValidate(t *testing.T) {
 // no other.
 func TestErrorMatchesItsSentinelOnly(t *testing.T) {
 	sentinels := []error{ErrNotFound, ErrVersionConflict, ErrUnavailable, ErrValueTooLarge, ErrInvalidKey,
-		ErrInvalidArgument, ErrTooManyPending, ErrLeaseLost, ErrNoJob, ErrWrongState, ErrJobExists, ErrClosed}
+		ErrInvalidArgument, ErrTooManyPending, ErrLeaseLost, ErrNoJob, ErrWrongState, ErrJobExists, ErrForbidden, ErrClosed}
 	for code, want := range codeErrors {
 		e := &Error{Code: code}
 		for _, s := range sentinels {

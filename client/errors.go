@@ -41,6 +41,12 @@ var (
 	// ErrJobExists: an enqueue named the id of another job, of another
 	// topic or payload.
 	ErrJobExists = errors.New("shoal: another job has this id")
+	// ErrForbidden: a node refused a request naming a client id without
+	// its proof (wire.ClientIdentity): another client's session.
+	ErrForbidden = errors.New("shoal: forbidden")
+	// ErrAuth: no cluster secret was found, or it is malformed or not
+	// the cluster's; its text says "authentication failed".
+	ErrAuth = wire.ErrAuth
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("shoal: client closed")
 )
@@ -58,6 +64,7 @@ var codeErrors = map[wire.Code]error{
 	wire.CodeLeaseLost:       ErrLeaseLost,
 	wire.CodeWrongState:      ErrWrongState,
 	wire.CodeJobExists:       ErrJobExists,
+	wire.CodeForbidden:       ErrForbidden,
 }
 
 // Error is an error reply from a node.

@@ -108,6 +108,7 @@ func (fc *fakeCluster) client(t *testing.T, cfg Config) *Client {
 	}
 	cfg.Transport = ep
 	cfg.Seeds = []string{fc.nodes[0].ep.LocalAddr().String()}
+	cfg.Insecure = true // the fake nodes read and write plain datagrams
 	if cfg.NodeTimeout == 0 {
 		cfg.NodeTimeout = 100 * time.Millisecond
 	}

@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -463,4 +465,13 @@ func (c *Client) DeadJobs(ctx context.Context, topic string, limit int) ([]DeadJ
 		}
 	}
 	return out, nil
+}
+
+// randomID returns 8 random bytes in hex, from the system's secure source.
+func randomID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
 }

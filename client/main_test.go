@@ -4,16 +4,18 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"go.uber.org/goleak"
 )
 
 // TestMain starts a cluster of 3 nodes holding 4 shards of 3 replicas for
 // the examples and end-to-end tests of this package, publishes its seeds in
-// SHOAL_SEEDS, and after the tests checks that its replicas converged.
+// SHOAL_SEEDS and the path of its secret in SHOAL_SECRET_FILE, and after the tests checks that its replicas converged.
 func TestMain(m *testing.M) {
 	code, err := runWithCluster(m)
 	if err != nil {
@@ -45,5 +47,6 @@ func runWithCluster(m *testing.M) (code int, err error) {
 		}
 	}()
 	os.Setenv("SHOAL_SEEDS", strings.Join(c.Seeds(), ","))
+	os.Setenv(client.SecretFileEnv, filepath.Join(c.Dir(), servertest.SecretFile))
 	return m.Run(), nil
 }

@@ -285,7 +285,7 @@ func (c *Client) requestRefresh() {
 // awaited: the reply, like any datagram from a node, refreshes what the
 // client knows of it, and the ping keeps the node heartbeating.
 func (c *Client) pingAll(now time.Time, idle time.Duration) {
-	m := wire.Message{Type: wire.TypeQuery, Op: wire.OpPing, Client: c.id}
+	m := wire.Message{Type: wire.TypeQuery, Op: wire.OpPing, Client: c.id, Proof: c.proof}
 	for _, n := range c.view.Load().order {
 		if now.UnixNano()-n.sent.Load() < int64(idle) {
 			continue

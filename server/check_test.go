@@ -82,7 +82,7 @@ func TestClusterCheckWithQuietFollowers(t *testing.T) {
 	c := servertest.New(t, servertest.Options{Raft: server.RaftTiming{CommitTimeout: server.Duration(time.Minute)}})
 	addr := clientAddr(c, leader(t, c, 0).ID())
 	for i := range 5 {
-		if r := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "check-test", Seq: uint64(i + 1),
+		if r := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "check-test", Seq: uint64(i + 1),
 			Args: wire.Args{Key: "k", Value: fmt.Sprint(i)}}); r.Type != wire.TypeResponse {
 			t.Fatalf("set: %+v", r.Err)
 		}

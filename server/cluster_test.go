@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"testing"
 	"time"
@@ -34,6 +36,10 @@ func newClient(t testing.TB, c *servertest.Cluster, cfg client.Config) *client.C
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = servertest.TestLogger(t)
+	}
+	if cfg.Secret == nil && !cfg.Insecure {
+		cfg.Secret = c.Secret()
+		cfg.Insecure = cfg.Secret == nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -137,35 +143,54 @@ func keysOf(m *shard.Map, id shard.ID, prefix string, n int) []string {
 	return keys
 }
 
-// rawRequest sends one query to the node at address to, up to three times,
-// and returns its reply. It may run in a goroutine of its own.
-func rawRequest(to string, m *wire.Message) (wire.Message, error) {
+// rawRequest sends one query to the node at address to of cluster c, up to
+// three times, and returns its reply. A client id in m that is not a proven
+// one (wire.ClientIdentity) is replaced by the id proven by a proof made
+// from it, so that tests can name their clients. It may run in a goroutine
+// of its own.
+func rawRequest(c *servertest.Cluster, to string, m *wire.Message) (wire.Message, error) {
 	if m.TxID == 0 {
 		m.TxID = 1
+	}
+	if m.Client != "" && m.Proof == "" {
+		*m = proven(*m)
 	}
 	b, err := wire.Encode(m)
 	if err != nil {
 		return wire.Message{}, err
 	}
-	return exchange(to, b, 3, func(r wire.Message) bool { return r.TxID == m.TxID })
+	return exchange(c, to, b, 3, func(r wire.Message) bool { return r.TxID == m.TxID })
 }
 
-// exchange sends b to the node at address to from a socket of its own, up
-// to attempts times 3 seconds apart, and returns the first datagram back
-// that decodes and that want takes.
-func exchange(to string, b []byte, attempts int, want func(wire.Message) bool) (wire.Message, error) {
+// proven returns m with its client name replaced by a proven id, the same
+// for the same name.
+func proven(m wire.Message) wire.Message {
+	sum := sha256.Sum256([]byte(m.Client))
+	m.Proof = hex.EncodeToString(sum[:wire.ProofSize])
+	m.Client = wire.ClientIDOf(m.Proof)
+	return m
+}
+
+// exchange sends b to the node at address to of cluster c from a socket of
+// its own, sealed with the cluster's secret, up to attempts times 3 seconds
+// apart, and returns the first datagram back that decodes and that want
+// takes.
+func exchange(c *servertest.Cluster, to string, b []byte, attempts int, want func(wire.Message) bool) (wire.Message, error) {
 	addr, err := wire.ParseAddr(to)
 	if err != nil {
 		return wire.Message{}, err
 	}
-	u, err := wire.ListenUDP("127.0.0.1:0")
-	if err != nil {
+	var u wire.Transport
+	if u, err = wire.ListenUDP("127.0.0.1:0"); err != nil {
 		return wire.Message{}, err
+	}
+	if c.Secret() != nil {
+		u = wire.Seal(u, c.Secret(), wire.ClientSide)
 	}
 	got, done := make(chan wire.Message, 1), make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, wire.MaxDatagramSize)
+		buf := make([]byte, wire.MaxDatagramSize+1)
 		for {
 			n, _, _, err := u.Receive(buf)
 			if err != nil {
@@ -196,9 +221,9 @@ func exchange(to string, b []byte, attempts int, want func(wire.Message) bool) (
 
 // request is rawRequest for the test's own goroutine: it fails the test
 // if no reply comes.
-func request(t testing.TB, to string, m *wire.Message) wire.Message {
+func request(t testing.TB, c *servertest.Cluster, to string, m *wire.Message) wire.Message {
 	t.Helper()
-	r, err := rawRequest(to, m)
+	r, err := rawRequest(c, to, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +236,7 @@ func clientAddr(c *servertest.Cluster, id string) string { return c.Spec().Node(
 func TestSmoke(t *testing.T) {
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
 	for i, n := range c.Spec().Nodes {
-		r := request(t, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: uint64(i + 1), Ack: 1,
+		r := request(t, c, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: uint64(i + 1), Ack: 1,
 			Args: wire.Args{Key: fmt.Sprint("k", i), Value: "v"}})
 		if r.Type != wire.TypeResponse {
 			t.Fatalf("set via %s: %+v", n.ID, r.Err)
@@ -219,7 +244,7 @@ func TestSmoke(t *testing.T) {
 	}
 	for _, n := range c.Spec().Nodes {
 		for i := range c.Spec().Nodes {
-			r := request(t, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: fmt.Sprint("k", i)}})
+			r := request(t, c, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: fmt.Sprint("k", i)}})
 			if r.Type != wire.TypeResponse || r.Result.Value != "v" {
 				t.Fatalf("get via %s: %+v %+v", n.ID, r.Result, r.Err)
 			}

@@ -19,7 +19,7 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 	n := c.Node("n1")
 	addr := clientAddr(c, "n1")
 	set := func(seq uint64) wire.Message {
-		return request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: seq,
+		return request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: seq,
 			Args: wire.Args{Key: "k", Value: "v"}})
 	}
 	if r := set(1); r.Type != wire.TypeResponse {
@@ -33,7 +33,7 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 	acquired := make(chan wire.Message, 1)
 	go func() {
 		for seq := uint64(1); ; seq++ {
-			r, err := rawRequest(addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "busy-acquire",
+			r, err := rawRequest(c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "busy-acquire",
 				Seq: seq, Timeout: 2500 * time.Millisecond, Args: wire.Args{Topic: "none", Lease: time.Minute, Wait: 2 * time.Second}})
 			if err != nil {
 				t.Error(err)
@@ -50,11 +50,11 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 	}
 	busy := n.Counters().Busy
 
-	get := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+	get := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
 	if get.Type != wire.TypeResponse || get.Result.Value != "v" {
 		t.Errorf("stale get while busy: %+v %+v, want v", get.Result, get.Err)
 	}
-	if ping := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpPing}); ping.Type != wire.TypeResponse {
+	if ping := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpPing}); ping.Type != wire.TypeResponse {
 		t.Errorf("ping while busy: %+v", ping.Err)
 	}
 	if got := n.Counters().Busy; got != busy {
@@ -105,7 +105,7 @@ func TestWaitToBeReadCountsAsActivity(t *testing.T) {
 				},
 				Configure: func(cfg *server.Config) { cfg.LoadTimeConstant = tau }})
 			addr := clientAddr(c, "n1")
-			get := request(t, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
+			get := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: "k", Stale: true}})
 			if got := float64(get.Activity) / 1000; got < tc.low || got > tc.high {
 				t.Errorf("a stale get reported activity %.3f, want %.3f to %.3f", got, tc.low, tc.high)
 			}

@@ -44,6 +44,14 @@ type Config struct {
 	// Transport serves clients. If nil, the node listens on UDP at its
 	// client address in Spec; the node owns and closes either.
 	Transport wire.Transport
+	// Secret holds the cluster's secrets: the node opens only datagrams
+	// sealed with one of them, drops every other without a reply, and
+	// seals its replies and heartbeats with the first (wire.Seal).
+	// Required unless Insecure.
+	Secret *wire.Keyring
+	// Insecure runs the node without authentication: client datagrams
+	// unsealed. For a trusted network only.
+	Insecure bool
 	// HeartbeatInterval is how often the node heartbeats its recent
 	// clients. If zero, DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
@@ -92,8 +100,10 @@ func (c *Config) setDefaults() {
 type Counters struct {
 	// Requests is every query decoded; Malformed every datagram that was
 	// not a valid message (oversized ones included); Busy every request
-	// refused because MaxInFlight were running.
-	Requests, Malformed, Busy uint64
+	// refused because MaxInFlight were running; Unauthenticated every
+	// datagram dropped because it did not open with the cluster's secret
+	// (Config.Secret) or was sent outside the replay window.
+	Requests, Malformed, Busy, Unauthenticated uint64
 	// Joined counts the writes, from clients or forwarded by peers,
 	// that reached a shard's leader here while an earlier attempt of the
 	// same request waited to commit, and waited on that attempt instead
@@ -116,6 +126,7 @@ type Node struct {
 	started  atomic.Bool
 
 	transport wire.Transport
+	sealed    *wire.SealedTransport // transport, unless insecure
 	mux       *mux
 	rpc       *rpc.Server
 	peers     *peers
@@ -145,6 +156,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if err := cfg.Spec.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Secret == nil && !cfg.Insecure {
+		if cfg.Transport != nil {
+			cfg.Transport.Close()
+		}
+		return nil, fmt.Errorf("%w: no secret for client traffic (Config.Secret), and not Insecure", ErrNoCredentials)
+	}
+	if cfg.Secret != nil {
+		if err := cfg.Spec.CheckSecret(cfg.Secret); err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
 	}
 	self := cfg.Spec.Node(cfg.ID)
 	if self == nil {
@@ -184,6 +206,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			n.cancel()
 			return nil, err
 		}
+	}
+	if cfg.Secret != nil {
+		n.sealed = wire.Seal(n.transport, cfg.Secret, wire.NodeSide)
+		n.transport = n.sealed
 	}
 	if n.mux, err = newMux(self.raftListen(), self.Raft, n.log, n.serveRPC); err != nil {
 		n.Close()
@@ -238,6 +264,9 @@ func (n *Node) Addr() netip.AddrPort { return n.transport.LocalAddr() }
 // Counters returns the node's counters.
 func (n *Node) Counters() Counters {
 	c := Counters{Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load()}
+	if n.sealed != nil {
+		c.Unauthenticated = n.sealed.Rejected()
+	}
 	for _, rep := range n.replicas {
 		c.Joined += rep.proposing.joined.Load()
 	}
@@ -327,6 +356,10 @@ type StateDigest struct {
 // ErrNoReplica is returned (wrapped) for a shard the node holds no
 // replica of.
 var ErrNoReplica = errors.New("server: no replica of the shard")
+
+// ErrNoCredentials: Start was given no credentials for a kind of traffic
+// and not told to run insecure.
+var ErrNoCredentials = errors.New("server: no credentials")
 
 // StateDigest returns the digest of this node's replica of shard id. It
 // copies and hashes the whole state, in time linear in its size.

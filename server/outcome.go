@@ -69,8 +69,11 @@ func entryReply(e fsm.Entry) *wire.Message {
 
 // argsReply answers a query that failed wire.CheckQuery.
 func argsReply(err error) *wire.Message {
-	if errors.Is(err, shard.ErrTooLarge) {
+	switch {
+	case errors.Is(err, shard.ErrTooLarge):
 		return errorReply(wire.CodeTooLarge, "%v", err)
+	case errors.Is(err, wire.ErrUnprovenClient):
+		return errorReply(wire.CodeForbidden, "%v", err)
 	}
 	return errorReply(wire.CodeBadRequest, "%v", err)
 }

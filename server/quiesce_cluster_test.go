@@ -59,7 +59,7 @@ func TestIdleLeaderQuiesces(t *testing.T) {
 		}
 	}
 
-	set := request(t, clientAddr(c, leader.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
+	set := request(t, c, clientAddr(c, leader.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
 		Client: "quiesce-test", Seq: 1, Args: wire.Args{Key: "k", Value: "v"}})
 	if set.Type != wire.TypeResponse {
 		t.Fatalf("set: %+v", set.Err)

@@ -7,9 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // Spec describes a cluster: its nodes with their addresses, its shards with
@@ -28,6 +31,28 @@ type Spec struct {
 	MapVersion uint64 `json:"map_version,omitempty"`
 	// Raft is the timing of every raft group. Zero fields take defaults.
 	Raft RaftTiming `json:"raft"`
+	// SecretIDs are the key ids (wire.Keyring.IDs) of the secrets the
+	// cluster's nodes seal with. They say nothing of the secrets; a node
+	// whose secret seals under another id refuses to start, and the CLI
+	// refuses a secret that is not the cluster's at once ("authentication
+	// failed") rather than waiting for replies that will not come. When a
+	// secret is rotated, list both ids until every node seals with the
+	// new one. If empty, nothing is checked.
+	SecretIDs []string `json:"secret_ids,omitempty"`
+}
+
+// CheckSecret reports, wrapping wire.ErrAuth, whether keys seal under a
+// key id the spec lists (SecretIDs); any keys pass a spec that lists none.
+func (s *Spec) CheckSecret(keys *wire.Keyring) error {
+	if len(s.SecretIDs) == 0 {
+		return nil
+	}
+	id := keys.IDs()[0]
+	if !slices.Contains(s.SecretIDs, id) {
+		return fmt.Errorf("%w: the secret seals under key id %s, which is not the cluster's (its spec lists %s)",
+			wire.ErrAuth, id, strings.Join(s.SecretIDs, ", "))
+	}
+	return nil
 }
 
 // NodeSpec is one node: its id and its addresses.

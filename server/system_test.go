@@ -99,18 +99,18 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 20 {
 		v := fmt.Sprint("v", i)
-		set := request(t, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
+		set := request(t, c, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet,
 			Client: "reader-test", Seq: uint64(i + 1), Args: wire.Args{Key: "k", Value: v}})
 		if set.Type != wire.TypeResponse {
 			t.Fatalf("set: %+v", set.Err)
 		}
-		get := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+		get := request(t, c, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
 			Timeout: time.Second, Args: wire.Args{Key: "k"}})
 		if get.Type != wire.TypeResponse || get.Result.Value != v || get.Result.Version != set.Result.Version {
 			t.Fatalf("follower read after set %s: %+v %+v; want %s at version %d", v, get.Result, get.Err, v, set.Result.Version)
 		}
 	}
-	stale := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+	stale := request(t, c, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
 		Timeout: time.Second, Args: wire.Args{Key: "k", Stale: true}})
 	if stale.Type == wire.TypeError && stale.Err.Code != wire.CodeNotFound {
 		t.Fatalf("stale read on the follower: %+v", stale.Err)
@@ -123,18 +123,18 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
-		enq := request(t, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+		enq := request(t, c, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 			Client: "stats-test", Seq: uint64(i + 1), Args: wire.Args{Topic: "mail", JobID: fmt.Sprint("job-", i), Value: "p"}})
 		if enq.Type != wire.TypeResponse {
 			t.Fatalf("enqueue: %+v", enq.Err)
 		}
-		stats := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpJobStats,
+		stats := request(t, c, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpJobStats,
 			Timeout: time.Second, Args: wire.Args{Topic: "mail", Shards: []shard.ID{0}}})
 		if stats.Type != wire.TypeResponse || stats.Result.Counts == nil || stats.Result.Counts.Ready != i+1 {
 			t.Fatalf("stats on the follower after %d enqueues: %+v %+v", i+1, stats.Result.Counts, stats.Err)
 		}
 	}
-	dead := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpDeadJobs,
+	dead := request(t, c, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpDeadJobs,
 		Timeout: time.Second, Args: wire.Args{Topic: "mail", Shards: []shard.ID{0}}})
 	if dead.Type != wire.TypeResponse || dead.Result.Jobs == nil || len(dead.Result.Jobs) != 0 {
 		t.Fatalf("dead jobs on the follower: %+v %+v; want an empty listing", dead.Result.Jobs, dead.Err)
@@ -148,12 +148,12 @@ func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
-		enq := request(t, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+		enq := request(t, c, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 			Client: "acquire-test", Seq: uint64(2*i + 1), Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
 		if enq.Type != wire.TypeResponse {
 			t.Fatalf("enqueue: %+v", enq.Err)
 		}
-		acq := request(t, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		acq := request(t, c, c.Spec().Node(follower.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "acquire-test", Seq: uint64(2*i + 2), Timeout: time.Second,
 			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 500 * time.Millisecond}})
 		if acq.Type != wire.TypeResponse || acq.Result.Job == nil || acq.Result.Job.ID != id {
@@ -170,7 +170,7 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 	got := make(chan wire.Message, 1)
 	start := time.Now()
 	go func() {
-		r, err := rawRequest(clientAddr(c, follower.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		r, err := rawRequest(c, clientAddr(c, follower.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "wait-test", Seq: 1, Timeout: 4 * time.Second,
 			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 3 * time.Second}})
 		if err != nil {
@@ -183,7 +183,7 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 	servertest.WaitFor(t, 3*time.Second, "the follower's acquire waiting at the leader", func() bool {
 		return server.JobWatchers(leader) > 0
 	})
-	enq := request(t, clientAddr(c, leader.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+	enq := request(t, c, clientAddr(c, leader.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 		Client: "wait-test-enqueue", Seq: 1, Args: wire.Args{Topic: "mail", JobID: "j1", Value: "p"}})
 	if enq.Type != wire.TypeResponse {
 		t.Fatalf("enqueue: %+v", enq.Err)
@@ -240,7 +240,7 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 	// The acquire waits; the job comes while it does.
 	got := make(chan wire.Message, 1)
 	go func() {
-		r, err := rawRequest(clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		r, err := rawRequest(c, clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "skip-test", Seq: 1, Timeout: 3 * time.Second,
 			Args: wire.Args{Topic: "mail", Lease: time.Minute, Wait: 2 * time.Second}})
 		if err != nil {
@@ -249,7 +249,7 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 		got <- r
 	}()
 	servertest.WaitFor(t, 3*time.Second, "the acquire asleep on "+a, func() bool { return server.BlockedAcquires(c.Node(a)) > 0 })
-	enq := request(t, clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
+	enq := request(t, c, clientAddr(c, a), &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
 		Client: "skip-test-enqueue", Seq: 1, Timeout: 3 * time.Second, Args: wire.Args{Topic: "mail", JobID: id, Value: "p"}})
 	if enq.Type != wire.TypeResponse {
 		t.Fatalf("enqueue on shard %d: %+v", live, enq.Err)
@@ -417,7 +417,7 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 			continue
 		}
 		for _, stale := range []bool{false, true} {
-			r := request(t, clientAddr(c, victim), &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: k, Stale: stale}})
+			r := request(t, c, clientAddr(c, victim), &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet, Args: wire.Args{Key: k, Stale: stale}})
 			if r.Type != wire.TypeResponse || r.Result.Value != v || r.Node != n.ID() {
 				t.Fatalf("restarted %s: get %s (stale %v) = %+v, %+v; want %s", victim, k, stale, r.Result, r.Err, v)
 			}
@@ -506,7 +506,7 @@ func TestBadInput(t *testing.T) {
 		{"ack above seq", "d1:ad1:k1:xe1:c1:c1:ki9e1:q3:set1:si2e1:ti7e1:y1:qe", wire.CodeBadRequest},
 		{"long key", fmt.Sprintf("d1:ad1:k%d:%se1:q3:get1:ti7e1:y1:qe", shard.MaxKeySize+1, strings.Repeat("k", shard.MaxKeySize+1)), wire.CodeTooLarge},
 	} {
-		r, err := exchange(addr, []byte(tc.raw), 1, func(m wire.Message) bool { return m.Type != wire.TypeHeartbeat })
+		r, err := exchange(c, addr, []byte(tc.raw), 1, func(m wire.Message) bool { return m.Type != wire.TypeHeartbeat })
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -706,7 +706,7 @@ func TestWaitingAcquireIgnoresOtherWrites(t *testing.T) {
 	}
 	got := make(chan error, 1)
 	go func() {
-		_, err := rawRequest(clientAddr(c, follower.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
+		_, err := rawRequest(c, clientAddr(c, follower.ID()), &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire,
 			Client: "quiet-test", Seq: 1, Timeout: 4 * time.Second,
 			Args: wire.Args{Topic: "nothing", Lease: time.Minute, Wait: 3 * time.Second}})
 		got <- err

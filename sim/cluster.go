@@ -33,7 +33,9 @@ func startCluster(ctx context.Context, seed int64, nodes, shards, replicas int, 
 }
 
 // startWrapped is startCluster with wrap, if not nil, between each node and
-// its endpoint on the SimNet, at each start.
+// its endpoint on the SimNet, at each start. A cluster with wrap runs
+// insecure, datagrams unsealed, so that wrap and the wraps of its clients
+// can read them; the experiments that wrap measure balancing, not sealing.
 func startWrapped(ctx context.Context, seed int64, nodes, shards, replicas int, log *slog.Logger,
 	wrap func(id string, t wire.Transport) wire.Transport) (*cluster, error) {
 	spec, err := server.LocalSpec(nodes, shards, replicas)
@@ -46,7 +48,7 @@ func startWrapped(ctx context.Context, seed int64, nodes, shards, replicas int, 
 		spec.Nodes[i].Client = fmt.Sprintf("10.1.0.%d:7000", i+1)
 		c.ids = append(c.ids, spec.Nodes[i].ID)
 	}
-	c.Cluster, err = servertest.Start(ctx, servertest.Options{Spec: spec, Logger: log,
+	c.Cluster, err = servertest.Start(ctx, servertest.Options{Spec: spec, Logger: log, Insecure: wrap != nil,
 		Transport: func(n server.NodeSpec) (wire.Transport, error) {
 			addr, err := netip.ParseAddrPort(n.Client)
 			if err != nil {
@@ -90,6 +92,7 @@ func (c *cluster) clientVia(ctx context.Context, cfg client.Config, wrap func(wi
 	}
 	cfg.Logger = c.log
 	cfg.Seeds = c.Seeds()
+	cfg.Secret, cfg.Insecure = c.Secret(), c.Secret() == nil
 	cl, err := client.New(ctx, cfg) // closes the endpoint if it fails
 	if err != nil {
 		return nil, err

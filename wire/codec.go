@@ -16,7 +16,7 @@ import (
 var (
 	// ErrMalformed: a datagram that is not a valid message.
 	ErrMalformed = errors.New("wire: malformed message")
-	// ErrTooLarge: a message over MaxDatagramSize, or a key or value over
+	// ErrTooLarge: a message over MaxMessageSize, or a key or value over
 	// its limit.
 	ErrTooLarge = errors.New("wire: too large")
 )
@@ -30,8 +30,8 @@ func Encode(m *Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > MaxDatagramSize {
-		return nil, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, len(b), MaxDatagramSize)
+	if len(b) > MaxMessageSize {
+		return nil, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, len(b), MaxMessageSize)
 	}
 	return b, nil
 }
@@ -44,6 +44,7 @@ func appendMessage(b []byte, m *Message) ([]byte, error) {
 		b = optDict(b, "a", &m.Args, appendArgs)
 		b = optStr(b, "c", m.Client)
 		b = optUint(b, "k", m.Ack)
+		b = optStr(b, "p", m.Proof)
 		b = putStr(b, "q", string(m.Op))
 		b = optUint(b, "s", m.Seq)
 		b = putUint(b, "t", m.TxID)
@@ -89,10 +90,10 @@ func appendMessage(b []byte, m *Message) ([]byte, error) {
 
 // readerPool holds readers big enough for any datagram, so decoding reads
 // from one buffer without copying the input again.
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxDatagramSize) }}
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxMessageSize) }}
 
 var decodeOptions = bencode.Options{
-	MaxStringLength: MaxDatagramSize,
+	MaxStringLength: MaxMessageSize,
 	MaxDepth:        MaxDepth,
 	MaxElements:     MaxElements,
 	Strict:          true,
@@ -106,8 +107,8 @@ var decodeOptions = bencode.Options{
 // rest is malformed, the returned Message carries Type and TxID, so that the
 // receiver can send an error reply.
 func Decode(b []byte) (m Message, err error) {
-	if len(b) > MaxDatagramSize {
-		return Message{}, fmt.Errorf("%w: datagram of %d bytes exceeds %d", ErrTooLarge, len(b), MaxDatagramSize)
+	if len(b) > MaxMessageSize {
+		return Message{}, fmt.Errorf("%w: datagram of %d bytes exceeds %d", ErrTooLarge, len(b), MaxMessageSize)
 	}
 	v, err := decodeValue(b)
 	if err != nil {
@@ -128,6 +129,7 @@ func Decode(b []byte) (m Message, err error) {
 		}
 		m.Op = Op(f.str("q", true))
 		m.Client = f.str("c", false)
+		m.Proof = f.str("p", false)
 		m.Seq = f.uint("s", false)
 		m.Ack = f.uint("k", false)
 		m.Timeout = f.millis("w", MaxTimeout)

@@ -16,6 +16,7 @@ const (
 	CodeProtocol        Code = 203 // malformed message or wrong argument types
 	CodeUnknownOp       Code = 204 // the op is not one this node serves
 	CodeBadRequest      Code = 400 // well formed, but the arguments are invalid
+	CodeForbidden       Code = 403 // the query names a client id without its proof
 	CodeNotFound        Code = 404 // the key or job does not exist
 	CodeVersionConflict Code = 409 // compare-and-set found another version
 	CodeAcked           Code = 410 // the client already acknowledged this sequence number

@@ -38,6 +38,11 @@ type Message struct {
 	Client string
 	Seq    uint64
 	Ack    uint64
+	// Proof proves the client id is the sender's: only the client that
+	// chose Proof knows it, and Client is ClientIDOf(Proof). Nodes refuse
+	// a query naming a client id without its proof, so that no one can
+	// advance or read another client's session.
+	Proof string
 	// Timeout is how long the client waits for this attempt; the node
 	// gives up on the request after it. Zero means the node's default.
 	Timeout time.Duration
@@ -185,6 +190,9 @@ const (
 	// anything above the path MTU (about 1,400 bytes) is fragmented, and the
 	// loss of one fragment loses the datagram.
 	MaxDatagramSize = 65507
+	// MaxMessageSize is the largest message Encode writes and Decode
+	// reads: a datagram with room for sealing.
+	MaxMessageSize = MaxDatagramSize - SealOverhead
 	// MaxDepth bounds the nesting of lists and dicts in a message.
 	MaxDepth = 10
 	// MaxElements bounds the number of values in a message.

@@ -160,10 +160,14 @@ func CheckArgs(op Op, a *Args) error {
 	return nil
 }
 
-// CheckQuery checks a query: its arguments (CheckArgs), and for a mutating
+// CheckQuery checks a query: the proof of its client id if it names one
+// (ErrUnprovenClient), its arguments (CheckArgs), and for a mutating
 // op the client id and sequence number that make it apply once, with an
 // acknowledgement floor no higher than the sequence number.
 func CheckQuery(m *Message) error {
+	if err := checkClient(m); err != nil {
+		return err
+	}
 	if err := CheckArgs(m.Op, &m.Args); err != nil {
 		return err
 	}

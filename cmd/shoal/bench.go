@@ -21,6 +21,7 @@ import (
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/sim"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // benchOps are the workloads of `shoal bench`, in the order a grid runs
@@ -61,6 +62,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	replicas := fs.Int("replicas", 3, "replicas per shard of the cluster started")
 	clusterFile := fs.String("cluster", "", "run against this existing cluster (a cluster.json) instead of starting one")
 	asJSON := fs.Bool("json", false, "print one JSON object per point")
+	insecure := fs.Bool("insecure", false, "run the cluster started (or talk to the one given) without authentication")
+	secretFile := fs.String("secret-file", "", "with --cluster, the cluster's secret `FILE` (default: beside it, or $SHOAL_SECRET_FILE)")
 	cpuProfile := fs.String("cpuprofile", "", "write the benchmark client's CPU profile to `FILE` (nodes: shoal server --pprof)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -125,10 +128,16 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		return benchCluster(ctx, spec, filepath.Dir(*clusterFile), ops, clientCounts, *duration, stderr, emit)
+		var keys *wire.Keyring
+		if !*insecure {
+			if keys, err = loadSecret(*secretFile, *clusterFile, spec); err != nil {
+				return err
+			}
+		}
+		return benchCluster(ctx, spec, keys, filepath.Dir(*clusterFile), ops, clientCounts, *duration, stderr, emit)
 	}
 	for _, n := range shardCounts {
-		if err := benchFreshCluster(ctx, n, *nodes, *replicas, ops, clientCounts, *duration, stderr, emit); err != nil {
+		if err := benchFreshCluster(ctx, n, *nodes, *replicas, *insecure, ops, clientCounts, *duration, stderr, emit); err != nil {
 			return err
 		}
 	}
@@ -137,7 +146,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // benchFreshCluster starts a cluster of processes with shards shards, runs
 // the points on it and stops it.
-func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, ops []string, clientCounts []int,
+func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, insecure bool, ops []string, clientCounts []int,
 	d time.Duration, stderr io.Writer, emit func(benchPoint) error) error {
 	dir, err := os.MkdirTemp("", "shoal-bench-")
 	if err != nil {
@@ -147,6 +156,9 @@ func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, ops []s
 	fmt.Fprintf(stderr, "bench: starting %d nodes with %d shards of %d replicas in %s\n", nodes, shards, replicas, dir)
 	up := []string{"--dir", dir, "--nodes", strconv.Itoa(nodes), "--shards", strconv.Itoa(shards),
 		"--replicas", strconv.Itoa(replicas)}
+	if insecure {
+		up = append(up, "--insecure")
+	}
 	// The cluster goes down however the points end.
 	defer clusterDown([]string{"--dir", dir}, io.Discard, stderr)
 	if err := clusterUp(ctx, up, io.Discard, stderr); err != nil {
@@ -156,12 +168,19 @@ func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, ops []s
 	if err != nil {
 		return err
 	}
-	return benchCluster(ctx, spec, dir, ops, clientCounts, d, stderr, emit)
+	var keys *wire.Keyring
+	if !insecure {
+		if keys, err = loadSecret("", specPath(dir), spec); err != nil {
+			return err
+		}
+	}
+	return benchCluster(ctx, spec, keys, dir, ops, clientCounts, d, stderr, emit)
 }
 
-// benchCluster runs the points against a running cluster; dir holds its
-// nodes' pid files, if it has any, for CPU and memory.
-func benchCluster(ctx context.Context, spec *server.Spec, dir string, ops []string, clientCounts []int,
+// benchCluster runs the points against a running cluster, sealing with
+// keys (nil if it is insecure); dir holds its nodes' pid files, if it has
+// any, for CPU and memory.
+func benchCluster(ctx context.Context, spec *server.Spec, keys *wire.Keyring, dir string, ops []string, clientCounts []int,
 	d time.Duration, stderr io.Writer, emit func(benchPoint) error) error {
 	var pids []int
 	for _, n := range spec.Nodes {
@@ -179,13 +198,13 @@ func benchCluster(ctx context.Context, spec *server.Spec, dir string, ops []stri
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := waitForLeaders(wctx, spec, nil); err != nil {
+	if err := waitForLeaders(wctx, spec, keys, nil); err != nil {
 		return err
 	}
 	for _, op := range ops {
 		for _, c := range clientCounts {
 			fmt.Fprintf(stderr, "bench: %s, %d shards, %d clients, %v ...\n", op, len(spec.Shards), c, d)
-			p, err := benchPointRun(ctx, seeds, pids, op, c, d, stderr)
+			p, err := benchPointRun(ctx, seeds, keys, pids, op, c, d, stderr)
 			if err != nil {
 				return fmt.Errorf("%s with %d clients: %w", op, c, err)
 			}
@@ -246,13 +265,13 @@ func benchWorkload(op string, value []byte) benchOp {
 }
 
 // benchPointRun drives clients closed-loop clients for d and measures.
-func benchPointRun(ctx context.Context, seeds []string, pids []int, op string, clients int, d time.Duration,
+func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids []int, op string, clients int, d time.Duration,
 	stderr io.Writer) (benchPoint, error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	// A client.Client per 32 workers, as an application would share one.
 	conns := make([]*client.Client, (clients+31)/32)
 	for i := range conns {
-		c, err := client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
+		c, err := client.New(ctx, client.Config{Seeds: seeds, Secret: keys, Insecure: keys == nil, Logger: quiet})
 		if err != nil {
 			return benchPoint{}, err
 		}

@@ -15,8 +15,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/servertest"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -51,24 +54,29 @@ func shoal(args ...string) (code int, stdout, stderr string) {
 }
 
 // startCluster starts a cluster of 3 nodes holding 2 shards of 3 replicas
-// for the test.
-func startCluster(t *testing.T) *servertest.Cluster {
+// for the test, and writes its spec, with the ids of its secret, to the
+// cluster.json it returns, beside the secret.
+func startCluster(t *testing.T) (*server.Spec, string) {
 	t.Helper()
-	return servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-}
-
-func TestCLICommands(t *testing.T) {
-	spec := startCluster(t).Spec()
-	file := filepath.Join(t.TempDir(), "cluster.json")
+	spec := *c.Spec()
+	spec.SecretIDs = c.Secret().IDs()
+	file := filepath.Join(c.Dir(), "cluster.json")
 	if err := spec.Save(file); err != nil {
 		t.Fatal(err)
 	}
+	return &spec, file
+}
+
+func TestCLICommands(t *testing.T) {
+	spec, file := startCluster(t)
 	seeds := strings.Join(seedsOf(spec), ",")
 
 	if code, out, errs := shoal("set", "--cluster", file, "color", "blue"); code != 0 || out != "OK\n" {
 		t.Fatalf("set: %d %q %q", code, out, errs)
 	}
+	t.Setenv("SHOAL_SECRET_FILE", secretPath(file))
 	if code, out, _ := shoal("get", "color", "--seeds", seeds); code != 0 || out != "blue\n" {
 		t.Errorf("get: %d %q, want blue", code, out)
 	}
@@ -130,9 +138,44 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// A client without the cluster's secret fails at once, saying so, with
+// exit status 1: one without any, and one with another secret that the
+// cluster's spec does not list.
+func TestCLIAuthentication(t *testing.T) {
+	spec, file := startCluster(t)
+	seeds := strings.Join(seedsOf(spec), ",")
+	t.Setenv("SHOAL_SECRET_FILE", "")
+	wrong := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(wrong, wire.NewSecret(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"get", "k", "--seeds", seeds},
+		{"get", "k", "--cluster", file, "--secret-file", wrong},
+		{"get", "k", "--cluster", file, "--secret-file", filepath.Join(t.TempDir(), "missing")},
+	} {
+		start := time.Now()
+		code, out, errs := shoal(append(args, "--timeout", "10s")...)
+		if code != 1 || out != "" || !strings.Contains(errs, "authentication failed") {
+			t.Errorf("shoal %q: %d %q %q; want exit 1 and authentication failed", args, code, out, errs)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("shoal %q took %v of its 10s timeout", args, d)
+		}
+	}
+	t.Setenv("SHOAL_SECRET_FILE", wrong)
+	if code, _, errs := shoal("get", "k", "--cluster", file); code != 1 || !strings.Contains(errs, "authentication failed") {
+		t.Errorf("with SHOAL_SECRET_FILE naming another secret: %d %q", code, errs)
+	}
+	if code, _, errs := shoal("get", "k", "--cluster", file, "--insecure", "--secret-file", wrong); code != 2 {
+		t.Errorf("--insecure with --secret-file: exit %d %q, want 2", code, errs)
+	}
+}
+
 func TestCLIJobs(t *testing.T) {
-	spec := startCluster(t).Spec()
+	spec, file := startCluster(t)
 	t.Setenv("SHOAL_SEEDS", strings.Join(seedsOf(spec), ","))
+	t.Setenv("SHOAL_SECRET_FILE", secretPath(file))
 	code, out, errs := shoal("enqueue", "mail", "hi there")
 	if code != 0 || !strings.HasPrefix(out, "j") {
 		t.Fatalf("enqueue: %d %q %q", code, out, errs)
@@ -210,11 +253,7 @@ func isNumber(v any) bool {
 // One point against an existing cluster: a JSON object with the fields
 // the grid promises; without pid files, no CPU or memory.
 func TestBenchPointOnExistingCluster(t *testing.T) {
-	spec := startCluster(t).Spec()
-	file := filepath.Join(t.TempDir(), "cluster.json")
-	if err := spec.Save(file); err != nil {
-		t.Fatal(err)
-	}
+	_, file := startCluster(t)
 	code, out, errs := shoal("bench", "--cluster", file, "--op", "mixed", "--clients", "4", "--duration", "500ms", "--json")
 	if code != 0 {
 		t.Fatalf("bench: exit %d: %s", code, errs)

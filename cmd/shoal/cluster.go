@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 func clusterCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,6 +97,7 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	shards := fs.Int("shards", 4, "number of shards of a new cluster")
 	replicas := fs.Int("replicas", 3, "replicas of each shard of a new cluster (2 or 3)")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for every shard to have a leader")
+	insecure := fs.Bool("insecure", false, "run the nodes without authentication (for a trusted network only)")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
@@ -116,6 +118,18 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	default:
 		return err
 	}
+	var keys *wire.Keyring
+	if !*insecure {
+		ids := len(spec.SecretIDs)
+		if keys, err = ensureSecret(*dir, spec); err != nil {
+			return err
+		}
+		if len(spec.SecretIDs) != ids {
+			if err := spec.Save(specPath(*dir)); err != nil {
+				return err
+			}
+		}
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -126,7 +140,7 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stdout, "%s already running (pid %d)\n", n.ID, pid)
 			continue
 		}
-		pid, err := startNode(exe, *dir, n.ID, nodeEnv(len(spec.Nodes)), exited)
+		pid, err := startNode(exe, *dir, n.ID, *insecure, nodeEnv(len(spec.Nodes)), exited)
 		if err != nil {
 			return fmt.Errorf("starting %s: %w", n.ID, err)
 		}
@@ -135,7 +149,7 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	wctx, cancel := context.WithTimeout(ctx, *wait)
 	defer cancel()
-	if err := waitForLeaders(wctx, spec, exited); err != nil {
+	if err := waitForLeaders(wctx, spec, keys, exited); err != nil {
 		return fmt.Errorf("%w (see the logs in %s)", err, *dir)
 	}
 	fmt.Fprintf(stdout, "cluster up: %d nodes, %d shards, every shard has a leader\n", len(spec.Nodes), len(spec.Shards))
@@ -146,13 +160,17 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // startNode starts `shoal server` for node id in the background, in a
 // session of its own so it outlives this command, and writes its pid file.
 // The node's id is sent on exited if it exits while this command runs.
-func startNode(exe, dir, id string, env []string, exited chan<- string) (int, error) {
+func startNode(exe, dir, id string, insecure bool, env []string, exited chan<- string) (int, error) {
 	logf, err := os.OpenFile(logPath(dir, id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "server", "--id", id, "--data", dataPath(dir, id), "--cluster", specPath(dir))
+	args := []string{"server", "--id", id, "--data", dataPath(dir, id), "--cluster", specPath(dir)}
+	if insecure {
+		args = append(args, "--insecure")
+	}
+	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -182,8 +200,9 @@ func nodeEnv(nodes int) []string {
 	return append(env, "GOMAXPROCS="+strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/nodes)))
 }
 
-// waitForLeaders polls the nodes until every shard has a leader.
-func waitForLeaders(ctx context.Context, spec *server.Spec, exited <-chan string) error {
+// waitForLeaders polls the nodes, with keys (nil if insecure), until
+// every shard has a leader.
+func waitForLeaders(ctx context.Context, spec *server.Spec, keys *wire.Keyring, exited <-chan string) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var seeds []string
 	for _, n := range spec.Nodes {
@@ -202,7 +221,7 @@ func waitForLeaders(ctx context.Context, spec *server.Spec, exited <-chan string
 		default:
 		}
 		if c == nil {
-			c, _ = client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
+			c, _ = client.New(ctx, client.Config{Seeds: seeds, Secret: keys, Insecure: keys == nil, Logger: quiet})
 		}
 		if c != nil {
 			st := collectStatus(ctx, c)

@@ -69,7 +69,8 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	if d.client, err = client.New(ctx, client.Config{Seeds: d.cluster.Seeds(), Transport: lossy, Logger: log}); err != nil {
+	if d.client, err = client.New(ctx, client.Config{Seeds: d.cluster.Seeds(), Secret: d.cluster.Secret(),
+		Transport: lossy, Logger: log}); err != nil {
 		return err
 	}
 	defer d.client.Close(context.Background())
@@ -257,7 +258,7 @@ func (d *demo) verify(ctx context.Context) (checked, bad int, err error) {
 	for _, id := range d.cluster.Running() {
 		seeds = append(seeds, d.cluster.Spec().Node(id).Client)
 	}
-	c, err := client.New(ctx, client.Config{Seeds: seeds, Logger: quiet})
+	c, err := client.New(ctx, client.Config{Seeds: seeds, Secret: d.cluster.Secret(), Logger: quiet})
 	if err != nil {
 		return 0, 0, err
 	}

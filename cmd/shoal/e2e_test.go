@@ -62,7 +62,7 @@ func TestKillLeaderProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := client.New(ctx, client.Config{Seeds: seedsOf(spec)})
+	c, err := client.New(ctx, client.Config{Seeds: seedsOf(spec), SecretFile: secretPath(specPath(dir))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestKillLeaderProcess(t *testing.T) {
 	// client that keeps trying until the deadline.
 	rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer rcancel()
-	reader, err := client.New(rctx, client.Config{Seeds: seedsOf(spec), Attempts: 1000})
+	reader, err := client.New(rctx, client.Config{Seeds: seedsOf(spec), SecretFile: secretPath(specPath(dir)), Attempts: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // untilTimeout is the attempt count of the CLI's client: in effect,
@@ -24,53 +25,70 @@ const untilTimeout = 1 << 20
 
 // target holds the flags that say how to reach a cluster and how to answer.
 type target struct {
-	cluster string
-	seeds   string
-	json    bool
-	timeout time.Duration
+	cluster    string
+	seeds      string
+	secretFile string
+	insecure   bool
+	json       bool
+	timeout    time.Duration
 }
 
 func (t *target) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.cluster, "cluster", "", "cluster spec `FILE` (cluster.json) to find the nodes in")
 	fs.StringVar(&t.seeds, "seeds", "", "comma-separated client `ADDRS` (host:port) of some nodes")
+	fs.StringVar(&t.secretFile, "secret-file", "", "the cluster's secret `FILE` (default: $SHOAL_SECRET_FILE, or secret beside the cluster file)")
+	fs.BoolVar(&t.insecure, "insecure", false, "talk to a cluster run with --insecure")
 	fs.BoolVar(&t.json, "json", false, "print machine-readable JSON")
 	fs.DurationVar(&t.timeout, "timeout", 5*time.Second, "give up after this long")
 }
 
-// seedList resolves the seeds from, in order: --seeds, --cluster,
-// SHOAL_SEEDS, SHOAL_CLUSTER.
-func (t *target) seedList() ([]string, error) {
-	if t.seeds != "" {
-		return strings.Split(t.seeds, ","), nil
-	}
+// resolve finds the seeds and the secret. The seeds come from, in order:
+// --seeds, --cluster, SHOAL_SEEDS, SHOAL_CLUSTER; the secret from
+// --secret-file, SHOAL_SECRET_FILE, or beside the cluster file, and is
+// checked against the cluster's spec when there is one.
+func (t *target) resolve() (seeds []string, keys *wire.Keyring, err error) {
 	file := t.cluster
-	if file == "" {
-		if s := os.Getenv("SHOAL_SEEDS"); s != "" {
-			return strings.Split(s, ","), nil
-		}
+	if file == "" && t.seeds == "" && os.Getenv("SHOAL_SEEDS") == "" {
 		file = os.Getenv("SHOAL_CLUSTER")
 	}
-	if file == "" {
-		return nil, fmt.Errorf("%w: no cluster given: use --cluster FILE, --seeds ADDRS or SHOAL_SEEDS", errUsage)
+	var spec *server.Spec
+	switch {
+	case t.seeds != "":
+		seeds = strings.Split(t.seeds, ",")
+	case file != "":
+		if spec, err = server.LoadSpec(file); err != nil {
+			return nil, nil, err
+		}
+		for _, n := range spec.Nodes {
+			seeds = append(seeds, n.Client)
+		}
+	case os.Getenv("SHOAL_SEEDS") != "":
+		seeds = strings.Split(os.Getenv("SHOAL_SEEDS"), ",")
+	default:
+		return nil, nil, fmt.Errorf("%w: no cluster given: use --cluster FILE, --seeds ADDRS or SHOAL_SEEDS", errUsage)
 	}
-	spec, err := server.LoadSpec(file)
-	if err != nil {
-		return nil, err
+	if t.insecure {
+		if t.secretFile != "" {
+			return nil, nil, fmt.Errorf("%w: --insecure with --secret-file", errUsage)
+		}
+		return seeds, nil, nil
 	}
-	seeds := make([]string, len(spec.Nodes))
-	for i, n := range spec.Nodes {
-		seeds[i] = n.Client
+	if spec == nil && file != "" {
+		spec, _ = server.LoadSpec(file) // only to check the secret against
 	}
-	return seeds, nil
+	keys, err = loadSecret(t.secretFile, file, spec)
+	return seeds, keys, err
 }
 
 func (t *target) connect(ctx context.Context, stderr io.Writer) (*client.Client, error) {
-	seeds, err := t.seedList()
+	seeds, keys, err := t.resolve()
 	if err != nil {
 		return nil, err
 	}
 	return client.New(ctx, client.Config{
-		Seeds: seeds,
+		Seeds:    seeds,
+		Secret:   keys,
+		Insecure: keys == nil,
 		// From the shell, a request should ride out a failover: attempts
 		// go on, under one sequence number, until --timeout.
 		Attempts: untilTimeout,

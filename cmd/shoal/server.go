@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // shutdownGrace bounds handing leadership over when a node is told to stop.
@@ -21,6 +22,8 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles (net/http/pprof) on `ADDR`, e.g. 127.0.0.1:6060; off when empty")
+	secretFile := fs.String("secret-file", "", "the cluster's secret `FILE` (default: $SHOAL_SECRET_FILE, or secret beside --cluster)")
+	insecure := fs.Bool("insecure", false, "serve without authentication: for a trusted network only")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -39,6 +42,15 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	var keys *wire.Keyring
+	if *insecure && *secretFile != "" {
+		return fmt.Errorf("%w: --insecure with --secret-file", errUsage)
+	}
+	if !*insecure {
+		if keys, err = loadSecret(*secretFile, *cluster, spec); err != nil {
+			return fmt.Errorf("%w (or run with --insecure, for a trusted network only)", err)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	if *pprofAddr != "" {
 		stop, err := servePprof(*pprofAddr, log)
@@ -47,7 +59,8 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer stop()
 	}
-	n, err := server.Start(ctx, server.Config{ID: *id, DataDir: *data, Spec: spec, Logger: log})
+	n, err := server.Start(ctx, server.Config{ID: *id, DataDir: *data, Spec: spec, Logger: log,
+		Secret: keys, Insecure: *insecure})
 	if err != nil {
 		return err
 	}

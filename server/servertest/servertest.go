@@ -54,6 +54,10 @@ type Options struct {
 	Transport func(node server.NodeSpec) (wire.Transport, error)
 	// Configure, if set, changes a node's configuration before each start.
 	Configure func(*server.Config)
+	// Insecure starts the nodes without a secret: clients' datagrams go
+	// unsealed. Otherwise Start makes a secret (Cluster.Secret), which
+	// clients of the cluster must be given.
+	Insecure bool
 }
 
 // Cluster is a running in-process cluster. Its methods are safe for
@@ -65,6 +69,7 @@ type Cluster struct {
 	ownDir bool
 	log    *slog.Logger
 	opts   Options
+	secret *wire.Keyring // nil if insecure
 	mu     sync.Mutex
 	nodes  map[string]*server.Node // the running ones
 }
@@ -99,6 +104,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 		c.ownDir = true
 	}
+	if !opts.Insecure {
+		if err := c.makeSecret(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	for _, ns := range spec.Nodes {
 		if _, err := c.Restart(ctx, ns.ID); err != nil {
 			c.Close()
@@ -129,6 +140,24 @@ func (c *Cluster) Map() *shard.Map { return c.smap }
 
 // Dir returns the directory that holds the nodes' data.
 func (c *Cluster) Dir() string { return c.dir }
+
+// SecretFile is the name of the cluster's secret file in its Dir.
+const SecretFile = "secret"
+
+// makeSecret makes the cluster's secret and writes it to SecretFile.
+func (c *Cluster) makeSecret() error {
+	text := wire.NewSecret()
+	if err := os.WriteFile(filepath.Join(c.dir, SecretFile), text, 0o600); err != nil {
+		return fmt.Errorf("servertest: %w", err)
+	}
+	var err error
+	c.secret, err = wire.ParseKeyring(text)
+	return err
+}
+
+// Secret returns the cluster's secret, for client.Config.Secret; nil if
+// the cluster is insecure. It is also in the file SecretFile in Dir.
+func (c *Cluster) Secret() *wire.Keyring { return c.secret }
 
 // Seeds returns the client address of every node in the spec, running or
 // not, for client.Config.Seeds.
@@ -169,7 +198,8 @@ func (c *Cluster) Restart(ctx context.Context, id string) (*server.Node, error) 
 	if c.Node(id) != nil {
 		return nil, fmt.Errorf("servertest: node %s is running", id)
 	}
-	cfg := server.Config{ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log}
+	cfg := server.Config{ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log,
+		Secret: c.secret, Insecure: c.secret == nil}
 	if c.opts.Transport != nil {
 		t, err := c.opts.Transport(*c.spec.Node(id))
 		if err != nil {
