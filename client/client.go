@@ -192,6 +192,7 @@ type Client struct {
 	id     string
 	proof  string // proves id is this client's (wire.ClientIdentity)
 	t      wire.Transport
+	sealed *wire.SealedTransport // t, unless insecure
 	picker Picker
 	log    *slog.Logger
 	view   atomic.Pointer[view]
@@ -251,6 +252,10 @@ type Counters struct {
 	// Timeouts counts attempts that got no reply in time; Failures counts
 	// calls that ended in ErrUnavailable.
 	Timeouts, Failures uint64
+	// Unauthenticated counts the datagrams dropped because they did not
+	// open with the cluster's secret: forged or replayed replies and
+	// heartbeats, or a node with another secret.
+	Unauthenticated uint64
 	// RTT is the smoothed round trip time of reads.
 	RTT time.Duration
 }
@@ -307,7 +312,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		c.t = u
 	}
 	if keys != nil {
-		c.t = wire.Seal(c.t, keys, wire.ClientSide)
+		c.sealed = wire.Seal(c.t, keys, wire.ClientSide)
+		c.t = c.sealed
 	}
 	c.wg.Add(1)
 	go c.receive()
@@ -389,7 +395,7 @@ func (c *Client) enter() error {
 
 // Counters returns the client's counters.
 func (c *Client) Counters() Counters {
-	return Counters{
+	n := Counters{
 		Requests: c.requests.Load(),
 		Attempts: c.attempts.Load(),
 		Retries:  c.retries.Load(),
@@ -397,6 +403,10 @@ func (c *Client) Counters() Counters {
 		Failures: c.failures.Load(),
 		RTT:      c.rtt[0].smoothed(),
 	}
+	if c.sealed != nil {
+		n.Unauthenticated = c.sealed.Rejected()
+	}
+	return n
 }
 
 // receive dispatches incoming datagrams until the transport closes.

@@ -481,12 +481,14 @@ func TestBadInput(t *testing.T) {
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	n := c.Node("n1")
 	addr := clientAddr(c, "n1")
-	u, err := wire.ListenUDP("127.0.0.1:0")
+	udp, err := wire.ListenUDP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	u := wire.Seal(udp, c.Secret(), wire.ClientSide) // malformed, but from a holder of the secret
 	defer u.Close()
 	to, _ := wire.ParseAddr(addr)
+	id := wire.NewClientIdentity()
 	for _, junk := range []string{"", "hello", "i00e", "d2:op99999999999:x", "le",
 		strings.Repeat("l", 5000) + strings.Repeat("e", 5000), "d1:y1:re"} {
 		if err := u.Send([]byte(junk), to); err != nil {
@@ -503,7 +505,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown op", "d1:q4:frob1:ti7e1:y1:qe", wire.CodeUnknownOp},
 		{"no key", "d1:q3:get1:ti7e1:y1:qe", wire.CodeBadRequest},
 		{"write without a client", "d1:ad1:k1:xe1:q3:set1:ti7e1:y1:qe", wire.CodeBadRequest},
-		{"ack above seq", "d1:ad1:k1:xe1:c1:c1:ki9e1:q3:set1:si2e1:ti7e1:y1:qe", wire.CodeBadRequest},
+		{"ack above seq", fmt.Sprintf("d1:ad1:k1:xe1:c16:%s1:ki9e1:p32:%s1:q3:set1:si2e1:ti7e1:y1:qe", id.ID, id.Proof), wire.CodeBadRequest},
+		{"client id without its proof", "d1:ad1:k1:xe1:c16:0123456789abcdef1:ki1e1:q3:set1:si2e1:ti7e1:y1:qe", wire.CodeForbidden},
 		{"long key", fmt.Sprintf("d1:ad1:k%d:%se1:q3:get1:ti7e1:y1:qe", shard.MaxKeySize+1, strings.Repeat("k", shard.MaxKeySize+1)), wire.CodeTooLarge},
 	} {
 		r, err := exchange(c, addr, []byte(tc.raw), 1, func(m wire.Message) bool { return m.Type != wire.TypeHeartbeat })
@@ -634,7 +637,7 @@ func TestForwardDuringStart(t *testing.T) {
 	// Only n1 runs, with no quorum for any shard: what is tested is its
 	// start, not a cluster.
 	n, err := server.Start(context.Background(), server.Config{ID: "n1", DataDir: t.TempDir(), Spec: spec,
-		Logger: servertest.TestLogger(t)})
+		Logger: servertest.TestLogger(t), Insecure: true})
 	close(stop)
 	if err != nil {
 		t.Fatal(err)

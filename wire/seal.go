@@ -190,6 +190,11 @@ func Seal(t Transport, keys *Keyring, side Side) *SealedTransport {
 	return s
 }
 
+// SetClock makes s read the time from now instead of time.Now, to stamp
+// what it sends and to judge what arrives: for simulations, and for tests
+// that replay old traffic. It must be called before s is used.
+func (s *SealedTransport) SetClock(now func() time.Time) { s.now = now }
+
 // Rejected counts the datagrams dropped because they did not open: not
 // sealed, sealed under an unknown secret, forged, or sent outside the
 // replay window.
