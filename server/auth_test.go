@@ -244,3 +244,53 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 		t.Errorf("insecure: %v", err)
 	}
 }
+
+// A datagram sent again within the replay window is dropped too: a query
+// captured once draws one reply, however often it is replayed.
+func TestReplayedQueryAnsweredOnce(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	n := c.Node("n1")
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	to, _ := wire.ParseAddr(clientAddr(c, "n1"))
+	ping := sealedWith(t, c.Secret(), time.Now, &wire.Message{Type: wire.TypeQuery, TxID: 5, Op: wire.OpPing})
+	before := n.Counters().Unauthenticated
+	for range 3 {
+		if _, err := u.WriteToUDPAddrPort(ping, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	servertest.WaitFor(t, 5*time.Second, "two copies dropped", func() bool { return n.Counters().Unauthenticated-before >= 2 })
+	opener := wire.Seal(&udpConn{u}, c.Secret(), wire.ClientSide)
+	replies := 0
+	buf := make([]byte, wire.MaxDatagramSize+1)
+	u.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	for {
+		size, _, _, err := opener.Receive(buf)
+		if err != nil {
+			break
+		}
+		if m, err := wire.Decode(buf[:size]); err == nil && m.Type == wire.TypeResponse && m.TxID == 5 {
+			replies++
+		}
+	}
+	if replies != 1 {
+		t.Errorf("%d replies to a query sent 3 times, want 1", replies)
+	}
+}
+
+// udpConn is a Transport over a socket the test set deadlines on.
+type udpConn struct{ *net.UDPConn }
+
+func (u *udpConn) LocalAddr() netip.AddrPort { return u.UDPConn.LocalAddr().(*net.UDPAddr).AddrPort() }
+func (u *udpConn) Send(b []byte, to netip.AddrPort) error {
+	_, err := u.WriteToUDPAddrPort(b, to)
+	return err
+}
+func (u *udpConn) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
+	n, from, err := u.ReadFromUDPAddrPort(buf)
+	return n, from, time.Now(), err
+}

@@ -41,9 +41,16 @@ const (
 	SealOverhead = sealHeader + chacha20poly1305.Overhead
 	// ReplayWindow is how far a sealed datagram's sending time may be from
 	// the receiver's clock. A datagram captured and sent again later is
-	// refused; within the window, sessions apply a replayed write at most
-	// once. Clocks of clients and nodes must agree within it (NTP).
+	// refused; within the window the receiver remembers the nonces it took
+	// and refuses a datagram it has seen. Clocks of clients and nodes must
+	// agree within it (NTP).
 	ReplayWindow = 10 * time.Second
+	// ReplayMemory bounds the nonces a receiver remembers of the datagrams
+	// sent in any one second; it remembers 2·ReplayWindow of seconds, so
+	// at most about 20 MiB. Past it, datagrams sent in that second are
+	// refused, since a replay of them could not be told: a node takes at
+	// most ReplayMemory client datagrams a second.
+	ReplayMemory = 1 << 17
 	// MinSecretSize is the least number of bytes a cluster secret has.
 	MinSecretSize = 32
 )
@@ -177,6 +184,9 @@ type SealedTransport struct {
 	now   func() time.Time
 	raw   sync.Pool // *[]byte, MaxDatagramSize+1
 
+	mu   sync.Mutex
+	seen replayFilter
+
 	rejected atomic.Uint64
 }
 
@@ -284,5 +294,47 @@ func (s *SealedTransport) open(buf, d []byte) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
-	return len(m), true
+	s.mu.Lock()
+	fresh := s.seen.add(d[13:sealHeader], sent, s.now())
+	s.mu.Unlock()
+	return len(m), fresh
+}
+
+// replayFilter remembers the nonces of the datagrams taken, by the second
+// they were sent in, for as long as a datagram sent then is within the
+// replay window: so a replayed datagram is refused for as long as its
+// sending time would let it in.
+type replayFilter struct {
+	bySecond map[int64]map[uint64]struct{}
+	swept    int64 // the second of the last sweep
+}
+
+// add records the nonce (its first 8 bytes, random) of a datagram sent at
+// sent, and reports whether it is fresh: not seen before, and with room to
+// remember it.
+func (f *replayFilter) add(nonce []byte, sent, now time.Time) bool {
+	if f.bySecond == nil {
+		f.bySecond = make(map[int64]map[uint64]struct{})
+	}
+	// A datagram sent in second s is taken until ReplayWindow past its
+	// end at the latest.
+	if sec := now.Unix(); sec != f.swept {
+		f.swept = sec
+		for s := range f.bySecond {
+			if s+1+int64(ReplayWindow/time.Second) < sec {
+				delete(f.bySecond, s)
+			}
+		}
+	}
+	seen := f.bySecond[sent.Unix()]
+	if seen == nil {
+		seen = make(map[uint64]struct{})
+		f.bySecond[sent.Unix()] = seen
+	}
+	k := binary.LittleEndian.Uint64(nonce)
+	if _, ok := seen[k]; ok || len(seen) >= ReplayMemory {
+		return false
+	}
+	seen[k] = struct{}{}
+	return true
 }

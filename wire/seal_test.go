@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -56,12 +57,12 @@ func sealed(t *testing.T, s *SealedTransport, p *pipe, msg string) []byte {
 	return <-p.sent
 }
 
-// opened feeds d to r and reports what r delivers, if anything, before
-// the marker datagram m sealed by the sender behind it.
-func opened(t *testing.T, r *SealedTransport, rp *pipe, d, marker []byte) (string, bool) {
+// opened feeds d to r and reports what r delivers, if anything, before a
+// new marker datagram, which marker seals, behind it.
+func opened(t *testing.T, r *SealedTransport, rp *pipe, d []byte, marker func() []byte) (string, bool) {
 	t.Helper()
 	rp.inbox <- d
-	rp.inbox <- marker
+	rp.inbox <- marker()
 	buf := make([]byte, MaxDatagramSize+1)
 	n, _, _, err := r.Receive(buf)
 	if err != nil {
@@ -81,7 +82,7 @@ func TestSealedTransportOpensOnlyWhatItsPeerSealed(t *testing.T) {
 	cp, np := newPipe(), newPipe()
 	client := Seal(cp, testKeyring(t, "a"), ClientSide)
 	node := Seal(np, testKeyring(t, "a"), NodeSide)
-	marker := sealed(t, client, cp, "marker")
+	marker := func() []byte { return sealed(t, client, cp, "marker") }
 
 	q := sealed(t, client, cp, "query")
 	if len(q) != len("query")+SealOverhead {
@@ -122,7 +123,7 @@ func TestSealedTransportOpensOnlyWhatItsPeerSealed(t *testing.T) {
 	}
 
 	// And the other way: the client opens the node's replies only.
-	replyMarker := sealed(t, node, np, "marker")
+	replyMarker := func() []byte { return sealed(t, node, np, "marker") }
 	if got, ok := opened(t, client, cp, sealed(t, node, np, "reply"), replyMarker); !ok || got != "reply" {
 		t.Errorf("the client opened %q, %v", got, ok)
 	}
@@ -149,8 +150,8 @@ func TestKeyringRotation(t *testing.T) {
 	} {
 		sp, rp := newPipe(), newPipe()
 		s, r := Seal(sp, c.sender, ClientSide), Seal(rp, c.opener, NodeSide)
-		marker := Seal(newPipe(), c.opener, ClientSide)
-		m := sealed(t, marker, marker.inner.(*pipe), "marker")
+		ms := Seal(newPipe(), c.opener, ClientSide)
+		m := func() []byte { return sealed(t, ms, ms.inner.(*pipe), "marker") }
 		if _, ok := opened(t, r, rp, sealed(t, s, sp, "q"), m); ok != c.ok {
 			t.Errorf("%s: opened = %v, want %v", c.name, ok, c.ok)
 		}
@@ -220,5 +221,53 @@ func BenchmarkSealOpen(b *testing.B) {
 		if _, ok := node.open(buf, d); !ok {
 			b.Fatal("did not open")
 		}
+	}
+}
+
+// Within the replay window a receiver takes each datagram once.
+func TestSealedTransportTakesADatagramOnce(t *testing.T) {
+	cp, np := newPipe(), newPipe()
+	client := Seal(cp, testKeyring(t, "a"), ClientSide)
+	node := Seal(np, testKeyring(t, "a"), NodeSide)
+	marker := func() []byte { return sealed(t, client, cp, "marker") }
+	q := sealed(t, client, cp, "query")
+	if _, ok := opened(t, node, np, q, marker); !ok {
+		t.Fatal("the first copy was not taken")
+	}
+	if _, ok := opened(t, node, np, q, marker); ok {
+		t.Error("the second copy was taken")
+	}
+}
+
+// The filter remembers a nonce for as long as a datagram sent with it
+// could be taken, forgets it after, and never holds more than ReplayMemory
+// nonces a second of sending.
+func TestReplayFilter(t *testing.T) {
+	var f replayFilter
+	now := time.Unix(1e6, 0)
+	nonce := func(i int) []byte {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], uint64(i))
+		return b[:]
+	}
+	if !f.add(nonce(1), now, now) || f.add(nonce(1), now, now) {
+		t.Fatal("a nonce taken twice, or not at all")
+	}
+	// Sent at now, it is taken until now+ReplayWindow: still known then.
+	if f.add(nonce(1), now, now.Add(ReplayWindow)) {
+		t.Error("forgotten within the window")
+	}
+	for i := 2; i < 2+ReplayMemory; i++ {
+		f.add(nonce(i), now, now)
+	}
+	if f.add(nonce(1<<30), now, now) {
+		t.Error("took a datagram past ReplayMemory in one second")
+	}
+	if !f.add(nonce(1<<30), now.Add(time.Second), now) {
+		t.Error("refused a datagram of the next second")
+	}
+	f.add(nonce(3), now.Add(3*ReplayWindow), now.Add(3*ReplayWindow))
+	if len(f.bySecond) != 1 {
+		t.Errorf("%d seconds remembered after the window passed, want 1", len(f.bySecond))
 	}
 }
