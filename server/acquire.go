@@ -27,6 +27,52 @@ const (
 	unseenAskTimeout = 500 * time.Millisecond
 )
 
+// longPolls counts the long polls a node is handling, acquires that may
+// wait for a job, in all and by client id, and holds them to max and
+// perClient. byClient has an entry only for the ids with one running, so
+// it holds at most max.
+type longPolls struct {
+	mu             sync.Mutex
+	max, perClient int
+	running        int
+	byClient       map[string]int
+}
+
+func newLongPolls(max, perClient int) *longPolls {
+	return &longPolls{max: max, perClient: perClient, byClient: make(map[string]int)}
+}
+
+// enter counts a long poll of client beginning, unless max or perClient
+// are running; it reports whether it did, and then the caller must call
+// leave when the long poll ends.
+func (p *longPolls) enter(client string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running >= p.max || p.byClient[client] >= p.perClient {
+		return false
+	}
+	p.running++
+	p.byClient[client]++
+	return true
+}
+
+// leave counts the end of a long poll of client that entered.
+func (p *longPolls) leave(client string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.running--
+	if p.byClient[client]--; p.byClient[client] == 0 {
+		delete(p.byClient, client)
+	}
+}
+
+// count returns the long polls running.
+func (p *longPolls) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.running
+}
+
 // acquireFlights remembers the acquires a node is running or has answered
 // lately, by client and sequence number. A retry of an acquire joins the
 // one running, or gets its answer: a second run could hand out a second

@@ -114,3 +114,6 @@ func Diverge(n *Node, id shard.ID, key, value string) error {
 	sm.Apply(&raft.Log{Index: sm.Applied(), Type: raft.LogCommand, Data: data})
 	return nil
 }
+
+// LongPolls counts the long polls node n is handling.
+func LongPolls(n *Node) int { return n.longPolls.count() }
