@@ -117,3 +117,8 @@ func Diverge(n *Node, id shard.ID, key, value string) error {
 
 // LongPolls counts the long polls node n is handling.
 func LongPolls(n *Node) int { return n.longPolls.count() }
+
+// HeartbeatClients counts the addresses node n heartbeats to.
+func HeartbeatClients(n *Node) int { return len(n.clients.recent(time.Now())) }
+
+const MaxHeartbeatSize = maxHeartbeatSize
