@@ -117,12 +117,15 @@ func floodLongPolls(t testing.TB, to string, senders, rate int, stop <-chan stru
 // and the node's waiting acquires stay within MaxLongPolls.
 //
 // The latency bound is a ratio to the p99 the same client measured just
-// before on the same cluster, 3×, with a floor of 50ms: on a loaded 2-core
-// machine (CI, the race detector) one scheduling hiccup or fsync stall of
-// a few tens of milliseconds lands in a p99 of a couple of hundred
-// requests whether or not a flood runs, while the starvation this guards
-// against shows as requests of seconds (they queued behind the long polls
-// for MaxInFlight) or as timeouts.
+// before on the same cluster, 3×, with a floor of 100ms: on a loaded
+// 2-core machine one scheduling hiccup or fsync stall of a few tens of
+// milliseconds lands in a p99 of a few hundred requests whether or not a
+// flood runs, and under the race detector taking in the first 1,024 long
+// polls (a watch and a call to the leader each) puts the p99 near 40ms.
+// Without it, the p99 stays within 3× of the quiet one, about 10ms. The
+// starvation this guards against shows as requests refused busy (they
+// found MaxInFlight taken by long polls), which fail the test at once, or
+// as requests of seconds.
 func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	// MaxInFlight is small, so that the flood would fill it within the
 	// test were long polls to take its slots; MaxLongPolls takes its
@@ -145,6 +148,7 @@ func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	var seq uint64
 	quiet := setGetLatencies(t, rc, "good", &seq, 100, func() bool { return false })
 
+	sessions := lead.ShardStats(0).Sessions
 	stop := make(chan struct{})
 	flood := floodLongPolls(t, clientAddr(c, target.ID()), 4, 1000, stop)
 	var peak atomic.Int64
@@ -173,11 +177,16 @@ func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	t.Logf("flooded: %d requests, median %v, p99 %v", len(loaded), quantile(loaded, 0.5), quantile(loaded, 0.99))
 	t.Logf("flood: %d acquires sent, %d refused busy, %d answered; at most %d waiting; node counters %+v",
 		flood.sent.Load(), flood.refused.Load(), flood.answered.Load(), peak.Load(), target.Counters())
-	if bound := max(3*quantile(quiet, 0.99), 50*time.Millisecond); quantile(loaded, 0.99) > bound {
+	if bound := max(3*quantile(quiet, 0.99), 100*time.Millisecond); quantile(loaded, 0.99) > bound {
 		t.Errorf("p99 of a well-behaved client's sets and gets under the flood: %v, want at most %v", quantile(loaded, 0.99), bound)
 	}
 	if got := server.Raft(lead, 0).CurrentTerm(); got != term || !lead.Leading(0) {
 		t.Errorf("leader %s went from term %d to %d (leading: %v): the flood caused an election", lead.ID(), term, got, lead.Leading(0))
+	}
+	// A long poll on an empty topic writes nothing: before, each one at a
+	// follower proposed an acquire, and left a session of its client id.
+	if got := lead.ShardStats(0).Sessions; got > sessions {
+		t.Errorf("the shard's sessions went from %d to %d under a flood of long polls on an empty topic", sessions, got)
 	}
 	if p := peak.Load(); p > server.DefaultMaxLongPolls || p == 0 {
 		t.Errorf("at most %d acquires waited at once, want 1 to %d", p, server.DefaultMaxLongPolls)
