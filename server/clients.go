@@ -44,14 +44,21 @@ func (c *clients) touch(addr netip.AddrPort, now time.Time) {
 		c.byHeard.MoveToFront(e)
 		return
 	}
-	if c.byHeard.Len() >= c.max {
-		oldest := c.byHeard.Back()
-		if now.Sub(oldest.Value.(*recentClient).heard) <= c.ttl {
-			c.evicted++
-		}
-		c.remove(oldest)
+	if c.byHeard.Len() < c.max {
+		c.byAddr[addr] = c.byHeard.PushFront(&recentClient{addr: addr, heard: now})
+		return
 	}
-	c.byAddr[addr] = c.byHeard.PushFront(&recentClient{addr: addr, heard: now})
+	// Full: the address heard from least recently makes room, and its
+	// entry serves the new one.
+	oldest := c.byHeard.Back()
+	rc := oldest.Value.(*recentClient)
+	if now.Sub(rc.heard) <= c.ttl {
+		c.evicted++
+	}
+	delete(c.byAddr, rc.addr)
+	rc.addr, rc.heard = addr, now
+	c.byHeard.MoveToFront(oldest)
+	c.byAddr[addr] = oldest
 }
 
 func (c *clients) remove(e *list.Element) {

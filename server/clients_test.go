@@ -83,3 +83,20 @@ func TestReadySizesMatchTheEncoding(t *testing.T) {
 		t.Errorf("the smallest entry takes %d bytes, minReadyEntrySize says %d", got, minReadyEntrySize)
 	}
 }
+
+// BenchmarkClientsTouch measures recording a query from a new address in
+// a full recent-clients table, which evicts one: the per-datagram cost a
+// flood of addresses puts on the receive loop.
+func BenchmarkClientsTouch(b *testing.B) {
+	c := newClients(DefaultMaxHeartbeatClients, DefaultClientTTL)
+	ip := netip.MustParseAddr("10.0.0.1")
+	now := time.Now()
+	for i := range DefaultMaxHeartbeatClients {
+		c.touch(netip.AddrPortFrom(ip, uint16(i)), now)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		c.touch(netip.AddrPortFrom(ip, uint16(DefaultMaxHeartbeatClients+i)), now)
+	}
+}

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/wire"
@@ -265,4 +267,40 @@ func TestLongPollsHaveAPoolOfTheirOwn(t *testing.T) {
 	if got := n.Counters().LongPollsRefused; got != refusedBefore {
 		t.Errorf("long polls refused went from %d to %d with the pool empty", refusedBefore, got)
 	}
+}
+
+// A client whose long polls are refused (its share of the pool taken)
+// still gets its jobs: the client backs off and asks again on a busy
+// reply, and a shard reported ready in heartbeats it asks without waiting,
+// outside the pool.
+func TestRefusedLongPollsStillGetJobs(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
+		Configure: func(cfg *server.Config) { cfg.MaxLongPollsPerClient = 1 }})
+	n := c.Node("n1")
+	worker := newClient(t, c, client.Config{LongPoll: 2 * time.Second})
+	producer := newClient(t, c, client.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const acquires = 3
+	jobs := make(chan error, acquires)
+	for range acquires {
+		go func() {
+			_, err := worker.Acquire(ctx, "work", time.Minute)
+			jobs <- err
+		}()
+	}
+	servertest.WaitFor(t, 10*time.Second, "long polls of the worker refused", func() bool {
+		return server.LongPolls(n) == 1 && n.Counters().LongPollsRefused > 0
+	})
+	for range acquires {
+		if _, err := producer.Enqueue(ctx, "work", nil, client.EnqueueOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range acquires {
+		if err := <-jobs; err != nil {
+			t.Errorf("acquire: %v", err)
+		}
+	}
+	t.Logf("%d long polls refused; the worker sent %d requests", n.Counters().LongPollsRefused, worker.Counters().Attempts)
 }
