@@ -118,16 +118,17 @@ func floodLongPolls(t testing.TB, to string, senders, rate int, stop <-chan stru
 // keep succeeding at close to their quiet latency, no election happens,
 // and the node's waiting acquires stay within MaxLongPolls.
 //
-// The latency bound is a ratio to the p99 the same client measured just
-// before on the same cluster, 3×, with a floor of 100ms: on a loaded
-// 2-core machine one scheduling hiccup or fsync stall of a few tens of
-// milliseconds lands in a p99 of a few hundred requests whether or not a
-// flood runs, and under the race detector taking in the first 1,024 long
-// polls (a watch and a call to the leader each) puts the p99 near 40ms.
-// Without it, the p99 stays within 3× of the quiet one, about 10ms. The
-// starvation this guards against shows as requests refused busy (they
-// found MaxInFlight taken by long polls), which fail the test at once, or
-// as requests of seconds.
+// The latency bounds are ratios to what the same client measured just
+// before on the same cluster, 3× its median and its p99, with floors of
+// 25ms and 250ms. Without the race detector, on an idle machine, the
+// flooded p99 stays within 1.5× of the quiet one (about 10ms). But a test
+// machine is often shared (CI on two cores): a p99 of a few hundred
+// requests catches whatever stall another process causes, and under the race detector taking in
+// the first 1,024 long polls (a watch and a call to the leader each)
+// costs the other requests of that second tens of milliseconds, up to
+// 100ms seen on a loaded machine. The starvation this guards against
+// shows as requests refused busy (they found MaxInFlight taken by long
+// polls), which fail the test at once, or as requests of seconds.
 func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	// MaxInFlight is small, so that the flood would fill it within the
 	// test were long polls to take its slots; MaxLongPolls takes its
@@ -179,7 +180,10 @@ func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	t.Logf("flooded: %d requests, median %v, p99 %v", len(loaded), quantile(loaded, 0.5), quantile(loaded, 0.99))
 	t.Logf("flood: %d acquires sent, %d refused busy, %d answered; at most %d waiting; node counters %+v",
 		flood.sent.Load(), flood.refused.Load(), flood.answered.Load(), peak.Load(), target.Counters())
-	if bound := max(3*quantile(quiet, 0.99), 100*time.Millisecond); quantile(loaded, 0.99) > bound {
+	if bound := max(3*quantile(quiet, 0.5), 25*time.Millisecond); quantile(loaded, 0.5) > bound {
+		t.Errorf("median of a well-behaved client's sets and gets under the flood: %v, want at most %v", quantile(loaded, 0.5), bound)
+	}
+	if bound := max(3*quantile(quiet, 0.99), 250*time.Millisecond); quantile(loaded, 0.99) > bound {
 		t.Errorf("p99 of a well-behaved client's sets and gets under the flood: %v, want at most %v", quantile(loaded, 0.99), bound)
 	}
 	if got := server.Raft(lead, 0).CurrentTerm(); got != term || !lead.Leading(0) {
