@@ -33,8 +33,8 @@ const (
 	DefaultMaxLongPolls          = 1024
 	DefaultMaxLongPollsPerClient = 64
 	// DefaultMaxHeartbeatClients bounds the addresses a node heartbeats:
-	// at most 1024 heartbeats of at most maxHeartbeatSize bytes (shard
-	// lists aside) each HeartbeatInterval, about 4 MB/s at the defaults.
+	// at most 1,024 heartbeats each HeartbeatInterval, each at most 1,024
+	// bytes but for its shard lists, about 4 MB/s at the defaults.
 	DefaultMaxHeartbeatClients = 1024
 )
 
