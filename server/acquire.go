@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -26,6 +27,52 @@ const (
 	// budget.
 	unseenAskTimeout = 500 * time.Millisecond
 )
+
+// longPolls counts the long polls a node is handling, acquires that may
+// wait for a job, in all and by client id, and holds them to max and
+// perClient. byClient has an entry only for the ids with one running, so
+// it holds at most max.
+type longPolls struct {
+	mu             sync.Mutex
+	max, perClient int
+	running        int
+	byClient       map[string]int
+}
+
+func newLongPolls(max, perClient int) *longPolls {
+	return &longPolls{max: max, perClient: perClient, byClient: make(map[string]int)}
+}
+
+// enter counts a long poll of client beginning, unless max or perClient
+// are running; it reports whether it did, and then the caller must call
+// leave when the long poll ends.
+func (p *longPolls) enter(client string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running >= p.max || p.byClient[client] >= p.perClient {
+		return false
+	}
+	p.running++
+	p.byClient[client]++
+	return true
+}
+
+// leave counts the end of a long poll of client that entered.
+func (p *longPolls) leave(client string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.running--
+	if p.byClient[client]--; p.byClient[client] == 0 {
+		delete(p.byClient, client)
+	}
+}
+
+// count returns the long polls running.
+func (p *longPolls) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.running
+}
 
 // acquireFlights remembers the acquires a node is running or has answered
 // lately, by client and sequence number. A retry of an acquire joins the
@@ -145,6 +192,16 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 	// the wait.
 	watch := n.jobs.watch(a.Topic)
 	defer watch.stop()
+	// readySaid holds the shards whose leaders, asked by waitForJobs,
+	// said they have a job ready, which the replicas here may not show
+	// yet: a long poll asks those of the shards it follows here, not all
+	// of them up front as an acquire that may not wait does. Asking is a
+	// proposal, an entry in the shard's log: up front, every long poll on
+	// an empty topic would write one, and a flood of them a flood of
+	// writes. Waiting, it asks a leader only for the topic's jobs, which
+	// costs the shard nothing.
+	longPoll := a.Wait > 0
+	readySaid := map[shard.ID]bool{}
 	for {
 		// A replica still at or before the index its shard last had
 		// nothing at is asked again only once it has applied past it.
@@ -155,6 +212,10 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 		}
 		now := time.Now()
 		cands, unseen := readyFirst(reps, emptyAt, a.Topic, now)
+		if longPoll {
+			unseen = slices.DeleteFunc(unseen, func(rep *replica) bool { return !readySaid[rep.id] })
+			clear(readySaid)
+		}
 		// The shard a failed run proposed on goes first, to learn what
 		// came of that proposal, unless it has no live leader to ask: then
 		// the run goes on without it, and a job it may have granted comes
@@ -185,6 +246,7 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 			// A shard whose leader says a job is ready is asked again.
 			for _, id := range n.waitForJobs(ctx, watch, reps, emptyAt, a.Topic, until) {
 				delete(emptyAt, id)
+				readySaid[id] = true
 			}
 		}
 	}
@@ -199,7 +261,8 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 // two CommitTimeouts later, so it also returns, as unseen, the followers
 // here whose shard this request has not asked yet and whose leader was
 // heard from lately: asked once, their leaders find a job enqueued just
-// before at once.
+// before at once. (A long poll asks only those whose leaders said they
+// have one; see runAcquire.)
 func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now time.Time) (ready, unseen []*replica) {
 	type cand struct {
 		rep   *replica

@@ -2,7 +2,6 @@ package server
 
 import (
 	"math"
-	"net/netip"
 	"sync"
 	"time"
 )
@@ -68,41 +67,4 @@ func (a *activity) milli(now time.Time) int64 {
 	defer a.mu.Unlock()
 	a.advance(now)
 	return int64(math.Round(a.avg * 1000))
-}
-
-// maxClients bounds the addresses a node heartbeats to. Past it, new
-// clients are served but not heartbeated until older ones lapse.
-const maxClients = 1 << 16
-
-// clients remembers the addresses that sent requests recently: the ones a
-// node heartbeats to.
-type clients struct {
-	mu   sync.Mutex
-	seen map[netip.AddrPort]time.Time
-}
-
-func (c *clients) touch(addr netip.AddrPort, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.seen == nil {
-		c.seen = make(map[netip.AddrPort]time.Time)
-	}
-	if _, ok := c.seen[addr]; ok || len(c.seen) < maxClients {
-		c.seen[addr] = now
-	}
-}
-
-// recent returns the addresses seen since now-ttl and forgets the rest.
-func (c *clients) recent(now time.Time, ttl time.Duration) []netip.AddrPort {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]netip.AddrPort, 0, len(c.seen))
-	for addr, t := range c.seen {
-		if now.Sub(t) > ttl {
-			delete(c.seen, addr)
-			continue
-		}
-		out = append(out, addr)
-	}
-	return out
 }

@@ -114,3 +114,11 @@ func Diverge(n *Node, id shard.ID, key, value string) error {
 	sm.Apply(&raft.Log{Index: sm.Applied(), Type: raft.LogCommand, Data: data})
 	return nil
 }
+
+// LongPolls counts the long polls node n is handling.
+func LongPolls(n *Node) int { return n.longPolls.count() }
+
+// HeartbeatClients counts the addresses node n heartbeats to.
+func HeartbeatClients(n *Node) int { return len(n.clients.recent(time.Now())) }
+
+const MaxHeartbeatSize = maxHeartbeatSize

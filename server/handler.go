@@ -22,8 +22,9 @@ const receiveErrorPause = 10 * time.Millisecond
 const retryBackoff = 10 * time.Millisecond
 
 // serve reads datagrams until the transport closes. It answers the queries
-// that wait on nothing itself, and handles each other query in a goroutine
-// of its own, at most MaxInFlight at once.
+// that wait on nothing itself, and those it refuses (invalid, or finding no
+// slot free), and handles each other query in a goroutine of its own: a
+// long poll in one of MaxLongPolls, any other in one of MaxInFlight.
 func (n *Node) serve() {
 	buf := make([]byte, wire.MaxDatagramSize+1)
 	for {
@@ -42,23 +43,69 @@ func (n *Node) serve() {
 		if !ok {
 			continue
 		}
+		if bad := checkQuery(&m); bad != nil {
+			n.requests.Add(1)
+			n.reply(from, m.TxID, bad)
+			continue
+		}
 		if immediate(&m) && n.answerAtOnce(&m, from, arrived) {
 			continue
 		}
-		select {
-		case n.inFlight <- struct{}{}:
-		default:
-			n.busy.Add(1)
-			n.reply(from, m.TxID, errorReply(wire.CodeUnavailable, "node busy: too many requests in flight"))
+		release, ok := n.admit(&m, from)
+		if !ok {
 			continue
 		}
 		if !n.group.Go(func() {
-			defer func() { <-n.inFlight }()
+			defer release()
 			n.handleQuery(&m, from, arrived)
 		}) {
 			return
 		}
 	}
+}
+
+// admit takes the slot that valid query m needs to be handled: for a long
+// poll one of MaxLongPolls, if its client has fewer than
+// MaxLongPollsPerClient, else one of MaxInFlight. It returns the func that
+// gives the slot back; finding none, it answers m busy and reports false.
+// Long polls have slots of their own because they wait, for seconds, for
+// nothing in particular: a flood of them must not take the slots of the
+// requests that do work, nor be queued behind them.
+func (n *Node) admit(m *wire.Message, from netip.AddrPort) (release func(), ok bool) {
+	if longPoll(m) {
+		if !n.longPolls.enter(m.Client) {
+			n.longPollsRefused.Add(1)
+			n.reply(from, m.TxID, errorReply(wire.CodeUnavailable, "node busy: too many long polls, from all clients or from this one"))
+			return nil, false
+		}
+		return func() { n.longPolls.leave(m.Client) }, true
+	}
+	select {
+	case n.inFlight <- struct{}{}:
+		return func() { <-n.inFlight }, true
+	default:
+		n.busy.Add(1)
+		n.reply(from, m.TxID, errorReply(wire.CodeUnavailable, "node busy: too many requests in flight"))
+		return nil, false
+	}
+}
+
+// longPoll reports whether m is an acquire that may wait for a job. An
+// acquire that may not (a client's acquire of a shard whose leader
+// reported a job ready) is a write like any other.
+func longPoll(m *wire.Message) bool { return m.Op == wire.OpAcquire && m.Args.Wait > 0 }
+
+// checkQuery returns the reply to a query that the node does not serve,
+// its op unknown or its arguments invalid, and nil for a valid one. Only a
+// valid query makes its sender a recent client (see clients).
+func checkQuery(m *wire.Message) *wire.Message {
+	if !m.Op.Known() {
+		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
+	}
+	if err := wire.CheckQuery(m); err != nil {
+		return argsReply(err)
+	}
+	return nil
 }
 
 // immediate reports whether m is answered from this node's own state
@@ -101,14 +148,12 @@ func (n *Node) decodeQuery(data []byte, from netip.AddrPort) (wire.Message, bool
 	return m, true
 }
 
-// answerAtOnce answers an immediate query unless that would wait, and
-// reports whether it did.
+// answerAtOnce answers a valid immediate query unless that would wait,
+// and reports whether it did.
 func (n *Node) answerAtOnce(m *wire.Message, from netip.AddrPort, arrived time.Time) bool {
 	var r *wire.Message
 	if m.Op == wire.OpGet {
-		if err := wire.CheckQuery(m); err != nil {
-			r = argsReply(err)
-		} else if rep, bad := n.slotReplica(m); bad != nil {
+		if rep, bad := n.slotReplica(m); bad != nil {
 			r = bad
 		} else {
 			e, _, locked := rep.fsm.TryGet(m.Args.Key)
@@ -146,9 +191,10 @@ func (n *Node) handleQuery(m *wire.Message, from netip.AddrPort, arrived time.Ti
 	n.reply(from, m.TxID, n.dispatch(ctx, m))
 }
 
-// queryBegins counts a query that arrived at arrived, and reports whether
-// it loads the node, so that its answer must call queryEnds. A zero arrived
-// means the transport could not tell, and counts no wait.
+// queryBegins counts a valid query that arrived at arrived, makes its
+// sender a recent client, and reports whether it loads the node, so that
+// its answer must call queryEnds. A zero arrived means the transport could
+// not tell, and counts no wait.
 func (n *Node) queryBegins(m *wire.Message, from netip.AddrPort, arrived time.Time) (loads bool) {
 	n.requests.Add(1)
 	now := time.Now()
@@ -186,14 +232,8 @@ func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
 	_ = n.transport.Send(b, to) // a lost reply is a lost datagram: the client retries
 }
 
-// dispatch answers query m within ctx.
+// dispatch answers valid query m (see checkQuery) within ctx.
 func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
-	if !m.Op.Known() {
-		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
-	}
-	if err := wire.CheckQuery(m); err != nil {
-		return argsReply(err)
-	}
 	switch m.Op {
 	case wire.OpTopology:
 		topo := n.topology

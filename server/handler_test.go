@@ -14,39 +14,37 @@ import (
 // A node whose MaxInFlight requests are all running refuses a set as busy,
 // yet still answers the queries that wait on nothing: stale gets, pings.
 func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3,
 		Configure: func(cfg *server.Config) { cfg.MaxInFlight = 1 }})
 	n := c.Node("n1")
 	addr := clientAddr(c, "n1")
-	set := func(seq uint64) wire.Message {
+	set := func(seq uint64, timeout time.Duration) wire.Message {
 		return request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: seq,
-			Args: wire.Args{Key: "k", Value: "v"}})
+			Timeout: timeout, Args: wire.Args{Key: "k", Value: "v"}})
 	}
-	if r := set(1); r.Type != wire.TypeResponse {
+	if r := set(1, 0); r.Type != wire.TypeResponse {
 		t.Fatalf("set: %+v", r.Err)
 	}
+	waitConverged(t, c)
 
-	// A waiting acquire takes the one slot, once the last set has let go
-	// of it: the set frees it only after its reply is sent.
-	deadline := time.Now().Add(10 * time.Second)
+	// A set that waits for a leader takes the one slot, once the last set
+	// has let go of it (only after its reply is sent): with the other two
+	// replicas gone, the shard has none.
 	servertest.WaitFor(t, 10*time.Second, "the last set letting go of its slot", func() bool { return server.InFlight(n) == 0 })
-	acquired := make(chan wire.Message, 1)
+	kill(t, c, "n2")
+	kill(t, c, "n3")
+	waiting := make(chan wire.Message, 1)
 	go func() {
-		for seq := uint64(1); ; seq++ {
-			r, err := rawRequest(c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "busy-acquire",
-				Seq: seq, Timeout: 2500 * time.Millisecond, Args: wire.Args{Topic: "none", Lease: time.Minute, Wait: 2 * time.Second}})
-			if err != nil {
-				t.Error(err)
-			}
-			if err != nil || r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable || time.Now().After(deadline) {
-				acquired <- r
-				return
-			}
+		r, err := rawRequest(c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "busy-test", Seq: 2,
+			Timeout: 2 * time.Second, Args: wire.Args{Key: "k", Value: "w"}})
+		if err != nil {
+			t.Error(err)
 		}
+		waiting <- r
 	}()
-	servertest.WaitFor(t, 10*time.Second, "the acquire taking the slot", func() bool { return server.InFlight(n) != 0 })
-	if r := set(100); r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable {
-		t.Fatalf("a set while an acquire waits: %+v %+v, want busy", r.Result, r.Err)
+	servertest.WaitFor(t, 10*time.Second, "the set taking the slot", func() bool { return server.InFlight(n) != 0 })
+	if r := set(100, 0); r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable {
+		t.Fatalf("a set while another waits: %+v %+v, want busy", r.Result, r.Err)
 	}
 	busy := n.Counters().Busy
 
@@ -60,8 +58,8 @@ func TestImmediateQueriesAnsweredWhileBusy(t *testing.T) {
 	if got := n.Counters().Busy; got != busy {
 		t.Errorf("busy refusals went from %d to %d while answering a stale get and a ping", busy, got)
 	}
-	if r := <-acquired; r.Type != wire.TypeResponse || r.Result.Job != nil {
-		t.Errorf("acquire on an empty topic: %+v %+v, want no job", r.Result.Job, r.Err)
+	if r := <-waiting; r.Type != wire.TypeError || r.Err.Code != wire.CodeUnavailable {
+		t.Errorf("a set with no leader: %+v %+v, want unavailable", r.Result, r.Err)
 	}
 }
 

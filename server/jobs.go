@@ -11,14 +11,8 @@ import (
 	"github.com/shoal-kv/shoal/wire"
 )
 
-const (
-	// maxDeadListing bounds a dead-job listing.
-	maxDeadListing = 100
-	// maxReadyReports and maxReadyBytes bound the (shard, topic) entries
-	// of a heartbeat, which must fit a datagram.
-	maxReadyReports = 256
-	maxReadyBytes   = 32 << 10
-)
+// maxDeadListing bounds a dead-job listing.
+const maxDeadListing = 100
 
 // jobRead answers the job reads, stats and dead listings, for one shard,
 // linearizably: like a get, from the leader's state once it has confirmed
@@ -78,26 +72,60 @@ func readJobs(rep *replica, jr JobRead) wire.Result {
 	return wire.Result{Jobs: jobs}
 }
 
-// readyReports lists, for the shards leads (those this node leads), the
-// topics with jobs ready now.
-func (n *Node) readyReports(now time.Time, leads []shard.ID) []wire.ReadyCount {
-	var out []wire.ReadyCount
-	size := 0
+// readyReports lists, for the shards leads (those this node leads), topics
+// with jobs ready now, as many as fit in budget bytes of an encoded
+// heartbeat, however many topics there are. The most ready go first: a
+// client sends an acquire straight to a shard reported ready, and for the
+// topics left out it waits at the nodes (a long poll) as it does for the
+// topics with nothing ready.
+func (n *Node) readyReports(now time.Time, leads []shard.ID, budget int) []wire.ReadyCount {
+	var all []wire.ReadyCount
 	for _, id := range leads {
-		rep := n.replicas[id]
-		topics := rep.fsm.ReadyTopics(now.UnixNano(), readyCap)
-		names := make([]string, 0, len(topics))
-		for t := range topics {
-			names = append(names, t)
+		for t, k := range n.replicas[id].fsm.ReadyTopics(now.UnixNano(), readyCap) {
+			all = append(all, wire.ReadyCount{Shard: id, Topic: t, Count: k})
 		}
-		sort.Strings(names)
-		for _, t := range names {
-			if len(out) == maxReadyReports || size+len(t)+24 > maxReadyBytes {
-				return out
-			}
-			size += len(t) + 24
-			out = append(out, wire.ReadyCount{Shard: id, Topic: t, Count: topics[t]})
+	}
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i], all[j]
+		switch {
+		case a.Count != b.Count:
+			return a.Count > b.Count
+		case a.Shard != b.Shard:
+			return a.Shard < b.Shard
+		}
+		return a.Topic < b.Topic
+	})
+	var out []wire.ReadyCount
+	budget -= readyListSize
+	for _, r := range all {
+		if budget < minReadyEntrySize {
+			break
+		}
+		if size := readyEntrySize(r); size <= budget {
+			out = append(out, r)
+			budget -= size
 		}
 	}
 	return out
+}
+
+// The sizes of a heartbeat's ready report as wire encodes it: the list
+// "1:rl...e", and in it a dict "d1:ni<count>e1:si<shard>e1:t<len>:<topic>e"
+// per entry.
+const (
+	readyListSize     = len("1:rle")
+	minReadyEntrySize = len("d1:ni0e1:si0e1:t1:xe")
+)
+
+func readyEntrySize(r wire.ReadyCount) int {
+	return len("d1:nie1:sie1:t:e") + digits(uint64(r.Count)) + digits(uint64(r.Shard)) + digits(uint64(len(r.Topic))) + len(r.Topic)
+}
+
+// digits returns the number of decimal digits of x.
+func digits(x uint64) int {
+	d := 1
+	for ; x >= 10; x /= 10 {
+		d++
+	}
+	return d
 }

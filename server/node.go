@@ -27,6 +27,15 @@ const (
 	DefaultLoadTimeConstant  = 250 * time.Millisecond
 	DefaultRequestTimeout    = 5 * time.Second
 	DefaultMaxInFlight       = 4096
+	// DefaultMaxLongPolls and DefaultMaxLongPollsPerClient bound the
+	// acquires that wait for a job: a worker has one waiting per Acquire
+	// running (Worker.Concurrency of them) at each of a few nodes.
+	DefaultMaxLongPolls          = 1024
+	DefaultMaxLongPollsPerClient = 64
+	// DefaultMaxHeartbeatClients bounds the addresses a node heartbeats:
+	// at most 1,024 heartbeats each HeartbeatInterval, each at most 1,024
+	// bytes but for its shard lists, about 4 MB/s at the defaults.
+	DefaultMaxHeartbeatClients = 1024
 )
 
 // Config configures a Node.
@@ -56,8 +65,14 @@ type Config struct {
 	// clients. If zero, DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
 	// ClientTTL is how long a client stays "recent" after its last
-	// request. If zero, DefaultClientTTL.
+	// valid query (one that decoded, with a known op and valid arguments).
+	// If zero, DefaultClientTTL.
 	ClientTTL time.Duration
+	// MaxHeartbeatClients bounds the recent clients, by address: a new
+	// one past it takes the place of the one heard from least recently,
+	// which gets heartbeats again after its next query. If zero,
+	// DefaultMaxHeartbeatClients.
+	MaxHeartbeatClients int
 	// LoadTimeConstant is the time constant of the load the node reports:
 	// the client requests in progress at it, averaged over time with
 	// weights that fall by e every LoadTimeConstant. If zero,
@@ -69,9 +84,17 @@ type Config struct {
 	// MaxInFlight bounds the requests handled at once; past it, requests
 	// get CodeUnavailable, except those answered at once from the node's
 	// own state (stale gets, pings, topology; a stale get counts while a
-	// write holds, or waits for, its shard's state). If zero,
-	// DefaultMaxInFlight.
+	// write holds, or waits for, its shard's state) and long polls, which
+	// MaxLongPolls bounds instead. If zero, DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxLongPolls bounds the long polls handled at once: acquires that
+	// may wait for a job (Args.Wait above zero). They have a pool of
+	// their own, so that waiting ones never hold the slots of
+	// MaxInFlight that other requests need. Past it, or past
+	// MaxLongPollsPerClient of one client id, an acquire gets
+	// CodeUnavailable at once. If zero, DefaultMaxLongPolls; if
+	// MaxLongPollsPerClient is zero, DefaultMaxLongPollsPerClient.
+	MaxLongPolls, MaxLongPollsPerClient int
 }
 
 func (c *Config) setDefaults() {
@@ -93,6 +116,15 @@ func (c *Config) setDefaults() {
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = DefaultMaxInFlight
 	}
+	if c.MaxLongPolls <= 0 {
+		c.MaxLongPolls = DefaultMaxLongPolls
+	}
+	if c.MaxLongPollsPerClient <= 0 {
+		c.MaxLongPollsPerClient = DefaultMaxLongPollsPerClient
+	}
+	if c.MaxHeartbeatClients <= 0 {
+		c.MaxHeartbeatClients = DefaultMaxHeartbeatClients
+	}
 }
 
 // Counters counts what a node has seen: its client listener's requests,
@@ -102,8 +134,17 @@ type Counters struct {
 	// not a valid message (oversized ones included); Busy every request
 	// refused because MaxInFlight were running; Unauthenticated every
 	// datagram dropped because it did not open with the cluster's secret
-	// (Config.Secret) or was sent outside the replay window.
+	// (Config.Secret), was sent outside the replay window, or was a copy
+	// of one taken.
 	Requests, Malformed, Busy, Unauthenticated uint64
+	// LongPollsRefused counts the long polls (acquires that may wait)
+	// refused because MaxLongPolls were running, or MaxLongPollsPerClient
+	// of the same client id.
+	LongPollsRefused uint64
+	// HeartbeatClientsEvicted counts the recent clients dropped before
+	// their ClientTTL ran out, to make room for new ones past
+	// MaxHeartbeatClients.
+	HeartbeatClientsEvicted uint64
 	// Joined counts the writes, from clients or forwarded by peers,
 	// that reached a shard's leader here while an earlier attempt of the
 	// same request waited to commit, and waited on that attempt instead
@@ -130,15 +171,16 @@ type Node struct {
 	mux       *mux
 	rpc       *rpc.Server
 	peers     *peers
-	clients   clients
+	clients   *clients
 	activity  *activity
 	acquires  acquireFlights
+	longPolls *longPolls
 	jobs      *jobWatch
 	inFlight  chan struct{}
 	// timersChanged wakes runSchedules.
 	timersChanged chan struct{}
 
-	requests, malformed, busy atomic.Uint64
+	requests, malformed, busy, longPollsRefused atomic.Uint64
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -177,14 +219,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		id:       cfg.ID,
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", cfg.ID),
-		shardMap: m,
-		topology: wire.Topology{Map: m},
-		activity: newActivity(cfg.LoadTimeConstant, time.Now()),
-		inFlight: make(chan struct{}, cfg.MaxInFlight),
-		jobs:     newJobWatch(),
+		id:        cfg.ID,
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.ID),
+		shardMap:  m,
+		topology:  wire.Topology{Map: m},
+		activity:  newActivity(cfg.LoadTimeConstant, time.Now()),
+		clients:   newClients(cfg.MaxHeartbeatClients, cfg.ClientTTL),
+		inFlight:  make(chan struct{}, cfg.MaxInFlight),
+		longPolls: newLongPolls(cfg.MaxLongPolls, cfg.MaxLongPollsPerClient),
+		jobs:      newJobWatch(),
 
 		timersChanged: make(chan struct{}, 1),
 	}
@@ -263,7 +307,10 @@ func (n *Node) Addr() netip.AddrPort { return n.transport.LocalAddr() }
 
 // Counters returns the node's counters.
 func (n *Node) Counters() Counters {
-	c := Counters{Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load()}
+	c := Counters{
+		Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load(),
+		LongPollsRefused: n.longPollsRefused.Load(), HeartbeatClientsEvicted: n.clients.evictions(),
+	}
 	if n.sealed != nil {
 		c.Unauthenticated = n.sealed.Rejected()
 	}
@@ -458,21 +505,11 @@ func (n *Node) heartbeat() {
 		case <-n.ctx.Done():
 			return
 		case now := <-t.C:
-			to := n.clients.recent(now, n.cfg.ClientTTL)
+			to := n.clients.recent(now)
 			if len(to) == 0 {
 				continue
 			}
-			m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.milli(now)}
-			m.Heartbeat.MapVersion = n.shardMap.Version
-			for _, id := range n.shardIDs() {
-				if n.replicas[id].isLeader() {
-					m.Heartbeat.Leads = append(m.Heartbeat.Leads, id)
-				} else {
-					m.Heartbeat.Follows = append(m.Heartbeat.Follows, id)
-				}
-			}
-			m.Heartbeat.Ready = n.readyReports(now, m.Heartbeat.Leads)
-			b, err := wire.Encode(&m)
+			b, err := n.heartbeatMessage(now)
 			if err != nil {
 				n.log.Error("encoding heartbeat", "err", err)
 				continue
@@ -482,4 +519,36 @@ func (n *Node) heartbeat() {
 			}
 		}
 	}
+}
+
+// maxHeartbeatSize bounds a heartbeat, its shard lists aside (those grow
+// with the shards of the spec only): the ready report takes what room is
+// left under it. A heartbeat goes to every recent client four times a
+// second, so it must stay small, and within one unfragmented datagram on
+// any path (IPv6 guarantees 1,280 bytes, headers included), with room to
+// spare for a sealing envelope: the loss of one fragment would lose it
+// whole.
+const maxHeartbeatSize = 1024
+
+// heartbeatMessage encodes the heartbeat of now: the node's load, which
+// shards it leads and follows, and as many of their ready topics as fit
+// in maxHeartbeatSize.
+func (n *Node) heartbeatMessage(now time.Time) ([]byte, error) {
+	m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.milli(now)}
+	m.Heartbeat.MapVersion = n.shardMap.Version
+	for _, id := range n.shardIDs() {
+		if n.replicas[id].isLeader() {
+			m.Heartbeat.Leads = append(m.Heartbeat.Leads, id)
+		} else {
+			m.Heartbeat.Follows = append(m.Heartbeat.Follows, id)
+		}
+	}
+	b, err := wire.Encode(&m)
+	if err != nil || len(m.Heartbeat.Leads) == 0 {
+		return b, err
+	}
+	if m.Heartbeat.Ready = n.readyReports(now, m.Heartbeat.Leads, maxHeartbeatSize-len(b)); len(m.Heartbeat.Ready) == 0 {
+		return b, nil
+	}
+	return wire.Encode(&m)
 }

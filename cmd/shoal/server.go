@@ -67,7 +67,8 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	<-ctx.Done() // SIGINT or SIGTERM
 	c := n.Counters()
 	log.Info("stopping: handing over leadership", "requests", c.Requests, "malformed", c.Malformed,
-		"busy", c.Busy, "joined", c.Joined)
+		"busy", c.Busy, "long_polls_refused", c.LongPollsRefused, "heartbeat_clients_evicted", c.HeartbeatClientsEvicted,
+		"joined", c.Joined)
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err = n.Shutdown(sctx)
