@@ -38,7 +38,7 @@ func TestHeartbeatsStaySmall(t *testing.T) {
 	}
 	enqueue("hot", 3)
 
-	rc := newRawClient(t, clientAddr(c, "n1"))
+	rc := newRawClient(t, c, clientAddr(c, "n1"))
 	rc.send(&wire.Message{Type: wire.TypeQuery, Op: wire.OpPing})
 	timeout := time.After(10 * time.Second)
 	for {
@@ -76,7 +76,7 @@ func TestHeartbeatClients(t *testing.T) {
 	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
 		Configure: func(cfg *server.Config) { cfg.MaxHeartbeatClients = 2 }})
 	n := c.Node("n1")
-	rcs := []*rawClient{newRawClient(t, clientAddr(c, "n1")), newRawClient(t, clientAddr(c, "n1")), newRawClient(t, clientAddr(c, "n1"))}
+	rcs := []*rawClient{newRawClient(t, c, clientAddr(c, "n1")), newRawClient(t, c, clientAddr(c, "n1")), newRawClient(t, c, clientAddr(c, "n1"))}
 	for _, tc := range []struct {
 		name string
 		m    wire.Message

@@ -53,7 +53,7 @@ type longPollFlood struct {
 	wg                      sync.WaitGroup
 }
 
-func floodLongPolls(t testing.TB, to string, senders, rate int, stop <-chan struct{}) *longPollFlood {
+func floodLongPolls(t testing.TB, c *servertest.Cluster, to string, senders, rate int, stop <-chan struct{}) *longPollFlood {
 	t.Helper()
 	addr, err := wire.ParseAddr(to)
 	if err != nil {
@@ -62,14 +62,14 @@ func floodLongPolls(t testing.TB, to string, senders, rate int, stop <-chan stru
 	f := &longPollFlood{}
 	interval := time.Second * time.Duration(senders) / time.Duration(rate)
 	for s := range senders {
-		u, err := wire.ListenUDP("127.0.0.1:0")
+		u, err := sealedSocket(c)
 		if err != nil {
 			t.Fatal(err)
 		}
 		f.wg.Add(2)
 		go func() {
 			defer f.wg.Done()
-			buf := make([]byte, wire.MaxDatagramSize)
+			buf := make([]byte, wire.MaxDatagramSize+1)
 			for {
 				n, _, _, err := u.Receive(buf)
 				if err != nil {
@@ -96,9 +96,10 @@ func floodLongPolls(t testing.TB, to string, senders, rate int, stop <-chan stru
 					return
 				case <-tick.C:
 				}
-				b, err := wire.Encode(&wire.Message{Type: wire.TypeQuery, TxID: uint64(i + 1), Op: wire.OpAcquire,
+				m := proven(wire.Message{Type: wire.TypeQuery, TxID: uint64(i + 1), Op: wire.OpAcquire,
 					Client: fmt.Sprintf("flood-%d-%d", s, i), Seq: 1, Timeout: time.Minute,
 					Args: wire.Args{Topic: "empty", Lease: time.Minute, Wait: time.Minute}})
+				b, err := wire.Encode(&m)
 				if err != nil {
 					t.Error(err)
 					return
@@ -147,13 +148,13 @@ func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 			break
 		}
 	}
-	rc := newRawClient(t, clientAddr(c, target.ID()))
+	rc := newRawClient(t, c, clientAddr(c, target.ID()))
 	var seq uint64
 	quiet := setGetLatencies(t, rc, "good", &seq, 100, func() bool { return false })
 
 	sessions := lead.ShardStats(0).Sessions
 	stop := make(chan struct{})
-	flood := floodLongPolls(t, clientAddr(c, target.ID()), 4, 1000, stop)
+	flood := floodLongPolls(t, c, clientAddr(c, target.ID()), 4, 1000, stop)
 	var peak atomic.Int64
 	sampled := make(chan struct{})
 	go func() {
@@ -219,7 +220,7 @@ func TestLongPollsHaveAPoolOfTheirOwn(t *testing.T) {
 			cfg.MaxInFlight, cfg.MaxLongPolls, cfg.MaxLongPollsPerClient = 1, 3, 2
 		}})
 	n := c.Node("n1")
-	rc := newRawClient(t, clientAddr(c, "n1"))
+	rc := newRawClient(t, c, clientAddr(c, "n1"))
 	longPoll := func(client string, seq uint64) uint64 {
 		return rc.send(&wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: client, Seq: seq, Timeout: 3 * time.Second,
 			Args: wire.Args{Topic: "none", Lease: time.Minute, Wait: 2 * time.Second}})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -21,13 +22,15 @@ type rawClient struct {
 	early      map[uint64]wire.Message // replies that came while awaiting others
 }
 
-func newRawClient(t testing.TB, to string) *rawClient {
+// newRawClient returns a rawClient of node address to of cluster c,
+// sealing with the cluster's secret.
+func newRawClient(t testing.TB, c *servertest.Cluster, to string) *rawClient {
 	t.Helper()
 	addr, err := wire.ParseAddr(to)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := wire.ListenUDP("127.0.0.1:0")
+	u, err := sealedSocket(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +38,7 @@ func newRawClient(t testing.TB, to string) *rawClient {
 		heartbeats: make(chan rawHeartbeat, 16), early: map[uint64]wire.Message{}}
 	go func() {
 		defer close(rc.done)
-		buf := make([]byte, wire.MaxDatagramSize)
+		buf := make([]byte, wire.MaxDatagramSize+1)
 		for {
 			n, _, _, err := u.Receive(buf)
 			if err != nil {
@@ -70,11 +73,15 @@ type rawHeartbeat struct {
 	size int
 }
 
-// send sends m under a new transaction id, which it returns.
+// send sends m under a new transaction id, which it returns. Like
+// rawRequest, it replaces a client name in m by a proven id.
 func (rc *rawClient) send(m *wire.Message) uint64 {
 	rc.t.Helper()
 	rc.tx++
 	m.TxID = rc.tx
+	if m.Client != "" && m.Proof == "" {
+		*m = proven(*m)
+	}
 	rc.resend(m)
 	return m.TxID
 }
@@ -125,4 +132,14 @@ func (rc *rawClient) do(m *wire.Message, resend time.Duration) (wire.Message, ti
 	}
 	rc.t.Fatalf("no reply to %s after 20 sends", m.Op)
 	return wire.Message{}, 0
+}
+
+// sealedSocket opens a UDP socket on 127.0.0.1 that seals with c's
+// secret, if it has one.
+func sealedSocket(c *servertest.Cluster) (wire.Transport, error) {
+	u, err := wire.ListenUDP("127.0.0.1:0")
+	if err != nil || c.Secret() == nil {
+		return u, err
+	}
+	return wire.Seal(u, c.Secret(), wire.ClientSide), nil
 }
