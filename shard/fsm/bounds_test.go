@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -306,4 +308,91 @@ func BenchmarkReadyTopics(b *testing.B) {
 			}
 		})
 	}
+}
+
+// checkTopics checks the invariants of the topics (topicQueue) and that
+// ReadyTopics agrees with a scan of every topic.
+func checkTopics(t *testing.T, f *FSM, now int64) {
+	t.Helper()
+	want := map[string]int{}
+	for name, q := range f.jobs.topics {
+		live := len(q.queued)+len(q.leased) > 0
+		if !live && len(q.dead) == 0 {
+			t.Fatalf("topic %s is held with no job", name)
+		}
+		if live != (q.at >= 0) || live && f.jobs.active[q.at] != q {
+			t.Fatalf("topic %s: live %v, at %d in the active heap", name, live, q.at)
+		}
+		if n := q.ready(now, 1000); n > 0 {
+			want[name] = n
+		}
+	}
+	h := f.jobs.active
+	for i := 1; i < len(h); i++ {
+		if h.Less(i, (i-1)/2) {
+			t.Fatalf("active heap out of order at %d", i)
+		}
+	}
+	got := f.ReadyTopics(now, 1000)
+	if len(got) != len(want) {
+		t.Fatalf("ReadyTopics = %v, a scan finds %v", got, want)
+	}
+	for name, n := range want {
+		if got[name] != n {
+			t.Fatalf("ReadyTopics = %v, a scan finds %v", got, want)
+		}
+	}
+}
+
+// The topics' invariants hold through random job ops, leader changes and
+// time passing.
+func TestTopicsStayConsistent(t *testing.T) {
+	a := newApplier(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var grants []Result
+	for i := range 5000 {
+		topic := fmt.Sprint("t", rng.IntN(40))
+		switch rng.IntN(10) {
+		case 0, 1, 2:
+			a.enqueue(fmt.Sprint("j", i), topic, func(o *Op) {
+				o.Delay = rng.Int64N(5 * sec)
+				o.MaxAttempts = 1 + rng.IntN(3)
+			})
+		case 3, 4:
+			if g := a.acquire(topic, "w", 1+rng.Int64N(3*sec)); g.Status == StatusOK {
+				grants = append(grants, g)
+			}
+		case 5, 6:
+			if len(grants) > 0 {
+				k := rng.IntN(len(grants))
+				kind := []Kind{KindComplete, KindFail, KindRelease, KindExtend}[rng.IntN(4)]
+				a.onJob(kind, grants[k], func(o *Op) { o.Lease = sec })
+				grants = slices.Delete(grants, k, k+1)
+			}
+		case 7:
+			a.one(Op{Kind: KindRequeue, JobID: fmt.Sprint("j", rng.IntN(i+1))})
+		case 8:
+			a.term++ // a new leader
+			a.one(Op{Kind: KindTick})
+		case 9:
+			a.now += rng.Int64N(2 * sec)
+		}
+		checkTopics(t, a.fsm, a.now)
+	}
+}
+
+// A new leader's grace moves the leases of many topics at once, past the
+// next jobs of others: the heap of topics stays in order.
+func TestTopicsInOrderAfterNewLeader(t *testing.T) {
+	a := newApplier(t)
+	for i := range 20 {
+		topic := fmt.Sprint("leased", i)
+		a.enqueue(topic, topic)
+		a.acquire(topic, "w", sec+int64(i)*sec/100)
+		a.enqueue(fmt.Sprint("later", i), fmt.Sprint("queued", i), func(o *Op) { o.Delay = sec + sec/2 + int64(i)*sec/100 })
+	}
+	checkTopics(t, a.fsm, a.now)
+	a.term++
+	a.one(Op{Kind: KindTick})
+	checkTopics(t, a.fsm, a.now)
 }

@@ -522,6 +522,7 @@ func (f *FSM) dropUnique(j *Job) {
 // leader adds the grace again: a shard that changes leader more often than
 // that keeps its leases live.)
 func (f *FSM) promote(before int64) {
+	moved := false
 	for _, q := range f.jobs.topics {
 		changed := false
 		for _, j := range q.leased {
@@ -532,8 +533,13 @@ func (f *FSM) promote(before int64) {
 		}
 		if changed {
 			heap.Init(&q.leased)
-			f.jobs.settle(q)
+			moved = true
 		}
+	}
+	// Many topics may have moved at once: the heap of them is rebuilt,
+	// not fixed one by one.
+	if moved {
+		heap.Init(&f.jobs.active)
 	}
 }
 
