@@ -43,9 +43,8 @@ var (
 	// topic or payload.
 	ErrJobExists = errors.New("shoal: another job has this id")
 	// ErrFull: the shard holds as many jobs (of every state, dead ones
-	// included) or schedules as it may (fsm.DefaultMaxJobs,
-	// fsm.DefaultMaxSchedules); nothing was stored. Room comes back as
-	// jobs complete and schedules stop.
+	// included: 100,000) or schedules (1,000) as it may; nothing was
+	// stored. Room comes back as jobs complete and schedules stop.
 	ErrFull = errors.New("shoal: shard full")
 	// ErrSessionExpired: a retried write reached a shard that has since
 	// forgotten this client's session (it keeps a bounded number, the

@@ -387,14 +387,19 @@ func (c *Client) Requeue(ctx context.Context, id string) error {
 // shard sees in it. Calling it again with the same topic and key updates
 // the schedule without making another job, so every worker process can
 // call it at start. An interval with no moment seen (the shard was down
-// throughout) gets no job.
+// throughout) gets no job. An interval under shard.MinScheduleInterval (a
+// second) fails with ErrInvalidArgument; a new schedule on a shard that
+// holds its most (1,000) with ErrFull. While the shard holds its most jobs,
+// intervals pass without one.
 func (c *Client) Every(ctx context.Context, topic, key string, interval time.Duration, payload []byte) error {
 	args := wire.Args{Topic: topic, Unique: key, Interval: interval, Value: string(payload)}
 	_, err := c.call(ctx, wire.OpEvery, args)
 	return err
 }
 
-// StopEvery removes the schedule of topic and key; jobs it made stay.
+// StopEvery deletes the schedule of topic and key; jobs it made stay. Made
+// again within an interval, the schedule makes that interval's job again
+// unless the job is still held.
 func (c *Client) StopEvery(ctx context.Context, topic, key string) error {
 	_, err := c.call(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key})
 	return err

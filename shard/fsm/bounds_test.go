@@ -91,7 +91,7 @@ func TestSessionKeepsNoPayload(t *testing.T) {
 	if g.Status != StatusOK || g.Payload != payload {
 		t.Fatalf("grant %+v", g.Status)
 	}
-	if kept := a.fsm.sessions.byClient["w"].results[1]; kept.Payload != "" || kept.Token != g.Token {
+	if kept := a.fsm.sessions.byClient["w"].results[1]; kept.Payload != "" || kept.Topic != "" || kept.Token != g.Token {
 		t.Errorf("session keeps %d bytes of payload, token %d", len(kept.Payload), kept.Token)
 	}
 	if r := a.one(op); r != g {

@@ -129,10 +129,10 @@ func (ss *sessions) expire(cutoff int64) {
 }
 
 // kept returns what a session keeps of res to answer a retry: all of it but
-// a job's payload, which can be up to 60 KiB and is read from the job again
-// when a retried acquire needs it (recall).
+// a job's payload and topic, up to 60 KiB and 1 KiB, which are read from
+// the job again when a retried acquire needs them (recall).
 func kept(res Result) Result {
-	res.Payload = ""
+	res.Payload, res.Topic = "", ""
 	return res
 }
 
@@ -149,6 +149,6 @@ func (f *FSM) recall(op *Op, res Result) Result {
 	if j == nil || j.state != stateLeased || j.Token != res.Token {
 		return Result{Status: StatusEmpty}
 	}
-	res.Payload = j.Payload
+	res.Payload, res.Topic = j.Payload, j.Topic
 	return res
 }
