@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackpal/bencode-go"
 	"github.com/shoal-kv/shoal/shard"
 )
 
@@ -395,4 +396,37 @@ func TestTopicsInOrderAfterNewLeader(t *testing.T) {
 	a.term++
 	a.one(Op{Kind: KindTick})
 	checkTopics(t, a.fsm, a.now)
+}
+
+// A snapshot of format 1 restores: its sessions, which it wrote in client
+// order without their order of idleness, go back in the order they were
+// last seen, and its stopped schedules are dropped.
+func TestRestoreFormat1(t *testing.T) {
+	var b bytes.Buffer
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	records := []any{
+		snapshotHeader{Format: 1, Applied: 7, Clock: now, Term: 1, Sessions: 3, Schedules: 2},
+		sessionRecord{Client: "a", Floor: 1, LastSeen: now - 1},
+		sessionRecord{Client: "b", Floor: 1, LastSeen: now - 3},
+		sessionRecord{Client: "c", Floor: 1, LastSeen: now - 2},
+		scheduleRecord{Topic: "cron", Key: "on", Interval: 60 * sec, Last: now / (60 * sec)},
+		scheduleRecord{Topic: "cron", Key: "off", Interval: 60 * sec, Last: now / (60 * sec), Stopped: 1},
+	}
+	for _, r := range records {
+		if err := bencode.Marshal(&b, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := New(Config{MaxSessions: 3})
+	if err := f.Restore(io.NopCloser(&b)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.jobs.schedules[shard.JobKey("cron", "off")]; ok || len(f.jobs.schedules) != 1 {
+		t.Errorf("schedules after restore: %v", f.jobs.schedules)
+	}
+	a := &applier{t: t, fsm: f, index: f.Applied(), term: 1, now: now}
+	a.one(Op{Kind: KindSet, Client: "d", Seq: 1, Ack: 1, Key: "k"})
+	if _, ok := f.sessions.byClient["b"]; ok || f.Stats().Sessions != 3 {
+		t.Errorf("sessions %v: want b, seen longest ago, forgotten", f.sessions.byClient)
+	}
 }
