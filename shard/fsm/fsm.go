@@ -9,8 +9,9 @@ import (
 )
 
 // DefaultSessionTTL is how long the state machine remembers a client that
-// has stopped writing. A retry older than this may be applied a second time,
-// so it must be far longer than any client's retry budget.
+// has stopped writing. A retry older than this is refused with
+// StatusSessionExpired; it should be far longer than any client's retry
+// budget.
 const DefaultSessionTTL = time.Hour
 
 // Entry is a stored value and its version. Versions come from a per-shard
