@@ -525,7 +525,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if attempt > 0 {
 			// A retry says how old it is: a shard that forgot sessions
 			// since refuses it rather than apply it twice.
-			m.Age = min(max(time.Since(begin), time.Millisecond), wire.MaxTimeout)
+			m.Age = min(max(time.Since(begin), time.Millisecond), wire.MaxDuration)
 		}
 		b, err := wire.Encode(&m)
 		if err != nil {

@@ -131,7 +131,7 @@ func Decode(b []byte) (m Message, err error) {
 		m.Client = f.str("c", false)
 		m.Seq = f.uint("s", false)
 		m.Ack = f.uint("k", false)
-		m.Age = f.millis("g", MaxTimeout)
+		m.Age = f.millis("g", MaxDuration)
 		m.Timeout = f.millis("w", MaxTimeout)
 		if a, ok := f.dict("a"); ok {
 			m.Args = decodeArgs(a)
