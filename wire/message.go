@@ -202,7 +202,8 @@ const (
 	MaxElements = 8192
 	// MaxTimeout bounds Message.Timeout.
 	MaxTimeout = time.Hour
-	// MaxDuration bounds the durations in Args: leases, delays, intervals.
+	// MaxDuration bounds the durations in Args (leases, delays,
+	// intervals) and Message.Age.
 	MaxDuration = 365 * 24 * time.Hour
 	// JobInfoOverhead bounds what the encoding of a JobInfo in a list adds
 	// to the lengths of its strings (keys, length prefixes, integers), and
