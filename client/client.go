@@ -550,6 +550,11 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			Type: wire.TypeQuery, TxID: tx, Op: op,
 			Client: c.id, Proof: c.proof, Seq: seq, Ack: c.seq.floor(), Timeout: budget, Args: args,
 		}
+		if attempt > 0 {
+			// A retry says how old it is: a shard that forgot sessions
+			// since refuses it rather than apply it twice.
+			m.Age = min(max(time.Since(begin), time.Millisecond), wire.MaxDuration)
+		}
 		b, err := wire.Encode(&m)
 		if err != nil {
 			return wire.Message{}, err

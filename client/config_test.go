@@ -58,7 +58,8 @@ func TestConfigValidate(t *testing.T) {
 // no other.
 func TestErrorMatchesItsSentinelOnly(t *testing.T) {
 	sentinels := []error{ErrNotFound, ErrVersionConflict, ErrUnavailable, ErrValueTooLarge, ErrInvalidKey,
-		ErrInvalidArgument, ErrTooManyPending, ErrLeaseLost, ErrNoJob, ErrWrongState, ErrJobExists, ErrForbidden, ErrClosed}
+		ErrInvalidArgument, ErrTooManyPending, ErrLeaseLost, ErrNoJob, ErrWrongState, ErrJobExists, ErrFull,
+		ErrSessionExpired, ErrForbidden, ErrClosed}
 	for code, want := range codeErrors {
 		e := &Error{Code: code}
 		for _, s := range sentinels {

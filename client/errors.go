@@ -27,7 +27,8 @@ var (
 	// shard.MaxKeySize, or a topic with a NUL in it.
 	ErrInvalidKey = errors.New("shoal: invalid key")
 	// ErrInvalidArgument: an argument out of its range other than a key
-	// or value: a lease or interval under a millisecond, say.
+	// or value: a lease under a millisecond, or a schedule's interval
+	// under shard.MinScheduleInterval (a second), say.
 	ErrInvalidArgument = errors.New("shoal: invalid argument")
 	// ErrTooManyPending: the client has too many writes without a reply.
 	ErrTooManyPending = errors.New("shoal: too many unacknowledged writes")
@@ -47,6 +48,16 @@ var (
 	// ErrAuth: no cluster secret was found, or it is malformed or not
 	// the cluster's; its text says "authentication failed".
 	ErrAuth = wire.ErrAuth
+	// ErrFull: the shard holds as many jobs (of every state, dead ones
+	// included: 100,000) or schedules (1,000) as it may; nothing was
+	// stored. Room comes back as jobs complete and schedules stop.
+	ErrFull = errors.New("shoal: shard full")
+	// ErrSessionExpired: a retried write reached a shard that has since
+	// forgotten this client's session (it keeps a bounded number, the
+	// idle longest going first), so it could not tell whether an earlier
+	// attempt was applied, and refused it. The write may or may not have
+	// been applied: settle it like ErrUnavailable.
+	ErrSessionExpired = errors.New("shoal: session expired")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("shoal: client closed")
 )
@@ -65,6 +76,8 @@ var codeErrors = map[wire.Code]error{
 	wire.CodeWrongState:      ErrWrongState,
 	wire.CodeJobExists:       ErrJobExists,
 	wire.CodeForbidden:       ErrForbidden,
+	wire.CodeFull:            ErrFull,
+	wire.CodeSessionExpired:  ErrSessionExpired,
 }
 
 // Error is an error reply from a node.

@@ -280,7 +280,7 @@ func TestSilentNodeIsSkipped(t *testing.T) {
 }
 
 // A lost request is retried with the same client id and sequence number,
-// under a new transaction id.
+// under a new transaction id, with its age.
 func TestRetryKeepsSequenceNumber(t *testing.T) {
 	fc := newFakeCluster(t, 1) // the retry reaches the node that ignored the first attempt
 	for _, f := range fc.nodes {
@@ -308,6 +308,11 @@ func TestRetryKeepsSequenceNumber(t *testing.T) {
 	}
 	if sets[0].TxID == sets[1].TxID {
 		t.Error("both attempts used one transaction id")
+	}
+	// The retry says how long ago the request began; the first attempt
+	// says nothing.
+	if sets[0].Age != 0 || sets[1].Age < DefaultMinAttemptTimeout {
+		t.Errorf("attempts carry ages %v and %v; want 0, then at least %v", sets[0].Age, sets[1].Age, DefaultMinAttemptTimeout)
 	}
 	if sets[0].Ack > sets[0].Seq {
 		t.Errorf("ack %d above the request's own sequence number %d", sets[0].Ack, sets[0].Seq)
@@ -398,6 +403,12 @@ func TestRejectsBadKeysAndValues(t *testing.T) {
 	}
 	if err := c.Every(ctx, "t\x00", "k", time.Second, nil); !errors.Is(err, ErrInvalidKey) {
 		t.Errorf("a topic with NUL: %v", err)
+	}
+	if err := c.Every(ctx, "t", "k", shard.MinScheduleInterval-time.Millisecond, nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("an interval under a second: %v", err)
+	}
+	if _, err := c.Enqueue(ctx, "t", nil, EnqueueOptions{Key: string(make([]byte, shard.MaxKeySize+1))}); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("a uniqueness key over %d bytes: %v", shard.MaxKeySize, err)
 	}
 	if c.Counters().Requests != 1 { // only New's topology request
 		t.Errorf("invalid calls reached the network: %+v", c.Counters())

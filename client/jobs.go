@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -388,14 +389,19 @@ func (c *Client) Requeue(ctx context.Context, id string) error {
 // shard sees in it. Calling it again with the same topic and key updates
 // the schedule without making another job, so every worker process can
 // call it at start. An interval with no moment seen (the shard was down
-// throughout) gets no job.
+// throughout) gets no job. An interval under shard.MinScheduleInterval (a
+// second) fails with ErrInvalidArgument; a new schedule on a shard that
+// holds its most (1,000) with ErrFull. While the shard holds its most jobs,
+// intervals pass without one.
 func (c *Client) Every(ctx context.Context, topic, key string, interval time.Duration, payload []byte) error {
 	args := wire.Args{Topic: topic, Unique: key, Interval: interval, Value: string(payload)}
 	_, err := c.call(ctx, wire.OpEvery, args)
 	return err
 }
 
-// StopEvery removes the schedule of topic and key; jobs it made stay.
+// StopEvery deletes the schedule of topic and key; jobs it made stay. Made
+// again within an interval, the schedule makes that interval's job again
+// unless the job is still held.
 func (c *Client) StopEvery(ctx context.Context, topic, key string) error {
 	_, err := c.call(ctx, wire.OpUnevery, wire.Args{Topic: topic, Unique: key})
 	return err
@@ -449,22 +455,77 @@ func (c *Client) Stats(ctx context.Context, topic string) (JobCounts, error) {
 	return t, nil
 }
 
-// DeadJobs lists up to limit (at most 100 per shard) of topic's dead jobs.
-func (c *Client) DeadJobs(ctx context.Context, topic string, limit int) ([]DeadJob, error) {
-	replies, err := c.perShard(ctx, wire.OpDeadJobs, wire.Args{Topic: topic, Limit: limit})
-	if err != nil {
-		return nil, err
+// DeadJobCursor is where a listing of dead jobs goes on: a shard, and the
+// position in its listing. The zero value starts a listing.
+type DeadJobCursor struct {
+	Shard shard.ID
+	After uint64
+}
+
+// DeadJobPage is one page of a listing of a topic's dead jobs.
+type DeadJobPage struct {
+	Jobs []DeadJob
+	// Next is where the listing goes on; nil after its last page.
+	Next *DeadJobCursor
+}
+
+// DeadJobs lists a page of topic's dead jobs from cursor (the zero cursor
+// for the first page): the next of one shard's dead jobs, in the order
+// they were enqueued, as many as one reply datagram carries (at most 100;
+// of 40 KiB payloads, one). Shards are listed one after another in the
+// order of their ids; a shard without dead jobs is passed over within the
+// call. Page on with the page's Next until it is nil, requeueing as you
+// go if you like: a requeued job leaves the listing without moving it.
+func (c *Client) DeadJobs(ctx context.Context, topic string, cursor DeadJobCursor) (DeadJobPage, error) {
+	args := wire.Args{Topic: topic, Limit: 100, Shards: []shard.ID{cursor.Shard}}
+	if err := checkArgs(wire.OpDeadJobs, &args); err != nil {
+		return DeadJobPage{}, err
 	}
-	var out []DeadJob
-	for _, r := range replies {
-		for _, j := range r.Result.Jobs {
-			if len(out) == limit {
-				return out, nil
-			}
-			out = append(out, DeadJob{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempts: j.Attempt, LastError: j.LastError})
+	if err := c.enter(); err != nil {
+		return DeadJobPage{}, err
+	}
+	defer c.calls.Done()
+	cur := cursor
+	for {
+		ids := c.shardIDs()
+		i := slices.IndexFunc(ids, func(id shard.ID) bool { return id >= cur.Shard })
+		if i < 0 {
+			return DeadJobPage{}, nil
 		}
+		if ids[i] != cur.Shard { // the shard went away; go on with the next
+			cur = DeadJobCursor{Shard: ids[i]}
+		}
+		args.Shards, args.After = []shard.ID{cur.Shard}, cur.After
+		r, err := c.do(ctx, wire.OpDeadJobs, args, c.routeShard(cur.Shard), c.cfg.Attempts, 0)
+		if err != nil {
+			return DeadJobPage{}, err
+		}
+		var page DeadJobPage
+		for _, j := range r.Result.Jobs {
+			page.Jobs = append(page.Jobs, DeadJob{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempts: j.Attempt, LastError: j.LastError})
+		}
+		switch {
+		case r.Result.Next != 0:
+			page.Next = &DeadJobCursor{Shard: cur.Shard, After: r.Result.Next}
+		case i+1 < len(ids):
+			page.Next = &DeadJobCursor{Shard: ids[i+1]}
+		}
+		if len(page.Jobs) > 0 || page.Next == nil {
+			return page, nil
+		}
+		cur = *page.Next
 	}
-	return out, nil
+}
+
+// shardIDs returns the ids of the shards of the client's map, in order.
+func (c *Client) shardIDs() []shard.ID {
+	shards := c.view.Load().smap.Shards
+	ids := make([]shard.ID, len(shards))
+	for i, s := range shards {
+		ids[i] = s.ID
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // randomID returns 8 random bytes in hex, from the system's secure source.

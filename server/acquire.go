@@ -80,7 +80,10 @@ func (p *longPolls) count() int {
 // job on another shard, and the client would take only one of them. A run
 // that failed (its outcome unknown) is not remembered as an answer: the
 // retry runs again, first on the shard the failed run proposed on, whose
-// session answers with the grant if the proposal took.
+// session answers with the grant if the proposal took. Nor is a grant,
+// whose payload may be 60 KiB: a retry after it runs again first on the
+// shard that granted it, whose session answers with the same grant, the
+// payload read from the job (see fsm.FSM.Apply's sessions).
 type acquireFlights struct {
 	mu      sync.Mutex
 	flights map[string]*acquireFlight
@@ -89,8 +92,9 @@ type acquireFlights struct {
 
 type acquireFlight struct {
 	done  chan struct{}
-	reply *wire.Message // nil: the run failed
-	// open is the replica of the shard the failed run had proposed on.
+	reply *wire.Message // nil: the run failed, or granted a job
+	// open is the replica of the shard the failed run had proposed on,
+	// or that granted the job.
 	open  *replica
 	ended time.Time
 }
@@ -121,9 +125,16 @@ func (a *acquireFlights) join(key string, now time.Time) (f *acquireFlight, run 
 	return f, true, open
 }
 
-func (a *acquireFlights) finish(f *acquireFlight, reply *wire.Message, open *replica, now time.Time) {
+// finish ends flight f of key with reply, nil if the run failed after
+// proposing on open. Requests that joined f get reply; a grant's reply is
+// not kept for later ones, which run again, first on open, the granting
+// shard.
+func (a *acquireFlights) finish(key string, f *acquireFlight, reply *wire.Message, open *replica, now time.Time) {
 	a.mu.Lock()
 	f.reply, f.open, f.ended = reply, open, now
+	if reply != nil && reply.Result.Job != nil {
+		a.flights[key] = &acquireFlight{done: f.done, open: open, ended: now}
+	}
 	a.mu.Unlock()
 	close(f.done)
 }
@@ -143,8 +154,12 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 			reps = append(reps, n.replicas[id])
 		}
 	}
+	// Each shard named is asked once (wire.CheckArgs bounds how many are
+	// named).
+	named := make(map[shard.ID]bool, len(a.Shards))
 	for _, id := range a.Shards {
-		if rep := n.replicas[id]; rep != nil {
+		if rep := n.replicas[id]; rep != nil && !named[id] {
+			named[id] = true
 			reps = append(reps, rep)
 		}
 	}
@@ -164,19 +179,19 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 			return errorReply(wire.CodeUnavailable, "acquire still running")
 		}
 	}
-	reply, failed := n.runAcquire(ctx, m, reps, open)
-	if failed != nil {
-		n.acquires.finish(f, nil, failed, time.Now())
+	reply, proposed, failed := n.runAcquire(ctx, m, reps, open)
+	if failed {
+		n.acquires.finish(key, f, nil, proposed, time.Now())
 	} else {
-		n.acquires.finish(f, reply, nil, time.Now())
+		n.acquires.finish(key, f, reply, proposed, time.Now())
 	}
 	return reply
 }
 
-// runAcquire does the work of acquire. If it fails after proposing on a
-// shard, it returns that shard's replica as failed: whether the proposal
-// took is unknown.
-func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (*wire.Message, *replica) {
+// runAcquire does the work of acquire. It returns the replica of the shard
+// that answered, if one did; if it fails after proposing on a shard, that
+// shard's replica, and failed: whether the proposal took is unknown.
+func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (reply *wire.Message, proposed *replica, failed bool) {
 	a := &m.Args
 	op := stateOp(m)
 	// Answer before the client gives up on this attempt.
@@ -232,15 +247,15 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 			res, err := n.writeResult(actx, rep, op)
 			cancel()
 			if err != nil {
-				return leaderErrorReply(actx, rep.id, err), rep
+				return leaderErrorReply(actx, rep.id, err), rep, true
 			}
 			if res.Status != fsm.StatusEmpty {
-				return writeReply(res), nil
+				return writeReply(res), rep, false
 			}
 			emptyAt[rep.id] = res.Index
 		}
 		if !now.Before(until) {
-			return resultReply(wire.Result{}), nil
+			return resultReply(wire.Result{}), nil, false
 		}
 		if len(cands)+len(unseen) == 0 {
 			// A shard whose leader says a job is ready is asked again.

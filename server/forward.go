@@ -64,11 +64,15 @@ type ForwardReply struct {
 }
 
 // JobRead is a job read forwarded to a shard's leader: the topic's job
-// counts, or with Dead set, up to Limit of its dead jobs.
+// counts, or with Dead set, a page of its dead jobs: those after After, up
+// to Limit, and as many as a reply of Bytes (a datagram less what the
+// asking node adds) can carry.
 type JobRead struct {
 	Topic string
 	Dead  bool
 	Limit int
+	After uint64
+	Bytes int
 }
 
 // errRetry marks failures after which the request may be retried with the

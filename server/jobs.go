@@ -11,7 +11,8 @@ import (
 	"github.com/shoal-kv/shoal/wire"
 )
 
-// maxDeadListing bounds a dead-job listing.
+// maxDeadListing bounds the jobs of a page of a dead-job listing, which
+// also takes no more than fits one datagram.
 const maxDeadListing = 100
 
 // jobRead answers the job reads, stats and dead listings, for one shard,
@@ -23,7 +24,8 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	if bad != nil {
 		return bad
 	}
-	jr := JobRead{Topic: a.Topic, Dead: m.Op == wire.OpDeadJobs, Limit: a.Limit}
+	jr := JobRead{Topic: a.Topic, Dead: m.Op == wire.OpDeadJobs, Limit: a.Limit, After: a.After,
+		Bytes: wire.MaxDatagramSize - wire.ReplyOverhead - len(n.id)}
 	var res wire.Result
 	err := n.viaLeader(ctx, rep,
 		func() error {
@@ -62,14 +64,29 @@ func readJobs(rep *replica, jr JobRead) wire.Result {
 	if limit <= 0 || limit > maxDeadListing {
 		limit = maxDeadListing
 	}
-	var jobs []wire.JobInfo
-	for _, j := range rep.fsm.DeadJobs(jr.Topic, limit) {
-		jobs = append(jobs, wire.JobInfo{
+	// The page takes the jobs that fit the reply; the first one always
+	// does (a payload and names at their limits fit a datagram).
+	used := 0
+	fits := func(j *fsm.Job) bool {
+		size := len(j.ID) + len(j.Topic) + len(j.Payload) + len(j.LastError) + len(fsm.JobDead) + wire.JobInfoOverhead
+		if used > 0 && used+size > jr.Bytes {
+			return false
+		}
+		used += size
+		return true
+	}
+	dead, more := rep.fsm.DeadJobs(jr.Topic, jr.After, limit, fits)
+	res := wire.Result{Jobs: make([]wire.JobInfo, 0, len(dead))}
+	for _, j := range dead {
+		res.Jobs = append(res.Jobs, wire.JobInfo{
 			ID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, State: string(fsm.JobDead),
 			MaxAttempts: j.MaxAttempts, LastError: j.LastError,
 		})
 	}
-	return wire.Result{Jobs: jobs}
+	if more && len(dead) > 0 {
+		res.Next = dead[len(dead)-1].Seq
+	}
+	return res
 }
 
 // readyReports lists, for the shards leads (those this node leads), topics

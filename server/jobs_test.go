@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -47,8 +48,10 @@ func TestJobRoundTrip(t *testing.T) {
 	if err := cl.Complete(ctx, j); !errors.Is(err, client.ErrLeaseLost) {
 		t.Errorf("a second Complete: %v, want ErrLeaseLost", err)
 	}
+	// The topic, left without jobs, is forgotten with its count of
+	// completions.
 	st, err = cl.Stats(ctx, "mail")
-	if err != nil || st != (client.JobCounts{Done: 1}) {
+	if err != nil || st != (client.JobCounts{}) {
 		t.Errorf("stats after completion: %+v, %v", st, err)
 	}
 	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -132,9 +135,10 @@ func TestDelayedFailedAndDeadJobs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dead, err := cl.DeadJobs(ctx, "flaky", 10)
+	page, err := cl.DeadJobs(ctx, "flaky", client.DeadJobCursor{})
+	dead := page.Jobs
 	if err != nil || len(dead) != 1 || dead[0].ID != id || dead[0].LastError != "broke 2" || dead[0].Attempts != 2 {
-		t.Fatalf("dead jobs %+v, %v", dead, err)
+		t.Fatalf("dead jobs %+v, %v", page, err)
 	}
 	if st, _ := cl.Stats(ctx, "flaky"); st.Dead != 1 || st.Ready+st.Scheduled != 0 {
 		t.Errorf("stats %+v", st)
@@ -519,5 +523,55 @@ func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
 	waitReady(t, c)
 	if err := cl.Complete(ctx, j); !errors.Is(err, client.ErrLeaseLost) {
 		t.Errorf("Complete on a lease that ran out before the leader changed: %v, want ErrLeaseLost", err)
+	}
+}
+
+// Dead jobs list in pages that fit a datagram: ten dead jobs of 40 KiB on
+// one shard, one to a page, can all be found and requeued.
+func TestDeadJobsPageThroughLargePayloads(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	cl := newClient(t, c, client.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	payload := bytes.Repeat([]byte("x"), 40<<10)
+	want := map[string]bool{}
+	for range 10 {
+		id, err := cl.Enqueue(ctx, "big", payload, client.EnqueueOptions{MaxAttempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[id] = true
+		j, err := cl.Acquire(ctx, "big", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.Fail(ctx, j, "too big to list"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages, listed := 0, 0
+	for cur := (&client.DeadJobCursor{}); cur != nil; {
+		page, err := cl.DeadJobs(ctx, "big", *cur)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		pages++
+		for _, d := range page.Jobs {
+			if !want[d.ID] || !bytes.Equal(d.Payload, payload) {
+				t.Fatalf("listed %s (%d bytes), not one of the dead jobs", d.ID, len(d.Payload))
+			}
+			if err := cl.Requeue(ctx, d.ID); err != nil {
+				t.Fatalf("requeue %s: %v", d.ID, err)
+			}
+			delete(want, d.ID)
+			listed++
+		}
+		cur = page.Next
+	}
+	if listed != 10 || len(want) != 0 || pages < 10 {
+		t.Errorf("listed and requeued %d of 10 in %d pages; left %v", listed, pages, want)
+	}
+	if st, err := cl.Stats(ctx, "big"); err != nil || st.Dead != 0 || st.Ready != 10 {
+		t.Errorf("stats after requeueing: %+v, %v", st, err)
 	}
 }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"time"
+
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
@@ -27,10 +29,13 @@ var commandKinds = map[wire.Op]fsm.Kind{
 // stateOp returns the state machine op of query m, whose op must be in
 // commandKinds and whose arguments passed wire.CheckQuery. It carries only
 // the arguments of its kind, so what else a query holds stays out of the
-// raft log.
+// raft log. A retry carries when it began, by this node's clock.
 func stateOp(m *wire.Message) fsm.Op {
 	a := &m.Args
 	op := fsm.Op{Kind: commandKinds[m.Op], Client: m.Client, Seq: m.Seq, Ack: m.Ack}
+	if m.Age > 0 {
+		op.Began = time.Now().Add(-m.Age).UnixNano()
+	}
 	switch op.Kind {
 	case fsm.KindSet, fsm.KindCompareAndSet:
 		op.Key, op.Value, op.Version = a.Key, a.Value, a.Version

@@ -2,6 +2,7 @@ package server
 
 import (
 	"testing"
+	"time"
 
 	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
@@ -38,7 +39,7 @@ func TestCommandKindsCoverTheMutatingOps(t *testing.T) {
 // acquire are not errors.
 func TestOutcomesCoverTheStatuses(t *testing.T) {
 	codes := map[wire.Code]fsm.Status{}
-	for s := fsm.StatusOK; s <= fsm.StatusJobExists; s++ { // StatusJobExists is the last
+	for s := fsm.StatusOK; s <= fsm.StatusSessionExpired; s++ { // StatusSessionExpired is the last
 		o, ok := outcomes[s]
 		if want := s != fsm.StatusOK && s != fsm.StatusEmpty; ok != want {
 			t.Errorf("status %d: in the table %v, want %v", s, ok, want)
@@ -54,5 +55,21 @@ func TestOutcomesCoverTheStatuses(t *testing.T) {
 	}
 	if r := writeReply(fsm.Result{Status: fsm.StatusConflict, Version: 7}); r.Err.Code != wire.CodeVersionConflict || r.Result.Version != 7 {
 		t.Errorf("a conflict's reply %+v %+v, want code 409 with the key's version", r.Err, r.Result)
+	}
+}
+
+// A retry's state machine op says when the request began, by this node's
+// clock, from the age the client gives; a first attempt's says nothing.
+func TestStateOpCarriesARetrysBeginning(t *testing.T) {
+	m := &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: 2, Args: wire.Args{Key: "k"}}
+	if op := stateOp(m); op.Began != 0 {
+		t.Errorf("a first attempt began at %d, want 0", op.Began)
+	}
+	m.Age = 3 * time.Second
+	before := time.Now()
+	op := stateOp(m)
+	if began := time.Unix(0, op.Began); began.After(before.Add(-m.Age)) && began.Sub(before.Add(-m.Age)) > time.Second ||
+		began.Before(before.Add(-m.Age)) {
+		t.Errorf("a retry of age %v at %v began at %v", m.Age, before, began)
 	}
 }

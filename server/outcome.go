@@ -31,6 +31,9 @@ var outcomes = map[fsm.Status]statusReply{
 	fsm.StatusLeaseLost:      {wire.CodeLeaseLost, "lease lost: the token is not the job's live lease"},
 	fsm.StatusWrongState:     {wire.CodeWrongState, "the job is not in the state the op needs"},
 	fsm.StatusJobExists:      {wire.CodeJobExists, "another job has this id"},
+	fsm.StatusFull:           {wire.CodeFull, "the shard is full: it holds its most jobs or schedules"},
+	fsm.StatusSessionExpired: {wire.CodeSessionExpired,
+		"session expired: the shard forgot the session of this retry, which may or may not have been applied"},
 }
 
 // writeReply answers a write with the state machine's result: the key's

@@ -3,7 +3,12 @@ package shard
 import (
 	"fmt"
 	"strconv"
+	"time"
 )
+
+// MinScheduleInterval is the shortest interval of a schedule: a schedule
+// makes at most one job a second, which the shard keeps until it is done.
+const MinScheduleInterval = time.Second
 
 // JobSlot returns the slot a job id routes to: ids made by NewJobID carry
 // it; any other id hashes like a key.
@@ -35,6 +40,7 @@ func JobKeySlot(topic, key string) int { return KeySlot(JobKey(topic, key)) }
 // reports them.
 type JobCounts struct {
 	Scheduled, Ready, Leased, Dead int
-	// Done counts completions over the shard's history.
+	// Done counts completions since the topic last held no job on the
+	// shard: a shard forgets a topic left without jobs.
 	Done uint64
 }

@@ -106,6 +106,7 @@ func optDict[T any](b []byte, key string, v T, fill func([]byte, T) []byte) []by
 
 // appendArgs appends a query's arguments, without the dict's delimiters.
 func appendArgs(b []byte, a *Args) []byte {
+	b = optUint(b, "af", a.After)
 	b = optTime(b, "at", a.RunAt)
 	b = optMillis(b, "bo", a.Backoff)
 	b = optMillis(b, "dl", a.Delay)
@@ -152,6 +153,7 @@ func appendResult(b []byte, r *Result) []byte {
 		b = append(b, 'e')
 	}
 	b = optUint(b, "n", r.Version)
+	b = optUint(b, "nx", r.Next)
 	if s := r.Status; s != nil {
 		b = append(appendBytes(b, "st"), 'd')
 		b = putStr(b, "i", s.ID)

@@ -23,8 +23,8 @@ var (
 
 // Encode serializes m as a bencoded dict. Keys follow KRPC where it has one:
 // t transaction id, y type, q op, a arguments, r result, e [code, message].
-// shoal adds c client, s sequence, k ack, w timeout in milliseconds, n node,
-// l activity and h heartbeat.
+// shoal adds c client, s sequence, k ack, g age and w timeout in
+// milliseconds, n node, l activity and h heartbeat.
 func Encode(m *Message) ([]byte, error) {
 	b, err := appendMessage(make([]byte, 0, 256), m)
 	if err != nil {
@@ -43,6 +43,7 @@ func appendMessage(b []byte, m *Message) ([]byte, error) {
 	case TypeQuery:
 		b = optDict(b, "a", &m.Args, appendArgs)
 		b = optStr(b, "c", m.Client)
+		b = optMillis(b, "g", m.Age)
 		b = optUint(b, "k", m.Ack)
 		b = optStr(b, "p", m.Proof)
 		b = putStr(b, "q", string(m.Op))
@@ -132,6 +133,7 @@ func Decode(b []byte) (m Message, err error) {
 		m.Proof = f.str("p", false)
 		m.Seq = f.uint("s", false)
 		m.Ack = f.uint("k", false)
+		m.Age = f.millis("g", MaxDuration)
 		m.Timeout = f.millis("w", MaxTimeout)
 		if a, ok := f.dict("a"); ok {
 			m.Args = decodeArgs(a)
@@ -224,6 +226,7 @@ func decodeArgs(a fields) Args {
 		Shards:      shardIDs(a, "sh"),
 		Wait:        a.millis("wt", MaxDuration),
 		Limit:       int(a.uint32("lm", false)),
+		After:       a.uint("af", false),
 	}
 }
 
@@ -260,7 +263,7 @@ func decodeError(f fields) *Error {
 }
 
 func decodeResult(r fields) Result {
-	res := Result{Value: r.str("v", false), Version: r.uint("n", false)}
+	res := Result{Value: r.str("v", false), Version: r.uint("n", false), Next: r.uint("nx", false)}
 	if t, ok := r.dict("tp"); ok {
 		topo := &Topology{}
 		for i, n := range t.list("n", true) {

@@ -30,6 +30,10 @@ func sampleMessages(t testing.TB) map[string]*Message {
 	reply := func(r Result) *Message {
 		return &Message{Type: TypeResponse, TxID: 42, Node: "n2", Activity: 130, Result: r}
 	}
+	retry := func(m *Message, age time.Duration) *Message {
+		m.Age = age
+		return m
+	}
 	return map[string]*Message{
 		"get":          query(OpGet, Args{Key: "hello"}),
 		"get stale":    query(OpGet, Args{Key: "hello", Stale: true}),
@@ -65,10 +69,11 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		"extend":  query(OpExtend, Args{JobID: "j0a3.5f2c", Token: 77, Lease: time.Minute}),
 		"fail":    query(OpFail, Args{JobID: "j0a3.5f2c", Token: 77, Reason: "timeout talking to smtp"}),
 		"every":   query(OpEvery, Args{Topic: "cron", Unique: "cleanup", Interval: time.Hour, Value: "p", MaxAttempts: 3}),
-		"dead":    query(OpDeadJobs, Args{Topic: "mail", Shards: []shard.ID{2}, Limit: 100}),
+		"dead":    query(OpDeadJobs, Args{Topic: "mail", Shards: []shard.ID{2}, Limit: 100, After: 41}),
+		"retry":   retry(query(OpSet, Args{Key: "k", Value: "v"}), 1500*time.Millisecond),
 		"grant": reply(Result{Job: &JobInfo{ID: "j0a3.5f2c", Topic: "mail", Payload: "payload\x00", Attempt: 2,
 			Token: 77, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
-		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}}),
+		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}, Next: 12}),
 		"no dead jobs": reply(Result{Jobs: []JobInfo{}}),
 		"counts":       reply(Result{Counts: &shard.JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
 		"every result field": reply(Result{Value: "v", Version: 3,
@@ -275,5 +280,33 @@ func TestEncodeIsCanonical(t *testing.T) {
 		if !bytes.Equal(ours, theirs.Bytes()) {
 			t.Errorf("%s:\n ours   %q\n theirs %q", name, ours, theirs.Bytes())
 		}
+	}
+}
+
+// A dead-job listing sized by JobInfoOverhead and ReplyOverhead encodes
+// within MaxDatagramSize, also for one job of the largest payload and names
+// with every integer at its widest.
+func TestJobListingOverheads(t *testing.T) {
+	name := strings.Repeat("n", shard.MaxKeySize)
+	job := JobInfo{ID: name, Topic: name, Payload: strings.Repeat("p", shard.MaxValueSize), LastError: name,
+		State: "dead", Attempt: 1<<31 - 1, MaxAttempts: 1<<31 - 1, Token: 1<<64 - 1, Deadline: time.UnixMilli(-1 << 62)}
+	size := func(j *JobInfo) int {
+		return len(j.ID) + len(j.Topic) + len(j.Payload) + len(j.LastError) + len(j.State)
+	}
+	node := "node-with-an-id-of-some-length"
+	m := Message{Type: TypeResponse, TxID: 1<<63 - 1, Node: node, Activity: -1 << 62,
+		Result: Result{Jobs: []JobInfo{job}, Next: 1<<64 - 1}}
+	b, err := Encode(&m)
+	if err != nil {
+		t.Fatalf("a listing of one largest job: %v", err)
+	}
+	if bound := size(&job) + JobInfoOverhead + ReplyOverhead + len(node); len(b) > bound || bound > MaxDatagramSize {
+		t.Errorf("encodes in %d bytes, bound %d, datagram %d", len(b), bound, MaxDatagramSize)
+	}
+	small := job
+	small.Payload, small.ID, small.Topic, small.LastError = "", "i", "t", ""
+	m.Result.Jobs = []JobInfo{small, small, small}
+	if b, _ := Encode(&m); len(b) > 3*(size(&small)+JobInfoOverhead)+ReplyOverhead+len(node) {
+		t.Errorf("three small jobs encode in %d bytes, over the bound", len(b))
 	}
 }

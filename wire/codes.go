@@ -26,7 +26,9 @@ const (
 	CodeJobExists       Code = 422 // an enqueue named the id of another job
 	CodeLeaseLost       Code = 423 // the token is not the job's live lease (Locked)
 	CodeTooManyPending  Code = 429 // the client has too many unacknowledged requests
+	CodeSessionExpired  Code = 440 // a retry whose session the shard forgot: it may or may not have been applied
 	CodeUnavailable     Code = 503 // no leader, or the node ran out of time
+	CodeFull            Code = 507 // the shard holds its most jobs or schedules (Insufficient Storage)
 )
 
 // Error is an error reply: KRPC's [code, message].

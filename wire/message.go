@@ -46,7 +46,12 @@ type Message struct {
 	// Timeout is how long the client waits for this attempt; the node
 	// gives up on the request after it. Zero means the node's default.
 	Timeout time.Duration
-	Args    Args
+	// Age is how long ago the client sent the request's first attempt
+	// (rounded up to a millisecond); zero for the first attempt. A shard
+	// that has since forgotten sessions refuses a retry it cannot tell
+	// from one applied before (CodeSessionExpired).
+	Age  time.Duration
+	Args Args
 
 	// Responses, errors and heartbeats: the sending node and its activity,
 	// the client requests in progress at it averaged over its recent past,
@@ -93,8 +98,11 @@ type Args struct {
 	// listing request.
 	Shards []shard.ID
 	// Wait is how long an acquire may wait for a job.
-	Wait  time.Duration
+	Wait time.Duration
+	// Limit bounds the jobs of a dead listing; After is where the listing
+	// goes on: the Result.Next of the page before, 0 from the start.
 	Limit int
+	After uint64
 }
 
 // Result is the payload of a response.
@@ -114,6 +122,9 @@ type Result struct {
 	// Jobs answers OpDeadJobs; Counts answers OpJobStats.
 	Jobs   []JobInfo
 	Counts *shard.JobCounts
+	// Next, for OpDeadJobs, is the Args.After that lists the shard's next
+	// page; 0 when this page was the last.
+	Next uint64
 }
 
 // JobInfo describes a job.
@@ -199,6 +210,14 @@ const (
 	MaxElements = 8192
 	// MaxTimeout bounds Message.Timeout.
 	MaxTimeout = time.Hour
-	// MaxDuration bounds the durations in Args: leases, delays, intervals.
+	// MaxDuration bounds the durations in Args (leases, delays,
+	// intervals) and Message.Age.
 	MaxDuration = 365 * 24 * time.Hour
+	// JobInfoOverhead bounds what the encoding of a JobInfo in a list adds
+	// to the lengths of its strings (keys, length prefixes, integers), and
+	// ReplyOverhead what a response adds to the jobs it lists, but the
+	// node's id: a node fills a dead-job listing up to MaxDatagramSize by
+	// them. A job of the largest payload and names fits alone.
+	JobInfoOverhead = 256
+	ReplyOverhead   = 160
 )

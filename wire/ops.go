@@ -50,8 +50,9 @@ const (
 	OpUnevery Op = "unevery"
 	// OpJobStats counts Args.Topic's jobs by state on shard Args.Shards[0].
 	OpJobStats Op = "jstats"
-	// OpDeadJobs lists up to Args.Limit dead jobs of Args.Topic on shard
-	// Args.Shards[0].
+	// OpDeadJobs lists dead jobs of Args.Topic on shard Args.Shards[0]
+	// after Args.After, up to Args.Limit and as many as fit the reply,
+	// and gives the Args.After of the next page in Result.Next.
 	OpDeadJobs Op = "dead"
 )
 
@@ -137,10 +138,10 @@ func jobKeySlot(a *Args) int { return shard.JobKeySlot(a.Topic, a.Unique) }
 // ErrInvalidArgs: a query whose arguments break a rule of its op other
 // than the keyspace's limits on names and values (shard.ErrInvalidName,
 // shard.ErrTooLarge): a missing client id, a lease or interval under a
-// millisecond.
+// millisecond, a schedule's interval under shard.MinScheduleInterval.
 var ErrInvalidArgs = errors.New("wire: invalid arguments")
 
-// MinDuration is the shortest lease and schedule interval.
+// MinDuration is the shortest lease.
 const MinDuration = time.Millisecond
 
 // CheckArgs checks the arguments of a query of op, as the client does
@@ -216,6 +217,11 @@ func checkAcquire(a *Args) error {
 	if a.Lease < MinDuration {
 		return fmt.Errorf("%w: a lease of %v is under %v", ErrInvalidArgs, a.Lease, MinDuration)
 	}
+	// The node asks each shard named once: no more can be named than
+	// there can be shards.
+	if len(a.Shards) > shard.SlotCount {
+		return fmt.Errorf("%w: names %d shards, more than the %d there can be", ErrInvalidArgs, len(a.Shards), shard.SlotCount)
+	}
 	return nil
 }
 
@@ -231,8 +237,8 @@ func checkEvery(a *Args) error {
 	if err := checkSchedule(a); err != nil {
 		return err
 	}
-	if a.Interval < MinDuration {
-		return fmt.Errorf("%w: an interval of %v is under %v", ErrInvalidArgs, a.Interval, MinDuration)
+	if a.Interval < shard.MinScheduleInterval {
+		return fmt.Errorf("%w: an interval of %v is under %v", ErrInvalidArgs, a.Interval, shard.MinScheduleInterval)
 	}
 	return shard.CheckValue(len(a.Value))
 }

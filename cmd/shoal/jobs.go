@@ -155,7 +155,7 @@ func jobsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			var deadJobs []client.DeadJob
 			if dead {
-				if deadJobs, err = c.DeadJobs(ctx, pos[0], 100); err != nil {
+				if deadJobs, err = allDeadJobs(ctx, c, pos[0]); err != nil {
 					return err
 				}
 			}
@@ -182,4 +182,18 @@ func jobsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			return w.Flush()
 		})
+}
+
+// allDeadJobs lists every dead job of topic, page by page.
+func allDeadJobs(ctx context.Context, c *client.Client, topic string) ([]client.DeadJob, error) {
+	var all []client.DeadJob
+	for cur := (&client.DeadJobCursor{}); cur != nil; {
+		page, err := c.DeadJobs(ctx, topic, *cur)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.Jobs...)
+		cur = page.Next
+	}
+	return all, nil
 }

@@ -16,7 +16,13 @@ import (
 //	per op: kind byte, then every field of Op in declaration order,
 //	strings as uvarint length and bytes, unsigned integers as uvarints,
 //	signed ones as varints.
-const commandFormat = 1
+//
+// Format 1 had no Op.Began: its ops decode with Began 0, as first
+// attempts. Entries already in a log keep the format they were written in.
+const (
+	commandFormat   = 2
+	commandFormatV1 = 1
+)
 
 // errBadCommand is returned (wrapped) for an entry that does not decode.
 var errBadCommand = errors.New("fsm: bad command")
@@ -50,6 +56,7 @@ func (c *Command) Encode() ([]byte, error) {
 		b = appendString(b, op.Unique)
 		b = appendString(b, op.Reason)
 		b = binary.AppendVarint(b, op.Interval)
+		b = binary.AppendVarint(b, op.Began)
 	}
 	return b, nil
 }
@@ -124,8 +131,9 @@ func (d *decoder) string() string {
 // DecodeCommand parses a command produced by Encode.
 func DecodeCommand(b []byte) (Command, error) {
 	d := decoder{b: b}
-	if v := d.byte(); d.err == nil && v != commandFormat {
-		return Command{}, fmt.Errorf("%w: format %d, want %d", errBadCommand, v, commandFormat)
+	format := d.byte()
+	if d.err == nil && format != commandFormat && format != commandFormatV1 {
+		return Command{}, fmt.Errorf("%w: format %d, want %d or %d", errBadCommand, format, commandFormatV1, commandFormat)
 	}
 	c := Command{Now: d.varint()}
 	n := d.uvarint()
@@ -151,6 +159,9 @@ func DecodeCommand(b []byte) (Command, error) {
 			Topic: d.string(), JobID: d.string(), Token: d.uvarint(), Lease: d.varint(),
 			RunAt: d.varint(), Delay: d.varint(), MaxAttempts: int(d.varint()), Backoff: d.varint(),
 			Unique: d.string(), Reason: d.string(), Interval: d.varint(),
+		}
+		if format == commandFormat {
+			c.Ops[i].Began = d.varint()
 		}
 	}
 	if d.err == nil && len(d.b) != 0 {

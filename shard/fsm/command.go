@@ -89,6 +89,11 @@ type Op struct {
 	Unique      string
 	Reason      string
 	Interval    int64
+
+	// Began is when the request was first sent, by the clock of the node
+	// that proposed it, for a retry; 0 for a request's first attempt. A
+	// retry's session may have been forgotten since (sessions.begin).
+	Began int64
 }
 
 // Command is one raft log entry: a batch of operations and the time at which
@@ -127,6 +132,14 @@ const (
 	// StatusJobExists: an enqueue named the id of a job of another topic
 	// or payload.
 	StatusJobExists
+	// StatusFull: the shard holds its most jobs (Config.MaxJobs) or
+	// schedules (Config.MaxSchedules); the op was not executed.
+	StatusFull
+	// StatusSessionExpired: the op is a retry that the shard can no
+	// longer tell from its first attempt, whose session was forgotten to
+	// make room for others (Config.MaxSessions) or after SessionTTL; it
+	// was not executed, and whether the first attempt was is unknown.
+	StatusSessionExpired
 )
 
 // Result is the outcome of one Op.

@@ -25,7 +25,21 @@
 // grace, before anything else; the term comes from the log entry, so every
 // replica does the same.
 //
-// Caveats: a session idle for longer than Config.SessionTTL is forgotten,
-// and a retry that arrives after that may apply a second time; the default
-// TTL of an hour is far beyond any client's retry budget.
+// Bounds: every table of the state machine is bounded, and an op past a
+// bound is refused with a status of its own, never applied in part.
+//
+//   - Sessions: Config.MaxSessions per shard (DefaultMaxSessions, 10,000),
+//     the one idle longest forgotten for a new client; also forgotten after
+//     Config.SessionTTL idle. A retry that a forgotten session could have
+//     answered gets StatusSessionExpired (sessions.begin); results keep no
+//     job payload or topic. Per session, MaxPendingPerClient results.
+//   - Jobs: Config.MaxJobs per shard (DefaultMaxJobs, 100,000) of every
+//     state, dead ones included; an enqueue past it gets StatusFull.
+//   - Topics: only topics with jobs are held; an empty one is forgotten,
+//     its count of completions with it.
+//   - Schedules: Config.MaxSchedules per shard (DefaultMaxSchedules, 1,000),
+//     intervals of at least shard.MinScheduleInterval (a second); a stopped
+//     schedule is deleted.
+//   - Names: keys, topics, job ids, uniqueness and schedule keys of at most
+//     shard.MaxKeySize bytes.
 package fsm

@@ -9,8 +9,9 @@ import (
 )
 
 // DefaultSessionTTL is how long the state machine remembers a client that
-// has stopped writing. A retry older than this may be applied a second time,
-// so it must be far longer than any client's retry budget.
+// has stopped writing. A retry older than this is refused with
+// StatusSessionExpired; it should be far longer than any client's retry
+// budget.
 const DefaultSessionTTL = time.Hour
 
 // Entry is a stored value and its version. Versions come from a per-shard
@@ -27,6 +28,19 @@ type Config struct {
 	// SessionTTL is how long an idle client session is kept. If zero, it
 	// defaults to DefaultSessionTTL.
 	SessionTTL time.Duration
+	// MaxSessions bounds the client sessions the shard keeps: a new
+	// client past it takes the place of the session idle longest, and a
+	// retry that session alone could have answered fails with
+	// StatusSessionExpired. If zero, DefaultMaxSessions.
+	MaxSessions int
+	// MaxJobs bounds the jobs the shard holds, of every state (scheduled,
+	// ready, leased and dead): an enqueue past it fails with StatusFull,
+	// and a schedule makes no job while the shard is full. If zero,
+	// DefaultMaxJobs.
+	MaxJobs int
+	// MaxSchedules bounds the schedules the shard holds: a new one past it
+	// fails with StatusFull. If zero, DefaultMaxSchedules.
+	MaxSchedules int
 	// LeaseGrace is how much longer a job lease lasts after a change of
 	// leader: the election timeout, during which its holder could not
 	// extend it. If zero, DefaultLeaseGrace.
@@ -80,12 +94,14 @@ type Stats struct {
 // raft.BatchingFSM; its read methods are safe to call concurrently with
 // Apply.
 type FSM struct {
-	sessionTTL time.Duration
-	leaseGrace int64
+	sessionTTL   time.Duration
+	leaseGrace   int64
+	maxJobs      int
+	maxSchedules int
 
 	mu         sync.RWMutex
 	kv         map[string]Entry
-	sessions   sessions
+	sessions   *sessions
 	jobs       jobTable
 	rev        uint64 // last version (and fencing token) handed out
 	clock      int64  // max Command.Now seen, Unix nanoseconds
@@ -107,16 +123,27 @@ func New(cfg Config) *FSM {
 	if cfg.LeaseGrace <= 0 {
 		cfg.LeaseGrace = DefaultLeaseGrace
 	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.MaxJobs <= 0 {
+		cfg.MaxJobs = DefaultMaxJobs
+	}
+	if cfg.MaxSchedules <= 0 {
+		cfg.MaxSchedules = DefaultMaxSchedules
+	}
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
 	return &FSM{
-		sessionTTL: cfg.SessionTTL,
-		leaseGrace: int64(cfg.LeaseGrace),
-		kv:         make(map[string]Entry),
-		sessions:   make(sessions),
-		jobs:       newJobTable(),
-		observer:   cfg.Observer,
+		sessionTTL:   cfg.SessionTTL,
+		leaseGrace:   int64(cfg.LeaseGrace),
+		maxJobs:      cfg.MaxJobs,
+		maxSchedules: cfg.MaxSchedules,
+		kv:           make(map[string]Entry),
+		sessions:     newSessions(cfg.MaxSessions),
+		jobs:         newJobTable(),
+		observer:     cfg.Observer,
 	}
 }
 
@@ -181,14 +208,14 @@ func (f *FSM) applyOp(op *Op) Result {
 		var done bool
 		if s, res, done = f.sessions.begin(op, f.clock); done {
 			f.duplicates++
-			return res
+			return f.recall(op, res)
 		}
 	}
 	res := f.execute(op)
 	// An acquire that found nothing changed nothing: it is not kept, so
 	// that the request may be tried again here once a job is ready.
 	if s != nil && !(op.Kind == KindAcquire && res.Status == StatusEmpty) {
-		s.results[op.Seq] = res
+		s.results[op.Seq] = kept(res)
 	}
 	return res
 }
@@ -283,7 +310,7 @@ func (f *FSM) Stats() Stats {
 		Applied:       f.applied,
 		Revision:      f.rev,
 		Keys:          len(f.kv),
-		Sessions:      len(f.sessions),
+		Sessions:      len(f.sessions.byClient),
 		Executed:      f.executed,
 		Duplicates:    f.duplicates,
 		Jobs:          len(f.jobs.jobs),

@@ -123,12 +123,12 @@ func TestAckForgetsResults(t *testing.T) {
 	for seq := uint64(1); seq <= 3; seq++ {
 		a.one(Op{Kind: KindSet, Client: "c", Seq: seq, Ack: 1, Key: "k", Value: "v"})
 	}
-	if n := len(a.fsm.sessions["c"].results); n != 3 {
+	if n := len(a.fsm.sessions.byClient["c"].results); n != 3 {
 		t.Fatalf("%d results kept, want 3", n)
 	}
 	// The client now holds replies below 3.
 	a.one(Op{Kind: KindSet, Client: "c", Seq: 4, Ack: 3, Key: "k", Value: "v"})
-	if n := len(a.fsm.sessions["c"].results); n != 2 {
+	if n := len(a.fsm.sessions.byClient["c"].results); n != 2 {
 		t.Errorf("%d results kept after ack 3, want 2 (seqs 3 and 4)", n)
 	}
 	// A straggling duplicate of seq 1 is refused, not executed.
@@ -165,10 +165,10 @@ func TestSessionsExpireOnLeaderTime(t *testing.T) {
 	}
 	a.now += int64(DefaultSessionTTL/2) + int64(time.Second)
 	a.one(Op{Kind: KindSet, Client: "busy", Seq: 2, Ack: 2, Key: "k"})
-	if _, ok := a.fsm.sessions["idle"]; ok {
+	if _, ok := a.fsm.sessions.byClient["idle"]; ok {
 		t.Error("idle session survived its TTL")
 	}
-	if _, ok := a.fsm.sessions["busy"]; !ok {
+	if _, ok := a.fsm.sessions.byClient["busy"]; !ok {
 		t.Error("busy session expired")
 	}
 	// A leader whose clock is behind cannot move time backwards.

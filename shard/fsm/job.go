@@ -37,6 +37,10 @@ const (
 	DefaultBackoff = time.Second
 	// MaxBackoff caps the retry delay.
 	MaxBackoff = time.Hour
+	// DefaultMaxJobs is the number of jobs of every state a shard holds
+	// by default (Config.MaxJobs): with payloads of shard.MaxValueSize, up
+	// to 6 GiB.
+	DefaultMaxJobs = 100_000
 )
 
 // jobState is the stored state; scheduled, ready and an expired lease are
@@ -75,8 +79,9 @@ type Job struct {
 	// LastError is the reason of the last failure or expiry.
 	LastError string
 	Created   int64
-	// seq orders jobs enqueued at the same time: the enqueue order.
-	seq uint64
+	// Seq is the job's enqueue order on its shard: it orders jobs that
+	// become available at the same time, and dead-job listings.
+	Seq uint64
 	// index is the job's position in its topic's queued or leased heap.
 	index int
 }
@@ -115,7 +120,7 @@ type jobHeap []*Job
 func (h jobHeap) Len() int { return len(h) }
 func (h jobHeap) Less(i, j int) bool {
 	a, b := h[i].available(), h[j].available()
-	return a < b || (a == b && h[i].seq < h[j].seq)
+	return a < b || (a == b && h[i].Seq < h[j].Seq)
 }
 func (h jobHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
@@ -152,19 +157,57 @@ func (h jobHeap) countDue(now int64, limit int) int {
 	return n
 }
 
-// topicQueue holds one topic's live jobs: queued ones and leased ones, each
-// in a heap by availability.
+// topicQueue holds one topic's jobs: queued ones and leased ones, each in a
+// heap by availability, and dead ones by id.
+//
+// Invariant: a topic with no job of any state is not held (jobTable.settle
+// forgets it), and a topic is in jobTable.active, at index at, exactly when
+// it has a queued or leased job.
 type topicQueue struct {
+	name           string
 	queued, leased jobHeap
-	// done counts completions; dead counts jobs now dead.
+	dead           map[string]*Job
+	// done counts completions since the topic was last forgotten.
 	done uint64
-	dead int
+	at   int
+}
+
+// nextAt is when the topic's next queued or leased job becomes available.
+func (q *topicQueue) nextAt() int64 {
+	j, _ := q.next()
+	return j.available()
+}
+
+// topicHeap orders the topics with queued or leased jobs by when their next
+// job becomes available, so that the topics with a job ready now are found
+// without visiting the others.
+type topicHeap []*topicQueue
+
+func (h topicHeap) Len() int           { return len(h) }
+func (h topicHeap) Less(i, j int) bool { return h[i].nextAt() < h[j].nextAt() }
+func (h topicHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].at, h[j].at = i, j
+}
+func (h *topicHeap) Push(x any) {
+	q := x.(*topicQueue)
+	q.at = len(*h)
+	*h = append(*h, q)
+}
+func (h *topicHeap) Pop() any {
+	old := *h
+	q := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	q.at = -1
+	return q
 }
 
 // jobTable is the job half of the state machine.
 type jobTable struct {
 	jobs      map[string]*Job
 	topics    map[string]*topicQueue
+	active    topicHeap         // the topics with queued or leased jobs
 	unique    map[string]string // topic \x00 unique key → id of a live job
 	schedules map[string]*Schedule
 	// scheduleDue is when the next schedule fires (max int64 if none).
@@ -186,10 +229,28 @@ func newJobTable() jobTable {
 func (t *jobTable) topic(name string) *topicQueue {
 	q := t.topics[name]
 	if q == nil {
-		q = &topicQueue{}
+		q = &topicQueue{name: name, dead: make(map[string]*Job), at: -1}
 		t.topics[name] = q
 	}
 	return q
+}
+
+// settle restores the invariants of topicQueue after q's jobs changed: it
+// puts q in, moves it within, or takes it out of the active heap, and
+// forgets q if it holds no job.
+func (t *jobTable) settle(q *topicQueue) {
+	live := len(q.queued)+len(q.leased) > 0
+	switch {
+	case live && q.at < 0:
+		heap.Push(&t.active, q)
+	case live:
+		heap.Fix(&t.active, q.at)
+	case q.at >= 0:
+		heap.Remove(&t.active, q.at)
+	}
+	if !live && len(q.dead) == 0 {
+		delete(t.topics, q.name)
+	}
 }
 
 // backoff returns the delay before attempt+1 of a job that failed attempt:
@@ -213,7 +274,8 @@ func backoff(j *Job) int64 {
 // key, returns that job's id.
 func (f *FSM) enqueue(op *Op) Result {
 	t := &f.jobs
-	if shard.CheckJobID(op.JobID) != nil || shard.CheckTopic(op.Topic) != nil {
+	if shard.CheckJobID(op.JobID) != nil || shard.CheckTopic(op.Topic) != nil ||
+		op.Unique != "" && shard.CheckJobKey(op.Unique) != nil {
 		return Result{Status: StatusInvalid}
 	}
 	if op.Unique != "" {
@@ -230,6 +292,9 @@ func (f *FSM) enqueue(op *Op) Result {
 		}
 		return Result{JobID: op.JobID}
 	}
+	if len(t.jobs) >= f.maxJobs {
+		return Result{Status: StatusFull}
+	}
 	f.createJob(op.JobID, op.Topic, op.Value, max(op.RunAt, f.clock+op.Delay), op.MaxAttempts, op.Backoff, op.Unique)
 	return Result{JobID: op.JobID}
 }
@@ -242,7 +307,7 @@ func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int,
 	t.seq++
 	j := &Job{
 		ID: id, Topic: topic, Payload: payload, RunAt: runAt, MaxAttempts: maxAttempts,
-		Backoff: backoff, Unique: unique, Created: f.clock, seq: t.seq,
+		Backoff: backoff, Unique: unique, Created: f.clock, Seq: t.seq,
 	}
 	t.jobs[id] = j
 	if unique != "" {
@@ -250,6 +315,7 @@ func (f *FSM) createJob(id, topic, payload string, runAt int64, maxAttempts int,
 	}
 	q := t.topic(topic)
 	heap.Push(&q.queued, j)
+	t.settle(q)
 	f.observer.JobsChanged(topic)
 }
 
@@ -264,6 +330,7 @@ func (f *FSM) acquire(op *Op) Result {
 	if q == nil {
 		return Result{Status: StatusEmpty}
 	}
+	defer f.jobs.settle(q)
 	for {
 		j, h := q.next()
 		if j == nil || j.available() > f.clock {
@@ -326,7 +393,9 @@ func (f *FSM) extend(op *Op) Result {
 		j.Lease = op.Lease
 	}
 	j.Deadline = f.clock + j.Lease
-	heap.Fix(&f.jobs.topics[j.Topic].leased, j.index)
+	q := f.jobs.topics[j.Topic]
+	heap.Fix(&q.leased, j.index)
+	f.jobs.settle(q)
 	return grantResult(j)
 }
 
@@ -339,6 +408,7 @@ func (f *FSM) complete(op *Op) Result {
 	f.forget(j)
 	q.done++
 	f.jobs.completed++
+	f.jobs.settle(q)
 	return Result{JobID: j.ID, Token: j.Token}
 }
 
@@ -352,6 +422,7 @@ func (f *FSM) fail(op *Op) Result {
 	j.LastError = op.Reason
 	if j.Attempt >= j.MaxAttempts {
 		f.bury(q, j)
+		f.jobs.settle(q)
 		return Result{JobID: j.ID}
 	}
 	f.queue(q, j, f.clock+backoff(j))
@@ -378,8 +449,8 @@ func (f *FSM) requeue(op *Op) Result {
 	case j.state != stateDead:
 		return Result{Status: StatusWrongState}
 	}
-	q := f.jobs.topic(j.Topic)
-	q.dead--
+	q := f.jobs.topics[j.Topic]
+	delete(q.dead, j.ID)
 	j.Attempt = 0
 	if j.Unique != "" {
 		k := shard.JobKey(j.Topic, j.Unique)
@@ -412,14 +483,16 @@ func (f *FSM) queue(q *topicQueue, j *Job, runAt int64) {
 	j.RunAt = runAt
 	j.Holder = ""
 	heap.Push(&q.queued, j)
+	f.jobs.settle(q)
 	f.observer.JobsChanged(j.Topic)
 }
 
-// bury makes a job dead: kept, out of every queue, until requeued.
+// bury makes a job dead: kept, out of every queue, until requeued. The
+// caller settles q.
 func (f *FSM) bury(q *topicQueue, j *Job) {
 	j.state = stateDead
 	j.Holder = ""
-	q.dead++
+	q.dead[j.ID] = j
 	f.dropUnique(j)
 }
 
@@ -449,6 +522,7 @@ func (f *FSM) dropUnique(j *Job) {
 // leader adds the grace again: a shard that changes leader more often than
 // that keeps its leases live.)
 func (f *FSM) promote(before int64) {
+	moved := false
 	for _, q := range f.jobs.topics {
 		changed := false
 		for _, j := range q.leased {
@@ -459,7 +533,13 @@ func (f *FSM) promote(before int64) {
 		}
 		if changed {
 			heap.Init(&q.leased)
+			moved = true
 		}
+	}
+	// Many topics may have moved at once: the heap of them is rebuilt,
+	// not fixed one by one.
+	if moved {
+		heap.Init(&f.jobs.active)
 	}
 }
 
@@ -471,7 +551,7 @@ func (f *FSM) JobCounts(topic string, now int64) shard.JobCounts {
 	if q == nil {
 		return shard.JobCounts{}
 	}
-	c := shard.JobCounts{Done: q.done, Dead: q.dead}
+	c := shard.JobCounts{Done: q.done, Dead: len(q.dead)}
 	for _, h := range []jobHeap{q.queued, q.leased} {
 		for _, j := range h {
 			switch j.State(now) {
@@ -506,16 +586,26 @@ func (q *topicQueue) ready(now int64, limit int) int {
 }
 
 // ReadyTopics returns, for every topic with a job that can be acquired at
-// now, how many (each counted up to limit).
+// now, how many (each counted up to limit). It visits only those topics
+// (and the children of their entries in the active heap): its cost grows
+// with the ready topics, not with all the topics of the shard.
 func (f *FSM) ReadyTopics(now int64, limit int) map[string]int {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := map[string]int{}
-	for name, q := range f.jobs.topics {
-		if n := q.ready(now, limit); n > 0 {
-			out[name] = n
+	h := f.jobs.active
+	var visit func(i int)
+	visit = func(i int) {
+		if i >= len(h) || h[i].nextAt() > now {
+			return
 		}
+		if n := h[i].ready(now, limit); n > 0 {
+			out[h[i].name] = n
+		}
+		visit(2*i + 1)
+		visit(2*i + 2)
 	}
+	visit(0)
 	return out
 }
 
@@ -563,21 +653,32 @@ func (f *FSM) NextLeaseEnd() (int64, bool) {
 	return best, best != math.MaxInt64
 }
 
-// DeadJobs returns up to limit of topic's dead jobs, oldest first.
-func (f *FSM) DeadJobs(topic string, limit int) []Job {
+// DeadJobs returns topic's dead jobs enqueued after the job of order after
+// (Job.Seq; 0 for all), in enqueue order, as long as fits (if not nil)
+// accepts each one, at most limit of them; more reports whether some were left out. A
+// listing pages through them by passing the last one's Seq as the next
+// after.
+func (f *FSM) DeadJobs(topic string, after uint64, limit int, fits func(*Job) bool) (jobs []Job, more bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []Job
-	for _, j := range f.jobs.jobs {
-		if j.Topic == topic && j.state == stateDead {
-			out = append(out, *j)
+	q := f.jobs.topics[topic]
+	if q == nil {
+		return nil, false
+	}
+	var dead []Job
+	for _, j := range q.dead {
+		if j.Seq > after {
+			dead = append(dead, *j)
 		}
 	}
-	sortJobs(out)
-	if len(out) > limit {
-		out = out[:limit]
+	sortJobs(dead)
+	for i := range dead {
+		if len(jobs) == limit || fits != nil && !fits(&dead[i]) {
+			return jobs, true
+		}
+		jobs = append(jobs, dead[i])
 	}
-	return out
+	return jobs, false
 }
 
 // GetJob returns a copy of the job with the given id.
@@ -593,5 +694,5 @@ func (f *FSM) GetJob(id string) (Job, bool) {
 
 // sortJobs orders jobs by enqueue order, the same on every replica.
 func sortJobs(js []Job) {
-	sort.Slice(js, func(a, b int) bool { return js[a].seq < js[b].seq })
+	sort.Slice(js, func(a, b int) bool { return js[a].Seq < js[b].Seq })
 }

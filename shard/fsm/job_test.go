@@ -191,7 +191,7 @@ func TestFailBackoffAndDeath(t *testing.T) {
 	if c := a.fsm.JobCounts("t", a.now); c != (shard.JobCounts{Dead: 1}) {
 		t.Errorf("counts %+v", c)
 	}
-	dead := a.fsm.DeadJobs("t", 10)
+	dead, _ := a.fsm.DeadJobs("t", 0, 10, nil)
 	if len(dead) != 1 || dead[0].LastError != "last" || dead[0].Attempt != 3 {
 		t.Fatalf("dead jobs %+v", dead)
 	}
@@ -234,7 +234,7 @@ func TestExpiredLeasesCountAsAttempts(t *testing.T) {
 	if g := a.acquire("t", "w", sec); g.JobID != "fine" || g.Attempt != 3 {
 		t.Errorf("%+v: want fine, with poison buried", g)
 	}
-	if dead := a.fsm.DeadJobs("t", 10); len(dead) != 1 || dead[0].ID != "poison" || dead[0].LastError == "" {
+	if dead, _ := a.fsm.DeadJobs("t", 0, 10, nil); len(dead) != 1 || dead[0].ID != "poison" || dead[0].LastError == "" {
 		t.Errorf("dead %+v", dead)
 	}
 }
@@ -426,7 +426,7 @@ func TestJobSnapshotRestore(t *testing.T) {
 		a.now += 2 * sec
 		g := a.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec})
 		a.one(Op{Kind: KindFail, JobID: g.JobID, Token: g.Token, Reason: "x"})
-		a.acquire("t1", "w", 30*sec)
+		a.one(Op{Kind: KindAcquire, Topic: "t1", Client: "w", Seq: 3, Ack: 1, Lease: 30 * sec})
 		g = a.acquire("t2", "w", 30*sec)
 		a.onJob(KindComplete, g)
 		return a
@@ -456,10 +456,16 @@ func TestJobSnapshotRestore(t *testing.T) {
 	if x.fsm.Stats() != z.fsm.Stats() {
 		t.Errorf("stats differ: %+v, %+v", x.fsm.Stats(), z.fsm.Stats())
 	}
-	// The session's stored grant survives: a retry returns it.
-	retry := z.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec})
+	// The session's stored grant survives: a retry returns it, with the
+	// payload read from the job, while the job is leased under it.
+	retry := z.one(Op{Kind: KindAcquire, Topic: "t1", Client: "w", Seq: 3, Ack: 1, Lease: 30 * sec})
 	if retry.Status != StatusOK || retry.Token == 0 || retry.Payload == "" {
 		t.Errorf("retried acquire after restore: %+v", retry)
+	}
+	// The grant of a job failed since is lost: its retry finds nothing.
+	retry = z.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec})
+	if retry.Status != StatusEmpty {
+		t.Errorf("retried acquire of a job failed since: %+v, want StatusEmpty", retry)
 	}
 }
 
@@ -503,7 +509,8 @@ func TestUniqueKeyAfterRequeue(t *testing.T) {
 }
 
 // Changing a schedule's interval neither breaks it nor makes an extra job;
-// stopping and starting it in one interval makes no second job for it.
+// stopping deletes it, and starting it again makes its interval's job
+// unless that job is still held.
 func TestScheduleUpdates(t *testing.T) {
 	a := newApplier(t)
 	every := func(interval int64) Result {
@@ -526,14 +533,22 @@ func TestScheduleUpdates(t *testing.T) {
 	if r := a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "k"}); r.Status != StatusNotFound {
 		t.Errorf("stopping a stopped schedule: %+v", r)
 	}
+	if n := len(a.fsm.jobs.schedules); n != 0 {
+		t.Errorf("%d schedules held after the only one stopped", n)
+	}
 	every(60 * sec)
-	if st := a.fsm.Stats(); st.Jobs != 0 {
-		t.Errorf("restarting in the same interval made %d jobs", st.Jobs)
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Errorf("restarting after the interval's job completed made %d jobs, want 1", st.Jobs)
+	}
+	a.one(Op{Kind: KindUnevery, Topic: "cron", Unique: "k"})
+	every(60 * sec)
+	if st := a.fsm.Stats(); st.Jobs != 1 {
+		t.Errorf("restarting while the interval's job is held made %d jobs, want 1", st.Jobs)
 	}
 	a.now += 60 * sec
 	a.one(Op{Kind: KindTick})
-	if st := a.fsm.Stats(); st.Jobs != 1 {
-		t.Errorf("the next interval made %d jobs, want 1", st.Jobs)
+	if st := a.fsm.Stats(); st.Jobs != 2 {
+		t.Errorf("the next interval made %d jobs in all, want 2", st.Jobs)
 	}
 }
 

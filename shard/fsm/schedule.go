@@ -9,6 +9,10 @@ import (
 	"github.com/shoal-kv/shoal/shard"
 )
 
+// DefaultMaxSchedules is the number of schedules a shard holds by default
+// (Config.MaxSchedules).
+const DefaultMaxSchedules = 1000
+
 // Schedule makes one job of Topic per Interval: for interval number k (the
 // k-th multiple of Interval since the Unix epoch) a job whose id is made
 // from the schedule and k. The state machine makes it when the first
@@ -23,10 +27,6 @@ type Schedule struct {
 	// Last is the last interval number a job was made for, in units of
 	// Interval.
 	Last int64
-	// Stopped schedules make no jobs; they are kept so that starting the
-	// schedule again does not make a second job for an interval that had
-	// one.
-	Stopped bool
 }
 
 // due returns when the schedule makes its next job.
@@ -45,41 +45,47 @@ func IntervalJobID(topic, key string, k int64) string {
 }
 
 // every creates, updates or restarts a schedule. A new one makes its first
-// job at once. An update or restart makes no job for the interval it
-// happens in if one was made: registering the same schedule again (each
-// worker process at start, say) makes no extra job. A new interval length
-// starts counting at the next of its intervals.
+// job at once, unless the job of its interval still exists (a schedule
+// stopped and started again within an interval). An update makes no job
+// for the interval it happens in if one was made: registering the same
+// schedule again (each worker process at start, say) makes no extra job. A
+// new interval length starts counting at the next of its intervals. An
+// interval under shard.MinScheduleInterval is invalid, and a new schedule
+// past Config.MaxSchedules fails with StatusFull.
 func (f *FSM) every(op *Op) Result {
-	if shard.CheckTopic(op.Topic) != nil || shard.CheckJobKey(op.Unique) != nil || op.Interval <= 0 {
+	if shard.CheckTopic(op.Topic) != nil || shard.CheckJobKey(op.Unique) != nil || op.Interval < int64(shard.MinScheduleInterval) {
 		return Result{Status: StatusInvalid}
 	}
 	k := shard.JobKey(op.Topic, op.Unique)
 	s := f.jobs.schedules[k]
 	switch {
+	case s == nil && len(f.jobs.schedules) >= f.maxSchedules:
+		return Result{Status: StatusFull}
 	case s == nil:
 		s = &Schedule{Topic: op.Topic, Key: op.Unique, Last: -1}
 		f.jobs.schedules[k] = s
 	case s.Interval != op.Interval:
 		s.Last = f.clock / op.Interval
 	}
-	s.Payload, s.Interval, s.MaxAttempts, s.Stopped = op.Value, op.Interval, op.MaxAttempts, false
+	s.Payload, s.Interval, s.MaxAttempts = op.Value, op.Interval, op.MaxAttempts
 	f.jobs.scheduleDue = 0 // run at once
 	f.runSchedules()
 	return Result{JobID: IntervalJobID(s.Topic, s.Key, f.clock/s.Interval)}
 }
 
-// unevery stops a schedule; the jobs it made stay.
+// unevery deletes a schedule; the jobs it made stay.
 func (f *FSM) unevery(op *Op) Result {
-	s := f.jobs.schedules[shard.JobKey(op.Topic, op.Unique)]
-	if s == nil || s.Stopped {
+	k := shard.JobKey(op.Topic, op.Unique)
+	if f.jobs.schedules[k] == nil {
 		return Result{Status: StatusNotFound}
 	}
-	s.Stopped = true
+	delete(f.jobs.schedules, k)
 	f.jobs.scheduleDue = f.jobs.nextScheduleDue()
 	return Result{}
 }
 
-// runSchedules makes the jobs of the intervals the clock has entered. It
+// runSchedules makes the jobs of the intervals the clock has entered; while
+// the shard holds Config.MaxJobs jobs, the intervals pass without one. It
 // visits schedules in key order: job creation order is replicated state.
 func (f *FSM) runSchedules() {
 	t := &f.jobs
@@ -88,7 +94,7 @@ func (f *FSM) runSchedules() {
 	}
 	var keys []string // of the schedules due
 	for k, s := range t.schedules {
-		if !s.Stopped && f.clock/s.Interval > s.Last {
+		if f.clock/s.Interval > s.Last {
 			keys = append(keys, k)
 		}
 	}
@@ -98,7 +104,7 @@ func (f *FSM) runSchedules() {
 		k := f.clock / s.Interval
 		s.Last = k
 		id := IntervalJobID(s.Topic, s.Key, k)
-		if _, exists := t.jobs[id]; !exists {
+		if _, exists := t.jobs[id]; !exists && len(t.jobs) < f.maxJobs {
 			f.createJob(id, s.Topic, s.Payload, f.clock, s.MaxAttempts, 0, "")
 		}
 	}
@@ -109,9 +115,7 @@ func (f *FSM) runSchedules() {
 func (t *jobTable) nextScheduleDue() int64 {
 	at := int64(math.MaxInt64)
 	for _, s := range t.schedules {
-		if !s.Stopped {
-			at = min(at, s.due())
-		}
+		at = min(at, s.due())
 	}
 	return at
 }

@@ -1,50 +1,119 @@
 package fsm
 
+import (
+	"container/list"
+	"time"
+)
+
 // MaxPendingPerClient bounds the results a session keeps: the unacknowledged
 // sequence numbers of one client. A client past it gets StatusTooManyPending.
 const MaxPendingPerClient = 1 << 14
+
+// DefaultMaxSessions is the number of client sessions a shard keeps by
+// default (Config.MaxSessions). A client that writes to a shard holding as
+// many sessions takes the place of the session idle longest.
+const DefaultMaxSessions = 10_000
+
+// RetrySkew is how far apart the clocks of the nodes (and a client's count
+// of its request's age) may be for a shard to still recognize a retry it
+// cannot vouch for: see sessions.begin.
+const RetrySkew = time.Second
 
 // session is what the state machine remembers of one client so that a
 // retried request is applied at most once (the Raft dissertation, §6.3; RIFL).
 //
 // Invariant: every key of results is >= floor.
 type session struct {
+	client string
 	// floor is the highest Ack the client has sent: it holds replies for
 	// every sequence number below floor.
 	floor uint64
 	// results holds the outcome of each applied sequence number >= floor.
 	results map[uint64]Result
-	// lastSeen is the state machine clock when the client last wrote.
-	lastSeen int64
+	// since is the state machine clock when the session was made;
+	// lastSeen when the client last wrote.
+	since, lastSeen int64
+	// elem is the session's place in sessions.idle.
+	elem *list.Element
 }
 
-// sessions maps client ids to their sessions.
-type sessions map[string]*session
+// sessions maps client ids to their sessions, at most max of them.
+//
+// Invariant: idle holds every session once, in the order their clients
+// last wrote, the session idle longest first. The clock never goes back,
+// so that is also the order of lastSeen.
+type sessions struct {
+	max      int
+	byClient map[string]*session
+	idle     list.List
+	// lastForgotten is the latest lastSeen of a session forgotten, evicted
+	// or expired: every request a forgotten session applied began by then.
+	// 0 if none was forgotten.
+	lastForgotten int64
+}
+
+func newSessions(max int) *sessions {
+	return &sessions{max: max, byClient: make(map[string]*session)}
+}
+
+// add puts s in, as the session seen most recently.
+func (ss *sessions) add(s *session) {
+	ss.byClient[s.client] = s
+	s.elem = ss.idle.PushBack(s)
+}
+
+// forgetOldest drops the session idle longest.
+func (ss *sessions) forgetOldest() {
+	s := ss.idle.Remove(ss.idle.Front()).(*session)
+	delete(ss.byClient, s.client)
+	ss.lastForgotten = max(ss.lastForgotten, s.lastSeen)
+}
 
 // begin looks up the session of op's client, raises its floor to op.Ack, and
 // reports either the stored result of a retried op (done true) or that op
 // must execute (done false). A fresh client gets a session starting at
-// op.Ack.
-func (ss sessions) begin(op *Op, now int64) (s *session, res Result, done bool) {
-	s = ss[op.Client]
-	if s == nil {
-		s = &session{floor: op.Ack, results: make(map[uint64]Result)}
-		ss[op.Client] = s
-	}
-	s.lastSeen = now
-	if op.Ack > s.floor {
-		s.floor = op.Ack
-		for seq := range s.results {
-			if seq < s.floor {
-				delete(s.results, seq)
+// op.Ack; when the shard holds its most sessions already, the session idle
+// longest is forgotten to make room.
+//
+// A forgotten session cannot answer a retry of a request it applied: the
+// retry would be applied again. So a retry (op.Began set: when its request
+// was first sent) that no session here holds the result of, whose client
+// has no session older than the request, is refused with
+// StatusSessionExpired if the shard has forgotten a session that was in
+// use after the request began (RetrySkew allowing for clocks): it may have
+// been applied under that session. Sessions idle longest go first, so
+// without a flood of new clients only retries older than any client waits
+// are refused. The decision uses only the log: op.Began is
+// written in the op by the node that proposed it.
+func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool) {
+	s = ss.byClient[op.Client]
+	if s != nil {
+		s.lastSeen = now
+		ss.idle.MoveToBack(s.elem)
+		if op.Ack > s.floor {
+			s.floor = op.Ack
+			for seq := range s.results {
+				if seq < s.floor {
+					delete(s.results, seq)
+				}
 			}
 		}
+		if op.Seq < s.floor {
+			return s, Result{Status: StatusAcked}, true
+		}
+		if r, ok := s.results[op.Seq]; ok {
+			return s, r, true
+		}
 	}
-	if op.Seq < s.floor {
-		return s, Result{Status: StatusAcked}, true
+	if began := op.Began - int64(RetrySkew); op.Began != 0 && ss.lastForgotten >= began && (s == nil || s.since > began) {
+		return s, Result{Status: StatusSessionExpired}, true
 	}
-	if r, ok := s.results[op.Seq]; ok {
-		return s, r, true
+	if s == nil {
+		if len(ss.byClient) >= ss.max {
+			ss.forgetOldest()
+		}
+		s = &session{client: op.Client, floor: op.Ack, results: make(map[uint64]Result), since: now, lastSeen: now}
+		ss.add(s)
 	}
 	if len(s.results) >= MaxPendingPerClient {
 		return s, Result{Status: StatusTooManyPending}, true
@@ -53,10 +122,33 @@ func (ss sessions) begin(op *Op, now int64) (s *session, res Result, done bool) 
 }
 
 // expire forgets every session idle since before cutoff.
-func (ss sessions) expire(cutoff int64) {
-	for id, s := range ss {
-		if s.lastSeen < cutoff {
-			delete(ss, id)
-		}
+func (ss *sessions) expire(cutoff int64) {
+	for ss.idle.Len() > 0 && ss.idle.Front().Value.(*session).lastSeen < cutoff {
+		ss.forgetOldest()
 	}
+}
+
+// kept returns what a session keeps of res to answer a retry: all of it but
+// a job's payload and topic, up to 60 KiB and 1 KiB, which are read from
+// the job again when a retried acquire needs them (recall).
+func kept(res Result) Result {
+	res.Payload, res.Topic = "", ""
+	return res
+}
+
+// recall returns the answer to a retry of op that its session answered
+// with res. A retried acquire gets its grant's payload back from the job;
+// if the job is no longer leased under the grant's token (completed, or its
+// lease ran out and another took it), the grant is lost, and the retry
+// finds nothing, as if its lease had run out unused.
+func (f *FSM) recall(op *Op, res Result) Result {
+	if op.Kind != KindAcquire || res.Status != StatusOK {
+		return res
+	}
+	j := f.jobs.jobs[res.JobID]
+	if j == nil || j.state != stateLeased || j.Token != res.Token {
+		return Result{Status: StatusEmpty}
+	}
+	res.Payload, res.Topic = j.Payload, j.Topic
+	return res
 }

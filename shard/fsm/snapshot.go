@@ -14,9 +14,10 @@ import (
 	"github.com/shoal-kv/shoal/shard"
 )
 
-// snapshotFormat is the version of the snapshot stream. Restore refuses any
-// other.
-const snapshotFormat = 1
+// snapshotFormat is the version of the snapshot stream. Restore reads it
+// and format 1, which kept stopped schedules and no order of the sessions;
+// it refuses any other.
+const snapshotFormat = 2
 
 // ErrBadSnapshot is returned (wrapped) by Restore for a stream it cannot read.
 var ErrBadSnapshot = errors.New("fsm: bad snapshot")
@@ -41,6 +42,8 @@ type snapshotHeader struct {
 	Topics     int    `bencode:"o"`
 	Jobs       int    `bencode:"j"`
 	Schedules  int    `bencode:"h"`
+	// LastForgotten is sessions.lastForgotten (format 2).
+	LastForgotten int64 `bencode:"g"`
 }
 
 type keyRecord struct {
@@ -54,6 +57,10 @@ type sessionRecord struct {
 	Floor    uint64         `bencode:"f"`
 	LastSeen int64          `bencode:"t"`
 	Results  []resultRecord `bencode:"r"`
+	// Since is when the session was made; Idle its place in the order of
+	// idleness, 0 for the session idle longest (format 2).
+	Since int64 `bencode:"s"`
+	Idle  int   `bencode:"n"`
 }
 
 type resultRecord struct {
@@ -93,7 +100,8 @@ type scheduleRecord struct {
 	Interval    int64  `bencode:"i"`
 	MaxAttempts int    `bencode:"m"`
 	Last        int64  `bencode:"l"`
-	Stopped     int    `bencode:"s"`
+	// Stopped marks a stopped schedule of format 1; format 2 deletes them.
+	Stopped int `bencode:"s,omitempty"`
 }
 
 // fsmSnapshot is a point-in-time copy of the state, written out while the
@@ -141,16 +149,21 @@ func (f *FSM) snapshot() *fsmSnapshot {
 		Term:       f.term,
 		JobSeq:     f.jobs.seq,
 		Completed:  f.jobs.completed,
+
+		LastForgotten: f.sessions.lastForgotten,
 	}}
 	for k, e := range f.kv {
 		s.kv = append(s.kv, keyRecord{Key: k, Value: e.Value, Version: e.Version})
 	}
-	for c, ss := range f.sessions {
-		rec := sessionRecord{Client: c, Floor: ss.floor, LastSeen: ss.lastSeen}
+	idle := 0
+	for e := f.sessions.idle.Front(); e != nil; e = e.Next() {
+		ss := e.Value.(*session)
+		rec := sessionRecord{Client: ss.client, Floor: ss.floor, LastSeen: ss.lastSeen, Since: ss.since, Idle: idle}
 		for seq, r := range ss.results {
 			rec.Results = append(rec.Results, resultRecord{Seq: seq, Result: r})
 		}
 		s.sessions = append(s.sessions, rec)
+		idle++
 	}
 	for name, q := range f.jobs.topics {
 		s.topics = append(s.topics, topicRecord{Name: name, Done: q.done})
@@ -160,18 +173,14 @@ func (f *FSM) snapshot() *fsmSnapshot {
 			ID: j.ID, Topic: j.Topic, Payload: j.Payload, State: j.state, Attempt: j.Attempt,
 			MaxAttempts: j.MaxAttempts, RunAt: j.RunAt, Lease: j.Lease, Deadline: j.Deadline,
 			Holder: j.Holder, Token: j.Token, Unique: j.Unique, Backoff: j.Backoff,
-			LastError: j.LastError, Created: j.Created, Seq: j.seq,
+			LastError: j.LastError, Created: j.Created, Seq: j.Seq,
 		})
 	}
 	for _, sc := range f.jobs.schedules {
-		rec := scheduleRecord{
+		s.schedules = append(s.schedules, scheduleRecord{
 			Topic: sc.Topic, Key: sc.Key, Payload: sc.Payload, Interval: sc.Interval,
 			MaxAttempts: sc.MaxAttempts, Last: sc.Last,
-		}
-		if sc.Stopped {
-			rec.Stopped = 1
-		}
-		s.schedules = append(s.schedules, rec)
+		})
 	}
 	h := &s.header
 	h.Keys, h.Sessions, h.Topics, h.Jobs, h.Schedules = len(s.kv), len(s.sessions), len(s.topics), len(s.jobs), len(s.schedules)
@@ -260,27 +269,21 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := bencode.Unmarshal(br, &h); err != nil {
 		return fmt.Errorf("%w: header: %v", ErrBadSnapshot, err)
 	}
-	if h.Format != snapshotFormat {
-		return fmt.Errorf("%w: format %d, want %d", ErrBadSnapshot, h.Format, snapshotFormat)
+	if h.Format != snapshotFormat && h.Format != 1 {
+		return fmt.Errorf("%w: format %d, want 1 or %d", ErrBadSnapshot, h.Format, snapshotFormat)
 	}
 	if h.Keys < 0 || h.Sessions < 0 || h.Topics < 0 || h.Jobs < 0 || h.Schedules < 0 {
 		return fmt.Errorf("%w: negative counts", ErrBadSnapshot)
 	}
 	kv := make(map[string]Entry)
-	ss := make(sessions)
+	var restored []*sessionRecord
 	jobs := newJobTable()
 	jobs.seq, jobs.completed = h.JobSeq, h.Completed
 	err := readAll(br, h.Keys, "key", func(r *keyRecord) {
 		kv[r.Key] = Entry{Value: r.Value, Version: r.Version}
 	})
 	if err == nil {
-		err = readAll(br, h.Sessions, "session", func(r *sessionRecord) {
-			s := &session{floor: r.Floor, lastSeen: r.LastSeen, results: make(map[uint64]Result, len(r.Results))}
-			for _, res := range r.Results {
-				s.results[res.Seq] = res.Result
-			}
-			ss[r.Client] = s
-		})
+		err = readAll(br, h.Sessions, "session", func(r *sessionRecord) { restored = append(restored, r) })
 	}
 	if err == nil {
 		err = readAll(br, h.Topics, "topic", func(r *topicRecord) { jobs.topic(r.Name).done = r.Done })
@@ -291,16 +294,25 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 				ID: r.ID, Topic: r.Topic, Payload: r.Payload, state: r.State, Attempt: r.Attempt,
 				MaxAttempts: r.MaxAttempts, RunAt: r.RunAt, Lease: r.Lease, Deadline: r.Deadline,
 				Holder: r.Holder, Token: r.Token, Unique: r.Unique, Backoff: r.Backoff,
-				LastError: r.LastError, Created: r.Created, seq: r.Seq, index: -1,
+				LastError: r.LastError, Created: r.Created, Seq: r.Seq, index: -1,
 			}
 			jobs.add(j)
 		})
 	}
 	if err == nil {
+		// With the jobs in place, a topic left with none is forgotten.
+		for _, q := range jobs.topics {
+			jobs.settle(q)
+		}
+	}
+	if err == nil {
 		err = readAll(br, h.Schedules, "schedule", func(r *scheduleRecord) {
+			if r.Stopped != 0 {
+				return
+			}
 			jobs.schedules[shard.JobKey(r.Topic, r.Key)] = &Schedule{
 				Topic: r.Topic, Key: r.Key, Payload: r.Payload, Interval: r.Interval,
-				MaxAttempts: r.MaxAttempts, Last: r.Last, Stopped: r.Stopped != 0,
+				MaxAttempts: r.MaxAttempts, Last: r.Last,
 			}
 		})
 	}
@@ -311,6 +323,24 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	ss := newSessions(f.sessions.max)
+	ss.lastForgotten = h.LastForgotten
+	// Sessions go back in their order of idleness (format 1: of lastSeen,
+	// then client id), the one idle longest first.
+	sort.SliceStable(restored, func(i, j int) bool {
+		a, b := restored[i], restored[j]
+		return a.Idle < b.Idle || a.Idle == b.Idle && a.LastSeen < b.LastSeen
+	})
+	for _, r := range restored {
+		s := &session{client: r.Client, floor: r.Floor, since: r.Since, lastSeen: r.LastSeen, results: make(map[uint64]Result, len(r.Results))}
+		for _, res := range r.Results {
+			s.results[res.Seq] = res.Result
+		}
+		ss.add(s)
+	}
+	for ss.idle.Len() > ss.max {
+		ss.forgetOldest()
+	}
 	f.kv, f.sessions, f.jobs = kv, ss, jobs
 	f.rev, f.clock, f.lastExpiry, f.term = h.Revision, h.Clock, h.LastExpiry, h.Term
 	f.executed, f.duplicates = h.Executed, h.Duplicates
@@ -331,7 +361,7 @@ func (t *jobTable) add(j *Job) {
 	case stateLeased:
 		heap.Push(&q.leased, j)
 	default:
-		q.dead++
+		q.dead[j.ID] = j
 		return
 	}
 	if j.Unique != "" {
