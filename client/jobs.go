@@ -27,6 +27,10 @@ type Job struct {
 	// Attempt counts the times the job was handed out, this one included.
 	Attempt int
 	Token   uint64
+	// Grant is the lease's proof, random: Complete, Fail, Extend and
+	// Release need it with Token, so that no one who was not granted the
+	// lease can end it by guessing its token.
+	Grant uint64
 	// Deadline is when the lease runs out, by the shard leader's clock.
 	Deadline time.Time
 }
@@ -206,14 +210,15 @@ func jobOf(j *wire.JobInfo) *Job {
 	if j == nil || j.ID == "" || j.Token == 0 {
 		return nil
 	}
-	return &Job{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempt: j.Attempt, Token: j.Token, Deadline: j.Deadline}
+	return &Job{ID: j.ID, Topic: j.Topic, Payload: []byte(j.Payload), Attempt: j.Attempt, Token: j.Token,
+		Grant: j.Grant, Deadline: j.Deadline}
 }
 
 // releaseQuietly gives back a job the caller did not ask for.
 func (c *Client) releaseQuietly(j *Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.MaxAttemptTimeout)
 	defer cancel()
-	args := wire.Args{JobID: j.ID, Token: j.Token}
+	args := wire.Args{JobID: j.ID, Token: j.Token, Grant: j.Grant}
 	if _, err := c.do(ctx, wire.OpRelease, args, c.routeOp(wire.OpRelease, &args), c.cfg.Attempts, 0); err != nil {
 		c.log.Warn("releasing a surplus job failed; it returns when its lease runs out", "job", j.ID, "err", err)
 	}
@@ -340,7 +345,7 @@ func (c *Client) onJob(ctx context.Context, op wire.Op, job *Job, args wire.Args
 	if job == nil {
 		return nil, errors.New("client: no job")
 	}
-	args.JobID, args.Token = job.ID, job.Token
+	args.JobID, args.Token, args.Grant = job.ID, job.Token, job.Grant
 	r, err := c.call(ctx, op, args)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"time"
 
 	"github.com/shoal-kv/shoal/shard"
@@ -26,6 +28,19 @@ var commandKinds = map[wire.Op]fsm.Kind{
 	wire.OpUnevery:       fsm.KindUnevery,
 }
 
+// newGrant draws the proof of a lease (fsm.Op.Grant): random, from the
+// system's secure source, never 0 (the grant of a lease granted before
+// grants existed).
+func newGrant() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:]) // never fails (Go 1.24+)
+		if g := binary.LittleEndian.Uint64(b[:]); g != 0 {
+			return g
+		}
+	}
+}
+
 // stateOp returns the state machine op of query m, whose op must be in
 // commandKinds and whose arguments passed wire.CheckQuery. It carries only
 // the arguments of its kind, so what else a query holds stays out of the
@@ -42,11 +57,14 @@ func stateOp(m *wire.Message) fsm.Op {
 	case fsm.KindDelete:
 		op.Key = a.Key
 	default: // the job ops
-		op.Topic, op.JobID, op.Token, op.Lease, op.Value = a.Topic, a.JobID, a.Token, int64(a.Lease), a.Value
+		op.Topic, op.JobID, op.Token, op.Grant, op.Lease, op.Value = a.Topic, a.JobID, a.Token, a.Grant, int64(a.Lease), a.Value
 		op.Delay, op.MaxAttempts, op.Backoff = int64(a.Delay), a.MaxAttempts, int64(a.Backoff)
 		op.Unique, op.Reason, op.Interval = a.Unique, a.Reason, int64(a.Interval)
 		if !a.RunAt.IsZero() {
 			op.RunAt = a.RunAt.UnixNano()
+		}
+		if op.Kind == fsm.KindAcquire {
+			op.Grant = newGrant()
 		}
 		// A failure's reason is kept with the job for operators to read:
 		// a longer one is cut rather than refused, so the job still fails.

@@ -54,7 +54,8 @@ func writeReply(res fsm.Result) *wire.Message {
 	}
 	r := wire.Result{Version: res.Version}
 	if res.JobID != "" {
-		r.Job = &wire.JobInfo{ID: res.JobID, Topic: res.Topic, Payload: res.Payload, Attempt: res.Attempt, Token: res.Token}
+		r.Job = &wire.JobInfo{ID: res.JobID, Topic: res.Topic, Payload: res.Payload, Attempt: res.Attempt, Token: res.Token,
+			Grant: res.Grant}
 		if res.Deadline != 0 {
 			r.Job.Deadline = time.Unix(0, res.Deadline)
 		}

@@ -83,6 +83,9 @@ type Args struct {
 	Topic string
 	JobID string
 	Token uint64
+	// Grant goes with Token on the ops of a leased job: the lease's proof
+	// (JobInfo.Grant).
+	Grant uint64
 	Lease time.Duration
 	// Delay (from the leader's clock) or RunAt says when a new job may
 	// run; neither means now.
@@ -133,7 +136,12 @@ type JobInfo struct {
 	Topic   string
 	Payload string
 	Attempt int
-	Token   uint64
+	// Token fences the lease: it grows with every grant of the shard.
+	// Grant, random, proves the lease: the ops of a leased job need both,
+	// so that no one who does not hold the grant can end a lease by
+	// guessing its token.
+	Token uint64
+	Grant uint64
 	// Deadline is the end of the lease for a grant or extension; for a
 	// failed job, when it runs again (zero if it is dead now).
 	Deadline    time.Time

@@ -183,15 +183,21 @@ func TestCLIJobs(t *testing.T) {
 	id := strings.TrimSpace(out)
 	code, out, errs = shoal("acquire", "mail", "--json", "--lease", "20s")
 	var j struct {
-		ID, Topic, Payload, Deadline string
-		Attempt                      int
-		Token                        uint64
+		ID, Topic, Payload, Deadline, Lease string
+		Attempt                             int
+		Token                               uint64
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &j) != nil || j.ID != id || j.Topic != "mail" || j.Payload != "hi there" ||
-		j.Attempt != 1 || j.Token == 0 || j.Deadline == "" {
+		j.Attempt != 1 || j.Token == 0 || j.Deadline == "" || !strings.HasPrefix(j.Lease, fmt.Sprint(j.Token, ":")) {
 		t.Fatalf("acquire --json: %d %q %q", code, out, errs)
 	}
-	tok := fmt.Sprint(j.Token)
+	tok := j.Lease
+	// The token alone, or with another grant, ends nothing.
+	for _, forged := range []string{fmt.Sprint(j.Token), fmt.Sprintf("%d:%016x", j.Token, 12345)} {
+		if code, _, _ := shoal("complete", id, forged); code == 0 {
+			t.Errorf("complete %s %s: exit 0", id, forged)
+		}
+	}
 	if code, out, _ := shoal("extend", id, tok, "--lease", "30s"); code != 0 || out != "OK\n" {
 		t.Errorf("extend: %d %q", code, out)
 	}

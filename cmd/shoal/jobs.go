@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -57,7 +58,7 @@ func acquireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			}
 			if t.json {
 				obj := map[string]any{
-					"id": j.ID, "topic": j.Topic, "attempt": j.Attempt, "token": j.Token,
+					"id": j.ID, "topic": j.Topic, "attempt": j.Attempt, "token": j.Token, "lease": leaseOf(j),
 					"deadline": j.Deadline.UTC().Format(time.RFC3339Nano),
 				}
 				if utf8.Valid(j.Payload) {
@@ -67,25 +68,32 @@ func acquireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				}
 				return printJSON(stdout, obj)
 			}
-			_, err = fmt.Fprintf(stdout, "%s\t%d\tattempt %d\tuntil %s\n%s\n", j.ID, j.Token, j.Attempt,
+			_, err = fmt.Fprintf(stdout, "%s\t%s\tattempt %d\tuntil %s\n%s\n", j.ID, leaseOf(j), j.Attempt,
 				j.Deadline.Format(time.RFC3339Nano), j.Payload)
 			return err
 		})
 }
 
-// leasedJob parses the ID TOKEN arguments of extend, complete and fail.
+// leaseOf returns what the CLI prints of a job's lease, and takes back
+// to act on it: TOKEN:GRANT, the fencing token in decimal and the grant in
+// hex.
+func leaseOf(j *client.Job) string { return fmt.Sprintf("%d:%016x", j.Token, j.Grant) }
+
+// leasedJob parses the ID LEASE arguments of extend, complete and fail.
 func leasedJob(pos []string) (*client.Job, error) {
-	tok, err := strconv.ParseUint(pos[1], 10, 64)
-	if err != nil || tok == 0 {
-		return nil, fmt.Errorf("%w: token %q is not a positive integer", errUsage, pos[1])
+	tokText, grantText, _ := strings.Cut(pos[1], ":")
+	tok, err := strconv.ParseUint(tokText, 10, 64)
+	grant, gerr := strconv.ParseUint(grantText, 16, 64)
+	if err != nil || gerr != nil || tok == 0 {
+		return nil, fmt.Errorf("%w: lease %q is not TOKEN:GRANT as acquire prints it", errUsage, pos[1])
 	}
-	return &client.Job{ID: pos[0], Token: tok}, nil
+	return &client.Job{ID: pos[0], Token: tok, Grant: grant}, nil
 }
 
-// jobCommand runs extend, complete or fail on ID TOKEN.
+// jobCommand runs extend, complete or fail on ID LEASE.
 func jobCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer,
 	extra func(*flag.FlagSet), do func(context.Context, *client.Client, *client.Job) error) error {
-	return clientCommand(ctx, name, args, 2, "ID TOKEN", stderr, extra,
+	return clientCommand(ctx, name, args, 2, "ID LEASE", stderr, extra,
 		func(ctx context.Context, c *client.Client, t *target, pos []string) error {
 			j, err := leasedJob(pos)
 			if err != nil {
@@ -93,7 +101,7 @@ func jobCommand(ctx context.Context, name string, args []string, stdout, stderr 
 			}
 			if err := do(ctx, c, j); err != nil {
 				if errors.Is(err, client.ErrLeaseLost) {
-					return fmt.Errorf("job %s: lease lost: token %d is not the job's live lease", j.ID, j.Token)
+					return fmt.Errorf("job %s: lease lost: %s is not the job's live lease", j.ID, leaseOf(j))
 				}
 				return err
 			}

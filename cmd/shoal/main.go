@@ -42,10 +42,10 @@ Usage:
   shoal enqueue TOPIC PAYLOAD [--delay D] [--key K] [--max-attempts N]
                                                   store a job; prints its id
   shoal acquire TOPIC [--lease 30s] [--wait 5s]   lease the next ready job; prints
-                                                  ID TOKEN ATTEMPT DEADLINE, then the payload
-  shoal extend ID TOKEN [--lease D]               keep the job longer
-  shoal complete ID TOKEN                         finish the job
-  shoal fail ID TOKEN [--reason R]                fail it: retried with backoff, or dead
+                                                  ID LEASE ATTEMPT DEADLINE, then the payload
+  shoal extend ID LEASE [--lease D]               keep the job longer
+  shoal complete ID LEASE                         finish the job
+  shoal fail ID LEASE [--reason R]                fail it: retried with backoff, or dead
   shoal requeue ID                                queue a dead job again
   shoal jobs TOPIC [--dead]                       counts by state (and the dead jobs)
   shoal bench [--op OP --shards N --clients C --duration 10s] [--cluster FILE] [--json]

@@ -17,8 +17,8 @@ import (
 //	strings as uvarint length and bytes, unsigned integers as uvarints,
 //	signed ones as varints.
 //
-// Format 1 had no Op.Began: its ops decode with Began 0, as first
-// attempts. Entries already in a log keep the format they were written in.
+// Format 1 had no Op.Began and Op.Grant: its ops decode with Began 0, as
+// first attempts, and Grant 0, as leases granted before grants existed. Entries already in a log keep the format they were written in.
 const (
 	commandFormat   = 2
 	commandFormatV1 = 1
@@ -57,6 +57,7 @@ func (c *Command) Encode() ([]byte, error) {
 		b = appendString(b, op.Reason)
 		b = binary.AppendVarint(b, op.Interval)
 		b = binary.AppendVarint(b, op.Began)
+		b = binary.AppendUvarint(b, op.Grant)
 	}
 	return b, nil
 }
@@ -162,6 +163,7 @@ func DecodeCommand(b []byte) (Command, error) {
 		}
 		if format == commandFormat {
 			c.Ops[i].Began = d.varint()
+			c.Ops[i].Grant = d.uvarint()
 		}
 	}
 	if d.err == nil && len(d.b) != 0 {

@@ -22,11 +22,11 @@ const (
 	// MaxAttempts, Backoff and uniqueness key Unique.
 	KindEnqueue Kind = 4
 	// KindAcquire leases the next available job of Topic to Client for
-	// Lease nanoseconds.
+	// Lease nanoseconds, under Grant.
 	KindAcquire Kind = 5
 	// KindExtend, KindComplete, KindFail and KindRelease act on job JobID
-	// under lease Token: extend it by Lease, finish it, fail it with
-	// Reason, or give it back.
+	// under lease Token with its Grant: extend it by Lease, finish it,
+	// fail it with Reason, or give it back.
 	KindExtend   Kind = 6
 	KindComplete Kind = 7
 	KindFail     Kind = 8
@@ -94,6 +94,11 @@ type Op struct {
 	// that proposed it, for a retry; 0 for a request's first attempt. A
 	// retry's session may have been forgotten since (sessions.begin).
 	Began int64
+	// Grant, of an acquire, is a random number the proposing node drew:
+	// the proof of the lease the acquire grants, which the ops on the
+	// leased job must present with its Token. The token fences (it grows
+	// with every grant of the shard) but can be guessed; the grant cannot.
+	Grant uint64
 }
 
 // Command is one raft log entry: a batch of operations and the time at which
@@ -159,6 +164,7 @@ type Result struct {
 	Payload  string `bencode:"p"`
 	Attempt  int    `bencode:"a"`
 	Token    uint64 `bencode:"o"`
+	Grant    uint64 `bencode:"g"`
 	Deadline int64  `bencode:"d"`
 	// Index is the raft index of the entry that carried the op (for a
 	// retry answered from its session, the retry's entry; for one that

@@ -67,11 +67,12 @@ type Job struct {
 	RunAt int64
 	// Lease is the length of the current or last lease; Deadline its
 	// end; Holder the client that acquired it; Token its fencing token,
-	// which grows with every grant of the shard.
+	// which grows with every grant of the shard; Grant its proof (Op.Grant).
 	Lease    int64
 	Deadline int64
 	Holder   string
 	Token    uint64
+	Grant    uint64
 	// Unique is the uniqueness key the job was enqueued with.
 	Unique string
 	// Backoff is the base retry delay after a failure, nanoseconds.
@@ -349,6 +350,7 @@ func (f *FSM) acquire(op *Op) Result {
 		j.Holder = op.Client
 		f.rev++
 		j.Token = f.rev
+		j.Grant = op.Grant
 		heap.Push(&q.leased, j)
 		return grantResult(j)
 	}
@@ -368,16 +370,18 @@ func (q *topicQueue) next() (*Job, *jobHeap) {
 }
 
 func grantResult(j *Job) Result {
-	return Result{JobID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, Token: j.Token, Deadline: j.Deadline}
+	return Result{JobID: j.ID, Topic: j.Topic, Payload: j.Payload, Attempt: j.Attempt, Token: j.Token, Grant: j.Grant,
+		Deadline: j.Deadline}
 }
 
-// held returns the job op names if op's token is its live lease.
+// held returns the job op names if op's token and grant are its live
+// lease.
 func (f *FSM) held(op *Op) (*Job, Result, bool) {
 	j := f.jobs.jobs[op.JobID]
 	switch {
 	case j == nil:
 		return nil, Result{Status: StatusLeaseLost}, false
-	case j.state != stateLeased || j.Token != op.Token || j.Deadline < f.clock:
+	case j.state != stateLeased || j.Token != op.Token || j.Grant != op.Grant || j.Deadline < f.clock:
 		return nil, Result{Status: StatusLeaseLost, Token: j.Token}, false
 	}
 	return j, Result{}, true

@@ -22,14 +22,18 @@ func (a *applier) enqueue(id, topic string, opts ...func(*Op)) Result {
 	return a.one(op)
 }
 
+// acquire acquires under a grant that, like the random one of a node, no
+// one would guess, and that is the same for the same history.
 func (a *applier) acquire(topic, client string, lease int64) Result {
 	a.t.Helper()
-	return a.one(Op{Kind: KindAcquire, Topic: topic, Client: client, Lease: lease})
+	return a.one(Op{Kind: KindAcquire, Topic: topic, Client: client, Lease: lease, Grant: testGrant(a.index)})
 }
+
+func testGrant(i uint64) uint64 { return (i + 1) * 0x9e3779b97f4a7c15 }
 
 func (a *applier) onJob(kind Kind, g Result, opts ...func(*Op)) Result {
 	a.t.Helper()
-	op := Op{Kind: kind, JobID: g.JobID, Token: g.Token}
+	op := Op{Kind: kind, JobID: g.JobID, Token: g.Token, Grant: g.Grant}
 	for _, o := range opts {
 		o(&op)
 	}
@@ -377,11 +381,35 @@ func TestNextLeaseEnd(t *testing.T) {
 	}
 }
 
+// Ending a lease takes its grant as well as its token: the token, which
+// grows by one with every grant of the shard, can be guessed.
+func TestGrantProvesTheLease(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j1", "t")
+	g := a.acquire("t", "w", 10*sec)
+	if g.Status != StatusOK || g.Grant == 0 {
+		t.Fatalf("grant %+v", g)
+	}
+	for _, k := range []Kind{KindExtend, KindFail, KindRelease, KindComplete} {
+		for _, grant := range []uint64{0, g.Grant + 1} {
+			if r := a.onJob(k, g, func(o *Op) { o.Grant = grant }); r.Status != StatusLeaseLost {
+				t.Errorf("%s with grant %d for %d: %+v, want StatusLeaseLost", k, grant, g.Grant, r)
+			}
+		}
+	}
+	if r := a.onJob(KindExtend, g); r.Status != StatusOK || r.Grant != g.Grant || r.Token != g.Token {
+		t.Errorf("extend with the grant: %+v", r)
+	}
+	if r := a.onJob(KindComplete, g); r.Status != StatusOK {
+		t.Errorf("complete with the grant: %+v", r)
+	}
+}
+
 func TestAcquireRetryGetsSameGrant(t *testing.T) {
 	a := newApplier(t)
 	a.enqueue("j1", "t")
 	a.enqueue("j2", "t")
-	op := Op{Kind: KindAcquire, Topic: "t", Client: "c", Seq: 5, Ack: 5, Lease: sec}
+	op := Op{Kind: KindAcquire, Topic: "t", Client: "c", Seq: 5, Ack: 5, Lease: sec, Grant: 7}
 	g1, g2 := a.one(op), a.one(op)
 	if g1 != g2 {
 		t.Errorf("a retried acquire got %+v, then %+v", g1, g2)
@@ -424,9 +452,9 @@ func TestJobSnapshotRestore(t *testing.T) {
 			a.enqueue(fmt.Sprint("j", i), fmt.Sprint("t", i%3), func(o *Op) { o.Unique = fmt.Sprint("u", i%5); o.RunAt = a.now + int64(i%4)*sec })
 		}
 		a.now += 2 * sec
-		g := a.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec})
-		a.one(Op{Kind: KindFail, JobID: g.JobID, Token: g.Token, Reason: "x"})
-		a.one(Op{Kind: KindAcquire, Topic: "t1", Client: "w", Seq: 3, Ack: 1, Lease: 30 * sec})
+		g := a.one(Op{Kind: KindAcquire, Topic: "t0", Client: "w", Seq: 2, Ack: 1, Lease: 30 * sec, Grant: 11})
+		a.one(Op{Kind: KindFail, JobID: g.JobID, Token: g.Token, Grant: g.Grant, Reason: "x"})
+		a.one(Op{Kind: KindAcquire, Topic: "t1", Client: "w", Seq: 3, Ack: 1, Lease: 30 * sec, Grant: 12})
 		g = a.acquire("t2", "w", 30*sec)
 		a.onJob(KindComplete, g)
 		return a
@@ -458,8 +486,8 @@ func TestJobSnapshotRestore(t *testing.T) {
 	}
 	// The session's stored grant survives: a retry returns it, with the
 	// payload read from the job, while the job is leased under it.
-	retry := z.one(Op{Kind: KindAcquire, Topic: "t1", Client: "w", Seq: 3, Ack: 1, Lease: 30 * sec})
-	if retry.Status != StatusOK || retry.Token == 0 || retry.Payload == "" {
+	retry := z.one(Op{Kind: KindAcquire, Topic: "t1", Client: "w", Seq: 3, Ack: 1, Lease: 30 * sec, Grant: 99})
+	if retry.Status != StatusOK || retry.Token == 0 || retry.Grant != 12 || retry.Payload == "" {
 		t.Errorf("retried acquire after restore: %+v", retry)
 	}
 	// The grant of a job failed since is lost: its retry finds nothing.

@@ -146,7 +146,7 @@ func (f *FSM) recall(op *Op, res Result) Result {
 		return res
 	}
 	j := f.jobs.jobs[res.JobID]
-	if j == nil || j.state != stateLeased || j.Token != res.Token {
+	if j == nil || j.state != stateLeased || j.Token != res.Token || j.Grant != res.Grant {
 		return Result{Status: StatusEmpty}
 	}
 	res.Payload, res.Topic = j.Payload, j.Topic

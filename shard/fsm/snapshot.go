@@ -86,6 +86,7 @@ type jobRecord struct {
 	Deadline    int64    `bencode:"d"`
 	Holder      string   `bencode:"h"`
 	Token       uint64   `bencode:"o"`
+	Grant       uint64   `bencode:"g"` // format 2
 	Unique      string   `bencode:"u"`
 	Backoff     int64    `bencode:"b"`
 	LastError   string   `bencode:"e"`
@@ -172,7 +173,7 @@ func (f *FSM) snapshot() *fsmSnapshot {
 		s.jobs = append(s.jobs, jobRecord{
 			ID: j.ID, Topic: j.Topic, Payload: j.Payload, State: j.state, Attempt: j.Attempt,
 			MaxAttempts: j.MaxAttempts, RunAt: j.RunAt, Lease: j.Lease, Deadline: j.Deadline,
-			Holder: j.Holder, Token: j.Token, Unique: j.Unique, Backoff: j.Backoff,
+			Holder: j.Holder, Token: j.Token, Grant: j.Grant, Unique: j.Unique, Backoff: j.Backoff,
 			LastError: j.LastError, Created: j.Created, Seq: j.Seq,
 		})
 	}
@@ -293,7 +294,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			j := &Job{
 				ID: r.ID, Topic: r.Topic, Payload: r.Payload, state: r.State, Attempt: r.Attempt,
 				MaxAttempts: r.MaxAttempts, RunAt: r.RunAt, Lease: r.Lease, Deadline: r.Deadline,
-				Holder: r.Holder, Token: r.Token, Unique: r.Unique, Backoff: r.Backoff,
+				Holder: r.Holder, Token: r.Token, Grant: r.Grant, Unique: r.Unique, Backoff: r.Backoff,
 				LastError: r.LastError, Created: r.Created, Seq: r.Seq, index: -1,
 			}
 			jobs.add(j)
