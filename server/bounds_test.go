@@ -62,7 +62,7 @@ func TestRetriedAcquireGetsItsGrant(t *testing.T) {
 		t.Fatalf("retried acquire: %+v %+v, want %+v", again.Result.Job, again.Err, first.Result.Job)
 	}
 	done := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpComplete, Client: "worker", Seq: 2,
-		Args: wire.Args{JobID: "j000.1", Token: first.Result.Job.Token}})
+		Args: wire.Args{JobID: "j000.1", Token: first.Result.Job.Token, Grant: first.Result.Job.Grant}})
 	if done.Type != wire.TypeResponse {
 		t.Fatalf("complete: %+v", done.Err)
 	}

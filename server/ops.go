@@ -28,14 +28,14 @@ var commandKinds = map[wire.Op]fsm.Kind{
 	wire.OpUnevery:       fsm.KindUnevery,
 }
 
-// newGrant draws the proof of a lease (fsm.Op.Grant): random, from the
-// system's secure source, never 0 (the grant of a lease granted before
-// grants existed).
+// newGrant draws the proof of a lease (fsm.Op.Grant): 63 random bits
+// from the system's secure source (the wire's integers are signed), never
+// 0 (the grant of a lease granted before grants existed).
 func newGrant() uint64 {
 	var b [8]byte
 	for {
 		rand.Read(b[:]) // never fails (Go 1.24+)
-		if g := binary.LittleEndian.Uint64(b[:]); g != 0 {
+		if g := binary.LittleEndian.Uint64(b[:]) >> 1; g != 0 {
 			return g
 		}
 	}

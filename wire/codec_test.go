@@ -66,13 +66,13 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		"enqueue": query(OpEnqueue, Args{Topic: "mail", JobID: "j0a3.5f2c", Value: "payload", Delay: 1500 * time.Millisecond,
 			RunAt: time.UnixMilli(1767225600123), MaxAttempts: 5, Backoff: 2 * time.Second, Unique: "once"}),
 		"acquire": query(OpAcquire, Args{Topic: "mail", Lease: 30 * time.Second, Shards: []shard.ID{1, 2}, Wait: 5 * time.Second}),
-		"extend":  query(OpExtend, Args{JobID: "j0a3.5f2c", Token: 77, Lease: time.Minute}),
-		"fail":    query(OpFail, Args{JobID: "j0a3.5f2c", Token: 77, Reason: "timeout talking to smtp"}),
+		"extend":  query(OpExtend, Args{JobID: "j0a3.5f2c", Token: 77, Grant: 1<<63 - 1, Lease: time.Minute}),
+		"fail":    query(OpFail, Args{JobID: "j0a3.5f2c", Token: 77, Grant: 5, Reason: "timeout talking to smtp"}),
 		"every":   query(OpEvery, Args{Topic: "cron", Unique: "cleanup", Interval: time.Hour, Value: "p", MaxAttempts: 3}),
 		"dead":    query(OpDeadJobs, Args{Topic: "mail", Shards: []shard.ID{2}, Limit: 100, After: 41}),
 		"retry":   retry(query(OpSet, Args{Key: "k", Value: "v"}), 1500*time.Millisecond),
 		"grant": reply(Result{Job: &JobInfo{ID: "j0a3.5f2c", Topic: "mail", Payload: "payload\x00", Attempt: 2,
-			Token: 77, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
+			Token: 77, Grant: 1<<63 - 1, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
 		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}, Next: 12}),
 		"no dead jobs": reply(Result{Jobs: []JobInfo{}}),
 		"counts":       reply(Result{Counts: &shard.JobCounts{Scheduled: 1, Ready: 2, Leased: 3, Dead: 4, Done: 5}}),
@@ -289,7 +289,7 @@ func TestEncodeIsCanonical(t *testing.T) {
 func TestJobListingOverheads(t *testing.T) {
 	name := strings.Repeat("n", shard.MaxKeySize)
 	job := JobInfo{ID: name, Topic: name, Payload: strings.Repeat("p", shard.MaxValueSize), LastError: name,
-		State: "dead", Attempt: 1<<31 - 1, MaxAttempts: 1<<31 - 1, Token: 1<<64 - 1, Deadline: time.UnixMilli(-1 << 62)}
+		State: "dead", Attempt: 1<<31 - 1, MaxAttempts: 1<<31 - 1, Token: 1<<64 - 1, Grant: 1<<63 - 1, Deadline: time.UnixMilli(-1 << 62)}
 	size := func(j *JobInfo) int {
 		return len(j.ID) + len(j.Topic) + len(j.Payload) + len(j.LastError) + len(j.State)
 	}

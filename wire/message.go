@@ -137,9 +137,9 @@ type JobInfo struct {
 	Payload string
 	Attempt int
 	// Token fences the lease: it grows with every grant of the shard.
-	// Grant, random, proves the lease: the ops of a leased job need both,
-	// so that no one who does not hold the grant can end a lease by
-	// guessing its token.
+	// Grant, 63 random bits, proves the lease: the ops of a leased job
+	// need both, so that no one who does not hold the grant can end a
+	// lease by guessing its token.
 	Token uint64
 	Grant uint64
 	// Deadline is the end of the lease for a grant or extension; for a
