@@ -3,8 +3,10 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -293,4 +295,104 @@ func (u *udpConn) Send(b []byte, to netip.AddrPort) error {
 func (u *udpConn) Receive(buf []byte) (int, netip.AddrPort, time.Time, error) {
 	n, from, err := u.ReadFromUDPAddrPort(buf)
 	return n, from, time.Now(), err
+}
+
+// A flood of forged datagrams (plain queries, and queries sealed with
+// another secret), at several thousand a second, neither slows a
+// well-behaved client much nor grows the nodes: each is dropped where it
+// fails to open, before anything is kept of it.
+func TestForgedFloodDoesNotStarveOthers(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	target := c.Node("n1")
+	rc := newRawClient(t, c, clientAddr(c, "n1"))
+	var seq uint64
+	quiet := setGetLatencies(t, rc, "good", &seq, 100, func() bool { return false })
+
+	other, err := wire.ParseKeyring(wire.NewSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, _ := wire.ParseAddr(clientAddr(c, "n1"))
+	// Two collections: the first leaves what sync.Pools hold in their
+	// victim caches.
+	var heapBefore runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&heapBefore)
+	before := target.Counters().Unauthenticated
+	stop, done := make(chan struct{}), make(chan uint64)
+	for s := range 2 {
+		go func() {
+			var sent uint64
+			defer func() { done <- sent }()
+			u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer u.Close()
+			cp := &capture{}
+			forger := wire.Seal(cp, other, wire.ClientSide)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := wire.NewClientIdentity()
+				m := &wire.Message{Type: wire.TypeQuery, TxID: uint64(i + 1), Op: wire.OpSet, Client: id.ID, Proof: id.Proof,
+					Seq: 1, Ack: 1, Args: wire.Args{Key: fmt.Sprint("forged-", s, "-", i), Value: "x"}}
+				d, err := wire.Encode(m)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%2 == 1 {
+					if err := forger.Send(d, to); err != nil {
+						t.Error(err)
+						return
+					}
+					d = cp.last
+				}
+				if _, err := u.WriteToUDPAddrPort(d, to); err == nil {
+					sent++
+				}
+				if i%64 == 63 {
+					time.Sleep(5 * time.Millisecond) // about 10,000 a second from each sender at most
+				}
+			}
+		}()
+	}
+	end := time.Now().Add(2500 * time.Millisecond)
+	loaded := setGetLatencies(t, rc, "good", &seq, 20, func() bool { return time.Now().Before(end) })
+	close(stop)
+	sent := <-done + <-done
+	servertest.WaitFor(t, 10*time.Second, "the node to take in the flood", func() bool {
+		return target.Counters().Unauthenticated-before >= sent*9/10 // the kernel may drop some
+	})
+	var heapAfter runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&heapAfter)
+
+	t.Logf("quiet: median %v, p99 %v; flooded: median %v, p99 %v; %d forged datagrams sent, %d dropped as unauthenticated; heap %d → %d MiB",
+		quantile(quiet, 0.5), quantile(quiet, 0.99), quantile(loaded, 0.5), quantile(loaded, 0.99), sent,
+		target.Counters().Unauthenticated-before, heapBefore.HeapInuse>>20, heapAfter.HeapInuse>>20)
+	if sent < 5000 {
+		t.Errorf("the flood sent only %d datagrams", sent)
+	}
+	// Floors as in TestLongPollFloodDoesNotStarveOthers: a shared machine
+	// stalls a p99 of a few hundred requests by itself.
+	if bound := max(3*quantile(quiet, 0.5), 25*time.Millisecond); quantile(loaded, 0.5) > bound {
+		t.Errorf("median under the flood: %v, want at most %v", quantile(loaded, 0.5), bound)
+	}
+	if bound := max(3*quantile(quiet, 0.99), 250*time.Millisecond); quantile(loaded, 0.99) > bound {
+		t.Errorf("p99 under the flood: %v, want at most %v", quantile(loaded, 0.99), bound)
+	}
+	if grew := int64(heapAfter.HeapInuse) - int64(heapBefore.HeapInuse); grew > 8<<20 {
+		t.Errorf("the heap grew by %d MiB under a flood of forged datagrams", grew>>20)
+	}
+	if st := target.ShardStats(0); st.Sessions > 2 {
+		t.Errorf("%d sessions after a flood of forged writes", st.Sessions)
+	}
 }
