@@ -57,9 +57,14 @@ func JobWatchers(n *Node) int { return int(n.jobs.watchers.Load()) }
 // may have come: they have looked at every shard and found nothing.
 func BlockedAcquires(n *Node) int { return int(n.jobs.blocked.Load()) }
 
-// DialRPC opens a node-to-node RPC connection to the node listener at addr.
-func DialRPC(ctx context.Context, addr string) (net.Conn, error) {
-	return dialContext(ctx, addr, []byte{preambleRPC})
+// DialRPC opens a node-to-node RPC connection to node to of spec, with the
+// credentials creds (nil: insecure, plain TCP).
+func DialRPC(ctx context.Context, spec *Spec, creds *PeerTLS, to string) (net.Conn, error) {
+	n := spec.Node(to)
+	if n == nil {
+		return nil, fmt.Errorf("no node %q", to)
+	}
+	return newDialer(spec, creds).dial(ctx, n.Raft, []byte{preambleRPC})
 }
 
 // TermOf asks node peer, from node n, for its raft term of shard id.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/rpc"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -210,32 +211,52 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 }
 
 // peers holds one net/rpc client per peer node, dialed on first use and
-// dropped when its connection fails.
+// dropped when its connection fails, or before a call once it has been
+// idle for half of peerIdleTimeout, after which the peer closes it.
 type peers struct {
 	addrs   map[string]string // node id → raft address
+	dialer  *dialer
 	timeout time.Duration
+	idle    time.Duration // replace a connection idle this long
 
 	mu      sync.Mutex
-	clients map[string]*rpc.Client
+	clients map[string]*peerClient
 	closed  bool
 }
 
-func newPeers(addrs map[string]string, dialTimeout time.Duration) *peers {
-	return &peers{addrs: addrs, timeout: dialTimeout, clients: make(map[string]*rpc.Client)}
+// peerClient is the connection to one peer.
+type peerClient struct {
+	*rpc.Client
+	calls atomic.Int32 // calls running
+	used  atomic.Int64 // when the last call ended, in Unix nanoseconds
+}
+
+func (c *peerClient) idleFor(now time.Time) time.Duration {
+	if c.calls.Load() > 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, c.used.Load()))
+}
+
+func newPeers(addrs map[string]string, d *dialer, dialTimeout, idle time.Duration) *peers {
+	return &peers{addrs: addrs, dialer: d, timeout: dialTimeout, idle: idle, clients: make(map[string]*peerClient)}
 }
 
 // client returns the connection to node, dialing it if there is none. The
 // dial runs outside the lock, bounded by ctx, so that one unreachable peer
 // does not hold up calls to the others.
-func (p *peers) client(ctx context.Context, node string) (*rpc.Client, error) {
+func (p *peers) client(ctx context.Context, node string) (*peerClient, error) {
 	p.mu.Lock()
 	c, closed := p.clients[node], p.closed
 	p.mu.Unlock()
 	if closed {
 		return nil, rpc.ErrShutdown
 	}
-	if c != nil {
+	if c != nil && c.idleFor(time.Now()) < p.idle {
 		return c, nil
+	}
+	if c != nil {
+		p.drop(node, c)
 	}
 	addr, ok := p.addrs[node]
 	if !ok {
@@ -243,11 +264,12 @@ func (p *peers) client(ctx context.Context, node string) (*rpc.Client, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	conn, err := dialContext(dctx, addr, []byte{preambleRPC})
+	conn, err := p.dialer.dial(dctx, addr, []byte{preambleRPC})
 	if err != nil {
 		return nil, fmt.Errorf("server: dialing node %s: %w", node, err)
 	}
-	c = rpc.NewClient(conn)
+	c = &peerClient{Client: rpc.NewClientWithCodec(newClientCodec(conn))}
+	c.used.Store(time.Now().UnixNano())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -274,7 +296,7 @@ func (p *peers) reset(node string) {
 	}
 }
 
-func (p *peers) drop(node string, c *rpc.Client) {
+func (p *peers) drop(node string, c *peerClient) {
 	p.mu.Lock()
 	if p.clients[node] == c {
 		delete(p.clients, node)
@@ -309,6 +331,11 @@ func (p *peers) call(ctx context.Context, node, method string, args, reply any) 
 	if err != nil {
 		return fmt.Errorf("%w: %v", errRetry, err)
 	}
+	c.calls.Add(1)
+	defer func() {
+		c.used.Store(time.Now().UnixNano())
+		c.calls.Add(-1)
+	}()
 	call := c.Go(method, args, reply, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:

@@ -64,6 +64,15 @@ type Config struct {
 	// write holds, or waits for, its shard's state). If zero,
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// PeerTLS holds the node's credentials for node-to-node traffic,
+	// which runs over mutual TLS: the node accepts only peers with a
+	// certificate from the cluster CA naming a node of Spec (see
+	// LoadPeerTLS). Start refuses a node without, unless Insecure.
+	PeerTLS *PeerTLS
+	// Insecure runs without authentication: for a trusted network only.
+	// Node-to-node traffic is plain TCP that anyone reaching the node
+	// may speak.
+	Insecure bool
 }
 
 func (c *Config) setDefaults() {
@@ -150,6 +159,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if self == nil {
 		return nil, fmt.Errorf("%w: node %q is not in the spec", ErrInvalidSpec, cfg.ID)
 	}
+	switch {
+	case cfg.PeerTLS != nil:
+		if err := cfg.PeerTLS.check(cfg.ID); err != nil {
+			return nil, err
+		}
+	case !cfg.Insecure:
+		return nil, fmt.Errorf("%w: node %s has no PeerTLS to authenticate its peers; "+
+			"set Config.Insecure to run without, on a trusted network only", ErrNoCredentials, cfg.ID)
+	}
 	m, err := cfg.Spec.Map()
 	if err != nil {
 		return nil, err
@@ -172,7 +190,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		raftAddrs[ns.ID] = ns.Raft
 		n.topology.Nodes = append(n.topology.Nodes, wire.NodeAddr{ID: ns.ID, Addr: ns.Client})
 	}
-	n.peers = newPeers(raftAddrs, 2*time.Second)
+	d := newDialer(cfg.Spec, cfg.PeerTLS)
+	n.peers = newPeers(raftAddrs, d, 2*time.Second, peerIdleTimeout/2)
 	n.rpc = rpc.NewServer()
 	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
 		n.cancel()
@@ -185,7 +204,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	if n.mux, err = newMux(self.raftListen(), self.Raft, n.log, n.serveRPC); err != nil {
+	mc := muxConfig{listen: self.raftListen(), advertise: self.Raft, log: n.log, serveRPC: n.serveRPC, dialer: d}
+	if cfg.PeerTLS != nil {
+		mc.tls = cfg.PeerTLS.serverTLS(func(id string) bool { return cfg.Spec.Node(id) != nil })
+	}
+	if n.mux, err = newMux(mc); err != nil {
 		n.Close()
 		return nil, err
 	}
@@ -199,7 +222,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
-		sl, err := n.mux.streamLayer(id)
+		sl, err := n.mux.streamLayer(id, m.Shard(id).Replicas)
 		if err != nil {
 			return fail(err)
 		}
@@ -246,7 +269,7 @@ func (n *Node) Counters() Counters {
 
 // serveRPC serves one peer connection until it closes.
 func (n *Node) serveRPC(conn net.Conn) {
-	if !n.group.Go(func() { n.rpc.ServeConn(conn) }) {
+	if !n.group.Go(func() { n.rpc.ServeCodec(newServerCodec(conn, n.mux.idle)) }) {
 		conn.Close()
 	}
 }
