@@ -173,6 +173,10 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Err = fmt.Sprintf("node %s: a forward with neither ops nor a read", s.n.id)
 		return nil
 	}
+	if err := checkForward(&req); err != nil {
+		reply.Err = fmt.Sprintf("node %s: %v", s.n.id, err)
+		return nil
+	}
 	timeout := req.Timeout
 	if timeout <= 0 || timeout > s.n.cfg.RequestTimeout {
 		timeout = s.n.cfg.RequestTimeout
@@ -206,6 +210,81 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Retry = retryable(err) || errors.Is(err, context.DeadlineExceeded) ||
 			errors.Is(err, context.Canceled) || errors.Is(err, raft.ErrRaftShutdown)
 		reply.Err = err.Error()
+	}
+	return nil
+}
+
+// checkForward checks a forwarded request as the node checks a client's
+// query on arrival (wire.CheckQuery), and bounds it as a follower's
+// batchers do: a peer gets no further than a client would.
+func checkForward(req *ForwardRequest) error {
+	if len(req.Ops) > entryMaxOps {
+		return fmt.Errorf("%w: %d ops in one forward, over %d", shard.ErrTooLarge, len(req.Ops), entryMaxOps)
+	}
+	size := 0
+	for i, op := range req.Ops {
+		if err := checkStateOp(op); err != nil {
+			return fmt.Errorf("op %d: %w", i, err)
+		}
+		size += opSize(op)
+	}
+	if len(req.Ops) > 1 && size > entryMaxBytes {
+		return fmt.Errorf("%w: ops of %d bytes in one forward, over %d", shard.ErrTooLarge, size, entryMaxBytes)
+	}
+	if len(req.Keys) > forwardMaxGets {
+		return fmt.Errorf("%w: %d keys in one forward, over %d", shard.ErrTooLarge, len(req.Keys), forwardMaxGets)
+	}
+	for _, k := range req.Keys {
+		if err := shard.CheckKey(k); err != nil {
+			return err
+		}
+	}
+	if req.JobRead != nil {
+		if err := shard.CheckTopic(req.JobRead.Topic); err != nil {
+			return err
+		}
+	}
+	if req.WaitTopic != "" {
+		return shard.CheckTopic(req.WaitTopic)
+	}
+	return nil
+}
+
+// clientOps maps each command kind a client's query makes back to its op
+// (the inverse of commandKinds).
+var clientOps = func() map[fsm.Kind]wire.Op {
+	m := make(map[fsm.Kind]wire.Op, len(commandKinds))
+	for op, k := range commandKinds {
+		m[k] = op
+	}
+	return m
+}()
+
+// checkStateOp checks a state machine op a peer forwarded: it must be one
+// that a client's query passing wire.CheckQuery makes (stateOp), with no
+// field its kind does not carry.
+func checkStateOp(op fsm.Op) error {
+	wop, ok := clientOps[op.Kind]
+	if !ok {
+		return fmt.Errorf("%w: no client op makes a command of kind %d", wire.ErrInvalidArgs, op.Kind)
+	}
+	m := wire.Message{Op: wop, Client: op.Client, Seq: op.Seq, Ack: op.Ack, Args: wire.Args{
+		Key: op.Key, Value: op.Value, Version: op.Version,
+		Topic: op.Topic, JobID: op.JobID, Token: op.Token, Lease: time.Duration(op.Lease),
+		Delay: time.Duration(op.Delay), MaxAttempts: op.MaxAttempts, Backoff: time.Duration(op.Backoff),
+		Unique: op.Unique, Reason: op.Reason, Interval: time.Duration(op.Interval),
+	}}
+	if op.RunAt != 0 {
+		m.Args.RunAt = time.Unix(0, op.RunAt)
+	}
+	if err := wire.CheckQuery(&m); err != nil {
+		return err
+	}
+	if len(op.Reason) > shard.MaxKeySize {
+		return fmt.Errorf("%w: a reason of %d bytes exceeds %d", shard.ErrTooLarge, len(op.Reason), shard.MaxKeySize)
+	}
+	if stateOp(&m) != op {
+		return fmt.Errorf("%w: a %s op with fields its kind does not carry", wire.ErrInvalidArgs, wop)
 	}
 	return nil
 }

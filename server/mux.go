@@ -255,8 +255,8 @@ type trackedConn struct {
 	net.Conn          // what the holder reads and writes: TLS over raw
 	raw      net.Conn // the TCP connection
 	mux      *mux
-	layer *streamLayer // the shard it was handed to, if any; under mux.mu
-	once  sync.Once
+	layer    *streamLayer // the shard it was handed to, if any; under mux.mu
+	once     sync.Once
 }
 
 func (c *trackedConn) Close() error {

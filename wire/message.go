@@ -193,4 +193,8 @@ const (
 	MaxTimeout = time.Hour
 	// MaxDuration bounds the durations in Args: leases, delays, intervals.
 	MaxDuration = 365 * 24 * time.Hour
+	// MaxClientIDSize bounds Message.Client, in bytes. The cluster keeps
+	// each client's id with the results of its writes; the Go client's
+	// ids are 16 bytes.
+	MaxClientIDSize = 64
 )

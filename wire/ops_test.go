@@ -58,7 +58,8 @@ func TestCheckArgs(t *testing.T) {
 }
 
 // A query that changes state needs a client id and a sequence number, and
-// an acknowledgement floor no higher than it; a read needs neither.
+// an acknowledgement floor no higher than it; a read needs neither. No
+// client id exceeds MaxClientIDSize.
 func TestCheckQuery(t *testing.T) {
 	for _, tc := range []struct {
 		m  Message
@@ -69,6 +70,9 @@ func TestCheckQuery(t *testing.T) {
 		{Message{Op: OpSet, Client: "c", Args: Args{Key: "k"}}, false},
 		{Message{Op: OpSet, Client: "c", Seq: 2, Ack: 3, Args: Args{Key: "k"}}, false},
 		{Message{Op: OpGet, Args: Args{Key: "k"}}, true},
+		{Message{Op: OpSet, Client: strings.Repeat("c", MaxClientIDSize), Seq: 2, Args: Args{Key: "k"}}, true},
+		{Message{Op: OpSet, Client: strings.Repeat("c", MaxClientIDSize+1), Seq: 2, Args: Args{Key: "k"}}, false},
+		{Message{Op: OpPing, Client: strings.Repeat("c", MaxClientIDSize+1)}, false},
 	} {
 		if err := CheckQuery(&tc.m); (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrInvalidArgs) {
 			t.Errorf("%+v: %v, want ok %v", tc.m, err, tc.ok)
