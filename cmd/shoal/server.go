@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/shoal-kv/shoal/server"
@@ -21,6 +22,8 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles (net/http/pprof) on `ADDR`, e.g. 127.0.0.1:6060; off when empty")
+	tlsDir := fs.String("tls-dir", "", "`DIR` holding the cluster CA (ca.crt) and this node's ID.crt and ID.key (default: tls next to the --cluster file)")
+	insecure := fs.Bool("insecure", false, "run without authenticating peers: node-to-node traffic in plain TCP, for a trusted network only")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -39,7 +42,18 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	cfg := server.Config{ID: *id, DataDir: *data, Spec: spec, Insecure: *insecure}
+	if !*insecure {
+		dir := *tlsDir
+		if dir == "" {
+			dir = filepath.Join(filepath.Dir(*cluster), "tls")
+		}
+		if cfg.PeerTLS, err = server.LoadPeerTLS(dir, *id); err != nil {
+			return fmt.Errorf("%w (make them with shoal certs, or run with --insecure on a trusted network)", err)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	cfg.Logger = log
 	if *pprofAddr != "" {
 		stop, err := servePprof(*pprofAddr, log)
 		if err != nil {
@@ -47,7 +61,10 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer stop()
 	}
-	n, err := server.Start(ctx, server.Config{ID: *id, DataDir: *data, Spec: spec, Logger: log})
+	if *insecure {
+		log.Warn("running insecure: peers are not authenticated")
+	}
+	n, err := server.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
