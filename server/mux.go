@@ -108,14 +108,17 @@ func newMux(cfg muxConfig) (*mux, error) {
 func (m *mux) acceptLoop() {
 	defer m.wg.Done()
 	var delay time.Duration
+	failures := 0 // in a row; the first and the recovery are logged
 	for {
 		conn, err := m.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			if failures++; failures == 1 {
+				m.log.Warn("accept failing; retrying with backoff", "err", err)
+			}
 			delay = min(max(2*delay, acceptMinDelay), acceptMaxDelay)
-			m.log.Warn("accept failed; retrying", "err", err, "delay", delay)
 			select {
 			case <-m.done:
 				return
@@ -123,7 +126,10 @@ func (m *mux) acceptLoop() {
 			}
 			continue
 		}
-		delay = 0
+		if failures > 0 {
+			m.log.Info("accept recovered", "failures", failures)
+		}
+		delay, failures = 0, 0
 		m.admit(conn)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
@@ -603,7 +604,11 @@ func TestForwardDuringStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := servertest.Credentials(spec)
+	ca, err := certs.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := servertest.Credentials(ca, spec)
 	if err != nil {
 		t.Fatal(err)
 	}

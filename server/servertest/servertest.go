@@ -70,6 +70,7 @@ type Cluster struct {
 	ownDir bool
 	log    *slog.Logger
 	opts   Options
+	ca     *certs.CA                  // nil when insecure
 	creds  map[string]*server.PeerTLS // nil when insecure
 	mu     sync.Mutex
 	nodes  map[string]*server.Node // the running ones
@@ -100,7 +101,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if !opts.Insecure {
-		if c.creds, err = Credentials(spec); err != nil {
+		if c.ca, err = certs.NewCA("shoal servertest CA"); err != nil {
+			return nil, err
+		}
+		if c.creds, err = Credentials(c.ca, spec); err != nil {
 			return nil, err
 		}
 	}
@@ -156,13 +160,12 @@ func (c *Cluster) Seeds() []string {
 // would.
 func (c *Cluster) PeerTLS(id string) *server.PeerTLS { return c.creds[id] }
 
-// Credentials makes a cluster CA, in memory, and with it the credentials
-// of every node of spec.
-func Credentials(spec *server.Spec) (map[string]*server.PeerTLS, error) {
-	ca, err := certs.NewCA("shoal servertest CA")
-	if err != nil {
-		return nil, err
-	}
+// CA returns the cluster's CA, nil if it runs insecure.
+func (c *Cluster) CA() *certs.CA { return c.ca }
+
+// Credentials makes with ca, in memory, the credentials of every node of
+// spec.
+func Credentials(ca *certs.CA, spec *server.Spec) (map[string]*server.PeerTLS, error) {
 	creds := make(map[string]*server.PeerTLS, len(spec.Nodes))
 	for _, n := range spec.Nodes {
 		cert, err := ca.Issue(n.ID)
