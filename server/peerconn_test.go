@@ -142,3 +142,66 @@ func TestCheckStateOp(t *testing.T) {
 		}
 	}
 }
+
+// Connections still in their handshake take at most maxPendingConns
+// places: past them a new connection is closed at once, and once they
+// go, new ones are taken again.
+func TestPendingConnectionsAreCapped(t *testing.T) {
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn) { c.Close() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	addr := m.ln.Addr().String()
+	pending := func() int {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.pending
+	}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range maxPendingConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	waitFor(t, "every held connection pending", func() bool { return pending() == maxPendingConns })
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("a connection past the cap: %v, want it closed at once", err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	waitFor(t, "no connection pending", func() bool { return pending() == 0 })
+	again, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	waitFor(t, "a new connection pending", func() bool { return pending() == 1 })
+}
+
+// waitFor polls cond until it holds, failing the test after 5 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
