@@ -50,7 +50,7 @@ const (
 	// timeout when quiesced) and appends (at most twice CommitTimeout
 	// apart) keep a healthy group's connections far busier; the dialing
 	// side replaces a connection idle for half this long before using it
-	// again (raftConn, peers), so it never sends on one being closed.
+	// again (raftClientConn, peers), so it never sends on one being closed.
 	peerIdleTimeout = 2 * time.Minute
 
 	acceptMinDelay = 5 * time.Millisecond
@@ -199,7 +199,11 @@ func (m *mux) route(conn *trackedConn) {
 		m.mu.Lock()
 		sl := m.shards[shard.ID(binary.BigEndian.Uint32(id[:]))]
 		m.mu.Unlock()
-		if sl == nil || (m.tls != nil && !sl.replicas[peer]) {
+		if sl != nil && m.tls != nil && !sl.replicas[peer] {
+			m.log.Warn("refused a raft stream from a node holding no replica of its shard", "peer", peer, "shard", sl.id)
+			sl = nil
+		}
+		if sl == nil {
 			conn.Close()
 			return
 		}
