@@ -194,6 +194,7 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (reply *wire.Message, proposed *replica, failed bool) {
 	a := &m.Args
 	op := stateOp(m)
+	op.Grant = newGrant()
 	// Answer before the client gives up on this attempt.
 	wait := a.Wait
 	if d, ok := ctx.Deadline(); ok {

@@ -209,6 +209,16 @@ func TestSessionIsItsClientsOwn(t *testing.T) {
 	}
 }
 
+// newKeyring returns a keyring of a new secret.
+func newKeyring(t testing.TB) *wire.Keyring {
+	t.Helper()
+	k, err := wire.ParseKeyring(wire.NewSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // A node starts only with the cluster's secret, or when told to run
 // insecure.
 func TestStartNeedsTheClustersSecret(t *testing.T) {

@@ -8,6 +8,12 @@
 // has no multi-raft support; all groups of a node share its listener, and
 // every connection opens with a preamble that names its shard (or the node
 // RPC service, which forwards writes and read-index requests to leaders).
+// That traffic runs over mutual TLS 1.3 with the cluster's CA
+// (Config.PeerTLS, LoadPeerTLS; package certs makes the credentials): a
+// node takes connections only from nodes of its spec, and raft streams of
+// a shard only from its replicas. The listener bounds what peers may hold
+// (connections, handshakes, idle time, message sizes; see mux.go) and
+// keeps accepting through a shortage of file descriptors.
 //
 // Requests:
 //

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -57,10 +58,33 @@ func JobWatchers(n *Node) int { return int(n.jobs.watchers.Load()) }
 // may have come: they have looked at every shard and found nothing.
 func BlockedAcquires(n *Node) int { return int(n.jobs.blocked.Load()) }
 
-// DialRPC opens a node-to-node RPC connection to the node listener at addr.
-func DialRPC(ctx context.Context, addr string) (net.Conn, error) {
-	return dialContext(ctx, addr, []byte{preambleRPC})
+// DialRPC opens a node-to-node RPC connection to node to of spec, with the
+// credentials creds (nil: insecure, plain TCP).
+func DialRPC(ctx context.Context, spec *Spec, creds *PeerTLS, to string) (net.Conn, error) {
+	n := spec.Node(to)
+	if n == nil {
+		return nil, fmt.Errorf("no node %q", to)
+	}
+	return newDialer(spec, creds).dial(ctx, n.Raft, []byte{preambleRPC})
 }
+
+// DialRaft opens a raft stream of shard id to node to of spec, with the
+// credentials creds (nil: insecure, plain TCP).
+func DialRaft(ctx context.Context, spec *Spec, creds *PeerTLS, to string, id shard.ID) (net.Conn, error) {
+	n := spec.Node(to)
+	if n == nil {
+		return nil, fmt.Errorf("no node %q", to)
+	}
+	p := []byte{preambleRaft, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(p[1:], uint32(id))
+	return newDialer(spec, creds).dial(ctx, n.Raft, p)
+}
+
+// Limits of node-to-node messages.
+const (
+	MaxRPCRequestSize = maxRPCRequestSize
+	MaxPendingConns   = maxPendingConns
+)
 
 // TermOf asks node peer, from node n, for its raft term of shard id.
 func TermOf(ctx context.Context, n *Node, peer string, id shard.ID) (uint64, error) {

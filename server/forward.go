@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/rpc"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -176,6 +177,10 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Err = fmt.Sprintf("node %s: a forward with neither ops nor a read", s.n.id)
 		return nil
 	}
+	if err := checkForward(&req); err != nil {
+		reply.Err = fmt.Sprintf("node %s: %v", s.n.id, err)
+		return nil
+	}
 	timeout := req.Timeout
 	if timeout <= 0 || timeout > s.n.cfg.RequestTimeout {
 		timeout = s.n.cfg.RequestTimeout
@@ -213,33 +218,135 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	return nil
 }
 
+// checkForward checks a forwarded request as the node checks a client's
+// query on arrival (wire.CheckQuery), and bounds it as a follower's
+// batchers do: a peer gets no further than a client would.
+func checkForward(req *ForwardRequest) error {
+	if len(req.Ops) > entryMaxOps {
+		return fmt.Errorf("%w: %d ops in one forward, over %d", shard.ErrTooLarge, len(req.Ops), entryMaxOps)
+	}
+	size := 0
+	for i, op := range req.Ops {
+		if err := checkStateOp(op); err != nil {
+			return fmt.Errorf("op %d: %w", i, err)
+		}
+		size += opSize(op)
+	}
+	if len(req.Ops) > 1 && size > entryMaxBytes {
+		return fmt.Errorf("%w: ops of %d bytes in one forward, over %d", shard.ErrTooLarge, size, entryMaxBytes)
+	}
+	if len(req.Keys) > forwardMaxGets {
+		return fmt.Errorf("%w: %d keys in one forward, over %d", shard.ErrTooLarge, len(req.Keys), forwardMaxGets)
+	}
+	for _, k := range req.Keys {
+		if err := shard.CheckKey(k); err != nil {
+			return err
+		}
+	}
+	if req.JobRead != nil {
+		if err := shard.CheckTopic(req.JobRead.Topic); err != nil {
+			return err
+		}
+	}
+	if req.WaitTopic != "" {
+		return shard.CheckTopic(req.WaitTopic)
+	}
+	return nil
+}
+
+// clientOps maps each command kind a client's query makes back to its op
+// (the inverse of commandKinds).
+var clientOps = func() map[fsm.Kind]wire.Op {
+	m := make(map[fsm.Kind]wire.Op, len(commandKinds))
+	for op, k := range commandKinds {
+		m[k] = op
+	}
+	return m
+}()
+
+// checkStateOp checks a state machine op a peer forwarded: it must be one
+// that a client's query passing wire.CheckQuery makes (stateOp), with no
+// field its kind does not carry.
+func checkStateOp(op fsm.Op) error {
+	wop, ok := clientOps[op.Kind]
+	if !ok {
+		return fmt.Errorf("%w: no client op makes a command of kind %d", wire.ErrInvalidArgs, op.Kind)
+	}
+	m := wire.Message{Op: wop, Client: op.Client, Seq: op.Seq, Ack: op.Ack, Args: wire.Args{
+		Key: op.Key, Value: op.Value, Version: op.Version,
+		Topic: op.Topic, JobID: op.JobID, Token: op.Token, Grant: op.Grant, Lease: time.Duration(op.Lease),
+		Delay: time.Duration(op.Delay), MaxAttempts: op.MaxAttempts, Backoff: time.Duration(op.Backoff),
+		Unique: op.Unique, Reason: op.Reason, Interval: time.Duration(op.Interval),
+	}}
+	if op.RunAt != 0 {
+		m.Args.RunAt = time.Unix(0, op.RunAt)
+	}
+	if err := wire.CheckQuery(&m); err != nil {
+		return err
+	}
+	if len(op.Reason) > shard.MaxKeySize {
+		return fmt.Errorf("%w: a reason of %d bytes exceeds %d", shard.ErrTooLarge, len(op.Reason), shard.MaxKeySize)
+	}
+	want := stateOp(&m)
+	// What the proposing node added of its own: when a retry began, by
+	// its clock, and an acquire's grant, which it drew.
+	want.Began = op.Began
+	if op.Kind == fsm.KindAcquire {
+		want.Grant = op.Grant
+	}
+	if want != op {
+		return fmt.Errorf("%w: a %s op with fields its kind does not carry", wire.ErrInvalidArgs, wop)
+	}
+	return nil
+}
+
 // peers holds one net/rpc client per peer node, dialed on first use and
-// dropped when its connection fails.
+// dropped when its connection fails, or before a call once it has been
+// idle for half of peerIdleTimeout, after which the peer closes it.
 type peers struct {
 	addrs   map[string]string // node id → raft address
+	dialer  *dialer
 	timeout time.Duration
+	idle    time.Duration // replace a connection idle this long
 
 	mu      sync.Mutex
-	clients map[string]*rpc.Client
+	clients map[string]*peerClient
 	closed  bool
 }
 
-func newPeers(addrs map[string]string, dialTimeout time.Duration) *peers {
-	return &peers{addrs: addrs, timeout: dialTimeout, clients: make(map[string]*rpc.Client)}
+// peerClient is the connection to one peer.
+type peerClient struct {
+	*rpc.Client
+	calls atomic.Int32 // calls running
+	used  atomic.Int64 // when the last call ended, in Unix nanoseconds
+}
+
+func (c *peerClient) idleFor(now time.Time) time.Duration {
+	if c.calls.Load() > 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, c.used.Load()))
+}
+
+func newPeers(addrs map[string]string, d *dialer, dialTimeout, idle time.Duration) *peers {
+	return &peers{addrs: addrs, dialer: d, timeout: dialTimeout, idle: idle, clients: make(map[string]*peerClient)}
 }
 
 // client returns the connection to node, dialing it if there is none. The
 // dial runs outside the lock, bounded by ctx, so that one unreachable peer
 // does not hold up calls to the others.
-func (p *peers) client(ctx context.Context, node string) (*rpc.Client, error) {
+func (p *peers) client(ctx context.Context, node string) (*peerClient, error) {
 	p.mu.Lock()
 	c, closed := p.clients[node], p.closed
 	p.mu.Unlock()
 	if closed {
 		return nil, rpc.ErrShutdown
 	}
-	if c != nil {
+	if c != nil && c.idleFor(time.Now()) < p.idle {
 		return c, nil
+	}
+	if c != nil {
+		p.drop(node, c)
 	}
 	addr, ok := p.addrs[node]
 	if !ok {
@@ -247,11 +354,12 @@ func (p *peers) client(ctx context.Context, node string) (*rpc.Client, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	conn, err := dialContext(dctx, addr, []byte{preambleRPC})
+	conn, err := p.dialer.dial(dctx, addr, []byte{preambleRPC})
 	if err != nil {
 		return nil, fmt.Errorf("server: dialing node %s: %w", node, err)
 	}
-	c = rpc.NewClient(conn)
+	c = &peerClient{Client: rpc.NewClientWithCodec(newClientCodec(conn))}
+	c.used.Store(time.Now().UnixNano())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -278,7 +386,7 @@ func (p *peers) reset(node string) {
 	}
 }
 
-func (p *peers) drop(node string, c *rpc.Client) {
+func (p *peers) drop(node string, c *peerClient) {
 	p.mu.Lock()
 	if p.clients[node] == c {
 		delete(p.clients, node)
@@ -313,6 +421,11 @@ func (p *peers) call(ctx context.Context, node, method string, args, reply any) 
 	if err != nil {
 		return fmt.Errorf("%w: %v", errRetry, err)
 	}
+	c.calls.Add(1)
+	defer func() {
+		c.used.Store(time.Now().UnixNano())
+		c.calls.Add(-1)
+	}()
 	call := c.Go(method, args, reply, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:

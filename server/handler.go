@@ -96,11 +96,15 @@ func (n *Node) admit(m *wire.Message, from netip.AddrPort) (release func(), ok b
 func longPoll(m *wire.Message) bool { return m.Op == wire.OpAcquire && m.Args.Wait > 0 }
 
 // checkQuery returns the reply to a query that the node does not serve,
-// its op unknown or its arguments invalid, and nil for a valid one. Only a
-// valid query makes its sender a recent client (see clients).
+// its op unknown, its client id not proven or its arguments invalid, and
+// nil for a valid one. Only a valid query makes its sender a recent
+// client (see clients).
 func checkQuery(m *wire.Message) *wire.Message {
 	if !m.Op.Known() {
 		return errorReply(wire.CodeUnknownOp, "unknown op %q", m.Op)
+	}
+	if err := wire.CheckProof(m); err != nil {
+		return argsReply(err)
 	}
 	if err := wire.CheckQuery(m); err != nil {
 		return argsReply(err)

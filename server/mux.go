@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,46 +13,92 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/shard"
 )
 
 // All node-to-node traffic of a node shares one TCP listener. hashicorp/raft
 // has no multi-raft support, so, as Consul and Nomad do, every connection
-// opens with a preamble saying where it goes, and the accept loop hands it
-// on: a raft stream to its shard's StreamLayer, an RPC connection to the
-// node's RPC server.
+// opens (inside TLS, see peertls.go) with a preamble saying where it goes,
+// and the accept loop hands it on: a raft stream to its shard's
+// StreamLayer, an RPC connection to the node's RPC server.
 const (
 	preambleRaft byte = 'R' // followed by the shard id, 4 bytes big-endian
 	preambleRPC  byte = 'C'
-	// preambleTimeout bounds how long a new connection may take to say
-	// what it is.
-	preambleTimeout = 5 * time.Second
+)
+
+// Bounds on what peers, and anyone reaching the node listener, may hold.
+// The listener never stops while the node runs: an accept that fails (out
+// of file descriptors, EMFILE or ENFILE, or any other error) is retried
+// after a pause growing from acceptMinDelay to acceptMaxDelay.
+const (
+	// handshakeTimeout bounds the TLS handshake and the preamble of a new
+	// connection, and a dial of one.
+	handshakeTimeout = 5 * time.Second
+	// maxPeerConns bounds the node-to-node connections accepted and open
+	// at once; past it a new one is closed at once. A node's peers hold
+	// about five connections per shard they share with it (raft's
+	// pipeline and pool of three, one snapshot) and one for RPC.
+	maxPeerConns = 4096
+	// maxPendingConns bounds the accepted connections still in their
+	// handshake: connections nobody authenticated yet cannot take the
+	// room of the peers'.
+	maxPendingConns = 256
+	// peerIdleTimeout is how long an accepted connection may send nothing,
+	// while the node waits for it, before the node closes it. Raft's
+	// heartbeats (a tenth of the heartbeat timeout apart, twice the
+	// timeout when quiesced) and appends (at most twice CommitTimeout
+	// apart) keep a healthy group's connections far busier; the dialing
+	// side replaces a connection idle for half this long before using it
+	// again (raftClientConn, peers), so it never sends on one being closed.
+	peerIdleTimeout = 2 * time.Minute
+
+	acceptMinDelay = 5 * time.Millisecond
+	acceptMaxDelay = time.Second
 )
 
 var errMuxClosed = errors.New("server: node listener closed")
 
+// muxConfig configures a mux.
+type muxConfig struct {
+	// listen is the address to bind; advertise the node's raft address in
+	// the spec, which peers dial.
+	listen, advertise string
+	log               *slog.Logger
+	// serveRPC takes ownership of an RPC connection.
+	serveRPC func(net.Conn)
+	// tls accepts peers; nil runs insecure, on plain TCP.
+	tls *tls.Config
+	// dialer reaches the other nodes.
+	dialer *dialer
+	// idle is peerIdleTimeout, shorter in tests.
+	idle time.Duration
+}
+
 // mux accepts node-to-node connections and routes them by preamble.
 type mux struct {
-	ln        net.Listener
-	advertise advertisedAddr // the address peers reach this node at
-	log       *slog.Logger
-	serveRPC  func(net.Conn) // takes ownership of the connection
+	muxConfig
+	ln   net.Listener
+	done chan struct{} // closed by close
 
 	mu       sync.Mutex
 	shards   map[shard.ID]*streamLayer
 	accepted map[*trackedConn]struct{}
+	pending  int // accepted connections in their handshake
 	closed   bool
 	wg       sync.WaitGroup
 }
 
-// newMux listens on listen and advertises advertise, the node's raft
-// address in the spec, which peers dial.
-func newMux(listen, advertise string, log *slog.Logger, serveRPC func(net.Conn)) (*mux, error) {
-	ln, err := net.Listen("tcp", listen)
+// newMux listens as cfg says.
+func newMux(cfg muxConfig) (*mux, error) {
+	if cfg.idle <= 0 {
+		cfg.idle = peerIdleTimeout
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	m := &mux{ln: ln, advertise: advertisedAddr(advertise), log: log, serveRPC: serveRPC,
+	m := &mux{muxConfig: cfg, ln: ln, done: make(chan struct{}),
 		shards: make(map[shard.ID]*streamLayer), accepted: make(map[*trackedConn]struct{})}
 	m.wg.Add(1)
 	go m.acceptLoop()
@@ -60,102 +107,141 @@ func newMux(listen, advertise string, log *slog.Logger, serveRPC func(net.Conn))
 
 func (m *mux) acceptLoop() {
 	defer m.wg.Done()
+	var delay time.Duration
+	failures := 0 // in a row; the first and the recovery are logged
 	for {
 		conn, err := m.ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				m.log.Error("accept failed; node-to-node listener stopped", "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if failures++; failures == 1 {
+				m.log.Warn("accept failing; retrying with backoff", "err", err)
+			}
+			delay = min(max(2*delay, acceptMinDelay), acceptMaxDelay)
+			select {
+			case <-m.done:
+				return
+			case <-time.After(delay):
+			}
+			continue
 		}
-		tc := &trackedConn{Conn: conn, mux: m}
-		m.mu.Lock()
-		if m.closed {
-			m.mu.Unlock()
-			conn.Close()
-			return
+		if failures > 0 {
+			m.log.Info("accept recovered", "failures", failures)
 		}
-		m.accepted[tc] = struct{}{}
-		m.wg.Add(1)
-		m.mu.Unlock()
-		go func() {
-			defer m.wg.Done()
-			m.route(tc)
-		}()
+		delay, failures = 0, 0
+		m.admit(conn)
 	}
 }
 
-func (m *mux) route(conn *trackedConn) {
-	var kind [1]byte
-	_ = conn.SetReadDeadline(time.Now().Add(preambleTimeout))
-	if _, err := io.ReadFull(conn, kind[:]); err != nil {
+// admit starts the handshake of a new connection, or closes it at once if
+// the node holds as many as it may.
+func (m *mux) admit(conn net.Conn) {
+	tc := &trackedConn{Conn: conn, raw: conn, mux: m}
+	m.mu.Lock()
+	if m.closed || len(m.accepted) >= maxPeerConns || m.pending >= maxPendingConns {
+		m.mu.Unlock()
 		conn.Close()
 		return
 	}
-	switch kind[0] {
+	m.accepted[tc] = struct{}{}
+	m.pending++
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		m.route(tc)
+	}()
+}
+
+// handshake authenticates the peer of a new connection, within
+// handshakeTimeout, and reads its preamble's kind. It returns the peer's
+// node id ("" when insecure).
+func (m *mux) handshake(conn *trackedConn) (peer string, kind byte, err error) {
+	defer func() {
+		m.mu.Lock()
+		m.pending--
+		m.mu.Unlock()
+	}()
+	_ = conn.raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	if m.tls != nil {
+		tc := tls.Server(conn.raw, m.tls)
+		if err := tc.Handshake(); err != nil {
+			return "", 0, err
+		}
+		if peer, err = certs.NodeID(tc.ConnectionState().PeerCertificates[0]); err != nil {
+			return "", 0, err
+		}
+		conn.Conn = tc
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(conn.Conn, b[:]); err != nil {
+		return "", 0, err
+	}
+	return peer, b[0], nil
+}
+
+func (m *mux) route(conn *trackedConn) {
+	peer, kind, err := m.handshake(conn)
+	if err != nil {
+		m.log.Debug("dropped a connection in its handshake", "remote", conn.RemoteAddr(), "err", err)
+		conn.Close()
+		return
+	}
+	switch kind {
 	case preambleRaft:
 		var id [4]byte
-		if _, err := io.ReadFull(conn, id[:]); err != nil {
+		if _, err := io.ReadFull(conn.Conn, id[:]); err != nil {
 			conn.Close()
 			return
 		}
-		_ = conn.SetReadDeadline(time.Time{})
+		_ = conn.raw.SetDeadline(time.Time{})
 		m.mu.Lock()
 		sl := m.shards[shard.ID(binary.BigEndian.Uint32(id[:]))]
 		m.mu.Unlock()
-		if sl == nil || !sl.deliver(conn) {
+		if sl != nil && m.tls != nil && !sl.replicas[peer] {
+			m.log.Warn("refused a raft stream from a node holding no replica of its shard", "peer", peer, "shard", sl.id)
+			sl = nil
+		}
+		if sl == nil {
+			conn.Close()
+			return
+		}
+		conn.Conn = newRaftConn(conn.Conn, m.idle)
+		if !sl.deliver(conn) {
 			conn.Close()
 		}
 	case preambleRPC:
-		_ = conn.SetReadDeadline(time.Time{})
+		_ = conn.raw.SetDeadline(time.Time{})
 		m.serveRPC(conn)
 	default:
-		m.log.Warn("dropped a connection with an unknown preamble", "remote", conn.RemoteAddr(), "preamble", kind[0])
+		m.log.Warn("dropped a connection with an unknown preamble", "remote", conn.RemoteAddr(), "peer", peer, "preamble", kind)
 		conn.Close()
 	}
 }
 
-// streamLayer returns the raft.StreamLayer of one shard on this node.
-func (m *mux) streamLayer(id shard.ID) (*streamLayer, error) {
+// streamLayer returns the raft.StreamLayer of one shard on this node, whose
+// replicas are on the nodes replicas: only they may open its streams.
+func (m *mux) streamLayer(id shard.ID, replicas []string) (*streamLayer, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		return nil, errMuxClosed
 	}
 	sl := &streamLayer{mux: m, id: id, conns: make(chan net.Conn), done: make(chan struct{}),
-		live: make(map[*trackedConn]struct{})}
+		live: make(map[*trackedConn]struct{}), replicas: make(map[string]bool)}
+	for _, r := range replicas {
+		sl.replicas[r] = true
+	}
 	m.shards[id] = sl
 	return sl, nil
-}
-
-// dialContext opens a connection to another node's listener and writes
-// preamble, within ctx.
-func dialContext(ctx context.Context, addr string, preamble []byte) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	deadline := time.Now().Add(preambleTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = conn.SetWriteDeadline(deadline)
-	if _, err := conn.Write(preamble); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	_ = conn.SetWriteDeadline(time.Time{})
-	return conn, nil
 }
 
 // close stops accepting, closes every accepted connection still open (so
 // that raft's and net/rpc's per-connection goroutines end), and waits for the
 // accept loop and routing.
 func (m *mux) close() error {
+	close(m.done)
 	err := m.ln.Close()
 	m.mu.Lock()
 	m.closed = true
@@ -167,7 +253,7 @@ func (m *mux) close() error {
 	for _, c := range open {
 		// Only the socket: whoever holds the connection sees its read
 		// fail and closes it, which releases it (see trackedConn.Close).
-		c.Conn.Close()
+		c.raw.Close()
 	}
 	m.wg.Wait()
 	return err
@@ -176,10 +262,11 @@ func (m *mux) close() error {
 // trackedConn is an accepted connection the mux closes when the node stops,
 // since whoever it was handed to may be blocked reading from it.
 type trackedConn struct {
-	net.Conn
-	mux   *mux
-	layer *streamLayer // the shard it was handed to, if any; under mux.mu
-	once  sync.Once
+	net.Conn          // what the holder reads and writes: TLS over raw
+	raw      net.Conn // the TCP connection
+	mux      *mux
+	layer    *streamLayer // the shard it was handed to, if any; under mux.mu
+	once     sync.Once
 }
 
 func (c *trackedConn) Close() error {
@@ -209,6 +296,8 @@ type streamLayer struct {
 	// and Done).
 	live     map[*trackedConn]struct{}
 	handlers sync.WaitGroup
+	// replicas holds the nodes of the shard's replicas.
+	replicas map[string]bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -275,13 +364,13 @@ func (s *streamLayer) drain() {
 	s.mux.mu.Unlock()
 	for _, c := range live {
 		// The handler's read fails; its own Close releases the connection.
-		c.Conn.Close()
+		c.raw.Close()
 	}
 	s.handlers.Wait()
 }
 
 // Addr returns the address peers reach the node at.
-func (s *streamLayer) Addr() net.Addr { return s.mux.advertise }
+func (s *streamLayer) Addr() net.Addr { return advertisedAddr(s.mux.advertise) }
 
 // advertisedAddr is a TCP address as peers dial it.
 type advertisedAddr string
@@ -294,7 +383,14 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	var p [5]byte
 	p[0] = preambleRaft
 	binary.BigEndian.PutUint32(p[1:], uint32(s.id))
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return dialContext(ctx, string(address), p[:])
+	dial := func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return s.mux.dialer.dial(ctx, string(address), p[:])
+	}
+	conn, err := dial()
+	if err != nil {
+		return nil, err
+	}
+	return newRaftClientConn(conn, dial, s.mux.idle/2), nil
 }

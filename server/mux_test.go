@@ -12,12 +12,13 @@ import (
 // have let go of their connections: drain must end their reads and then
 // wait for them, including a connection raft never accepted.
 func TestStreamLayerDrainWaitsForHandlers(t *testing.T) {
-	m, err := newMux("127.0.0.1:0", "", quietLogger, func(c net.Conn) { c.Close() })
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn) { c.Close() }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.close()
-	sl, err := m.streamLayer(7)
+	m.dialer = &dialer{nodes: map[string]string{m.ln.Addr().String(): "n1"}}
+	sl, err := m.streamLayer(7, []string{"n1"})
 	if err != nil {
 		t.Fatal(err)
 	}

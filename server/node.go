@@ -59,7 +59,8 @@ type Config struct {
 	// Required unless Insecure.
 	Secret *wire.Keyring
 	// Insecure runs the node without authentication: client datagrams
-	// unsealed. For a trusted network only.
+	// unsealed, and node-to-node traffic plain TCP that anyone reaching
+	// the node may speak. For a trusted network only.
 	Insecure bool
 	// HeartbeatInterval is how often the node heartbeats its recent
 	// clients. If zero, DefaultHeartbeatInterval.
@@ -95,6 +96,11 @@ type Config struct {
 	// CodeUnavailable at once. If zero, DefaultMaxLongPolls; if
 	// MaxLongPollsPerClient is zero, DefaultMaxLongPollsPerClient.
 	MaxLongPolls, MaxLongPollsPerClient int
+	// PeerTLS holds the node's credentials for node-to-node traffic,
+	// which runs over mutual TLS: the node accepts only peers with a
+	// certificate from the cluster CA naming a node of Spec (see
+	// LoadPeerTLS). Start refuses a node without, unless Insecure.
+	PeerTLS *PeerTLS
 }
 
 func (c *Config) setDefaults() {
@@ -214,6 +220,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if self == nil {
 		return nil, fmt.Errorf("%w: node %q is not in the spec", ErrInvalidSpec, cfg.ID)
 	}
+	switch {
+	case cfg.PeerTLS != nil:
+		if err := cfg.PeerTLS.check(cfg.ID); err != nil {
+			return nil, err
+		}
+	case !cfg.Insecure:
+		return nil, fmt.Errorf("%w: node %s has no PeerTLS to authenticate its peers; "+
+			"set Config.Insecure to run without, on a trusted network only", ErrNoCredentials, cfg.ID)
+	}
 	m, err := cfg.Spec.Map()
 	if err != nil {
 		return nil, err
@@ -238,7 +253,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		raftAddrs[ns.ID] = ns.Raft
 		n.topology.Nodes = append(n.topology.Nodes, wire.NodeAddr{ID: ns.ID, Addr: ns.Client})
 	}
-	n.peers = newPeers(raftAddrs, 2*time.Second)
+	d := newDialer(cfg.Spec, cfg.PeerTLS)
+	n.peers = newPeers(raftAddrs, d, 2*time.Second, peerIdleTimeout/2)
 	n.rpc = rpc.NewServer()
 	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
 		n.cancel()
@@ -255,7 +271,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.sealed = wire.Seal(n.transport, cfg.Secret, wire.NodeSide)
 		n.transport = n.sealed
 	}
-	if n.mux, err = newMux(self.raftListen(), self.Raft, n.log, n.serveRPC); err != nil {
+	mc := muxConfig{listen: self.raftListen(), advertise: self.Raft, log: n.log, serveRPC: n.serveRPC, dialer: d}
+	if cfg.PeerTLS != nil {
+		mc.tls = cfg.PeerTLS.serverTLS(func(id string) bool { return cfg.Spec.Node(id) != nil })
+	}
+	if n.mux, err = newMux(mc); err != nil {
 		n.Close()
 		return nil, err
 	}
@@ -269,7 +289,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
-		sl, err := n.mux.streamLayer(id)
+		sl, err := n.mux.streamLayer(id, m.Shard(id).Replicas)
 		if err != nil {
 			return fail(err)
 		}
@@ -322,7 +342,7 @@ func (n *Node) Counters() Counters {
 
 // serveRPC serves one peer connection until it closes.
 func (n *Node) serveRPC(conn net.Conn) {
-	if !n.group.Go(func() { n.rpc.ServeConn(conn) }) {
+	if !n.group.Go(func() { n.rpc.ServeCodec(newServerCodec(conn, n.mux.idle)) }) {
 		conn.Close()
 	}
 }
@@ -403,10 +423,6 @@ type StateDigest struct {
 // ErrNoReplica is returned (wrapped) for a shard the node holds no
 // replica of.
 var ErrNoReplica = errors.New("server: no replica of the shard")
-
-// ErrNoCredentials: Start was given no credentials for a kind of traffic
-// and not told to run insecure.
-var ErrNoCredentials = errors.New("server: no credentials")
 
 // StateDigest returns the digest of this node's replica of shard id. It
 // copies and hashes the whole state, in time linear in its size.

@@ -63,9 +63,6 @@ func stateOp(m *wire.Message) fsm.Op {
 		if !a.RunAt.IsZero() {
 			op.RunAt = a.RunAt.UnixNano()
 		}
-		if op.Kind == fsm.KindAcquire {
-			op.Grant = newGrant()
-		}
 		// A failure's reason is kept with the job for operators to read:
 		// a longer one is cut rather than refused, so the job still fails.
 		if len(op.Reason) > shard.MaxKeySize {

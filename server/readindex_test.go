@@ -27,7 +27,8 @@ func TestTermCallTimeoutResetsTheConnection(t *testing.T) {
 			accepted <- c // and never answer
 		}
 	}()
-	p := newPeers(map[string]string{"silent": ln.Addr().String()}, time.Second)
+	d := &dialer{nodes: map[string]string{ln.Addr().String(): "silent"}}
+	p := newPeers(map[string]string{"silent": ln.Addr().String()}, d, time.Second, peerIdleTimeout/2)
 	defer p.close()
 	for i := 0; i < 2; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)

@@ -185,6 +185,9 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	rcfg.CommitTimeout = time.Duration(t.CommitTimeout)
 	rcfg.SnapshotThreshold = t.SnapshotThreshold
 	rcfg.BatchApplyCh = true
+	// Fewer entries per append than raft's 64 bound a raft message
+	// tighter (maxRaftRequestSize); ours hold up to entryMaxBytes each.
+	rcfg.MaxAppendEntries = maxRaftEntries
 	if err := raft.ValidateConfig(rcfg); err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}

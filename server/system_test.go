@@ -14,6 +14,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
@@ -606,6 +607,14 @@ func TestForwardDuringStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ca, err := certs.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := servertest.Credentials(ca, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	stop := make(chan struct{})
 	done := make(chan int)
 	go func() {
@@ -618,7 +627,7 @@ func TestForwardDuringStart(t *testing.T) {
 			default:
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			conn, err := server.DialRPC(ctx, spec.Nodes[0].Raft)
+			conn, err := server.DialRPC(ctx, spec, creds["n2"], "n1")
 			cancel()
 			if err != nil {
 				continue // not listening yet
@@ -637,7 +646,7 @@ func TestForwardDuringStart(t *testing.T) {
 	// Only n1 runs, with no quorum for any shard: what is tested is its
 	// start, not a cluster.
 	n, err := server.Start(context.Background(), server.Config{ID: "n1", DataDir: t.TempDir(), Spec: spec,
-		Logger: servertest.TestLogger(t), Insecure: true})
+		Logger: servertest.TestLogger(t), PeerTLS: creds["n1"], Secret: newKeyring(t)})
 	close(stop)
 	if err != nil {
 		t.Fatal(err)
@@ -655,7 +664,7 @@ func TestForwardWithoutOpsIsRefused(t *testing.T) {
 	leader := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := server.DialRPC(ctx, c.Spec().Node(leader.ID()).Raft)
+	conn, err := server.DialRPC(ctx, c.Spec(), c.PeerTLS("n1"), leader.ID())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,8 +43,11 @@ func ClientIDOf(proof string) string {
 	return hex.EncodeToString(sum[:ClientIDSize])
 }
 
-// checkClient checks that m's client id, if it names one, is proven.
-func checkClient(m *Message) error {
+// CheckProof checks that m's client id, if it names one, is proven by
+// m.Proof (ErrUnprovenClient). A node checks it for every query that
+// arrives from a client; the queries that nodes forward to each other
+// carry ids already checked, without proofs.
+func CheckProof(m *Message) error {
 	if m.Client == "" {
 		return nil
 	}

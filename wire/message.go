@@ -228,4 +228,8 @@ const (
 	// them. A job of the largest payload and names fits alone.
 	JobInfoOverhead = 256
 	ReplyOverhead   = 160
+	// MaxClientIDSize bounds Message.Client, in bytes. The cluster keeps
+	// each client's id with the results of its writes; the Go client's
+	// ids are 16 bytes.
+	MaxClientIDSize = 64
 )

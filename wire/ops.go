@@ -161,16 +161,16 @@ func CheckArgs(op Op, a *Args) error {
 	return nil
 }
 
-// CheckQuery checks a query: the proof of its client id if it names one
-// (ErrUnprovenClient), its arguments (CheckArgs), and for a mutating
-// op the client id and sequence number that make it apply once, with an
-// acknowledgement floor no higher than the sequence number.
+// CheckQuery checks a query: its arguments (CheckArgs), its client id (at
+// most MaxClientIDSize bytes), and for a mutating op the client id and
+// sequence number that make it apply once, with an acknowledgement floor
+// no higher than the sequence number.
 func CheckQuery(m *Message) error {
-	if err := checkClient(m); err != nil {
-		return err
-	}
 	if err := CheckArgs(m.Op, &m.Args); err != nil {
 		return err
+	}
+	if len(m.Client) > MaxClientIDSize {
+		return fmt.Errorf("%w: %w: client id of %d bytes exceeds %d", ErrInvalidArgs, shard.ErrTooLarge, len(m.Client), MaxClientIDSize)
 	}
 	if !m.Op.Mutating() {
 		return nil

@@ -62,26 +62,44 @@ func TestCheckArgs(t *testing.T) {
 }
 
 // A query that changes state needs a client id and a sequence number, and
-// an acknowledgement floor no higher than it; a read needs neither. A
-// client id must come with its proof.
+// an acknowledgement floor no higher than it; a read needs neither. No
+// client id exceeds MaxClientIDSize.
 func TestCheckQuery(t *testing.T) {
-	id, other := NewClientIdentity(), NewClientIdentity()
 	for _, tc := range []struct {
 		m    Message
 		want error // nil: ok
 	}{
-		{Message{Op: OpSet, Client: id.ID, Proof: id.Proof, Seq: 2, Ack: 2, Args: Args{Key: "k"}}, nil},
+		{Message{Op: OpSet, Client: "c", Seq: 2, Ack: 2, Args: Args{Key: "k"}}, nil},
 		{Message{Op: OpSet, Seq: 2, Args: Args{Key: "k"}}, ErrInvalidArgs},
-		{Message{Op: OpSet, Client: id.ID, Proof: id.Proof, Args: Args{Key: "k"}}, ErrInvalidArgs},
-		{Message{Op: OpSet, Client: id.ID, Proof: id.Proof, Seq: 2, Ack: 3, Args: Args{Key: "k"}}, ErrInvalidArgs},
+		{Message{Op: OpSet, Client: "c", Args: Args{Key: "k"}}, ErrInvalidArgs},
+		{Message{Op: OpSet, Client: "c", Seq: 2, Ack: 3, Args: Args{Key: "k"}}, ErrInvalidArgs},
 		{Message{Op: OpGet, Args: Args{Key: "k"}}, nil},
-		{Message{Op: OpSet, Client: id.ID, Seq: 2, Args: Args{Key: "k"}}, ErrUnprovenClient},
-		{Message{Op: OpSet, Client: id.ID, Proof: other.Proof, Seq: 2, Args: Args{Key: "k"}}, ErrUnprovenClient},
-		{Message{Op: OpGet, Client: "c", Proof: id.Proof, Args: Args{Key: "k"}}, ErrUnprovenClient},
-		{Message{Op: OpPing, Client: id.ID + "0", Proof: id.Proof}, ErrUnprovenClient},
+		{Message{Op: OpSet, Client: strings.Repeat("c", MaxClientIDSize), Seq: 2, Args: Args{Key: "k"}}, nil},
+		{Message{Op: OpSet, Client: strings.Repeat("c", MaxClientIDSize+1), Seq: 2, Args: Args{Key: "k"}}, ErrInvalidArgs},
+		{Message{Op: OpPing, Client: strings.Repeat("c", MaxClientIDSize+1)}, ErrInvalidArgs},
 	} {
 		if err := CheckQuery(&tc.m); tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("%+v: %v, want %v", tc.m, err, tc.want)
+		}
+	}
+}
+
+// A query naming a client id must carry its proof.
+func TestCheckProof(t *testing.T) {
+	id, other := NewClientIdentity(), NewClientIdentity()
+	for _, tc := range []struct {
+		m  Message
+		ok bool
+	}{
+		{Message{Op: OpSet, Client: id.ID, Proof: id.Proof}, true},
+		{Message{Op: OpGet}, true},
+		{Message{Op: OpSet, Client: id.ID}, false},
+		{Message{Op: OpSet, Client: id.ID, Proof: other.Proof}, false},
+		{Message{Op: OpGet, Client: "c", Proof: id.Proof}, false},
+		{Message{Op: OpPing, Client: id.ID + "0", Proof: id.Proof}, false},
+	} {
+		if err := CheckProof(&tc.m); (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrUnprovenClient) {
+			t.Errorf("%+v: %v, want ok %v", tc.m, err, tc.ok)
 		}
 	}
 	if a, b := NewClientIdentity(), NewClientIdentity(); a == b || len(a.ID) != 2*ClientIDSize || ClientIDOf(a.Proof) != a.ID {

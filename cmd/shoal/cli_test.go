@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -113,7 +114,7 @@ func TestCLICommands(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{}, {"frobnicate"}, {"get"}, {"get", "a", "b"}, {"set", "k"}, {"get", "--bogus", "k"},
-		{"cluster"}, {"cluster", "sideways"}, {"cluster", "up"}, {"server", "--id", "n1"},
+		{"cluster"}, {"cluster", "sideways"}, {"cluster", "up"}, {"server", "--id", "n1"}, {"certs"},
 	} {
 		if code, _, _ := shoal(args...); code != 2 {
 			t.Errorf("shoal %q: exit %d, want 2 for a usage error", args, code)
@@ -302,5 +303,61 @@ func TestNodeEnvSharesTheCores(t *testing.T) {
 		if strings.HasPrefix(kv, "GOMAXPROCS=") && kv != "GOMAXPROCS=7" {
 			t.Errorf("nodeEnv overrode the caller's GOMAXPROCS=7 with %s", kv)
 		}
+	}
+}
+
+// shoal certs makes a CA and each node's credentials, keys private, and
+// keeps what exists when run again; shoal server refuses to start without
+// credentials unless told --insecure, and starts with them.
+func TestCertsAndServerCredentials(t *testing.T) {
+	dir := t.TempDir()
+	spec, err := server.LocalSpec(2, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	specFile := filepath.Join(dir, "cluster.json")
+	if err := spec.Save(specFile); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := shoal("server", "--id", "n1", "--data", filepath.Join(dir, "n1"), "--cluster", specFile)
+	if code != 1 || !strings.Contains(errs, "no credentials") || !strings.Contains(errs, "--insecure") {
+		t.Errorf("server without credentials: exit %d, %q", code, errs)
+	}
+	code, out, errs := shoal("certs", "--cluster", specFile)
+	if code != 0 {
+		t.Fatalf("certs: exit %d, %s", code, errs)
+	}
+	tlsDir := filepath.Join(dir, "tls")
+	for _, f := range []string{"ca.crt", "ca.key", "n1.crt", "n1.key", "n2.crt", "n2.key"} {
+		fi, err := os.Stat(filepath.Join(tlsDir, f))
+		if err != nil {
+			t.Fatalf("certs did not write %s: %v\n%s", f, err, out)
+		}
+		if strings.HasSuffix(f, ".key") && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	caBefore, _ := os.ReadFile(filepath.Join(tlsDir, "ca.crt"))
+	if err := os.Remove(filepath.Join(tlsDir, "n2.crt")); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := shoal("certs", "--cluster", specFile, "--out", tlsDir); code != 0 || !strings.Contains(out, "n2.crt") || strings.Contains(out, "n1.crt") {
+		t.Errorf("certs again: exit %d, %q %q; want only n2's files written", code, out, errs)
+	}
+	if caAfter, _ := os.ReadFile(filepath.Join(tlsDir, "ca.crt")); !bytes.Equal(caBefore, caAfter) {
+		t.Error("certs replaced the existing CA")
+	}
+	for _, id := range []string{"n1", "n2"} {
+		if _, err := server.LoadPeerTLS(tlsDir, id); err != nil {
+			t.Errorf("credentials of %s: %v", id, err)
+		}
+	}
+	// n1's certificate, under n2's name, is refused at once.
+	n1crt, _ := os.ReadFile(filepath.Join(tlsDir, "n1.crt"))
+	n1key, _ := os.ReadFile(filepath.Join(tlsDir, "n1.key"))
+	_ = os.WriteFile(filepath.Join(tlsDir, "n2.crt"), n1crt, 0o644)
+	_ = os.WriteFile(filepath.Join(tlsDir, "n2.key"), n1key, 0o600)
+	if _, err := server.LoadPeerTLS(tlsDir, "n2"); !errors.Is(err, server.ErrNoCredentials) || !strings.Contains(err.Error(), "names node") {
+		t.Errorf("n1's certificate as n2's: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
@@ -46,6 +47,7 @@ func specPath(dir string) string     { return filepath.Join(dir, "cluster.json")
 func pidPath(dir, id string) string  { return filepath.Join(dir, id+".pid") }
 func logPath(dir, id string) string  { return filepath.Join(dir, id+".log") }
 func dataPath(dir, id string) string { return filepath.Join(dir, id) }
+func tlsPath(dir string) string      { return filepath.Join(dir, "tls") }
 
 func readPid(path string) (int, error) {
 	b, err := os.ReadFile(path)
@@ -92,7 +94,7 @@ func parseDirCommand(fs *flag.FlagSet, args []string) error {
 
 func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster up", stderr)
-	dir := fs.String("dir", "", "`DIR` for the cluster: spec, data, logs and pid files")
+	dir := fs.String("dir", "", "`DIR` for the cluster: spec, certificates (DIR/tls), data, logs and pid files")
 	nodes := fs.Int("nodes", 3, "number of nodes of a new cluster")
 	shards := fs.Int("shards", 4, "number of shards of a new cluster")
 	replicas := fs.Int("replicas", 3, "replicas of each shard of a new cluster (2 or 3)")
@@ -129,6 +131,13 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				return err
 			}
 		}
+		wrote, err := certs.Ensure(tlsPath(*dir), "shoal cluster "+*dir, nodeIDs(spec))
+		if err != nil {
+			return err
+		}
+		if len(wrote) > 0 {
+			fmt.Fprintf(stdout, "made %d certificate files in %s\n", len(wrote), tlsPath(*dir))
+		}
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -157,8 +166,18 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
+// nodeIDs returns the ids of spec's nodes.
+func nodeIDs(spec *server.Spec) []string {
+	ids := make([]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		ids[i] = n.ID
+	}
+	return ids
+}
+
 // startNode starts `shoal server` for node id in the background, in a
 // session of its own so it outlives this command, and writes its pid file.
+// The node finds its credentials in DIR/tls, next to the spec.
 // The node's id is sent on exited if it exits while this command runs.
 func startNode(exe, dir, id string, insecure bool, env []string, exited chan<- string) (int, error) {
 	logf, err := os.OpenFile(logPath(dir, id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -2,7 +2,8 @@
 // the shell, and runs the demo.
 //
 //	shoal demo                                  the main job on an embedded cluster
-//	shoal server --id ID --data DIR --cluster FILE
+//	shoal server --id ID --data DIR --cluster FILE [--tls-dir DIR | --insecure]
+//	shoal certs --cluster FILE [--out DIR]
 //	shoal cluster up --dir DIR [--nodes 3 --shards 4 --replicas 3]
 //	shoal cluster down --dir DIR
 //	shoal cluster status --cluster FILE
@@ -30,9 +31,14 @@ const usage = `shoal: a sharded, replicated key-value store
 Usage:
   shoal demo [--log]                              start an embedded 3-node cluster, drive it
                                                   over a lossy link, kill a node, report
-  shoal server --id ID --data DIR --cluster FILE  run one node
+  shoal server --id ID --data DIR --cluster FILE [--tls-dir DIR | --insecure]
+                                                  run one node; its certificate and the
+                                                  CA's in DIR (default: tls next to FILE)
+  shoal certs --cluster FILE [--out DIR]          make a cluster CA (unless DIR has one) and
+                                                  each node's certificate and key
   shoal cluster up --dir DIR [--nodes N --shards S --replicas R]
-                                                  start a local cluster of processes
+                                                  start a local cluster of processes, with
+                                                  certificates in DIR/tls
   shoal cluster down --dir DIR                    stop it
   shoal cluster status (--cluster FILE | --seeds ADDRS)
                                                   nodes, shards, leaders, load
@@ -82,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"demo":     demoCmd,
 		"server":   serverCmd,
 		"cluster":  clusterCmd,
+		"certs":    certsCmd,
 		"get":      getCmd,
 		"set":      setCmd,
 		"del":      delCmd,

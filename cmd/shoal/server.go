@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/shoal-kv/shoal/server"
-	"github.com/shoal-kv/shoal/wire"
 )
 
 // shutdownGrace bounds handing leadership over when a node is told to stop.
@@ -23,7 +23,8 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles (net/http/pprof) on `ADDR`, e.g. 127.0.0.1:6060; off when empty")
 	secretFile := fs.String("secret-file", "", "the cluster's secret `FILE` (default: $SHOAL_SECRET_FILE, or secret beside --cluster)")
-	insecure := fs.Bool("insecure", false, "serve without authentication: for a trusted network only")
+	tlsDir := fs.String("tls-dir", "", "`DIR` holding the cluster CA (ca.crt) and this node's ID.crt and ID.key (default: tls next to the --cluster file)")
+	insecure := fs.Bool("insecure", false, "serve without authentication, clients' datagrams unsealed and node-to-node traffic in plain TCP: for a trusted network only")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -42,16 +43,24 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	var keys *wire.Keyring
-	if *insecure && *secretFile != "" {
-		return fmt.Errorf("%w: --insecure with --secret-file", errUsage)
+	cfg := server.Config{ID: *id, DataDir: *data, Spec: spec, Insecure: *insecure}
+	if *insecure && (*secretFile != "" || *tlsDir != "") {
+		return fmt.Errorf("%w: --insecure with --secret-file or --tls-dir", errUsage)
 	}
 	if !*insecure {
-		if keys, err = loadSecret(*secretFile, *cluster, spec); err != nil {
+		if cfg.Secret, err = loadSecret(*secretFile, *cluster, spec); err != nil {
 			return fmt.Errorf("%w (or run with --insecure, for a trusted network only)", err)
+		}
+		dir := *tlsDir
+		if dir == "" {
+			dir = filepath.Join(filepath.Dir(*cluster), "tls")
+		}
+		if cfg.PeerTLS, err = server.LoadPeerTLS(dir, *id); err != nil {
+			return fmt.Errorf("%w (make them with shoal certs, or run with --insecure on a trusted network)", err)
 		}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	cfg.Logger = log
 	if *pprofAddr != "" {
 		stop, err := servePprof(*pprofAddr, log)
 		if err != nil {
@@ -59,8 +68,10 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer stop()
 	}
-	n, err := server.Start(ctx, server.Config{ID: *id, DataDir: *data, Spec: spec, Logger: log,
-		Secret: keys, Insecure: *insecure})
+	if *insecure {
+		log.Warn("running insecure: clients and peers are not authenticated")
+	}
+	n, err := server.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}

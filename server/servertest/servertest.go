@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
@@ -54,9 +55,11 @@ type Options struct {
 	Transport func(node server.NodeSpec) (wire.Transport, error)
 	// Configure, if set, changes a node's configuration before each start.
 	Configure func(*server.Config)
-	// Insecure starts the nodes without a secret: clients' datagrams go
-	// unsealed. Otherwise Start makes a secret (Cluster.Secret), which
-	// clients of the cluster must be given.
+	// Insecure runs the nodes without authentication (server.Config's
+	// Insecure). Otherwise Start makes a secret (Cluster.Secret), which
+	// clients of the cluster must be given, and a cluster CA and a
+	// certificate for each node, in memory, and the nodes talk over
+	// mutual TLS.
 	Insecure bool
 }
 
@@ -69,7 +72,9 @@ type Cluster struct {
 	ownDir bool
 	log    *slog.Logger
 	opts   Options
-	secret *wire.Keyring // nil if insecure
+	secret *wire.Keyring              // nil when insecure
+	ca     *certs.CA                  // nil when insecure
+	creds  map[string]*server.PeerTLS // nil when insecure
 	mu     sync.Mutex
 	nodes  map[string]*server.Node // the running ones
 }
@@ -97,6 +102,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	c := &Cluster{spec: spec, smap: smap, dir: opts.Dir, log: opts.Logger, opts: opts, nodes: map[string]*server.Node{}}
 	if c.log == nil {
 		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if !opts.Insecure {
+		if c.ca, err = certs.NewCA("shoal servertest CA"); err != nil {
+			return nil, err
+		}
+		if c.creds, err = Credentials(c.ca, spec); err != nil {
+			return nil, err
+		}
 	}
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "shoal-servertest-"); err != nil {
@@ -169,6 +182,28 @@ func (c *Cluster) Seeds() []string {
 	return seeds
 }
 
+// PeerTLS returns node id's credentials for node-to-node traffic, nil if
+// the cluster runs insecure: a test dials the nodes with them as that node
+// would.
+func (c *Cluster) PeerTLS(id string) *server.PeerTLS { return c.creds[id] }
+
+// CA returns the cluster's CA, nil if it runs insecure.
+func (c *Cluster) CA() *certs.CA { return c.ca }
+
+// Credentials makes with ca, in memory, the credentials of every node of
+// spec.
+func Credentials(ca *certs.CA, spec *server.Spec) (map[string]*server.PeerTLS, error) {
+	creds := make(map[string]*server.PeerTLS, len(spec.Nodes))
+	for _, n := range spec.Nodes {
+		cert, err := ca.Issue(n.ID)
+		if err != nil {
+			return nil, err
+		}
+		creds[n.ID] = &server.PeerTLS{Roots: ca.Pool(), Cert: cert}
+	}
+	return creds, nil
+}
+
 // Node returns the running node with the given id, or nil if it is down.
 func (c *Cluster) Node(id string) *server.Node {
 	c.mu.Lock()
@@ -199,7 +234,7 @@ func (c *Cluster) Restart(ctx context.Context, id string) (*server.Node, error) 
 		return nil, fmt.Errorf("servertest: node %s is running", id)
 	}
 	cfg := server.Config{ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log,
-		Secret: c.secret, Insecure: c.secret == nil}
+		Secret: c.secret, PeerTLS: c.creds[id], Insecure: c.opts.Insecure}
 	if c.opts.Transport != nil {
 		t, err := c.opts.Transport(*c.spec.Node(id))
 		if err != nil {

@@ -1,0 +1,207 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard/fsm"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// An accepted raft connection reads at most its limit between two
+// responses, except the data of a snapshot, which follows a request
+// opening with rpcInstallSnapshot.
+func TestRaftConnBoundsARequest(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first byte
+		ok    bool
+	}{
+		{"an append", 0, false},
+		{"a snapshot", rpcInstallSnapshot, true},
+	} {
+		client, server := net.Pipe()
+		c := newRaftConn(server, time.Minute)
+		c.limit = 1 << 10
+		go func() {
+			msg := bytes.Repeat([]byte{9}, 4<<10)
+			msg[0] = tc.first
+			_, _ = client.Write(msg)
+			client.Close()
+		}()
+		_, err := io.Copy(io.Discard, c)
+		if tc.ok != (err == nil) || !tc.ok && !errors.Is(err, errMessageTooLarge) {
+			t.Errorf("%s of 4 KiB through a 1 KiB bound: %v", tc.name, err)
+		}
+		server.Close()
+	}
+	// A response resets the count.
+	client, server := net.Pipe()
+	defer client.Close()
+	c := newRaftConn(server, time.Minute)
+	c.limit = 1 << 10
+	go func() {
+		for i := 0; i < 4; i++ {
+			_, _ = client.Write(bytes.Repeat([]byte{1}, 1<<10))
+			_, _ = client.Read(make([]byte, 1))
+		}
+	}()
+	for i := 0; i < 4; i++ {
+		if _, err := io.ReadFull(c, make([]byte, 1<<10)); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if _, err := c.Write([]byte{0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A node closes a raft connection that sends nothing for its idle
+// timeout; the dialing side, before writing on a connection left unused
+// for half that, replaces it, so the write reaches the peer.
+func TestIdleRaftConnectionsAreReplaced(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn) { c.Close() }, idle: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	m.dialer = &dialer{nodes: map[string]string{m.ln.Addr().String(): "n1"}}
+	sl, err := m.streamLayer(7, []string{"n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.drain()
+	conn, err := sl.Dial(raft.ServerAddress(m.ln.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	first, err := sl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	b := make([]byte, 1)
+	if _, err := first.Read(b); err != nil || b[0] != 'a' {
+		t.Fatalf("first read: %q %v", b, err)
+	}
+	var ne net.Error
+	if _, err := first.Read(b); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("an idle connection's read: %v, want a timeout", err)
+	}
+	if waited := time.Since(start); waited < idle {
+		t.Errorf("closed after %v, before the idle timeout %v", waited, idle)
+	}
+	first.Close()
+	if _, err := conn.Write([]byte("b")); err != nil {
+		t.Fatalf("a write after the peer closed the idle connection: %v", err)
+	}
+	second, err := sl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := second.Read(b); err != nil || b[0] != 'b' {
+		t.Fatalf("the write after the idle time reached %q, %v", b, err)
+	}
+}
+
+// Every op a client's query makes passes the checks of a forward; a field
+// its kind does not carry, or a kind no query makes, does not.
+func TestCheckStateOp(t *testing.T) {
+	for op, kind := range commandKinds {
+		m := wire.Message{Op: op, Client: "c", Seq: 2, Ack: 1, Args: wire.Args{Key: "k", Value: "v", Topic: "t",
+			JobID: "j", Unique: "u", Lease: time.Second, Interval: time.Second, Shards: nil, RunAt: time.Unix(5, 0)}}
+		if err := wire.CheckQuery(&m); err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		sop := stateOp(&m)
+		if sop.Kind != kind {
+			t.Fatalf("%s: kind %d", op, sop.Kind)
+		}
+		if err := checkStateOp(sop); err != nil {
+			t.Errorf("%s: %v", op, err)
+		}
+	}
+	for name, op := range map[string]fsm.Op{
+		"a set with a job id": {Kind: fsm.KindSet, Client: "c", Seq: 1, Key: "k", JobID: "j"},
+		"a tick":              {Kind: fsm.KindTick},
+		"a long reason":       {Kind: fsm.KindFail, Client: "c", Seq: 1, JobID: "j", Reason: string(make([]byte, 2000))},
+	} {
+		if err := checkStateOp(op); err == nil {
+			t.Errorf("%s passed", name)
+		}
+	}
+}
+
+// Connections still in their handshake take at most maxPendingConns
+// places: past them a new connection is closed at once, and once they
+// go, new ones are taken again.
+func TestPendingConnectionsAreCapped(t *testing.T) {
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn) { c.Close() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	addr := m.ln.Addr().String()
+	pending := func() int {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.pending
+	}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range maxPendingConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	waitFor(t, "every held connection pending", func() bool { return pending() == maxPendingConns })
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("a connection past the cap: %v, want it closed at once", err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	waitFor(t, "no connection pending", func() bool { return pending() == 0 })
+	again, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	waitFor(t, "a new connection pending", func() bool { return pending() == 1 })
+}
+
+// waitFor polls cond until it holds, failing the test after 5 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
