@@ -10,10 +10,11 @@ import (
 	"github.com/shoal-kv/shoal/server/certs"
 )
 
-// certsCmd makes the credentials of a cluster's nodes: a CA, unless --out
-// holds one, and a certificate and key for each node of the spec that has
-// none. Copy ca.crt and a node's ID.crt and ID.key to its host, and the CA
-// key nowhere.
+// certsCmd makes the credentials of a cluster: a CA, unless --out holds
+// one, and a certificate and key for each node of the spec that has none;
+// and the cluster's secret beside the spec, unless it has one, whose key
+// id it lists in the spec. Copy ca.crt and a node's ID.crt and ID.key to
+// its host, the CA key nowhere, and the secret to every node and client.
 func certsCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("certs", stderr)
 	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON) naming the nodes")
@@ -46,6 +47,13 @@ func certsCmd(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if len(wrote) == 0 {
 		fmt.Fprintf(stdout, "%s already holds a CA and a certificate for every node\n", dir)
+	}
+	_, made, err := ensureSecret(*cluster, spec)
+	if err != nil {
+		return err
+	}
+	if made {
+		fmt.Fprintf(stdout, "wrote %s (key id %s, listed in %s)\n", secretPath(*cluster), spec.SecretIDs[0], *cluster)
 	}
 	return nil
 }

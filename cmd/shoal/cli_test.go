@@ -307,8 +307,9 @@ func TestNodeEnvSharesTheCores(t *testing.T) {
 }
 
 // shoal certs makes a CA and each node's credentials, keys private, and
-// keeps what exists when run again; shoal server refuses to start without
-// credentials unless told --insecure, and starts with them.
+// the cluster's secret, listed in the spec, and keeps what exists when run
+// again; shoal server refuses to start without credentials unless told
+// --insecure.
 func TestCertsAndServerCredentials(t *testing.T) {
 	dir := t.TempDir()
 	spec, err := server.LocalSpec(2, 1, 2)
@@ -320,7 +321,7 @@ func TestCertsAndServerCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, errs := shoal("server", "--id", "n1", "--data", filepath.Join(dir, "n1"), "--cluster", specFile)
-	if code != 1 || !strings.Contains(errs, "no credentials") || !strings.Contains(errs, "--insecure") {
+	if code != 1 || !strings.Contains(errs, "authentication failed: no secret") || !strings.Contains(errs, "--insecure") {
 		t.Errorf("server without credentials: exit %d, %q", code, errs)
 	}
 	code, out, errs := shoal("certs", "--cluster", specFile)
@@ -328,14 +329,27 @@ func TestCertsAndServerCredentials(t *testing.T) {
 		t.Fatalf("certs: exit %d, %s", code, errs)
 	}
 	tlsDir := filepath.Join(dir, "tls")
-	for _, f := range []string{"ca.crt", "ca.key", "n1.crt", "n1.key", "n2.crt", "n2.key"} {
-		fi, err := os.Stat(filepath.Join(tlsDir, f))
+	for _, f := range []string{"tls/ca.crt", "tls/ca.key", "tls/n1.crt", "tls/n1.key", "tls/n2.crt", "tls/n2.key", "secret"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatalf("certs did not write %s: %v\n%s", f, err, out)
 		}
-		if strings.HasSuffix(f, ".key") && fi.Mode().Perm() != 0o600 {
+		if (strings.HasSuffix(f, ".key") || f == "secret") && fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
 		}
+	}
+	keys, err := wire.LoadKeyring(filepath.Join(dir, "secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if saved, err := server.LoadSpec(specFile); err != nil || saved.CheckSecret(keys) != nil || len(saved.SecretIDs) != 1 {
+		t.Errorf("the spec after certs lists %v, %v; want the secret's id %v", saved.SecretIDs, err, keys.IDs())
+	}
+	// Without TLS files, the secret alone does not do.
+	code, _, errs = shoal("server", "--id", "n1", "--data", filepath.Join(dir, "n1"), "--cluster", specFile,
+		"--tls-dir", filepath.Join(dir, "none"))
+	if code != 1 || !strings.Contains(errs, "no credentials") || !strings.Contains(errs, "--insecure") {
+		t.Errorf("server without certificates: exit %d, %q", code, errs)
 	}
 	caBefore, _ := os.ReadFile(filepath.Join(tlsDir, "ca.crt"))
 	if err := os.Remove(filepath.Join(tlsDir, "n2.crt")); err != nil {

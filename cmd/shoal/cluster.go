@@ -122,14 +122,8 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var keys *wire.Keyring
 	if !*insecure {
-		ids := len(spec.SecretIDs)
-		if keys, err = ensureSecret(*dir, spec); err != nil {
+		if keys, _, err = ensureSecret(specPath(*dir), spec); err != nil {
 			return err
-		}
-		if len(spec.SecretIDs) != ids {
-			if err := spec.Save(specPath(*dir)); err != nil {
-				return err
-			}
 		}
 		wrote, err := certs.Ensure(tlsPath(*dir), "shoal cluster "+*dir, nodeIDs(spec))
 		if err != nil {

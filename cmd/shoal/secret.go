@@ -47,24 +47,28 @@ func loadSecret(flag, specFile string, spec *server.Spec) (*wire.Keyring, error)
 	return keys, nil
 }
 
-// ensureSecret makes the secret of the cluster in dir unless it has one,
-// lists its key ids in spec if it lists none (the caller saves spec), and
-// returns it.
-func ensureSecret(dir string, spec *server.Spec) (*wire.Keyring, error) {
-	path := secretPath(specPath(dir))
-	keys, err := wire.LoadKeyring(path)
+// ensureSecret makes the secret of the cluster whose spec is in specFile,
+// beside it, unless it has one, and lists its key ids in spec if it lists
+// none, saving it then. It returns the secret, and whether it made it.
+func ensureSecret(specFile string, spec *server.Spec) (keys *wire.Keyring, made bool, err error) {
+	path := secretPath(specFile)
+	keys, err = wire.LoadKeyring(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		text := wire.NewSecret()
 		if err := os.WriteFile(path, text, 0o600); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		keys, err = wire.ParseKeyring(text)
+		made = true
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if len(spec.SecretIDs) == 0 {
 		spec.SecretIDs = keys.IDs()
+		if err := spec.Save(specFile); err != nil {
+			return nil, false, err
+		}
 	}
-	return keys, spec.CheckSecret(keys)
+	return keys, made, spec.CheckSecret(keys)
 }
