@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/wire"
 )
@@ -219,8 +220,8 @@ func newKeyring(t testing.TB) *wire.Keyring {
 	return k
 }
 
-// A node starts only with the cluster's secret, or when told to run
-// insecure.
+// A node starts only with the cluster's secret and a certificate, or when
+// told to run insecure.
 func TestStartNeedsTheClustersSecret(t *testing.T) {
 	spec, err := server.LocalSpec(1, 1, 1)
 	if err != nil {
@@ -235,6 +236,14 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec.SecretIDs = keys.IDs()
+	ca, err := certs.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := servertest.Credentials(ca, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := func(cfg server.Config) error {
 		cfg.ID, cfg.DataDir, cfg.Spec, cfg.Logger = "n1", t.TempDir(), spec, servertest.TestLogger(t)
 		n, err := server.Start(context.Background(), cfg)
@@ -243,14 +252,17 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 		}
 		return err
 	}
-	if err := start(server.Config{}); !errors.Is(err, server.ErrNoCredentials) {
+	if err := start(server.Config{PeerTLS: creds["n1"]}); !errors.Is(err, server.ErrNoCredentials) {
 		t.Errorf("no secret: %v, want ErrNoCredentials", err)
 	}
-	if err := start(server.Config{Secret: other}); !errors.Is(err, wire.ErrAuth) {
+	if err := start(server.Config{Secret: keys}); !errors.Is(err, server.ErrNoCredentials) {
+		t.Errorf("no certificate: %v, want ErrNoCredentials", err)
+	}
+	if err := start(server.Config{Secret: other, PeerTLS: creds["n1"]}); !errors.Is(err, wire.ErrAuth) {
 		t.Errorf("a secret the spec does not list: %v, want ErrAuth", err)
 	}
-	if err := start(server.Config{Secret: keys}); err != nil {
-		t.Errorf("the cluster's secret: %v", err)
+	if err := start(server.Config{Secret: keys, PeerTLS: creds["n1"]}); err != nil {
+		t.Errorf("the cluster's credentials: %v", err)
 	}
 	if err := start(server.Config{Insecure: true}); err != nil {
 		t.Errorf("insecure: %v", err)

@@ -24,6 +24,7 @@ import (
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/certs"
 	"github.com/shoal-kv/shoal/server/servertest"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // floodChildEnv, set in the environment of this test binary, makes
@@ -32,7 +33,7 @@ const floodChildEnv = "SHOAL_FLOOD_CHILD"
 
 // floodChild is the node a child process of the flood test runs.
 type floodChild struct {
-	ID, Spec, Data, TLS string
+	ID, Spec, Data, TLS, Secret string
 	// NoFile is the child's limit on open files.
 	NoFile uint64
 }
@@ -83,7 +84,8 @@ func TestListenerSurvivesConnectionFlood(t *testing.T) {
 	if err := c.Kill("n1"); err != nil {
 		t.Fatal(err)
 	}
-	logs := startFloodChild(t, floodChild{ID: "n1", Spec: specFile, Data: filepath.Join(c.Dir(), "n1"), TLS: tlsDir, NoFile: floodNoFile})
+	logs := startFloodChild(t, floodChild{ID: "n1", Spec: specFile, Data: filepath.Join(c.Dir(), "n1"), TLS: tlsDir,
+		Secret: filepath.Join(c.Dir(), servertest.SecretFile), NoFile: floodNoFile})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -248,7 +250,12 @@ func runFloodChild(t *testing.T, env string) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	n, err := server.Start(context.Background(), server.Config{ID: node.ID, DataDir: node.Data, Spec: spec, PeerTLS: creds, Logger: log})
+	keys, err := wire.LoadKeyring(node.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := server.Start(context.Background(), server.Config{ID: node.ID, DataDir: node.Data, Spec: spec, PeerTLS: creds,
+		Secret: keys, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

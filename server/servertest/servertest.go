@@ -160,6 +160,9 @@ const SecretFile = "secret"
 // makeSecret makes the cluster's secret and writes it to SecretFile.
 func (c *Cluster) makeSecret() error {
 	text := wire.NewSecret()
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return fmt.Errorf("servertest: %w", err)
+	}
 	if err := os.WriteFile(filepath.Join(c.dir, SecretFile), text, 0o600); err != nil {
 		return fmt.Errorf("servertest: %w", err)
 	}
