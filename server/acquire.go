@@ -94,14 +94,15 @@ type acquireFlight struct {
 	done  chan struct{}
 	reply *wire.Message // nil: the run failed, or granted a job
 	// open is the replica of the shard the failed run had proposed on,
-	// or that granted the job.
-	open  *replica
-	ended time.Time
+	// or that granted the job; granted says which.
+	open    *replica
+	granted bool
+	ended   time.Time
 }
 
 // join returns the flight of key and whether the caller must run it, and
-// for a rerun, the replica a failed run left open.
-func (a *acquireFlights) join(key string, now time.Time) (f *acquireFlight, run bool, open *replica) {
+// for a rerun, the replica a failed run left open, or that granted a job.
+func (a *acquireFlights) join(key string, now time.Time) (f *acquireFlight, run bool, open *replica, granted bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.flights == nil {
@@ -116,24 +117,25 @@ func (a *acquireFlights) join(key string, now time.Time) (f *acquireFlight, run 
 		}
 	}
 	if f, ok := a.flights[key]; ok && (f.ended.IsZero() || f.reply != nil) {
-		return f, false, nil
+		return f, false, nil, false
 	} else if ok {
-		open = f.open
+		open, granted = f.open, f.granted
 	}
 	f = &acquireFlight{done: make(chan struct{})}
 	a.flights[key] = f
-	return f, true, open
+	return f, true, open, granted
 }
 
 // finish ends flight f of key with reply, nil if the run failed after
-// proposing on open. Requests that joined f get reply; a grant's reply is
+// proposing on open, or if open granted a job before (granted) and could
+// not be asked again. Requests that joined f get reply; a grant's reply is
 // not kept for later ones, which run again, first on open, the granting
 // shard.
-func (a *acquireFlights) finish(key string, f *acquireFlight, reply *wire.Message, open *replica, now time.Time) {
+func (a *acquireFlights) finish(key string, f *acquireFlight, reply *wire.Message, open *replica, granted bool, now time.Time) {
 	a.mu.Lock()
-	f.reply, f.open, f.ended = reply, open, now
+	f.reply, f.open, f.granted, f.ended = reply, open, granted, now
 	if reply != nil && reply.Result.Job != nil {
-		a.flights[key] = &acquireFlight{done: f.done, open: open, ended: now}
+		a.flights[key] = &acquireFlight{done: f.done, open: open, granted: true, ended: now}
 	}
 	a.mu.Unlock()
 	close(f.done)
@@ -167,7 +169,7 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 		return errorReply(wire.CodeWrongShard, "node %s holds none of shards %v (map version %d)", n.id, a.Shards, n.shardMap.Version)
 	}
 	key := m.Client + "/" + strconv.FormatUint(m.Seq, 10)
-	f, run, open := n.acquires.join(key, time.Now())
+	f, run, open, granted := n.acquires.join(key, time.Now())
 	if !run {
 		select {
 		case <-f.done:
@@ -179,11 +181,18 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 			return errorReply(wire.CodeUnavailable, "acquire still running")
 		}
 	}
+	if granted && !open.isLeader() && !open.leaderHeard() {
+		// The retry of a grant is answered by the granting shard's
+		// session; asking the others could lease a second job, which no
+		// one would work, while the first waits out its lease.
+		n.acquires.finish(key, f, nil, open, true, time.Now())
+		return errorReply(wire.CodeUnavailable, "shard %d, which answered this acquire, has no leader; ask again", open.id)
+	}
 	reply, proposed, failed := n.runAcquire(ctx, m, reps, open)
 	if failed {
-		n.acquires.finish(key, f, nil, proposed, time.Now())
+		n.acquires.finish(key, f, nil, proposed, false, time.Now())
 	} else {
-		n.acquires.finish(key, f, reply, proposed, time.Now())
+		n.acquires.finish(key, f, reply, proposed, false, time.Now())
 	}
 	return reply
 }

@@ -270,25 +270,49 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 }
 
 // A datagram sent again within the replay window is dropped too: a query
-// captured once draws one reply, however often it is replayed.
+// captured once draws one reply, however often it is replayed, to
+// whichever node: it names the node it was sealed for.
 func TestReplayedQueryAnsweredOnce(t *testing.T) {
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
-	n := c.Node("n1")
 	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer u.Close()
+	opener := wire.Seal(&udpConn{u}, c.Secret(), wire.ClientSide)
 	to, _ := wire.ParseAddr(clientAddr(c, "n1"))
-	ping := sealedWith(t, c.Secret(), time.Now, &wire.Message{Type: wire.TypeQuery, TxID: 5, Op: wire.OpPing})
-	before := n.Counters().Unauthenticated
+	b, err := wire.Encode(&wire.Message{Type: wire.TypeQuery, TxID: 5, Op: wire.OpPing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := &capture{}
+	sealer := wire.Seal(cp, c.Secret(), wire.ClientSide)
+	if err := sealer.Send(b, to); err != nil {
+		t.Fatal(err)
+	}
+	ping := cp.last
+	before := map[string]uint64{}
+	for _, n := range c.Spec().Nodes {
+		before[n.ID] = c.Node(n.ID).Counters().Unauthenticated
+	}
 	for range 3 {
-		if _, err := u.WriteToUDPAddrPort(ping, to); err != nil {
-			t.Fatal(err)
+		for _, n := range c.Spec().Nodes {
+			addr, _ := wire.ParseAddr(n.Client)
+			if _, err := u.WriteToUDPAddrPort(ping, addr); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	servertest.WaitFor(t, 5*time.Second, "two copies dropped", func() bool { return n.Counters().Unauthenticated-before >= 2 })
-	opener := wire.Seal(&udpConn{u}, c.Secret(), wire.ClientSide)
+	// n1 drops the two copies, the others all three.
+	for _, n := range c.Spec().Nodes {
+		want := uint64(3)
+		if n.ID == "n1" {
+			want = 2
+		}
+		servertest.WaitFor(t, 5*time.Second, n.ID+" dropping the copies", func() bool {
+			return c.Node(n.ID).Counters().Unauthenticated-before[n.ID] >= want
+		})
+	}
 	replies := 0
 	buf := make([]byte, wire.MaxDatagramSize+1)
 	u.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
@@ -302,7 +326,7 @@ func TestReplayedQueryAnsweredOnce(t *testing.T) {
 		}
 	}
 	if replies != 1 {
-		t.Errorf("%d replies to a query sent 3 times, want 1", replies)
+		t.Errorf("%d replies to a query sent 3 times to each of 3 nodes, want 1", replies)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/rpc"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -269,6 +270,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.Secret != nil {
 		n.sealed = wire.Seal(n.transport, cfg.Secret, wire.NodeSide)
+		// Clients send to the node's address in the spec; the socket's
+		// own, if it names a host, is as good.
+		var addrs []netip.AddrPort
+		if a, err := wire.ParseAddr(self.Client); err == nil {
+			addrs = append(addrs, a)
+		}
+		if a := n.transport.LocalAddr(); a.IsValid() && !a.Addr().IsUnspecified() && !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+		n.sealed.SetAddrs(addrs...)
 		n.transport = n.sealed
 	}
 	mc := muxConfig{listen: self.raftListen(), advertise: self.Raft, log: n.log, serveRPC: n.serveRPC, dialer: d}

@@ -39,9 +39,10 @@ type Message struct {
 	Seq    uint64
 	Ack    uint64
 	// Proof proves the client id is the sender's: only the client that
-	// chose Proof knows it, and Client is ClientIDOf(Proof). Nodes refuse
-	// a query naming a client id without its proof, so that no one can
-	// advance or read another client's session.
+	// chose Proof, and whoever can open its sealed queries, knows it, and
+	// Client is ClientIDOf(Proof). Nodes refuse a query naming a client id
+	// without its proof, so that no one who has not seen the client's
+	// traffic can advance or read its session.
 	Proof string
 	// Timeout is how long the client waits for this attempt; the node
 	// gives up on the request after it. Zero means the node's default.
@@ -138,7 +139,7 @@ type JobInfo struct {
 	Attempt int
 	// Token fences the lease: it grows with every grant of the shard.
 	// Grant, 63 random bits, proves the lease: the ops of a leased job
-	// need both, so that no one who does not hold the grant can end a
+	// need both, so that no one who has not seen the grant can end a
 	// lease by guessing its token.
 	Token uint64
 	Grant uint64

@@ -29,11 +29,15 @@ import (
 //
 // where the header is authenticated as additional data and the ciphertext is
 // the Bencode message. Queries and replies are sealed under different keys,
-// so that a node's reply cannot be passed off as a query to another node.
-// A receiver drops, without a word, a datagram that does not open or whose
-// sending time is more than ReplayWindow from its own clock: an
-// unauthenticated sender never draws a reply, so a node cannot be used to
-// reflect traffic at a forged source address.
+// so that a node's reply cannot be passed off as a query to another node,
+// and a query's additional data also holds the address it was sent to, so
+// that a node takes only queries meant for it (SetAddrs). A receiver drops,
+// without a word, a datagram that does not open, whose sending time is more
+// than ReplayWindow from its own clock, that it took before, or, at a node,
+// that was sent before the node started: an unauthenticated sender never
+// draws a reply, and a captured query draws at most the one reply it drew
+// already, so a node cannot be used to reflect traffic at a forged source
+// address.
 const (
 	sealVersion = 1
 	sealHeader  = 1 + 4 + 8 + chacha20poly1305.NonceSizeX
@@ -46,14 +50,18 @@ const (
 	// agree within it (NTP).
 	ReplayWindow = 10 * time.Second
 	// ReplayMemory bounds the nonces a receiver remembers of the datagrams
-	// sent in any one second; it remembers 2·ReplayWindow of seconds, so
-	// at most about 20 MiB. Past it, datagrams sent in that second are
-	// refused, since a replay of them could not be told: a node takes at
-	// most ReplayMemory client datagrams a second.
-	ReplayMemory = 1 << 17
+	// sent in any one second; it remembers 22 such seconds (the window
+	// either side), about 2.2 MiB each when full, so at most about 50 MiB.
+	// Past it, datagrams sent in that second are refused, since a replay
+	// of them could not be told: a node takes at most ReplayMemory client
+	// datagrams a second.
+	ReplayMemory = 1 << 16
 	// MinSecretSize is the least number of bytes a cluster secret has.
 	MinSecretSize = 32
 )
+
+// errNotForUs: a node with no address takes no query.
+var errNotForUs = errors.New("wire: no address to take queries at")
 
 // ErrAuth is wrapped by errors about cluster secrets: one missing,
 // malformed or not the cluster's. Its text says "authentication failed".
@@ -184,6 +192,11 @@ type SealedTransport struct {
 	now   func() time.Time
 	raw   sync.Pool // *[]byte, MaxDatagramSize+1
 
+	// addrs are where a node's queries are sent to (NodeSide); since is
+	// when the node started taking them.
+	addrs []netip.AddrPort
+	since time.Time
+
 	mu   sync.Mutex
 	seen replayFilter
 
@@ -194,16 +207,44 @@ var _ Transport = (*SealedTransport)(nil)
 
 // Seal wraps t so that every datagram is sealed under keys; side says
 // which keys seal and which open. The SealedTransport owns t.
+//
+// A node's side takes only queries sent to its addresses: t's local
+// address, unless SetAddrs says otherwise.
 func Seal(t Transport, keys *Keyring, side Side) *SealedTransport {
-	s := &SealedTransport{inner: t, keys: keys, side: side, now: time.Now}
+	s := &SealedTransport{inner: t, keys: keys, side: side, now: time.Now, since: time.Now()}
 	s.raw.New = func() any { b := make([]byte, MaxDatagramSize+1); return &b }
+	if a := t.LocalAddr(); side == NodeSide && a.IsValid() && !a.Addr().IsUnspecified() {
+		s.addrs = []netip.AddrPort{a}
+	}
 	return s
+}
+
+// SetAddrs sets the addresses a node's clients send to, those of the
+// spec: a query sealed for any other address, one meant for another node,
+// is dropped. It must be called before s is used.
+func (s *SealedTransport) SetAddrs(addrs ...netip.AddrPort) { s.addrs = addrs }
+
+// destLen is the size of a destination address in a query's additional
+// data: the IP in 16 bytes (IPv4 mapped) and the port.
+const destLen = 18
+
+// additionalData returns the header of sealed datagram d and, for a query,
+// the address it is sent to, as the AEAD's additional data.
+func additionalData(ad *[sealHeader + destLen]byte, header []byte, query bool, to netip.AddrPort) []byte {
+	n := copy(ad[:], header)
+	if !query {
+		return ad[:n]
+	}
+	ip := to.Addr().Unmap().As16()
+	n += copy(ad[n:], ip[:])
+	binary.BigEndian.PutUint16(ad[n:], to.Port())
+	return ad[:n+2]
 }
 
 // SetClock makes s read the time from now instead of time.Now, to stamp
 // what it sends and to judge what arrives: for simulations, and for tests
 // that replay old traffic. It must be called before s is used.
-func (s *SealedTransport) SetClock(now func() time.Time) { s.now = now }
+func (s *SealedTransport) SetClock(now func() time.Time) { s.now, s.since = now, now() }
 
 // Rejected counts the datagrams dropped because they did not open: not
 // sealed, sealed under an unknown secret, forged, or sent outside the
@@ -252,7 +293,8 @@ func (s *SealedTransport) Send(b []byte, addr netip.AddrPort) error {
 	copy(out[1:5], id[:])
 	binary.BigEndian.PutUint64(out[5:13], uint64(s.now().UnixMilli()))
 	rand.Read(out[13:sealHeader])
-	out = aead.Seal(out, out[13:sealHeader], b, out[:sealHeader])
+	var ad [sealHeader + destLen]byte
+	out = aead.Seal(out, out[13:sealHeader], b, additionalData(&ad, out[:sealHeader], s.side == ClientSide, addr))
 	return s.inner.Send(out, addr)
 }
 
@@ -287,10 +329,27 @@ func (s *SealedTransport) open(buf, d []byte) (int, bool) {
 	if skew := s.now().Sub(sent); skew > ReplayWindow || skew < -ReplayWindow {
 		return 0, false
 	}
+	// A node that restarted has forgotten the nonces it took: it takes
+	// nothing sent before it started, which may be a copy of one taken.
+	if s.side == NodeSide && sent.Before(s.since.Truncate(time.Millisecond)) {
+		return 0, false
+	}
 	if len(buf) < len(d)-SealOverhead {
 		return 0, false // a receiver's buffer holds any message; this one cannot be whole
 	}
-	m, err := aead.Open(buf[:0], d[13:sealHeader], d[sealHeader:], d[:sealHeader])
+	var ad [sealHeader + destLen]byte
+	var m []byte
+	var err error
+	if s.side == ClientSide {
+		m, err = aead.Open(buf[:0], d[13:sealHeader], d[sealHeader:], additionalData(&ad, d[:sealHeader], false, netip.AddrPort{}))
+	} else {
+		err = errNotForUs
+		for _, to := range s.addrs {
+			if m, err = aead.Open(buf[:0], d[13:sealHeader], d[sealHeader:], additionalData(&ad, d[:sealHeader], true, to)); err == nil {
+				break
+			}
+		}
+	}
 	if err != nil {
 		return 0, false
 	}

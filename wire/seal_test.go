@@ -21,7 +21,10 @@ type pipe struct {
 
 func newPipe() *pipe { return &pipe{sent: make(chan []byte, 16), inbox: make(chan []byte, 16)} }
 
-func (p *pipe) LocalAddr() netip.AddrPort { return netip.MustParseAddrPort("127.0.0.1:1") }
+// pipeAddr is every pipe's address.
+var pipeAddr = netip.MustParseAddrPort("127.0.0.1:1")
+
+func (p *pipe) LocalAddr() netip.AddrPort { return pipeAddr }
 func (p *pipe) Send(b []byte, _ netip.AddrPort) error {
 	p.sent <- bytes.Clone(b)
 	return nil
@@ -51,7 +54,16 @@ func testKeyring(t *testing.T, secrets ...string) *Keyring {
 // sealed returns what s sends for msg.
 func sealed(t *testing.T, s *SealedTransport, p *pipe, msg string) []byte {
 	t.Helper()
-	if err := s.Send([]byte(msg), netip.AddrPort{}); err != nil {
+	if err := s.Send([]byte(msg), pipeAddr); err != nil {
+		t.Fatal(err)
+	}
+	return <-p.sent
+}
+
+// sealedTo returns what s sends for msg to addr.
+func sealedTo(t *testing.T, s *SealedTransport, p *pipe, msg string, addr netip.AddrPort) []byte {
+	t.Helper()
+	if err := s.Send([]byte(msg), addr); err != nil {
 		t.Fatal(err)
 	}
 	return <-p.sent
@@ -113,13 +125,14 @@ func TestSealedTransportOpensOnlyWhatItsPeerSealed(t *testing.T) {
 		{"sent before the replay window", sealed(t, tooLate, tooLate.inner.(*pipe), "query")},
 		{"sent after the replay window", sealed(t, tooEarly, tooEarly.inner.(*pipe), "query")},
 		{"a node's reply passed off as a query", sealed(t, nodeReply, nodeReply.inner.(*pipe), "query")},
+		{"a query for another node", sealedTo(t, client, cp, "query", netip.MustParseAddrPort("127.0.0.1:2"))},
 	} {
 		if got, ok := opened(t, node, np, c.d, marker); ok {
 			t.Errorf("%s: the node opened %q", c.name, got)
 		}
 	}
-	if got := node.Rejected() - rejectedBefore; got != 7 {
-		t.Errorf("Rejected counted %d, want 7", got)
+	if got := node.Rejected() - rejectedBefore; got != 8 {
+		t.Errorf("Rejected counted %d, want 8", got)
 	}
 
 	// And the other way: the client opens the node's replies only.
@@ -216,7 +229,7 @@ func BenchmarkSealOpen(b *testing.B) {
 	buf := make([]byte, MaxDatagramSize+1)
 	b.ReportAllocs()
 	for b.Loop() {
-		client.Send(msg, netip.AddrPort{})
+		client.Send(msg, pipeAddr)
 		d := <-cp.sent
 		if _, ok := node.open(buf, d); !ok {
 			b.Fatal("did not open")
@@ -269,5 +282,24 @@ func TestReplayFilter(t *testing.T) {
 	f.add(nonce(3), now.Add(3*ReplayWindow), now.Add(3*ReplayWindow))
 	if len(f.bySecond) != 1 {
 		t.Errorf("%d seconds remembered after the window passed, want 1", len(f.bySecond))
+	}
+}
+
+// A node takes queries sent to any of its addresses, and none sent before
+// it started: a node that restarted has forgotten the nonces it took.
+func TestNodeTakesQueriesForItsAddressesSinceItStarted(t *testing.T) {
+	cp, np := newPipe(), newPipe()
+	client := Seal(cp, testKeyring(t, "a"), ClientSide)
+	node := Seal(np, testKeyring(t, "a"), NodeSide)
+	public := netip.MustParseAddrPort("192.0.2.7:7001")
+	node.SetAddrs(pipeAddr, public)
+	marker := func() []byte { return sealed(t, client, cp, "marker") }
+	if _, ok := opened(t, node, np, sealedTo(t, client, cp, "q", public), marker); !ok {
+		t.Error("a query sent to the node's second address was dropped")
+	}
+	early := Seal(newPipe(), testKeyring(t, "a"), ClientSide)
+	early.SetClock(func() time.Time { return time.Now().Add(-time.Second) })
+	if _, ok := opened(t, node, np, sealed(t, early, early.inner.(*pipe), "q"), marker); ok {
+		t.Error("took a query sent before the node started")
 	}
 }
