@@ -190,7 +190,9 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 	}
 	reply, proposed, failed := n.runAcquire(ctx, m, reps, open)
 	if failed {
-		n.acquires.finish(key, f, nil, proposed, false, time.Now())
+		// A run that failed asking the shard that had granted, whose
+		// outcome is that grant, leaves it the granting shard.
+		n.acquires.finish(key, f, nil, proposed, granted && proposed == open, time.Now())
 	} else {
 		n.acquires.finish(key, f, reply, proposed, false, time.Now())
 	}

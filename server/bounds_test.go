@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -69,5 +70,59 @@ func TestRetriedAcquireGetsItsGrant(t *testing.T) {
 	late := request(t, c, addr, acquire)
 	if late.Type != wire.TypeResponse || late.Result.Job != nil {
 		t.Errorf("retried acquire of a job done since: %+v %+v, want no job", late.Result.Job, late.Err)
+	}
+}
+
+// A retried acquire whose first run was granted asks the granting shard
+// again, whose session answers with the grant; while that shard has no
+// leader, the retry is told to ask again, and does not lease a second job
+// from another shard that no one would work.
+func TestRetryOfAGrantWaitsForItsShard(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 2})
+	m := c.Map()
+	// x holds both shards.
+	var x string
+	for _, n := range c.Spec().Nodes {
+		if len(m.ShardsOf(n.ID)) == 2 {
+			x = n.ID
+		}
+	}
+	if x == "" {
+		t.Fatalf("no node holds both shards: %+v", m.Shards)
+	}
+	addr := clientAddr(c, x)
+	for _, s := range m.Shards {
+		slot := 0
+		for m.SlotShard(slot) != s.ID {
+			slot++
+		}
+		enq := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue, Client: "producer", Seq: uint64(s.ID) + 1,
+			Args: wire.Args{Topic: "t", JobID: shard.NewJobID(slot, fmt.Sprint("job", s.ID)), Value: "p"}})
+		if enq.Type != wire.TypeResponse {
+			t.Fatalf("enqueue on shard %d: %+v", s.ID, enq.Err)
+		}
+	}
+	waitConverged(t, c)
+	acquire := &wire.Message{Type: wire.TypeQuery, Op: wire.OpAcquire, Client: "worker", Seq: 1, Timeout: time.Second,
+		Args: wire.Args{Topic: "t", Lease: time.Minute}}
+	first := request(t, c, addr, acquire)
+	if first.Type != wire.TypeResponse || first.Result.Job == nil {
+		t.Fatalf("acquire: %+v %+v", first.Result.Job, first.Err)
+	}
+	granting := m.SlotShard(shard.JobSlot(first.Result.Job.ID))
+	waitConverged(t, c) // so that x's replicas show the job leased, the other ready
+	// The granting shard loses its other replica, and with it any leader.
+	for _, id := range m.Shard(granting).Replicas {
+		if id != x {
+			kill(t, c, id)
+		}
+	}
+	servertest.WaitFor(t, 10*time.Second, "the granting shard without a leader at "+x, func() bool {
+		return !server.LeaderHeard(c.Node(x), granting)
+	})
+	acquire.Age = time.Second
+	retry := request(t, c, addr, acquire)
+	if retry.Type != wire.TypeError || retry.Err.Code != wire.CodeUnavailable {
+		t.Errorf("retry of a grant while its shard has no leader: %+v %+v, want unavailable", retry.Result.Job, retry.Err)
 	}
 }
