@@ -6,8 +6,10 @@
 // FSM is a raft.FSM. Its duties toward callers:
 //
 //  1. Every write goes through raft as a Command: the proposing leader stamps
-//     it with its clock (Command.Now), and the FSM uses no other time, so
-//     all replicas reach the same state.
+//     it with its clock (Command.Now), and the FSM uses no other time but
+//     what ops carry in the log (a retry's Op.Began), so all replicas reach
+//     the same state. Randomness too comes in the log (an acquire's
+//     Op.Grant, drawn by the proposing node).
 //  2. Every client write carries the client's id, a sequence number and an
 //     acknowledgement floor (Op.Client, Op.Seq, Op.Ack). The FSM applies each
 //     (client, sequence) at most once, answering retries from the client's
@@ -20,13 +22,15 @@
 // Jobs live beside the keys: each topic's queued and leased jobs are kept in
 // heaps by when they become available, so an acquire hands out the job
 // ready longest, the same one on every replica. Leases carry fencing tokens
-// from the shard's revision counter. The first command of a new raft term
+// from the shard's revision counter, and a grant: the random proof that
+// the ops on a leased job must present with the token. The first command of a new raft term
 // (a new leader's) extends the leases live under the old leader by the
 // grace, before anything else; the term comes from the log entry, so every
 // replica does the same.
 //
-// Bounds: every table of the state machine is bounded, and an op past a
-// bound is refused with a status of its own, never applied in part.
+// Bounds: every table of the state machine but the keys (which the disk
+// bounds) is bounded, and an op past a bound is refused with a status of
+// its own, never applied in part.
 //
 //   - Sessions: Config.MaxSessions per shard (DefaultMaxSessions, 10,000),
 //     the one idle longest forgotten for a new client; also forgotten after
