@@ -181,14 +181,7 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 			return errorReply(wire.CodeUnavailable, "acquire still running")
 		}
 	}
-	if granted && !open.isLeader() && !open.leaderHeard() {
-		// The retry of a grant is answered by the granting shard's
-		// session; asking the others could lease a second job, which no
-		// one would work, while the first waits out its lease.
-		n.acquires.finish(key, f, nil, open, true, time.Now())
-		return errorReply(wire.CodeUnavailable, "shard %d, which answered this acquire, has no leader; ask again", open.id)
-	}
-	reply, proposed, failed := n.runAcquire(ctx, m, reps, open)
+	reply, proposed, failed := n.runAcquire(ctx, m, reps, open, granted)
 	if failed {
 		// A run that failed asking the shard that had granted, whose
 		// outcome is that grant, leaves it the granting shard.
@@ -202,7 +195,12 @@ func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 // runAcquire does the work of acquire. It returns the replica of the shard
 // that answered, if one did; if it fails after proposing on a shard, that
 // shard's replica, and failed: whether the proposal took is unknown.
-func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica) (reply *wire.Message, proposed *replica, failed bool) {
+//
+// open, if not nil, is asked first; if it granted this acquire before
+// (granted), it must be: the retry of a grant is answered by the granting
+// shard's session, and asking the others could lease a second job, which
+// no one would work, while the first waits out its lease.
+func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica, open *replica, granted bool) (reply *wire.Message, proposed *replica, failed bool) {
 	a := &m.Args
 	op := stateOp(m)
 	op.Grant = newGrant()
@@ -249,6 +247,8 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 		// back when that lease runs out.
 		if open != nil && (open.isLeader() || open.leaderHeard()) {
 			cands = append([]*replica{open}, cands...)
+		} else if open != nil && granted {
+			return errorReply(wire.CodeUnavailable, "shard %d, which answered this acquire, has no leader; ask again", open.id), open, true
 		}
 		open = nil
 		for i, rep := range append(cands, unseen...) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -42,8 +43,11 @@ const (
 	maxPeerConns = 4096
 	// maxPendingConns bounds the accepted connections still in their
 	// handshake: connections nobody authenticated yet cannot take the
-	// room of the peers'.
-	maxPendingConns = 256
+	// room of the peers'. maxPendingPerHost bounds those from one IP
+	// address, so that one host holding its share idle cannot keep the
+	// peers' new connections out.
+	maxPendingConns   = 256
+	maxPendingPerHost = 8
 	// peerIdleTimeout is how long an accepted connection may send nothing,
 	// while the node waits for it, before the node closes it. Raft's
 	// heartbeats (a tenth of the heartbeat timeout apart, twice the
@@ -85,8 +89,10 @@ type mux struct {
 	shards   map[shard.ID]*streamLayer
 	accepted map[*trackedConn]struct{}
 	pending  int // accepted connections in their handshake
-	closed   bool
-	wg       sync.WaitGroup
+	// pendingFrom counts them by remote IP address.
+	pendingFrom map[netip.Addr]int
+	closed      bool
+	wg          sync.WaitGroup
 }
 
 // newMux listens as cfg says.
@@ -137,15 +143,20 @@ func (m *mux) acceptLoop() {
 // admit starts the handshake of a new connection, or closes it at once if
 // the node holds as many as it may.
 func (m *mux) admit(conn net.Conn) {
-	tc := &trackedConn{Conn: conn, raw: conn, mux: m}
+	tc := &trackedConn{Conn: conn, raw: conn, mux: m, from: remoteHost(conn)}
 	m.mu.Lock()
-	if m.closed || len(m.accepted) >= maxPeerConns || m.pending >= maxPendingConns {
+	if m.closed || len(m.accepted) >= maxPeerConns || m.pending >= maxPendingConns ||
+		m.pendingFrom[tc.from] >= maxPendingPerHost {
 		m.mu.Unlock()
 		conn.Close()
 		return
 	}
 	m.accepted[tc] = struct{}{}
 	m.pending++
+	if m.pendingFrom == nil {
+		m.pendingFrom = make(map[netip.Addr]int)
+	}
+	m.pendingFrom[tc.from]++
 	m.wg.Add(1)
 	m.mu.Unlock()
 	go func() {
@@ -161,6 +172,9 @@ func (m *mux) handshake(conn *trackedConn) (peer string, kind byte, err error) {
 	defer func() {
 		m.mu.Lock()
 		m.pending--
+		if m.pendingFrom[conn.from]--; m.pendingFrom[conn.from] <= 0 {
+			delete(m.pendingFrom, conn.from)
+		}
 		m.mu.Unlock()
 	}()
 	_ = conn.raw.SetDeadline(time.Now().Add(handshakeTimeout))
@@ -265,8 +279,18 @@ type trackedConn struct {
 	net.Conn          // what the holder reads and writes: TLS over raw
 	raw      net.Conn // the TCP connection
 	mux      *mux
+	from     netip.Addr   // the remote IP address
 	layer    *streamLayer // the shard it was handed to, if any; under mux.mu
 	once     sync.Once
+}
+
+// remoteHost returns the IP address conn comes from, the zero Addr if it
+// has none.
+func remoteHost(conn net.Conn) netip.Addr {
+	if a, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (c *trackedConn) Close() error {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -270,14 +271,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.Secret != nil {
 		n.sealed = wire.Seal(n.transport, cfg.Secret, wire.NodeSide)
-		// Clients send to the node's address in the spec; the socket's
-		// own, if it names a host, is as good.
-		var addrs []netip.AddrPort
-		if a, err := wire.ParseAddr(self.Client); err == nil {
-			addrs = append(addrs, a)
-		}
-		if a := n.transport.LocalAddr(); a.IsValid() && !a.Addr().IsUnspecified() && !slices.Contains(addrs, a) {
-			addrs = append(addrs, a)
+		addrs, err := clientAddrs(ctx, self.Client, n.transport.LocalAddr())
+		if err != nil {
+			n.sealed.Close()
+			n.cancel()
+			return nil, err
 		}
 		n.sealed.SetAddrs(addrs...)
 		n.transport = n.sealed
@@ -328,6 +326,53 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.group.Go(n.quiesceIdle)
 	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
 	return n, nil
+}
+
+// clientAddrs returns the addresses clients may send this node's queries
+// to, which a sealed query names: every address the spec's client address
+// resolves to, and the socket's own, or, for a socket bound to all
+// interfaces, those of every interface at its port (a client on the same
+// host, or behind the same NAT, may use them).
+func clientAddrs(ctx context.Context, spec string, local netip.AddrPort) ([]netip.AddrPort, error) {
+	var addrs []netip.AddrPort
+	add := func(a netip.Addr, port uint16) {
+		if ap := netip.AddrPortFrom(a.Unmap(), port); !slices.Contains(addrs, ap) {
+			addrs = append(addrs, ap)
+		}
+	}
+	host, portText, err := net.SplitHostPort(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: client address %q: %v", ErrInvalidSpec, spec, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("%w: client address %q: %v", ErrInvalidSpec, spec, err)
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("server: resolving client address %q: %w", spec, err)
+	}
+	for _, ip := range ips {
+		add(ip, uint16(port))
+	}
+	switch {
+	case !local.IsValid():
+	case !local.Addr().IsUnspecified():
+		add(local.Addr(), local.Port())
+	default:
+		ifaddrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		for _, ia := range ifaddrs {
+			if p, ok := ia.(*net.IPNet); ok {
+				if a, ok := netip.AddrFromSlice(p.IP); ok {
+					add(a, local.Port())
+				}
+			}
+		}
+	}
+	return addrs, nil
 }
 
 // ID returns the node's id.

@@ -164,23 +164,42 @@ func TestPendingConnectionsAreCapped(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for range maxPendingConns {
-		c, err := net.Dial("tcp", addr)
+	// from dials from loopback address 127.0.0.(2+host).
+	from := func(host int) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+host))}}
+		return d.Dial("tcp", addr)
+	}
+	closedAtOnce := func(c net.Conn, what string) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("%s: %v, want it closed at once", what, err)
+		}
+	}
+	// One host gets maxPendingPerHost; the others still get in.
+	for i := range maxPendingConns {
+		c, err := from(i / maxPendingPerHost)
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, c)
+		if i == maxPendingPerHost-1 {
+			waitFor(t, "the first host's connections pending", func() bool { return pending() == maxPendingPerHost })
+			extra, err := from(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closedAtOnce(extra, "a connection past the host's share")
+			extra.Close()
+		}
 	}
 	waitFor(t, "every held connection pending", func() bool { return pending() == maxPendingConns })
-	extra, err := net.Dial("tcp", addr)
+	extra, err := from(maxPendingConns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer extra.Close()
-	_ = extra.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-		t.Errorf("a connection past the cap: %v, want it closed at once", err)
-	}
+	closedAtOnce(extra, "a connection past the cap")
 	for _, c := range held {
 		c.Close()
 	}
