@@ -9,7 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,11 +43,11 @@ const (
 	maxPeerConns = 4096
 	// maxPendingConns bounds the accepted connections still in their
 	// handshake: connections nobody authenticated yet cannot take the
-	// room of the peers'. maxPendingPerHost bounds those from one IP
-	// address, so that one host holding its share idle cannot keep the
-	// peers' new connections out.
-	maxPendingConns   = 256
-	maxPendingPerHost = 8
+	// room of the peers'. Past it, a new connection takes the place of the
+	// one pending longest, which is closed: a peer's handshake takes
+	// milliseconds, so connections held idle to fill the room (for up to
+	// handshakeTimeout each) make room for it rather than keep it out.
+	maxPendingConns = 256
 	// peerIdleTimeout is how long an accepted connection may send nothing,
 	// while the node waits for it, before the node closes it. Raft's
 	// heartbeats (a tenth of the heartbeat timeout apart, twice the
@@ -88,11 +88,9 @@ type mux struct {
 	mu       sync.Mutex
 	shards   map[shard.ID]*streamLayer
 	accepted map[*trackedConn]struct{}
-	pending  int // accepted connections in their handshake
-	// pendingFrom counts them by remote IP address.
-	pendingFrom map[netip.Addr]int
-	closed      bool
-	wg          sync.WaitGroup
+	pending  []*trackedConn // accepted connections in their handshake, oldest first
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 // newMux listens as cfg says.
@@ -143,22 +141,24 @@ func (m *mux) acceptLoop() {
 // admit starts the handshake of a new connection, or closes it at once if
 // the node holds as many as it may.
 func (m *mux) admit(conn net.Conn) {
-	tc := &trackedConn{Conn: conn, raw: conn, mux: m, from: remoteHost(conn)}
+	tc := &trackedConn{Conn: conn, raw: conn, mux: m}
 	m.mu.Lock()
-	if m.closed || len(m.accepted) >= maxPeerConns || m.pending >= maxPendingConns ||
-		m.pendingFrom[tc.from] >= maxPendingPerHost {
+	if m.closed || len(m.accepted) >= maxPeerConns {
 		m.mu.Unlock()
 		conn.Close()
 		return
 	}
-	m.accepted[tc] = struct{}{}
-	m.pending++
-	if m.pendingFrom == nil {
-		m.pendingFrom = make(map[netip.Addr]int)
+	var evicted *trackedConn
+	if len(m.pending) >= maxPendingConns {
+		evicted, m.pending = m.pending[0], m.pending[1:]
 	}
-	m.pendingFrom[tc.from]++
+	m.accepted[tc] = struct{}{}
+	m.pending = append(m.pending, tc)
 	m.wg.Add(1)
 	m.mu.Unlock()
+	if evicted != nil {
+		evicted.raw.Close() // its handshake fails, and its goroutine ends
+	}
 	go func() {
 		defer m.wg.Done()
 		m.route(tc)
@@ -171,9 +171,8 @@ func (m *mux) admit(conn net.Conn) {
 func (m *mux) handshake(conn *trackedConn) (peer string, kind byte, err error) {
 	defer func() {
 		m.mu.Lock()
-		m.pending--
-		if m.pendingFrom[conn.from]--; m.pendingFrom[conn.from] <= 0 {
-			delete(m.pendingFrom, conn.from)
+		if i := slices.Index(m.pending, conn); i >= 0 {
+			m.pending = slices.Delete(m.pending, i, i+1)
 		}
 		m.mu.Unlock()
 	}()
@@ -279,18 +278,8 @@ type trackedConn struct {
 	net.Conn          // what the holder reads and writes: TLS over raw
 	raw      net.Conn // the TCP connection
 	mux      *mux
-	from     netip.Addr   // the remote IP address
 	layer    *streamLayer // the shard it was handed to, if any; under mux.mu
 	once     sync.Once
-}
-
-// remoteHost returns the IP address conn comes from, the zero Addr if it
-// has none.
-func remoteHost(conn net.Conn) netip.Addr {
-	if a, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 func (c *trackedConn) Close() error {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,8 +146,9 @@ func TestCheckStateOp(t *testing.T) {
 }
 
 // Connections still in their handshake take at most maxPendingConns
-// places: past them a new connection is closed at once, and once they
-// go, new ones are taken again.
+// places: past them a new connection takes the place of the one pending
+// longest, which is closed, so connections held idle cannot keep a peer's
+// new one out; once they go, the places are free again.
 func TestPendingConnectionsAreCapped(t *testing.T) {
 	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn) { c.Close() }})
 	if err != nil {
@@ -156,7 +159,7 @@ func TestPendingConnectionsAreCapped(t *testing.T) {
 	pending := func() int {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		return m.pending
+		return len(m.pending)
 	}
 	var held []net.Conn
 	defer func() {
@@ -164,53 +167,38 @@ func TestPendingConnectionsAreCapped(t *testing.T) {
 			c.Close()
 		}
 	}()
-	// from dials from loopback address 127.0.0.(2+host).
-	from := func(host int) (net.Conn, error) {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+host))}}
-		return d.Dial("tcp", addr)
-	}
-	closedAtOnce := func(c net.Conn, what string) {
-		t.Helper()
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-			t.Errorf("%s: %v, want it closed at once", what, err)
-		}
-	}
-	// One host gets maxPendingPerHost; the others still get in.
-	for i := range maxPendingConns {
-		c, err := from(i / maxPendingPerHost)
+	for range maxPendingConns {
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, c)
-		if i == maxPendingPerHost-1 {
-			waitFor(t, "the first host's connections pending", func() bool { return pending() == maxPendingPerHost })
-			extra, err := from(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			closedAtOnce(extra, "a connection past the host's share")
-			extra.Close()
-		}
+		waitFor(t, "the connection pending", func() bool { return pending() == len(held) })
 	}
-	waitFor(t, "every held connection pending", func() bool { return pending() == maxPendingConns })
-	extra, err := from(maxPendingConns)
+	extra, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer extra.Close()
-	closedAtOnce(extra, "a connection past the cap")
+	// The oldest is closed to make room; the new one waits for its
+	// handshake.
+	_ = held[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := held[0].Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the connection pending longest: %v, want it closed", err)
+	}
+	_ = extra.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the new connection: %v, want it held for its handshake", err)
+	}
+	if got := pending(); got != maxPendingConns {
+		t.Errorf("%d pending, want %d", got, maxPendingConns)
+	}
 	for _, c := range held {
 		c.Close()
 	}
 	held = nil
+	extra.Close()
 	waitFor(t, "no connection pending", func() bool { return pending() == 0 })
-	again, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	waitFor(t, "a new connection pending", func() bool { return pending() == 1 })
 }
 
 // waitFor polls cond until it holds, failing the test after 5 seconds.
