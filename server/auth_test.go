@@ -17,9 +17,9 @@ import (
 	"github.com/shoal-kv/shoal/wire"
 )
 
-// sealedWith returns m encoded and sealed with keys as a client would, at
-// the time now returns.
-func sealedWith(t *testing.T, keys *wire.Keyring, now func() time.Time, m *wire.Message) []byte {
+// sealedWith returns m encoded and sealed with keys as a client would for
+// the node at address to, at the time now returns.
+func sealedWith(t *testing.T, keys *wire.Keyring, now func() time.Time, to netip.AddrPort, m *wire.Message) []byte {
 	t.Helper()
 	b, err := wire.Encode(m)
 	if err != nil {
@@ -28,7 +28,7 @@ func sealedWith(t *testing.T, keys *wire.Keyring, now func() time.Time, m *wire.
 	cp := &capture{}
 	s := wire.Seal(cp, keys, wire.ClientSide)
 	s.SetClock(now)
-	if err := s.Send(b, cp.LocalAddr()); err != nil {
+	if err := s.Send(b, to); err != nil {
 		t.Fatal(err)
 	}
 	return cp.last
@@ -71,18 +71,23 @@ func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	captured := func() time.Time { return time.Now().Add(-wire.ReplayWindow - time.Second) }
-	datagrams := [][]byte{
-		plain,
-		sealedWith(t, other, time.Now, ping),
-		sealedWith(t, other, time.Now, set),
-		sealedWith(t, c.Secret(), captured, set),
-		[]byte("garbage"),
+	// Each sealed one is sealed for the node it is sent to, so that
+	// nothing but what the test means fails it.
+	datagrams := func(to netip.AddrPort) [][]byte {
+		return [][]byte{
+			plain,
+			sealedWith(t, other, time.Now, to, ping),
+			sealedWith(t, other, time.Now, to, set),
+			sealedWith(t, c.Secret(), captured, to, set),
+			[]byte("garbage"),
+		}
 	}
+	const kinds = 5
 	before := map[string]uint64{}
 	for _, n := range c.Spec().Nodes {
 		before[n.ID] = c.Node(n.ID).Counters().Unauthenticated
 		to, _ := wire.ParseAddr(n.Client)
-		for _, d := range datagrams {
+		for _, d := range datagrams(to) {
 			if _, err := attacker.WriteToUDPAddrPort(d, to); err != nil {
 				t.Fatal(err)
 			}
@@ -90,7 +95,7 @@ func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 	}
 	for _, n := range c.Spec().Nodes {
 		servertest.WaitFor(t, 5*time.Second, "the node dropped every datagram", func() bool {
-			return c.Node(n.ID).Counters().Unauthenticated-before[n.ID] >= uint64(len(datagrams))
+			return c.Node(n.ID).Counters().Unauthenticated-before[n.ID] >= kinds
 		})
 		// The node handles datagrams in order: once it answered a sealed
 		// ping sent after them, it would have answered them too.
@@ -281,16 +286,7 @@ func TestReplayedQueryAnsweredOnce(t *testing.T) {
 	defer u.Close()
 	opener := wire.Seal(&udpConn{u}, c.Secret(), wire.ClientSide)
 	to, _ := wire.ParseAddr(clientAddr(c, "n1"))
-	b, err := wire.Encode(&wire.Message{Type: wire.TypeQuery, TxID: 5, Op: wire.OpPing})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := &capture{}
-	sealer := wire.Seal(cp, c.Secret(), wire.ClientSide)
-	if err := sealer.Send(b, to); err != nil {
-		t.Fatal(err)
-	}
-	ping := cp.last
+	ping := sealedWith(t, c.Secret(), time.Now, to, &wire.Message{Type: wire.TypeQuery, TxID: 5, Op: wire.OpPing})
 	before := map[string]uint64{}
 	for _, n := range c.Spec().Nodes {
 		before[n.ID] = c.Node(n.ID).Counters().Unauthenticated
