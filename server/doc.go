@@ -21,13 +21,17 @@
 //     retried there, with the client's sequence number, while leadership
 //     moves, until the request's budget (the client's attempt timeout) runs
 //     out. The leader stamps each command with its clock.
-//   - Reads are linearizable by default on every replica (ReadIndex: the
+//   - Reads are linearizable by default on every replica, and served where
+//     they land (ReadIndex, as etcd's and TiKV's follower reads): the
 //     leader confirms its leadership by asking the other replicas their
-//     raft term, one round shared by concurrent reads, then reads its own
-//     state; a follower relays the reads that arrive together in one
-//     call); a stale read answers from the replica's own state at once,
-//     which trails the leader's by up to about two CommitTimeouts when
-//     writes stop.
+//     raft term, one round shared by concurrent reads, and hands out its
+//     applied index; a follower asks for one index for the reads that
+//     arrived together and answers them from its own state if it had
+//     applied the index, or takes the leader's answers if it had not (a
+//     follower learns of a commit only with the leader's next append). A
+//     stale read answers from the replica's own state at once, which
+//     trails the leader's by up to about two CommitTimeouts when writes
+//     stop.
 //   - Every reply and heartbeat carries the node's activity: the client
 //     requests in progress at the node, from their arrival at its socket
 //     (the kernel's receive stamp, on Linux) to their reply, averaged over

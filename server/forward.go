@@ -18,21 +18,26 @@ import (
 
 // A follower does not make a client redirect: it forwards the write to the
 // shard's leader over the node-to-node TCP connection, and asks the leader
-// for read indexes the same way. A redirect would cost the client another
+// for read indexes the same way (see followerRead). A redirect would cost the client another
 // round trip over its lossy link for every write that lands on a follower,
 // and a client's idea of the leader is stale right after a failover, which
 // is exactly when it matters; the follower learns the new leader from raft
 // itself. Node-to-node calls use net/rpc over the node listener.
 
 // ForwardRequest is a call from a node to the leader of a shard: apply Ops
-// as they come, or, with ReadIndex set, return a read index and, as of that
-// index, the entries of Keys and the answer to JobRead. A follower sends the ops (or keys) that arrived
-// while its earlier calls were running in one request. It is part of the
-// node-to-node protocol, not of the client API.
+// as they come, or, with ReadIndex set, return a read index and, unless
+// the caller has applied that index already (Applied), the entries of Keys
+// and the answer to JobRead as of that index. A follower sends the ops (or
+// keys) that arrived while its earlier calls were running in one request.
+// It is part of the node-to-node protocol, not of the client API.
 type ForwardRequest struct {
 	Shard     shard.ID
 	ReadIndex bool
-	Keys      []string
+	// Applied, with ReadIndex, is the caller's applied index when it sent
+	// the request. A caller that has applied the read index answers the
+	// reads from its own state, so the leader sends no entries then.
+	Applied uint64
+	Keys    []string
 	// JobRead, with ReadIndex, asks for a job read as of the read index.
 	JobRead *JobRead
 	Ops     []fsm.Op
@@ -47,11 +52,13 @@ type ForwardRequest struct {
 type ForwardReply struct {
 	// Results holds one result per op of the request, in order.
 	Results []fsm.Result
-	Index   uint64
-	// Entries holds the entry of each key of the request, in order; a
-	// key that does not exist has Version 0.
+	// Index is the read index of a ReadIndex request.
+	Index uint64
+	// Entries holds the entry of each key of the request, in order, when
+	// the caller had not applied Index; a key that does not exist has
+	// Version 0.
 	Entries []fsm.Entry
-	// JobResult answers JobRead.
+	// JobResult answers JobRead when the caller had not applied Index.
 	JobResult *wire.Result
 	// Ready answers WaitTopic: a job of the topic is ready.
 	Ready bool
@@ -143,16 +150,54 @@ func (r *replica) linkToLeader(ctx context.Context, timeout time.Duration) {
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
 		spawn: r.group.Go, closed: rpc.ErrShutdown,
 	}
-	r.forwardGets = &batcher[string, fsm.Entry]{
+	r.followerGets = &batcher[string, fsm.Entry]{
 		commit: func(keys []string) ([]fsm.Entry, error) {
-			fr, err := call(ForwardRequest{ReadIndex: true, Keys: keys})
-			return fr.Entries, err
+			fr, local, err := r.followerRead(call, ForwardRequest{Keys: keys})
+			if err != nil || !local {
+				return fr.Entries, err
+			}
+			es := make([]fsm.Entry, len(keys))
+			for i, k := range keys {
+				es[i], _ = r.fsm.Get(k)
+			}
+			return es, nil
 		},
 		parallel: outstandingEntries,
 		// Values come back, up to MaxValueSize each.
 		maxItems: forwardMaxGets,
 		spawn:    r.group.Go, closed: rpc.ErrShutdown,
 	}
+}
+
+// followerRead asks the leader, through call, for a read index for the
+// reads of req (ReadIndex, Raft dissertation §6.4, served where it lands as
+// in etcd and TiKV), and reports whether this replica answers them from
+// its own state: it had applied the index when it asked, so its state
+// reflects every write acknowledged before the reads began. Otherwise the
+// leader's reply carries the answers, as of the index.
+//
+// A follower behind the index does not wait to apply it: raft tells a
+// follower of a commit only with the leader's next append, which, when
+// writes stop, comes up to two CommitTimeouts later. A follower is behind
+// only when a write committed since the leader last sent it one, so under
+// a read load it answers nearly every read itself, and under a write load
+// the leader answers about one read in every batch of appends.
+func (r *replica) followerRead(call func(ForwardRequest) (ForwardReply, error), req ForwardRequest) (ForwardReply, bool, error) {
+	req.ReadIndex = true
+	req.Applied = r.fsm.Applied()
+	fr, err := call(req)
+	if err != nil {
+		return fr, false, err
+	}
+	if req.Applied >= fr.Index {
+		r.followerReads.Add(1)
+		return fr, true, nil
+	}
+	r.relayedReads.Add(1)
+	if (len(req.Keys) > 0 && len(fr.Entries) != len(req.Keys)) || (req.JobRead != nil && fr.JobResult == nil) {
+		return fr, false, fmt.Errorf("server: shard %d: the leader answered a read behind its index %d with no result", r.id, fr.Index)
+	}
+	return fr, false, nil
 }
 
 // nodeService is the net/rpc receiver a node registers for its peers.
@@ -192,7 +237,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 	case req.WaitTopic != "":
 		reply.Ready, err = s.n.awaitReady(ctx, rep, req.WaitTopic)
 	case req.ReadIndex:
-		if reply.Index, err = rep.readIndex(ctx); err != nil {
+		if reply.Index, err = rep.readIndex(ctx); err != nil || req.Applied >= reply.Index {
 			break
 		}
 		if len(req.Keys) > 0 {

@@ -308,12 +308,11 @@ func (n *Node) writeResult(ctx context.Context, rep *replica, op fsm.Op) (fsm.Re
 }
 
 // get reads key. A stale read answers from this replica's state as it is.
-// A linearizable one reads the leader's state once the leader has confirmed
-// a read index (ReadIndex, Raft dissertation §6.4): here, when this replica
-// leads, or there, in one call for the reads that came meanwhile. A
-// follower could wait to apply the index and read its own state, but it
-// learns of a commit only with the leader's next message, which may be a
-// CommitTimeout away.
+// A linearizable one answers once the leader has confirmed a read index
+// (ReadIndex, Raft dissertation §6.4): from this replica's state when it
+// leads; when it follows, from its own state too if it had applied the
+// index, else from the leader's answer (see followerRead). A follower asks
+// for one index for the reads that came meanwhile.
 func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
 	var e fsm.Entry
 	if stale {
@@ -328,7 +327,7 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 				return nil
 			},
 			func() error {
-				es, err := rep.forwardGets.submit(ctx, key)
+				es, err := rep.followerGets.submit(ctx, key)
 				if err == nil {
 					e = es[0]
 				}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"sort"
 	"time"
 
@@ -16,8 +15,9 @@ import (
 const maxDeadListing = 100
 
 // jobRead answers the job reads, stats and dead listings, for one shard,
-// linearizably: like a get, from the leader's state once it has confirmed
-// a read index, here or there.
+// linearizably: like a get, once the leader has confirmed a read index,
+// from this replica's state if it has applied the index, else from the
+// leader's.
 func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	a := &m.Args
 	rep, bad := n.shardReplica(a.Shards[0])
@@ -36,14 +36,17 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 			return nil
 		},
 		func() error {
-			fr, err := rep.callLeader(ctx, ForwardRequest{ReadIndex: true, JobRead: &jr})
-			if err == nil && fr.JobResult == nil {
-				err = fmt.Errorf("server: shard %d: the leader answered a job read with no result", rep.id)
-			}
-			if err == nil {
+			call := func(req ForwardRequest) (ForwardReply, error) { return rep.callLeader(ctx, req) }
+			fr, local, err := rep.followerRead(call, ForwardRequest{JobRead: &jr})
+			switch {
+			case err != nil:
+				return err
+			case local:
+				res = readJobs(rep, jr)
+			default:
 				res = *fr.JobResult
 			}
-			return err
+			return nil
 		})
 	if err != nil {
 		return leaderErrorReply(ctx, rep.id, err)

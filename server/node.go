@@ -159,6 +159,11 @@ type Counters struct {
 	// of being proposed: they take its result, or are proposed after all
 	// if it failed.
 	Joined uint64
+	// FollowerReads counts the batches of linearizable reads (gets and
+	// job reads) a follower here answered from its own state after the
+	// leader confirmed a read index; RelayedReads the batches the leader
+	// answered instead, the follower not having applied the index yet.
+	FollowerReads, RelayedReads uint64
 }
 
 // Node is one shoal process: a replica of each shard the spec gives it, a
@@ -392,6 +397,8 @@ func (n *Node) Counters() Counters {
 	}
 	for _, rep := range n.replicas {
 		c.Joined += rep.proposing.joined.Load()
+		c.FollowerReads += rep.followerReads.Load()
+		c.RelayedReads += rep.relayedReads.Load()
 	}
 	return c
 }

@@ -3,14 +3,17 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // A leader hands out a read index only when a quorum, itself included,
@@ -157,5 +160,100 @@ func TestReadRoundCountsEachFollowerOnce(t *testing.T) {
 		if k == 2 && !errors.Is(err, server.ErrRetry) || k == 3 && err != nil {
 			t.Fatalf("round %d, %d of %d followers in the term: %v", i, k, len(others), err)
 		}
+	}
+}
+
+// A linearizable read that lands on a follower is served there: the
+// follower asks the leader for a read index and answers from its own state
+// once it has applied the index. Each read reflects every write
+// acknowledged before it began, while writes run, right after the leader
+// is killed, and under the next leader; once writes pause, followers serve
+// the reads themselves rather than take the leader's answers.
+func TestFollowerReadsReflectAcknowledgedWrites(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Raft: failoverTiming})
+	waitReady(t, c)
+	cl := newClient(t, c, client.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// acked is the highest version of "k" acknowledged to the writer.
+	var acked atomic.Uint64
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				writerDone <- nil
+				return
+			default:
+			}
+			v, err := cl.Set(ctx, "k", []byte(fmt.Sprint(i)))
+			if err != nil {
+				writerDone <- err
+				return
+			}
+			acked.Store(v)
+		}
+	}()
+	// readFollower reads "k" linearizably on a node that does not lead
+	// shard 0 and checks it sees at least what was acknowledged before.
+	readFollower := func(phase string) {
+		t.Helper()
+		var at string
+		for _, id := range c.Running() {
+			if l := c.Leader(0); l == nil || l.ID() != id {
+				at = id
+				break
+			}
+		}
+		floor := acked.Load()
+		r, err := rawRequest(c, clientAddr(c, at), &wire.Message{Type: wire.TypeQuery, Op: wire.OpGet,
+			Timeout: 5 * time.Second, Args: wire.Args{Key: "k"}})
+		switch {
+		case err != nil:
+			t.Fatalf("%s: read on %s: %v", phase, at, err)
+		case r.Type != wire.TypeResponse:
+			t.Fatalf("%s: read on %s: %+v", phase, at, r.Err)
+		case r.Result.Version < floor:
+			t.Fatalf("%s: read on %s saw version %d, after version %d was acknowledged", phase, at, r.Result.Version, floor)
+		}
+	}
+	servertest.WaitFor(t, 10*time.Second, "writes acknowledged", func() bool { return acked.Load() >= 10 })
+	for range 50 {
+		readFollower("under writes")
+	}
+	atKill := acked.Load()
+	kill(t, c, leader(t, c, 0).ID())
+	for range 50 {
+		readFollower("right after the leader was killed")
+	}
+	servertest.WaitFor(t, 10*time.Second, "writes acknowledged under the next leader", func() bool {
+		return acked.Load() > atKill+10
+	})
+	for range 50 {
+		readFollower("under the next leader")
+	}
+	close(stop)
+	if err := <-writerDone; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+
+	// With writes paused, a follower that applied the last write serves
+	// every read itself.
+	waitConverged(t, c)
+	var follower *server.Node
+	for _, id := range c.Running() {
+		if id != leader(t, c, 0).ID() {
+			follower = c.Node(id)
+		}
+	}
+	before := follower.Counters()
+	for range 20 {
+		readFollower("after writes paused")
+	}
+	after := follower.Counters()
+	if served, relayed := after.FollowerReads-before.FollowerReads, after.RelayedReads-before.RelayedReads; served == 0 || relayed != 0 {
+		t.Errorf("a caught-up follower served %d batches of reads itself and took %d from the leader; want all itself", served, relayed)
 	}
 }

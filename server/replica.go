@@ -98,10 +98,16 @@ type replica struct {
 		entries uint64
 		checks  int
 	}
-	// A follower sends writes, and linearizable reads, to the leader
-	// through these: what arrives while earlier calls run goes together.
+	// A follower sends writes to the leader, and asks it read indexes for
+	// linearizable gets, through these: what arrives while earlier calls
+	// run goes together.
 	forwardWrites *batcher[fsm.Op, fsm.Result]
-	forwardGets   *batcher[string, fsm.Entry]
+	followerGets  *batcher[string, fsm.Entry]
+	// followerReads counts the batches of linearizable reads this
+	// replica, following, answered from its own state after a read index;
+	// relayedReads those the leader answered for it, this replica being
+	// behind the index (see followerRead).
+	followerReads, relayedReads atomic.Uint64
 	// timersChanged is called when this leader's next tick may have come
 	// forward: it won leadership, or committed an op of timedKinds.
 	timersChanged func()
