@@ -20,7 +20,7 @@ import (
 func init() {
 	register(Experiment{
 		Name: "balance",
-		Summary: "5 real nodes, one 5x slower or stalling, stale gets at 60% of capacity, heartbeats lost: " +
+		Summary: "5 real nodes, one 5x slower or stalling, stale or linearizable gets at 60% of capacity, heartbeats lost: " +
 			"latency, shares and Jain's index per picker, with and without the client's in-flight counts",
 		Run: balance,
 	})
@@ -233,6 +233,10 @@ type balanceScenario struct {
 	// stall, if positive, stalls the last node that long, from a sixth of
 	// the way into the measured part of the run.
 	stall time.Duration
+	// linearizable sends linearizable gets rather than stale ones: a
+	// follower asks its shard's leader for a read index and serves them
+	// itself, so the picker's choice moves their work too.
+	linearizable bool
 }
 
 // capacity is the requests a second the nodes serve together.
@@ -255,6 +259,10 @@ type balanceRun struct {
 	arrivals       []gaps          // between the queries' arrivals, per node
 	late           time.Duration   // their total lateness past their schedule
 	window         time.Duration
+	// followerReads and relayedReads are the nodes' counters of the same
+	// names over the run (server.Counters): batches of linearizable reads
+	// followers served themselves, and those leaders answered for them.
+	followerReads, relayedReads uint64
 }
 
 // kingman is the mean time in the nodes' queues that Kingman's formula
@@ -352,7 +360,7 @@ type balanceSetup struct {
 	strategies        []balanceStrategy
 	scenarios         []balanceScenario
 	equal             balanceScenario // the calibration run's
-	slowIdx, stallIdx int             // into scenarios
+	slowIdx, stallIdx, linIdx int     // into scenarios
 }
 
 func newBalanceSetup(cfg *Config) balanceSetup {
@@ -379,8 +387,9 @@ func newBalanceSetup(cfg *Config) balanceSetup {
 	s.scenarios = []balanceScenario{
 		{name: "slow", service: speeds(s.slow)},
 		{name: "stall", service: speeds(s.fast), stall: s.stall},
+		{name: "slow, linearizable", service: speeds(s.slow), linearizable: true},
 	}
-	s.slowIdx, s.stallIdx = 0, 1
+	s.slowIdx, s.stallIdx, s.linIdx = 0, 1, 2
 	return s
 }
 
@@ -408,8 +417,9 @@ func startBalanceCluster(ctx context.Context, cfg *Config, seed int64, nodes int
 	return bc, nil
 }
 
-// run drives one run: clients of one strategy sending stale gets as a
-// Poisson stream at rate, over heartbeats lost with probability loss.
+// run drives one run: clients of one strategy sending gets (stale unless
+// sc.linearizable) as a Poisson stream at rate, over heartbeats lost with
+// probability loss.
 func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanceStrategy, loss, rate float64,
 	setup balanceSetup, seed uint64) (balanceRun, error) {
 	// The last run's backlog drains at the last run's speeds, and the
@@ -467,6 +477,18 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 		beforeLate            int64
 		measureStart          time.Time
 	)
+	var opts []client.ReadOption
+	if !sc.linearizable {
+		opts = append(opts, client.Stale())
+	}
+	counters := func() (served, relayed uint64) {
+		for _, id := range bc.ids {
+			c := bc.Node(id).Counters()
+			served, relayed = served+c.FollowerReads, relayed+c.RelayedReads
+		}
+		return served, relayed
+	}
+	var beforeServed, beforeRelayed uint64
 	stallAt := setup.warm + setup.measure/6
 	stalled := sc.stall <= 0
 	for k, at := 0, time.Duration(0); ; k++ {
@@ -490,6 +512,7 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 				beforeGaps = append(beforeGaps, q.gaps())
 				beforeLate += q.late.Load()
 			}
+			beforeServed, beforeRelayed = counters()
 		}
 		if !stalled && at >= stallAt {
 			bc.queues[len(bc.queues)-1].stall(sc.stall)
@@ -499,7 +522,7 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			_, err := c.Get(rctx, key, client.Stale())
+			_, err := c.Get(rctx, key, opts...)
 			took := time.Since(start.Add(at))
 			if !measured {
 				return
@@ -526,6 +549,8 @@ func (bc *balanceCluster) run(ctx context.Context, sc balanceScenario, st balanc
 		out.late += time.Duration(q.late.Load())
 	}
 	wg.Wait()
+	served, relayed := counters()
+	out.followerReads, out.relayedReads = served-beforeServed, relayed-beforeRelayed
 	pct := Percentiles(out.lat, 50, 99, 99.9)
 	out.p50, out.p99, out.p999 = pct[0], pct[1], pct[2]
 	return out, ctx.Err()
@@ -582,9 +607,9 @@ func balance(ctx context.Context, cfg Config) (*Report, error) {
 func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report {
 	r := &Report{
 		Experiment: "balance",
-		Setup: fmt.Sprintf("%d real nodes (%d shards of 3 replicas; a stale get may go to any replica of its key's shard), each a FIFO server "+
-			"of the queries it reads: service %v, the last node %v in \"slow\", all %v in \"stall\" where the last node "+
-			"stalls for %v; %d clients send a Poisson stream of stale gets at %.0f%% of capacity; "+
+		Setup: fmt.Sprintf("%d real nodes (%d shards of 3 replicas; a get may go to any replica of its key's shard), each a FIFO server "+
+			"of the queries it reads: service %v, the last node %v in \"slow\" and \"slow, linearizable\", all %v in \"stall\" where the last node "+
+			"stalls for %v; %d clients send a Poisson stream of gets, stale but in \"slow, linearizable\", at %.0f%% of capacity; "+
 			"heartbeats lost at %s; %v warm-up, %v measured per run; %d seeds",
 			setup.nodes, setup.nodes, setup.fast, setup.slow, setup.fast, setup.stall, setup.clients,
 			setup.utilization*100, percents(setup.losses), setup.warm, setup.measure, setup.seeds),
@@ -600,7 +625,7 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 	last := setup.nodes - 1
 	table := Table{
 		Name:  "balance",
-		Title: fmt.Sprintf("latency of stale gets (ms, mean over %d seeds), the last node's share, Jain's index of utilizations", setup.seeds),
+		Title: fmt.Sprintf("latency of gets (ms, mean over %d seeds), the last node's share, Jain's index of utilizations", setup.seeds),
 		Header: []string{"scenario", "heartbeat loss", "strategy", "p50", "p99", "p99.9", "± p99 CI",
 			"mean in queue", "last node's share", "Jain", "failed"},
 	}
@@ -677,6 +702,19 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 			"can be stable, and a picker that sees requests in progress must find the slow node without being "+
 			"told, yet not shun it (a capacity-proportional split would load it to %.0f%%); band 0.3 to 0.97",
 			setup.utilization*100, setup.utilization*100)))
+	lin := setup.scenarios[setup.linIdx]
+	linDef := balanceKey{lin.name, defaultStrategy(), 0}
+	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("slow node, linearizable gets, %s (the default): its utilization", defaultStrategy()),
+		stat(linDef, func(b balanceRun) float64 { return b.utilization(lin)[last] }),
+		setup.utilization, 0.3, 0.97,
+		"as for stale gets: a linearizable get is served by the replica it reaches, which asks its shard's "+
+			"leader only for a read index, so the picker moves its work; band 0.3 to 0.97"))
+	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("slow node, linearizable gets, %s: share of followers' read batches they served themselves", defaultStrategy()),
+		stat(linDef, func(b balanceRun) float64 {
+			return float64(b.followerReads) / float64(max(b.followerReads+b.relayedReads, 1))
+		}),
+		1, 0.95, 1,
+		"with no writes a follower has always applied the leader's read index, so it never takes the leader's answers"))
 	stall := setup.scenarios[setup.stallIdx]
 	r.Checks = append(r.Checks, NewCheck(fmt.Sprintf("stall, %s (the default): failed requests per run", defaultStrategy()),
 		stat(balanceKey{stall.name, defaultStrategy(), 0}, func(b balanceRun) float64 { return float64(b.failed) }),
@@ -711,8 +749,8 @@ func balanceReport(setup balanceSetup, runs map[balanceKey][]balanceRun) *Report
 // have no temperature and are flat lines.
 func balanceFigure(setup balanceSetup, sc balanceScenario, p99 func(balanceStrategy) float64) Figure {
 	fig := Figure{
-		Name: "balance-" + sc.name,
-		Title: fmt.Sprintf("%s: p99 of stale gets by softmin temperature, no heartbeat loss (flat: pickers without one)",
+		Name: "balance-" + strings.ReplaceAll(strings.ReplaceAll(sc.name, ",", ""), " ", "-"),
+		Title: fmt.Sprintf("%s: p99 of gets by softmin temperature, no heartbeat loss (flat: pickers without one)",
 			sc.name),
 		XLabel: "softmin temperature T (requests in progress)",
 		YLabel: "p99 latency (ms)",
