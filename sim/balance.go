@@ -349,18 +349,18 @@ func kingmanTime(s time.Duration, rho, c2 float64) time.Duration {
 
 // balanceSetup sizes the experiment.
 type balanceSetup struct {
-	seeds             int
-	nodes             int
-	fast, slow        time.Duration
-	utilization       float64 // offered load over capacity
-	clients           int
-	warm, measure     time.Duration
-	stall             time.Duration
-	losses            []float64
-	strategies        []balanceStrategy
-	scenarios         []balanceScenario
-	equal             balanceScenario // the calibration run's
-	slowIdx, stallIdx, linIdx int     // into scenarios
+	seeds                     int
+	nodes                     int
+	fast, slow                time.Duration
+	utilization               float64 // offered load over capacity
+	clients                   int
+	warm, measure             time.Duration
+	stall                     time.Duration
+	losses                    []float64
+	strategies                []balanceStrategy
+	scenarios                 []balanceScenario
+	equal                     balanceScenario // the calibration run's
+	slowIdx, stallIdx, linIdx int             // into scenarios
 }
 
 func newBalanceSetup(cfg *Config) balanceSetup {
