@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/sim"
 	"github.com/shoal-kv/shoal/wire"
 )
@@ -33,18 +35,21 @@ const benchKeys = 100_000
 
 // benchPoint is one measured point of the grid.
 type benchPoint struct {
-	Op         string    `json:"op"`
-	Shards     int       `json:"shards"`
-	Clients    int       `json:"clients"`
-	Seconds    float64   `json:"seconds"`
-	Ops        int       `json:"ops"`
-	Errors     int       `json:"errors"`
-	OpsPerSec  float64   `json:"ops_per_sec"`
-	P50us      float64   `json:"p50_us"`
-	P99us      float64   `json:"p99_us"`
-	P999us     float64   `json:"p999_us"`
-	CPUusPerOp float64   `json:"cpu_us_per_op"` // summed over the node processes; 0 if unknown
-	RSSMiB     []float64 `json:"rss_mib"`       // per node at the end of the point
+	Op         string  `json:"op"`
+	Shards     int     `json:"shards"`
+	Clients    int     `json:"clients"`
+	Seconds    float64 `json:"seconds"`
+	Ops        int     `json:"ops"`
+	Errors     int     `json:"errors"`
+	OpsPerSec  float64 `json:"ops_per_sec"`
+	P50us      float64 `json:"p50_us"`
+	P99us      float64 `json:"p99_us"`
+	P999us     float64 `json:"p999_us"`
+	CPUusPerOp float64 `json:"cpu_us_per_op"` // summed over the node processes; 0 if unknown
+	// LeaderCPUShare is, on a cluster of one shard, the share of the
+	// nodes' CPU time that the shard's leader used; 0 if unknown.
+	LeaderCPUShare float64   `json:"leader_cpu_share,omitempty"`
+	RSSMiB         []float64 `json:"rss_mib"` // per node at the end of the point
 	// Retries counts the requests' attempts past their first; Timeouts
 	// the attempts that got no reply in time. A tail of timeouts is lost
 	// or late datagrams, not a slow node.
@@ -107,7 +112,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
 	if !*asJSON {
-		fmt.Fprintln(tw, "op\tshards\tclients\tops/s\tp50\tp99\tp99.9\tCPU/op\tRSS/node\tretries\ttimeouts\terrors\t")
+		fmt.Fprintln(tw, "op\tshards\tclients\tops/s\tp50\tp99\tp99.9\tCPU/op\tleader CPU\tRSS/node\tretries\ttimeouts\terrors\t")
 	}
 	emit := func(p benchPoint) error {
 		if *asJSON {
@@ -117,8 +122,12 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for i, r := range p.RSSMiB {
 			rss[i] = fmt.Sprintf("%.0f", r)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s MiB\t%d\t%d\t%d\t\n", p.Op, p.Shards, p.Clients,
-			p.OpsPerSec, micros(p.P50us), micros(p.P99us), micros(p.P999us), micros(p.CPUusPerOp), strings.Join(rss, "/"),
+		share := "-"
+		if p.LeaderCPUShare > 0 {
+			share = fmt.Sprintf("%.0f%%", 100*p.LeaderCPUShare)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s MiB\t%d\t%d\t%d\t\n", p.Op, p.Shards, p.Clients,
+			p.OpsPerSec, micros(p.P50us), micros(p.P99us), micros(p.P999us), micros(p.CPUusPerOp), share, strings.Join(rss, "/"),
 			p.Retries, p.Timeouts, p.Errors)
 		return tw.Flush()
 	}
@@ -182,10 +191,10 @@ func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, insecur
 // any, for CPU and memory.
 func benchCluster(ctx context.Context, spec *server.Spec, keys *wire.Keyring, dir string, ops []string, clientCounts []int,
 	d time.Duration, stderr io.Writer, emit func(benchPoint) error) error {
-	var pids []int
+	pids := map[string]int{}
 	for _, n := range spec.Nodes {
 		if pid, err := readPid(pidPath(dir, n.ID)); err == nil && running(pid) {
-			pids = append(pids, pid)
+			pids[n.ID] = pid
 		}
 	}
 	if len(pids) != len(spec.Nodes) {
@@ -204,7 +213,7 @@ func benchCluster(ctx context.Context, spec *server.Spec, keys *wire.Keyring, di
 	for _, op := range ops {
 		for _, c := range clientCounts {
 			fmt.Fprintf(stderr, "bench: %s, %d shards, %d clients, %v ...\n", op, len(spec.Shards), c, d)
-			p, err := benchPointRun(ctx, seeds, keys, pids, op, c, d, stderr)
+			p, err := benchPointRun(ctx, seeds, keys, pids, len(spec.Shards) == 1, op, c, d, stderr)
 			if err != nil {
 				return fmt.Errorf("%s with %d clients: %w", op, c, err)
 			}
@@ -264,9 +273,11 @@ func benchWorkload(op string, value []byte) benchOp {
 	}
 }
 
-// benchPointRun drives clients closed-loop clients for d and measures.
-func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids []int, op string, clients int, d time.Duration,
-	stderr io.Writer) (benchPoint, error) {
+// benchPointRun drives clients closed-loop clients for d and measures,
+// with pids the node processes by node id; oneShard asks for the leader's
+// share of their CPU time.
+func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids map[string]int, oneShard bool, op string,
+	clients int, d time.Duration, stderr io.Writer) (benchPoint, error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	// A client.Client per 32 workers, as an application would share one.
 	conns := make([]*client.Client, (clients+31)/32)
@@ -286,7 +297,14 @@ func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids
 		}
 		return sum
 	}
-	sent0, cpu0 := counters(), nodesCPU(pids)
+	cpu := func() map[string]time.Duration {
+		m := make(map[string]time.Duration, len(pids))
+		for id, pid := range pids {
+			m[id] = processCPU(pid)
+		}
+		return m
+	}
+	sent0, cpu0 := counters(), cpu()
 	runCtx, stop := context.WithTimeout(ctx, d)
 	defer stop()
 	start := time.Now()
@@ -342,12 +360,30 @@ func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids
 		Timeouts: sent.Timeouts - sent0.Timeouts,
 	}
 	if pids != nil && len(lat) > 0 {
-		p.CPUusPerOp = (nodesCPU(pids) - cpu0).Seconds() * 1e6 / float64(len(lat))
-		for _, pid := range pids {
-			p.RSSMiB = append(p.RSSMiB, processRSS(pid))
+		cpu1 := cpu()
+		var total time.Duration
+		for id := range pids {
+			total += cpu1[id] - cpu0[id]
+		}
+		p.CPUusPerOp = total.Seconds() * 1e6 / float64(len(lat))
+		if leader := leaderOf(conns[0], 0); oneShard && leader != "" && total > 0 {
+			p.LeaderCPUShare = float64(cpu1[leader]-cpu0[leader]) / float64(total)
+		}
+		for _, id := range slices.Sorted(maps.Keys(pids)) {
+			p.RSSMiB = append(p.RSSMiB, processRSS(pids[id]))
 		}
 	}
 	return p, nil
+}
+
+// leaderOf returns the node that last told c it leads shard id, if one did.
+func leaderOf(c *client.Client, id shard.ID) string {
+	for _, n := range c.Nodes() {
+		if slices.Contains(n.Leads, id) {
+			return n.ID
+		}
+	}
+	return ""
 }
 
 func micros(us float64) string {

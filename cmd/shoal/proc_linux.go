@@ -14,33 +14,30 @@ import (
 // Linux on.
 const userHZ = 100
 
-// nodesCPU sums the user and system CPU time the processes have used; a
-// process it cannot read counts 0.
-func nodesCPU(pids []int) time.Duration {
-	var total time.Duration
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// The command name, in parentheses, may hold spaces: the fields
-		// that follow it start with the state (field 3); utime and stime
-		// are fields 14 and 15.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		utime, err1 := strconv.ParseInt(f[11], 10, 64)
-		stime, err2 := strconv.ParseInt(f[12], 10, 64)
-		if err1 == nil && err2 == nil {
-			total += time.Duration(utime+stime) * time.Second / userHZ
-		}
+// processCPU is the user and system CPU time process pid has used, or 0
+// if it cannot be read.
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
 	}
-	return total
+	// The command name, in parentheses, may hold spaces: the fields that
+	// follow it start with the state (field 3); utime and stime are fields
+	// 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * time.Second / userHZ
 }
 
 // processRSS is the resident memory of process pid in MiB, or 0 if it
