@@ -497,8 +497,9 @@ func (c *Client) Complete(ctx context.Context, job *Job) error {
 // next job. An error means job was not completed (ErrLeaseLost), or
 // perhaps not (ErrUnavailable), and no job was leased.
 //
-// A node of a version without the op refuses it with ErrInvalidArgument,
-// having changed nothing: complete with Complete then.
+// A node of a version without the op refuses it, having changed nothing,
+// with an *Error of Code wire.CodeUnknownOp: complete with Complete then,
+// as Worker does.
 func (c *Client) CompleteAndAcquire(ctx context.Context, job *Job, topic string, lease time.Duration) (*Job, error) {
 	j, err := c.onJob(ctx, wire.OpCompleteAcquire, job, wire.Args{Topic: topic, Lease: lease})
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // Defaults of Worker.
@@ -248,14 +250,14 @@ func (w *Worker) settle(runCtx context.Context, job *Job, o outcome, stopped boo
 
 // complete completes job within ctx and, unless runCtx has ended, leases
 // the next job of its shard in the same request. A node that does not
-// know that request refuses it having changed nothing
-// (ErrInvalidArgument): then job is completed alone.
+// know that request refuses it having changed nothing (an unknown op):
+// then job is completed alone.
 func (w *Worker) complete(runCtx, ctx context.Context, job *Job) (*Job, error) {
 	if runCtx.Err() != nil {
 		return nil, w.Client.Complete(ctx, job)
 	}
 	next, err := w.Client.CompleteAndAcquire(ctx, job, w.Topic, w.Lease)
-	if errors.Is(err, ErrInvalidArgument) {
+	if e := (*Error)(nil); errors.As(err, &e) && e.Code == wire.CodeUnknownOp {
 		return nil, w.Client.Complete(ctx, job)
 	}
 	return next, err
