@@ -119,7 +119,9 @@ type NewJob struct {
 // refuses them all with ErrFull, as it refuses another id's job with
 // ErrJobExists. When some requests fail, the others' jobs are stored
 // still: the error joins the failures, and the ids of the jobs not stored
-// (or, after ErrUnavailable, perhaps stored) are empty.
+// (or, after ErrUnavailable, perhaps stored) are empty. A node of a version
+// without the op refuses it, storing nothing, with an *Error of Code
+// wire.CodeUnknownOp.
 func (c *Client) EnqueueBatch(ctx context.Context, jobs []NewJob) ([]string, error) {
 	for i, j := range jobs {
 		args := wire.Args{Topic: j.Topic, JobID: "j", Value: string(j.Payload), Unique: j.Key}
