@@ -139,3 +139,35 @@ func TestEnqueueBatchAcrossShards(t *testing.T) {
 		t.Errorf("a bad batch sent %d requests", got)
 	}
 }
+
+// A node refuses a batch whose jobs are not all of one shard, by id or by
+// uniqueness key, and stores none of it.
+func TestEnqueueBatchOfOneShard(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	smap := c.Map()
+	other := 0
+	for smap.SlotShard(other) == smap.SlotShard(0) {
+		other++
+	}
+	key := "k"
+	for i := 0; smap.SlotShard(shard.JobKeySlot("t", key)) == smap.SlotShard(0); i++ {
+		key = fmt.Sprint("k", i)
+	}
+	rc := newRawClient(t, c, clientAddr(c, "n1"))
+	for i, batch := range [][]wire.BatchJob{
+		{{ID: shard.NewJobID(0, "a"), Topic: "t"}, {ID: shard.NewJobID(other, "b"), Topic: "t"}},
+		{{ID: shard.NewJobID(0, "a"), Topic: "t"}, {ID: shard.NewJobID(0, "b"), Topic: "t", Unique: key}},
+	} {
+		m := proven(wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueueBatch, Client: "batcher", Seq: uint64(i + 1), Ack: 1,
+			Args: wire.Args{Batch: batch}})
+		if r, _ := rc.do(&m, time.Second); r.Type != wire.TypeError || r.Err.Code != wire.CodeWrongShard {
+			t.Errorf("batch %d across shards: %+v %+v, want a wrong-shard error", i, r.Err, r.Result)
+		}
+	}
+	cl := newClient(t, c, client.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st, err := cl.Stats(ctx, "t"); err != nil || st != (client.JobCounts{}) {
+		t.Errorf("stats after refused batches: %+v, %v; want none", st, err)
+	}
+}

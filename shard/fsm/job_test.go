@@ -746,6 +746,15 @@ func TestEnqueueBatch(t *testing.T) {
 	if again := a.one(op); !reflect.DeepEqual(again, r) {
 		t.Errorf("a retry got %+v, want %+v", again, r)
 	}
+	// A replica restored from a snapshot answers the retry the same.
+	restored := New(Config{})
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+		t.Fatal(err)
+	}
+	a.fsm = restored
+	if again := a.one(op); !reflect.DeepEqual(again, r) {
+		t.Errorf("a retry after a restore got %+v, want %+v", again, r)
+	}
 	if c := a.fsm.JobCounts("t", a.now); c.Ready != 3 {
 		t.Errorf("%d jobs ready, want 3", c.Ready)
 	}
