@@ -16,9 +16,12 @@
 // call fails with ErrUnavailable, and a write that failed so may or may not
 // have been applied, now or a little later.
 //
-// Jobs: Enqueue, Acquire (which waits at the nodes, not by polling),
-// Extend, Complete, Fail and Release under the lease's fencing token, and
-// Worker, which runs a handler on a topic's jobs and keeps their leases.
+// Jobs: Enqueue, and EnqueueBatch for many at once (one request per shard);
+// Acquire (which waits at the nodes, not by polling); Extend, Complete,
+// Fail and Release under the lease's fencing token; CompleteAndAcquire,
+// which completes a job and leases the next of its shard in one request;
+// and Worker, which runs a handler on a topic's jobs, keeps their leases,
+// and takes its next job with each completion.
 //
 // Caller's duties:
 //

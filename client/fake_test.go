@@ -36,6 +36,9 @@ type fakeNode struct {
 	grant      *wire.JobInfo
 	grantAfter time.Duration
 	released   []string // ids of the jobs released to this node
+	// old answers the ops of the newest version (OpCompleteAcquire,
+	// OpEnqueueBatch) as a node that predates them does: unknown.
+	old        bool
 	mapVersion uint64
 	seen       []wire.Message
 	attempts   map[[2]any]int // (client, seq) → attempts seen
@@ -160,6 +163,16 @@ func (f *fakeNode) serve() {
 			continue
 		}
 		r := wire.Message{Type: wire.TypeResponse, TxID: m.TxID, Node: f.id, Activity: 1}
+		f.mu.Lock()
+		old := f.old
+		f.mu.Unlock()
+		if old && (m.Op == wire.OpCompleteAcquire || m.Op == wire.OpEnqueueBatch) {
+			r = wire.Message{Type: wire.TypeError, TxID: m.TxID, Node: f.id,
+				Err: &wire.Error{Code: wire.CodeUnknownOp, Message: "unknown op"}}
+			b, _ := wire.Encode(&r)
+			_ = f.ep.Send(b, from)
+			continue
+		}
 		if stalled {
 			// As a node without a leader does: wait out (most of) the
 			// budget, answering just before the client gives up.
@@ -661,4 +674,34 @@ func nodeInfo(c *Client, id string) NodeInfo {
 		}
 	}
 	return NodeInfo{}
+}
+
+// A worker whose completion with the next acquire reaches a node that does
+// not know that op completes the job alone.
+func TestWorkerCompletesOnAnOldNode(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	fc.nodes[0].set(func(f *fakeNode) {
+		f.old = true
+		f.grant = &wire.JobInfo{ID: "j1", Topic: "t", Token: 3, Grant: 4}
+	})
+	c := fc.client(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &Worker{Client: c, Topic: "t", Handler: func(context.Context, *Job) error { return nil }}
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	servertest.WaitFor(t, 5*time.Second, "a completion", func() bool { return w.Counters().Completed > 0 })
+	cancel()
+	<-done
+	var ops []wire.Op
+	fc.nodes[0].mu.Lock()
+	for _, m := range fc.nodes[0].seen {
+		if m.Args.JobID == "j1" {
+			ops = append(ops, m.Op)
+		}
+	}
+	fc.nodes[0].mu.Unlock()
+	if len(ops) < 2 || ops[0] != wire.OpCompleteAcquire || ops[1] != wire.OpComplete {
+		t.Errorf("ops on the job %v, want a complete-and-acquire refused, then a complete", ops)
+	}
 }

@@ -97,6 +97,125 @@ func (c *Client) Enqueue(ctx context.Context, topic string, payload []byte, opts
 	return r.Result.Job.ID, nil
 }
 
+// NewJob is a job for EnqueueBatch: what Enqueue takes.
+type NewJob struct {
+	Topic   string
+	Payload []byte
+	EnqueueOptions
+}
+
+// EnqueueBatch stores jobs and returns their ids in order, as Enqueue does
+// for each, in one request per shard instead of one per job: each
+// request is one raft entry there, applied at most once. The jobs without
+// a Key go together to one shard chosen at random (spread over shards
+// across calls, not within one); those with a Key to the shard the key
+// hashes to. A request carries as many jobs as fit a datagram, at most
+// wire.MaxBatchJobs (50); more take more requests.
+//
+// Every job is checked before anything is sent: one that Enqueue would
+// refuse fails the whole call with its error (ErrInvalidKey,
+// ErrValueTooLarge, ErrInvalidArgument), naming the job's index. Each
+// request is all or none: a shard without room for all of its jobs
+// refuses them all with ErrFull, as it refuses another id's job with
+// ErrJobExists. When some requests fail, the others' jobs are stored
+// still: the error joins the failures, and the ids of the jobs not stored
+// (or, after ErrUnavailable, perhaps stored) are empty. A node of a version
+// without the op refuses it, storing nothing, with an *Error of Code
+// wire.CodeUnknownOp.
+func (c *Client) EnqueueBatch(ctx context.Context, jobs []NewJob) ([]string, error) {
+	for i, j := range jobs {
+		args := wire.Args{Topic: j.Topic, JobID: "j", Value: string(j.Payload), Unique: j.Key}
+		if err := checkArgs(wire.OpEnqueue, &args); err != nil {
+			return nil, fmt.Errorf("job %d: %w", i, err)
+		}
+	}
+	batches, err := c.batches(jobs)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(jobs))
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	for b, batch := range batches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := c.call(ctx, wire.OpEnqueueBatch, wire.Args{Batch: batch.jobs})
+			switch {
+			case err != nil:
+				errs[b] = err
+			case len(r.Result.Jobs) != len(batch.jobs):
+				errs[b] = fmt.Errorf("client: a batch of %d jobs answered with %d ids", len(batch.jobs), len(r.Result.Jobs))
+			default:
+				for k, j := range r.Result.Jobs {
+					ids[batch.index[k]] = j.ID
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return ids, errors.Join(errs...)
+}
+
+// jobBatch is the jobs of one OpEnqueueBatch request, and the index of
+// each among those of the EnqueueBatch call.
+type jobBatch struct {
+	jobs  []wire.BatchJob
+	index []int
+	size  int
+}
+
+// batches gives jobs their ids and groups them into requests: those with a
+// Key by their shard, those without in batches of a shard each chosen at
+// random, each batch as large as fits one datagram.
+func (c *Client) batches(jobs []NewJob) ([]*jobBatch, error) {
+	smap := c.view.Load().smap
+	var out []*jobBatch
+	open := map[shard.ID]*jobBatch{} // the batch of each shard being filled
+	var keyless *jobBatch
+	keylessSlot := 0
+	for i, j := range jobs {
+		suffix, err := randomID()
+		if err != nil {
+			return nil, fmt.Errorf("client: making a job id: %w", err)
+		}
+		bj := wire.BatchJob{Topic: j.Topic, Payload: string(j.Payload), Delay: j.Delay, RunAt: j.RunAt,
+			MaxAttempts: j.MaxAttempts, Backoff: j.Backoff, Unique: j.Key}
+		if j.Key != "" {
+			slot := shard.JobKeySlot(j.Topic, j.Key)
+			bj.ID = shard.NewJobID(slot, suffix)
+			id := smap.SlotShard(slot)
+			b := open[id]
+			if b == nil || !b.fits(&bj) {
+				b = &jobBatch{}
+				open[id] = b
+				out = append(out, b)
+			}
+			b.add(&bj, i)
+			continue
+		}
+		bj.ID = shard.NewJobID(keylessSlot, suffix)
+		if keyless == nil || !keyless.fits(&bj) {
+			keylessSlot = mrand.IntN(shard.SlotCount)
+			bj.ID = shard.NewJobID(keylessSlot, suffix)
+			keyless = &jobBatch{}
+			out = append(out, keyless)
+		}
+		keyless.add(&bj, i)
+	}
+	return out, nil
+}
+
+func (b *jobBatch) fits(j *wire.BatchJob) bool {
+	return len(b.jobs) < wire.MaxBatchJobs && b.size+wire.BatchJobSize(j) <= wire.MaxMessageSize-wire.BatchOverhead
+}
+
+func (b *jobBatch) add(j *wire.BatchJob, index int) {
+	b.jobs = append(b.jobs, *j)
+	b.index = append(b.index, index)
+	b.size += wire.BatchJobSize(j)
+}
+
 // Acquire leases the next ready job of topic for lease. When nothing is
 // ready it waits, without polling the network: it asks the nodes to hold
 // its request until a job appears, until ctx ends, and then fails with
@@ -368,6 +487,27 @@ func (c *Client) Extend(ctx context.Context, job *Job, lease time.Duration) erro
 func (c *Client) Complete(ctx context.Context, job *Job) error {
 	_, err := c.onJob(ctx, wire.OpComplete, job, wire.Args{})
 	return err
+}
+
+// CompleteAndAcquire completes job and, in the same request, leases the
+// next ready job of topic for lease from the shard that held job, if that
+// shard has one: what a worker does between two jobs, in one round trip
+// and one raft entry instead of two of each. It returns the next job, or
+// nil when the shard had none ready (it does not wait for one: then
+// Acquire, which asks every shard and waits). Like Complete it counts
+// once: a retry of the request is answered from the first, with the same
+// next job. An error means job was not completed (ErrLeaseLost), or
+// perhaps not (ErrUnavailable), and no job was leased.
+//
+// A node of a version without the op refuses it, having changed nothing,
+// with an *Error of Code wire.CodeUnknownOp: complete with Complete then,
+// as Worker does.
+func (c *Client) CompleteAndAcquire(ctx context.Context, job *Job, topic string, lease time.Duration) (*Job, error) {
+	j, err := c.onJob(ctx, wire.OpCompleteAcquire, job, wire.Args{Topic: topic, Lease: lease})
+	if err != nil {
+		return nil, err
+	}
+	return jobOf(j), nil
 }
 
 // Fail records reason and queues job to run again after its backoff, or

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // Defaults of Worker.
@@ -24,7 +26,10 @@ type Handler func(ctx context.Context, job *Job) error
 
 // Worker runs Handler on the jobs of Topic, Concurrency at a time. It
 // extends each lease every third of its length while the handler runs,
-// completes the job when the handler returns nil, and fails it (to be
+// completes the job when the handler returns nil (asking, in the same
+// request, for the next job of the completed job's shard: see
+// Client.CompleteAndAcquire; only when that shard has none does it
+// Acquire, which asks them all and waits), and fails it (to be
 // retried with backoff, or to die after its last attempt) when the handler
 // returns an error or panics; the worker itself survives panics.
 //
@@ -101,21 +106,32 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// loop acquires and works jobs until ctx ends. In steady state each job
+// costs one request: the completion of the one before, which brings it.
 func (w *Worker) loop(ctx context.Context) {
+	var next *Job
 	for ctx.Err() == nil {
-		job, err := w.Client.Acquire(ctx, w.Topic, w.Lease)
-		switch {
-		case err == nil:
-			w.work(ctx, job)
-		case ctx.Err() != nil, errors.Is(err, ErrClosed):
-			return
-		default:
-			w.Logger.Warn("acquiring a job failed", "topic", w.Topic, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
+		job := next
+		if job == nil {
+			var err error
+			job, err = w.Client.Acquire(ctx, w.Topic, w.Lease)
+			switch {
+			case err == nil:
+			case ctx.Err() != nil, errors.Is(err, ErrClosed):
+				return
+			default:
+				w.Logger.Warn("acquiring a job failed", "topic", w.Topic, "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+				continue
 			}
 		}
+		next = w.work(ctx, job)
+	}
+	if next != nil {
+		w.release(next) // leased as Run's context ended
 	}
 }
 
@@ -127,7 +143,8 @@ type outcome struct {
 }
 
 // work runs the handler on job, keeping its lease, and settles the job.
-func (w *Worker) work(runCtx context.Context, job *Job) {
+// It returns the next job, if the completion brought one.
+func (w *Worker) work(runCtx context.Context, job *Job) *Job {
 	// The handler's context outlives Run's by StopTimeout.
 	jobCtx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), w.JobTimeout)
 	defer cancel()
@@ -168,8 +185,7 @@ func (w *Worker) work(runCtx context.Context, job *Job) {
 	for {
 		select {
 		case o := <-done:
-			w.settle(job, o, stopping.Load() && jobCtx.Err() != nil)
-			return
+			return w.settle(runCtx, job, o, stopping.Load() && jobCtx.Err() != nil)
 		case <-tick.C:
 			err := w.Client.Extend(jobCtx, job, w.Lease)
 			switch {
@@ -178,7 +194,7 @@ func (w *Worker) work(runCtx context.Context, job *Job) {
 				// out without an extension. Tell the handler.
 				w.lost.Add(1)
 				leave()
-				return
+				return nil
 			case err != nil && jobCtx.Err() == nil:
 				w.Logger.Warn("extending a lease failed; trying again", "job", job.ID, "err", err)
 			}
@@ -187,33 +203,35 @@ func (w *Worker) work(runCtx context.Context, job *Job) {
 				// Stopping: the handler had its StopTimeout; if it
 				// returns now, its job is settled (released if it gave up).
 				if o, ok := leave(); ok {
-					w.settle(job, o, true)
+					w.settle(runCtx, job, o, true)
 				}
-				return
+				return nil
 			}
 			// Past JobTimeout: leave the handler behind; the lease runs
 			// out and the job goes to another worker.
 			w.abandoned.Add(1)
 			w.Logger.Warn("a handler ran past the job timeout; its job will go to another worker",
 				"job", job.ID, "timeout", w.JobTimeout)
-			return
+			return nil
 		}
 	}
 }
 
-// settle completes, fails or releases job after its handler returned.
-func (w *Worker) settle(job *Job, o outcome, stopped bool) {
+// settle completes, fails or releases job after its handler returned. A
+// completion while runCtx goes on asks for the next job, which it returns.
+func (w *Worker) settle(runCtx context.Context, job *Job, o outcome, stopped bool) *Job {
 	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
 	defer cancel()
+	var next *Job
 	var err error
 	switch {
 	case o.err == nil:
-		if err = w.Client.Complete(ctx, job); err == nil {
+		if next, err = w.complete(runCtx, ctx, job); err == nil {
 			w.completed.Add(1)
 		}
 	case stopped && !o.panicked:
 		w.release(job)
-		return
+		return nil
 	default:
 		if o.panicked {
 			w.Logger.Error("a handler panicked; failing its job", "job", job.ID, "err", o.err, "stack", string(o.stack))
@@ -227,6 +245,22 @@ func (w *Worker) settle(job *Job, o outcome, stopped bool) {
 	} else if err != nil {
 		w.Logger.Warn("settling a job failed; it runs again when its lease runs out", "job", job.ID, "err", err)
 	}
+	return next
+}
+
+// complete completes job within ctx and, unless runCtx has ended, leases
+// the next job of its shard in the same request. A node that does not
+// know that request refuses it having changed nothing (an unknown op):
+// then job is completed alone.
+func (w *Worker) complete(runCtx, ctx context.Context, job *Job) (*Job, error) {
+	if runCtx.Err() != nil {
+		return nil, w.Client.Complete(ctx, job)
+	}
+	next, err := w.Client.CompleteAndAcquire(ctx, job, w.Topic, w.Lease)
+	if e := (*Error)(nil); errors.As(err, &e) && e.Code == wire.CodeUnknownOp {
+		return nil, w.Client.Complete(ctx, job)
+	}
+	return next, err
 }
 
 func (w *Worker) release(job *Job) {

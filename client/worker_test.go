@@ -138,3 +138,37 @@ func TestStopReleasesUnfinishedJob(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// In steady state a worker takes one request per job: the completion of
+// each brings the next (CompleteAndAcquire), and only a shard left without
+// jobs sends it to Acquire.
+func TestWorkerTakesOneRequestPerJob(t *testing.T) {
+	c := newClient(t)
+	ctx := context.Background()
+	const n = 30
+	jobs := make([]client.NewJob, n)
+	for i := range jobs {
+		jobs[i] = client.NewJob{Topic: "steady", Payload: []byte{byte(i)}}
+	}
+	if _, err := c.EnqueueBatch(ctx, jobs); err != nil { // keyless: all on one shard
+		t.Fatal(err)
+	}
+	var order []byte
+	w := &client.Worker{Client: c, Topic: "steady", Handler: func(ctx context.Context, j *client.Job) error {
+		order = append(order, j.Payload[0])
+		return nil
+	}}
+	before := c.Counters().Requests
+	runUntil(t, w, func() bool { return w.Counters().Completed == n })
+	// n completions, the first acquire and the one after the last job:
+	// each a long poll of up to one request per node (3) when the
+	// heartbeats report nothing ready.
+	if got := c.Counters().Requests - before; got > n+6 {
+		t.Errorf("%d requests for %d jobs, want at most %d", got, n, n+6)
+	}
+	for i, p := range order {
+		if int(p) != i {
+			t.Fatalf("jobs done in the order %v, want the order of the batch", order)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/rpc"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -321,7 +322,7 @@ func checkStateOp(op fsm.Op) error {
 		Key: op.Key, Value: op.Value, Version: op.Version,
 		Topic: op.Topic, JobID: op.JobID, Token: op.Token, Grant: op.Grant, Lease: time.Duration(op.Lease),
 		Delay: time.Duration(op.Delay), MaxAttempts: op.MaxAttempts, Backoff: time.Duration(op.Backoff),
-		Unique: op.Unique, Reason: op.Reason, Interval: time.Duration(op.Interval),
+		Unique: op.Unique, Reason: op.Reason, Interval: time.Duration(op.Interval), Batch: batchArgs(op.Batch),
 	}}
 	if op.RunAt != 0 {
 		m.Args.RunAt = time.Unix(0, op.RunAt)
@@ -334,12 +335,16 @@ func checkStateOp(op fsm.Op) error {
 	}
 	want := stateOp(&m)
 	// What the proposing node added of its own: when a retry began, by
-	// its clock, and an acquire's grant, which it drew.
+	// its clock, and an acquire's grant, which it drew (a
+	// complete-and-acquire's NextGrant).
 	want.Began = op.Began
-	if op.Kind == fsm.KindAcquire {
+	switch op.Kind {
+	case fsm.KindAcquire:
 		want.Grant = op.Grant
+	case fsm.KindCompleteAcquire:
+		want.NextGrant = op.NextGrant
 	}
-	if want != op {
+	if !reflect.DeepEqual(want, op) {
 		return fmt.Errorf("%w: a %s op with fields its kind does not carry", wire.ErrInvalidArgs, wop)
 	}
 	return nil

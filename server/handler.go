@@ -263,11 +263,40 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 	if bad != nil {
 		return bad
 	}
-	res, err := n.writeResult(ctx, rep, stateOp(m))
+	op := stateOp(m)
+	switch m.Op {
+	case wire.OpEnqueueBatch:
+		if bad := n.batchElsewhere(m, rep.id); bad != nil {
+			return bad
+		}
+	case wire.OpCompleteAcquire:
+		op.NextGrant = newGrant()
+	}
+	res, err := n.writeResult(ctx, rep, op)
 	if err != nil {
 		return leaderErrorReply(ctx, rep.id, err)
 	}
 	return writeReply(res)
+}
+
+// batchElsewhere returns the reply refusing batch m if one of its jobs
+// belongs to a shard other than id, that of its first job: by its id, or
+// by its uniqueness key, which is kept on one shard. Nil if all are id's.
+func (n *Node) batchElsewhere(m *wire.Message, id shard.ID) *wire.Message {
+	for i, j := range m.Args.Batch {
+		if s := n.shardMap.SlotShard(shard.JobSlot(j.ID)); s != id {
+			return errorReply(wire.CodeWrongShard, "job %d of the batch belongs to shard %d, its first to shard %d (map version %d)",
+				i, s, id, n.shardMap.Version)
+		}
+		if j.Unique == "" {
+			continue
+		}
+		if s := n.shardMap.SlotShard(shard.JobKeySlot(j.Topic, j.Unique)); s != id {
+			return errorReply(wire.CodeWrongShard, "job %d of the batch has a uniqueness key of shard %d, not %d (map version %d)",
+				i, s, id, n.shardMap.Version)
+		}
+	}
+	return nil
 }
 
 // slotReplica returns this node's replica of the shard that serves query

@@ -14,18 +14,20 @@ import (
 // command kind: the one table between the two. The ops not in it (reads,
 // topology, ping, status) are answered without a command.
 var commandKinds = map[wire.Op]fsm.Kind{
-	wire.OpSet:           fsm.KindSet,
-	wire.OpDelete:        fsm.KindDelete,
-	wire.OpCompareAndSet: fsm.KindCompareAndSet,
-	wire.OpEnqueue:       fsm.KindEnqueue,
-	wire.OpAcquire:       fsm.KindAcquire,
-	wire.OpExtend:        fsm.KindExtend,
-	wire.OpComplete:      fsm.KindComplete,
-	wire.OpFail:          fsm.KindFail,
-	wire.OpRelease:       fsm.KindRelease,
-	wire.OpRequeue:       fsm.KindRequeue,
-	wire.OpEvery:         fsm.KindEvery,
-	wire.OpUnevery:       fsm.KindUnevery,
+	wire.OpSet:             fsm.KindSet,
+	wire.OpDelete:          fsm.KindDelete,
+	wire.OpCompareAndSet:   fsm.KindCompareAndSet,
+	wire.OpEnqueue:         fsm.KindEnqueue,
+	wire.OpAcquire:         fsm.KindAcquire,
+	wire.OpExtend:          fsm.KindExtend,
+	wire.OpComplete:        fsm.KindComplete,
+	wire.OpCompleteAcquire: fsm.KindCompleteAcquire,
+	wire.OpEnqueueBatch:    fsm.KindEnqueueBatch,
+	wire.OpFail:            fsm.KindFail,
+	wire.OpRelease:         fsm.KindRelease,
+	wire.OpRequeue:         fsm.KindRequeue,
+	wire.OpEvery:           fsm.KindEvery,
+	wire.OpUnevery:         fsm.KindUnevery,
 }
 
 // newGrant draws the proof of a lease (fsm.Op.Grant): 63 random bits
@@ -39,6 +41,23 @@ func newGrant() uint64 {
 			return g
 		}
 	}
+}
+
+// batchArgs returns the wire form of the jobs of a batch op: stateOp's
+// inverse.
+func batchArgs(ops []fsm.Op) []wire.BatchJob {
+	if len(ops) == 0 {
+		return nil
+	}
+	batch := make([]wire.BatchJob, len(ops))
+	for i, j := range ops {
+		batch[i] = wire.BatchJob{ID: j.JobID, Topic: j.Topic, Payload: j.Value, Delay: time.Duration(j.Delay),
+			MaxAttempts: j.MaxAttempts, Backoff: time.Duration(j.Backoff), Unique: j.Unique}
+		if j.RunAt != 0 {
+			batch[i].RunAt = time.Unix(0, j.RunAt)
+		}
+	}
+	return batch
 }
 
 // stateOp returns the state machine op of query m, whose op must be in
@@ -56,6 +75,15 @@ func stateOp(m *wire.Message) fsm.Op {
 		op.Key, op.Value, op.Version = a.Key, a.Value, a.Version
 	case fsm.KindDelete:
 		op.Key = a.Key
+	case fsm.KindEnqueueBatch:
+		op.Batch = make([]fsm.Op, len(a.Batch))
+		for i, j := range a.Batch {
+			op.Batch[i] = fsm.Op{Kind: fsm.KindEnqueue, JobID: j.ID, Topic: j.Topic, Value: j.Payload, Delay: int64(j.Delay),
+				MaxAttempts: j.MaxAttempts, Backoff: int64(j.Backoff), Unique: j.Unique}
+			if !j.RunAt.IsZero() {
+				op.Batch[i].RunAt = j.RunAt.UnixNano()
+			}
+		}
 	default: // the job ops
 		op.Topic, op.JobID, op.Token, op.Grant, op.Lease, op.Value = a.Topic, a.JobID, a.Token, a.Grant, int64(a.Lease), a.Value
 		op.Delay, op.MaxAttempts, op.Backoff = int64(a.Delay), a.MaxAttempts, int64(a.Backoff)

@@ -53,6 +53,12 @@ func writeReply(res fsm.Result) *wire.Message {
 		return r
 	}
 	r := wire.Result{Version: res.Version}
+	if res.JobIDs != nil {
+		r.Jobs = make([]wire.JobInfo, len(res.JobIDs))
+		for i, id := range res.JobIDs {
+			r.Jobs[i].ID = id
+		}
+	}
 	if res.JobID != "" {
 		r.Job = &wire.JobInfo{ID: res.JobID, Topic: res.Topic, Payload: res.Payload, Attempt: res.Attempt, Token: res.Token,
 			Grant: res.Grant}

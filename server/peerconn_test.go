@@ -122,7 +122,8 @@ func TestIdleRaftConnectionsAreReplaced(t *testing.T) {
 func TestCheckStateOp(t *testing.T) {
 	for op, kind := range commandKinds {
 		m := wire.Message{Op: op, Client: "c", Seq: 2, Ack: 1, Args: wire.Args{Key: "k", Value: "v", Topic: "t",
-			JobID: "j", Unique: "u", Lease: time.Second, Interval: time.Second, Shards: nil, RunAt: time.Unix(5, 0)}}
+			JobID: "j", Unique: "u", Lease: time.Second, Interval: time.Second, Shards: nil, RunAt: time.Unix(5, 0),
+			Batch: []wire.BatchJob{{ID: "j", Topic: "t", Unique: "u", Payload: "p", RunAt: time.Unix(5, 0), Delay: time.Second}}}}
 		if err := wire.CheckQuery(&m); err != nil {
 			t.Fatalf("%s: %v", op, err)
 		}
@@ -130,14 +131,29 @@ func TestCheckStateOp(t *testing.T) {
 		if sop.Kind != kind {
 			t.Fatalf("%s: kind %d", op, sop.Kind)
 		}
+		if kind == fsm.KindCompleteAcquire {
+			sop.NextGrant = 5 // drawn by the proposing node
+		}
 		if err := checkStateOp(sop); err != nil {
 			t.Errorf("%s: %v", op, err)
 		}
 	}
+	enqueue := fsm.Op{Kind: fsm.KindEnqueue, JobID: "j", Topic: "t"}
 	for name, op := range map[string]fsm.Op{
-		"a set with a job id": {Kind: fsm.KindSet, Client: "c", Seq: 1, Key: "k", JobID: "j"},
-		"a tick":              {Kind: fsm.KindTick},
-		"a long reason":       {Kind: fsm.KindFail, Client: "c", Seq: 1, JobID: "j", Reason: string(make([]byte, 2000))},
+		"a set with a job id":          {Kind: fsm.KindSet, Client: "c", Seq: 1, Key: "k", JobID: "j"},
+		"a tick":                       {Kind: fsm.KindTick},
+		"a complete with a next grant": {Kind: fsm.KindComplete, Client: "c", Seq: 1, JobID: "j", NextGrant: 5},
+		"an enqueue with a batch": {Kind: fsm.KindEnqueue, Client: "c", Seq: 1, JobID: "j", Topic: "t",
+			Batch: []fsm.Op{enqueue}},
+		"a batch of a set": {Kind: fsm.KindEnqueueBatch, Client: "c", Seq: 1,
+			Batch: []fsm.Op{{Kind: fsm.KindSet, JobID: "j", Topic: "t"}}},
+		"a batch job with a session": {Kind: fsm.KindEnqueueBatch, Client: "c", Seq: 1,
+			Batch: []fsm.Op{{Kind: fsm.KindEnqueue, Client: "c", Seq: 1, JobID: "j", Topic: "t"}}},
+		"a batch within a batch": {Kind: fsm.KindEnqueueBatch, Client: "c", Seq: 1,
+			Batch: []fsm.Op{{Kind: fsm.KindEnqueue, JobID: "j", Topic: "t", Batch: []fsm.Op{enqueue}}}},
+		"a batch too long": {Kind: fsm.KindEnqueueBatch, Client: "c", Seq: 1,
+			Batch: make([]fsm.Op, wire.MaxBatchJobs+1)},
+		"a long reason": {Kind: fsm.KindFail, Client: "c", Seq: 1, JobID: "j", Reason: string(make([]byte, 2000))},
 	} {
 		if err := checkStateOp(op); err == nil {
 			t.Errorf("%s passed", name)

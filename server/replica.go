@@ -442,8 +442,12 @@ func (r *replica) commit(ops []fsm.Op) ([]fsm.Result, error) {
 
 // opSize is about the bytes op takes in a command.
 func opSize(op fsm.Op) int {
-	return 64 + len(op.Client) + len(op.Key) + len(op.Value) + len(op.Topic) + len(op.JobID) +
+	size := 64 + len(op.Client) + len(op.Key) + len(op.Value) + len(op.Topic) + len(op.JobID) +
 		len(op.Unique) + len(op.Reason)
+	for _, j := range op.Batch {
+		size += opSize(j)
+	}
+	return size
 }
 
 // close shuts the raft instance down and releases its transport and store.

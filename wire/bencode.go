@@ -108,6 +108,13 @@ func optDict[T any](b []byte, key string, v T, fill func([]byte, T) []byte) []by
 func appendArgs(b []byte, a *Args) []byte {
 	b = optUint(b, "af", a.After)
 	b = optTime(b, "at", a.RunAt)
+	if len(a.Batch) > 0 {
+		b = append(appendBytes(b, "b"), 'l')
+		for i := range a.Batch {
+			b = append(appendBatchJob(append(b, 'd'), &a.Batch[i]), 'e')
+		}
+		b = append(b, 'e')
+	}
 	b = optMillis(b, "bo", a.Backoff)
 	b = optMillis(b, "dl", a.Delay)
 	b = optUint(b, "gr", a.Grant)
@@ -186,6 +193,21 @@ func appendResult(b []byte, r *Result) []byte {
 	}
 	return optStr(b, "v", r.Value)
 }
+
+// appendBatchJob appends a job of a batch, without the dict's delimiters.
+func appendBatchJob(b []byte, j *BatchJob) []byte {
+	b = optTime(b, "at", j.RunAt)
+	b = optMillis(b, "bo", j.Backoff)
+	b = optMillis(b, "dl", j.Delay)
+	b = putStr(b, "j", j.ID)
+	b = optUint(b, "ma", uint64(j.MaxAttempts))
+	b = putStr(b, "tp", j.Topic)
+	b = optStr(b, "u", j.Unique)
+	return optStr(b, "v", j.Payload)
+}
+
+// BatchJobSize returns the bytes j takes in an OpEnqueueBatch query.
+func BatchJobSize(j *BatchJob) int { return len(appendBatchJob(nil, j)) + 2 }
 
 // appendJob appends a job, without the dict's delimiters.
 func appendJob(b []byte, j *JobInfo) []byte {

@@ -228,7 +228,29 @@ func decodeArgs(a fields) Args {
 		Wait:        a.millis("wt", MaxDuration),
 		Limit:       int(a.uint32("lm", false)),
 		After:       a.uint("af", false),
+		Batch:       decodeBatch(a),
 	}
+}
+
+func decodeBatch(a fields) []BatchJob {
+	var batch []BatchJob
+	for i, e := range a.list("b", false) {
+		f, ok := a.elemDict(fmt.Sprintf("b[%d]", i), e)
+		if !ok {
+			return nil
+		}
+		batch = append(batch, BatchJob{
+			ID:          f.str("j", true),
+			Topic:       f.str("tp", true),
+			Payload:     f.str("v", false),
+			Delay:       f.millis("dl", MaxDuration),
+			RunAt:       f.time("at"),
+			MaxAttempts: int(f.uint32("ma", false)),
+			Backoff:     f.millis("bo", MaxDuration),
+			Unique:      f.str("u", false),
+		})
+	}
+	return batch
 }
 
 func decodeJob(f fields) JobInfo {

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"runtime"
 	"strings"
@@ -71,6 +72,14 @@ func sampleMessages(t testing.TB) map[string]*Message {
 		"every":   query(OpEvery, Args{Topic: "cron", Unique: "cleanup", Interval: time.Hour, Value: "p", MaxAttempts: 3}),
 		"dead":    query(OpDeadJobs, Args{Topic: "mail", Shards: []shard.ID{2}, Limit: 100, After: 41}),
 		"retry":   retry(query(OpSet, Args{Key: "k", Value: "v"}), 1500*time.Millisecond),
+		"complete and acquire": query(OpCompleteAcquire, Args{JobID: "j0a3.5f2c", Token: 77, Grant: 5, Topic: "mail",
+			Lease: 30 * time.Second}),
+		"enqueue batch": query(OpEnqueueBatch, Args{Batch: []BatchJob{
+			{ID: "j0a3.1", Topic: "mail", Payload: "p\x00", Delay: time.Second, RunAt: time.UnixMilli(1767225600123),
+				MaxAttempts: 5, Backoff: 2 * time.Second, Unique: "once"},
+			{ID: "j0a3.2", Topic: "mail"},
+		}}),
+		"batch ids": reply(Result{Jobs: []JobInfo{{ID: "j0a3.1"}, {ID: "j0a3.2"}}}),
 		"grant": reply(Result{Job: &JobInfo{ID: "j0a3.5f2c", Topic: "mail", Payload: "payload\x00", Attempt: 2,
 			Token: 77, Grant: 1<<63 - 1, Deadline: time.UnixMilli(1767225630123), State: "leased", MaxAttempts: 25, LastError: "x"}}),
 		"dead jobs":    reply(Result{Jobs: []JobInfo{{ID: "a", Topic: "t", State: "dead"}, {ID: "b", Topic: "t"}}, Next: 12}),
@@ -182,6 +191,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"lease over a year", "d1:ad2:lsi99999999999999ee1:q3:acq1:ti7e1:y1:qe", ErrMalformed, 7, "field a.ls"},
 		{"run-at past the year 3000", "d1:ad2:ati99999999999999999ee1:q3:enq1:ti7e1:y1:qe", ErrMalformed, 7, "field a.at"},
 		{"ready count not a dict", "d1:hd1:rli1eee1:n2:n11:y1:he", ErrMalformed, 0, "h.r[0]"},
+		{"batch not a list", "d1:ad1:bi1ee1:q4:enqb1:ti7e1:y1:qe", ErrMalformed, 7, "field a.b"},
+		{"batch job not a dict", "d1:ad1:bli1eee1:q4:enqb1:ti7e1:y1:qe", ErrMalformed, 7, "a.b[0]"},
+		{"batch job without id", "d1:ad1:bld2:tp1:teee1:q4:enqb1:ti7e1:y1:qe", ErrMalformed, 7, "missing field a.b[0].j"},
+		{"batch job delay negative", "d1:ad1:bld2:dli-1e1:j1:a2:tp1:teee1:q4:enqb1:ti7e1:y1:qe", ErrMalformed, 7, "a.b[0].dl"},
 		{"map with a gap", "d1:n2:n11:rd2:tpd1:md1:rld1:ai0e1:bi10e1:si0eee1:sld1:ii0e1:nl2:n1eee1:vi1ee1:nleee1:ti1e1:y1:re", ErrMalformed, 0, "invalid map"},
 		{"oversized", strings.Repeat("x", MaxDatagramSize+1), ErrTooLarge, 0, ""},
 	} {
@@ -308,5 +321,36 @@ func TestJobListingOverheads(t *testing.T) {
 	m.Result.Jobs = []JobInfo{small, small, small}
 	if b, _ := Encode(&m); len(b) > 3*(size(&small)+JobInfoOverhead)+ReplyOverhead+len(node) {
 		t.Errorf("three small jobs encode in %d bytes, over the bound", len(b))
+	}
+}
+
+// A reply to a batch of MaxBatchJobs jobs fits a datagram, whatever the
+// ids it lists; a request of MaxBatchJobs jobs sized by BatchJobSize and
+// BatchOverhead fits too.
+func TestBatchBounds(t *testing.T) {
+	name := strings.Repeat("n", shard.MaxKeySize)
+	ids := make([]JobInfo, MaxBatchJobs)
+	for i := range ids {
+		ids[i].ID = name
+	}
+	m := Message{Type: TypeResponse, TxID: 1<<63 - 1, Node: strings.Repeat("n", 64), Activity: -1 << 62, Result: Result{Jobs: ids}}
+	if b, err := Encode(&m); err != nil {
+		t.Errorf("a reply of %d ids of %d bytes: %v", MaxBatchJobs, len(name), err)
+	} else if len(b)+SealOverhead > MaxDatagramSize {
+		t.Errorf("a reply of %d bytes", len(b))
+	}
+	id := NewClientIdentity()
+	job := BatchJob{ID: name, Topic: name, Unique: name, Payload: "p", Delay: MaxDuration, RunAt: time.UnixMilli(maxUnixMilli),
+		MaxAttempts: 1<<31 - 1, Backoff: MaxDuration}
+	per := BatchJobSize(&job)
+	batch := make([]BatchJob, (MaxMessageSize-BatchOverhead)/per)
+	for i := range batch {
+		batch[i] = job
+		batch[i].ID = fmt.Sprintf("%0*d", shard.MaxKeySize, i)
+	}
+	q := Message{Type: TypeQuery, TxID: 1<<63 - 1, Op: OpEnqueueBatch, Client: strings.Repeat("c", MaxClientIDSize),
+		Proof: id.Proof, Seq: 1<<63 - 1, Ack: 1<<63 - 1, Age: MaxDuration, Timeout: MaxTimeout, Args: Args{Batch: batch}}
+	if _, err := Encode(&q); err != nil {
+		t.Errorf("a batch of %d jobs of %d bytes each, within BatchOverhead: %v", len(batch), per, err)
 	}
 }

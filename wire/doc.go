@@ -20,7 +20,12 @@
 // (Op.Mutating), which count toward a node's load (Op.Loads), which slot
 // serves them (Op.Slot), and what their arguments must be (CheckArgs,
 // CheckQuery, which the client runs before it sends and the node when a
-// query arrives). Each error Code means one thing (codes.go).
+// query arrives). Each error Code means one thing (codes.go). Two ops save
+// writes for jobs: OpEnqueueBatch carries up to MaxBatchJobs jobs of one
+// shard in Args.Batch (a list of dicts b), and OpCompleteAcquire completes
+// a job and leases the next of its shard, replying with it as an acquire
+// does, or with no job. Nodes that predate them refuse them, changing
+// nothing, with CodeUnknownOp.
 //
 // Decode is the boundary with the network and never trusts its input: it
 // rejects datagrams over MaxDatagramSize, nesting over MaxDepth, more than

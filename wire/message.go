@@ -107,6 +107,21 @@ type Args struct {
 	// goes on: the Result.Next of the page before, 0 from the start.
 	Limit int
 	After uint64
+	// Batch holds the jobs of an OpEnqueueBatch, at most MaxBatchJobs.
+	Batch []BatchJob
+}
+
+// BatchJob is one job of an OpEnqueueBatch, with the meaning of the
+// arguments of an OpEnqueue of the same names.
+type BatchJob struct {
+	ID          string
+	Topic       string
+	Payload     string
+	Delay       time.Duration
+	RunAt       time.Time
+	MaxAttempts int
+	Backoff     time.Duration
+	Unique      string
 }
 
 // Result is the payload of a response.
@@ -119,11 +134,14 @@ type Result struct {
 	Topology *Topology
 	// Status answers OpStatus.
 	Status *NodeStatus
-	// Job is the job an op acted on: the grant of an acquire, the new
-	// lease of an extend, the id of an enqueue (that of the live job with
-	// the same uniqueness key, if there was one).
+	// Job is the job an op acted on: the grant of an acquire (or the job
+	// leased next by an OpCompleteAcquire), the new lease of an extend,
+	// the id of an enqueue (that of the live job with the same uniqueness
+	// key, if there was one).
 	Job *JobInfo
-	// Jobs answers OpDeadJobs; Counts answers OpJobStats.
+	// Jobs answers OpDeadJobs, and OpEnqueueBatch with the id of each job
+	// of the batch, in order, as Job's for an enqueue; Counts answers
+	// OpJobStats.
 	Jobs   []JobInfo
 	Counts *shard.JobCounts
 	// Next, for OpDeadJobs, is the Args.After that lists the shard's next
@@ -229,6 +247,15 @@ const (
 	// them. A job of the largest payload and names fits alone.
 	JobInfoOverhead = 256
 	ReplyOverhead   = 160
+	// MaxBatchJobs bounds the jobs of an OpEnqueueBatch, so that its
+	// reply fits a datagram whatever the ids it lists (up to
+	// shard.MaxKeySize bytes each). A request must fit a datagram too:
+	// BatchJobSize says what each job takes of it.
+	MaxBatchJobs = 50
+	// BatchOverhead bounds what an OpEnqueueBatch query adds to the
+	// BatchJobSize of its jobs: the envelope, with a client id and proof of
+	// their largest sizes.
+	BatchOverhead = 512
 	// MaxClientIDSize bounds Message.Client, in bytes. The cluster keeps
 	// each client's id with the results of its writes; the Go client's
 	// ids are 16 bytes.

@@ -36,12 +36,21 @@ const (
 	// of Args.Shards (all the node holds if empty), waiting up to
 	// Args.Wait for one.
 	OpAcquire Op = "acq"
+	// OpEnqueueBatch creates the jobs of Args.Batch, all of one shard,
+	// all or none, and answers with their ids in order in Result.Jobs.
+	OpEnqueueBatch Op = "enqb"
 	// OpExtend, OpComplete, OpFail and OpRelease act on job Args.JobID
 	// under lease Args.Token.
 	OpExtend   Op = "ext"
 	OpComplete Op = "done"
 	OpFail     Op = "fail"
 	OpRelease  Op = "rel"
+	// OpCompleteAcquire completes job Args.JobID under lease Args.Token,
+	// as OpComplete, and leases, as OpAcquire, the next ready job of
+	// Args.Topic for Args.Lease from the same shard, if it has one: the
+	// reply's Result.Job, absent when it has none. It does not wait for
+	// one.
+	OpCompleteAcquire Op = "doneacq"
 	// OpRequeue queues dead job Args.JobID again.
 	OpRequeue Op = "requeue"
 	// OpEvery registers the schedule (Args.Topic, Args.Unique) making a
@@ -77,24 +86,26 @@ type opSpec struct {
 }
 
 var opSpecs = map[Op]opSpec{
-	OpGet:           {loads: true, slot: keySlot, check: checkKey},
-	OpSet:           {mutating: true, loads: true, slot: keySlot, check: checkKeyValue},
-	OpDelete:        {mutating: true, loads: true, slot: keySlot, check: checkKey},
-	OpCompareAndSet: {mutating: true, loads: true, slot: keySlot, check: checkKeyValue},
-	OpTopology:      {},
-	OpPing:          {},
-	OpStatus:        {},
-	OpEnqueue:       {mutating: true, loads: true, slot: jobSlot, check: checkEnqueue},
-	OpAcquire:       {mutating: true, check: checkAcquire},
-	OpExtend:        {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
-	OpComplete:      {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
-	OpFail:          {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
-	OpRelease:       {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
-	OpRequeue:       {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
-	OpEvery:         {mutating: true, loads: true, slot: jobKeySlot, check: checkEvery},
-	OpUnevery:       {mutating: true, loads: true, slot: jobKeySlot, check: checkSchedule},
-	OpJobStats:      {loads: true, check: checkShardRead},
-	OpDeadJobs:      {loads: true, check: checkShardRead},
+	OpGet:             {loads: true, slot: keySlot, check: checkKey},
+	OpSet:             {mutating: true, loads: true, slot: keySlot, check: checkKeyValue},
+	OpDelete:          {mutating: true, loads: true, slot: keySlot, check: checkKey},
+	OpCompareAndSet:   {mutating: true, loads: true, slot: keySlot, check: checkKeyValue},
+	OpTopology:        {},
+	OpPing:            {},
+	OpStatus:          {},
+	OpEnqueue:         {mutating: true, loads: true, slot: jobSlot, check: checkEnqueue},
+	OpAcquire:         {mutating: true, check: checkAcquire},
+	OpExtend:          {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
+	OpComplete:        {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
+	OpCompleteAcquire: {mutating: true, loads: true, slot: jobSlot, check: checkCompleteAcquire},
+	OpEnqueueBatch:    {mutating: true, loads: true, slot: batchSlot, check: checkEnqueueBatch},
+	OpFail:            {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
+	OpRelease:         {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
+	OpRequeue:         {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
+	OpEvery:           {mutating: true, loads: true, slot: jobKeySlot, check: checkEvery},
+	OpUnevery:         {mutating: true, loads: true, slot: jobKeySlot, check: checkSchedule},
+	OpJobStats:        {loads: true, check: checkShardRead},
+	OpDeadJobs:        {loads: true, check: checkShardRead},
 }
 
 // Ops returns every op the protocol defines, sorted.
@@ -134,6 +145,15 @@ func (op Op) Slot(a *Args) (int, bool) {
 func keySlot(a *Args) int    { return shard.KeySlot(a.Key) }
 func jobSlot(a *Args) int    { return shard.JobSlot(a.JobID) }
 func jobKeySlot(a *Args) int { return shard.JobKeySlot(a.Topic, a.Unique) }
+
+// batchSlot is the slot of a batch's first job: the node that gets the
+// batch checks that every other job's shard is that one's.
+func batchSlot(a *Args) int {
+	if len(a.Batch) == 0 {
+		return 0
+	}
+	return shard.JobSlot(a.Batch[0].ID)
+}
 
 // ErrInvalidArgs: a query whose arguments break a rule of its op other
 // than the keyspace's limits on names and values (shard.ErrInvalidName,
@@ -208,6 +228,41 @@ func checkEnqueue(a *Args) error {
 		}
 	}
 	return shard.CheckValue(len(a.Value))
+}
+
+// checkCompleteAcquire checks the job completed, and the topic and lease
+// of the one asked for next.
+func checkCompleteAcquire(a *Args) error {
+	if err := shard.CheckJobID(a.JobID); err != nil {
+		return err
+	}
+	if err := shard.CheckTopic(a.Topic); err != nil {
+		return err
+	}
+	if a.Lease < MinDuration {
+		return fmt.Errorf("%w: a lease of %v is under %v", ErrInvalidArgs, a.Lease, MinDuration)
+	}
+	return nil
+}
+
+// checkEnqueueBatch checks that a batch holds 1 to MaxBatchJobs jobs, each
+// as an enqueue's, and no id twice.
+func checkEnqueueBatch(a *Args) error {
+	if len(a.Batch) == 0 || len(a.Batch) > MaxBatchJobs {
+		return fmt.Errorf("%w: a batch of %d jobs (1 to %d allowed)", ErrInvalidArgs, len(a.Batch), MaxBatchJobs)
+	}
+	ids := make(map[string]bool, len(a.Batch))
+	for i := range a.Batch {
+		j := &a.Batch[i]
+		if err := checkEnqueue(&Args{JobID: j.ID, Topic: j.Topic, Unique: j.Unique, Value: j.Payload}); err != nil {
+			return fmt.Errorf("job %d: %w", i, err)
+		}
+		if ids[j.ID] {
+			return fmt.Errorf("%w: job %d: id %q twice in the batch", ErrInvalidArgs, i, j.ID)
+		}
+		ids[j.ID] = true
+	}
+	return nil
 }
 
 func checkAcquire(a *Args) error {

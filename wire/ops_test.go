@@ -47,6 +47,16 @@ func TestCheckArgs(t *testing.T) {
 		{OpJobStats, Args{Topic: "t", Shards: []shard.ID{1}}, nil},
 		{OpDeadJobs, Args{Topic: "t"}, []error{ErrInvalidArgs}},
 		{OpPing, Args{}, nil},
+		{OpCompleteAcquire, Args{JobID: "j", Topic: "t", Lease: time.Second}, nil},
+		{OpCompleteAcquire, Args{JobID: "j", Topic: "t"}, []error{ErrInvalidArgs}},
+		{OpCompleteAcquire, Args{Topic: "t", Lease: time.Second}, []error{shard.ErrInvalidName}},
+		{OpCompleteAcquire, Args{JobID: "j", Lease: time.Second}, []error{shard.ErrInvalidName}},
+		{OpEnqueueBatch, Args{Batch: []BatchJob{{ID: "a", Topic: "t"}, {ID: "b", Topic: "t", Unique: "u"}}}, nil},
+		{OpEnqueueBatch, Args{}, []error{ErrInvalidArgs}},
+		{OpEnqueueBatch, Args{Batch: make([]BatchJob, MaxBatchJobs+1)}, []error{ErrInvalidArgs}},
+		{OpEnqueueBatch, Args{Batch: []BatchJob{{ID: "a", Topic: "t"}, {ID: "a", Topic: "t"}}}, []error{ErrInvalidArgs}},
+		{OpEnqueueBatch, Args{Batch: []BatchJob{{ID: "a", Topic: "t"}, {ID: "b"}}}, []error{shard.ErrInvalidName}},
+		{OpEnqueueBatch, Args{Batch: []BatchJob{{ID: "a", Topic: "t", Payload: big}}}, []error{shard.ErrTooLarge}},
 		{Op("frob"), Args{}, []error{ErrInvalidArgs}},
 	} {
 		err := CheckArgs(tc.op, &tc.args)
@@ -113,12 +123,16 @@ func TestOpSlot(t *testing.T) {
 	a := Args{Key: "k", JobID: shard.NewJobID(77, "x"), Topic: "t", Unique: "u"}
 	for op, want := range map[Op]int{
 		OpGet: shard.KeySlot("k"), OpSet: shard.KeySlot("k"), OpDelete: shard.KeySlot("k"), OpCompareAndSet: shard.KeySlot("k"),
-		OpEnqueue: 77, OpExtend: 77, OpComplete: 77, OpFail: 77, OpRelease: 77, OpRequeue: 77,
+		OpEnqueue: 77, OpExtend: 77, OpComplete: 77, OpCompleteAcquire: 77, OpFail: 77, OpRelease: 77, OpRequeue: 77,
 		OpEvery: shard.JobKeySlot("t", "u"), OpUnevery: shard.JobKeySlot("t", "u"),
 	} {
 		if got, ok := op.Slot(&a); !ok || got != want {
 			t.Errorf("%s: slot %d, %v; want %d", op, got, ok, want)
 		}
+	}
+	batch := Args{Batch: []BatchJob{{ID: shard.NewJobID(78, "a")}, {ID: shard.NewJobID(79, "b")}}}
+	if got, ok := OpEnqueueBatch.Slot(&batch); !ok || got != 78 {
+		t.Errorf("a batch: slot %d, %v; want its first job's, 78", got, ok)
 	}
 	for _, op := range []Op{OpAcquire, OpJobStats, OpDeadJobs, OpTopology, OpPing, OpStatus} {
 		if _, ok := op.Slot(&a); ok {

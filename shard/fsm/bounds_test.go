@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,7 +96,7 @@ func TestSessionKeepsNoPayload(t *testing.T) {
 	if kept := a.fsm.sessions.byClient["w"].results[1]; kept.Payload != "" || kept.Topic != "" || kept.Token != g.Token {
 		t.Errorf("session keeps %d bytes of payload, token %d", len(kept.Payload), kept.Token)
 	}
-	if r := a.one(op); r != g {
+	if r := a.one(op); !reflect.DeepEqual(r, g) {
 		t.Errorf("retry gets %+v, want the grant", r.JobID)
 	}
 }

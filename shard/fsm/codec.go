@@ -17,10 +17,18 @@ import (
 //	strings as uvarint length and bytes, unsigned integers as uvarints,
 //	signed ones as varints.
 //
-// Format 1 had no Op.Began and Op.Grant: its ops decode with Began 0, as
-// first attempts, and Grant 0, as leases granted before grants existed. Entries already in a log keep the format they were written in.
+// Format 3 adds, after Grant, Op.NextGrant as a uvarint and Op.Batch as a
+// uvarint count and its ops, each as above (kind byte and fields, with an
+// empty batch of its own). Encode writes format 3 only for a command that
+// needs it (a KindCompleteAcquire or KindEnqueueBatch), and format 2
+// otherwise, so that replicas not yet upgraded apply every other entry.
+// Format 2 has no NextGrant and no Batch; format 1 had no Op.Began and
+// Op.Grant either: its ops decode with Began 0, as first attempts, and
+// Grant 0, as leases granted before grants existed. Entries already in a
+// log keep the format they were written in.
 const (
-	commandFormat   = 2
+	commandFormat   = 3
+	commandFormatV2 = 2
 	commandFormatV1 = 1
 )
 
@@ -29,14 +37,29 @@ var errBadCommand = errors.New("fsm: bad command")
 
 // Encode returns the serialized command for raft.Apply.
 func (c *Command) Encode() ([]byte, error) {
+	format := byte(commandFormatV2)
+	for i := range c.Ops {
+		if c.Ops[i].NextGrant != 0 || len(c.Ops[i].Batch) > 0 {
+			format = commandFormat
+		}
+	}
 	b := make([]byte, 0, 64+64*len(c.Ops))
-	b = append(b, commandFormat)
+	b = append(b, format)
 	b = binary.AppendVarint(b, c.Now)
 	b = binary.AppendUvarint(b, uint64(len(c.Ops)))
-	for i := range c.Ops {
-		op := &c.Ops[i]
+	return appendOps(b, c.Ops, format, 0)
+}
+
+// appendOps appends ops in format; depth is 1 for the ops of a batch,
+// which may hold no batch of their own.
+func appendOps(b []byte, ops []Op, format byte, depth int) ([]byte, error) {
+	for i := range ops {
+		op := &ops[i]
 		if !op.Kind.valid() {
 			return nil, fmt.Errorf("fsm: encode command: unknown %v", op.Kind)
+		}
+		if depth > 0 && len(op.Batch) > 0 {
+			return nil, fmt.Errorf("fsm: encode command: a batch within a batch")
 		}
 		b = append(b, byte(op.Kind))
 		b = appendString(b, op.Client)
@@ -58,6 +81,14 @@ func (c *Command) Encode() ([]byte, error) {
 		b = binary.AppendVarint(b, op.Interval)
 		b = binary.AppendVarint(b, op.Began)
 		b = binary.AppendUvarint(b, op.Grant)
+		if format == commandFormat {
+			b = binary.AppendUvarint(b, op.NextGrant)
+			b = binary.AppendUvarint(b, uint64(len(op.Batch)))
+			var err error
+			if b, err = appendOps(b, op.Batch, format, depth+1); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return b, nil
 }
@@ -133,39 +164,11 @@ func (d *decoder) string() string {
 func DecodeCommand(b []byte) (Command, error) {
 	d := decoder{b: b}
 	format := d.byte()
-	if d.err == nil && format != commandFormat && format != commandFormatV1 {
-		return Command{}, fmt.Errorf("%w: format %d, want %d or %d", errBadCommand, format, commandFormatV1, commandFormat)
+	if d.err == nil && (format < commandFormatV1 || format > commandFormat) {
+		return Command{}, fmt.Errorf("%w: format %d, want %d to %d", errBadCommand, format, commandFormatV1, commandFormat)
 	}
 	c := Command{Now: d.varint()}
-	n := d.uvarint()
-	// Every op takes at least 18 bytes: no count can exceed that bound.
-	if d.err == nil && n > uint64(len(d.b)/18+1) {
-		d.fail("op count past the end")
-	}
-	if d.err != nil {
-		return Command{}, d.err
-	}
-	c.Ops = make([]Op, n)
-	for i := range c.Ops {
-		kind := Kind(d.byte())
-		if d.err == nil && !kind.valid() {
-			d.fail(fmt.Sprintf("unknown kind %d", kind))
-		}
-		if d.err != nil {
-			return Command{}, d.err
-		}
-		c.Ops[i] = Op{
-			Kind: kind, Client: d.string(), Seq: d.uvarint(), Ack: d.uvarint(),
-			Key: d.string(), Value: d.string(), Version: d.uvarint(),
-			Topic: d.string(), JobID: d.string(), Token: d.uvarint(), Lease: d.varint(),
-			RunAt: d.varint(), Delay: d.varint(), MaxAttempts: int(d.varint()), Backoff: d.varint(),
-			Unique: d.string(), Reason: d.string(), Interval: d.varint(),
-		}
-		if format == commandFormat {
-			c.Ops[i].Began = d.varint()
-			c.Ops[i].Grant = d.uvarint()
-		}
-	}
+	c.Ops = d.ops(format, 0)
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("trailing bytes")
 	}
@@ -173,4 +176,52 @@ func DecodeCommand(b []byte) (Command, error) {
 		return Command{}, d.err
 	}
 	return c, nil
+}
+
+// ops reads a count and that many ops of format; depth is 1 for the ops of
+// a batch, which may hold none of their own.
+func (d *decoder) ops(format byte, depth int) []Op {
+	n := d.uvarint()
+	// Every op takes at least 18 bytes: no count can exceed that bound.
+	if d.err == nil && n > uint64(len(d.b)/18+1) {
+		d.fail("op count past the end")
+	}
+	if d.err == nil && depth > 0 && n > MaxBatch {
+		d.fail(fmt.Sprintf("a batch of %d ops, over %d", n, MaxBatch))
+	}
+	if d.err != nil || n == 0 {
+		return nil
+	}
+	ops := make([]Op, n)
+	for i := range ops {
+		kind := Kind(d.byte())
+		if d.err == nil && !kind.valid() {
+			d.fail(fmt.Sprintf("unknown kind %d", kind))
+		}
+		if d.err != nil {
+			return nil
+		}
+		ops[i] = Op{
+			Kind: kind, Client: d.string(), Seq: d.uvarint(), Ack: d.uvarint(),
+			Key: d.string(), Value: d.string(), Version: d.uvarint(),
+			Topic: d.string(), JobID: d.string(), Token: d.uvarint(), Lease: d.varint(),
+			RunAt: d.varint(), Delay: d.varint(), MaxAttempts: int(d.varint()), Backoff: d.varint(),
+			Unique: d.string(), Reason: d.string(), Interval: d.varint(),
+		}
+		if format >= commandFormatV2 {
+			ops[i].Began = d.varint()
+			ops[i].Grant = d.uvarint()
+		}
+		if format >= commandFormat {
+			ops[i].NextGrant = d.uvarint()
+			if depth > 0 {
+				if d.uvarint() != 0 {
+					d.fail("a batch within a batch")
+				}
+			} else {
+				ops[i].Batch = d.ops(format, depth+1)
+			}
+		}
+	}
+	return ops
 }

@@ -57,10 +57,10 @@ func TestCommandEncodingIsStable(t *testing.T) {
 	if got := hex.EncodeToString(b); got != golden {
 		t.Errorf("sample command encodes as\n%s\nwant\n%s", got, golden)
 	}
-	// One op of each kind, in the order of their codes.
+	// One op of each kind of format 2, in the order of their codes.
 	const kinds = "020a0d0101630100026b300000000000000000000000000000000201630200026b310000000000000000000000000000000301630300026b320000000000000000000000000000000401630400026b330000000000000000000000000000000501630500026b340000000000000000000000000000000601630600026b350000000000000000000000000000000701630700026b360000000000000000000000000000000801630800026b370000000000000000000000000000000901630900026b380000000000000000000000000000000a01630a00026b390000000000000000000000000000000b01630b00036b31300000000000000000000000000000000c01630c00036b31310000000000000000000000000000000d01630d00036b3132000000000000000000000000000000"
 	var ops []Op
-	for kind := KindSet; kind < kindEnd; kind++ {
+	for kind := KindSet; kind <= KindTick; kind++ {
 		i := int(kind - KindSet)
 		ops = append(ops, Op{Kind: kind, Client: "c", Seq: uint64(i + 1), Key: fmt.Sprint("k", i)})
 	}
@@ -69,6 +69,36 @@ func TestCommandEncodingIsStable(t *testing.T) {
 	}
 	if got := hex.EncodeToString(b); got != kinds {
 		t.Errorf("one op of each kind encodes as\n%s\nwant\n%s", got, kinds)
+	}
+}
+
+// Format 3 is written only for the commands that need it, and its
+// encoding is as stable: these bytes were written by it.
+func TestCommandFormat3(t *testing.T) {
+	c := Command{Now: 5, Ops: []Op{
+		{Kind: KindCompleteAcquire, Client: "c", Seq: 1, JobID: "j", Token: 3, Grant: 4, Topic: "t", Lease: 1e9, NextGrant: 5},
+		{Kind: KindEnqueueBatch, Client: "c", Seq: 2, Batch: []Op{
+			{Kind: KindEnqueue, JobID: "a", Topic: "t", Value: "x"},
+			{Kind: KindEnqueue, JobID: "b", Topic: "t", Unique: "u"},
+		}},
+	}}
+	b, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const golden = "030a020e016301000000000174016a0380a8d6b90700000000000000000405000f016302000000000000000000000000000000000000020400000000017800017401610000000000000000000000000004000000000000017401620000000000000175000000000000"
+	if got := hex.EncodeToString(b); got != golden {
+		t.Errorf("format 3 command encodes as\n%s\nwant\n%s", got, golden)
+	}
+	if got, err := DecodeCommand(b); err != nil || !reflect.DeepEqual(got, c) {
+		t.Errorf("round trip: %+v, %v", got, err)
+	}
+	if b, _ := (&Command{Now: 1, Ops: sampleCommand().Ops}).Encode(); b[0] != commandFormatV2 {
+		t.Errorf("a command without format 3 fields is written in format %d, want %d", b[0], commandFormatV2)
+	}
+	nested := Command{Ops: []Op{{Kind: KindEnqueueBatch, Batch: []Op{{Kind: KindEnqueueBatch, Batch: []Op{{Kind: KindEnqueue}}}}}}}
+	if _, err := nested.Encode(); err == nil {
+		t.Error("encoded a batch within a batch")
 	}
 }
 
@@ -86,11 +116,11 @@ func TestCommandFormat1Decodes(t *testing.T) {
 	const kinds = "010a0d0101630100026b30000000000000000000000000000201630200026b31000000000000000000000000000301630300026b32000000000000000000000000000401630400026b33000000000000000000000000000501630500026b34000000000000000000000000000601630600026b35000000000000000000000000000701630700026b36000000000000000000000000000801630800026b37000000000000000000000000000901630900026b38000000000000000000000000000a01630a00026b39000000000000000000000000000b01630b00036b3130000000000000000000000000000c01630c00036b3131000000000000000000000000000d01630d00036b313200000000000000000000000000"
 	b, _ = hex.DecodeString(kinds)
 	got, err := DecodeCommand(b)
-	if err != nil || len(got.Ops) != int(kindEnd-KindSet) {
+	if err != nil || len(got.Ops) != int(KindTick-KindSet+1) {
 		t.Fatalf("format 1 kinds decode as %+v, %v", got, err)
 	}
 	for i, op := range got.Ops {
-		if want := (Op{Kind: KindSet + Kind(i), Client: "c", Seq: uint64(i + 1), Key: fmt.Sprint("k", i)}); op != want {
+		if want := (Op{Kind: KindSet + Kind(i), Client: "c", Seq: uint64(i + 1), Key: fmt.Sprint("k", i)}); !reflect.DeepEqual(op, want) {
 			t.Errorf("format 1 op %d decodes as %+v, want %+v", i, op, want)
 		}
 	}
@@ -99,12 +129,14 @@ func TestCommandFormat1Decodes(t *testing.T) {
 func TestDecodeCommandRejects(t *testing.T) {
 	good, _ := (&Command{Now: 5, Ops: []Op{{Kind: KindSet, Key: "k"}}}).Encode()
 	for name, b := range map[string][]byte{
-		"empty":          nil,
-		"wrong format":   {9},
-		"truncated":      good[:len(good)-3],
-		"trailing":       append(append([]byte(nil), good...), 0),
-		"unknown kind":   append(append([]byte(nil), good[:3]...), 99),
-		"huge op count":  {commandFormat, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"empty":         nil,
+		"wrong format":  {9},
+		"truncated":     good[:len(good)-3],
+		"trailing":      append(append([]byte(nil), good...), 0),
+		"unknown kind":  append(append([]byte(nil), good[:3]...), 99),
+		"huge op count": {commandFormat, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"nested batch": {commandFormat, 0, 1, byte(KindEnqueueBatch), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+			1, byte(KindEnqueue), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0},
 		"string too far": append(append([]byte(nil), good[:4]...), 0xff, 0x01),
 	} {
 		if _, err := DecodeCommand(b); !errors.Is(err, errBadCommand) {
@@ -120,6 +152,8 @@ func FuzzDecodeCommand(f *testing.F) {
 	b, _ := c.Encode()
 	f.Add(b)
 	f.Add([]byte{commandFormat, 0, 1, 1})
+	f.Add([]byte{commandFormat, 0, 1, byte(KindEnqueueBatch), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+		1, byte(KindEnqueue), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {

@@ -40,16 +40,26 @@ const (
 	// KindTick does nothing but move the clock, so schedules fire and
 	// leases are seen to run out.
 	KindTick Kind = 13
+	// KindCompleteAcquire completes job JobID under lease Token with its
+	// Grant, as KindComplete, and then, if that succeeded, leases the next
+	// available job of Topic for Lease under NextGrant, as KindAcquire:
+	// a worker's finished job and its next one in one entry, under one
+	// sequence number. When the completion fails nothing is leased.
+	KindCompleteAcquire Kind = 14
+	// KindEnqueueBatch enqueues the jobs of Batch, each as KindEnqueue,
+	// all or none: it is refused whole when one of them would be, and
+	// when the shard has no room for all of them.
+	KindEnqueueBatch Kind = 15
 
 	// kindEnd is one past the last kind.
-	kindEnd Kind = 14
+	kindEnd Kind = 16
 )
 
 var kindNames = [kindEnd]string{
 	KindSet: "set", KindDelete: "delete", KindCompareAndSet: "compare-and-set", KindEnqueue: "enqueue",
 	KindAcquire: "acquire", KindExtend: "extend", KindComplete: "complete", KindFail: "fail",
 	KindRelease: "release", KindRequeue: "requeue", KindEvery: "every", KindUnevery: "unevery",
-	KindTick: "tick",
+	KindTick: "tick", KindCompleteAcquire: "complete-and-acquire", KindEnqueueBatch: "enqueue-batch",
 }
 
 // String names the kind, for logs and errors.
@@ -98,8 +108,19 @@ type Op struct {
 	// the proof of the lease the acquire grants, which the ops on the
 	// leased job must present with its Token. The token fences (it grows
 	// with every grant of the shard) but can be guessed; the grant cannot.
+	// Of a KindCompleteAcquire, it is the completed job's grant.
 	Grant uint64
+	// NextGrant, of a KindCompleteAcquire, is the grant of the job it
+	// leases next, drawn by the proposing node as an acquire's Grant.
+	NextGrant uint64
+	// Batch holds the jobs of a KindEnqueueBatch: KindEnqueue ops without
+	// client, sequence number or batch of their own. It holds at most
+	// MaxBatch of them.
+	Batch []Op
 }
+
+// MaxBatch bounds the jobs of a KindEnqueueBatch.
+const MaxBatch = 1024
 
 // Command is one raft log entry: a batch of operations and the time at which
 // the leader proposed them. The state machine never reads a clock of its
@@ -166,6 +187,11 @@ type Result struct {
 	Token    uint64 `bencode:"o"`
 	Grant    uint64 `bencode:"g"`
 	Deadline int64  `bencode:"d"`
+	// JobIDs answers a KindEnqueueBatch: the id of each of its jobs, in
+	// order, or of the live job holding its uniqueness key. For a
+	// KindCompleteAcquire, JobID and the fields after it describe the job
+	// leased next; none (JobID empty) if the topic had none available.
+	JobIDs []string `bencode:"b,omitempty"`
 	// Index is the raft index of the entry that carried the op (for a
 	// retry answered from its session, the retry's entry; for one that
 	// joined its first attempt on the leader, the first attempt's).

@@ -9,12 +9,16 @@
 //     it with its clock (Command.Now), and the FSM uses no other time but
 //     what ops carry in the log (a retry's Op.Began), so all replicas reach
 //     the same state. Randomness too comes in the log (an acquire's
-//     Op.Grant, drawn by the proposing node).
+//     Op.Grant, or a complete-and-acquire's Op.NextGrant, drawn by the
+//     proposing node).
 //  2. Every client write carries the client's id, a sequence number and an
 //     acknowledgement floor (Op.Client, Op.Seq, Op.Ack). The FSM applies each
 //     (client, sequence) at most once, answering retries from the client's
 //     session, which is part of the replicated state and of every snapshot,
-//     so this holds across leader changes and restarts.
+//     so this holds across leader changes and restarts. A request that does
+//     two things is one op, so that one result answers for both: a
+//     KindCompleteAcquire (a completion, then a grant) and a
+//     KindEnqueueBatch (up to MaxBatch enqueues, all or none).
 //  3. Reads (Get) see the state as of the last applied entry (Applied). A
 //     linearizable read must read a state that has applied an index the
 //     leader confirmed; the FSM itself knows nothing about leadership.
@@ -38,7 +42,8 @@
 //     answered gets StatusSessionExpired (sessions.begin); results keep no
 //     job payload or topic. Per session, MaxPendingPerClient results.
 //   - Jobs: Config.MaxJobs per shard (DefaultMaxJobs, 100,000) of every
-//     state, dead ones included; an enqueue past it gets StatusFull.
+//     state, dead ones included; an enqueue past it gets StatusFull, and so
+//     does a batch without room for every job it holds.
 //   - Topics: only topics with jobs are held; an empty one is forgotten,
 //     its count of completions with it.
 //   - Schedules: Config.MaxSchedules per shard (DefaultMaxSchedules, 1,000),

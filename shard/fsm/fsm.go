@@ -215,7 +215,7 @@ func (f *FSM) applyOp(op *Op) Result {
 	// An acquire that found nothing changed nothing: it is not kept, so
 	// that the request may be tried again here once a job is ready.
 	if s != nil && !(op.Kind == KindAcquire && res.Status == StatusEmpty) {
-		s.results[op.Seq] = kept(res)
+		s.results[op.Seq] = kept(op, res)
 	}
 	return res
 }
@@ -242,6 +242,10 @@ func (f *FSM) execute(op *Op) Result {
 		return f.every(op)
 	case KindUnevery:
 		return f.unevery(op)
+	case KindCompleteAcquire:
+		return f.completeAcquire(op)
+	case KindEnqueueBatch:
+		return f.enqueueBatch(op)
 	case KindTick:
 		return Result{}
 	default:

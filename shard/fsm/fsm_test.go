@@ -70,7 +70,7 @@ func TestKeyValueOps(t *testing.T) {
 		{Op{Kind: KindSet, Key: ""}, Result{Status: StatusInvalid}},
 	}
 	for i, s := range steps {
-		if got := a.one(s.op); got != s.want {
+		if got := a.one(s.op); !reflect.DeepEqual(got, s.want) {
 			t.Fatalf("step %d %+v: got %+v, want %+v", i, s.op, got, s.want)
 		}
 	}
@@ -94,7 +94,7 @@ func TestRetriedSequenceAppliesOnce(t *testing.T) {
 	// The retry carries the same sequence number, even with another value
 	// (a buggy client): the stored result comes back and nothing runs.
 	again := a.one(Op{Kind: KindSet, Client: "c1", Seq: 1, Ack: 1, Key: "k", Value: "v2"})
-	if again != first {
+	if !reflect.DeepEqual(again, first) {
 		t.Errorf("retry result %+v, want the first %+v", again, first)
 	}
 	// In one batch too, as when two retries land in the same raft entry.
@@ -102,7 +102,7 @@ func TestRetriedSequenceAppliesOnce(t *testing.T) {
 		Op{Kind: KindSet, Client: "c1", Seq: 2, Ack: 1, Key: "n", Value: "a"},
 		Op{Kind: KindSet, Client: "c1", Seq: 2, Ack: 1, Key: "n", Value: "a"},
 	)
-	if res[0] != res[1] {
+	if !reflect.DeepEqual(res[0], res[1]) {
 		t.Errorf("batch results differ: %+v", res)
 	}
 	// Another client's sequence numbers are its own.

@@ -416,6 +416,59 @@ func (f *FSM) complete(op *Op) Result {
 	return Result{JobID: j.ID, Token: j.Token}
 }
 
+// completeAcquire completes the job op names and, if that succeeded,
+// leases the topic's next available job under op.NextGrant. Its result is
+// the completion's status, with the job leased next, if any.
+func (f *FSM) completeAcquire(op *Op) Result {
+	if op.Lease <= 0 || shard.CheckTopic(op.Topic) != nil || op.NextGrant == 0 {
+		return Result{Status: StatusInvalid}
+	}
+	if res := f.complete(op); res.Status != StatusOK {
+		return res
+	}
+	next := *op
+	next.Grant = op.NextGrant
+	if res := f.acquire(&next); res.Status == StatusOK {
+		return res
+	}
+	return Result{}
+}
+
+// enqueueBatch enqueues op.Batch, all or none: it checks every job first,
+// as enqueue would, and that the shard has room for all of them (those
+// that would add no job, being already held or sharing a uniqueness key
+// with a live job, included, so the check needs no second pass).
+func (f *FSM) enqueueBatch(op *Op) Result {
+	if len(op.Batch) == 0 || len(op.Batch) > MaxBatch {
+		return Result{Status: StatusInvalid}
+	}
+	ids := make(map[string]bool, len(op.Batch))
+	for i := range op.Batch {
+		j := &op.Batch[i]
+		if j.Kind != KindEnqueue || len(j.Batch) > 0 || ids[j.JobID] || shard.CheckJobID(j.JobID) != nil ||
+			shard.CheckTopic(j.Topic) != nil || j.Unique != "" && shard.CheckJobKey(j.Unique) != nil {
+			return Result{Status: StatusInvalid}
+		}
+		ids[j.JobID] = true
+		if held, ok := f.jobs.jobs[j.JobID]; ok && (held.Topic != j.Topic || held.Payload != j.Value) {
+			if _, dedup := f.jobs.unique[shard.JobKey(j.Topic, j.Unique)]; j.Unique == "" || !dedup {
+				return Result{Status: StatusJobExists, JobID: j.JobID}
+			}
+		}
+	}
+	if len(f.jobs.jobs)+len(op.Batch) > f.maxJobs {
+		return Result{Status: StatusFull}
+	}
+	res := Result{JobIDs: make([]string, len(op.Batch))}
+	for i := range op.Batch {
+		// Invariant: the checks above leave no job that can fail here
+		// (the enqueues before it only add jobs and uniqueness keys), so
+		// the batch is never applied in part.
+		res.JobIDs[i] = f.enqueue(&op.Batch[i]).JobID
+	}
+	return res
+}
+
 // fail queues the job again after a backoff, or buries it after its last
 // attempt.
 func (f *FSM) fail(op *Op) Result {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -411,7 +412,7 @@ func TestAcquireRetryGetsSameGrant(t *testing.T) {
 	a.enqueue("j2", "t")
 	op := Op{Kind: KindAcquire, Topic: "t", Client: "c", Seq: 5, Ack: 5, Lease: sec, Grant: 7}
 	g1, g2 := a.one(op), a.one(op)
-	if g1 != g2 {
+	if !reflect.DeepEqual(g1, g2) {
 		t.Errorf("a retried acquire got %+v, then %+v", g1, g2)
 	}
 	if c := a.fsm.JobCounts("t", a.now); c.Leased != 1 {
@@ -477,7 +478,7 @@ func TestJobSnapshotRestore(t *testing.T) {
 	}
 	for i := 0; i < 10; i++ {
 		topic := fmt.Sprint("t", i%3)
-		if gx, gz := x.acquire(topic, "w", sec), z.acquire(topic, "w", sec); gx != gz {
+		if gx, gz := x.acquire(topic, "w", sec), z.acquire(topic, "w", sec); !reflect.DeepEqual(gx, gz) {
 			t.Fatalf("after restore, acquire %d gives %+v, the original %+v", i, gz, gx)
 		}
 	}
@@ -639,5 +640,157 @@ func TestObserver(t *testing.T) {
 	}
 	if !slices.Equal(rec2.changed, []string{""}) || rec2.applied != a.index {
 		t.Errorf("restore: heard %q and applied %d, want every topic and %d", rec2.changed, rec2.applied, a.index)
+	}
+}
+
+// A complete-and-acquire completes the job and leases the next in one op;
+// its retry (the same client and sequence number) answers the same grant,
+// completes nothing twice and leases no second job.
+func TestCompleteAcquire(t *testing.T) {
+	a := newApplier(t)
+	for _, id := range []string{"j1", "j2", "j3"} {
+		a.enqueue(id, "t")
+	}
+	g := a.acquire("t", "w", 10*sec)
+	op := Op{Kind: KindCompleteAcquire, Client: "w", Seq: 7, Ack: 7, JobID: g.JobID, Token: g.Token, Grant: g.Grant,
+		Topic: "t", Lease: 10 * sec, NextGrant: 99}
+	next := a.one(op)
+	if next.Status != StatusOK || next.JobID != "j2" || next.Grant != 99 || next.Token <= g.Token || next.Payload != "payload-j2" {
+		t.Fatalf("complete-and-acquire: %+v", next)
+	}
+	if again := a.one(op); !reflect.DeepEqual(again, next) {
+		t.Errorf("a retry got %+v, want %+v", again, next)
+	}
+	if c := a.fsm.JobCounts("t", a.now); c != (shard.JobCounts{Ready: 1, Leased: 1, Done: 1}) {
+		t.Errorf("counts after a retried complete-and-acquire: %+v", c)
+	}
+	// Its lease works as an acquire's; the last job leaves nothing next.
+	last := a.one(Op{Kind: KindCompleteAcquire, Client: "w", Seq: 8, JobID: next.JobID, Token: next.Token, Grant: next.Grant,
+		Topic: "t", Lease: 10 * sec, NextGrant: 100})
+	if last.Status != StatusOK || last.JobID != "j3" {
+		t.Fatalf("second complete-and-acquire: %+v", last)
+	}
+	end := Op{Kind: KindCompleteAcquire, Client: "w", Seq: 9, JobID: last.JobID, Token: last.Token, Grant: last.Grant,
+		Topic: "t", Lease: 10 * sec, NextGrant: 101}
+	if r := a.one(end); r.Status != StatusOK || r.JobID != "" {
+		t.Errorf("complete-and-acquire of the last job: %+v, want success without a job", r)
+	}
+	if r := a.one(end); r.Status != StatusOK || r.JobID != "" {
+		t.Errorf("its retry: %+v", r)
+	}
+	if st := a.fsm.Stats(); st.Jobs != 0 || st.JobsCompleted != 3 {
+		t.Errorf("at the end %d jobs held, %d completed; want 0 and 3", st.Jobs, st.JobsCompleted)
+	}
+}
+
+// A complete-and-acquire whose completion fails leases nothing; one whose
+// grant was lost since (the job completed) answers its retry with the
+// completion alone.
+func TestCompleteAcquireFailures(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("j1", "t")
+	a.enqueue("j2", "t")
+	g := a.acquire("t", "w", 10*sec)
+	bad := Op{Kind: KindCompleteAcquire, Client: "w", Seq: 3, JobID: g.JobID, Token: g.Token, Grant: g.Grant + 1,
+		Topic: "t", Lease: 10 * sec, NextGrant: 5}
+	if r := a.one(bad); r.Status != StatusLeaseLost {
+		t.Errorf("with a wrong grant: %+v", r)
+	}
+	if c := a.fsm.JobCounts("t", a.now); c.Leased != 1 || c.Ready != 1 {
+		t.Errorf("a failed completion leased a job: %+v", c)
+	}
+	for name, op := range map[string]Op{
+		"no lease":      {Kind: KindCompleteAcquire, JobID: g.JobID, Token: g.Token, Grant: g.Grant, Topic: "t", NextGrant: 5},
+		"no topic":      {Kind: KindCompleteAcquire, JobID: g.JobID, Token: g.Token, Grant: g.Grant, Lease: sec, NextGrant: 5},
+		"no next grant": {Kind: KindCompleteAcquire, JobID: g.JobID, Token: g.Token, Grant: g.Grant, Topic: "t", Lease: sec},
+	} {
+		if r := a.one(op); r.Status != StatusInvalid {
+			t.Errorf("%s: %+v", name, r)
+		}
+	}
+	op := Op{Kind: KindCompleteAcquire, Client: "w", Seq: 4, JobID: g.JobID, Token: g.Token, Grant: g.Grant,
+		Topic: "t", Lease: 10 * sec, NextGrant: 5}
+	next := a.one(op)
+	a.onJob(KindComplete, next)
+	if r := a.one(op); r.Status != StatusOK || r.JobID != "" {
+		t.Errorf("a retry after the job leased next completed: %+v, want the completion without a job", r)
+	}
+}
+
+func batchOf(ids ...string) []Op {
+	var ops []Op
+	for _, id := range ids {
+		ops = append(ops, Op{Kind: KindEnqueue, JobID: id, Topic: "t", Value: "payload-" + id})
+	}
+	return ops
+}
+
+// A batch enqueues its jobs in order, answers a uniqueness key held with
+// the live job's id, and its retry with the same ids, enqueueing nothing
+// again.
+func TestEnqueueBatch(t *testing.T) {
+	a := newApplier(t)
+	a.enqueue("old", "t", func(o *Op) { o.Unique = "u" })
+	batch := batchOf("b1", "b2", "b3", "b4")
+	batch[1].Unique = "u"
+	batch[2].Unique = "v"
+	batch[3].Unique = "v"
+	op := Op{Kind: KindEnqueueBatch, Client: "c", Seq: 1, Batch: batch}
+	r := a.one(op)
+	if want := []string{"b1", "old", "b3", "b3"}; r.Status != StatusOK || !slices.Equal(r.JobIDs, want) {
+		t.Fatalf("batch: %+v, want ids %v", r, want)
+	}
+	if kept := a.fsm.sessions.byClient["c"].results[1].JobIDs; !slices.Equal(kept, []string{"", "old", "", "b3"}) {
+		t.Errorf("the session keeps %q: want only the ids that are not the jobs' own", kept)
+	}
+	if again := a.one(op); !reflect.DeepEqual(again, r) {
+		t.Errorf("a retry got %+v, want %+v", again, r)
+	}
+	// A replica restored from a snapshot answers the retry the same.
+	restored := New(Config{})
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+		t.Fatal(err)
+	}
+	a.fsm = restored
+	if again := a.one(op); !reflect.DeepEqual(again, r) {
+		t.Errorf("a retry after a restore got %+v, want %+v", again, r)
+	}
+	if c := a.fsm.JobCounts("t", a.now); c.Ready != 3 {
+		t.Errorf("%d jobs ready, want 3", c.Ready)
+	}
+	// First in, first out, within the batch too.
+	for _, want := range []string{"old", "b1", "b3"} {
+		if g := a.acquire("t", "w", sec); g.JobID != want {
+			t.Errorf("acquired %q, want %q", g.JobID, want)
+		}
+	}
+}
+
+// A batch is applied whole or not at all.
+func TestEnqueueBatchAllOrNone(t *testing.T) {
+	a := newBoundedApplier(t, Config{MaxJobs: 4})
+	a.enqueue("x", "other")
+	clash := batchOf("n1", "x")
+	dup := batchOf("n1", "n1")
+	bad := batchOf("n1", "")
+	for name, c := range map[string]struct {
+		batch []Op
+		want  Status
+	}{
+		"id of another job": {clash, StatusJobExists},
+		"id twice":          {dup, StatusInvalid},
+		"empty id":          {bad, StatusInvalid},
+		"empty":             {nil, StatusInvalid},
+		"past MaxJobs":      {batchOf("n1", "n2", "n3", "n4"), StatusFull},
+	} {
+		if r := a.one(Op{Kind: KindEnqueueBatch, Batch: c.batch}); r.Status != c.want {
+			t.Errorf("%s: %+v, want status %d", name, r, c.want)
+		}
+		if st := a.fsm.Stats(); st.Jobs != 1 {
+			t.Fatalf("%s: %d jobs after a refused batch, want 1", name, st.Jobs)
+		}
+	}
+	if r := a.one(Op{Kind: KindEnqueueBatch, Batch: batchOf("n1", "n2", "n3")}); r.Status != StatusOK {
+		t.Errorf("a batch that fits: %+v", r)
 	}
 }

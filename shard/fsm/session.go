@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"container/list"
+	"slices"
 	"time"
 )
 
@@ -128,25 +129,50 @@ func (ss *sessions) expire(cutoff int64) {
 	}
 }
 
-// kept returns what a session keeps of res to answer a retry: all of it but
-// a job's payload and topic, up to 60 KiB and 1 KiB, which are read from
-// the job again when a retried acquire needs them (recall).
-func kept(res Result) Result {
+// kept returns what a session keeps of op's result res to answer a retry:
+// all of it but a job's payload and topic, up to 60 KiB and 1 KiB, which
+// are read from the job again when a retried acquire needs them, and the
+// ids of a batch's jobs that are their own, which the retry carries
+// (recall).
+func kept(op *Op, res Result) Result {
 	res.Payload, res.Topic = "", ""
+	if res.JobIDs != nil {
+		ids := make([]string, len(res.JobIDs))
+		for i, id := range res.JobIDs {
+			if id != op.Batch[i].JobID {
+				ids[i] = id
+			}
+		}
+		res.JobIDs = ids
+	}
 	return res
 }
 
 // recall returns the answer to a retry of op that its session answered
-// with res. A retried acquire gets its grant's payload back from the job;
-// if the job is no longer leased under the grant's token (completed, or its
-// lease ran out and another took it), the grant is lost, and the retry
-// finds nothing, as if its lease had run out unused.
+// with res. A retried acquire (or complete-and-acquire) gets its grant's
+// payload back from the job; if the job is no longer leased under the
+// grant's token (completed, or its lease ran out and another took it), the
+// grant is lost, and the retry finds nothing, as if its lease had run out
+// unused. A complete-and-acquire's completion stands either way.
 func (f *FSM) recall(op *Op, res Result) Result {
-	if op.Kind != KindAcquire || res.Status != StatusOK {
+	if op.Kind == KindEnqueueBatch && res.JobIDs != nil {
+		ids := slices.Clone(res.JobIDs)
+		for i, id := range ids {
+			if id == "" && i < len(op.Batch) {
+				ids[i] = op.Batch[i].JobID
+			}
+		}
+		res.JobIDs = ids
+		return res
+	}
+	if op.Kind != KindAcquire && op.Kind != KindCompleteAcquire || res.Status != StatusOK || res.JobID == "" {
 		return res
 	}
 	j := f.jobs.jobs[res.JobID]
 	if j == nil || j.state != stateLeased || j.Token != res.Token || j.Grant != res.Grant {
+		if op.Kind == KindCompleteAcquire {
+			return Result{}
+		}
 		return Result{Status: StatusEmpty}
 	}
 	res.Payload, res.Topic = j.Payload, j.Topic
