@@ -110,7 +110,7 @@ func (c *Client) NodeStatus(ctx context.Context, id string) (NodeStatus, error) 
 		return NodeStatus{}, err
 	}
 	defer c.calls.Done()
-	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts), 0)
+	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, atMost(min(c.cfg.Attempts, DefaultAttempts)), 0)
 	if err != nil {
 		return NodeStatus{}, err
 	}
