@@ -25,11 +25,11 @@ type fakeNode struct {
 	ep   *wire.SimEndpoint
 	topo func() *wire.Topology
 
-	mu        sync.Mutex
-	silent    bool          // neither answers nor heartbeats
-	drop      int           // ignores the first drop attempts it sees of every request
-	stalled   bool          // answers gets "unavailable" once their budget is spent
-	delay     time.Duration // before each answer to a get or set
+	mu      sync.Mutex
+	silent  bool          // neither answers nor heartbeats
+	drop    int           // ignores the first drop attempts it sees of every request
+	stalled bool          // answers gets "unavailable" once their budget is spent
+	delay   time.Duration // before each answer to a get or set
 	// missingOnce: the first attempt of each get is answered "not found",
 	// the later ones not at all.
 	missingOnce bool
