@@ -561,7 +561,9 @@ func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
 		}
 		f.mu.Unlock()
 	}
-	if want := map[time.Duration]int{base: 3, 2 * base: 3, 4 * base: 3}; !reflect.DeepEqual(budgets, want) {
+	// The wire carries budgets in whole milliseconds, rounded up.
+	ms := func(d time.Duration) time.Duration { return (d + time.Millisecond - 1).Truncate(time.Millisecond) }
+	if want := map[time.Duration]int{ms(base): 3, ms(2 * base): 3, ms(4 * base): 3}; !reflect.DeepEqual(budgets, want) {
 		t.Errorf("attempt budgets (budget → attempts) %v, want %v", budgets, want)
 	}
 	if got := c.rtt[0].timeout(0); got != base {
