@@ -40,8 +40,11 @@ type Config struct {
 	// nodes. The client learns every node and the shard map from the
 	// first that answers.
 	Seeds []string
-	// Attempts is how many times a request is sent, with the same client
-	// id and sequence number, before it fails with ErrUnavailable. If
+	// Attempts is how many times a request whose context has no deadline
+	// is sent, with the same client id and sequence number, before it
+	// fails with ErrUnavailable. A request whose context has a deadline
+	// is sent again, under the same id and number, until the deadline
+	// (or a cancel) ends it, with an error that wraps the context's. If
 	// zero, DefaultAttempts.
 	Attempts int
 	// Picker chooses among a shard's live replicas by their load. If nil,
@@ -79,8 +82,10 @@ type Config struct {
 	// late reply to any of them until ReplyGrace has passed since it
 	// began, before it fails with ErrUnavailable; under load, replies
 	// come late rather than not at all. It sends nothing more, and tells
-	// the nodes they may work on each attempt until then. If zero,
-	// DefaultReplyGrace; if negative, none.
+	// the nodes they may work on each attempt until then. (A request
+	// whose context has a deadline keeps sending attempts instead, and
+	// takes a late reply to any of its latest ones until the deadline.)
+	// If zero, DefaultReplyGrace; if negative, none.
 	ReplyGrace time.Duration
 	// NodeTimeout is how long a node may go unheard (no heartbeat, no
 	// reply) before the client stops picking it. If zero,
@@ -215,10 +220,20 @@ type Client struct {
 	closeOnce sync.Once
 }
 
+// keptAttempts is how many of a request's latest attempts take a late
+// reply. A request retried until a distant deadline sends an attempt every
+// MaxAttemptTimeout at most; keeping only the latest bounds what it holds
+// (its entries in Client.pending and call.sent) however long it runs,
+// while still covering several of the longest attempt timeouts.
+const keptAttempts = 8
+
 // call collects the replies to the attempts of one request.
 type call struct {
 	replies chan reply
-	sent    []sending // only do and await touch it
+	// sent holds the latest attempts, oldest first; only do and await
+	// touch it. Invariant: len(sent) <= keptAttempts, and
+	// Client.pending maps the tx of each to this call.
+	sent []sending
 }
 
 // sending is one attempt of a request: its transaction id and when it was
@@ -228,14 +243,28 @@ type sending struct {
 	at time.Time
 }
 
-// sentAt returns when the attempt with transaction id tx was sent.
-func (cl *call) sentAt(tx uint64) time.Time {
+// sentAt returns when the attempt with transaction id tx was sent, and
+// false if it is no longer kept.
+func (cl *call) sentAt(tx uint64) (time.Time, bool) {
 	for _, a := range cl.sent {
 		if a.tx == tx {
-			return a.at
+			return a.at, true
 		}
 	}
-	return time.Time{}
+	return time.Time{}, false
+}
+
+// track registers the attempt a of request cl for its replies, and stops
+// taking replies to the oldest attempt kept once keptAttempts are.
+func (c *Client) track(cl *call, a sending) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(cl.sent) == keptAttempts {
+		delete(c.pending, cl.sent[0].tx)
+		cl.sent = append(cl.sent[:0], cl.sent[1:]...)
+	}
+	cl.sent = append(cl.sent, a)
+	c.pending[a.tx] = cl
 }
 
 type reply struct {
@@ -469,9 +498,35 @@ type target struct {
 	node *node // nil for an address not (yet) known as a node
 }
 
-// router chooses the target of each attempt; tried holds the targets of
-// earlier attempts of the same request.
+// router chooses the target of each attempt, called once before each;
+// tried holds the distinct targets of the request's earlier attempts, so
+// never more than there are nodes however many attempts a request makes.
 type router func(tried []netip.AddrPort) (target, error)
+
+// attemptLimit says when a request stops sending attempts: after n of them,
+// or, if toDeadline and the request's context has a deadline, when the
+// deadline comes, however many that takes.
+type attemptLimit struct {
+	n          int
+	toDeadline bool
+}
+
+// untilDeadline limits a request to its context's deadline, or to n
+// attempts if its context has none.
+func untilDeadline(n int) attemptLimit { return attemptLimit{n: n, toDeadline: true} }
+
+// atMost limits a request to n attempts, deadline or not.
+func atMost(n int) attemptLimit { return attemptLimit{n: n} }
+
+// Backoff after an error reply or a failed send, before the next attempt:
+// doubling from minRetryBackoff up to maxRetryBackoff, then jittered to
+// between half and all of that, so that the requests one outage failed
+// together do not come back together. A request retried until a distant
+// deadline through a long outage then asks about twice a second.
+const (
+	minRetryBackoff = 5 * time.Millisecond
+	maxRetryBackoff = 500 * time.Millisecond
+)
 
 // request runs a public call's request, admitted unless the client is
 // closing.
@@ -480,15 +535,18 @@ func (c *Client) request(ctx context.Context, op wire.Op, args wire.Args, route 
 		return wire.Message{}, err
 	}
 	defer c.calls.Done()
-	return c.do(ctx, op, args, route, c.cfg.Attempts, wait)
+	return c.do(ctx, op, args, route, untilDeadline(c.cfg.Attempts), wait)
 }
 
-// do runs one request to completion: up to attempts attempts, each to the
-// target route gives, all with the same client id and sequence number, so
-// that the cluster applies a write at most once however many arrive. An
-// attempt waits for the timeout measured round trips give, plus wait, the
-// time the node may hold the request (a long-poll).
-func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router, attempts int, wait time.Duration) (wire.Message, error) {
+// do runs one request to completion: attempts to the targets route gives,
+// all with the same client id and sequence number, so that the cluster
+// applies a write at most once however many arrive, until one is answered
+// or limit stops them. An attempt waits for the timeout measured round
+// trips give, plus wait, the time the node may hold the request (a
+// long-poll). A request whose context ends fails with an error wrapping
+// the context's; one limited to n attempts that all failed, with
+// ErrUnavailable.
+func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route router, limit attemptLimit, wait time.Duration) (wire.Message, error) {
 	select {
 	case <-c.done:
 		return wire.Message{}, ErrClosed
@@ -502,7 +560,9 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	if mutating {
 		est = &c.rtt[1]
 	}
-	cl := &call{replies: make(chan reply, 4), sent: make([]sending, 0, attempts)}
+	deadline, hasDeadline := ctx.Deadline()
+	toDeadline := limit.toDeadline && hasDeadline
+	cl := &call{replies: make(chan reply, 4), sent: make([]sending, 0, keptAttempts)}
 	defer func() {
 		c.mu.Lock()
 		for _, a := range cl.sent {
@@ -520,32 +580,53 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	}()
 	var lastErr error
 	begin := time.Now()
-	timeouts := 0 // attempts of this request that got no reply
+	sent := 0        // attempts sent, or that failed to send
+	timeouts := 0    // attempts of this request that got no reply
+	replied := false // some attempt got a reply
 	// outlasted counts the attempts a node answered "unavailable" having
 	// spent their budget: like a timeout, the next attempt gets twice as
 	// long, but, being a reply, they teach the estimator nothing.
 	outlasted := 0
-	for attempt := 0; attempt < attempts; attempt++ {
+	// noReply records, for the estimator, a request that ends with none of
+	// its attempts answered though some timed out.
+	noReply := func() {
+		if !replied && timeouts > 0 {
+			est.tooShort()
+		}
+	}
+	// ended is the error of the request once its context ended (cause is
+	// the context's error) or the client closed.
+	ended := func(cause error) error {
+		if errors.Is(cause, ErrClosed) {
+			return cause
+		}
+		noReply()
+		if lastErr == nil {
+			return fmt.Errorf("shoal: %s: %w after %d attempts", op, cause, sent)
+		}
+		return fmt.Errorf("shoal: %s: %w after %d attempts (last error: %v)", op, cause, sent, lastErr)
+	}
+	for attempt := 0; toDeadline || attempt < limit.n; attempt++ {
 		tg, err := route(tried)
 		if err != nil {
 			return wire.Message{}, err
 		}
-		tried = append(tried, tg.addr)
+		if !slices.Contains(tried, tg.addr) {
+			tried = append(tried, tg.addr)
+		}
 		timeout := est.timeout(timeouts+outlasted) + wait
 		// The node may work on the attempt for as long as the request
 		// takes a reply to it: at least until the reply grace ends.
 		budget := max(timeout, c.cfg.ReplyGrace-time.Since(begin))
-		if dl, ok := ctx.Deadline(); ok {
-			timeout, budget = min(timeout, time.Until(dl)), min(budget, time.Until(dl))
+		if hasDeadline {
+			left := time.Until(deadline)
+			timeout, budget = min(timeout, left), min(budget, left)
 		}
 		if timeout <= 0 {
-			return wire.Message{}, fmt.Errorf("shoal: %s: %w", op, context.DeadlineExceeded)
+			return wire.Message{}, ended(context.DeadlineExceeded)
 		}
 		tx, start := newTxID(), time.Now()
-		cl.sent = append(cl.sent, sending{tx, start})
-		c.mu.Lock()
-		c.pending[tx] = cl
-		c.mu.Unlock()
+		c.track(cl, sending{tx, start})
 		m := wire.Message{
 			Type: wire.TypeQuery, TxID: tx, Op: op,
 			Client: c.id, Proof: c.proof, Seq: seq, Ack: c.seq.floor(), Timeout: budget, Args: args,
@@ -559,6 +640,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if err != nil {
 			return wire.Message{}, err
 		}
+		sent++
 		c.attempts.Add(1)
 		if attempt > 0 {
 			c.retries.Add(1)
@@ -574,15 +656,18 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		if err := c.t.Send(b, tg.addr); err != nil {
 			lastErr = err
 			if err := c.backoff(ctx, attempt); err != nil {
-				return wire.Message{}, err
+				return wire.Message{}, ended(err)
 			}
 			continue
 		}
 		r, err := c.await(ctx, cl, tx, timeout, est, wait > 0)
 		graced := false
-		if err == nil && r == nil && attempt == attempts-1 {
-			// The context's deadline, if sooner, ends this wait as it
-			// ends the attempts'.
+		if err == nil && r == nil && !toDeadline && attempt == limit.n-1 {
+			// The last attempt of a request limited by count takes a
+			// late reply until the grace ends; one limited by its
+			// deadline sends more attempts instead. The context's
+			// deadline, if sooner, ends this wait as it ends the
+			// attempts'.
 			if grace := c.cfg.ReplyGrace - time.Since(begin); grace > 0 {
 				r, err = c.await(ctx, cl, tx, grace, est, wait > 0)
 				graced = true
@@ -590,7 +675,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		}
 		switch {
 		case err != nil:
-			return wire.Message{}, err
+			return wire.Message{}, ended(err)
 		case r == nil:
 			c.timeouts.Add(1)
 			timeouts++
@@ -602,6 +687,7 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		case r.Type == wire.TypeResponse:
 			return *r, nil
 		}
+		replied = true
 		e := replyError(r)
 		if !e.retryable() {
 			return *r, e
@@ -614,19 +700,17 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 			outlasted++
 		}
 		if err := c.backoff(ctx, attempt); err != nil {
-			return wire.Message{}, err
+			return wire.Message{}, ended(err)
 		}
 	}
 	c.failures.Add(1)
-	if timeouts == attempts {
-		est.tooShort()
-	}
-	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, attempts, lastErr)
+	noReply()
+	return wire.Message{}, fmt.Errorf("%w: %s after %d attempts: %v", ErrUnavailable, op, sent, lastErr)
 }
 
 // await waits for a reply to the request. A success or a definitive error
 // from any attempt counts; a retryable error only from the latest attempt,
-// tx. It returns nil, nil on timeout.
+// tx. It returns nil, nil on timeout, and the context's error if it ends.
 //
 // Every reply is a round trip to measure, also one to an earlier attempt:
 // each attempt has a transaction id of its own, so unlike a TCP segment's
@@ -634,7 +718,8 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 // those replies left out, a client whose timeout fell below the cluster's
 // round trip under load would never measure one, and would retry every
 // request until it failed. Replies to a request the node was allowed to
-// hold (waited) are not round trips and are not measured.
+// hold (waited) are not round trips and are not measured, nor is a reply
+// to an attempt no longer kept (keptAttempts), whose send time is gone.
 func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Duration, est *rttEstimator, waited bool) (*wire.Message, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
@@ -645,7 +730,9 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Du
 			// budget: that is no round trip, and timing it would feed the
 			// timeout back into itself.
 			if !waited && (r.msg.Err == nil || r.msg.Err.Code != wire.CodeUnavailable) {
-				est.sample(r.at.Sub(cl.sentAt(r.msg.TxID)))
+				if at, ok := cl.sentAt(r.msg.TxID); ok {
+					est.sample(r.at.Sub(at))
+				}
 			}
 			// An earlier attempt's retryable error is stale: the latest
 			// attempt may still succeed. A definitive one (not found, a
@@ -658,24 +745,28 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Du
 		case <-timer.C:
 			return nil, nil
 		case <-ctx.Done():
-			return nil, fmt.Errorf("shoal: %w", ctx.Err())
+			return nil, ctx.Err()
 		case <-c.done:
 			return nil, ErrClosed
 		}
 	}
 }
 
-// backoff waits a little before retrying after an error reply (a node
-// without a leader answers fast, and retrying at once would only spin).
+// backoff waits before the attempt after attempt, which failed with an
+// error reply or a failed send: a node without a leader answers fast, and
+// retrying at once would only spin. (An attempt that timed out has waited
+// already, twice as long as the one before it.) It returns the context's
+// error if the context ends first.
 func (c *Client) backoff(ctx context.Context, attempt int) error {
-	d := min(5*time.Millisecond<<min(attempt, 5), 100*time.Millisecond)
+	d := min(minRetryBackoff<<min(attempt, 10), maxRetryBackoff)
+	d = d/2 + mrand.N(d/2+1)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("shoal: %w", ctx.Err())
+		return ctx.Err()
 	case <-c.done:
 		return ErrClosed
 	}

@@ -11,10 +11,21 @@
 // Every request carries the client's id and a sequence number, the same on
 // every attempt, so a write is applied at most once however many of its
 // attempts arrive, and on whichever node. An attempt waits for a timeout
-// derived from measured round trips; after Config.Attempts attempts, and
-// once Config.ReplyGrace has passed with no late reply to any of them, the
-// call fails with ErrUnavailable, and a write that failed so may or may not
-// have been applied, now or a little later.
+// derived from measured round trips, twice as long after each attempt of
+// the request that got no reply; after an error reply the next attempt
+// waits a backoff that doubles up to half a second, jittered.
+//
+// How long a request retries follows its context. With a deadline, it
+// sends attempts until the deadline (or a cancel), taking a late reply to
+// any of its latest ones, and then fails with an error that wraps the
+// context's (errors.Is(err, context.DeadlineExceeded)) and says how many
+// attempts it made and the last error; so a stall of a leader's disk or
+// process that ends before the deadline need not fail it. Without a
+// deadline,
+// it makes Config.Attempts attempts and, once Config.ReplyGrace has passed
+// with no late reply to any of them, fails with ErrUnavailable. Either
+// way, a write that failed may or may not have been applied, now or a
+// little later.
 //
 // Jobs: Enqueue, and EnqueueBatch for many at once (one request per shard);
 // Acquire (which waits at the nodes, not by polling); Extend, Complete,
@@ -25,10 +36,11 @@
 //
 // Caller's duties:
 //
-//  1. Give every call a context; its deadline bounds the call whatever the
-//     attempts.
-//  2. Settle a write that failed with ErrUnavailable by repeating it in a
-//     form that is safe to repeat (the same Set, a CompareAndSet), not by
-//     reading.
+//  1. Give every call a context; its deadline bounds the call, and is what
+//     the call retries until. A context without one stops a call after
+//     Config.Attempts attempts.
+//  2. Settle a write that failed with ErrUnavailable or with its context's
+//     error by repeating it in a form that is safe to repeat (the same Set,
+//     a CompareAndSet), not by reading.
 //  3. Close the client when done; calls in flight may finish first.
 package client

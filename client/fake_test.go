@@ -3,10 +3,12 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,11 +25,11 @@ type fakeNode struct {
 	ep   *wire.SimEndpoint
 	topo func() *wire.Topology
 
-	mu        sync.Mutex
-	silent    bool          // neither answers nor heartbeats
-	dropFirst bool          // ignores the first attempt it sees of every request
-	stalled   bool          // answers gets "unavailable" once their budget is spent
-	delay     time.Duration // before each answer to a get or set
+	mu      sync.Mutex
+	silent  bool          // neither answers nor heartbeats
+	drop    int           // ignores the first drop attempts it sees of every request
+	stalled bool          // answers gets "unavailable" once their budget is spent
+	delay   time.Duration // before each answer to a get or set
 	// missingOnce: the first attempt of each get is answered "not found",
 	// the later ones not at all.
 	missingOnce bool
@@ -151,7 +153,7 @@ func (f *fakeNode) serve() {
 		key := [2]any{m.Client, m.Seq}
 		f.attempts[key]++
 		first := f.attempts[key] == 1
-		silent, drop := f.silent, f.dropFirst && first && m.Op != wire.OpTopology && m.Op != wire.OpPing
+		silent, drop := f.silent, f.attempts[key] <= f.drop && m.Op != wire.OpTopology && m.Op != wire.OpPing
 		delay := f.delay
 		stalled := f.stalled && m.Op == wire.OpGet
 		missing := f.missingOnce && m.Op == wire.OpGet
@@ -297,7 +299,7 @@ func TestSilentNodeIsSkipped(t *testing.T) {
 func TestRetryKeepsSequenceNumber(t *testing.T) {
 	fc := newFakeCluster(t, 1) // the retry reaches the node that ignored the first attempt
 	for _, f := range fc.nodes {
-		f.set(func(f *fakeNode) { f.dropFirst = true })
+		f.set(func(f *fakeNode) { f.drop = 1 })
 	}
 	c := fc.client(t, Config{})
 	if _, err := c.Set(context.Background(), "k", []byte("v")); err != nil {
@@ -353,6 +355,124 @@ func TestUnavailableAfterAttempts(t *testing.T) {
 	defer cancel()
 	if _, err := c.Get(ctx, "k"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Get past its deadline: %v", err)
+	}
+}
+
+// A request whose context has a deadline is not bound by Attempts: it is
+// sent again, under one sequence number, until the deadline, and its error
+// wraps context.DeadlineExceeded and says how many attempts it made.
+func TestDeadlineRetriesPastAttempts(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	c := fc.client(t, Config{Attempts: 2, MaxAttemptTimeout: 30 * time.Millisecond})
+	fc.nodes[0].set(func(f *fakeNode) { f.silent = true })
+	before := c.Counters()
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	_, err := c.Set(ctx, "k", []byte("v"))
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Set with the node silent until the deadline: %v, want context.DeadlineExceeded", err)
+	}
+	after := c.Counters()
+	// 400 ms of attempts waiting at most 30 ms each.
+	if a := after.Attempts - before.Attempts; a < 6 {
+		t.Errorf("%d attempts before the deadline, want many more than Attempts (2)", a)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("after %d attempts", after.Attempts-before.Attempts)) ||
+		!strings.Contains(err.Error(), "no reply from a") {
+		t.Errorf("error %q does not say how many attempts were made and the last error", err)
+	}
+	if after.Failures != before.Failures {
+		t.Errorf("a request its deadline ended counted as failed with ErrUnavailable")
+	}
+	// Every attempt was one request: one client id and sequence number.
+	f := fc.nodes[0]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var counts []int
+	for k, n := range f.attempts {
+		if k[0] == c.ID() && k[1] != uint64(0) { // pings carry no sequence number
+			counts = append(counts, n)
+		}
+	}
+	slices.Sort(counts)
+	if len(counts) != 2 || counts[0] != 1 || uint64(counts[1]) != after.Attempts-before.Attempts {
+		t.Errorf("attempts per sequence number %v: want the topology request's 1 and the set's %d",
+			counts, after.Attempts-before.Attempts)
+	}
+}
+
+// A request whose context has a deadline succeeds when the node answers
+// only after more than Attempts attempts, and is applied under one
+// sequence number.
+func TestDeadlineRetrySucceedsAfterAttempts(t *testing.T) {
+	const ignored = 5
+	fc := newFakeCluster(t, 1)
+	c := fc.client(t, Config{Attempts: 2, MaxAttemptTimeout: 30 * time.Millisecond})
+	fc.nodes[0].set(func(f *fakeNode) { f.drop = ignored })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := c.Counters()
+	if _, err := c.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatalf("Set answered at its attempt %d, with 10s left: %v", ignored+1, err)
+	}
+	if a := c.Counters().Attempts - before.Attempts; a != ignored+1 {
+		t.Errorf("%d attempts, want %d", a, ignored+1)
+	}
+	f := fc.nodes[0]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var sets []wire.Message
+	for _, m := range f.seen {
+		if m.Op == wire.OpSet {
+			sets = append(sets, m)
+		}
+	}
+	txs := map[uint64]bool{}
+	for _, m := range sets {
+		txs[m.TxID] = true
+		if m.Client != c.ID() || m.Seq != sets[0].Seq {
+			t.Errorf("attempt as %s/%d, the first as %s/%d: not one request", m.Client, m.Seq, sets[0].Client, sets[0].Seq)
+		}
+	}
+	if len(sets) != ignored+1 || len(txs) != len(sets) {
+		t.Errorf("%d attempts reached the node under %d transaction ids, want %d under as many", len(sets), len(txs), ignored+1)
+	}
+}
+
+// However long a request retries, it keeps only its latest keptAttempts
+// attempts waiting for replies, and nothing once it ends.
+func TestLongRetryKeepsBoundedState(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	c := fc.client(t, Config{MinAttemptTimeout: time.Millisecond, MaxAttemptTimeout: 2 * time.Millisecond,
+		InitialAttemptTimeout: 2 * time.Millisecond})
+	fc.nodes[0].set(func(f *fakeNode) { f.silent = true })
+	pending := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.pending)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	done := make(chan error, 1)
+	before := c.Counters().Attempts
+	go func() {
+		_, err := c.Get(ctx, "k")
+		done <- err
+	}()
+	most := 0
+	servertest.WaitFor(t, 10*time.Second, fmt.Sprintf("%d attempts", 4*keptAttempts), func() bool {
+		most = max(most, pending())
+		return c.Counters().Attempts-before >= 4*keptAttempts
+	})
+	if most > keptAttempts {
+		t.Errorf("%d attempts waiting for a reply at once, want at most %d", most, keptAttempts)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Get canceled while retrying: %v, want context.Canceled", err)
+	}
+	if n := pending(); n != 0 {
+		t.Errorf("%d attempts still waiting for a reply after the request ended", n)
 	}
 }
 
@@ -454,7 +574,9 @@ func TestUnavailableRepliesDoNotInflateTimeouts(t *testing.T) {
 		}
 		f.mu.Unlock()
 	}
-	if want := map[time.Duration]int{base: 3, 2 * base: 3, 4 * base: 3}; !reflect.DeepEqual(budgets, want) {
+	// The wire carries budgets in whole milliseconds, rounded up.
+	ms := func(d time.Duration) time.Duration { return (d + time.Millisecond - 1).Truncate(time.Millisecond) }
+	if want := map[time.Duration]int{ms(base): 3, ms(2 * base): 3, ms(4 * base): 3}; !reflect.DeepEqual(budgets, want) {
 		t.Errorf("attempt budgets (budget → attempts) %v, want %v", budgets, want)
 	}
 	if got := c.rtt[0].timeout(0); got != base {

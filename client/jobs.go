@@ -264,7 +264,7 @@ func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration)
 			c.markEmpty(topic, id)
 		case err != nil: // no node answered: pause before asking again
 			if err := c.backoff(ctx, 2); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("shoal: %w", err)
 			}
 		}
 	}
@@ -290,7 +290,7 @@ func (c *Client) acquireFirst(ctx context.Context, topic string, lease, wait tim
 		if !c.background(func() {
 			defer cancel()
 			args := wire.Args{Topic: topic, Lease: lease, Shards: p.shards, Wait: wait}
-			r, err := c.do(rctx, wire.OpAcquire, args, fixed(p.node.addr, p.node), c.cfg.Attempts, wait)
+			r, err := c.do(rctx, wire.OpAcquire, args, fixed(p.node.addr, p.node), untilDeadline(c.cfg.Attempts), wait)
 			answers <- answer{jobOf(r.Result.Job), err}
 		}) {
 			cancel()
@@ -338,7 +338,7 @@ func (c *Client) releaseQuietly(j *Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.MaxAttemptTimeout)
 	defer cancel()
 	args := wire.Args{JobID: j.ID, Token: j.Token, Grant: j.Grant}
-	if _, err := c.do(ctx, wire.OpRelease, args, c.routeOp(wire.OpRelease, &args), c.cfg.Attempts, 0); err != nil {
+	if _, err := c.do(ctx, wire.OpRelease, args, c.routeOp(wire.OpRelease, &args), untilDeadline(c.cfg.Attempts), 0); err != nil {
 		c.log.Warn("releasing a surplus job failed; it returns when its lease runs out", "job", j.ID, "err", err)
 	}
 }
@@ -574,7 +574,7 @@ func (c *Client) perShard(ctx context.Context, op wire.Op, args wire.Args) ([]wi
 			defer wg.Done()
 			a := args
 			a.Shards = []shard.ID{s.ID}
-			out[i], errs[i] = c.do(ctx, op, a, c.routeShard(s.ID), c.cfg.Attempts, 0)
+			out[i], errs[i] = c.do(ctx, op, a, c.routeShard(s.ID), untilDeadline(c.cfg.Attempts), 0)
 		}()
 	}
 	wg.Wait()
@@ -641,7 +641,7 @@ func (c *Client) DeadJobs(ctx context.Context, topic string, cursor DeadJobCurso
 			cur = DeadJobCursor{Shard: ids[i]}
 		}
 		args.Shards, args.After = []shard.ID{cur.Shard}, cur.After
-		r, err := c.do(ctx, wire.OpDeadJobs, args, c.routeShard(cur.Shard), c.cfg.Attempts, 0)
+		r, err := c.do(ctx, wire.OpDeadJobs, args, c.routeShard(cur.Shard), untilDeadline(c.cfg.Attempts), 0)
 		if err != nil {
 			return DeadJobPage{}, err
 		}

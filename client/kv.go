@@ -99,8 +99,8 @@ type ShardStatus struct {
 }
 
 // NodeStatus asks the node with the given id for its view of its shards. It
-// makes at most DefaultAttempts attempts, so a node that is down is
-// reported promptly.
+// makes at most DefaultAttempts attempts, whatever ctx's deadline, so a
+// node that is down is reported promptly.
 func (c *Client) NodeStatus(ctx context.Context, id string) (NodeStatus, error) {
 	route, err := c.routeNode(id)
 	if err != nil {
@@ -110,7 +110,7 @@ func (c *Client) NodeStatus(ctx context.Context, id string) (NodeStatus, error) 
 		return NodeStatus{}, err
 	}
 	defer c.calls.Done()
-	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, min(c.cfg.Attempts, DefaultAttempts), 0)
+	r, err := c.do(ctx, wire.OpStatus, wire.Args{}, route, atMost(min(c.cfg.Attempts, DefaultAttempts)), 0)
 	if err != nil {
 		return NodeStatus{}, err
 	}

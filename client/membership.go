@@ -138,13 +138,16 @@ func (c *Client) setTopology(t *wire.Topology) error {
 }
 
 // fetchTopology asks the seeds for the topology, one attempt each in turn
-// from a random one, until one answers or the attempts run out.
+// from a random one, until one answers or the attempts run out (with
+// ctx's deadline, when it comes).
 func (c *Client) fetchTopology(ctx context.Context, seeds []netip.AddrPort) (*wire.Topology, error) {
-	first := rand.IntN(len(seeds))
-	route := func(tried []netip.AddrPort) (target, error) {
-		return target{addr: seeds[(first+len(tried))%len(seeds)]}, nil
+	next := rand.IntN(len(seeds))
+	route := func([]netip.AddrPort) (target, error) {
+		a := seeds[next%len(seeds)]
+		next++
+		return target{addr: a}, nil
 	}
-	r, err := c.do(ctx, wire.OpTopology, wire.Args{}, route, c.cfg.Attempts, 0)
+	r, err := c.do(ctx, wire.OpTopology, wire.Args{}, route, untilDeadline(c.cfg.Attempts), 0)
 	if err != nil {
 		return nil, fmt.Errorf("client: no seed answered: %w", err)
 	}

@@ -186,6 +186,101 @@ func TestKillLeaderProcess(t *testing.T) {
 	}
 }
 
+// Real processes: a write whose context has 10 s left survives a 2 s stall
+// of its shard's leader (SIGSTOP, then SIGCONT) and succeeds, applied once.
+// The client keeps its default Attempts: before a request with a deadline
+// retried until it, the write failed with ErrUnavailable after 3 attempts
+// and the reply grace, half a second into the stall.
+func TestWriteSurvivesLeaderStall(t *testing.T) {
+	const stall = 2 * time.Second
+	bin := buildShoal(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { killClusters(dir) })
+	// One shard, so that every write below advances one revision counter.
+	shoalRun(t, bin, "cluster", "up", "--dir", dir, "--nodes", "3", "--shards", "1", "--replicas", "3")
+	spec, err := server.LoadSpec(specPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.New(ctx, client.Config{Seeds: seedsOf(spec), SecretFile: secretPath(specPath(dir))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	// Writes before the stall teach the client the round trip of a write,
+	// so that its attempt timeouts are short: three of them end well
+	// before a new leader could be elected.
+	var before uint64
+	for i := 0; i < 20; i++ {
+		if before, err = c.Set(ctx, fmt.Sprint("warm-", i), []byte("w")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leader := collectStatus(ctx, c).Shards[0].Leader
+	if leader == "" {
+		t.Fatal("shard 0 has no leader")
+	}
+	pid, err := readPid(pidPath(dir, leader))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last first: the node goes on before the kill, so no
+	// stopped process is left whatever fails.
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stopped %s (pid %d), leader of shard 0, for %v", leader, pid, stall)
+	attempts := c.Counters().Attempts
+
+	type result struct {
+		version uint64
+		err     error
+		took    time.Duration
+	}
+	res := make(chan result, 1)
+	go func() {
+		wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer wcancel()
+		start := time.Now()
+		v, err := c.Set(wctx, "stalled", []byte("once"))
+		res <- result{v, err, time.Since(start)}
+	}()
+	// The stall's length is the experiment's input, not a wait for a
+	// state: the node goes on after it, whether or not the write ended
+	// (the other two may have elected a leader meanwhile).
+	time.Sleep(stall)
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	sent := c.Counters().Attempts - attempts
+	if r.err != nil {
+		t.Fatalf("a write with 10s left failed in a %v stall of its leader, after %v and %d attempts: %v", stall, r.took, sent, r.err)
+	}
+	t.Logf("the write succeeded after %v and %d attempts", r.took.Round(time.Millisecond), sent)
+	if sent <= client.DefaultAttempts {
+		t.Errorf("the write took %d attempts: the stall did not outlast the %d a request without a deadline makes",
+			sent, client.DefaultAttempts)
+	}
+	// Every write advances the shard's revision by one: applied once, the
+	// write took the next, and the key's latest write is that one.
+	if r.version != before+1 {
+		t.Errorf("the write has version %d, the previous write %d: applied other than once", r.version, before)
+	}
+	it, err := c.Get(ctx, "stalled")
+	if err != nil || string(it.Value) != "once" || it.Version != r.version {
+		t.Errorf("the write reads back as %q version %d, %v; want \"once\" version %d", it.Value, it.Version, err, r.version)
+	}
+	// Nothing applied it again since: the next write takes the next
+	// revision.
+	if v, err := c.Set(ctx, "after", []byte("a")); err != nil || v != r.version+1 {
+		t.Errorf("the next write has version %d, %v; want %d", v, err, r.version+1)
+	}
+}
+
 // shoal bench starts a cluster of processes, measures the nodes' CPU and
 // memory, and stops it.
 func TestBenchStartsAndStopsACluster(t *testing.T) {

@@ -19,10 +19,6 @@ import (
 	"github.com/shoal-kv/shoal/wire"
 )
 
-// untilTimeout is the attempt count of the CLI's client: in effect,
-// unlimited, so that --timeout alone bounds a request.
-const untilTimeout = 1 << 20
-
 // target holds the flags that say how to reach a cluster and how to answer.
 type target struct {
 	cluster    string
@@ -89,9 +85,6 @@ func (t *target) connect(ctx context.Context, stderr io.Writer) (*client.Client,
 		Seeds:    seeds,
 		Secret:   keys,
 		Insecure: keys == nil,
-		// From the shell, a request should ride out a failover: attempts
-		// go on, under one sequence number, until --timeout.
-		Attempts: untilTimeout,
 		Logger:   slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
 }
@@ -114,6 +107,8 @@ func clientCommand(ctx context.Context, name string, args []string, nargs int, f
 	if err := wantArgs(pos, nargs, form); err != nil {
 		return err
 	}
+	// With the deadline, a request rides out a failover: its attempts go
+	// on, under one sequence number, until --timeout.
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
 	c, err := t.connect(ctx, stderr)
