@@ -444,12 +444,16 @@ func (c *Client) receive() {
 					leads := m.Heartbeat.Leads
 					nd.leads.Store(&leads)
 					nd.ready.Store(&readyReport{at: now, counts: m.Heartbeat.Ready})
+					v.leaders.heard(v, nd.id, leads)
 				}
 				if m.Heartbeat.MapVersion > v.smap.Version {
 					c.requestRefresh()
 				}
 			}
 		case wire.TypeResponse, wire.TypeError:
+			if v != nil && m.Leader != nil && v.nodes[m.Node] != nil {
+				v.leaders.named(v, m.Leader)
+			}
 			c.mu.Lock()
 			cl := c.pending[m.TxID]
 			c.mu.Unlock()
