@@ -1,13 +1,17 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/servertest"
+	"github.com/shoal-kv/shoal/wire"
 )
 
 // spreadTimeout bounds the wait for the leadership balancer to spread the
@@ -78,5 +82,59 @@ func TestLeadershipSpreadAfterRestart(t *testing.T) {
 	servertest.WaitFor(t, spreadTimeout, fmt.Sprintf("%s to lead its share again", victim), func() bool { return spread(c, 2) })
 	if moved := transfers() - before; moved < 2 {
 		t.Errorf("%d leadership transfers after the restart; want at least the 2 shards %s leads now", moved, victim)
+	}
+}
+
+// A follower that forwards a write names the shard's leader in its reply,
+// and a client that has learned the leaders, from heartbeats and such
+// replies, sends its writes to them: the followers forward almost none.
+func TestClientWritesReachLeaders(t *testing.T) {
+	// Leaders stay where the elections put them: the test counts what
+	// followers forward, and a transfer would make some of that.
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 6, Replicas: 3,
+		Configure: func(cfg *server.Config) { cfg.LeaderBalanceInterval = -1 }})
+	const id = 0
+	lead := leader(t, c, id)
+	var follower string
+	for _, nid := range c.Map().Shard(id).Replicas {
+		if nid != lead.ID() {
+			follower = nid
+		}
+	}
+	key := keysOf(c.Map(), id, "k", 1)[0]
+	r := request(t, c, clientAddr(c, follower), &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: 1, Ack: 1,
+		Args: wire.Args{Key: key, Value: "v"}})
+	if r.Type != wire.TypeResponse || r.Leader == nil || r.Leader.Shard != id || r.Leader.Node != lead.ID() {
+		t.Fatalf("a set via follower %s answered %+v, leader hint %+v; want the hint naming %s", follower, r.Err, r.Leader, lead.ID())
+	}
+	if f := c.Node(follower).Counters().Forwarded; f != 1 {
+		t.Errorf("follower %s counts %d forwarded writes, want 1", follower, f)
+	}
+
+	cl := newClient(t, c, client.Config{})
+	servertest.WaitFor(t, 10*time.Second, "the client to hear every shard's leader", func() bool {
+		led := 0
+		for _, n := range cl.Nodes() {
+			led += len(n.Leads)
+		}
+		return led == len(c.Map().Shards)
+	})
+	forwarded := func() (sum uint64) {
+		for _, nid := range c.Running() {
+			sum += c.Node(nid).Counters().Forwarded
+		}
+		return sum
+	}
+	before := forwarded()
+	const writes = 200
+	for i := range writes {
+		if _, err := cl.Set(context.Background(), fmt.Sprint("k", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A retry after a lost datagram may reach a follower; with none
+	// lost, none does.
+	if f := forwarded() - before; f > writes/50 {
+		t.Errorf("followers forwarded %d of %d writes of a client that knew the leaders", f, writes)
 	}
 }
