@@ -183,8 +183,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Client talks to a shoal cluster. It routes each request to a replica of
-// its key's shard chosen by the Picker, retries lost requests, and keeps its
+// Client talks to a shoal cluster. It routes each read to a replica of its
+// key's shard chosen by the Picker, and each write first to the shard's
+// leader as far as it knows it, retries lost requests, and keeps its
 // view of the cluster fresh from the nodes' heartbeats. A Client is safe
 // for concurrent use; each concurrent call is one request in flight.
 type Client struct {

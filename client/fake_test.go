@@ -40,12 +40,12 @@ type fakeNode struct {
 	// leads is what its heartbeats say it leads; mute stops its
 	// heartbeats (but not its answers); names, if set, is the leader its
 	// answers to sets name, as a follower that forwarded them does.
-	leads []shard.ID
-	mute  bool
-	names *wire.LeaderHint
-	seen       []wire.Message
-	attempts   map[[2]any]int // (client, seq) → attempts seen
-	clients    map[netip.AddrPort]bool
+	leads    []shard.ID
+	mute     bool
+	names    *wire.LeaderHint
+	seen     []wire.Message
+	attempts map[[2]any]int // (client, seq) → attempts seen
+	clients  map[netip.AddrPort]bool
 }
 
 type fakeCluster struct {
