@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -179,7 +180,7 @@ func (n *Node) balanceOnce(b *balancer) {
 		}
 	}
 	for o := range b.ready {
-		if !contains(offers, o) {
+		if !slices.Contains(offers, o) {
 			delete(b.ready, o)
 		}
 	}
@@ -190,15 +191,6 @@ func (n *Node) balanceOnce(b *balancer) {
 	// every target proves itself ready anew.
 	clear(b.ready)
 	n.transferLeadership(*chosen, len(led), b.shares[n.id])
-}
-
-func contains(offers []offer, o offer) bool {
-	for _, x := range offers {
-		if x == o {
-			return true
-		}
-	}
-	return false
 }
 
 // targetReady asks o's target about o's shard and reports whether it could

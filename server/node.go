@@ -169,9 +169,10 @@ type Counters struct {
 	// of being proposed: they take its result, or are proposed after all
 	// if it failed.
 	Joined uint64
-	// Forwarded counts the writes from clients that reached a follower
-	// here and went on to their shard's leader (each attempt of a
-	// request, once); a client that knows the leaders sends few.
+	// Forwarded counts the client writes of one key or job (acquires
+	// aside) that reached a follower here and went on to their shard's
+	// leader, each attempt once; a client that knows the leaders sends a
+	// follower few.
 	Forwarded uint64
 	// LeadershipTransfers counts the shards whose leadership this node
 	// handed to a replica on a node under its share (leadership.go).
