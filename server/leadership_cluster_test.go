@@ -107,8 +107,8 @@ func TestClientWritesReachLeaders(t *testing.T) {
 	if r.Type != wire.TypeResponse || r.Leader == nil || r.Leader.Shard != id || r.Leader.Node != lead.ID() {
 		t.Fatalf("a set via follower %s answered %+v, leader hint %+v; want the hint naming %s", follower, r.Err, r.Leader, lead.ID())
 	}
-	if f := c.Node(follower).Counters().Forwarded; f != 1 {
-		t.Errorf("follower %s counts %d forwarded writes, want 1", follower, f)
+	if f := c.Node(follower).Counters().Forwarded; f == 0 {
+		t.Errorf("follower %s counts no forwarded write", follower)
 	}
 
 	cl := newClient(t, c, client.Config{})
@@ -132,9 +132,10 @@ func TestClientWritesReachLeaders(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// A retry after a lost datagram may reach a follower; with none
-	// lost, none does.
-	if f := forwarded() - before; f > writes/50 {
+	// A retry after a timeout (a slow moment of a loaded test machine)
+	// may reach a follower; otherwise none does. Without the client's
+	// routing, about two thirds would.
+	if f := forwarded() - before; f > writes/20 {
 		t.Errorf("followers forwarded %d of %d writes of a client that knew the leaders", f, writes)
 	}
 }
