@@ -188,8 +188,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Client talks to a shoal cluster. It routes each request to a replica of
-// its key's shard chosen by the Picker, retries lost requests, and keeps its
+// Client talks to a shoal cluster. It routes each read to a replica of its
+// key's shard chosen by the Picker, and each write first to the shard's
+// leader as far as it knows it, retries lost requests, and keeps its
 // view of the cluster fresh from the nodes' heartbeats. A Client is safe
 // for concurrent use; each concurrent call is one request in flight.
 type Client struct {
@@ -473,12 +474,16 @@ func (c *Client) receive() {
 					leads := m.Heartbeat.Leads
 					nd.leads.Store(&leads)
 					nd.ready.Store(&readyReport{at: now, counts: m.Heartbeat.Ready})
+					v.leaders.heard(v, nd.id, leads)
 				}
 				if m.Heartbeat.MapVersion > v.smap.Version {
 					c.requestRefresh()
 				}
 			}
 		case wire.TypeResponse, wire.TypeError:
+			if v != nil && m.Leader != nil && v.nodes[m.Node] != nil {
+				v.leaders.named(v, m.Leader)
+			}
 			c.mu.Lock()
 			cl := c.pending[m.TxID]
 			c.mu.Unlock()

@@ -3,10 +3,15 @@
 // New learns the cluster's nodes and shard map from any seed; after that,
 // nodes heartbeat to the client with their activity and the shards they
 // lead, and the client asks again for the map when a heartbeat announces a
-// newer one. Each request goes to a live replica of its key's shard, chosen
-// by the Picker from each node's load: the requests in progress the node
-// reports, plus the client's own requests in flight there. A node not
-// heard from for Config.NodeTimeout is skipped until it is heard again.
+// newer one. A read goes to a live replica of its key's shard, chosen by
+// the Picker from each node's load: the requests in progress the node
+// reports, plus the client's own requests in flight there. A write goes
+// first to the replica believed to lead its shard, from the heartbeats
+// and from a follower's reply naming the leader (it forwarded the write
+// there), and its retries by the Picker to the others: writes are balanced
+// by where the leaders are, which the nodes spread, and a follower
+// forwards a write that reaches it. A node not heard from for
+// Config.NodeTimeout is skipped until it is heard again.
 //
 // Every request carries the client's id and a sequence number, the same on
 // every attempt, so a write is applied at most once however many of its

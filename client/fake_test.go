@@ -42,9 +42,15 @@ type fakeNode struct {
 	// OpEnqueueBatch) as a node that predates them does: unknown.
 	old        bool
 	mapVersion uint64
-	seen       []wire.Message
-	attempts   map[[2]any]int // (client, seq) → attempts seen
-	clients    map[netip.AddrPort]bool
+	// leads is what its heartbeats say it leads; mute stops its
+	// heartbeats (but not its answers); names, if set, is the leader its
+	// answers to sets name, as a follower that forwarded them does.
+	leads    []shard.ID
+	mute     bool
+	names    *wire.LeaderHint
+	seen     []wire.Message
+	attempts map[[2]any]int // (client, seq) → attempts seen
+	clients  map[netip.AddrPort]bool
 }
 
 type fakeCluster struct {
@@ -211,6 +217,9 @@ func (f *fakeNode) serve() {
 			}
 		case wire.OpSet:
 			r.Result.Version = m.Seq
+			f.mu.Lock()
+			r.Leader = f.names
+			f.mu.Unlock()
 		}
 		b, _ := wire.Encode(&r)
 		if delay > 0 && (m.Op == wire.OpGet || m.Op == wire.OpSet) {
@@ -231,7 +240,7 @@ func (f *fakeNode) heartbeat(done chan struct{}) {
 		case <-t.C:
 		}
 		f.mu.Lock()
-		silent, mv := f.silent, f.mapVersion
+		silent, mv, leads := f.silent || f.mute, f.mapVersion, f.leads
 		var to []netip.AddrPort
 		for a := range f.clients {
 			to = append(to, a)
@@ -241,7 +250,7 @@ func (f *fakeNode) heartbeat(done chan struct{}) {
 			continue
 		}
 		b, _ := wire.Encode(&wire.Message{Type: wire.TypeHeartbeat, Node: f.id, Activity: 1,
-			Heartbeat: wire.Heartbeat{MapVersion: mv}})
+			Heartbeat: wire.Heartbeat{MapVersion: mv, Leads: leads}})
 		for _, a := range to {
 			_ = f.ep.Send(b, a)
 		}
@@ -825,5 +834,88 @@ func TestWorkerCompletesOnAnOldNode(t *testing.T) {
 	fc.nodes[0].mu.Unlock()
 	if len(ops) < 2 || ops[0] != wire.OpCompleteAcquire || ops[1] != wire.OpComplete {
 		t.Errorf("ops on the job %v, want a complete-and-acquire refused, then a complete", ops)
+	}
+}
+
+// setsSeen counts the sets that reached f.
+func (f *fakeNode) setsSeen() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, m := range f.seen {
+		if m.Op == wire.OpSet {
+			n++
+		}
+	}
+	return n
+}
+
+// setsTo makes n sets and counts, by node id, those that reached each node.
+func setsTo(t *testing.T, fc *fakeCluster, c *Client, n int) map[string]int {
+	t.Helper()
+	before := map[string]int{}
+	for _, f := range fc.nodes {
+		before[f.id] = f.setsSeen()
+	}
+	for range n {
+		if _, err := c.Set(context.Background(), "k", []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]int{}
+	for _, f := range fc.nodes {
+		if d := f.setsSeen() - before[f.id]; d > 0 {
+			got[f.id] = d
+		}
+	}
+	return got
+}
+
+// Writes go to the node whose heartbeats say it leads their shard, and
+// follow the leadership when the heartbeats say it moved; reads stay with
+// the picker.
+func TestWritesGoToTheLeaderOfHeartbeats(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	fc.nodes[1].set(func(f *fakeNode) { f.leads = []shard.ID{0} })
+	c := fc.client(t, Config{Picker: NewUniform(rand.New(rand.NewPCG(1, 3)))})
+	servertest.WaitFor(t, 5*time.Second, "b's heartbeat saying it leads", func() bool {
+		return slices.Equal(nodeInfo(c, "b").Leads, []shard.ID{0})
+	})
+	if got := setsTo(t, fc, c, 30); got["b"] != 30 {
+		t.Errorf("30 sets with b leading reached %v", got)
+	}
+	if got := answeredBy(t, c, 60); got["b"] == 60 {
+		t.Errorf("every get went to the leader: %v", got)
+	}
+	fc.nodes[1].set(func(f *fakeNode) { f.leads = nil })
+	fc.nodes[2].set(func(f *fakeNode) { f.leads = []shard.ID{0} })
+	servertest.WaitFor(t, 5*time.Second, "heartbeats saying c leads now", func() bool {
+		return len(nodeInfo(c, "b").Leads) == 0 && slices.Equal(nodeInfo(c, "c").Leads, []shard.ID{0})
+	})
+	if got := setsTo(t, fc, c, 30); got["c"] != 30 {
+		t.Errorf("30 sets with c leading reached %v", got)
+	}
+}
+
+// A follower's reply naming the shard's leader sends the next writes
+// there, before any heartbeat says so.
+func TestFollowerReplyMovesWritesToTheLeader(t *testing.T) {
+	fc := newFakeCluster(t, 3)
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) {
+			f.mute = true // no heartbeat says who leads
+			if f.id != "c" {
+				f.names = &wire.LeaderHint{Shard: 0, Node: "c"}
+			}
+		})
+	}
+	// Without heartbeats, only answers keep the nodes alive.
+	c := fc.client(t, Config{NodeTimeout: time.Minute, Picker: NewUniform(rand.New(rand.NewPCG(1, 4)))})
+	servertest.WaitFor(t, 5*time.Second, "a set to reach a follower", func() bool {
+		got := setsTo(t, fc, c, 1)
+		return got["a"]+got["b"] > 0
+	})
+	if got := setsTo(t, fc, c, 30); got["c"] != 30 {
+		t.Errorf("30 sets after a follower named c reached %v", got)
 	}
 }

@@ -21,6 +21,8 @@ type view struct {
 	smap  *shard.Map
 	nodes map[string]*node
 	order []*node // by id
+	// leaders names the node believed to lead each shard (leaders.go).
+	leaders leaderTable
 }
 
 // node is what the client knows of one node.
@@ -172,9 +174,13 @@ func (c *Client) call(ctx context.Context, op wire.Op, args wire.Args) (wire.Mes
 	return c.request(ctx, op, args, c.routeOp(op, &args), 0)
 }
 
-// routeOp routes the attempts of a request of an op about one slot.
+// routeOp routes the attempts of a request of an op about one slot: a
+// write's to the shard's leader first (routeWrite), a read's by load.
 func (c *Client) routeOp(op wire.Op, args *wire.Args) router {
 	slot, _ := op.Slot(args)
+	if op.Mutating() {
+		return c.routeWrite(slot)
+	}
 	return c.routeSlot(slot)
 }
 

@@ -256,7 +256,7 @@ func (n *Node) runAcquire(ctx context.Context, m *wire.Message, reps []*replica,
 			if i >= len(cands) {
 				actx, cancel = context.WithTimeout(ctx, unseenAskTimeout)
 			}
-			res, err := n.writeResult(actx, rep, op)
+			res, _, err := n.writeResult(actx, rep, op)
 			cancel()
 			if err != nil {
 				return leaderErrorReply(actx, rep.id, err), rep, true

@@ -20,7 +20,18 @@
 //   - Writes reaching a follower are forwarded to the shard's leader, and
 //     retried there, with the client's sequence number, while leadership
 //     moves, until the request's budget (the client's attempt timeout) runs
-//     out. The leader stamps each command with its clock.
+//     out; the reply names the leader (wire.Message.Leader), to which the
+//     client sends the shard's next writes. The leader stamps each command
+//     with its clock.
+//   - Leadership is spread: a node that leads more than its share of shards
+//     (each shard's leadership split evenly over its replicas) for a while
+//     hands one shard's leadership to a replica on a node under its share,
+//     once that replica has answered in the leader's term with its log up
+//     to the leader's commit index for two checks in a row
+//     (Config.LeaderBalanceInterval; see leadership.go). Writes go to
+//     leaders, so this is what balances them after a failover or restart.
+//     Counters.LeadershipTransfers counts the transfers, Counters.Forwarded
+//     the writes followers forwarded.
 //   - Reads are linearizable by default on every replica, and served where
 //     they land (ReadIndex, as etcd's and TiKV's follower reads): the
 //     leader confirms its leadership by asking the other replicas their

@@ -272,11 +272,19 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 	case wire.OpCompleteAcquire:
 		op.NextGrant = newGrant()
 	}
-	res, err := n.writeResult(ctx, rep, op)
+	res, leader, err := n.writeResult(ctx, rep, op)
+	var r *wire.Message
 	if err != nil {
-		return leaderErrorReply(ctx, rep.id, err)
+		r = leaderErrorReply(ctx, rep.id, err)
+	} else {
+		r = writeReply(res)
 	}
-	return writeReply(res)
+	if leader != "" {
+		// The client sends the shard's next writes to the leader itself.
+		n.forwarded.Add(1)
+		r.Leader = &wire.LeaderHint{Shard: rep.id, Node: leader}
+	}
+	return r
 }
 
 // batchElsewhere returns the reply refusing batch m if one of its jobs
@@ -317,23 +325,26 @@ func (n *Node) shardReplica(id shard.ID) (*replica, *wire.Message) {
 }
 
 // writeResult applies op through the shard's leader and returns the state
-// machine's result. The op's session makes the retries of viaLeader safe:
-// an op applied twice answers from the session.
-func (n *Node) writeResult(ctx context.Context, rep *replica, op fsm.Op) (fsm.Result, error) {
+// machine's result, and the node it last forwarded op to, "" if it never
+// did. The op's session makes the retries of viaLeader safe: an op
+// applied twice answers from the session.
+func (n *Node) writeResult(ctx context.Context, rep *replica, op fsm.Op) (fsm.Result, string, error) {
 	var res []fsm.Result
+	var leader string
 	err := n.viaLeader(ctx, rep,
 		func() (err error) {
 			res, err = rep.propose(ctx, op)
 			return err
 		},
 		func() (err error) {
+			leader = rep.leaderID()
 			res, err = rep.forwardWrites.submit(ctx, op)
 			return err
 		})
 	if err != nil {
-		return fsm.Result{}, err
+		return fsm.Result{}, leader, err
 	}
-	return res[0], nil
+	return res[0], leader, nil
 }
 
 // get reads key. A stale read answers from this replica's state as it is.

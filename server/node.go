@@ -98,6 +98,13 @@ type Config struct {
 	// CodeUnavailable at once. If zero, DefaultMaxLongPolls; if
 	// MaxLongPollsPerClient is zero, DefaultMaxLongPollsPerClient.
 	MaxLongPolls, MaxLongPollsPerClient int
+	// LeaderBalanceInterval is how often the node looks whether it leads
+	// more than its share of shards, and then hands one shard's
+	// leadership to a replica on a node under its share, once that
+	// replica has kept up for two looks in a row (see leadership.go). If
+	// zero, DefaultLeaderBalanceInterval; if negative, the node never
+	// moves leadership but on Shutdown.
+	LeaderBalanceInterval time.Duration
 	// PeerTLS holds the node's credentials for node-to-node traffic,
 	// which runs over mutual TLS: the node accepts only peers with a
 	// certificate from the cluster CA naming a node of Spec (see
@@ -133,6 +140,9 @@ func (c *Config) setDefaults() {
 	if c.MaxHeartbeatClients <= 0 {
 		c.MaxHeartbeatClients = DefaultMaxHeartbeatClients
 	}
+	if c.LeaderBalanceInterval == 0 {
+		c.LeaderBalanceInterval = DefaultLeaderBalanceInterval
+	}
 }
 
 // Counters counts what a node has seen: its client listener's requests,
@@ -164,6 +174,14 @@ type Counters struct {
 	// leader confirmed a read index; RelayedReads the batches the leader
 	// answered instead, the follower not having applied the index yet.
 	FollowerReads, RelayedReads uint64
+	// Forwarded counts the client writes of one key or job (acquires
+	// aside) that reached a follower here and went on to their shard's
+	// leader, each attempt once; a client that knows the leaders sends a
+	// follower few.
+	Forwarded uint64
+	// LeadershipTransfers counts the shards whose leadership this node
+	// handed to a replica on a node under its share (leadership.go).
+	LeadershipTransfers uint64
 }
 
 // Node is one shoal process: a replica of each shard the spec gives it, a
@@ -194,6 +212,7 @@ type Node struct {
 	timersChanged chan struct{}
 
 	requests, malformed, busy, longPollsRefused atomic.Uint64
+	forwarded, leadershipTransfers              atomic.Uint64
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -329,6 +348,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.group.Go(n.heartbeat)
 	n.group.Go(n.runSchedules)
 	n.group.Go(n.quiesceIdle)
+	if cfg.LeaderBalanceInterval > 0 {
+		n.group.Go(n.balanceLeadership)
+	}
 	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
 	return n, nil
 }
@@ -391,6 +413,7 @@ func (n *Node) Counters() Counters {
 	c := Counters{
 		Requests: n.requests.Load(), Malformed: n.malformed.Load(), Busy: n.busy.Load(),
 		LongPollsRefused: n.longPollsRefused.Load(), HeartbeatClientsEvicted: n.clients.evictions(),
+		Forwarded: n.forwarded.Load(), LeadershipTransfers: n.leadershipTransfers.Load(),
 	}
 	if n.sealed != nil {
 		c.Unauthenticated = n.sealed.Rejected()

@@ -1,6 +1,9 @@
 package server
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // A raft leader heartbeats each follower every tenth of its heartbeat
 // timeout, busy or idle, and hashicorp/raft cannot share heartbeats between
@@ -81,7 +84,7 @@ func (r *replica) checkIdle() {
 func (r *replica) quiesce(entries uint64) {
 	r.quietMu.Lock()
 	defer r.quietMu.Unlock()
-	if r.awake {
+	if r.awake || r.holds > 0 {
 		return
 	}
 	r.quiesced.Store(true)
@@ -118,6 +121,25 @@ func (r *replica) stayAwake() {
 	r.awake = true
 	r.quietMu.Unlock()
 	r.wake()
+}
+
+// holdAwake wakes the replica and keeps it from quiescing until release
+// is called: a leadership transfer, bounded by the election timeout that
+// quiescing raises, runs while it is held. Once released, the replica
+// quiesces again when its idle checks next find it idle.
+func (r *replica) holdAwake() (release func()) {
+	r.quietMu.Lock()
+	r.holds++
+	r.quietMu.Unlock()
+	r.wake()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.quietMu.Lock()
+			r.holds--
+			r.quietMu.Unlock()
+		})
+	}
 }
 
 // setHeartbeatTimeout sets raft's heartbeat timeout, and its election

@@ -51,15 +51,25 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 const hedgeDelay = 5 * time.Millisecond
 
 // TermRequest asks a node for its current raft term of a shard: a leader
-// confirming its leadership for reads. It is part of the node-to-node
-// protocol, not of the client API.
+// confirming its leadership for reads, or looking whether the node could
+// take the shard's leadership over (see leadership.go). It is part of the
+// node-to-node protocol, not of the client API.
 type TermRequest struct {
 	Shard shard.ID
+	// Progress asks for TermReply's LastIndex and Leads too. Reads leave
+	// it unset: counting Leads looks at every replica of the node. A node
+	// of an older version ignores it and answers both zero.
+	Progress bool
 }
 
 // TermReply answers a TermRequest.
 type TermReply struct {
 	Term uint64
+	// LastIndex is the index of the last entry in the node's raft log of
+	// the shard, and Leads counts the shards the node leads; both only
+	// when the request asked for Progress.
+	LastIndex uint64
+	Leads     int
 	// Err describes the failure; empty on success.
 	Err string
 }
@@ -76,6 +86,10 @@ func (s *nodeService) Term(req TermRequest, reply *TermReply) error {
 		return nil
 	}
 	reply.Term = rep.raft.CurrentTerm()
+	if req.Progress {
+		reply.LastIndex = rep.raft.LastIndex()
+		reply.Leads = s.n.leads()
+	}
 	return nil
 }
 
@@ -83,17 +97,24 @@ func (s *nodeService) Term(req TermRequest, reply *TermReply) error {
 // runs out of time resets the connection: net/rpc cannot cancel a call, and
 // a peer that stopped reading would otherwise hold every call sent to it.
 func (p *peers) termOf(ctx context.Context, node string, id shard.ID) (uint64, error) {
+	reply, err := p.ask(ctx, node, TermRequest{Shard: id})
+	return reply.Term, err
+}
+
+// ask sends req to node and returns its reply; a reply with Err set comes
+// back as an error.
+func (p *peers) ask(ctx context.Context, node string, req TermRequest) (TermReply, error) {
 	var reply TermReply
-	if err := p.call(ctx, node, "Node.Term", TermRequest{Shard: id}, &reply); err != nil {
+	if err := p.call(ctx, node, "Node.Term", req, &reply); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			p.reset(node)
 		}
-		return 0, err
+		return TermReply{}, err
 	}
 	if reply.Err != "" {
-		return 0, fmt.Errorf("server: %s: %s", node, reply.Err)
+		return TermReply{}, fmt.Errorf("server: %s: %s", node, reply.Err)
 	}
-	return reply.Term, nil
+	return reply, nil
 }
 
 // verifier confirms leadership for many reads with one round of calls to

@@ -90,6 +90,7 @@ type replica struct {
 	quietMu  sync.Mutex // serializes quiesce and wake
 	quiesced atomic.Bool
 	awake    bool // never to quiesce again (handing leadership over); under quietMu
+	holds    int  // holdAwake calls not yet released; quiesces only at 0; under quietMu
 	entries  atomic.Uint64
 	// heartbeatFailed is when, in Unix nanoseconds, raft last failed to
 	// heartbeat a follower of this leader.

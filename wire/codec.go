@@ -24,7 +24,7 @@ var (
 // Encode serializes m as a bencoded dict. Keys follow KRPC where it has one:
 // t transaction id, y type, q op, a arguments, r result, e [code, message].
 // shoal adds c client, s sequence, k ack, g age and w timeout in
-// milliseconds, n node, l activity and h heartbeat.
+// milliseconds, n node, l activity, ld leader hint and h heartbeat.
 func Encode(m *Message) ([]byte, error) {
 	b, err := appendMessage(make([]byte, 0, 256), m)
 	if err != nil {
@@ -60,6 +60,11 @@ func appendMessage(b []byte, m *Message) ([]byte, error) {
 			b = append(appendBytes(b, m.Err.Message), 'e')
 		}
 		b = putInt(b, "l", m.Activity)
+		if m.Leader != nil {
+			b = append(appendBytes(b, "ld"), 'd')
+			b = putStr(b, "n", m.Leader.Node)
+			b = append(putInt(b, "s", int64(m.Leader.Shard)), 'e')
+		}
 		b = putStr(b, "n", m.Node)
 		b = optDict(b, "r", &m.Result, appendResult)
 		b = putUint(b, "t", m.TxID)
@@ -142,6 +147,9 @@ func Decode(b []byte) (m Message, err error) {
 		m.TxID = f.uint("t", true)
 		m.Node = f.str("n", true)
 		m.Activity = f.int("l", false)
+		if l, ok := f.dict("ld"); ok {
+			m.Leader = &LeaderHint{Node: l.str("n", true), Shard: shard.ID(l.uint32("s", true))}
+		}
 		if r, ok := f.dict("r"); ok {
 			m.Result = decodeResult(r)
 		}

@@ -14,7 +14,9 @@
 // carries the client id c, the request's sequence number s (the same on
 // every attempt), the client's acknowledgement floor k and how long it
 // waits, w, in milliseconds; every reply and heartbeat carries the node n
-// and its activity l.
+// and its activity l. A reply from a follower that forwarded a write to
+// its shard's leader also names that leader, ld (a dict of the node n and
+// the shard s), so the client sends the shard's next writes there.
 //
 // The ops are listed once, in ops.go, with their rules: which change state
 // (Op.Mutating), which count toward a node's load (Op.Loads), which slot

@@ -60,6 +60,12 @@ type Message struct {
 	Node     string
 	Activity int64
 
+	// Leader, in responses and errors, names the leader of the shard of a
+	// write that reached a follower and was forwarded there: the client
+	// sends the shard's next writes to it. Nil when the write did not go
+	// through a follower, or the follower knew no leader.
+	Leader *LeaderHint
+
 	// Responses, and details of some errors.
 	Result Result
 	// Errors only.
@@ -206,6 +212,13 @@ type ShardStatus struct {
 	Leader  string
 	Applied uint64
 	Keys    int
+}
+
+// LeaderHint names the node a follower forwarded a write of Shard to: the
+// leader of Shard as that follower knew it.
+type LeaderHint struct {
+	Shard shard.ID
+	Node  string
 }
 
 // Heartbeat is what a node tells its clients unprompted.

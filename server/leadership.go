@@ -1,0 +1,231 @@
+package server
+
+import (
+	"context"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// Raft elects whichever replica times out first, so leaders pile up on the
+// nodes that stayed up through a failover, and a node that restarts leads
+// nothing. Writes all go to leaders, so they pile up with them. Each node
+// therefore looks every Config.LeaderBalanceInterval whether it leads more
+// than its share of shards and, if so, hands one shard's leadership to a
+// replica on a node that leads less than its own share
+// (raft.LeadershipTransferToServer).
+//
+// The rule counts rather than following a fixed preference per shard. A
+// node gives leadership away only while over its share, and only to a node
+// under its own, so a cluster whose elections happened to spread leaders
+// evenly sees no transfer at all (each one stalls the shard's writes for a
+// moment), and every transfer brings two nodes closer to their shares. A
+// fixed preference would move up to two thirds of the leaders of a freshly
+// started cluster, and again after every failover, only to reach one
+// particular spread among many equally even ones. The counts a target
+// reports may miss a transfer another node is making to it at the same
+// time; a target pushed over its share that way hands the surplus on at
+// its own next checks.
+//
+// A transfer makes the target start an election at once, and raft refuses
+// writes while it runs (ErrLeadershipTransferInProgress, which requests
+// retry) for up to an election timeout if the target does not win. So a
+// leader transfers only to a replica that has answered balanceChecks checks
+// in a row in the leader's own term, with its log reaching the leader's
+// commit index as of the check: a node that is down, restarting, or far
+// behind is not chosen.
+
+// DefaultLeaderBalanceInterval is the default of
+// Config.LeaderBalanceInterval.
+const DefaultLeaderBalanceInterval = 2 * time.Second
+
+// balanceChecks is how many checks in a row must find a node over its
+// share and a target ready before leadership moves.
+const balanceChecks = 2
+
+// leaderShare returns the shards node would lead if every shard's
+// leadership were spread evenly over its replicas: the sum of
+// 1/len(replicas) over the shards node holds, rounded up. On an even map
+// (shards × replicas / nodes replicas each) that is shards/nodes, rounded
+// up.
+func leaderShare(m *shard.Map, node string) int {
+	var share float64
+	for _, id := range m.ShardsOf(node) {
+		if s := m.Shard(id); s != nil && len(s.Replicas) > 0 {
+			share += 1 / float64(len(s.Replicas))
+		}
+	}
+	// Rounding errors of the sum must not lift an even share by one.
+	return int(math.Ceil(share - 1e-9))
+}
+
+// offer is a shard this node leads and another node holding a replica of
+// it: a transfer the balancer considers.
+type offer struct {
+	shard shard.ID
+	to    string
+}
+
+// leadershipOffers returns what the balancer asks about at a check of a
+// node, self, that leads the shards in led: for each other node holding a
+// replica of one of them, one offer, of the lowest such shard. One per
+// node keeps a check's calls to a few; the same shard each time lets
+// consecutive checks count towards balanceChecks. Offers come sorted by
+// node id.
+func leadershipOffers(m *shard.Map, self string, led []shard.ID) []offer {
+	led = append([]shard.ID(nil), led...)
+	sort.Slice(led, func(i, j int) bool { return led[i] < led[j] })
+	first := map[string]shard.ID{}
+	for _, id := range led {
+		s := m.Shard(id)
+		if s == nil {
+			continue
+		}
+		for _, nid := range s.Replicas {
+			if _, ok := first[nid]; !ok && nid != self {
+				first[nid] = id
+			}
+		}
+	}
+	out := make([]offer, 0, len(first))
+	for nid, id := range first {
+		out = append(out, offer{shard: id, to: nid})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].to < out[j].to })
+	return out
+}
+
+// balancer is the state of a node's leadership balancing between checks.
+// Only balanceLeadership uses it.
+type balancer struct {
+	// shares holds each node's leaderShare.
+	shares map[string]int
+	// ready counts, per offer, the checks in a row that found its target
+	// ready. Invariant: it holds only offers found ready at the last check.
+	ready map[offer]int
+}
+
+// leads counts the shards this node leads.
+func (n *Node) leads() int {
+	count := 0
+	for _, r := range n.replicas {
+		if r.isLeader() {
+			count++
+		}
+	}
+	return count
+}
+
+// ledShards returns the shards this node leads.
+func (n *Node) ledShards() []shard.ID {
+	var led []shard.ID
+	for _, id := range n.shardIDs() {
+		if n.replicas[id].isLeader() {
+			led = append(led, id)
+		}
+	}
+	return led
+}
+
+// balanceLeadership checks every LeaderBalanceInterval whether this node
+// leads more than its share, and moves leadership when it does. Stops with
+// the node.
+func (n *Node) balanceLeadership() {
+	b := balancer{shares: map[string]int{}, ready: map[offer]int{}}
+	for _, ns := range n.cfg.Spec.Nodes {
+		b.shares[ns.ID] = leaderShare(n.shardMap, ns.ID)
+	}
+	t := time.NewTicker(n.cfg.LeaderBalanceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+			n.balanceOnce(&b)
+		}
+	}
+}
+
+// balanceOnce is one check of balanceLeadership: it asks the targets of
+// this node's offers how far they are, and transfers the leadership of
+// one offer's shard once its target has been ready balanceChecks times in
+// a row.
+func (n *Node) balanceOnce(b *balancer) {
+	led := n.ledShards()
+	if len(led) <= b.shares[n.id] {
+		clear(b.ready)
+		return
+	}
+	offers := leadershipOffers(n.shardMap, n.id, led)
+	ok := make([]bool, len(offers))
+	var wg sync.WaitGroup
+	for i, o := range offers {
+		wg.Go(func() { ok[i] = n.targetReady(o, b.shares[o.to]) })
+	}
+	wg.Wait()
+	var chosen *offer
+	for i, o := range offers {
+		if !ok[i] {
+			delete(b.ready, o)
+			continue
+		}
+		if b.ready[o]++; b.ready[o] >= balanceChecks && chosen == nil {
+			chosen = &offers[i]
+		}
+	}
+	for o := range b.ready {
+		if !slices.Contains(offers, o) {
+			delete(b.ready, o)
+		}
+	}
+	if chosen == nil {
+		return
+	}
+	// Whatever the outcome, the counts have changed or the target failed:
+	// every target proves itself ready anew.
+	clear(b.ready)
+	n.transferLeadership(*chosen, len(led), b.shares[n.id])
+}
+
+// targetReady asks o's target about o's shard and reports whether it could
+// take the leadership over now: this node still leads the shard, the
+// target answers in this leader's term, with its log reaching the commit
+// index this leader had before asking, and leads fewer shards than share.
+func (n *Node) targetReady(o offer, share int) bool {
+	r := n.replicas[o.shard]
+	term, commit := r.raft.CurrentTerm(), r.raft.CommitIndex()
+	if !r.isLeader() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, min(r.electionTimeout, n.cfg.LeaderBalanceInterval))
+	defer cancel()
+	reply, err := n.peers.ask(ctx, o.to, TermRequest{Shard: o.shard, Progress: true})
+	if err != nil {
+		return false
+	}
+	return reply.Term == term && r.raft.CurrentTerm() == term && r.isLeader() &&
+		reply.LastIndex >= commit && reply.Leads < share
+}
+
+// transferLeadership hands the leadership of o's shard to o's target and
+// waits for the transfer to end, with the replica held awake meanwhile:
+// raft bounds a transfer by the election timeout, which quiescing raises.
+func (n *Node) transferLeadership(o offer, leads, share int) {
+	r := n.replicas[o.shard]
+	addr := n.peers.addrs[o.to]
+	n.log.Info("moving leadership", "shard", o.shard, "to", o.to, "leads", leads, "share", share)
+	release := r.holdAwake()
+	defer release()
+	f := r.raft.LeadershipTransferToServer(raft.ServerID(o.to), raft.ServerAddress(addr))
+	if err := awaitFuture(f, r.stop); err != nil {
+		n.log.Warn("moving leadership failed", "shard", o.shard, "to", o.to, "err", err)
+		return
+	}
+	n.leadershipTransfers.Add(1)
+}
