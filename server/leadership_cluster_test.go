@@ -80,8 +80,10 @@ func TestLeadershipSpreadAfterRestart(t *testing.T) {
 	before := transfers()
 	restart(t, c, victim)
 	servertest.WaitFor(t, spreadTimeout, fmt.Sprintf("%s to lead its share again", victim), func() bool { return spread(c, 2) })
-	if moved := transfers() - before; moved < 2 {
-		t.Errorf("%d leadership transfers after the restart; want at least the 2 shards %s leads now", moved, victim)
+	// An election may hand the restarted node a shard too; the balancer
+	// must have moved at least one.
+	if transfers() == before {
+		t.Errorf("no leadership transfer after the restart; %s leads its share by elections alone", victim)
 	}
 }
 
