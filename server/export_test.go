@@ -96,6 +96,10 @@ func ReadIndex(ctx context.Context, n *Node, id shard.ID) (uint64, error) {
 	return replicaOf(n, id).readIndex(ctx)
 }
 
+// StateIndex returns the index of the last entry at or before index that
+// node n's state machine of shard id applies.
+func StateIndex(n *Node, id shard.ID, index uint64) uint64 { return replicaOf(n, id).stateIndex(index) }
+
 // ReadPeers returns the nodes that node n's read rounds of shard id call.
 func ReadPeers(n *Node, id shard.ID) []string {
 	return append([]string(nil), replicaOf(n, id).verifier.others...)

@@ -168,11 +168,15 @@ func removeID(ids []shard.ID, id shard.ID) []shard.ID {
 }
 
 // replicaObserver passes what one replica's state machine applies on to
-// its node's jobWatch.
+// its node's jobWatch, and to the replica's reads waiting for an index.
 type replicaObserver struct {
-	watch *jobWatch
-	id    shard.ID
+	watch   *jobWatch
+	id      shard.ID
+	applied *applyWait
 }
 
-func (o replicaObserver) Applied(index uint64)     { o.watch.applied(o.id, index) }
+func (o replicaObserver) Applied(index uint64) {
+	o.watch.applied(o.id, index)
+	o.applied.wake()
+}
 func (o replicaObserver) JobsChanged(topic string) { o.watch.jobsChanged(topic) }

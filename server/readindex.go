@@ -19,20 +19,25 @@ import (
 // including one to a heartbeat sent before, which the follower may have
 // answered before voting for a newer leader.
 
-// readIndex returns an index such that a replica that has applied it
-// reflects every write acknowledged before the call. This replica must be
-// the leader.
+// readIndex returns an index such that a replica whose state machine has
+// applied it reflects every write acknowledged before the call, and
+// returns once this replica's state machine has: so this replica, and any
+// other that has applied the index, may answer a read begun before the
+// call from its own state. This replica must be the leader.
 //
-// The leader's own applied index serves: it has applied every write it
-// acknowledged, and, once ready in its term, every write any earlier leader
-// acknowledged. A round of the verifier begun after the index was taken
-// rules out a newer leader having acknowledged writes meanwhile.
+// The index is the leader's commit index (etcd's ReadIndex), not its
+// applied index: a follower may apply an entry before the leader's state
+// machine does, and a read served from such a follower must not be
+// followed by one that misses the entry. Once ready in its term, the
+// leader has committed every write any earlier leader acknowledged. A
+// round of the verifier begun after the index was taken rules out a newer
+// leader having acknowledged writes meanwhile.
 func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	term, err := r.waitReady(ctx)
 	if err != nil {
 		return 0, err
 	}
-	index := r.fsm.Applied()
+	index := r.stateIndex(r.raft.CommitIndex())
 	if err := r.verifier.verify(ctx); err != nil {
 		return 0, err
 	}
@@ -43,7 +48,90 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	if r.raft.CurrentTerm() != term || r.readyTerm.Load() != term {
 		return 0, ErrNotLeader
 	}
+	if err := r.applied.await(ctx, r.stop, func() bool { return r.fsm.Applied() >= index }); err != nil {
+		return 0, err
+	}
 	return index, nil
+}
+
+// maxStateIndexScan bounds how far back stateIndex looks for an entry that
+// reaches the state machine. Entries that do not come singly: a new
+// leader's no-op and readiness barrier.
+const maxStateIndexScan = 64
+
+// stateIndex returns the index of the last entry at or before index that
+// the state machine applies (a command or a configuration), whose applied
+// index (fsm.Applied) reaches no other: raft keeps its no-ops and barriers
+// from a batching state machine, so an applied index may rest just short
+// of a commit index for as long as no command follows. An entry the log no
+// longer holds is in a snapshot, which the state machine has applied.
+func (r *replica) stateIndex(index uint64) uint64 {
+	for i := index; i > 0 && index-i < maxStateIndexScan; i-- {
+		var l raft.Log
+		if err := r.logs.GetLog(i, &l); err != nil {
+			return i
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return i
+		}
+	}
+	return index - min(index, maxStateIndexScan)
+}
+
+// applyWait lets reads wait until a replica's state machine has applied an
+// index: the state machine's observer wakes every waiter after each batch
+// it applies, and each looks again.
+type applyWait struct {
+	// waiting counts the waiters, so that applying skips the lock while
+	// nobody waits.
+	waiting atomic.Int64
+
+	mu sync.Mutex
+	ch chan struct{} // closed at the next wake; nil until a waiter asks
+}
+
+// wake wakes the waiters; the state machine has applied more.
+func (w *applyWait) wake() {
+	if w.waiting.Load() == 0 {
+		return
+	}
+	w.mu.Lock()
+	if w.ch != nil {
+		close(w.ch)
+		w.ch = nil
+	}
+	w.mu.Unlock()
+}
+
+// await returns once done reports true, looking again at each wake, or
+// with ctx's error, or raft.ErrRaftShutdown once stop closes. done must
+// turn true only through an apply that wakes (see replicaObserver).
+func (w *applyWait) await(ctx context.Context, stop <-chan struct{}, done func() bool) error {
+	if done() {
+		return nil
+	}
+	w.waiting.Add(1)
+	defer w.waiting.Add(-1)
+	for {
+		// The channel is taken before done looks: an apply after the
+		// look closes it, since it sees this waiter counted.
+		w.mu.Lock()
+		if w.ch == nil {
+			w.ch = make(chan struct{})
+		}
+		ch := w.ch
+		w.mu.Unlock()
+		if done() {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stop:
+			return raft.ErrRaftShutdown
+		}
+	}
 }
 
 // hedgeDelay is how long a read round waits for the peers it called before

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -255,5 +256,45 @@ func TestFollowerReadsReflectAcknowledgedWrites(t *testing.T) {
 	after := follower.Counters()
 	if served, relayed := after.FollowerReads-before.FollowerReads, after.RelayedReads-before.RelayedReads; served == 0 || relayed != 0 {
 		t.Errorf("a caught-up follower served %d batches of reads itself and took %d from the leader; want all itself", served, relayed)
+	}
+}
+
+// A read index covers every entry committed before it was asked for, not
+// only those the leader's state machine had applied: a follower may apply
+// an entry before the leader does, and serve it. And the leader's state
+// machine has applied the index when it hands it out, so the leader's own
+// reads see it too.
+func TestReadIndexCoversTheCommitIndex(t *testing.T) {
+	c := servertest.New(t, servertest.Options{})
+	lead := leader(t, c, 0)
+	cl := newClient(t, c, client.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wctx, stopWrites := context.WithCancel(ctx)
+	var writers sync.WaitGroup
+	for w := range 8 {
+		writers.Go(func() {
+			for i := 0; wctx.Err() == nil; i++ {
+				_, _ = cl.Set(wctx, fmt.Sprintf("w%d-%d", w, i), []byte("v"))
+			}
+		})
+	}
+	defer func() {
+		stopWrites()
+		writers.Wait()
+	}()
+	r := server.Raft(lead, 0)
+	for i := range 4000 {
+		want := server.StateIndex(lead, 0, r.CommitIndex())
+		got, err := server.ReadIndex(ctx, lead, 0)
+		if err != nil {
+			t.Fatalf("read index %d: %v", i, err)
+		}
+		if got < want {
+			t.Fatalf("read index %d is %d, short of %d, committed before it was asked for", i, got, want)
+		}
+		if applied := lead.ShardStats(0).Applied; applied < got {
+			t.Fatalf("read index %d is %d, but the leader had applied only %d when it handed it out", i, got, applied)
+		}
 	}
 }

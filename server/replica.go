@@ -60,6 +60,10 @@ type replica struct {
 	log   *slog.Logger
 	raft  *raft.Raft
 	fsm   *fsm.FSM
+	// applied wakes the reads waiting for fsm to apply an index.
+	applied *applyWait
+	// logs is the log store raft uses, through its cache of recent entries.
+	logs  raft.LogStore
 	trans *raft.NetworkTransport
 	sl    *streamLayer
 	store *raftboltdb.BoltStore
@@ -205,9 +209,10 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 		Timeout: 10 * time.Second,
 		Logger:  hlog,
 	})
+	applied := new(applyWait)
 	sm := fsm.New(fsm.Config{
 		LeaseGrace: time.Duration(t.ElectionTimeout),
-		Observer:   replicaObserver{watch: cfg.jobs, id: id},
+		Observer:   replicaObserver{watch: cfg.jobs, id: id, applied: applied},
 	})
 
 	existing, err := raft.HasExistingState(logs, disk, snaps)
@@ -240,6 +245,8 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 		log:     log,
 		raft:    r,
 		fsm:     sm,
+		applied: applied,
+		logs:    logs,
 		trans:   trans,
 		sl:      cfg.layer,
 		store:   store,
