@@ -226,6 +226,12 @@ func (b *jobBatch) add(j *wire.BatchJob, index int) {
 // leaders' load. With none reported, one long-poll request per node
 // needed to watch every shard waits for the first job.
 func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration) (*Job, error) {
+	return c.acquire(ctx, topic, lease, nil)
+}
+
+// acquire is Acquire, asking the shards in avoid only when heartbeats
+// report no other shard with ready jobs of topic.
+func (c *Client) acquire(ctx context.Context, topic string, lease time.Duration, avoid []shard.ID) (*Job, error) {
 	if err := checkArgs(wire.OpAcquire, &wire.Args{Topic: topic, Lease: lease}); err != nil {
 		return nil, err
 	}
@@ -245,7 +251,10 @@ func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration)
 		// one.
 		var polls []poll
 		var wait time.Duration
-		id, n, ready := c.readyShard(topic)
+		id, n, ready := c.readyShard(topic, avoid)
+		if !ready && avoid != nil {
+			id, n, ready = c.readyShard(topic, nil)
+		}
 		if ready {
 			polls = []poll{{node: n, shards: []shard.ID{id}}}
 		} else {
@@ -396,10 +405,21 @@ type readyReport struct {
 	counts []wire.ReadyCount
 }
 
-// readyShard returns a shard that its leader's last heartbeat says has a
-// ready job of topic, and that node, chosen by the picker among such
-// leaders.
-func (c *Client) readyShard(topic string) (shard.ID, *node, bool) {
+// readyShard returns a shard not in avoid that its leader's last heartbeat
+// says has a ready job of topic, and that node, chosen by the picker among
+// such leaders.
+func (c *Client) readyShard(topic string, avoid []shard.ID) (shard.ID, *node, bool) {
+	nodes, shards := c.readyLeaders(topic, avoid)
+	if len(nodes) == 0 {
+		return 0, nil, false
+	}
+	i := c.pick(nodes)
+	return shards[i], nodes[i], true
+}
+
+// readyLeaders returns the shards not in avoid that their leaders' last
+// heartbeats say have ready jobs of topic, each with its leader.
+func (c *Client) readyLeaders(topic string, avoid []shard.ID) ([]*node, []shard.ID) {
 	v := c.view.Load()
 	now := time.Now()
 	var nodes []*node
@@ -410,17 +430,22 @@ func (c *Client) readyShard(topic string) (shard.ID, *node, bool) {
 			continue
 		}
 		for _, rc := range r.counts {
-			if rc.Topic == topic && rc.Count > 0 && !c.emptySince(topic, rc.Shard, r.at) {
+			if rc.Topic == topic && rc.Count > 0 && !slices.Contains(avoid, rc.Shard) &&
+				!c.emptySince(topic, rc.Shard, r.at) {
 				nodes = append(nodes, n)
 				shards = append(shards, rc.Shard)
 			}
 		}
 	}
-	if len(nodes) == 0 {
-		return 0, nil, false
-	}
-	i := c.pick(nodes)
-	return shards[i], nodes[i], true
+	return nodes, shards
+}
+
+// readyElsewhere reports whether heartbeats say a shard other than the one
+// holding job has ready jobs of topic, and returns job's shard.
+func (c *Client) readyElsewhere(topic string, job *Job) (shard.ID, bool) {
+	id := c.view.Load().smap.SlotShard(shard.JobSlot(job.ID))
+	nodes, _ := c.readyLeaders(topic, []shard.ID{id})
+	return id, len(nodes) > 0
 }
 
 // emptyMarks remembers when an acquire last found a shard empty, so that
