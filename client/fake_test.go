@@ -919,3 +919,35 @@ func TestFollowerReplyMovesWritesToTheLeader(t *testing.T) {
 		t.Errorf("30 sets after a follower named c reached %v", got)
 	}
 }
+
+// A stopping worker whose node stops answering gives up releasing its job
+// soon after StopTimeout, not after a lease: Run keeps to its bound, and
+// the job returns when its lease runs out.
+func TestStoppingWorkerGivesUpInAnOutage(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	fc.nodes[0].set(func(f *fakeNode) { f.grant = &wire.JobInfo{ID: "j1", Topic: "t", Token: 3, Grant: 4} })
+	c := fc.client(t, Config{})
+	started := make(chan struct{}, 1)
+	w := &Worker{Client: c, Topic: "t", Lease: time.Minute, StopTimeout: 10 * time.Millisecond,
+		Handler: func(ctx context.Context, _ *Job) error {
+			fc.nodes[0].set(func(f *fakeNode) { f.silent = true })
+			started <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	<-started
+	cancel()
+	// The bound is StopTimeout+stopGrace; waiting a quarter of the lease
+	// tells it from the lease without timing the stop.
+	select {
+	case <-done:
+	case <-time.After(w.Lease / 4):
+		t.Fatal("Run went on releasing its job through an outage")
+	}
+	if got := w.Counters(); got.Released != 0 {
+		t.Errorf("counters %+v: no node answered, yet the job counts as released", got)
+	}
+}

@@ -21,6 +21,15 @@ const (
 	DefaultStopTimeout = 10 * time.Second
 )
 
+// handlerGrace is how long a handler whose context was cancelled has to
+// return before the worker leaves it behind; stopGrace is how long after
+// StopTimeout a stopping worker goes on, for handlers cancelled then to
+// return (handlerGrace) and their jobs to be released.
+const (
+	handlerGrace = time.Second
+	stopGrace    = 2 * handlerGrace
+)
+
 // Handler does a job. It should return when ctx ends: the job's lease was
 // lost, it ran past JobTimeout, or the worker is stopping.
 type Handler func(ctx context.Context, job *Job) error
@@ -42,6 +51,10 @@ type Handler func(ctx context.Context, job *Job) error
 // job goes to another worker when the lease runs out. When Run's context
 // ends, the worker stops acquiring; handlers running get StopTimeout to
 // finish, then their context is cancelled and their jobs are released.
+// Run returns at most two seconds past StopTimeout after its context
+// ends, even when no node answers: completions, failures and releases not
+// done by then are given up, and their jobs run again when their leases
+// run out.
 type Worker struct {
 	Client  *Client
 	Topic   string
@@ -98,12 +111,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.Logger == nil {
 		w.Logger = w.Client.log
 	}
+	// settleBy ends stopGrace past StopTimeout after ctx: requests that
+	// settle jobs give up then, so that an outage cannot hold Run for a
+	// lease.
+	settleBy, cancelSettle := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSettle()
+	stopAfter := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(w.StopTimeout+stopGrace, cancelSettle)
+		context.AfterFunc(settleBy, func() { t.Stop() })
+	})
+	defer stopAfter()
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.loop(ctx)
+			w.loop(ctx, settleBy)
 		}()
 	}
 	wg.Wait()
@@ -122,7 +145,8 @@ const chainedJobs = 8
 
 // loop acquires and works jobs until ctx ends. In steady state each job
 // costs one request: the completion of the one before, which brings it.
-func (w *Worker) loop(ctx context.Context) {
+// Settling requests end with settleBy.
+func (w *Worker) loop(ctx, settleBy context.Context) {
 	var next *Job
 	var avoid []shard.ID // the shard just left to let others be served
 	chained := 0         // jobs in a row brought by completions
@@ -145,13 +169,13 @@ func (w *Worker) loop(ctx context.Context) {
 				continue
 			}
 		}
-		next, avoid = w.work(ctx, job, chained >= chainedJobs)
+		next, avoid = w.work(ctx, settleBy, job, chained >= chainedJobs)
 		if next != nil {
 			chained++
 		}
 	}
 	if next != nil {
-		w.release(next) // leased as Run's context ended
+		w.release(settleBy, next) // leased as Run's context ended
 	}
 }
 
@@ -166,7 +190,7 @@ type outcome struct {
 // It returns the next job, if the completion brought one; with mayLeave,
 // a completion may instead leave job's shard for others with ready jobs,
 // and then returns that shard, to be avoided by the next acquire.
-func (w *Worker) work(runCtx context.Context, job *Job, mayLeave bool) (*Job, []shard.ID) {
+func (w *Worker) work(runCtx, settleBy context.Context, job *Job, mayLeave bool) (*Job, []shard.ID) {
 	// The handler's context outlives Run's by StopTimeout.
 	jobCtx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), w.JobTimeout)
 	defer cancel()
@@ -196,7 +220,7 @@ func (w *Worker) work(runCtx context.Context, job *Job, mayLeave bool) (*Job, []
 		select {
 		case o := <-done:
 			return o, true
-		case <-time.After(time.Second):
+		case <-time.After(handlerGrace):
 			w.abandoned.Add(1)
 			return outcome{}, false
 		}
@@ -207,7 +231,7 @@ func (w *Worker) work(runCtx context.Context, job *Job, mayLeave bool) (*Job, []
 	for {
 		select {
 		case o := <-done:
-			return w.settle(runCtx, job, o, stopping.Load() && jobCtx.Err() != nil, mayLeave)
+			return w.settle(runCtx, settleBy, job, o, stopping.Load() && jobCtx.Err() != nil, mayLeave)
 		case <-tick.C:
 			err := w.Client.Extend(jobCtx, job, w.Lease)
 			switch {
@@ -225,7 +249,7 @@ func (w *Worker) work(runCtx context.Context, job *Job, mayLeave bool) (*Job, []
 				// Stopping: the handler had its StopTimeout; if it
 				// returns now, its job is settled (released if it gave up).
 				if o, ok := leave(); ok {
-					w.settle(runCtx, job, o, true, false)
+					w.settle(runCtx, settleBy, job, o, true, false)
 				}
 				return nil, nil
 			}
@@ -242,9 +266,10 @@ func (w *Worker) work(runCtx context.Context, job *Job, mayLeave bool) (*Job, []
 // settle completes, fails or releases job after its handler returned. A
 // completion while runCtx goes on asks for the next job, which it returns,
 // or, with mayLeave and other shards reported ready, completes alone and
-// returns job's shard for the next acquire to avoid.
-func (w *Worker) settle(runCtx context.Context, job *Job, o outcome, stopped, mayLeave bool) (*Job, []shard.ID) {
-	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
+// returns job's shard for the next acquire to avoid. Its requests end
+// with settleBy.
+func (w *Worker) settle(runCtx, settleBy context.Context, job *Job, o outcome, stopped, mayLeave bool) (*Job, []shard.ID) {
+	ctx, cancel := context.WithTimeout(settleBy, w.Lease)
 	defer cancel()
 	var next *Job
 	var left []shard.ID
@@ -260,7 +285,7 @@ func (w *Worker) settle(runCtx context.Context, job *Job, o outcome, stopped, ma
 			w.completed.Add(1)
 		}
 	case stopped && !o.panicked:
-		w.release(job)
+		w.release(settleBy, job)
 		return nil, nil
 	default:
 		if o.panicked {
@@ -293,8 +318,9 @@ func (w *Worker) complete(runCtx, ctx context.Context, job *Job) (*Job, error) {
 	return next, err
 }
 
-func (w *Worker) release(job *Job) {
-	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
+// release gives job back, trying until its lease or settleBy ends.
+func (w *Worker) release(settleBy context.Context, job *Job) {
+	ctx, cancel := context.WithTimeout(settleBy, w.Lease)
 	defer cancel()
 	if err := w.Client.Release(ctx, job); err != nil {
 		w.Logger.Warn("releasing a job failed; it runs again when its lease runs out", "job", job.ID, "err", err)
