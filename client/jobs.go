@@ -521,8 +521,11 @@ func (c *Client) Complete(ctx context.Context, job *Job) error {
 // nil when the shard had none ready (it does not wait for one: then
 // Acquire, which asks every shard and waits). Like Complete it counts
 // once: a retry of the request is answered from the first, with the same
-// next job. An error means job was not completed (ErrLeaseLost), or
-// perhaps not (ErrUnavailable), and no job was leased.
+// next job. After ErrLeaseLost job was not completed and no job was
+// leased. After ErrUnavailable or an error of ctx, an attempt may have
+// been applied: job may be completed, and the next job leased to no one;
+// that job runs again when its lease runs out, that run charged as
+// another attempt.
 //
 // A node of a version without the op refuses it, having changed nothing,
 // with an *Error of Code wire.CodeUnknownOp: complete with Complete then,
