@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -110,7 +111,8 @@ type NewJob struct {
 // a Key go together to one shard chosen at random (spread over shards
 // across calls, not within one); those with a Key to the shard the key
 // hashes to. A request carries as many jobs as fit a datagram, at most
-// wire.MaxBatchJobs (50); more take more requests.
+// wire.MaxBatchJobs (50); more take more requests. A request that a
+// change of the shard map leaves spanning shards is split on the new map.
 //
 // Every job is checked before anything is sent: one that Enqueue would
 // refuse fails the whole call with its error (ErrInvalidKey,
@@ -134,27 +136,90 @@ func (c *Client) EnqueueBatch(ctx context.Context, jobs []NewJob) ([]string, err
 		return nil, err
 	}
 	ids := make([]string, len(jobs))
+	return ids, c.sendBatches(ctx, batches, ids)
+}
+
+// sendBatches sends batches at once, each in a request of its own, and
+// sets the ids of their jobs in ids. It returns the batches' errors
+// joined.
+func (c *Client) sendBatches(ctx context.Context, batches []*jobBatch, ids []string) error {
 	errs := make([]error, len(batches))
 	var wg sync.WaitGroup
 	for b, batch := range batches {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := c.call(ctx, wire.OpEnqueueBatch, wire.Args{Batch: batch.jobs})
-			switch {
-			case err != nil:
-				errs[b] = err
-			case len(r.Result.Jobs) != len(batch.jobs):
-				errs[b] = fmt.Errorf("client: a batch of %d jobs answered with %d ids", len(batch.jobs), len(r.Result.Jobs))
-			default:
-				for k, j := range r.Result.Jobs {
-					ids[batch.index[k]] = j.ID
-				}
-			}
+			errs[b] = c.sendBatch(ctx, batch, ids)
 		}()
 	}
 	wg.Wait()
-	return ids, errors.Join(errs...)
+	return errors.Join(errs...)
+}
+
+// errBatchSplit is what routing a batch answers when the shard map puts its
+// jobs on more than one shard: the map changed since the batch was made.
+var errBatchSplit = errors.New("client: the batch's jobs belong to more than one shard")
+
+// sendBatch sends batch and sets the ids of its jobs in ids. A batch that
+// the shard map, as it changes, spreads over shards (a node refuses it
+// with CodeWrongShard, and the client fetches the new map) is split by
+// shard on the new map and its parts sent instead. Each split needs a new
+// map, so the splitting ends.
+func (c *Client) sendBatch(ctx context.Context, batch *jobBatch, ids []string) error {
+	args := wire.Args{Batch: batch.jobs}
+	if err := checkArgs(wire.OpEnqueueBatch, &args); err != nil {
+		return err
+	}
+	r, err := c.request(ctx, wire.OpEnqueueBatch, args, c.routeBatch(batch), 0)
+	switch {
+	case errors.Is(err, errBatchSplit):
+		return c.sendBatches(ctx, splitBatch(batch, c.view.Load().smap), ids)
+	case err != nil:
+		return err
+	case len(r.Result.Jobs) != len(batch.jobs):
+		return fmt.Errorf("client: a batch of %d jobs answered with %d ids", len(batch.jobs), len(r.Result.Jobs))
+	}
+	for k, j := range r.Result.Jobs {
+		ids[batch.index[k]] = j.ID
+	}
+	return nil
+}
+
+// routeBatch routes the attempts of batch as writes to the shard of its
+// first job, and fails with errBatchSplit once the shard map puts its jobs
+// on more than one shard.
+func (c *Client) routeBatch(batch *jobBatch) router {
+	first := shard.JobSlot(batch.jobs[0].ID)
+	write := c.routeWrite(first)
+	return func(tried []netip.AddrPort) (target, error) {
+		smap := c.view.Load().smap
+		id := smap.SlotShard(first)
+		for _, j := range batch.jobs[1:] {
+			if smap.SlotShard(shard.JobSlot(j.ID)) != id {
+				return target{}, fmt.Errorf("%w (map version %d)", errBatchSplit, smap.Version)
+			}
+		}
+		return write(tried)
+	}
+}
+
+// splitBatch groups batch's jobs by their shard on smap, keeping their
+// order and ids. A job's id routes it where its uniqueness key, if any,
+// lives (batches), so the id alone decides its shard.
+func splitBatch(batch *jobBatch, smap *shard.Map) []*jobBatch {
+	var out []*jobBatch
+	of := map[shard.ID]*jobBatch{}
+	for k := range batch.jobs {
+		id := smap.SlotShard(shard.JobSlot(batch.jobs[k].ID))
+		b := of[id]
+		if b == nil {
+			b = &jobBatch{}
+			of[id] = b
+			out = append(out, b)
+		}
+		b.add(&batch.jobs[k], batch.index[k])
+	}
+	return out
 }
 
 // jobBatch is the jobs of one OpEnqueueBatch request, and the index of
