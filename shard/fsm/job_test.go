@@ -766,6 +766,42 @@ func TestEnqueueBatch(t *testing.T) {
 	}
 }
 
+// A batch that reuses the sequence number of another batch of its client
+// is refused, not answered with ids of jobs that do not exist, also after
+// a restore; the retry of the batch that used it is answered as before.
+func TestEnqueueBatchReusedSequence(t *testing.T) {
+	a := newApplier(t)
+	first := Op{Kind: KindEnqueueBatch, Client: "c", Seq: 1, Batch: batchOf("a1", "a2")}
+	r := a.one(first)
+	if r.Status != StatusOK {
+		t.Fatalf("first batch: %+v", r)
+	}
+	for _, restore := range []bool{false, true} {
+		if restore {
+			restored := New(Config{})
+			if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+				t.Fatal(err)
+			}
+			a.fsm = restored
+		}
+		for name, batch := range map[string][]Op{
+			"other ids":   batchOf("b1", "b2"),
+			"more jobs":   batchOf("a1", "a2", "a3"),
+			"other order": batchOf("a2", "a1"),
+		} {
+			if got := a.one(Op{Kind: KindEnqueueBatch, Client: "c", Seq: 1, Batch: batch}); got.Status != StatusInvalid {
+				t.Errorf("restored %v, %s: %+v, want StatusInvalid", restore, name, got)
+			}
+		}
+		if again := a.one(first); !reflect.DeepEqual(again, r) {
+			t.Errorf("restored %v: the retry got %+v, want %+v", restore, again, r)
+		}
+	}
+	if st := a.fsm.Stats(); st.Jobs != 2 {
+		t.Errorf("%d jobs, want the first batch's 2", st.Jobs)
+	}
+}
+
 // A batch is applied whole or not at all.
 func TestEnqueueBatchAllOrNone(t *testing.T) {
 	a := newBoundedApplier(t, Config{MaxJobs: 4})

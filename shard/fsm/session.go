@@ -2,6 +2,8 @@ package fsm
 
 import (
 	"container/list"
+	"encoding/binary"
+	"hash/fnv"
 	"slices"
 	"time"
 )
@@ -133,7 +135,7 @@ func (ss *sessions) expire(cutoff int64) {
 // all of it but a job's payload and topic, up to 60 KiB and 1 KiB, which
 // are read from the job again when a retried acquire needs them, and the
 // ids of a batch's jobs that are their own, which the retry carries
-// (recall).
+// (recall), kept as their fingerprint instead.
 func kept(op *Op, res Result) Result {
 	res.Payload, res.Topic = "", ""
 	if res.JobIDs != nil {
@@ -143,9 +145,22 @@ func kept(op *Op, res Result) Result {
 				ids[i] = id
 			}
 		}
-		res.JobIDs = ids
+		res.JobIDs, res.BatchSum = ids, batchSum(op.Batch)
 	}
 	return res
+}
+
+// batchSum fingerprints the ids of batch's jobs, in order: FNV-1a over
+// each id's length and bytes, never 0.
+func batchSum(batch []Op) uint64 {
+	h := fnv.New64a()
+	var n [4]byte
+	for i := range batch {
+		binary.BigEndian.PutUint32(n[:], uint32(len(batch[i].JobID)))
+		h.Write(n[:])
+		h.Write([]byte(batch[i].JobID))
+	}
+	return max(h.Sum64(), 1)
 }
 
 // recall returns the answer to a retry of op that its session answered
@@ -153,12 +168,19 @@ func kept(op *Op, res Result) Result {
 // payload back from the job; if the job is no longer leased under the
 // grant's token (completed, or its lease ran out and another took it), the
 // grant is lost, and the retry finds nothing, as if its lease had run out
-// unused. A complete-and-acquire's completion stands either way.
+// unused. A complete-and-acquire's completion stands either way. A batch
+// whose jobs are not those of the batch that used the sequence number (a
+// client reusing it) is refused with StatusInvalid: the ids of the first
+// batch's jobs are not kept to answer it.
 func (f *FSM) recall(op *Op, res Result) Result {
 	if op.Kind == KindEnqueueBatch && res.JobIDs != nil {
+		if len(op.Batch) != len(res.JobIDs) || res.BatchSum != 0 && res.BatchSum != batchSum(op.Batch) {
+			return Result{Status: StatusInvalid}
+		}
+		res.BatchSum = 0
 		ids := slices.Clone(res.JobIDs)
 		for i, id := range ids {
-			if id == "" && i < len(op.Batch) {
+			if id == "" {
 				ids[i] = op.Batch[i].JobID
 			}
 		}
