@@ -12,6 +12,16 @@ import (
 // sequence numbers of one client. A client past it gets StatusTooManyPending.
 const MaxPendingPerClient = 1 << 14
 
+// MaxKeptIDBytes bounds the bytes of job ids a session's kept results
+// hold: the ids a batch answered that are not its jobs' own (those of live
+// jobs holding a uniqueness key), up to shard.MaxKeySize each. A client
+// whose session holds as many gets StatusTooManyPending until it
+// acknowledges results. The check comes before an op runs, so a session
+// holds at most this plus one batch's ids. 64 KiB is a datagram's worth:
+// about 2,000 ids of the Go client's form, where a well-behaved client
+// keeps few (only uniqueness keys found held).
+const MaxKeptIDBytes = 64 << 10
+
 // DefaultMaxSessions is the number of client sessions a shard keeps by
 // default (Config.MaxSessions). A client that writes to a shard holding as
 // many sessions takes the place of the session idle longest.
@@ -33,6 +43,8 @@ type session struct {
 	floor uint64
 	// results holds the outcome of each applied sequence number >= floor.
 	results map[uint64]Result
+	// idBytes is the bytes of the job ids in results (keptIDBytes).
+	idBytes int
 	// since is the state machine clock when the session was made;
 	// lastSeen when the client last wrote.
 	since, lastSeen int64
@@ -95,8 +107,9 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 		ss.idle.MoveToBack(s.elem)
 		if op.Ack > s.floor {
 			s.floor = op.Ack
-			for seq := range s.results {
+			for seq, r := range s.results {
 				if seq < s.floor {
+					s.idBytes -= keptIDBytes(r)
 					delete(s.results, seq)
 				}
 			}
@@ -118,10 +131,25 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 		s = &session{client: op.Client, floor: op.Ack, results: make(map[uint64]Result), since: now, lastSeen: now}
 		ss.add(s)
 	}
-	if len(s.results) >= MaxPendingPerClient {
+	if len(s.results) >= MaxPendingPerClient || s.idBytes >= MaxKeptIDBytes {
 		return s, Result{Status: StatusTooManyPending}, true
 	}
 	return s, Result{}, false
+}
+
+// keep stores res, as kept, as the result of sequence number seq.
+func (s *session) keep(seq uint64, res Result) {
+	s.results[seq] = res
+	s.idBytes += keptIDBytes(res)
+}
+
+// keptIDBytes is the bytes of the job ids a kept result holds.
+func keptIDBytes(r Result) int {
+	n := 0
+	for _, id := range r.JobIDs {
+		n += len(id)
+	}
+	return n
 }
 
 // expire forgets every session idle since before cutoff.
