@@ -674,7 +674,11 @@ func (c *Client) perShard(ctx context.Context, op wire.Op, args wire.Args) ([]wi
 	return out, errors.Join(errs...)
 }
 
-// Stats counts topic's jobs by state, over every shard, linearizably.
+// Stats counts topic's jobs by state, over every shard, linearizably. The
+// node answering for a shard, which may be a follower, splits its jobs
+// waiting to run into Scheduled and Ready by its own clock (the nodes'
+// clocks are assumed synchronized), so a job due about now may be counted
+// as either.
 func (c *Client) Stats(ctx context.Context, topic string) (JobCounts, error) {
 	replies, err := c.perShard(ctx, wire.OpJobStats, wire.Args{Topic: topic})
 	if err != nil {
