@@ -42,9 +42,9 @@ type Handler func(ctx context.Context, job *Job) error
 // Acquire, which asks them all and waits; after eight jobs in a row from
 // one shard, while heartbeats report others with ready jobs of Topic, it
 // completes alone and acquires from one of those, so that a busy shard
-// does not starve the rest), and fails it (to be
-// retried with backoff, or to die after its last attempt) when the handler
-// returns an error or panics; the worker itself survives panics.
+// does not starve the rest), and fails it (to be retried with backoff, or
+// to die after its last attempt) when the handler returns an error or
+// panics; the worker itself survives panics.
 //
 // A handler that runs past JobTimeout loses its job: the worker stops
 // extending the lease, cancels the handler's context and moves on, and the
