@@ -230,6 +230,7 @@ const keptAttempts = 8
 
 // call collects the replies to the attempts of one request.
 type call struct {
+	// replies buffers keptAttempts replies; the reader drops more.
 	replies chan reply
 	// sent holds the latest attempts, oldest first; only do and await
 	// touch it. Invariant: len(sent) <= keptAttempts, and
@@ -567,7 +568,10 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	}
 	deadline, hasDeadline := ctx.Deadline()
 	toDeadline := limit.toDeadline && hasDeadline
-	cl := &call{replies: make(chan reply, 4), sent: make([]sending, 0, keptAttempts)}
+	// One reply fits per kept attempt: replies that come while no one
+	// reads (during a backoff) cannot fill the buffer and crowd out a
+	// later answer, which would be dropped.
+	cl := &call{replies: make(chan reply, keptAttempts), sent: make([]sending, 0, keptAttempts)}
 	defer func() {
 		c.mu.Lock()
 		for _, a := range cl.sent {

@@ -207,6 +207,15 @@ func (f *fakeNode) serve() {
 			f.mu.Lock()
 			f.released = append(f.released, m.Args.JobID)
 			f.mu.Unlock()
+		case wire.OpEnqueueBatch:
+			if bad := f.batchElsewhere(m.Args.Batch); bad != "" {
+				r = wire.Message{Type: wire.TypeError, TxID: m.TxID, Node: f.id,
+					Err: &wire.Error{Code: wire.CodeWrongShard, Message: bad}}
+				break
+			}
+			for _, j := range m.Args.Batch {
+				r.Result.Jobs = append(r.Result.Jobs, wire.JobInfo{ID: j.ID, Topic: j.Topic})
+			}
 		case wire.OpTopology:
 			r.Result.Topology = f.topo()
 		case wire.OpGet:
@@ -228,6 +237,23 @@ func (f *fakeNode) serve() {
 		}
 		_ = f.ep.Send(b, from)
 	}
+}
+
+// batchElsewhere says why f refuses batch on the cluster's current map, as
+// a node does: its jobs span shards, or f holds none of theirs. Empty if
+// it takes the batch.
+func (f *fakeNode) batchElsewhere(batch []wire.BatchJob) string {
+	smap := f.topo().Map
+	id := smap.SlotShard(shard.JobSlot(batch[0].ID))
+	for _, j := range batch {
+		if smap.SlotShard(shard.JobSlot(j.ID)) != id {
+			return "the batch spans shards"
+		}
+	}
+	if !slices.Contains(smap.Shard(id).Replicas, f.id) {
+		return "no replica of the batch's shard"
+	}
+	return ""
 }
 
 func (f *fakeNode) heartbeat(done chan struct{}) {
@@ -917,5 +943,76 @@ func TestFollowerReplyMovesWritesToTheLeader(t *testing.T) {
 	})
 	if got := setsTo(t, fc, c, 30); got["c"] != 30 {
 		t.Errorf("30 sets after a follower named c reached %v", got)
+	}
+}
+
+// A stopping worker whose node stops answering gives up releasing its job
+// soon after StopTimeout, not after a lease: Run keeps to its bound, and
+// the job returns when its lease runs out.
+func TestStoppingWorkerGivesUpInAnOutage(t *testing.T) {
+	fc := newFakeCluster(t, 1)
+	fc.nodes[0].set(func(f *fakeNode) { f.grant = &wire.JobInfo{ID: "j1", Topic: "t", Token: 3, Grant: 4} })
+	c := fc.client(t, Config{})
+	started := make(chan struct{}, 1)
+	w := &Worker{Client: c, Topic: "t", Lease: time.Minute, StopTimeout: 10 * time.Millisecond,
+		Handler: func(ctx context.Context, _ *Job) error {
+			fc.nodes[0].set(func(f *fakeNode) { f.silent = true })
+			started <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	<-started
+	cancel()
+	// The bound is StopTimeout+stopGrace; waiting a quarter of the lease
+	// tells it from the lease without timing the stop.
+	select {
+	case <-done:
+	case <-time.After(w.Lease / 4):
+		t.Fatal("Run went on releasing its job through an outage")
+	}
+	if got := w.Counters(); got.Released != 0 {
+		t.Errorf("counters %+v: no node answered, yet the job counts as released", got)
+	}
+}
+
+// A batch that a new shard map spreads over two shards, refused by a node
+// that knows the map, is split on it and each part stored on its shard,
+// not resent whole until the deadline.
+func TestBatchSplitByNewMap(t *testing.T) {
+	fc := newFakeShardedCluster(t, 2, 1, 2) // one shard on a and b
+	for _, f := range fc.nodes {
+		f.set(func(f *fakeNode) { f.mute = true }) // the client learns the new map only when refused
+	}
+	c := fc.client(t, Config{})
+	m2, err := shard.NewEvenMap([]string{"a", "b"}, 2, 1) // shard 0 on a, shard 1 on b
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2.Version = 2
+	fc.mu.Lock()
+	fc.smap = m2
+	fc.mu.Unlock()
+	var jobs []NewJob
+	for i := 0; i < 20; i++ { // keyed: their ids fall on both halves of the slots
+		jobs = append(jobs, NewJob{Topic: "t", EnqueueOptions: EnqueueOptions{Key: fmt.Sprint(i)}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ids, err := c.EnqueueBatch(ctx, jobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spread := map[shard.ID]int{}
+	for i, id := range ids {
+		if id == "" {
+			t.Fatalf("job %d has no id", i)
+		}
+		spread[m2.SlotShard(shard.JobSlot(id))]++
+	}
+	if len(spread) != 2 {
+		t.Errorf("jobs stored on shards %v; the test needs both", spread)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -110,7 +111,8 @@ type NewJob struct {
 // a Key go together to one shard chosen at random (spread over shards
 // across calls, not within one); those with a Key to the shard the key
 // hashes to. A request carries as many jobs as fit a datagram, at most
-// wire.MaxBatchJobs (50); more take more requests.
+// wire.MaxBatchJobs (50); more take more requests. A request that a
+// change of the shard map leaves spanning shards is split on the new map.
 //
 // Every job is checked before anything is sent: one that Enqueue would
 // refuse fails the whole call with its error (ErrInvalidKey,
@@ -134,27 +136,90 @@ func (c *Client) EnqueueBatch(ctx context.Context, jobs []NewJob) ([]string, err
 		return nil, err
 	}
 	ids := make([]string, len(jobs))
+	return ids, c.sendBatches(ctx, batches, ids)
+}
+
+// sendBatches sends batches at once, each in a request of its own, and
+// sets the ids of their jobs in ids. It returns the batches' errors
+// joined.
+func (c *Client) sendBatches(ctx context.Context, batches []*jobBatch, ids []string) error {
 	errs := make([]error, len(batches))
 	var wg sync.WaitGroup
 	for b, batch := range batches {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := c.call(ctx, wire.OpEnqueueBatch, wire.Args{Batch: batch.jobs})
-			switch {
-			case err != nil:
-				errs[b] = err
-			case len(r.Result.Jobs) != len(batch.jobs):
-				errs[b] = fmt.Errorf("client: a batch of %d jobs answered with %d ids", len(batch.jobs), len(r.Result.Jobs))
-			default:
-				for k, j := range r.Result.Jobs {
-					ids[batch.index[k]] = j.ID
-				}
-			}
+			errs[b] = c.sendBatch(ctx, batch, ids)
 		}()
 	}
 	wg.Wait()
-	return ids, errors.Join(errs...)
+	return errors.Join(errs...)
+}
+
+// errBatchSplit is what routing a batch answers when the shard map puts its
+// jobs on more than one shard: the map changed since the batch was made.
+var errBatchSplit = errors.New("client: the batch's jobs belong to more than one shard")
+
+// sendBatch sends batch and sets the ids of its jobs in ids. A batch that
+// the shard map, as it changes, spreads over shards (a node refuses it
+// with CodeWrongShard, and the client fetches the new map) is split by
+// shard on the new map and its parts sent instead. Each split needs a new
+// map, so the splitting ends.
+func (c *Client) sendBatch(ctx context.Context, batch *jobBatch, ids []string) error {
+	args := wire.Args{Batch: batch.jobs}
+	if err := checkArgs(wire.OpEnqueueBatch, &args); err != nil {
+		return err
+	}
+	r, err := c.request(ctx, wire.OpEnqueueBatch, args, c.routeBatch(batch), 0)
+	switch {
+	case errors.Is(err, errBatchSplit):
+		return c.sendBatches(ctx, splitBatch(batch, c.view.Load().smap), ids)
+	case err != nil:
+		return err
+	case len(r.Result.Jobs) != len(batch.jobs):
+		return fmt.Errorf("client: a batch of %d jobs answered with %d ids", len(batch.jobs), len(r.Result.Jobs))
+	}
+	for k, j := range r.Result.Jobs {
+		ids[batch.index[k]] = j.ID
+	}
+	return nil
+}
+
+// routeBatch routes the attempts of batch as writes to the shard of its
+// first job, and fails with errBatchSplit once the shard map puts its jobs
+// on more than one shard.
+func (c *Client) routeBatch(batch *jobBatch) router {
+	first := shard.JobSlot(batch.jobs[0].ID)
+	write := c.routeWrite(first)
+	return func(tried []netip.AddrPort) (target, error) {
+		smap := c.view.Load().smap
+		id := smap.SlotShard(first)
+		for _, j := range batch.jobs[1:] {
+			if smap.SlotShard(shard.JobSlot(j.ID)) != id {
+				return target{}, fmt.Errorf("%w (map version %d)", errBatchSplit, smap.Version)
+			}
+		}
+		return write(tried)
+	}
+}
+
+// splitBatch groups batch's jobs by their shard on smap, keeping their
+// order and ids. A job's id routes it where its uniqueness key, if any,
+// lives (batches), so the id alone decides its shard.
+func splitBatch(batch *jobBatch, smap *shard.Map) []*jobBatch {
+	var out []*jobBatch
+	of := map[shard.ID]*jobBatch{}
+	for k := range batch.jobs {
+		id := smap.SlotShard(shard.JobSlot(batch.jobs[k].ID))
+		b := of[id]
+		if b == nil {
+			b = &jobBatch{}
+			of[id] = b
+			out = append(out, b)
+		}
+		b.add(&batch.jobs[k], batch.index[k])
+	}
+	return out
 }
 
 // jobBatch is the jobs of one OpEnqueueBatch request, and the index of
@@ -226,6 +291,12 @@ func (b *jobBatch) add(j *wire.BatchJob, index int) {
 // leaders' load. With none reported, one long-poll request per node
 // needed to watch every shard waits for the first job.
 func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration) (*Job, error) {
+	return c.acquire(ctx, topic, lease, nil)
+}
+
+// acquire is Acquire, asking the shards in avoid only when heartbeats
+// report no other shard with ready jobs of topic.
+func (c *Client) acquire(ctx context.Context, topic string, lease time.Duration, avoid []shard.ID) (*Job, error) {
 	if err := checkArgs(wire.OpAcquire, &wire.Args{Topic: topic, Lease: lease}); err != nil {
 		return nil, err
 	}
@@ -245,7 +316,10 @@ func (c *Client) Acquire(ctx context.Context, topic string, lease time.Duration)
 		// one.
 		var polls []poll
 		var wait time.Duration
-		id, n, ready := c.readyShard(topic)
+		id, n, ready := c.readyShard(topic, avoid)
+		if !ready && avoid != nil {
+			id, n, ready = c.readyShard(topic, nil)
+		}
 		if ready {
 			polls = []poll{{node: n, shards: []shard.ID{id}}}
 		} else {
@@ -396,10 +470,21 @@ type readyReport struct {
 	counts []wire.ReadyCount
 }
 
-// readyShard returns a shard that its leader's last heartbeat says has a
-// ready job of topic, and that node, chosen by the picker among such
-// leaders.
-func (c *Client) readyShard(topic string) (shard.ID, *node, bool) {
+// readyShard returns a shard not in avoid that its leader's last heartbeat
+// says has a ready job of topic, and that node, chosen by the picker among
+// such leaders.
+func (c *Client) readyShard(topic string, avoid []shard.ID) (shard.ID, *node, bool) {
+	nodes, shards := c.readyLeaders(topic, avoid)
+	if len(nodes) == 0 {
+		return 0, nil, false
+	}
+	i := c.pick(nodes)
+	return shards[i], nodes[i], true
+}
+
+// readyLeaders returns the shards not in avoid that their leaders' last
+// heartbeats say have ready jobs of topic, each with its leader.
+func (c *Client) readyLeaders(topic string, avoid []shard.ID) ([]*node, []shard.ID) {
 	v := c.view.Load()
 	now := time.Now()
 	var nodes []*node
@@ -410,17 +495,22 @@ func (c *Client) readyShard(topic string) (shard.ID, *node, bool) {
 			continue
 		}
 		for _, rc := range r.counts {
-			if rc.Topic == topic && rc.Count > 0 && !c.emptySince(topic, rc.Shard, r.at) {
+			if rc.Topic == topic && rc.Count > 0 && !slices.Contains(avoid, rc.Shard) &&
+				!c.emptySince(topic, rc.Shard, r.at) {
 				nodes = append(nodes, n)
 				shards = append(shards, rc.Shard)
 			}
 		}
 	}
-	if len(nodes) == 0 {
-		return 0, nil, false
-	}
-	i := c.pick(nodes)
-	return shards[i], nodes[i], true
+	return nodes, shards
+}
+
+// readyElsewhere reports whether heartbeats say a shard other than the one
+// holding job has ready jobs of topic, and returns job's shard.
+func (c *Client) readyElsewhere(topic string, job *Job) (shard.ID, bool) {
+	id := c.view.Load().smap.SlotShard(shard.JobSlot(job.ID))
+	nodes, _ := c.readyLeaders(topic, []shard.ID{id})
+	return id, len(nodes) > 0
 }
 
 // emptyMarks remembers when an acquire last found a shard empty, so that
@@ -496,8 +586,11 @@ func (c *Client) Complete(ctx context.Context, job *Job) error {
 // nil when the shard had none ready (it does not wait for one: then
 // Acquire, which asks every shard and waits). Like Complete it counts
 // once: a retry of the request is answered from the first, with the same
-// next job. An error means job was not completed (ErrLeaseLost), or
-// perhaps not (ErrUnavailable), and no job was leased.
+// next job. After ErrLeaseLost job was not completed and no job was
+// leased. After ErrUnavailable or an error of ctx, an attempt may have
+// been applied: job may be completed, and the next job leased to no one;
+// that job runs again when its lease runs out, that run charged as
+// another attempt.
 //
 // A node of a version without the op refuses it, having changed nothing,
 // with an *Error of Code wire.CodeUnknownOp: complete with Complete then,
@@ -581,7 +674,11 @@ func (c *Client) perShard(ctx context.Context, op wire.Op, args wire.Args) ([]wi
 	return out, errors.Join(errs...)
 }
 
-// Stats counts topic's jobs by state, over every shard, linearizably.
+// Stats counts topic's jobs by state, over every shard, linearizably. The
+// node answering for a shard, which may be a follower, splits its jobs
+// waiting to run into Scheduled and Ready by its own clock (the nodes'
+// clocks are assumed synchronized), so a job due about now may be counted
+// as either.
 func (c *Client) Stats(ctx context.Context, topic string) (JobCounts, error) {
 	replies, err := c.perShard(ctx, wire.OpJobStats, wire.Args{Topic: topic})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -18,6 +19,15 @@ const (
 	DefaultWorkerLease = 30 * time.Second
 	DefaultJobTimeout  = 30 * time.Minute
 	DefaultStopTimeout = 10 * time.Second
+)
+
+// handlerGrace is how long a handler whose context was cancelled has to
+// return before the worker leaves it behind; stopGrace is how long after
+// StopTimeout a stopping worker goes on, for handlers cancelled then to
+// return (handlerGrace) and their jobs to be released.
+const (
+	handlerGrace = time.Second
+	stopGrace    = 2 * handlerGrace
 )
 
 // Handler does a job. It should return when ctx ends: the job's lease was
@@ -29,15 +39,22 @@ type Handler func(ctx context.Context, job *Job) error
 // completes the job when the handler returns nil (asking, in the same
 // request, for the next job of the completed job's shard: see
 // Client.CompleteAndAcquire; only when that shard has none does it
-// Acquire, which asks them all and waits), and fails it (to be
-// retried with backoff, or to die after its last attempt) when the handler
-// returns an error or panics; the worker itself survives panics.
+// Acquire, which asks them all and waits; after eight jobs in a row from
+// one shard, while heartbeats report others with ready jobs of Topic, it
+// completes alone and acquires from one of those, so that a busy shard
+// does not starve the rest), and fails it (to be retried with backoff, or
+// to die after its last attempt) when the handler returns an error or
+// panics; the worker itself survives panics.
 //
 // A handler that runs past JobTimeout loses its job: the worker stops
 // extending the lease, cancels the handler's context and moves on, and the
 // job goes to another worker when the lease runs out. When Run's context
 // ends, the worker stops acquiring; handlers running get StopTimeout to
 // finish, then their context is cancelled and their jobs are released.
+// Run returns at most two seconds past StopTimeout after its context
+// ends, even when no node answers: completions, failures and releases not
+// done by then are given up, and their jobs run again when their leases
+// run out.
 type Worker struct {
 	Client  *Client
 	Topic   string
@@ -94,27 +111,51 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.Logger == nil {
 		w.Logger = w.Client.log
 	}
+	// settleBy ends stopGrace past StopTimeout after ctx: requests that
+	// settle jobs give up then, so that an outage cannot hold Run for a
+	// lease.
+	settleBy, cancelSettle := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSettle()
+	stopAfter := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(w.StopTimeout+stopGrace, cancelSettle)
+		context.AfterFunc(settleBy, func() { t.Stop() })
+	})
+	defer stopAfter()
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.loop(ctx)
+			w.loop(ctx, settleBy)
 		}()
 	}
 	wg.Wait()
 	return nil
 }
 
+// chainedJobs is how many jobs in a row a worker loop takes from one shard
+// through CompleteAndAcquire before, if heartbeats report another shard
+// with ready jobs of its topic, it completes alone and acquires elsewhere.
+// The completion that brings the next job keeps a loop on its shard while
+// the shard has jobs; this bound keeps a busy shard from starving the
+// others. Eight costs a rotating loop one request more per eight jobs
+// (about 12%), and holds it on a shard for at most eight jobs while others
+// wait; a loop whose shard is the only one with ready jobs never pays it.
+const chainedJobs = 8
+
 // loop acquires and works jobs until ctx ends. In steady state each job
 // costs one request: the completion of the one before, which brings it.
-func (w *Worker) loop(ctx context.Context) {
+// Settling requests end with settleBy.
+func (w *Worker) loop(ctx, settleBy context.Context) {
 	var next *Job
+	var avoid []shard.ID // the shard just left to let others be served
+	chained := 0         // jobs in a row brought by completions
 	for ctx.Err() == nil {
 		job := next
 		if job == nil {
 			var err error
-			job, err = w.Client.Acquire(ctx, w.Topic, w.Lease)
+			job, err = w.Client.acquire(ctx, w.Topic, w.Lease, avoid)
+			chained = 0
 			switch {
 			case err == nil:
 			case ctx.Err() != nil, errors.Is(err, ErrClosed):
@@ -128,10 +169,13 @@ func (w *Worker) loop(ctx context.Context) {
 				continue
 			}
 		}
-		next = w.work(ctx, job)
+		next, avoid = w.work(ctx, settleBy, job, chained >= chainedJobs)
+		if next != nil {
+			chained++
+		}
 	}
 	if next != nil {
-		w.release(next) // leased as Run's context ended
+		w.release(settleBy, next) // leased as Run's context ended
 	}
 }
 
@@ -143,8 +187,10 @@ type outcome struct {
 }
 
 // work runs the handler on job, keeping its lease, and settles the job.
-// It returns the next job, if the completion brought one.
-func (w *Worker) work(runCtx context.Context, job *Job) *Job {
+// It returns the next job, if the completion brought one; with mayLeave,
+// a completion may instead leave job's shard for others with ready jobs,
+// and then returns that shard, to be avoided by the next acquire.
+func (w *Worker) work(runCtx, settleBy context.Context, job *Job, mayLeave bool) (*Job, []shard.ID) {
 	// The handler's context outlives Run's by StopTimeout.
 	jobCtx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), w.JobTimeout)
 	defer cancel()
@@ -174,7 +220,7 @@ func (w *Worker) work(runCtx context.Context, job *Job) *Job {
 		select {
 		case o := <-done:
 			return o, true
-		case <-time.After(time.Second):
+		case <-time.After(handlerGrace):
 			w.abandoned.Add(1)
 			return outcome{}, false
 		}
@@ -185,7 +231,7 @@ func (w *Worker) work(runCtx context.Context, job *Job) *Job {
 	for {
 		select {
 		case o := <-done:
-			return w.settle(runCtx, job, o, stopping.Load() && jobCtx.Err() != nil)
+			return w.settle(runCtx, settleBy, job, o, stopping.Load() && jobCtx.Err() != nil, mayLeave)
 		case <-tick.C:
 			err := w.Client.Extend(jobCtx, job, w.Lease)
 			switch {
@@ -194,7 +240,7 @@ func (w *Worker) work(runCtx context.Context, job *Job) *Job {
 				// out without an extension. Tell the handler.
 				w.lost.Add(1)
 				leave()
-				return nil
+				return nil, nil
 			case err != nil && jobCtx.Err() == nil:
 				w.Logger.Warn("extending a lease failed; trying again", "job", job.ID, "err", err)
 			}
@@ -203,35 +249,44 @@ func (w *Worker) work(runCtx context.Context, job *Job) *Job {
 				// Stopping: the handler had its StopTimeout; if it
 				// returns now, its job is settled (released if it gave up).
 				if o, ok := leave(); ok {
-					w.settle(runCtx, job, o, true)
+					w.settle(runCtx, settleBy, job, o, true, false)
 				}
-				return nil
+				return nil, nil
 			}
 			// Past JobTimeout: leave the handler behind; the lease runs
 			// out and the job goes to another worker.
 			w.abandoned.Add(1)
 			w.Logger.Warn("a handler ran past the job timeout; its job will go to another worker",
 				"job", job.ID, "timeout", w.JobTimeout)
-			return nil
+			return nil, nil
 		}
 	}
 }
 
 // settle completes, fails or releases job after its handler returned. A
-// completion while runCtx goes on asks for the next job, which it returns.
-func (w *Worker) settle(runCtx context.Context, job *Job, o outcome, stopped bool) *Job {
-	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
+// completion while runCtx goes on asks for the next job, which it returns,
+// or, with mayLeave and other shards reported ready, completes alone and
+// returns job's shard for the next acquire to avoid. Its requests end
+// with settleBy.
+func (w *Worker) settle(runCtx, settleBy context.Context, job *Job, o outcome, stopped, mayLeave bool) (*Job, []shard.ID) {
+	ctx, cancel := context.WithTimeout(settleBy, w.Lease)
 	defer cancel()
 	var next *Job
+	var left []shard.ID
 	var err error
 	switch {
 	case o.err == nil:
-		if next, err = w.complete(runCtx, ctx, job); err == nil {
+		if id, elsewhere := w.Client.readyElsewhere(w.Topic, job); mayLeave && elsewhere {
+			err, left = w.Client.Complete(ctx, job), []shard.ID{id}
+		} else {
+			next, err = w.complete(runCtx, ctx, job)
+		}
+		if err == nil {
 			w.completed.Add(1)
 		}
 	case stopped && !o.panicked:
-		w.release(job)
-		return nil
+		w.release(settleBy, job)
+		return nil, nil
 	default:
 		if o.panicked {
 			w.Logger.Error("a handler panicked; failing its job", "job", job.ID, "err", o.err, "stack", string(o.stack))
@@ -245,7 +300,7 @@ func (w *Worker) settle(runCtx context.Context, job *Job, o outcome, stopped boo
 	} else if err != nil {
 		w.Logger.Warn("settling a job failed; it runs again when its lease runs out", "job", job.ID, "err", err)
 	}
-	return next
+	return next, left
 }
 
 // complete completes job within ctx and, unless runCtx has ended, leases
@@ -263,8 +318,9 @@ func (w *Worker) complete(runCtx, ctx context.Context, job *Job) (*Job, error) {
 	return next, err
 }
 
-func (w *Worker) release(job *Job) {
-	ctx, cancel := context.WithTimeout(context.Background(), w.Lease)
+// release gives job back, trying until its lease or settleBy ends.
+func (w *Worker) release(settleBy context.Context, job *Job) {
+	ctx, cancel := context.WithTimeout(settleBy, w.Lease)
 	defer cancel()
 	if err := w.Client.Release(ctx, job); err != nil {
 		w.Logger.Warn("releasing a job failed; it runs again when its lease runs out", "job", job.ID, "err", err)

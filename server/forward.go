@@ -19,11 +19,12 @@ import (
 
 // A follower does not make a client redirect: it forwards the write to the
 // shard's leader over the node-to-node TCP connection, and asks the leader
-// for read indexes the same way (see followerRead). A redirect would cost the client another
-// round trip over its lossy link for every write that lands on a follower,
-// and a client's idea of the leader is stale right after a failover, which
-// is exactly when it matters; the follower learns the new leader from raft
-// itself. Node-to-node calls use net/rpc over the node listener.
+// for read indexes the same way (see followerRead). A redirect would cost
+// the client another round trip over its lossy link for every write that
+// lands on a follower, and a client's idea of the leader is stale right
+// after a failover, which is exactly when it matters; the follower learns
+// the new leader from raft itself. Node-to-node calls use net/rpc over the
+// node listener.
 
 // ForwardRequest is a call from a node to the leader of a shard: apply Ops
 // as they come, or, with ReadIndex set, return a read index and, unless

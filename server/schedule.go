@@ -71,8 +71,11 @@ func nextTick(f *fsm.FSM) (time.Time, bool) {
 	return time.Unix(0, due), ok
 }
 
-// timedKinds are the ops that may bring a shard's next tick forward.
-var timedKinds = []fsm.Kind{fsm.KindAcquire, fsm.KindExtend, fsm.KindEvery}
+// timedKinds are the ops that may bring a shard's next tick forward: those
+// that grant or extend a lease, or make a schedule. Enqueues are not among
+// them, delayed or not: a job becoming ready needs no command, and a
+// waiting acquire wakes for it by itself (awaitReady).
+var timedKinds = []fsm.Kind{fsm.KindAcquire, fsm.KindCompleteAcquire, fsm.KindExtend, fsm.KindEvery}
 
 // kickSchedules tells runSchedules to look again at the shards' timers.
 func (n *Node) kickSchedules() {

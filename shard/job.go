@@ -36,8 +36,10 @@ func JobKey(topic, key string) string { return topic + "\x00" + key }
 // an interval schedule: all of them live where JobKey(topic, key) does.
 func JobKeySlot(topic, key string) int { return KeySlot(JobKey(topic, key)) }
 
-// JobCounts counts a topic's jobs on a shard by state, as a shard's leader
-// reports them.
+// JobCounts counts a topic's jobs on a shard by state, as of a point in
+// its log. Scheduled and Ready are told apart by the clock of the node
+// that counts (the leader, or a follower answering a read), not by the
+// state machine's.
 type JobCounts struct {
 	Scheduled, Ready, Leased, Dead int
 	// Done counts completions since the topic last held no job on the

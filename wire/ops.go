@@ -57,7 +57,8 @@ const (
 	// job every Args.Interval; OpUnevery removes it.
 	OpEvery   Op = "every"
 	OpUnevery Op = "unevery"
-	// OpJobStats counts Args.Topic's jobs by state on shard Args.Shards[0].
+	// OpJobStats counts Args.Topic's jobs by state on shard Args.Shards[0],
+	// ready or scheduled by the answering node's clock.
 	OpJobStats Op = "jstats"
 	// OpDeadJobs lists dead jobs of Args.Topic on shard Args.Shards[0]
 	// after Args.After, up to Args.Limit and as many as fit the reply,

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -49,7 +48,7 @@ type benchPoint struct {
 	// LeaderCPUShare is, on a cluster of one shard, the share of the
 	// nodes' CPU time that the shard's leader used; 0 if unknown.
 	LeaderCPUShare float64   `json:"leader_cpu_share,omitempty"`
-	RSSMiB         []float64 `json:"rss_mib"` // per node at the end of the point
+	RSSMiB         []float64 `json:"rss_mib"` // per node, in the spec's order, at the end of the point
 	// Retries counts the requests' attempts past their first; Timeouts
 	// the attempts that got no reply in time. A tail of timeouts is lost
 	// or late datagrams, not a slow node.
@@ -210,10 +209,17 @@ func benchCluster(ctx context.Context, spec *server.Spec, keys *wire.Keyring, di
 	if err := waitForLeaders(wctx, spec, keys, nil); err != nil {
 		return err
 	}
+	measure := benchMeasures{pids: pids}
+	for _, n := range spec.Nodes {
+		measure.order = append(measure.order, n.ID)
+	}
+	if len(spec.Shards) == 1 {
+		measure.shard, measure.oneShard = spec.Shards[0].ID, true
+	}
 	for _, op := range ops {
 		for _, c := range clientCounts {
 			fmt.Fprintf(stderr, "bench: %s, %d shards, %d clients, %v ...\n", op, len(spec.Shards), c, d)
-			p, err := benchPointRun(ctx, seeds, keys, pids, len(spec.Shards) == 1, op, c, d, stderr)
+			p, err := benchPointRun(ctx, seeds, keys, measure, op, c, d, stderr)
 			if err != nil {
 				return fmt.Errorf("%s with %d clients: %w", op, c, err)
 			}
@@ -273,11 +279,24 @@ func benchWorkload(op string, value []byte) benchOp {
 	}
 }
 
-// benchPointRun drives clients closed-loop clients for d and measures,
-// with pids the node processes by node id; oneShard asks for the leader's
-// share of their CPU time.
-func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids map[string]int, oneShard bool, op string,
+// benchMeasures says what a bench point measures of the node processes.
+type benchMeasures struct {
+	// pids holds the node processes by node id; nil if they are not
+	// measured.
+	pids map[string]int
+	// order lists the node ids in the spec's order, which RSS follows.
+	order []string
+	// oneShard says the cluster has the one shard shard, whose leader's
+	// share of the CPU time is measured.
+	shard    shard.ID
+	oneShard bool
+}
+
+// benchPointRun drives clients closed-loop clients for d and measures the
+// node processes as measure says.
+func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, measure benchMeasures, op string,
 	clients int, d time.Duration, stderr io.Writer) (benchPoint, error) {
+	pids := measure.pids
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	// A client.Client per 32 workers, as an application would share one.
 	conns := make([]*client.Client, (clients+31)/32)
@@ -366,10 +385,10 @@ func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, pids
 			total += cpu1[id] - cpu0[id]
 		}
 		p.CPUusPerOp = total.Seconds() * 1e6 / float64(len(lat))
-		if leader := leaderOf(conns[0], 0); oneShard && leader != "" && total > 0 {
+		if leader := leaderOf(conns[0], measure.shard); measure.oneShard && leader != "" && total > 0 {
 			p.LeaderCPUShare = float64(cpu1[leader]-cpu0[leader]) / float64(total)
 		}
-		for _, id := range slices.Sorted(maps.Keys(pids)) {
+		for _, id := range measure.order {
 			p.RSSMiB = append(p.RSSMiB, processRSS(pids[id]))
 		}
 	}

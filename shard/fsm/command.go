@@ -192,6 +192,10 @@ type Result struct {
 	// KindCompleteAcquire, JobID and the fields after it describe the job
 	// leased next; none (JobID empty) if the topic had none available.
 	JobIDs []string `bencode:"b,omitempty"`
+	// BatchSum is set only in the result a session keeps of a
+	// KindEnqueueBatch: a fingerprint of the ids of the batch's jobs, so
+	// that a retry is told from another batch reusing its sequence number.
+	BatchSum uint64 `bencode:"bs,omitempty"`
 	// Index is the raft index of the entry that carried the op (for a
 	// retry answered from its session, the retry's entry; for one that
 	// joined its first attempt on the leader, the first attempt's).

@@ -40,7 +40,10 @@
 //     the one idle longest forgotten for a new client; also forgotten after
 //     Config.SessionTTL idle. A retry that a forgotten session could have
 //     answered gets StatusSessionExpired (sessions.begin); results keep no
-//     job payload or topic. Per session, MaxPendingPerClient results.
+//     job payload or topic. Per session, MaxPendingPerClient results, and
+//     MaxKeptIDBytes (64 KiB) of the job ids batches answered that are not
+//     their own, plus one batch's; past either a new op gets
+//     StatusTooManyPending until the client acknowledges results.
 //   - Jobs: Config.MaxJobs per shard (DefaultMaxJobs, 100,000) of every
 //     state, dead ones included; an enqueue past it gets StatusFull, and so
 //     does a batch without room for every job it holds.

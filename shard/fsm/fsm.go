@@ -215,7 +215,7 @@ func (f *FSM) applyOp(op *Op) Result {
 	// An acquire that found nothing changed nothing: it is not kept, so
 	// that the request may be tried again here once a job is ready.
 	if s != nil && !(op.Kind == KindAcquire && res.Status == StatusEmpty) {
-		s.results[op.Seq] = kept(op, res)
+		s.keep(op.Seq, kept(op, res))
 	}
 	return res
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -763,6 +764,77 @@ func TestEnqueueBatch(t *testing.T) {
 		if g := a.acquire("t", "w", sec); g.JobID != want {
 			t.Errorf("acquired %q, want %q", g.JobID, want)
 		}
+	}
+}
+
+// A batch that reuses the sequence number of another batch of its client
+// is refused, not answered with ids of jobs that do not exist, also after
+// a restore; the retry of the batch that used it is answered as before.
+func TestEnqueueBatchReusedSequence(t *testing.T) {
+	a := newApplier(t)
+	first := Op{Kind: KindEnqueueBatch, Client: "c", Seq: 1, Batch: batchOf("a1", "a2")}
+	r := a.one(first)
+	if r.Status != StatusOK {
+		t.Fatalf("first batch: %+v", r)
+	}
+	for _, restore := range []bool{false, true} {
+		if restore {
+			restored := New(Config{})
+			if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+				t.Fatal(err)
+			}
+			a.fsm = restored
+		}
+		for name, batch := range map[string][]Op{
+			"other ids":   batchOf("b1", "b2"),
+			"more jobs":   batchOf("a1", "a2", "a3"),
+			"other order": batchOf("a2", "a1"),
+		} {
+			if got := a.one(Op{Kind: KindEnqueueBatch, Client: "c", Seq: 1, Batch: batch}); got.Status != StatusInvalid {
+				t.Errorf("restored %v, %s: %+v, want StatusInvalid", restore, name, got)
+			}
+		}
+		if again := a.one(first); !reflect.DeepEqual(again, r) {
+			t.Errorf("restored %v: the retry got %+v, want %+v", restore, again, r)
+		}
+	}
+	if st := a.fsm.Stats(); st.Jobs != 2 {
+		t.Errorf("%d jobs, want the first batch's 2", st.Jobs)
+	}
+}
+
+// The ids a session keeps of batches that found their uniqueness keys held
+// are bounded: past MaxKeptIDBytes the client's new ops are refused until
+// it acknowledges results, also on a replica restored from a snapshot.
+func TestKeptBatchIDsBounded(t *testing.T) {
+	a := newApplier(t)
+	held := strings.Repeat("h", shard.MaxKeySize)
+	a.enqueue(held, "t", func(o *Op) { o.Unique = "u" })
+	batch := func(seq, ack uint64) Result {
+		b := batchOf(fmt.Sprintf("n%d", seq))
+		b[0].Unique = "u" // held: the batch answers with held's id, which the session keeps
+		return a.one(Op{Kind: KindEnqueueBatch, Client: "c", Seq: seq, Ack: ack, Batch: b})
+	}
+	seq := uint64(1)
+	for ; seq <= MaxKeptIDBytes/shard.MaxKeySize; seq++ {
+		if r := batch(seq, 1); r.Status != StatusOK || r.JobIDs[0] != held {
+			t.Fatalf("batch %d: %+v", seq, r)
+		}
+	}
+	if r := batch(seq, 1); r.Status != StatusTooManyPending {
+		t.Fatalf("a batch past the bound: %+v, want StatusTooManyPending", r)
+	}
+	restored := New(Config{})
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, a.fsm)))); err != nil {
+		t.Fatal(err)
+	}
+	a.fsm = restored
+	if r := batch(seq, 1); r.Status != StatusTooManyPending {
+		t.Fatalf("after a restore, a batch past the bound: %+v, want StatusTooManyPending", r)
+	}
+	// Acknowledging the results frees the room.
+	if r := batch(seq, seq); r.Status != StatusOK {
+		t.Errorf("a batch acknowledging the results before it: %+v", r)
 	}
 }
 

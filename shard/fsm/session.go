@@ -2,6 +2,8 @@ package fsm
 
 import (
 	"container/list"
+	"encoding/binary"
+	"hash/fnv"
 	"slices"
 	"time"
 )
@@ -9,6 +11,16 @@ import (
 // MaxPendingPerClient bounds the results a session keeps: the unacknowledged
 // sequence numbers of one client. A client past it gets StatusTooManyPending.
 const MaxPendingPerClient = 1 << 14
+
+// MaxKeptIDBytes bounds the bytes of job ids a session's kept results
+// hold: the ids a batch answered that are not its jobs' own (those of live
+// jobs holding a uniqueness key), up to shard.MaxKeySize each. A client
+// whose session holds as many gets StatusTooManyPending until it
+// acknowledges results. The check comes before an op runs, so a session
+// holds at most this plus one batch's ids. 64 KiB is a datagram's worth:
+// about 2,000 ids of the Go client's form, where a well-behaved client
+// keeps few (only uniqueness keys found held).
+const MaxKeptIDBytes = 64 << 10
 
 // DefaultMaxSessions is the number of client sessions a shard keeps by
 // default (Config.MaxSessions). A client that writes to a shard holding as
@@ -31,6 +43,8 @@ type session struct {
 	floor uint64
 	// results holds the outcome of each applied sequence number >= floor.
 	results map[uint64]Result
+	// idBytes is the bytes of the job ids in results (keptIDBytes).
+	idBytes int
 	// since is the state machine clock when the session was made;
 	// lastSeen when the client last wrote.
 	since, lastSeen int64
@@ -93,8 +107,9 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 		ss.idle.MoveToBack(s.elem)
 		if op.Ack > s.floor {
 			s.floor = op.Ack
-			for seq := range s.results {
+			for seq, r := range s.results {
 				if seq < s.floor {
+					s.idBytes -= keptIDBytes(r)
 					delete(s.results, seq)
 				}
 			}
@@ -116,10 +131,25 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 		s = &session{client: op.Client, floor: op.Ack, results: make(map[uint64]Result), since: now, lastSeen: now}
 		ss.add(s)
 	}
-	if len(s.results) >= MaxPendingPerClient {
+	if len(s.results) >= MaxPendingPerClient || s.idBytes >= MaxKeptIDBytes {
 		return s, Result{Status: StatusTooManyPending}, true
 	}
 	return s, Result{}, false
+}
+
+// keep stores res, as kept, as the result of sequence number seq.
+func (s *session) keep(seq uint64, res Result) {
+	s.results[seq] = res
+	s.idBytes += keptIDBytes(res)
+}
+
+// keptIDBytes is the bytes of the job ids a kept result holds.
+func keptIDBytes(r Result) int {
+	n := 0
+	for _, id := range r.JobIDs {
+		n += len(id)
+	}
+	return n
 }
 
 // expire forgets every session idle since before cutoff.
@@ -133,7 +163,7 @@ func (ss *sessions) expire(cutoff int64) {
 // all of it but a job's payload and topic, up to 60 KiB and 1 KiB, which
 // are read from the job again when a retried acquire needs them, and the
 // ids of a batch's jobs that are their own, which the retry carries
-// (recall).
+// (recall), kept as their fingerprint instead.
 func kept(op *Op, res Result) Result {
 	res.Payload, res.Topic = "", ""
 	if res.JobIDs != nil {
@@ -143,9 +173,22 @@ func kept(op *Op, res Result) Result {
 				ids[i] = id
 			}
 		}
-		res.JobIDs = ids
+		res.JobIDs, res.BatchSum = ids, batchSum(op.Batch)
 	}
 	return res
+}
+
+// batchSum fingerprints the ids of batch's jobs, in order: FNV-1a over
+// each id's length and bytes, never 0.
+func batchSum(batch []Op) uint64 {
+	h := fnv.New64a()
+	var n [4]byte
+	for i := range batch {
+		binary.BigEndian.PutUint32(n[:], uint32(len(batch[i].JobID)))
+		h.Write(n[:])
+		h.Write([]byte(batch[i].JobID))
+	}
+	return max(h.Sum64(), 1)
 }
 
 // recall returns the answer to a retry of op that its session answered
@@ -153,12 +196,19 @@ func kept(op *Op, res Result) Result {
 // payload back from the job; if the job is no longer leased under the
 // grant's token (completed, or its lease ran out and another took it), the
 // grant is lost, and the retry finds nothing, as if its lease had run out
-// unused. A complete-and-acquire's completion stands either way.
+// unused. A complete-and-acquire's completion stands either way. A batch
+// whose jobs are not those of the batch that used the sequence number (a
+// client reusing it) is refused with StatusInvalid: the ids of the first
+// batch's jobs are not kept to answer it.
 func (f *FSM) recall(op *Op, res Result) Result {
 	if op.Kind == KindEnqueueBatch && res.JobIDs != nil {
+		if len(op.Batch) != len(res.JobIDs) || res.BatchSum != 0 && res.BatchSum != batchSum(op.Batch) {
+			return Result{Status: StatusInvalid}
+		}
+		res.BatchSum = 0
 		ids := slices.Clone(res.JobIDs)
 		for i, id := range ids {
-			if id == "" && i < len(op.Batch) {
+			if id == "" {
 				ids[i] = op.Batch[i].JobID
 			}
 		}

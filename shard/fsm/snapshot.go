@@ -335,7 +335,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for _, r := range restored {
 		s := &session{client: r.Client, floor: r.Floor, since: r.Since, lastSeen: r.LastSeen, results: make(map[uint64]Result, len(r.Results))}
 		for _, res := range r.Results {
-			s.results[res.Seq] = res.Result
+			s.keep(res.Seq, res.Result)
 		}
 		ss.add(s)
 	}
