@@ -235,6 +235,8 @@ func benchCluster(ctx context.Context, spec *server.Spec, keys *wire.Keyring, di
 // benchOp is one request (or, for jobs, one round trip) of a workload.
 type benchOp func(ctx context.Context, c *client.Client, rng *rand.Rand) error
 
+// benchWorkload returns one worker's op of workload op: a job worker keeps
+// the job it holds between round trips, so each worker needs its own.
 func benchWorkload(op string, value []byte) benchOp {
 	key := func(rng *rand.Rand) string { return fmt.Sprintf("k%08d", rng.IntN(benchKeys)) }
 	get := func(ctx context.Context, c *client.Client, k string, opts ...client.ReadOption) error {
@@ -264,17 +266,29 @@ func benchWorkload(op string, value []byte) benchOp {
 			}
 			return get(ctx, c, key(rng))
 		}
-	default: // job: enqueue, acquire, complete
+	default: // job: enqueue, then complete a job and take the next, as a Worker does
+		// held is the job this worker leased and has not completed: the
+		// next one it got with the completion of the one before. A
+		// round trip is one enqueue and one completion.
+		var held *client.Job
 		return func(ctx context.Context, c *client.Client, rng *rand.Rand) error {
 			topic := fmt.Sprintf("bench%d", rng.IntN(16))
+			if held != nil {
+				topic = held.Topic
+			}
 			if _, err := c.Enqueue(ctx, topic, value, client.EnqueueOptions{}); err != nil {
 				return err
 			}
-			j, err := c.Acquire(ctx, topic, 30*time.Second)
-			if err != nil {
-				return err
+			if held == nil {
+				j, err := c.Acquire(ctx, topic, 30*time.Second)
+				if err != nil {
+					return err
+				}
+				held = j
 			}
-			return c.Complete(ctx, j)
+			next, err := c.CompleteAndAcquire(ctx, held, topic, 30*time.Second)
+			held = next
+			return err
 		}
 	}
 }
@@ -308,7 +322,7 @@ func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, meas
 		defer c.Close(context.Background())
 		conns[i] = c
 	}
-	work := benchWorkload(op, make([]byte, 100))
+	value := make([]byte, 100)
 	counters := func() (sum client.Counters) {
 		for _, c := range conns {
 			n := c.Counters()
@@ -336,7 +350,7 @@ func benchPointRun(ctx context.Context, seeds []string, keys *wire.Keyring, meas
 		wg       sync.WaitGroup
 	)
 	for w := 0; w < clients; w++ {
-		c, rng := conns[w%len(conns)], rand.New(rand.NewPCG(uint64(w), 1))
+		c, rng, work := conns[w%len(conns)], rand.New(rand.NewPCG(uint64(w), 1)), benchWorkload(op, value)
 		wg.Go(func() {
 			var mine []time.Duration
 			var failed int
