@@ -113,6 +113,9 @@ type NewJob struct {
 // hashes to. A request carries as many jobs as fit a datagram, at most
 // wire.MaxBatchJobs (50); more take more requests. A request that a
 // change of the shard map leaves spanning shards is split on the new map.
+// The parts are new requests: should an attempt before the split have
+// been applied on the old shard, a job of it that has run since may be
+// stored and run again (at least once, as after ErrUnavailable).
 //
 // Every job is checked before anything is sent: one that Enqueue would
 // refuse fails the whole call with its error (ErrInvalidKey,

@@ -276,7 +276,12 @@ func (w *Worker) settle(runCtx, settleBy context.Context, job *Job, o outcome, s
 	var err error
 	switch {
 	case o.err == nil:
-		if id, elsewhere := w.Client.readyElsewhere(w.Topic, job); mayLeave && elsewhere {
+		var elsewhere bool
+		var id shard.ID
+		if mayLeave {
+			id, elsewhere = w.Client.readyElsewhere(w.Topic, job)
+		}
+		if elsewhere {
 			err, left = w.Client.Complete(ctx, job), []shard.ID{id}
 		} else {
 			next, err = w.complete(runCtx, ctx, job)

@@ -98,7 +98,9 @@ func ReadIndex(ctx context.Context, n *Node, id shard.ID) (uint64, error) {
 
 // StateIndex returns the index of the last entry at or before index that
 // node n's state machine of shard id applies.
-func StateIndex(n *Node, id shard.ID, index uint64) uint64 { return replicaOf(n, id).stateIndex(index) }
+func StateIndex(n *Node, id shard.ID, index uint64) (uint64, error) {
+	return replicaOf(n, id).stateIndex(index)
+}
 
 // ReadPeers returns the nodes that node n's read rounds of shard id call.
 func ReadPeers(n *Node, id shard.ID) []string {

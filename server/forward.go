@@ -242,6 +242,9 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		if reply.Index, err = rep.readIndex(ctx); err != nil || req.Applied >= reply.Index {
 			break
 		}
+		if err = rep.readAt(ctx, reply.Index); err != nil {
+			break
+		}
 		if len(req.Keys) > 0 {
 			reply.Entries = make([]fsm.Entry, len(req.Keys))
 			for i, k := range req.Keys {

@@ -360,7 +360,11 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 	} else {
 		err := n.viaLeader(ctx, rep,
 			func() error {
-				if _, err := rep.readIndex(ctx); err != nil {
+				index, err := rep.readIndex(ctx)
+				if err == nil {
+					err = rep.readAt(ctx, index)
+				}
+				if err != nil {
 					return err
 				}
 				e, _ = rep.fsm.Get(key)

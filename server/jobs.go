@@ -29,7 +29,11 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	var res wire.Result
 	err := n.viaLeader(ctx, rep,
 		func() error {
-			if _, err := rep.readIndex(ctx); err != nil {
+			index, err := rep.readIndex(ctx)
+			if err == nil {
+				err = rep.readAt(ctx, index)
+			}
+			if err != nil {
 				return err
 			}
 			res = readJobs(rep, jr)

@@ -36,9 +36,13 @@ import (
 // writes while it runs (ErrLeadershipTransferInProgress, which requests
 // retry) for up to an election timeout if the target does not win. So a
 // leader transfers only to a replica that has answered balanceChecks checks
-// in a row in the leader's own term, with its log reaching the leader's
-// commit index as of the check: a node that is down, restarting, or far
-// behind is not chosen.
+// in a row in the leader's own term, with its log and its state machine
+// reaching the leader's commit index as of the check (a leader serves
+// reads only once its state machine has caught up): a node that is down,
+// restarting, or far behind is not chosen. A target that fails a transfer
+// all the same (it answers, but cannot win an election) is not offered the
+// shard again for a cooldown that doubles with each failure, from
+// transferCooldown up to maxTransferCooldown.
 
 // DefaultLeaderBalanceInterval is the default of
 // Config.LeaderBalanceInterval.
@@ -47,6 +51,13 @@ const DefaultLeaderBalanceInterval = 2 * time.Second
 // balanceChecks is how many checks in a row must find a node over its
 // share and a target ready before leadership moves.
 const balanceChecks = 2
+
+// transferCooldown and maxTransferCooldown bound how long a failed
+// transfer keeps its shard from being offered to the same target again.
+const (
+	transferCooldown    = 30 * time.Second
+	maxTransferCooldown = 10 * time.Minute
+)
 
 // leaderShare returns the shards node would lead if every shard's
 // leadership were spread evenly over its replicas: the sum of
@@ -108,6 +119,16 @@ type balancer struct {
 	// ready counts, per offer, the checks in a row that found its target
 	// ready. Invariant: it holds only offers found ready at the last check.
 	ready map[offer]int
+	// failed holds the offers whose last transfer failed: how many of
+	// their transfers in a row failed, and until when they are not made.
+	// Bounded by the offers there can be, shards × replicas.
+	failed map[offer]cooldown
+}
+
+// cooldown is a failed offer's state in balancer.failed.
+type cooldown struct {
+	failures int
+	until    time.Time
 }
 
 // leads counts the shards this node leads.
@@ -136,7 +157,7 @@ func (n *Node) ledShards() []shard.ID {
 // leads more than its share, and moves leadership when it does. Stops with
 // the node.
 func (n *Node) balanceLeadership() {
-	b := balancer{shares: map[string]int{}, ready: map[offer]int{}}
+	b := balancer{shares: map[string]int{}, ready: map[offer]int{}, failed: map[offer]cooldown{}}
 	for _, ns := range n.cfg.Spec.Nodes {
 		b.shares[ns.ID] = leaderShare(n.shardMap, ns.ID)
 	}
@@ -162,7 +183,10 @@ func (n *Node) balanceOnce(b *balancer) {
 		clear(b.ready)
 		return
 	}
-	offers := leadershipOffers(n.shardMap, n.id, led)
+	now := time.Now()
+	offers := slices.DeleteFunc(leadershipOffers(n.shardMap, n.id, led), func(o offer) bool {
+		return now.Before(b.failed[o].until)
+	})
 	ok := make([]bool, len(offers))
 	var wg sync.WaitGroup
 	for i, o := range offers {
@@ -190,17 +214,29 @@ func (n *Node) balanceOnce(b *balancer) {
 	// Whatever the outcome, the counts have changed or the target failed:
 	// every target proves itself ready anew.
 	clear(b.ready)
-	n.transferLeadership(*chosen, len(led), b.shares[n.id])
+	if n.transferLeadership(*chosen, len(led), b.shares[n.id]) {
+		delete(b.failed, *chosen)
+		return
+	}
+	f := b.failed[*chosen]
+	f.failures++
+	f.until = time.Now().Add(min(transferCooldown<<(f.failures-1), maxTransferCooldown))
+	b.failed[*chosen] = f
 }
 
 // targetReady asks o's target about o's shard and reports whether it could
 // take the leadership over now: this node still leads the shard, the
 // target answers in this leader's term, with its log reaching the commit
-// index this leader had before asking, and leads fewer shards than share.
+// index this leader had before asking and its state machine the last
+// entry up to there it applies, and leads fewer shards than share.
 func (n *Node) targetReady(o offer, share int) bool {
 	r := n.replicas[o.shard]
 	term, commit := r.raft.CurrentTerm(), r.raft.CommitIndex()
 	if !r.isLeader() {
+		return false
+	}
+	state, err := r.stateIndex(commit)
+	if err != nil {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, min(r.electionTimeout, n.cfg.LeaderBalanceInterval))
@@ -210,13 +246,14 @@ func (n *Node) targetReady(o offer, share int) bool {
 		return false
 	}
 	return reply.Term == term && r.raft.CurrentTerm() == term && r.isLeader() &&
-		reply.LastIndex >= commit && reply.Leads < share
+		reply.LastIndex >= commit && reply.Applied >= state && reply.Leads < share
 }
 
 // transferLeadership hands the leadership of o's shard to o's target and
 // waits for the transfer to end, with the replica held awake meanwhile:
 // raft bounds a transfer by the election timeout, which quiescing raises.
-func (n *Node) transferLeadership(o offer, leads, share int) {
+// It reports whether the transfer succeeded.
+func (n *Node) transferLeadership(o offer, leads, share int) bool {
 	r := n.replicas[o.shard]
 	addr := n.peers.addrs[o.to]
 	n.log.Info("moving leadership", "shard", o.shard, "to", o.to, "leads", leads, "share", share)
@@ -225,7 +262,8 @@ func (n *Node) transferLeadership(o offer, leads, share int) {
 	f := r.raft.LeadershipTransferToServer(raft.ServerID(o.to), raft.ServerAddress(addr))
 	if err := awaitFuture(f, r.stop); err != nil {
 		n.log.Warn("moving leadership failed", "shard", o.shard, "to", o.to, "err", err)
-		return
+		return false
 	}
 	n.leadershipTransfers.Add(1)
+	return true
 }

@@ -13,31 +13,35 @@ import (
 )
 
 // Linearizable reads use the ReadIndex of the Raft dissertation (§6.4): the
-// leader takes its applied index, then confirms with a quorum that it still
-// leads. The confirmation is a call of our own, not raft's VerifyLeader:
+// leader takes its commit index, then confirms with a quorum that it still
+// leads, and a replica answers once its state machine has applied that
+// index. The confirmation is a call of our own, not raft's VerifyLeader:
 // that counts every follower response arriving after it is called,
 // including one to a heartbeat sent before, which the follower may have
 // answered before voting for a newer leader.
 
 // readIndex returns an index such that a replica whose state machine has
-// applied it reflects every write acknowledged before the call, and
-// returns once this replica's state machine has: so this replica, and any
-// other that has applied the index, may answer a read begun before the
-// call from its own state. This replica must be the leader.
+// applied it reflects every write acknowledged before the call: any
+// replica that has applied it, this one included (see readAt), may answer
+// a read begun before the call from its own state. This replica must be
+// the leader.
 //
 // The index is the leader's commit index (etcd's ReadIndex), not its
 // applied index: a follower may apply an entry before the leader's state
 // machine does, and a read served from such a follower must not be
-// followed by one that misses the entry. Once ready in its term, the
-// leader has committed every write any earlier leader acknowledged. A
-// round of the verifier begun after the index was taken rules out a newer
-// leader having acknowledged writes meanwhile.
+// followed by one that misses the entry. Once ready in its term (its tick
+// of the term applied), the leader has committed every write any earlier
+// leader acknowledged. A round of the verifier begun after the index was
+// taken rules out a newer leader having acknowledged writes meanwhile.
 func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	term, err := r.waitReady(ctx)
 	if err != nil {
 		return 0, err
 	}
-	index := r.stateIndex(r.raft.CommitIndex())
+	index, err := r.stateIndex(r.raft.CommitIndex())
+	if err != nil {
+		return 0, err
+	}
 	if err := r.verifier.verify(ctx); err != nil {
 		return 0, err
 	}
@@ -48,34 +52,38 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	if r.raft.CurrentTerm() != term || r.readyTerm.Load() != term {
 		return 0, ErrNotLeader
 	}
-	if err := r.applied.await(ctx, r.stop, func() bool { return r.fsm.Applied() >= index }); err != nil {
-		return 0, err
-	}
 	return index, nil
 }
 
-// maxStateIndexScan bounds how far back stateIndex looks for an entry that
-// reaches the state machine. Entries that do not come singly: a new
-// leader's no-op and readiness barrier.
-const maxStateIndexScan = 64
+// readAt returns once this replica's state machine has applied index, so
+// that its state answers the reads index was taken for.
+func (r *replica) readAt(ctx context.Context, index uint64) error {
+	return r.applied.await(ctx, r.stop, func() bool { return r.fsm.Applied() >= index })
+}
 
 // stateIndex returns the index of the last entry at or before index that
-// the state machine applies (a command or a configuration), whose applied
-// index (fsm.Applied) reaches no other: raft keeps its no-ops and barriers
-// from a batching state machine, so an applied index may rest just short
-// of a commit index for as long as no command follows. An entry the log no
-// longer holds is in a snapshot, which the state machine has applied.
-func (r *replica) stateIndex(index uint64) uint64 {
-	for i := index; i > 0 && index-i < maxStateIndexScan; i-- {
+// the state machine applies (a command or a configuration), which is where
+// its applied index (fsm.Applied) can rest: raft keeps its no-ops and
+// barriers from a batching state machine, so an applied index may stay
+// short of a commit index for as long as no command follows. The scan
+// back is short: a ready leader's term began with a command (its tick).
+// An entry the log no longer holds is in a snapshot, which the state
+// machine has applied: its applied index then covers every state entry up
+// to there.
+func (r *replica) stateIndex(index uint64) (uint64, error) {
+	for i := index; i > 0; i-- {
 		var l raft.Log
-		if err := r.logs.GetLog(i, &l); err != nil {
-			return i
-		}
-		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
-			return i
+		err := r.logs.GetLog(i, &l)
+		switch {
+		case errors.Is(err, raft.ErrLogNotFound):
+			return min(i, r.fsm.Applied()), nil
+		case err != nil:
+			return 0, fmt.Errorf("server: shard %d: reading log entry %d: %w", r.id, i, err)
+		case l.Type == raft.LogCommand || l.Type == raft.LogConfiguration:
+			return i, nil
 		}
 	}
-	return index - min(index, maxStateIndexScan)
+	return 0, nil
 }
 
 // applyWait lets reads wait until a replica's state machine has applied an
@@ -144,9 +152,9 @@ const hedgeDelay = 5 * time.Millisecond
 // node-to-node protocol, not of the client API.
 type TermRequest struct {
 	Shard shard.ID
-	// Progress asks for TermReply's LastIndex and Leads too. Reads leave
-	// it unset: counting Leads looks at every replica of the node. A node
-	// of an older version ignores it and answers both zero.
+	// Progress asks for TermReply's LastIndex, Applied and Leads too.
+	// Reads leave it unset: counting Leads looks at every replica of the
+	// node. A node of an older version ignores it and answers all zero.
 	Progress bool
 }
 
@@ -154,10 +162,11 @@ type TermRequest struct {
 type TermReply struct {
 	Term uint64
 	// LastIndex is the index of the last entry in the node's raft log of
-	// the shard, and Leads counts the shards the node leads; both only
-	// when the request asked for Progress.
-	LastIndex uint64
-	Leads     int
+	// the shard, Applied the index its state machine has applied, and
+	// Leads counts the shards the node leads; all only when the request
+	// asked for Progress.
+	LastIndex, Applied uint64
+	Leads              int
 	// Err describes the failure; empty on success.
 	Err string
 }
@@ -176,6 +185,7 @@ func (s *nodeService) Term(req TermRequest, reply *TermReply) error {
 	reply.Term = rep.raft.CurrentTerm()
 	if req.Progress {
 		reply.LastIndex = rep.raft.LastIndex()
+		reply.Applied = rep.fsm.Applied()
 		reply.Leads = s.n.leads()
 	}
 	return nil

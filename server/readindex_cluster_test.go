@@ -261,9 +261,7 @@ func TestFollowerReadsReflectAcknowledgedWrites(t *testing.T) {
 
 // A read index covers every entry committed before it was asked for, not
 // only those the leader's state machine had applied: a follower may apply
-// an entry before the leader does, and serve it. And the leader's state
-// machine has applied the index when it hands it out, so the leader's own
-// reads see it too.
+// an entry before the leader does, and serve it.
 func TestReadIndexCoversTheCommitIndex(t *testing.T) {
 	c := servertest.New(t, servertest.Options{})
 	lead := leader(t, c, 0)
@@ -285,16 +283,16 @@ func TestReadIndexCoversTheCommitIndex(t *testing.T) {
 	}()
 	r := server.Raft(lead, 0)
 	for i := range 4000 {
-		want := server.StateIndex(lead, 0, r.CommitIndex())
+		want, err := server.StateIndex(lead, 0, r.CommitIndex())
+		if err != nil {
+			t.Fatal(err)
+		}
 		got, err := server.ReadIndex(ctx, lead, 0)
 		if err != nil {
 			t.Fatalf("read index %d: %v", i, err)
 		}
 		if got < want {
 			t.Fatalf("read index %d is %d, short of %d, committed before it was asked for", i, got, want)
-		}
-		if applied := lead.ShardStats(0).Applied; applied < got {
-			t.Fatalf("read index %d is %d, but the leader had applied only %d when it handed it out", i, got, applied)
 		}
 	}
 }
