@@ -218,10 +218,19 @@ func (n *Node) balanceOnce(b *balancer) {
 		delete(b.failed, *chosen)
 		return
 	}
-	f := b.failed[*chosen]
-	f.failures++
-	f.until = time.Now().Add(min(transferCooldown<<(f.failures-1), maxTransferCooldown))
-	b.failed[*chosen] = f
+	b.failed[*chosen] = b.failed[*chosen].after(time.Now())
+}
+
+// after returns the cooldown of an offer whose transfer failed at now,
+// again: transferCooldown after the first failure, twice the last after
+// each next, up to maxTransferCooldown. failures stops counting once the
+// cooldown has reached its bound, so that the shift cannot overflow.
+func (c cooldown) after(now time.Time) cooldown {
+	if c.failures == 0 || transferCooldown<<(c.failures-1) < maxTransferCooldown {
+		c.failures++
+	}
+	c.until = now.Add(min(transferCooldown<<(c.failures-1), maxTransferCooldown))
+	return c
 }
 
 // targetReady asks o's target about o's shard and reports whether it could

@@ -3,6 +3,7 @@ package server
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/shoal-kv/shoal/shard"
 )
@@ -48,5 +49,20 @@ func TestLeadershipOffers(t *testing.T) {
 	}
 	if got := leadershipOffers(m, "a", nil); len(got) != 0 {
 		t.Errorf("offers of no led shard: %v", got)
+	}
+}
+
+// A failed transfer's cooldown doubles from transferCooldown up to
+// maxTransferCooldown and stays there, however many failures follow.
+func TestTransferCooldown(t *testing.T) {
+	now := time.Unix(0, 0)
+	var c cooldown
+	want := []time.Duration{30 * time.Second, time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 10 * time.Minute}
+	for i := range 100 {
+		c = c.after(now)
+		w := want[min(i, len(want)-1)]
+		if got := c.until.Sub(now); got != w {
+			t.Fatalf("after failure %d: cooldown %v, want %v", i+1, got, w)
+		}
 	}
 }
