@@ -42,7 +42,9 @@ import (
 // restarting, or far behind is not chosen. A target that fails a transfer
 // all the same (it answers, but cannot win an election) is not offered the
 // shard again for a cooldown that doubles with each failure, from
-// transferCooldown up to maxTransferCooldown.
+// transferCooldown up to maxTransferCooldown. A node of an older version
+// answers no progress (TermReply.Applied zero), so it is never a target:
+// during a rolling upgrade, balancing waits for the new version.
 
 // DefaultLeaderBalanceInterval is the default of
 // Config.LeaderBalanceInterval.

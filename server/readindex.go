@@ -66,7 +66,8 @@ func (r *replica) readAt(ctx context.Context, index uint64) error {
 // its applied index (fsm.Applied) can rest: raft keeps its no-ops and
 // barriers from a batching state machine, so an applied index may stay
 // short of a commit index for as long as no command follows. The scan
-// back is short: a ready leader's term began with a command (its tick).
+// back is short: a ready leader's term began with a command (its tick),
+// and only Node.Barrier, which tests call, adds barriers after it.
 // An entry the log no longer holds is in a snapshot, which the state
 // machine has applied: its applied index then covers every state entry up
 // to there.
