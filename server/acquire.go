@@ -319,16 +319,26 @@ func readyFirst(reps []*replica, emptyAt map[shard.ID]uint64, topic string, now 
 	return ready, unseen
 }
 
+// leaderRecheck is how often a waiting acquire looks again for the leader
+// of a shard it follows that has none it heard from.
+const leaderRecheck = 100 * time.Millisecond
+
 // waitForJobs waits for watch's wake-up (see jobWatch), until the topic's
 // next job comes due on a replica not left out by readyFirst, until passes,
 // or ctx ends. A follower here learns of a new job only with its leader's
 // next message, up to two CommitTimeouts late, so for each shard this node
 // follows it also asks the leader to answer when the topic has a job ready
 // there (ForwardRequest.WaitTopic), and returns the shards whose leaders
-// answered so.
+// answered so. A follower that has not heard from a leader lately (an
+// election, or a follower just started) has none to ask: the wait then
+// ends within leaderRecheck, so that the caller looks again and asks the
+// leader once there is one.
 func (n *Node) waitForJobs(ctx context.Context, watch *jobWatcher, reps []*replica, emptyAt map[shard.ID]uint64, topic string, until time.Time) []shard.ID {
 	wake := until
 	for _, rep := range reps {
+		if recheck := time.Now().Add(leaderRecheck); !rep.isLeader() && !rep.leaderHeard() && recheck.Before(wake) {
+			wake = recheck
+		}
 		if at, ok := emptyAt[rep.id]; ok && rep.fsm.Applied() <= at {
 			continue
 		}
