@@ -360,11 +360,7 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 	} else {
 		err := n.viaLeader(ctx, rep,
 			func() error {
-				index, err := rep.readIndex(ctx)
-				if err == nil {
-					err = rep.readAt(ctx, index)
-				}
-				if err != nil {
+				if err := rep.leaderRead(ctx); err != nil {
 					return err
 				}
 				e, _ = rep.fsm.Get(key)

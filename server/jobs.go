@@ -29,11 +29,7 @@ func (n *Node) jobRead(ctx context.Context, m *wire.Message) *wire.Message {
 	var res wire.Result
 	err := n.viaLeader(ctx, rep,
 		func() error {
-			index, err := rep.readIndex(ctx)
-			if err == nil {
-				err = rep.readAt(ctx, index)
-			}
-			if err != nil {
+			if err := rep.leaderRead(ctx); err != nil {
 				return err
 			}
 			res = readJobs(rep, jr)

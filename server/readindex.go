@@ -55,6 +55,17 @@ func (r *replica) readIndex(ctx context.Context) (uint64, error) {
 	return index, nil
 }
 
+// leaderRead returns once this replica, which must lead, may answer from
+// its own state a read begun before the call: a read index taken, and
+// applied here.
+func (r *replica) leaderRead(ctx context.Context) error {
+	index, err := r.readIndex(ctx)
+	if err != nil {
+		return err
+	}
+	return r.readAt(ctx, index)
+}
+
 // readAt returns once this replica's state machine has applied index, so
 // that its state answers the reads index was taken for.
 func (r *replica) readAt(ctx context.Context, index uint64) error {
