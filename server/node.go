@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"net/rpc"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/server/nodelog"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
@@ -44,8 +47,10 @@ const (
 type Config struct {
 	// ID is this node's id in Spec.
 	ID string
-	// DataDir holds the node's raft logs and snapshots, one directory per
-	// shard. Starting a node on the same DataDir brings its data back.
+	// DataDir holds the node's raft log (DataDir/raftlog, unless the spec
+	// keeps a log per shard) and one directory per shard with its
+	// snapshots and raft state. Starting a node on the same DataDir brings
+	// its data back.
 	DataDir string
 	// Spec describes the cluster.
 	Spec *Spec
@@ -196,6 +201,9 @@ type Node struct {
 	// the node listener before then, and are told to retry.
 	replicas map[shard.ID]*replica
 	started  atomic.Bool
+	// raftLog holds the raft logs of all the node's replicas; nil if the
+	// spec keeps a log per replica (LogStoreBolt). It closes after them.
+	raftLog *nodelog.Store
 
 	transport wire.Transport
 	sealed    *wire.SealedTransport // transport, unless insecure
@@ -318,6 +326,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
+	if n.raftLog, err = openRaftLog(cfg, m.ShardsOf(cfg.ID)); err != nil {
+		return fail(err)
+	}
 	for _, id := range m.ShardsOf(cfg.ID) {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
@@ -334,7 +345,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			id: id, dir: filepath.Join(cfg.DataDir, fmt.Sprintf("shard-%d", id)),
 			node: cfg.ID, peers: peers, timing: cfg.Spec.Raft, layer: sl, log: n.log,
 			ctx: n.ctx, callTimeout: cfg.RequestTimeout, nodes: n.peers, jobs: n.jobs,
-			timersChanged: n.kickSchedules,
+			timersChanged: n.kickSchedules, nodeLog: n.raftLog,
 		})
 		if err != nil {
 			sl.Close()
@@ -353,6 +364,41 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
 	return n, nil
+}
+
+// openRaftLog opens the node's raft log in DataDir/raftlog, if the spec keeps
+// one per node. If it keeps a log per replica, it checks instead that no
+// replica of the node (shards) has entries in a node log there: their logs
+// would seem empty, and raft would start them from their last snapshot.
+func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
+	ncfg := nodelog.DefaultConfig(filepath.Join(cfg.DataDir, "raftlog"))
+	ncfg.Logger = cfg.Logger.With("node", cfg.ID)
+	if cfg.Spec.logStore() == LogStoreNode {
+		s, err := nodelog.Open(ncfg)
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		return s, nil
+	}
+	if _, err := os.Stat(ncfg.Dir); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	s, err := nodelog.Open(ncfg)
+	if err != nil {
+		return nil, fmt.Errorf("server: checking %s: %w", ncfg.Dir, err)
+	}
+	defer s.Close()
+	groups, err := s.Groups()
+	if err != nil {
+		return nil, fmt.Errorf("server: checking %s: %w", ncfg.Dir, err)
+	}
+	for _, id := range shards {
+		if slices.Contains(groups, uint64(id)) {
+			return nil, fmt.Errorf("%w: the spec keeps a log per shard (log_store %q), but shard %d's log is in the node log %s",
+				ErrInvalidSpec, LogStoreBolt, id, ncfg.Dir)
+		}
+	}
+	return nil, nil
 }
 
 // clientAddrs returns the addresses clients may send this node's queries
@@ -586,6 +632,9 @@ func (n *Node) Close() error {
 			}()
 		}
 		wg.Wait()
+		if n.raftLog != nil {
+			errs = append(errs, n.raftLog.Close())
+		}
 		if n.mux != nil {
 			errs = append(errs, n.mux.close())
 		}

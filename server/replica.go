@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/shoal-kv/shoal/server/nodelog"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
 	"go.etcd.io/bbolt"
@@ -146,6 +147,9 @@ type replicaConfig struct {
 	// timersChanged is called when the shard's next tick may have come
 	// forward (see Node.runSchedules).
 	timersChanged func()
+	// nodeLog, if not nil, holds the replica's raft log; if nil, the log
+	// is in the replica's own bbolt file with its raft state.
+	nodeLog *nodelog.Store
 }
 
 // openReplica opens (or creates) the replica of shard cfg.id in cfg.dir and
@@ -180,7 +184,13 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
 	log := cfg.log.With("shard", id)
-	disk := &slowDiskStore{raftStore: store, log: log, slow: slowDiskWrite}
+	var entries raft.LogStore = store
+	if cfg.nodeLog != nil {
+		if entries, err = replicaLog(id, cfg.nodeLog, store); err != nil {
+			return nil, err
+		}
+	}
+	disk := &slowDiskStore{raftStore: splitStore{entries, store}, log: log, slow: slowDiskWrite}
 	logs, err := raft.NewLogCache(logCacheSize, disk)
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
@@ -287,6 +297,32 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	r.RegisterObserver(rep.observer)
 	rep.group.Go(rep.watch)
 	return rep, nil
+}
+
+// replicaLog returns shard id's log in the node's log, once it has checked
+// that the shard's bbolt file, which keeps its raft state, holds no entries:
+// a log kept there (the spec's log_store was "bolt") would be ignored, and
+// raft would start the replica from its last snapshot.
+func replicaLog(id shard.ID, nodeLog *nodelog.Store, bolt *raftboltdb.BoltStore) (raft.LogStore, error) {
+	last, err := bolt.LastIndex()
+	if err != nil {
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+	if last > 0 {
+		return nil, fmt.Errorf("%w: the spec keeps a node log (log_store %q), but shard %d's log is in its own file (log_store %q)",
+			ErrInvalidSpec, LogStoreNode, id, LogStoreBolt)
+	}
+	l, err := nodeLog.Group(uint64(id))
+	if err != nil {
+		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+	}
+	return l, nil
+}
+
+// splitStore is a raftStore whose log and stable state are kept apart.
+type splitStore struct {
+	raft.LogStore
+	raft.StableStore
 }
 
 // watch follows raft's leadership changes: it wakes whoever waits for a

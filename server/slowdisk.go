@@ -12,16 +12,17 @@ import (
 // at the same 100ms).
 const slowDiskWrite = 100 * time.Millisecond
 
-// raftStore is what a replica keeps on disk for raft: its log and its
-// stable state (term and vote), one raft-boltdb file.
+// raftStore is what a replica keeps on disk for raft: its log (in the node
+// log, or in its own bbolt file) and its stable state (term and vote, in
+// its own bbolt file).
 type raftStore interface {
 	raft.LogStore
 	raft.StableStore
 }
 
 // slowDiskStore warns, on the replica's logger, about each write to the
-// store it wraps that takes longer than slow. Every write commits a bbolt transaction with
-// its fdatasyncs, and raft waits for it: a leader before it replicates an
+// store it wraps that takes longer than slow. Every write is synced to
+// disk, and raft waits for it: a leader before it replicates an
 // entry, a follower before it acknowledges one. So a disk that stalls
 // stalls the shard, and these warnings are where the tail of a write's
 // latency shows up.

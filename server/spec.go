@@ -31,6 +31,10 @@ type Spec struct {
 	MapVersion uint64 `json:"map_version,omitempty"`
 	// Raft is the timing of every raft group. Zero fields take defaults.
 	Raft RaftTiming `json:"raft"`
+	// LogStore is where a node keeps its raft groups' logs: LogStoreNode
+	// (the default) or LogStoreBolt. It cannot change once a node has
+	// data: a node refuses to start on logs kept the other way.
+	LogStore string `json:"log_store,omitempty"`
 	// SecretIDs are the key ids (wire.Keyring.IDs) of the secrets the
 	// cluster's nodes seal with. They say nothing of the secrets; a node
 	// whose secret seals under another id refuses to start, and the CLI
@@ -53,6 +57,25 @@ func (s *Spec) CheckSecret(keys *wire.Keyring) error {
 			wire.ErrAuth, id, strings.Join(s.SecretIDs, ", "))
 	}
 	return nil
+}
+
+// The log stores a Spec may name.
+const (
+	// LogStoreNode keeps the logs of all a node's raft groups in one
+	// Pebble database (server/nodelog) in DataDir/raftlog: the appends
+	// that arrive together from any of its groups share one fsync.
+	LogStoreNode = "node"
+	// LogStoreBolt keeps each raft group's log in its own bbolt file
+	// (raft-boltdb), with its own fsyncs.
+	LogStoreBolt = "bolt"
+)
+
+// logStore returns the log store the spec names, its default filled in.
+func (s *Spec) logStore() string {
+	if s.LogStore == "" {
+		return LogStoreNode
+	}
+	return s.LogStore
 }
 
 // NodeSpec is one node: its id and its addresses.
@@ -190,6 +213,9 @@ func (s *Spec) Validate() error {
 			}
 			seen[k] = true
 		}
+	}
+	if ls := s.logStore(); ls != LogStoreNode && ls != LogStoreBolt {
+		return fmt.Errorf("%w: log_store %q is neither %q nor %q", ErrInvalidSpec, ls, LogStoreNode, LogStoreBolt)
 	}
 	for _, sh := range s.Shards {
 		if n := len(sh.Replicas); n < 1 || n > 3 {

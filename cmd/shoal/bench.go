@@ -68,6 +68,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	asJSON := fs.Bool("json", false, "print one JSON object per point")
 	insecure := fs.Bool("insecure", false, "run the cluster started (or talk to the one given) without authentication")
 	secretFile := fs.String("secret-file", "", "with --cluster, the cluster's secret `FILE` (default: beside it, or $SHOAL_SECRET_FILE)")
+	logStore := fs.String("log-store", server.LogStoreNode, "where the nodes of the cluster started keep their raft logs: "+
+		server.LogStoreNode+" or "+server.LogStoreBolt)
 	cpuProfile := fs.String("cpuprofile", "", "write the benchmark client's CPU profile to `FILE` (nodes: shoal server --pprof)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -145,7 +147,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchCluster(ctx, spec, keys, filepath.Dir(*clusterFile), ops, clientCounts, *duration, stderr, emit)
 	}
 	for _, n := range shardCounts {
-		if err := benchFreshCluster(ctx, n, *nodes, *replicas, *insecure, ops, clientCounts, *duration, stderr, emit); err != nil {
+		if err := benchFreshCluster(ctx, n, *nodes, *replicas, *logStore, *insecure, ops, clientCounts, *duration, stderr, emit); err != nil {
 			return err
 		}
 	}
@@ -154,16 +156,16 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // benchFreshCluster starts a cluster of processes with shards shards, runs
 // the points on it and stops it.
-func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, insecure bool, ops []string, clientCounts []int,
+func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, logStore string, insecure bool, ops []string, clientCounts []int,
 	d time.Duration, stderr io.Writer, emit func(benchPoint) error) error {
 	dir, err := os.MkdirTemp("", "shoal-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fmt.Fprintf(stderr, "bench: starting %d nodes with %d shards of %d replicas in %s\n", nodes, shards, replicas, dir)
+	fmt.Fprintf(stderr, "bench: starting %d nodes with %d shards of %d replicas (log store %s) in %s\n", nodes, shards, replicas, logStore, dir)
 	up := []string{"--dir", dir, "--nodes", strconv.Itoa(nodes), "--shards", strconv.Itoa(shards),
-		"--replicas", strconv.Itoa(replicas)}
+		"--replicas", strconv.Itoa(replicas), "--log-store", logStore}
 	if insecure {
 		up = append(up, "--insecure")
 	}

@@ -100,6 +100,8 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	replicas := fs.Int("replicas", 3, "replicas of each shard of a new cluster (2 or 3)")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for every shard to have a leader")
 	insecure := fs.Bool("insecure", false, "run the nodes without authentication (for a trusted network only)")
+	logStore := fs.String("log-store", server.LogStoreNode, "where a new cluster's nodes keep their raft logs: "+
+		server.LogStoreNode+" (one per node) or "+server.LogStoreBolt+" (one file per replica)")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
@@ -113,6 +115,12 @@ func clusterUp(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case errors.Is(err, os.ErrNotExist):
 		if spec, err = server.LocalSpec(*nodes, *shards, *replicas); err != nil {
 			return err
+		}
+		if *logStore != server.LogStoreNode {
+			spec.LogStore = *logStore
+		}
+		if err := spec.Validate(); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
 		}
 		if err := spec.Save(specPath(*dir)); err != nil {
 			return err
