@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -232,10 +233,12 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	}
 	if !existing {
 		// Every replica bootstraps with the same configuration, which
-		// raft allows; whichever wins the first election leads.
+		// raft allows; whichever wins the first election leads. In the
+		// same order too, so that the first entry is alike on every
+		// replica, byte for byte.
 		var conf raft.Configuration
-		for nid, addr := range cfg.peers {
-			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(nid), Address: raft.ServerAddress(addr)})
+		for _, nid := range slices.Sorted(maps.Keys(cfg.peers)) {
+			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(nid), Address: raft.ServerAddress(cfg.peers[nid])})
 		}
 		if err := raft.BootstrapCluster(rcfg, logs, disk, snaps, trans, conf); err != nil {
 			trans.Close()

@@ -42,6 +42,7 @@ func TestSpecValidate(t *testing.T) {
 		"bad ranges":               func(s *Spec) { s.Ranges = []shard.Range{{Start: 0, End: 10, Shard: 0}} },
 		"lease over heartbeat":     func(s *Spec) { s.Raft.LeaderLeaseTimeout = Duration(DefaultHeartbeatTimeout * 2) },
 		"election under heartbeat": func(s *Spec) { s.Raft.ElectionTimeout = Duration(DefaultHeartbeatTimeout / 2) },
+		"unknown log store":        func(s *Spec) { s.LogStore = "ext4" },
 	} {
 		s := validSpec()
 		mutate(s)

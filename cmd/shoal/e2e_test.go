@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/nodelog"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 )
@@ -43,10 +45,11 @@ func shoalRun(t *testing.T, bin string, args ...string) string {
 	return out.String()
 }
 
-// Real processes: kill -9 the leader of a shard while clients write; every
-// acknowledged write stays readable, writes to the shard resume within an
-// election's worst case, and the killed node, started again by `cluster
-// up`, catches up.
+// Real processes on the node-wide raft log: kill -9 the leader of a shard
+// while clients write; every acknowledged write stays readable, writes to
+// the shard resume within an election's worst case, and the killed node,
+// started again by `cluster up`, catches up, with every acknowledged write
+// still readable and a log that agrees with its peers'.
 func TestKillLeaderProcess(t *testing.T) {
 	bin := buildShoal(t)
 	dir := t.TempDir()
@@ -180,10 +183,85 @@ func TestKillLeaderProcess(t *testing.T) {
 	if _, err := c.Get(rctx, "w0-0", client.Stale()); err != nil && !errors.Is(err, client.ErrNotFound) {
 		t.Errorf("stale read after restart: %v", err)
 	}
+	// Every acknowledged write is still there with the killed node back,
+	// which may lead again.
+	mu.Lock()
+	for k, v := range acked {
+		it, err := reader.Get(rctx, k)
+		if err != nil || string(it.Value) != v {
+			t.Errorf("after the restart, acknowledged %s=%s reads back %q, %v", k, v, it.Value, err)
+		}
+	}
+	mu.Unlock()
 	shoalRun(t, bin, "cluster", "down", "--dir", dir)
 	if n := countRunning(dir); n != 0 {
 		t.Errorf("%d nodes still running after cluster down", n)
 	}
+	checkNodeLogs(t, dir, spec, victim)
+}
+
+// checkNodeLogs reads the node logs of a stopped cluster and fails unless
+// each group's log on each node is whole (every entry from its first to
+// its last) and agrees with the victim's at every index both hold: the
+// killed node kept no entry its group did not append.
+func checkNodeLogs(t *testing.T, dir string, spec *server.Spec, victim string) {
+	t.Helper()
+	type entries map[uint64]raft.Log
+	logs := map[string]map[uint64]entries{} // node, group
+	for _, n := range spec.Nodes {
+		s, err := nodelog.Open(nodelog.DefaultConfig(filepath.Join(dataPath(dir, n.ID), "raftlog")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs[n.ID] = map[uint64]entries{}
+		for _, sh := range spec.Shards {
+			l, err := s.Group(uint64(sh.ID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, _ := l.FirstIndex()
+			last, _ := l.LastIndex()
+			if first == 0 {
+				t.Errorf("%s: shard %d has an empty log", n.ID, sh.ID)
+				continue
+			}
+			es := entries{}
+			for i := first; i <= last; i++ {
+				var e raft.Log
+				if err := l.GetLog(i, &e); err != nil {
+					t.Errorf("%s: shard %d: entry %d of %d..%d: %v", n.ID, sh.ID, i, first, last, err)
+					break
+				}
+				es[i] = e
+			}
+			logs[n.ID][uint64(sh.ID)] = es
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compared := 0
+	for _, n := range spec.Nodes {
+		if n.ID == victim {
+			continue
+		}
+		for g, es := range logs[n.ID] {
+			for i, e := range es {
+				v, ok := logs[victim][g][i]
+				if !ok {
+					continue
+				}
+				compared++
+				if v.Term != e.Term || v.Type != e.Type || !bytes.Equal(v.Data, e.Data) {
+					t.Fatalf("shard %d entry %d: %s holds term %d, %s term %d (or other data)", g, i, victim, v.Term, n.ID, e.Term)
+				}
+			}
+		}
+	}
+	if compared == 0 {
+		t.Fatal("the node logs share no entries to compare")
+	}
+	t.Logf("%s's node log agrees with its peers' at %d entries", victim, compared)
 }
 
 // Real processes: a write whose context has 10 s left survives a 2 s stall

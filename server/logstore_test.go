@@ -1,0 +1,62 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
+)
+
+// A node keeps its raft logs where the spec says (log_store), brings them
+// back on restart, and refuses to start when the spec names the other
+// store than the one its logs are in, rather than start its replicas from
+// their snapshots with their logs unseen.
+func TestLogStoreIsChosenAndKept(t *testing.T) {
+	for _, kept := range []string{server.LogStoreNode, server.LogStoreBolt} {
+		t.Run(kept, func(t *testing.T) {
+			spec, err := server.LocalSpec(1, 2, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec.LogStore = kept
+			c := servertest.New(t, servertest.Options{Spec: spec})
+			ctx := context.Background()
+			cl := newClient(t, c, client.Config{})
+			for i := range 20 {
+				if _, err := cl.Set(ctx, fmt.Sprint("k", i), []byte(fmt.Sprint(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.Kill("n1"); err != nil {
+				t.Fatal(err)
+			}
+			other := server.LogStoreBolt
+			if kept == server.LogStoreBolt {
+				other = server.LogStoreNode
+			}
+			spec.LogStore = other
+			_, err = c.Restart(ctx, "n1")
+			if !errors.Is(err, server.ErrInvalidSpec) {
+				t.Fatalf("restart on logs kept in %q with a spec that says %q: %v, want ErrInvalidSpec", kept, other, err)
+			}
+			t.Logf("refused: %v", err)
+			spec.LogStore = kept
+			if _, err := c.Restart(ctx, "n1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 20 {
+				it, err := cl.Get(ctx, fmt.Sprint("k", i))
+				if err != nil || string(it.Value) != fmt.Sprint(i) {
+					t.Fatalf("k%d after restart: %q, %v", i, it.Value, err)
+				}
+			}
+		})
+	}
+}
