@@ -2,10 +2,15 @@
 // cluster Spec gives it, serves clients over a datagram Transport (UDP), and
 // talks to its peers over one TCP listener.
 //
-// Each replica is its own hashicorp/raft instance with its own
-// raft-boltdb log (fsync on) and snapshot store under Config.DataDir, so a
-// node started again on the same directory comes back with its data. Raft
-// has no multi-raft support; all groups of a node share its listener, and
+// Each replica is its own hashicorp/raft instance with its own snapshot
+// store and raft state (term and vote, in a raft-boltdb file) under
+// Config.DataDir, so a node started again on the same directory comes back
+// with its data. The replicas' raft logs share one node log (package
+// nodelog, a Pebble database, fsync on): the appends that the node's groups
+// make at once go to disk with one fsync, so more shards on a node do not
+// mean more fsyncs per write. A spec whose log_store is "bolt" keeps each
+// replica's log in its raft-boltdb file instead. Raft has no multi-raft
+// support; all groups of a node share its listener, and
 // every connection opens with a preamble that names its shard (or the node
 // RPC service, which forwards writes and read-index requests to leaders).
 // That traffic runs over mutual TLS 1.3 with the cluster's CA

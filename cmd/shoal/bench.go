@@ -98,6 +98,9 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *clusterFile != "" && *shardsFlag > 0 {
 		return fmt.Errorf("%w: --shards is the existing cluster's with --cluster", errUsage)
 	}
+	if *clusterFile != "" && *logStore != server.LogStoreNode {
+		return fmt.Errorf("%w: --log-store is the existing cluster's with --cluster", errUsage)
+	}
 
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
