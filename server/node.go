@@ -366,6 +366,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
+// raftLogSyncInterval is the least time between two fsyncs of a node log
+// (nodelog.Config.MinSyncInterval). Under load, the appends of the node's
+// groups that arrive within it share one fsync; after a quiet spell an
+// append is synced at once, so a lone client's write does not wait. On a
+// 2-core VM, where an fdatasync costs 200-270 µs of CPU, 500 µs took sets
+// at 8 shards and 64 clients from 2,134 to 3,177-3,627/s and their node
+// CPU from 566 to 330-413 µs each (1 and 2 ms did less); at 1 shard,
+// 4,965 to 5,442/s.
+const raftLogSyncInterval = 500 * time.Microsecond
+
 // openRaftLog opens the node's raft log in DataDir/raftlog, if the spec keeps
 // one per node. If it keeps a log per replica, it checks instead that no
 // replica of the node (shards) has entries in a node log there: their logs
@@ -373,6 +383,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
 	ncfg := nodelog.DefaultConfig(filepath.Join(cfg.DataDir, "raftlog"))
 	ncfg.Logger = cfg.Logger.With("node", cfg.ID)
+	ncfg.MinSyncInterval = raftLogSyncInterval
 	if cfg.Spec.logStore() == LogStoreNode {
 		s, err := nodelog.Open(ncfg)
 		if err != nil {

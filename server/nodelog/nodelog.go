@@ -47,6 +47,12 @@ type Config struct {
 	// MemTableSize is the size in bytes of one Pebble memtable. Up to two
 	// are held in memory; a full one is flushed to disk in the background.
 	MemTableSize uint64
+	// MinSyncInterval is the least time between two fsyncs of the log:
+	// an append that asks for one sooner waits for the interval to end,
+	// and the appends that arrive meanwhile, from any group, share its
+	// fsync. An append after a quiet spell is synced at once. Zero syncs
+	// whenever asked.
+	MinSyncInterval time.Duration
 	// Logger receives Pebble's log lines. Nil discards them.
 	Logger *slog.Logger
 }
@@ -66,6 +72,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("nodelog: negative cache size %d", c.CacheSize)
 	case c.MemTableSize < 256<<10:
 		return fmt.Errorf("nodelog: memtable size %d is under 256 KiB", c.MemTableSize)
+	case c.MinSyncInterval < 0:
+		return fmt.Errorf("nodelog: negative sync interval %v", c.MinSyncInterval)
 	}
 	return nil
 }
@@ -97,6 +105,9 @@ func Open(cfg Config) (*Store, error) {
 		MemTableSize:       cfg.MemTableSize,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{log: cfg.Logger},
+	}
+	if d := cfg.MinSyncInterval; d > 0 {
+		opts.WALMinSyncInterval = func() time.Duration { return d }
 	}
 	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
