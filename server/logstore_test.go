@@ -14,7 +14,8 @@ import (
 // A node keeps its raft logs where the spec says (log_store), brings them
 // back on restart, and refuses to start when the spec names the other
 // store than the one its logs are in, rather than start its replicas from
-// their snapshots with their logs unseen.
+// their snapshots with their logs unseen. A spec that names no store keeps
+// the one the logs are in.
 func TestLogStoreIsChosenAndKept(t *testing.T) {
 	for _, kept := range []string{server.LogStoreNode, server.LogStoreBolt} {
 		t.Run(kept, func(t *testing.T) {
@@ -44,18 +45,29 @@ func TestLogStoreIsChosenAndKept(t *testing.T) {
 				t.Fatalf("restart on logs kept in %q with a spec that says %q: %v, want ErrInvalidSpec", kept, other, err)
 			}
 			t.Logf("refused: %v", err)
+			// The store the logs are in, named or (as in the spec of a
+			// cluster made before the node log) left unsaid.
+			for _, named := range []string{kept, ""} {
+				spec.LogStore = named
+				if _, err := c.Restart(ctx, "n1"); err != nil {
+					t.Fatalf("restart with log_store %q: %v", named, err)
+				}
+				if err := c.WaitReady(ctx); err != nil {
+					t.Fatal(err)
+				}
+				for i := range 20 {
+					it, err := cl.Get(ctx, fmt.Sprint("k", i))
+					if err != nil || string(it.Value) != fmt.Sprint(i) {
+						t.Fatalf("k%d after a restart with log_store %q: %q, %v", i, named, it.Value, err)
+					}
+				}
+				if err := c.Kill("n1"); err != nil {
+					t.Fatal(err)
+				}
+			}
 			spec.LogStore = kept
 			if _, err := c.Restart(ctx, "n1"); err != nil {
 				t.Fatal(err)
-			}
-			if err := c.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 20 {
-				it, err := cl.Get(ctx, fmt.Sprint("k", i))
-				if err != nil || string(it.Value) != fmt.Sprint(i) {
-					t.Fatalf("k%d after restart: %q, %v", i, it.Value, err)
-				}
 			}
 		})
 	}

@@ -342,10 +342,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			peers[nid] = raftAddrs[nid]
 		}
 		rep, err := openReplica(replicaConfig{
-			id: id, dir: filepath.Join(cfg.DataDir, fmt.Sprintf("shard-%d", id)),
+			id: id, dir: filepath.Join(cfg.DataDir, replicaDir(id)),
 			node: cfg.ID, peers: peers, timing: cfg.Spec.Raft, layer: sl, log: n.log,
 			ctx: n.ctx, callTimeout: cfg.RequestTimeout, nodes: n.peers, jobs: n.jobs,
-			timersChanged: n.kickSchedules, nodeLog: n.raftLog,
+			timersChanged: n.kickSchedules, nodeLog: n.raftLog, logStore: cfg.Spec.LogStore,
 		})
 		if err != nil {
 			sl.Close()
@@ -376,12 +376,23 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 // 4,965 to 5,442/s.
 const raftLogSyncInterval = 500 * time.Microsecond
 
-// openRaftLog opens the node's raft log in DataDir/raftlog, if the spec keeps
-// one per node. If it keeps a log per replica, it checks instead that no
+// The layout of a node's DataDir: the node log, and a directory per replica
+// with its snapshots and its raft-boltdb file (raft state, and the log if
+// the node keeps no node log).
+const (
+	nodeLogDir = "raftlog"
+	boltFile   = "raft.db"
+)
+
+// replicaDir is the directory of shard id's replica in a node's DataDir.
+func replicaDir(id shard.ID) string { return fmt.Sprintf("shard-%d", id) }
+
+// openRaftLog opens the node's raft log in DataDir/raftlog, unless the spec
+// keeps a log per replica. If it keeps a log per replica, it checks instead that no
 // replica of the node (shards) has entries in a node log there: their logs
 // would seem empty, and raft would start them from their last snapshot.
 func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
-	ncfg := nodelog.DefaultConfig(filepath.Join(cfg.DataDir, "raftlog"))
+	ncfg := nodelog.DefaultConfig(filepath.Join(cfg.DataDir, nodeLogDir))
 	ncfg.Logger = cfg.Logger.With("node", cfg.ID)
 	ncfg.MinSyncInterval = raftLogSyncInterval
 	if cfg.Spec.logStore() == LogStoreNode {

@@ -151,6 +151,9 @@ type replicaConfig struct {
 	// nodeLog, if not nil, holds the replica's raft log; if nil, the log
 	// is in the replica's own bbolt file with its raft state.
 	nodeLog *nodelog.Store
+	// logStore is the spec's log_store as written: if empty, a replica
+	// whose log is in its bbolt file keeps it there (see replicaLog).
+	logStore string
 }
 
 // openReplica opens (or creates) the replica of shard cfg.id in cfg.dir and
@@ -162,7 +165,7 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	}
 	hlog := newRaftLogger(cfg.log, fmt.Sprintf("raft.shard-%d", id), hclog.Info)
 	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(cfg.dir, "raft.db"),
+		Path: filepath.Join(cfg.dir, boltFile),
 		BoltOptions: &bbolt.Options{
 			Timeout: boltOpenTimeout,
 			// Without this, after log truncation the freelist is rewritten
@@ -187,7 +190,7 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	log := cfg.log.With("shard", id)
 	var entries raft.LogStore = store
 	if cfg.nodeLog != nil {
-		if entries, err = replicaLog(id, cfg.nodeLog, store); err != nil {
+		if entries, err = replicaLog(id, cfg.nodeLog, store, cfg.logStore, log); err != nil {
 			return nil, err
 		}
 	}
@@ -302,18 +305,25 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	return rep, nil
 }
 
-// replicaLog returns shard id's log in the node's log, once it has checked
-// that the shard's bbolt file, which keeps its raft state, holds no entries:
-// a log kept there (the spec's log_store was "bolt") would be ignored, and
-// raft would start the replica from its last snapshot.
-func replicaLog(id shard.ID, nodeLog *nodelog.Store, bolt *raftboltdb.BoltStore) (raft.LogStore, error) {
+// replicaLog returns the log store of shard id's replica, given a node log:
+// the replica's group in it, unless the replica's bbolt file, which keeps
+// its raft state, holds entries. Then the log is kept there (the spec's
+// log_store was "bolt", or the replica was made before the node log): if
+// the spec names the node log (named), the node refuses to start, rather
+// than ignore those entries and start the replica from its last snapshot;
+// if it names no store, the replica keeps its log where it is.
+func replicaLog(id shard.ID, nodeLog *nodelog.Store, bolt *raftboltdb.BoltStore, named string, log *slog.Logger) (raft.LogStore, error) {
 	last, err := bolt.LastIndex()
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
-	if last > 0 {
+	switch {
+	case last > 0 && named == LogStoreNode:
 		return nil, fmt.Errorf("%w: the spec keeps a node log (log_store %q), but shard %d's log is in its own file (log_store %q)",
 			ErrInvalidSpec, LogStoreNode, id, LogStoreBolt)
+	case last > 0:
+		log.Info("the replica's raft log stays in its own file, where it is (log_store unset)", "last_index", last)
+		return bolt, nil
 	}
 	l, err := nodeLog.Group(uint64(id))
 	if err != nil {

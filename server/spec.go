@@ -32,8 +32,10 @@ type Spec struct {
 	// Raft is the timing of every raft group. Zero fields take defaults.
 	Raft RaftTiming `json:"raft"`
 	// LogStore is where a node keeps its raft groups' logs: LogStoreNode
-	// (the default) or LogStoreBolt. It cannot change once a node has
-	// data: a node refuses to start on logs kept the other way.
+	// or LogStoreBolt. It cannot change once a node has data: a node
+	// refuses to start on logs kept the other way. If empty, the logs of
+	// new replicas go to the node log, and a replica whose log is in its
+	// own file (one made before the node log) keeps it there.
 	LogStore string `json:"log_store,omitempty"`
 	// SecretIDs are the key ids (wire.Keyring.IDs) of the secrets the
 	// cluster's nodes seal with. They say nothing of the secrets; a node
