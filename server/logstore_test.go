@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/shoal-kv/shoal/client"
@@ -70,5 +72,48 @@ func TestLogStoreIsChosenAndKept(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// A replica does not start on a node log other than the one it kept its log
+// in (the node's raftlog directory was lost or made anew), nor with entries
+// in the node log when its raft state, which names the node log, was lost:
+// raft would forget acknowledged entries, or could vote twice in a term.
+func TestLostNodeLogIsRefused(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	ctx := context.Background()
+	cl := newClient(t, c, client.Config{})
+	if _, err := cl.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill("n1"); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(c.Dir(), "n1")
+	for _, lost := range []string{"raftlog", filepath.Join("shard-0", "raft.db")} {
+		path := filepath.Join(data, lost)
+		if err := os.Rename(path, path+".kept"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.Restart(ctx, "n1")
+		if !errors.Is(err, server.ErrDataDir) {
+			t.Fatalf("restart without %s: %v, want ErrDataDir", lost, err)
+		}
+		t.Logf("without %s: %v", lost, err)
+		if err := os.RemoveAll(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".kept", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Restart(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if it, err := cl.Get(ctx, "k"); err != nil || string(it.Value) != "v" {
+		t.Fatalf("k after restart: %q, %v", it.Value, err)
 	}
 }

@@ -405,6 +405,7 @@ func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
 	if _, err := os.Stat(ncfg.Dir); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	ncfg.ReadOnly = true
 	s, err := nodelog.Open(ncfg)
 	if err != nil {
 		return nil, fmt.Errorf("server: checking %s: %w", ncfg.Dir, err)

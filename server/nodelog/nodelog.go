@@ -17,15 +17,18 @@ package nodelog
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/raft"
 )
 
@@ -53,6 +56,12 @@ type Config struct {
 	// fsync. An append after a quiet spell is synced at once. Zero syncs
 	// whenever asked.
 	MinSyncInterval time.Duration
+	// ReadOnly opens an existing store without writing to it, to look at
+	// it: every append or deletion fails.
+	ReadOnly bool
+	// FS is the file system the store is kept in; nil is the OS's. Tests
+	// give one that loses what was not synced (vfs.NewCrashableMem).
+	FS vfs.FS
 	// Logger receives Pebble's log lines. Nil discards them.
 	Logger *slog.Logger
 }
@@ -81,7 +90,12 @@ func (c Config) Validate() error {
 // Store is a node's raft log: the logs of all its groups in one database.
 // Its methods are safe for concurrent use.
 type Store struct {
-	db *pebble.DB
+	db  *pebble.DB
+	id  string
+	log *slog.Logger
+	// failed is set at the first write that fails; Pebble's log keeps the
+	// error, and every later write fails as well.
+	failed atomic.Bool
 
 	// live is held for reading by every call that uses db, and for
 	// writing by Close: Pebble panics on a closed database, so Close waits
@@ -101,9 +115,13 @@ func Open(cfg Config) (*Store, error) {
 	cache := pebble.NewCache(cfg.CacheSize)
 	defer cache.Unref()
 	opts := &pebble.Options{
-		Cache:              cache,
-		MemTableSize:       cfg.MemTableSize,
-		FormatMajorVersion: pebble.FormatNewest,
+		Cache:        cache,
+		MemTableSize: cfg.MemTableSize,
+		// A named format, not FormatNewest, so that a build with a newer
+		// Pebble does not upgrade the files past what this one reads.
+		FormatMajorVersion: pebble.FormatValueSeparation,
+		ReadOnly:           cfg.ReadOnly,
+		FS:                 cfg.FS,
 		Logger:             pebbleLogger{log: cfg.Logger},
 	}
 	if d := cfg.MinSyncInterval; d > 0 {
@@ -113,7 +131,51 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nodelog: opening %s: %w", cfg.Dir, err)
 	}
-	return &Store{db: db, groups: make(map[uint64]*Log)}, nil
+	s := &Store{db: db, log: cfg.Logger, groups: make(map[uint64]*Log)}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.id, err = storeID(db, cfg.ReadOnly); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("nodelog: %s: %w", cfg.Dir, err)
+	}
+	return s, nil
+}
+
+// idKey holds the store's id. It lies in the range of the reserved group
+// math.MaxUint64, apart from every group's entries.
+var idKey = append(key(math.MaxUint64, 0), "id"...)
+
+// storeID reads the store's id, and makes one for a new store.
+func storeID(db *pebble.DB, readOnly bool) (string, error) {
+	v, closer, err := db.Get(idKey)
+	if err == nil {
+		defer closer.Close()
+		return string(v), nil
+	}
+	if !errors.Is(err, pebble.ErrNotFound) || readOnly {
+		return "", fmt.Errorf("reading its id: %w", err)
+	}
+	id := rand.Text()
+	if err := db.Set(idKey, []byte(id), pebble.Sync); err != nil {
+		return "", fmt.Errorf("writing its id: %w", err)
+	}
+	return id, nil
+}
+
+// ID returns the store's id, made at random when it was created: a
+// replica that notes it can tell its log from one in a store made since,
+// after the node's log was lost or replaced.
+func (s *Store) ID() string { return s.id }
+
+// writeFailed reports a failed write of group id. Pebble keeps its log's
+// first error, so after it every group's writes fail until the store is
+// opened again: the node's raft groups cannot commit, and say so once.
+func (s *Store) writeFailed(id uint64, err error) {
+	if s.failed.CompareAndSwap(false, true) {
+		s.log.Error("node log: a write failed; every raft group of the node will fail its writes until the node restarts",
+			"group", id, "err", err)
+	}
 }
 
 // Close closes the store. Its groups' logs fail after it.
@@ -190,18 +252,13 @@ func (s *Store) Groups() ([]uint64, error) {
 		return nil, err
 	}
 	defer done()
-	it, err := s.db.NewIter(nil)
+	it, err := s.db.NewIter(&pebble.IterOptions{UpperBound: key(math.MaxUint64, 0)})
 	if err != nil {
 		return nil, fmt.Errorf("nodelog: %w", err)
 	}
 	var ids []uint64
-	for ok := it.First(); ok; {
-		id := group(it.Key())
-		ids = append(ids, id)
-		if id == math.MaxUint64-1 {
-			break
-		}
-		ok = it.SeekGE(key(id+1, 0))
+	for ok := it.First(); ok; ok = it.SeekGE(key(ids[len(ids)-1]+1, 0)) {
+		ids = append(ids, group(it.Key()))
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		return nil, fmt.Errorf("nodelog: listing groups: %w", err)
@@ -218,20 +275,25 @@ func (s *Store) DropGroup(id uint64) error {
 		return err
 	}
 	defer done()
+	// Group waits while the range is deleted, so that a new Log of the
+	// group reads its bounds after.
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	g := s.groups[id]
 	delete(s.groups, id)
-	s.mu.Unlock()
 	if g != nil {
 		g.writeMu.Lock()
 		defer g.writeMu.Unlock()
 		g.dropped = true
+	}
+	if err := s.db.DeleteRange(key(id, 0), key(id, math.MaxUint64), pebble.Sync); err != nil {
+		s.writeFailed(id, err)
+		return fmt.Errorf("nodelog: dropping group %d: %w", id, err)
+	}
+	if g != nil {
 		g.boundsMu.Lock()
 		g.first, g.last = 0, 0
 		g.boundsMu.Unlock()
-	}
-	if err := s.db.DeleteRange(key(id, 0), key(id, math.MaxUint64), pebble.Sync); err != nil {
-		return fmt.Errorf("nodelog: dropping group %d: %w", id, err)
 	}
 	return nil
 }
@@ -251,6 +313,8 @@ type Log struct {
 	// first and last are the indexes of the group's first and last entry
 	// on disk, both zero when it has none. They change only under writeMu
 	// (and boundsMu), after the write that changes them is durable.
+	// Entries between them may be missing (raft may leave a gap), never
+	// entries outside them.
 	boundsMu    sync.Mutex
 	first, last uint64
 }
@@ -287,7 +351,7 @@ func (l *Log) GetLog(index uint64, out *raft.Log) error {
 	}
 	defer closer.Close()
 	if err := decode(v, out); err != nil {
-		return fmt.Errorf("group %d, entry %d: %w", l.id, index, err)
+		return fmt.Errorf("nodelog: group %d, entry %d: %w", l.id, index, err)
 	}
 	out.Index = index
 	return nil
@@ -323,6 +387,7 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
+		l.s.writeFailed(l.id, err)
 		return fmt.Errorf("nodelog: group %d: appending %d entries: %w", l.id, len(logs), err)
 	}
 	lo, hi := logs[0].Index, logs[len(logs)-1].Index
@@ -357,19 +422,19 @@ func (l *Log) DeleteRange(min, max uint64) error {
 		end = key(l.id, max+1)
 	}
 	if err := l.s.db.DeleteRange(key(l.id, min), end, pebble.Sync); err != nil {
+		l.s.writeFailed(l.id, err)
 		return fmt.Errorf("nodelog: group %d: deleting entries %d to %d: %w", l.id, min, max, err)
 	}
-	l.boundsMu.Lock()
-	defer l.boundsMu.Unlock()
-	switch {
-	case l.first == 0:
-	case min <= l.first && max >= l.last:
-		l.first, l.last = 0, 0
-	case min <= l.first && max >= l.first:
-		l.first = max + 1
-	case max >= l.last && min <= l.last:
-		l.last = min - 1
+	// The new bounds are read rather than worked out: raft may leave a
+	// gap (a follower that installs a snapshot keeps older entries), and
+	// a bound must name an entry that is there.
+	first, last, err := l.s.bounds(l.id)
+	if err != nil {
+		return err
 	}
+	l.boundsMu.Lock()
+	l.first, l.last = first, last
+	l.boundsMu.Unlock()
 	return nil
 }
 
@@ -416,23 +481,23 @@ func decode(v []byte, out *raft.Log) error {
 	}
 	term, err := binary.ReadUvarint(r)
 	if err != nil {
-		return fmt.Errorf("%w: term: %v", ErrCorrupt, err)
+		return fmt.Errorf("%w: term: %w", ErrCorrupt, err)
 	}
 	typ, err := r.ReadByte()
 	if err != nil {
-		return fmt.Errorf("%w: type: %v", ErrCorrupt, err)
+		return fmt.Errorf("%w: type: %w", ErrCorrupt, err)
 	}
 	at, err := binary.ReadVarint(r)
 	if err != nil {
-		return fmt.Errorf("%w: time: %v", ErrCorrupt, err)
+		return fmt.Errorf("%w: time: %w", ErrCorrupt, err)
 	}
 	data, err := readBytes(r)
 	if err != nil {
-		return fmt.Errorf("%w: data: %v", ErrCorrupt, err)
+		return fmt.Errorf("%w: data: %w", ErrCorrupt, err)
 	}
 	ext, err := readBytes(r)
 	if err != nil {
-		return fmt.Errorf("%w: extensions: %v", ErrCorrupt, err)
+		return fmt.Errorf("%w: extensions: %w", ErrCorrupt, err)
 	}
 	if r.Len() != 0 {
 		return fmt.Errorf("%w: %d bytes after the entry", ErrCorrupt, r.Len())
