@@ -187,6 +187,17 @@ type Counters struct {
 	// LeadershipTransfers counts the shards whose leadership this node
 	// handed to a replica on a node under its share (leadership.go).
 	LeadershipTransfers uint64
+	// LogSyncs counts the fsyncs of the node log since the node started,
+	// and LogSyncTime the time they took (zero without a node log): the
+	// appends of all the node's groups share them, and they run one at a
+	// time, at least RaftLogSyncInterval apart under load.
+	LogSyncs    uint64
+	LogSyncTime time.Duration
+	// LogAppends counts the appends of the node's raft groups to the node
+	// log, and LogAppendTime the time they took, each until a sync made
+	// it durable (nodelog.Stats).
+	LogAppends    uint64
+	LogAppendTime time.Duration
 }
 
 // Node is one shoal process: a replica of each shard the spec gives it, a
@@ -366,7 +377,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// raftLogSyncInterval is the least time between two fsyncs of a node log
+// RaftLogSyncInterval is the least time between two fsyncs of a node log
 // (nodelog.Config.MinSyncInterval). Under load, the appends of the node's
 // groups that arrive within it share one fsync; after a quiet spell an
 // append is synced at once, so a lone client's write does not wait. On a
@@ -374,7 +385,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 // at 8 shards and 64 clients from 2,134 to 3,177-3,627/s and their node
 // CPU from 566 to 330-413 µs each (1 and 2 ms did less); at 1 shard,
 // 4,965 to 5,442/s.
-const raftLogSyncInterval = 500 * time.Microsecond
+const RaftLogSyncInterval = 500 * time.Microsecond
 
 // The layout of a node's DataDir: the node log, and a directory per replica
 // with its snapshots and its raft-boltdb file (raft state, and the log if
@@ -394,7 +405,7 @@ func replicaDir(id shard.ID) string { return fmt.Sprintf("shard-%d", id) }
 func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
 	ncfg := nodelog.DefaultConfig(filepath.Join(cfg.DataDir, nodeLogDir))
 	ncfg.Logger = cfg.Logger.With("node", cfg.ID)
-	ncfg.MinSyncInterval = raftLogSyncInterval
+	ncfg.MinSyncInterval = RaftLogSyncInterval
 	if cfg.Spec.logStore() == LogStoreNode {
 		s, err := nodelog.Open(ncfg)
 		if err != nil {
@@ -486,6 +497,12 @@ func (n *Node) Counters() Counters {
 	}
 	if n.sealed != nil {
 		c.Unauthenticated = n.sealed.Rejected()
+	}
+	if n.raftLog != nil {
+		if st, err := n.raftLog.Stats(); err == nil {
+			c.LogSyncs, c.LogSyncTime = st.Syncs, st.SyncTime
+			c.LogAppends, c.LogAppendTime = st.Appends, st.AppendTime
+		}
 	}
 	for _, rep := range n.replicas {
 		c.Joined += rep.proposing.joined.Load()

@@ -132,3 +132,14 @@ func (c *cluster) close() error {
 	}
 	return err
 }
+
+// logCounters returns each node's counters, in the order of c.ids.
+func (c *cluster) logCounters() []server.Counters {
+	out := make([]server.Counters, len(c.ids))
+	for i, id := range c.ids {
+		if n := c.Node(id); n != nil {
+			out[i] = n.Counters()
+		}
+	}
+	return out
+}

@@ -30,6 +30,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // ErrCorrupt is returned (wrapped) for an entry on disk that does not decode.
@@ -96,6 +98,9 @@ type Store struct {
 	// failed is set at the first write that fails; Pebble's log keeps the
 	// error, and every later write fails as well.
 	failed atomic.Bool
+	// appends counts the StoreLogs calls that succeeded and appendNanos
+	// the time they took, their wait for a sync included.
+	appends, appendNanos atomic.Uint64
 
 	// live is held for reading by every call that uses db, and for
 	// writing by Close: Pebble panics on a closed database, so Close waits
@@ -167,6 +172,41 @@ func storeID(db *pebble.DB, readOnly bool) (string, error) {
 // replica that notes it can tell its log from one in a store made since,
 // after the node's log was lost or replaced.
 func (s *Store) ID() string { return s.id }
+
+// Stats is what a store's write-ahead log has done since it was opened.
+type Stats struct {
+	// Syncs is the fsyncs of the log, and SyncTime the time they took.
+	// The appends of all groups between two syncs share the second, and
+	// the log syncs once at a time, so SyncTime over the time elapsed is
+	// the share of it the log spent syncing.
+	Syncs    uint64
+	SyncTime time.Duration
+	// Appends is the appends (StoreLogs calls) of all groups, and
+	// AppendTime the time they took, from the call to the sync that made
+	// them durable: what a raft group waits for each time it appends.
+	Appends    uint64
+	AppendTime time.Duration
+}
+
+// Stats returns what the store's log has done since it was opened.
+func (s *Store) Stats() (Stats, error) {
+	done, err := s.use()
+	if err != nil {
+		return Stats{}, err
+	}
+	defer done()
+	m := s.db.Metrics()
+	st := Stats{Appends: s.appends.Load(), AppendTime: time.Duration(s.appendNanos.Load())}
+	if h, ok := m.LogWriter.FsyncLatency.(prometheus.Metric); ok {
+		var pm dto.Metric
+		if err := h.Write(&pm); err == nil && pm.Histogram != nil {
+			// Pebble observes the latencies in nanoseconds.
+			st.Syncs = pm.Histogram.GetSampleCount()
+			st.SyncTime = time.Duration(pm.Histogram.GetSampleSum())
+		}
+	}
+	return st, nil
+}
 
 // writeFailed reports a failed write of group id. Pebble keeps its log's
 // first error, so after it every group's writes fail until the store is
@@ -373,6 +413,7 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 		return err
 	}
 	defer done()
+	start := time.Now()
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	if l.dropped {
@@ -390,6 +431,8 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 		l.s.writeFailed(l.id, err)
 		return fmt.Errorf("nodelog: group %d: appending %d entries: %w", l.id, len(logs), err)
 	}
+	l.s.appends.Add(1)
+	l.s.appendNanos.Add(uint64(time.Since(start)))
 	lo, hi := logs[0].Index, logs[len(logs)-1].Index
 	l.boundsMu.Lock()
 	if l.first == 0 || lo < l.first {

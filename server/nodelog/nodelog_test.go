@@ -283,3 +283,23 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+// Stats count the log's fsyncs and appends and the time they took.
+func TestStats(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	l, err := s.Group(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendRange(t, l, 1, 1, 70, 1)
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 10 appends of 7, each synced before the next, and the store's id.
+	if st.Syncs < 10 || st.SyncTime <= 0 || st.Appends != 10 || st.AppendTime < st.SyncTime/2 {
+		t.Fatalf("after 10 synced appends: %+v", st)
+	}
+	t.Logf("%+v", st)
+}
