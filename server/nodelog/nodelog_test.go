@@ -80,6 +80,20 @@ func checkLog(t *testing.T, l *Log, g, first, last uint64, term func(uint64) uin
 
 func term1(uint64) uint64 { return 1 }
 
+// reopen opens the store in dir and sets logs[g] to group g's log in it.
+func reopen(t *testing.T, dir string, logs []*Log) *Store {
+	t.Helper()
+	s := open(t, dir)
+	for g := range logs {
+		var err error
+		if logs[g], err = s.Group(uint64(g)); err != nil {
+			s.Close()
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
 // Many groups append at once; each group's log then survives a reopen,
 // truncations at its head and tail, and the deletion of another group,
 // untouched by what happens to the others.
@@ -138,14 +152,8 @@ func TestGroupsAreIndependent(t *testing.T) {
 	if err := logs[1].GetLog(1, &out); !errors.Is(err, ErrClosed) {
 		t.Fatalf("GetLog after Close: %v, want ErrClosed", err)
 	}
-	s = open(t, dir)
+	s = reopen(t, dir, logs)
 	defer s.Close()
-	for g := range logs {
-		var err error
-		if logs[g], err = s.Group(uint64(g)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	checkLog(t, logs[0], 0, 51, entries, term1)
 	for g := 1; g < groups; g++ {
 		checkLog(t, logs[g], uint64(g), 1, entries, term1)
@@ -193,14 +201,8 @@ func TestGroupsAreIndependent(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s = open(t, dir)
+	s = reopen(t, dir, logs)
 	defer s.Close()
-	for g := range logs {
-		var err error
-		if logs[g], err = s.Group(uint64(g)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	check()
 	// A dropped group starts again from nothing.
 	appendRange(t, logs[4], 4, 1, 3, 5)
