@@ -38,7 +38,7 @@ func replicaOf(n *Node, id shard.ID) *replica {
 func Raft(n *Node, id shard.ID) *raft.Raft { return replicaOf(n, id).raft }
 
 // FirstLogIndex returns the first index in node n's raft log of shard id.
-func FirstLogIndex(n *Node, id shard.ID) (uint64, error) { return replicaOf(n, id).store.FirstIndex() }
+func FirstLogIndex(n *Node, id shard.ID) (uint64, error) { return replicaOf(n, id).logs.FirstIndex() }
 
 // LeaderHeard reports whether node n's replica of shard id leads, or
 // follows a leader heard from within its heartbeat timeout.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/servertest"
@@ -106,6 +107,15 @@ func TestLostNodeLogIsRefused(t *testing.T) {
 		if err := os.Rename(path+".kept", path); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A replica whose raft state has a term but does not name the node
+	// log (one made before replicas noted it) notes it and starts.
+	bolt, err := raftboltdb.NewBoltStore(filepath.Join(data, "shard-0", "raft.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(bolt.Set([]byte("shoal_node_log"), nil), bolt.Close()); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := c.Restart(ctx, "n1"); err != nil {
 		t.Fatal(err)

@@ -340,6 +340,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if n.raftLog, err = openRaftLog(cfg, m.ShardsOf(cfg.ID)); err != nil {
 		return fail(err)
 	}
+	if n.raftLog != nil {
+		if err := checkReplicaLogs(cfg.DataDir, m.ShardsOf(cfg.ID), n.raftLog, cfg.Spec.LogStore); err != nil {
+			return fail(err)
+		}
+	}
 	for _, id := range m.ShardsOf(cfg.ID) {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
@@ -411,6 +416,10 @@ func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("server: %w", err)
 		}
+		if err := syncDir(cfg.DataDir); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("server: %w", err)
+		}
 		return s, nil
 	}
 	if _, err := os.Stat(ncfg.Dir); errors.Is(err, fs.ErrNotExist) {
@@ -418,6 +427,9 @@ func openRaftLog(cfg Config, shards []shard.ID) (*nodelog.Store, error) {
 	}
 	ncfg.ReadOnly = true
 	s, err := nodelog.Open(ncfg)
+	if errors.Is(err, nodelog.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("server: checking %s: %w", ncfg.Dir, err)
 	}

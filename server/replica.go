@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,7 +18,6 @@ import (
 	"github.com/shoal-kv/shoal/server/nodelog"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
-	"go.etcd.io/bbolt"
 )
 
 const (
@@ -164,18 +162,9 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 		return nil, fmt.Errorf("server: shard %d: %w", id, err)
 	}
 	hlog := newRaftLogger(cfg.log, fmt.Sprintf("raft.shard-%d", id), hclog.Info)
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(cfg.dir, boltFile),
-		BoltOptions: &bbolt.Options{
-			Timeout: boltOpenTimeout,
-			// Without this, after log truncation the freelist is rewritten
-			// on every commit and latency climbs (Consul #5181, bbolt #401).
-			NoFreelistSync: true,
-			FreelistType:   bbolt.FreelistMapType,
-		},
-	})
+	store, err := openBolt(id, cfg.dir)
 	if err != nil {
-		return nil, fmt.Errorf("server: shard %d: opening raft log: %w", id, err)
+		return nil, err
 	}
 	closeStore := true
 	defer func() {
@@ -190,7 +179,7 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	log := cfg.log.With("shard", id)
 	var entries raft.LogStore = store
 	if cfg.nodeLog != nil {
-		if entries, err = replicaLog(id, cfg.nodeLog, store, cfg.logStore, log); err != nil {
+		if entries, err = replicaLog(id, cfg.dir, cfg.nodeLog, store, cfg.logStore, log); err != nil {
 			return nil, err
 		}
 	}
@@ -303,65 +292,6 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	r.RegisterObserver(rep.observer)
 	rep.group.Go(rep.watch)
 	return rep, nil
-}
-
-// ErrDataDir is returned (wrapped) by Start when a node's data directory
-// does not hold what a replica's own records say it should: its raft log
-// was lost or replaced, or its raft state (term and vote) was. Raft could
-// not start such a replica safely: it might forget entries it acknowledged,
-// or vote twice in a term.
-var ErrDataDir = errors.New("server: data directory inconsistent")
-
-// nodeLogKey, in a replica's raft-boltdb file, holds the id of the node log
-// that keeps its log (nodelog.Store.ID), once it keeps it there.
-var nodeLogKey = []byte("shoal_node_log")
-
-// replicaLog returns the log store of shard id's replica, given a node log:
-// the replica's group in it, unless the replica's bbolt file, which keeps
-// its raft state, holds entries. Then the log is kept there (the spec's
-// log_store was "bolt", or the replica was made before the node log): if
-// the spec names the node log (named), the node refuses to start, rather
-// than ignore those entries and start the replica from its last snapshot;
-// if it names no store, the replica keeps its log where it is.
-//
-// A replica notes in its bbolt file the node log it keeps its log in, and
-// does not start with another (the node's log was lost or made anew), nor
-// with entries in the node log and no note (its bbolt file was lost).
-func replicaLog(id shard.ID, nodeLog *nodelog.Store, bolt *raftboltdb.BoltStore, named string, log *slog.Logger) (raft.LogStore, error) {
-	last, err := bolt.LastIndex()
-	if err != nil {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-	switch {
-	case last > 0 && named == LogStoreNode:
-		return nil, fmt.Errorf("%w: the spec keeps a node log (log_store %q), but shard %d's log is in its own file (log_store %q)",
-			ErrInvalidSpec, LogStoreNode, id, LogStoreBolt)
-	case last > 0:
-		log.Info("the replica's raft log stays in its own file, where it is (log_store unset)", "last_index", last)
-		return bolt, nil
-	}
-	l, err := nodeLog.Group(uint64(id))
-	if err != nil {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-	noted, err := bolt.Get(nodeLogKey)
-	if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-	entries, _ := l.LastIndex()
-	switch {
-	case len(noted) > 0 && string(noted) != nodeLog.ID():
-		return nil, fmt.Errorf("%w: shard %d's log was in node log %s, but the node log here is %s: it was lost or replaced",
-			ErrDataDir, id, noted, nodeLog.ID())
-	case len(noted) == 0 && entries > 0:
-		return nil, fmt.Errorf("%w: shard %d has entries in the node log, but its raft state (%s) does not name the node log: it was lost or replaced",
-			ErrDataDir, id, boltFile)
-	case len(noted) == 0:
-		if err := bolt.Set(nodeLogKey, []byte(nodeLog.ID())); err != nil {
-			return nil, fmt.Errorf("server: shard %d: %w", id, err)
-		}
-	}
-	return l, nil
 }
 
 // splitStore is a raftStore whose log and stable state are kept apart.

@@ -40,7 +40,7 @@ type scalePoint struct {
 	// syncs is the node logs' fsyncs during the run, summed over the
 	// nodes; logBusy the largest share of the run one node's log spent
 	// in a sync cycle: its syncs, each with the least interval after it
-	// (server's raftLogSyncInterval) in which it may not sync again.
+	// (server.RaftLogSyncInterval) in which it may not sync again.
 	syncs   uint64
 	logBusy float64
 	// appends is the node logs' appends during the run, summed over the
@@ -180,11 +180,15 @@ func scale(ctx context.Context, cfg Config) (*Report, error) {
 		if fc.Mean > 0 {
 			flushUse = f.Mean * x.Mean / fc.Mean
 		}
+		saturated := "no resource of the bound saturated"
+		if b.Mean > 0.9*float64(cores) || lb.Mean > 0.9 || flushUse > 0.9 {
+			saturated = "a resource of the bound near saturation"
+		}
 		r.Notes = append(r.Notes, fmt.Sprintf("at %d shards a write took %.1f ms (%d writers / %.0f writes/s) against %.1f ms at 1 shard, "+
-			"with no resource of the bound saturated (%.2f of %d cores busy, node logs %.2f busy, disk flushes %.2f of the rate measured): "+
+			"with %s (%.2f of %d cores busy, node logs %.2f busy, disk flushes %.2f of the rate measured): "+
 			"goroutines waited %v to run once runnable (%v at 1 shard) and raft appends %.2f ms for their sync (%.2f ms at 1 shard), "+
 			"queueing the bound does not model", n, 1e3*float64(n*perShard)/x.Mean, n*perShard, x.Mean, 1e3*float64(perShard)/x1,
-			b.Mean, cores, lb.Mean, flushUse, time.Duration(sched.Mean*1e3).Round(time.Microsecond), time.Duration(sched1*1e3).Round(time.Microsecond),
+			saturated, b.Mean, cores, lb.Mean, flushUse, time.Duration(sched.Mean*1e3).Round(time.Microsecond), time.Duration(sched1*1e3).Round(time.Microsecond),
 			at.Mean, at1))
 	}
 	r.Tables = append(r.Tables, t)
@@ -283,7 +287,7 @@ func scaleRun(ctx context.Context, cfg Config, seed int64, shards, writers int, 
 		pt.flushes = f1 - f0
 		// One writer per node: a node's log syncs once at a time, for
 		// all its groups.
-		if pt.flushCap, err = flushCapacity(c.Dir(), disk, 3, run/2); err != nil {
+		if pt.flushCap, err = flushCapacity(c.Dir(), disk, len(c.ids), run/2); err != nil {
 			return pt, err
 		}
 	}

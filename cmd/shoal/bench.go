@@ -166,7 +166,7 @@ func benchFreshCluster(ctx context.Context, shards, nodes, replicas int, logStor
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fmt.Fprintf(stderr, "bench: starting %d nodes with %d shards of %d replicas (log store %s) in %s\n", nodes, shards, replicas, logStore, dir)
+	fmt.Fprintf(stderr, "bench: starting %d nodes (log store %s) with %d shards of %d replicas in %s\n", nodes, logStore, shards, replicas, dir)
 	up := []string{"--dir", dir, "--nodes", strconv.Itoa(nodes), "--shards", strconv.Itoa(shards),
 		"--replicas", strconv.Itoa(replicas), "--log-store", logStore}
 	if insecure {

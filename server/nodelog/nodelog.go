@@ -37,6 +37,10 @@ import (
 // ErrCorrupt is returned (wrapped) for an entry on disk that does not decode.
 var ErrCorrupt = errors.New("nodelog: corrupt entry")
 
+// ErrNotExist is returned (wrapped) by Open of a store that does not exist,
+// given Config.ReadOnly.
+var ErrNotExist = errors.New("nodelog: no store")
+
 // ErrClosed is returned (wrapped) by the calls made after Close.
 var ErrClosed = errors.New("nodelog: closed")
 
@@ -95,9 +99,9 @@ type Store struct {
 	db  *pebble.DB
 	id  string
 	log *slog.Logger
-	// failed is set at the first write that fails; Pebble's log keeps the
-	// error, and every later write fails as well.
-	failed atomic.Bool
+	// fsyncs is Pebble's histogram of its log's fsync latencies, in
+	// nanoseconds; it lives as long as the database.
+	fsyncs prometheus.Metric
 	// appends counts the StoreLogs calls that succeeded and appendNanos
 	// the time they took, their wait for a sync included.
 	appends, appendNanos atomic.Uint64
@@ -133,6 +137,9 @@ func Open(cfg Config) (*Store, error) {
 		opts.WALMinSyncInterval = func() time.Duration { return d }
 	}
 	db, err := pebble.Open(cfg.Dir, opts)
+	if errors.Is(err, pebble.ErrDBDoesNotExist) && cfg.ReadOnly {
+		return nil, fmt.Errorf("%w in %s: %w", ErrNotExist, cfg.Dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("nodelog: opening %s: %w", cfg.Dir, err)
 	}
@@ -144,6 +151,7 @@ func Open(cfg Config) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("nodelog: %s: %w", cfg.Dir, err)
 	}
+	s.fsyncs, _ = db.Metrics().LogWriter.FsyncLatency.(prometheus.Metric)
 	return s, nil
 }
 
@@ -154,11 +162,13 @@ var idKey = append(key(math.MaxUint64, 0), "id"...)
 // storeID reads the store's id, and makes one for a new store.
 func storeID(db *pebble.DB, readOnly bool) (string, error) {
 	v, closer, err := db.Get(idKey)
-	if err == nil {
+	switch {
+	case err == nil:
 		defer closer.Close()
 		return string(v), nil
-	}
-	if !errors.Is(err, pebble.ErrNotFound) || readOnly {
+	case errors.Is(err, pebble.ErrNotFound) && readOnly:
+		return "", nil // a store being made when it was left
+	case !errors.Is(err, pebble.ErrNotFound):
 		return "", fmt.Errorf("reading its id: %w", err)
 	}
 	id := rand.Text()
@@ -195,27 +205,16 @@ func (s *Store) Stats() (Stats, error) {
 		return Stats{}, err
 	}
 	defer done()
-	m := s.db.Metrics()
 	st := Stats{Appends: s.appends.Load(), AppendTime: time.Duration(s.appendNanos.Load())}
-	if h, ok := m.LogWriter.FsyncLatency.(prometheus.Metric); ok {
+	if s.fsyncs != nil {
 		var pm dto.Metric
-		if err := h.Write(&pm); err == nil && pm.Histogram != nil {
+		if err := s.fsyncs.Write(&pm); err == nil && pm.Histogram != nil {
 			// Pebble observes the latencies in nanoseconds.
 			st.Syncs = pm.Histogram.GetSampleCount()
 			st.SyncTime = time.Duration(pm.Histogram.GetSampleSum())
 		}
 	}
 	return st, nil
-}
-
-// writeFailed reports a failed write of group id. Pebble keeps its log's
-// first error, so after it every group's writes fail until the store is
-// opened again: the node's raft groups cannot commit, and say so once.
-func (s *Store) writeFailed(id uint64, err error) {
-	if s.failed.CompareAndSwap(false, true) {
-		s.log.Error("node log: a write failed; every raft group of the node will fail its writes until the node restarts",
-			"group", id, "err", err)
-	}
 }
 
 // Close closes the store. Its groups' logs fail after it.
@@ -327,7 +326,6 @@ func (s *Store) DropGroup(id uint64) error {
 		g.dropped = true
 	}
 	if err := s.db.DeleteRange(key(id, 0), key(id, math.MaxUint64), pebble.Sync); err != nil {
-		s.writeFailed(id, err)
 		return fmt.Errorf("nodelog: dropping group %d: %w", id, err)
 	}
 	if g != nil {
@@ -428,7 +426,6 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		l.s.writeFailed(l.id, err)
 		return fmt.Errorf("nodelog: group %d: appending %d entries: %w", l.id, len(logs), err)
 	}
 	l.s.appends.Add(1)
@@ -465,7 +462,6 @@ func (l *Log) DeleteRange(min, max uint64) error {
 		end = key(l.id, max+1)
 	}
 	if err := l.s.db.DeleteRange(key(l.id, min), end, pebble.Sync); err != nil {
-		l.s.writeFailed(l.id, err)
 		return fmt.Errorf("nodelog: group %d: deleting entries %d to %d: %w", l.id, min, max, err)
 	}
 	// The new bounds are read rather than worked out: raft may leave a
@@ -584,8 +580,10 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 	}
 }
 
-// Fatalf logs and panics, as Pebble expects of it: Pebble calls it only on
-// an invariant broken inside the database, never on input.
+// Fatalf logs and panics, as Pebble expects of it. Pebble calls it on an
+// invariant broken inside the database and on a failed write or sync of its
+// log: the log can no longer be trusted to hold what was acknowledged, so
+// the node stops (etcd does the same), and its peers carry on without it.
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if p.log != nil {
