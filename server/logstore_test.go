@@ -26,7 +26,7 @@ func TestLogStoreIsChosenAndKept(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			spec.LogStore = kept
+			spec.LogStore, spec.Raft = kept, failoverTiming
 			c := servertest.New(t, servertest.Options{Spec: spec})
 			ctx := context.Background()
 			cl := newClient(t, c, client.Config{})
@@ -81,7 +81,7 @@ func TestLogStoreIsChosenAndKept(t *testing.T) {
 // in the node log when its raft state, which names the node log, was lost:
 // raft would forget acknowledged entries, or could vote twice in a term.
 func TestLostNodeLogIsRefused(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	ctx := context.Background()
 	cl := newClient(t, c, client.Config{})
 	if _, err := cl.Set(ctx, "k", []byte("v")); err != nil {
