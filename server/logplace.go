@@ -32,11 +32,13 @@ var (
 )
 
 // openBolt opens (or creates) the raft-boltdb file of shard id's replica in
-// dir, and syncs the directories above it, so that a new file survives a
-// power loss along with whatever is written next.
+// dir. It syncs the directories above a file it creates, so that the new
+// file survives a power loss along with whatever is written next.
 func openBolt(id shard.ID, dir string) (*raftboltdb.BoltStore, error) {
+	path := filepath.Join(dir, boltFile)
+	_, statErr := os.Stat(path)
 	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(dir, boltFile),
+		Path: path,
 		BoltOptions: &bbolt.Options{
 			Timeout: boltOpenTimeout,
 			// Without this, after log truncation the freelist is rewritten
@@ -47,6 +49,9 @@ func openBolt(id shard.ID, dir string) (*raftboltdb.BoltStore, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: shard %d: opening raft state: %w", id, err)
+	}
+	if !errors.Is(statErr, os.ErrNotExist) {
+		return store, nil
 	}
 	if err := errors.Join(syncDir(dir), syncDir(filepath.Dir(dir))); err != nil {
 		store.Close()

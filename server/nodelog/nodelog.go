@@ -347,6 +347,7 @@ type Log struct {
 	writeMu sync.Mutex // held by a write for its commit and bounds update
 	dropped bool       // by DropGroup; under writeMu
 	buf     []byte     // encoding scratch; under writeMu
+	key     []byte     // key scratch; under writeMu (a batch copies both)
 
 	// first and last are the indexes of the group's first and last entry
 	// on disk, both zero when it has none. They change only under writeMu
@@ -421,7 +422,8 @@ func (l *Log) StoreLogs(logs []*raft.Log) error {
 	defer b.Close()
 	for _, e := range logs {
 		l.buf = encode(l.buf[:0], e)
-		if err := b.Set(key(l.id, e.Index), l.buf, nil); err != nil {
+		l.key = appendKey(l.key[:0], l.id, e.Index)
+		if err := b.Set(l.key, l.buf, nil); err != nil {
 			return fmt.Errorf("nodelog: group %d: %w", l.id, err)
 		}
 	}
@@ -478,11 +480,11 @@ func (l *Log) DeleteRange(min, max uint64) error {
 }
 
 // key returns the key of group id's entry at index.
-func key(id, index uint64) []byte {
-	k := make([]byte, 16)
-	binary.BigEndian.PutUint64(k, id)
-	binary.BigEndian.PutUint64(k[8:], index)
-	return k
+func key(id, index uint64) []byte { return appendKey(make([]byte, 0, 16), id, index) }
+
+// appendKey appends the key of group id's entry at index to dst.
+func appendKey(dst []byte, id, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(dst, id), index)
 }
 
 func group(k []byte) uint64 { return binary.BigEndian.Uint64(k) }
