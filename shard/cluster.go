@@ -1,0 +1,221 @@
+package shard
+
+import (
+	"fmt"
+	"math"
+	"slices"
+)
+
+// ControlGroup is the id of the control raft group, which replicates the
+// Cluster itself. No shard may take it.
+const ControlGroup ID = math.MaxUint32
+
+// Cluster is a cluster's metadata as its control group replicates it: the
+// nodes with their addresses, the shard map, where the control group's
+// own replicas are, and the replica moves in progress. Nodes follow it:
+// they open the replicas it assigns them and delete those it no longer
+// does. Clients route by its Map.
+//
+// A Cluster must not be modified once in use; Clone it to build the next.
+type Cluster struct {
+	// Version orders the metadata: every change makes it one larger. Map's
+	// Version is always the same number, so a client that learns of a new
+	// version from a heartbeat fetches the whole topology.
+	Version uint64 `json:"version"`
+	// Nodes lists the members, sorted by ID.
+	Nodes []Node `json:"nodes"`
+	// Map assigns slots to shards and shards to nodes (the voters of each
+	// group once every move in Moves has finished).
+	Map *Map `json:"map"`
+	// Control lists the nodes holding the control group's voters (1 to 3).
+	Control []string `json:"control"`
+	// Moves lists the replica moves in progress, at most one per group.
+	Moves []Move `json:"moves,omitempty"`
+	// Draining lists the nodes being removed: their replicas are moved
+	// away, then they are dropped from Nodes into Removed.
+	Draining []string `json:"draining,omitempty"`
+	// Removed lists the ids of nodes removed from the cluster. A removed
+	// id never rejoins: a node that was removed and restarts on its old
+	// data is refused.
+	Removed []string `json:"removed,omitempty"`
+	// Reconfigured lists the groups whose membership changed since they
+	// were created. A replica of such a group never bootstraps: on a node
+	// with no state for it, it waits for the group's leader to send it the
+	// log, since a configuration made up from the metadata could differ
+	// from the first entry of the group's log.
+	Reconfigured []ID `json:"reconfigured,omitempty"`
+}
+
+// Node is a member of a cluster: its id and the addresses others reach
+// it at.
+type Node struct {
+	ID string `json:"id"`
+	// Raft is the TCP address of the node listener, for raft and
+	// node-to-node traffic.
+	Raft string `json:"raft"`
+	// Client is the UDP address clients send requests to.
+	Client string `json:"client"`
+}
+
+// Move is a replica of Group moving from node From to node To: To joins
+// the group as a non-voter, is promoted once it has caught up, and From
+// leaves it.
+type Move struct {
+	Group ID     `json:"group"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+}
+
+// Node returns the member with the given id, or nil.
+func (c *Cluster) Node(id string) *Node {
+	i, ok := slices.BinarySearchFunc(c.Nodes, id, func(n Node, id string) int {
+		switch {
+		case n.ID < id:
+			return -1
+		case n.ID > id:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return nil
+	}
+	return &c.Nodes[i]
+}
+
+// Voters returns the nodes the metadata lists as group id's voters: the
+// control group's or a shard's; nil for an unknown group.
+func (c *Cluster) Voters(id ID) []string {
+	if id == ControlGroup {
+		return c.Control
+	}
+	if s := c.Map.Shard(id); s != nil {
+		return s.Replicas
+	}
+	return nil
+}
+
+// MoveOf returns the move in progress of group id, or nil.
+func (c *Cluster) MoveOf(id ID) *Move {
+	for i := range c.Moves {
+		if c.Moves[i].Group == id {
+			return &c.Moves[i]
+		}
+	}
+	return nil
+}
+
+// Holds returns the groups node holds a replica of, in ascending order
+// (ControlGroup last): those it is a voter of, and those a move brings it
+// to. A replica the node holds but is not in this list is to be deleted.
+func (c *Cluster) Holds(node string) []ID {
+	var ids []ID
+	for _, s := range c.Map.Shards {
+		if slices.Contains(s.Replicas, node) {
+			ids = append(ids, s.ID)
+		} else if m := c.MoveOf(s.ID); m != nil && m.To == node {
+			ids = append(ids, s.ID)
+		}
+	}
+	if slices.Contains(c.Control, node) {
+		ids = append(ids, ControlGroup)
+	} else if m := c.MoveOf(ControlGroup); m != nil && m.To == node {
+		ids = append(ids, ControlGroup)
+	}
+	return ids
+}
+
+// Peers returns the nodes that may hold a replica of group id: its voters
+// and the target of its move. Only they may send its raft traffic.
+func (c *Cluster) Peers(id ID) []string {
+	peers := slices.Clone(c.Voters(id))
+	if m := c.MoveOf(id); m != nil && !slices.Contains(peers, m.To) {
+		peers = append(peers, m.To)
+	}
+	return peers
+}
+
+// Clone returns a deep copy of c, which the caller may change.
+func (c *Cluster) Clone() *Cluster {
+	d := *c
+	d.Nodes = slices.Clone(c.Nodes)
+	if c.Map != nil {
+		d.Map = c.Map.Clone()
+	}
+	d.Control = slices.Clone(c.Control)
+	d.Moves = slices.Clone(c.Moves)
+	d.Draining = slices.Clone(c.Draining)
+	d.Removed = slices.Clone(c.Removed)
+	d.Reconfigured = slices.Clone(c.Reconfigured)
+	return &d
+}
+
+// Validate reports whether c is well formed: nodes sorted by unique id,
+// a valid map of the same version whose replicas and control voters are
+// members, no shard taking ControlGroup's id, at most one move per group
+// (from one of its voters to a member that is not), and draining nodes
+// that are members while removed ones are not.
+func (c *Cluster) Validate() error {
+	if c.Map == nil {
+		return fmt.Errorf("%w: no shard map", ErrInvalidMap)
+	}
+	if err := c.Map.Validate(); err != nil {
+		return err
+	}
+	if c.Map.Version != c.Version {
+		return fmt.Errorf("%w: map version %d, cluster version %d", ErrInvalidMap, c.Map.Version, c.Version)
+	}
+	for i, n := range c.Nodes {
+		if n.ID == "" || n.Raft == "" || n.Client == "" {
+			return fmt.Errorf("%w: node %q lacks an id or an address", ErrInvalidMap, n.ID)
+		}
+		if i > 0 && c.Nodes[i-1].ID >= n.ID {
+			return fmt.Errorf("%w: nodes not sorted by unique id at %q", ErrInvalidMap, n.ID)
+		}
+	}
+	for _, s := range c.Map.Shards {
+		if s.ID == ControlGroup {
+			return fmt.Errorf("%w: shard id %d is the control group's", ErrInvalidMap, s.ID)
+		}
+		for _, r := range s.Replicas {
+			if c.Node(r) == nil {
+				return fmt.Errorf("%w: shard %d names unknown node %q", ErrInvalidMap, s.ID, r)
+			}
+		}
+	}
+	if n := len(c.Control); n < 1 || n > 3 {
+		return fmt.Errorf("%w: %d control voters, want 1 to 3", ErrInvalidMap, n)
+	}
+	for i, r := range c.Control {
+		if c.Node(r) == nil || slices.Contains(c.Control[:i], r) {
+			return fmt.Errorf("%w: control voter %q is unknown or listed twice", ErrInvalidMap, r)
+		}
+	}
+	for i, m := range c.Moves {
+		voters := c.Voters(m.Group)
+		switch {
+		case voters == nil:
+			return fmt.Errorf("%w: a move of unknown group %d", ErrInvalidMap, m.Group)
+		case !slices.Contains(voters, m.From):
+			return fmt.Errorf("%w: group %d moves from %q, which holds none of it", ErrInvalidMap, m.Group, m.From)
+		case slices.Contains(voters, m.To) || c.Node(m.To) == nil:
+			return fmt.Errorf("%w: group %d moves to %q, which holds it already or is no member", ErrInvalidMap, m.Group, m.To)
+		}
+		for _, o := range c.Moves[:i] {
+			if o.Group == m.Group {
+				return fmt.Errorf("%w: group %d has two moves", ErrInvalidMap, m.Group)
+			}
+		}
+	}
+	for _, d := range c.Draining {
+		if c.Node(d) == nil {
+			return fmt.Errorf("%w: draining node %q is no member", ErrInvalidMap, d)
+		}
+	}
+	for _, r := range c.Removed {
+		if c.Node(r) != nil {
+			return fmt.Errorf("%w: removed node %q is still a member", ErrInvalidMap, r)
+		}
+	}
+	return nil
+}
