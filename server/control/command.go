@@ -1,0 +1,312 @@
+package control
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// Kind names what a Command does.
+type Kind string
+
+// The kinds of Command. Each lists the Command fields it reads.
+const (
+	// KindInit installs Cluster as the bootstrap metadata, if there is none.
+	KindInit Kind = "init"
+	// KindAddNode adds Node as a member.
+	KindAddNode Kind = "add-node"
+	// KindStartMove records Move as in progress.
+	KindStartMove Kind = "start-move"
+	// KindFinishMove replaces Move.From by Move.To among the group's voters
+	// and drops the move record.
+	KindFinishMove Kind = "finish-move"
+	// KindCancelMove drops the record of Move.
+	KindCancelMove Kind = "cancel-move"
+	// KindDrainNode marks member ID as draining.
+	KindDrainNode Kind = "drain-node"
+	// KindDropNode moves draining member ID, which holds nothing, into
+	// Removed.
+	KindDropNode Kind = "drop-node"
+)
+
+// ErrRejected is returned (wrapped with the reason) for a command the
+// state refuses: one whose arguments do not fit the state, whose result
+// would not validate, or that does not decode.
+var ErrRejected = errors.New("control: command rejected")
+
+// ErrUnknownCommand is returned (wrapped) for a command of a kind this
+// version does not know.
+var ErrUnknownCommand = errors.New("control: unknown command")
+
+// Command is one entry of the control group's log: a Kind and the
+// arguments that kind reads (the others are left empty).
+type Command struct {
+	Kind Kind `json:"kind"`
+	// Cluster is init's bootstrap metadata.
+	Cluster *shard.Cluster `json:"cluster,omitempty"`
+	// Node is add-node's new member.
+	Node *shard.Node `json:"node,omitempty"`
+	// Move is the move of start-move, finish-move and cancel-move.
+	Move *shard.Move `json:"move,omitempty"`
+	// ID is the member drain-node and drop-node name.
+	ID string `json:"id,omitempty"`
+}
+
+// Encode returns c as a log entry's data.
+func (c Command) Encode() ([]byte, error) {
+	return json.Marshal(c)
+}
+
+// DecodeCommand parses a log entry's data. Data that is not a JSON
+// command is refused with ErrRejected.
+func DecodeCommand(data []byte) (Command, error) {
+	var c Command
+	if err := json.Unmarshal(data, &c); err != nil {
+		return Command{}, fmt.Errorf("%w: undecodable command: %w", ErrRejected, err)
+	}
+	return c, nil
+}
+
+// Apply returns the state after c is applied to cur (nil before init):
+// a new Cluster if c changes it, cur itself if c is a no-op. cur is not
+// modified. On error the state stays cur.
+func (c Command) Apply(cur *shard.Cluster) (*shard.Cluster, error) {
+	if c.Kind == KindInit {
+		return c.init(cur)
+	}
+	var change func(cur *shard.Cluster) (*shard.Cluster, error)
+	switch c.Kind {
+	case KindAddNode:
+		change = c.addNode
+	case KindStartMove:
+		change = c.startMove
+	case KindFinishMove:
+		change = c.finishMove
+	case KindCancelMove:
+		change = c.cancelMove
+	case KindDrainNode:
+		change = c.drainNode
+	case KindDropNode:
+		change = c.dropNode
+	default:
+		return cur, fmt.Errorf("%w: kind %q", ErrUnknownCommand, c.Kind)
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("%w: %s before init", ErrRejected, c.Kind)
+	}
+	if cur.Version == math.MaxUint64 {
+		return cur, fmt.Errorf("%w: version %d cannot grow", ErrRejected, cur.Version)
+	}
+	next, err := change(cur)
+	if err != nil {
+		return cur, fmt.Errorf("%w: %s: %w", ErrRejected, c.Kind, err)
+	}
+	if next == cur {
+		return cur, nil
+	}
+	next.Version = cur.Version + 1
+	next.Map.Version = next.Version
+	if err := next.Validate(); err != nil {
+		return cur, fmt.Errorf("%w: %s leaves invalid metadata: %w", ErrRejected, c.Kind, err)
+	}
+	return next, nil
+}
+
+// init installs the bootstrap metadata if there is none yet.
+func (c Command) init(cur *shard.Cluster) (*shard.Cluster, error) {
+	if cur != nil && cur.Version != 0 {
+		return cur, nil
+	}
+	switch {
+	case c.Cluster == nil:
+		return cur, fmt.Errorf("%w: init without metadata", ErrRejected)
+	case c.Cluster.Version < 1:
+		return cur, fmt.Errorf("%w: init at version 0, want 1 or more", ErrRejected)
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		return cur, fmt.Errorf("%w: init: %w", ErrRejected, err)
+	}
+	return c.Cluster.Clone(), nil
+}
+
+// The changes below return cur for a no-op, a Clone of cur with the
+// change made for a change (Apply sets its version and validates it), or
+// the reason for a refusal (Apply wraps it with ErrRejected).
+
+func (c Command) addNode(cur *shard.Cluster) (*shard.Cluster, error) {
+	n := c.Node
+	switch {
+	case n == nil:
+		return nil, errors.New("no node given")
+	case slices.Contains(cur.Removed, n.ID):
+		return nil, fmt.Errorf("node %q was removed and may not rejoin", n.ID)
+	}
+	if m := cur.Node(n.ID); m != nil {
+		if *m == *n {
+			return cur, nil
+		}
+		return nil, fmt.Errorf("node %q is a member with addresses raft %s client %s", n.ID, m.Raft, m.Client)
+	}
+	for _, m := range cur.Nodes {
+		if m.Raft == n.Raft || m.Client == n.Client {
+			return nil, fmt.Errorf("node %q has an address of member %q", n.ID, m.ID)
+		}
+	}
+	next := cur.Clone()
+	i, _ := slices.BinarySearchFunc(next.Nodes, n.ID, func(m shard.Node, id string) int { return cmp.Compare(m.ID, id) })
+	next.Nodes = slices.Insert(next.Nodes, i, *n)
+	return next, nil
+}
+
+func (c Command) startMove(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.Move
+	if m == nil {
+		return nil, errors.New("no move given")
+	}
+	voters := cur.Voters(m.Group)
+	if voters == nil {
+		return nil, fmt.Errorf("unknown group %d", m.Group)
+	}
+	if o := cur.MoveOf(m.Group); o != nil {
+		if *o == *m {
+			return cur, nil
+		}
+		return nil, fmt.Errorf("group %d is moving from %q to %q", m.Group, o.From, o.To)
+	}
+	switch {
+	case !slices.Contains(voters, m.From):
+		return nil, fmt.Errorf("%q is no voter of group %d", m.From, m.Group)
+	case slices.Contains(voters, m.To):
+		return nil, fmt.Errorf("%q is a voter of group %d already", m.To, m.Group)
+	case slices.Contains(cur.Removed, m.To):
+		return nil, fmt.Errorf("target %q was removed", m.To)
+	case cur.Node(m.To) == nil:
+		return nil, fmt.Errorf("target %q is no member", m.To)
+	case slices.Contains(cur.Draining, m.To):
+		return nil, fmt.Errorf("target %q is draining", m.To)
+	}
+	next := cur.Clone()
+	next.Moves = append(next.Moves, *m)
+	if i, found := slices.BinarySearch(next.Reconfigured, m.Group); !found {
+		next.Reconfigured = slices.Insert(next.Reconfigured, i, m.Group)
+	}
+	return next, nil
+}
+
+func (c Command) finishMove(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.Move
+	if m == nil {
+		return nil, errors.New("no move given")
+	}
+	voters := cur.Voters(m.Group)
+	if voters == nil {
+		return nil, fmt.Errorf("unknown group %d", m.Group)
+	}
+	o := cur.MoveOf(m.Group)
+	switch {
+	case o == nil && slices.Contains(voters, m.To) && !slices.Contains(voters, m.From):
+		return cur, nil
+	case o == nil:
+		return nil, fmt.Errorf("group %d has no move from %q to %q", m.Group, m.From, m.To)
+	case *o != *m:
+		return nil, fmt.Errorf("group %d is moving from %q to %q", m.Group, o.From, o.To)
+	}
+	next := cur.Clone()
+	// Replacing in place keeps the order of the other voters, which a
+	// shard's replica list uses to spread leaders.
+	v := next.Voters(m.Group)
+	v[slices.Index(v, m.From)] = m.To
+	next.Moves = dropMove(next.Moves, m.Group)
+	return next, nil
+}
+
+func (c Command) cancelMove(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.Move
+	if m == nil {
+		return nil, errors.New("no move given")
+	}
+	if o := cur.MoveOf(m.Group); o == nil || *o != *m {
+		return cur, nil
+	}
+	// The group stays in Reconfigured: the target may have joined it as a
+	// non-voter before the move was undone.
+	next := cur.Clone()
+	next.Moves = dropMove(next.Moves, m.Group)
+	return next, nil
+}
+
+func (c Command) drainNode(cur *shard.Cluster) (*shard.Cluster, error) {
+	switch {
+	case slices.Contains(cur.Removed, c.ID):
+		return nil, fmt.Errorf("node %q was removed", c.ID)
+	case cur.Node(c.ID) == nil:
+		return nil, fmt.Errorf("node %q is no member", c.ID)
+	case slices.Contains(cur.Draining, c.ID):
+		return cur, nil
+	}
+	// Every group keeps its voter count, so its replicas need as many
+	// members that are not leaving.
+	staying := len(cur.Nodes) - len(cur.Draining) - 1
+	for _, g := range groups(cur) {
+		if n := len(cur.Voters(g)); n > staying {
+			return nil, fmt.Errorf("draining %q would leave %d members not draining, and group %s has %d voters", c.ID, staying, groupName(g), n)
+		}
+	}
+	next := cur.Clone()
+	i, _ := slices.BinarySearch(next.Draining, c.ID)
+	next.Draining = slices.Insert(next.Draining, i, c.ID)
+	return next, nil
+}
+
+func (c Command) dropNode(cur *shard.Cluster) (*shard.Cluster, error) {
+	switch {
+	case slices.Contains(cur.Removed, c.ID):
+		return cur, nil
+	case cur.Node(c.ID) == nil:
+		return nil, fmt.Errorf("node %q is no member", c.ID)
+	case !slices.Contains(cur.Draining, c.ID):
+		return nil, fmt.Errorf("node %q is not draining", c.ID)
+	case len(cur.Holds(c.ID)) > 0:
+		return nil, fmt.Errorf("node %q still holds groups %v", c.ID, cur.Holds(c.ID))
+	case namedByMove(cur, c.ID):
+		return nil, fmt.Errorf("node %q is named by a move", c.ID)
+	}
+	next := cur.Clone()
+	next.Nodes = slices.DeleteFunc(next.Nodes, func(n shard.Node) bool { return n.ID == c.ID })
+	next.Draining = slices.DeleteFunc(next.Draining, func(id string) bool { return id == c.ID })
+	i, _ := slices.BinarySearch(next.Removed, c.ID)
+	next.Removed = slices.Insert(next.Removed, i, c.ID)
+	return next, nil
+}
+
+// dropMove returns moves without the move of group.
+func dropMove(moves []shard.Move, group shard.ID) []shard.Move {
+	return slices.DeleteFunc(moves, func(m shard.Move) bool { return m.Group == group })
+}
+
+// namedByMove reports whether a move of c names node as source or target.
+func namedByMove(c *shard.Cluster, node string) bool {
+	return slices.ContainsFunc(c.Moves, func(m shard.Move) bool { return m.From == node || m.To == node })
+}
+
+// groups returns c's groups: its shards in id order, then ControlGroup.
+func groups(c *shard.Cluster) []shard.ID {
+	ids := make([]shard.ID, 0, len(c.Map.Shards)+1)
+	for _, s := range c.Map.Shards {
+		ids = append(ids, s.ID)
+	}
+	return append(ids, shard.ControlGroup)
+}
+
+// groupName names group g for a message.
+func groupName(g shard.ID) string {
+	if g == shard.ControlGroup {
+		return "control"
+	}
+	return fmt.Sprint(g)
+}
