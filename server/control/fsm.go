@@ -90,7 +90,9 @@ func (f *FSM) install(c *shard.Cluster) {
 // Result. An entry that does not decode is refused like any other
 // command, so a bad entry cannot stop the group.
 func (f *FSM) Apply(l *raft.Log) any {
-	defer f.applied.Store(l.Index)
+	// Applied moves before the state does, so a reader woken by Wait
+	// finds Applied at least the index of the entry that woke it.
+	f.applied.Store(l.Index)
 	cur := f.state.Load()
 	cmd, err := DecodeCommand(l.Data)
 	if err != nil {
@@ -135,8 +137,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			return fmt.Errorf("control: restore: %w", err)
 		}
 	}
-	f.install(d.Cluster)
 	f.applied.Store(d.Applied)
+	f.install(d.Cluster)
 	return nil
 }
 
