@@ -122,23 +122,40 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 }
 
 // Restore replaces the state with a snapshot's and wakes the waiters. A
-// snapshot that does not decode, or whose metadata does not validate, is
-// an error and leaves the state as it was.
+// snapshot that does not decode, lacks the metadata (even as null, the
+// state before init), or whose metadata does not validate, is an error
+// and leaves the state as it was.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var d snapshotData
-	// Unknown fields are ignored: a newer version's snapshot may carry
-	// more, and the fields this one knows keep their meaning.
-	if err := json.NewDecoder(rc).Decode(&d); err != nil {
+	// Snapshots are a few kilobytes of metadata; reading one whole lets
+	// Unmarshal refuse anything after the JSON.
+	b, err := io.ReadAll(rc)
+	if err != nil {
 		return fmt.Errorf("control: restore: %w", err)
 	}
-	if d.Cluster != nil {
-		if err := d.Cluster.Validate(); err != nil {
+	// Unknown fields are ignored: a newer version's snapshot may carry
+	// more, and the fields this one knows keep their meaning.
+	var d struct {
+		Applied uint64          `json:"applied"`
+		Cluster json.RawMessage `json:"cluster"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		return fmt.Errorf("control: restore: %w", err)
+	}
+	if d.Cluster == nil {
+		return errors.New("control: restore: the snapshot holds no metadata")
+	}
+	var c *shard.Cluster
+	if err := json.Unmarshal(d.Cluster, &c); err != nil {
+		return fmt.Errorf("control: restore: %w", err)
+	}
+	if c != nil {
+		if err := c.Validate(); err != nil {
 			return fmt.Errorf("control: restore: %w", err)
 		}
 	}
 	f.applied.Store(d.Applied)
-	f.install(d.Cluster)
+	f.install(c)
 	return nil
 }
 

@@ -98,7 +98,7 @@ func TestSnapshotRestore(t *testing.T) {
 func TestRestoreGarbage(t *testing.T) {
 	f := NewFSM()
 	c := mustApply(t, f, 1, Command{Kind: KindInit, Cluster: fourNodes(t)})
-	for _, data := range []string{"", "garbage", `{"cluster":`, `{"applied":1,"cluster":{"version":1}}`, `{"cluster":{"version":2,"map":{"version":1}}}`} {
+	for _, data := range []string{"", "garbage", `{"cluster":`, `{"applied":1,"cluster":{"version":1}}`, `{"cluster":{"version":2,"map":{"version":1}}}`, `{}`, `{"applied":3}`, `null`, `{"cluster":null} trailing`} {
 		if err := f.Restore(io.NopCloser(strings.NewReader(data))); err == nil {
 			t.Errorf("restore of %q succeeded", data)
 		}
