@@ -27,7 +27,9 @@
 //     is refused (ErrRejected) and changes nothing, as is a log entry
 //     that does not decode. An unknown kind is refused with
 //     ErrUnknownCommand, so a newer command reaching an older node fails
-//     that one entry rather than the node.
+//     that one entry rather than the node. That refusal is still a
+//     divergence from the voters that know the kind: a new kind may be
+//     proposed only once every control voter runs a version that knows it.
 //
 // The planners (NextDrainMove, Droppable, RebalanceMove) are pure
 // functions of a Cluster: given the same metadata, every leader plans
