@@ -151,22 +151,23 @@ func (a *acquireFlights) finish(key string, f *acquireFlight, reply *wire.Messag
 func (n *Node) acquire(ctx context.Context, m *wire.Message) *wire.Message {
 	a := &m.Args
 	var reps []*replica
+	v := n.current()
 	if len(a.Shards) == 0 {
-		for _, id := range n.shardIDs() {
-			reps = append(reps, n.replicas[id])
+		for _, id := range v.shardIDs() {
+			reps = append(reps, v.replicas[id])
 		}
 	}
 	// Each shard named is asked once (wire.CheckArgs bounds how many are
 	// named).
 	named := make(map[shard.ID]bool, len(a.Shards))
 	for _, id := range a.Shards {
-		if rep := n.replicas[id]; rep != nil && !named[id] {
+		if rep := v.replicas[id]; rep != nil && !named[id] {
 			named[id] = true
 			reps = append(reps, rep)
 		}
 	}
 	if len(reps) == 0 {
-		return errorReply(wire.CodeWrongShard, "node %s holds none of shards %v (map version %d)", n.id, a.Shards, n.shardMap.Version)
+		return errorReply(wire.CodeWrongShard, "node %s holds none of shards %v (map version %d)", n.id, a.Shards, v.cluster.Version)
 	}
 	key := m.Client + "/" + strconv.FormatUint(m.Seq, 10)
 	f, run, open, granted := n.acquires.join(key, time.Now())

@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -27,7 +27,7 @@ const (
 var ErrRetry = errRetry
 
 func replicaOf(n *Node, id shard.ID) *replica {
-	r := n.replicas[id]
+	r := n.replica(id)
 	if r == nil {
 		panic(fmt.Sprintf("node %s holds no replica of shard %d", n.id, id))
 	}
@@ -65,7 +65,7 @@ func DialRPC(ctx context.Context, spec *Spec, creds *PeerTLS, to string) (net.Co
 	if n == nil {
 		return nil, fmt.Errorf("no node %q", to)
 	}
-	return newDialer(spec, creds).dial(ctx, n.Raft, []byte{preambleRPC})
+	return specDialer(spec, creds).dial(ctx, n.Raft, []byte{preambleRPC})
 }
 
 // DialRaft opens a raft stream of shard id to node to of spec, with the
@@ -77,7 +77,7 @@ func DialRaft(ctx context.Context, spec *Spec, creds *PeerTLS, to string, id sha
 	}
 	p := []byte{preambleRaft, 0, 0, 0, 0}
 	binary.BigEndian.PutUint32(p[1:], uint32(id))
-	return newDialer(spec, creds).dial(ctx, n.Raft, p)
+	return specDialer(spec, creds).dial(ctx, n.Raft, p)
 }
 
 // Limits of node-to-node messages.
@@ -104,15 +104,14 @@ func StateIndex(n *Node, id shard.ID, index uint64) (uint64, error) {
 
 // ReadPeers returns the nodes that node n's read rounds of shard id call.
 func ReadPeers(n *Node, id shard.ID) []string {
-	return append([]string(nil), replicaOf(n, id).verifier.others...)
+	return replicaOf(n, id).verifier.others()
 }
 
 // ScriptReadRounds makes node n's read rounds of shard id call the nodes
 // others, through termOf. Call it between rounds (see AwaitTermCalls).
 func ScriptReadRounds(n *Node, id shard.ID, others []string, termOf func(ctx context.Context, node string) (uint64, error)) {
 	v := &replicaOf(n, id).verifier
-	v.others = others
-	v.asking = make([]atomic.Bool, len(others))
+	v.others = func() []string { return others }
 	v.termOf = termOf
 }
 
@@ -121,10 +120,13 @@ func ScriptReadRounds(n *Node, id shard.ID, others []string, termOf func(ctx con
 // round does not call those nodes until they end.
 func AwaitTermCalls(ctx context.Context, n *Node, id shard.ID) error {
 	v := &replicaOf(n, id).verifier
-	for i := range v.asking {
-		for v.asking[i].Load() {
+	v.askMu.Lock()
+	asking := maps.Clone(v.asking)
+	v.askMu.Unlock()
+	for node, f := range asking {
+		for f.Load() {
 			if ctx.Err() != nil {
-				return fmt.Errorf("a term call to %s did not end: %w", v.others[i], ctx.Err())
+				return fmt.Errorf("a term call to %s did not end: %w", node, ctx.Err())
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -152,3 +154,15 @@ func LongPolls(n *Node) int { return n.longPolls.count() }
 func HeartbeatClients(n *Node) int { return len(n.clients.recent(time.Now())) }
 
 const MaxHeartbeatSize = maxHeartbeatSize
+
+// specDialer dials the nodes of spec with creds.
+func specDialer(spec *Spec, creds *PeerTLS) *dialer {
+	return &dialer{creds: creds, nodeAt: func(addr string) (string, bool) {
+		for _, n := range spec.Nodes {
+			if n.Raft == addr {
+				return n.ID, true
+			}
+		}
+		return "", false
+	}}
+}

@@ -212,7 +212,7 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		reply.Retry, reply.Err = true, fmt.Sprintf("node %s is starting", s.n.id)
 		return nil
 	}
-	rep := s.n.replicas[req.Shard]
+	rep := s.n.replica(req.Shard)
 	if rep == nil {
 		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
 		return nil
@@ -358,7 +358,7 @@ func checkStateOp(op fsm.Op) error {
 // dropped when its connection fails, or before a call once it has been
 // idle for half of peerIdleTimeout, after which the peer closes it.
 type peers struct {
-	addrs   map[string]string // node id → raft address
+	addrs   func(node string) (string, bool) // a node's raft address
 	dialer  *dialer
 	timeout time.Duration
 	idle    time.Duration // replace a connection idle this long
@@ -382,7 +382,7 @@ func (c *peerClient) idleFor(now time.Time) time.Duration {
 	return now.Sub(time.Unix(0, c.used.Load()))
 }
 
-func newPeers(addrs map[string]string, d *dialer, dialTimeout, idle time.Duration) *peers {
+func newPeers(addrs func(string) (string, bool), d *dialer, dialTimeout, idle time.Duration) *peers {
 	return &peers{addrs: addrs, dialer: d, timeout: dialTimeout, idle: idle, clients: make(map[string]*peerClient)}
 }
 
@@ -402,7 +402,7 @@ func (p *peers) client(ctx context.Context, node string) (*peerClient, error) {
 	if c != nil {
 		p.drop(node, c)
 	}
-	addr, ok := p.addrs[node]
+	addr, ok := p.addrs(node)
 	if !ok {
 		return nil, fmt.Errorf("server: unknown node %q", node)
 	}

@@ -240,13 +240,15 @@ func (n *Node) reply(to netip.AddrPort, txid uint64, r *wire.Message) {
 func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 	switch m.Op {
 	case wire.OpTopology:
-		topo := n.topology
+		topo := n.current().topology
 		return resultReply(wire.Result{Topology: &topo})
 	case wire.OpPing:
 		return resultReply(wire.Result{})
 	case wire.OpStatus:
 		st := n.Status()
 		return resultReply(wire.Result{Status: &st})
+	case wire.OpCluster:
+		return n.admin(ctx, m)
 	case wire.OpGet:
 		rep, bad := n.slotReplica(m)
 		if bad != nil {
@@ -292,16 +294,16 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 // by its uniqueness key, which is kept on one shard. Nil if all are id's.
 func (n *Node) batchElsewhere(m *wire.Message, id shard.ID) *wire.Message {
 	for i, j := range m.Args.Batch {
-		if s := n.shardMap.SlotShard(shard.JobSlot(j.ID)); s != id {
+		if s := n.shardMap().SlotShard(shard.JobSlot(j.ID)); s != id {
 			return errorReply(wire.CodeWrongShard, "job %d of the batch belongs to shard %d, its first to shard %d (map version %d)",
-				i, s, id, n.shardMap.Version)
+				i, s, id, n.shardMap().Version)
 		}
 		if j.Unique == "" {
 			continue
 		}
-		if s := n.shardMap.SlotShard(shard.JobKeySlot(j.Topic, j.Unique)); s != id {
+		if s := n.shardMap().SlotShard(shard.JobKeySlot(j.Topic, j.Unique)); s != id {
 			return errorReply(wire.CodeWrongShard, "job %d of the batch has a uniqueness key of shard %d, not %d (map version %d)",
-				i, s, id, n.shardMap.Version)
+				i, s, id, n.shardMap().Version)
 		}
 	}
 	return nil
@@ -311,17 +313,17 @@ func (n *Node) batchElsewhere(m *wire.Message, id shard.ID) *wire.Message {
 // m, or the reply that says it holds none.
 func (n *Node) slotReplica(m *wire.Message) (*replica, *wire.Message) {
 	slot, _ := m.Op.Slot(&m.Args)
-	return n.shardReplica(n.shardMap.SlotShard(slot))
+	return n.shardReplica(n.shardMap().SlotShard(slot))
 }
 
 // shardReplica returns this node's replica of shard id, or the reply that
 // says it holds none.
 func (n *Node) shardReplica(id shard.ID) (*replica, *wire.Message) {
-	if rep := n.replicas[id]; rep != nil {
+	if rep := n.replica(id); rep != nil {
 		return rep, nil
 	}
 	return nil, errorReply(wire.CodeWrongShard, "node %s holds no replica of shard %d (map version %d)",
-		n.id, id, n.shardMap.Version)
+		n.id, id, n.shardMap().Version)
 }
 
 // writeResult applies op through the shard's leader and returns the state

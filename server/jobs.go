@@ -100,8 +100,13 @@ func readJobs(rep *replica, jr JobRead) wire.Result {
 // topics with nothing ready.
 func (n *Node) readyReports(now time.Time, leads []shard.ID, budget int) []wire.ReadyCount {
 	var all []wire.ReadyCount
+	v := n.current()
 	for _, id := range leads {
-		for t, k := range n.replicas[id].fsm.ReadyTopics(now.UnixNano(), readyCap) {
+		r := v.replicas[id]
+		if r == nil {
+			continue // gone since the heartbeat listed it
+		}
+		for t, k := range r.fsm.ReadyTopics(now.UnixNano(), readyCap) {
 			all = append(all, wire.ReadyCount{Shard: id, Topic: t, Count: k})
 		}
 	}

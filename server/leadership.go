@@ -116,8 +116,10 @@ func leadershipOffers(m *shard.Map, self string, led []shard.ID) []offer {
 // balancer is the state of a node's leadership balancing between checks.
 // Only balanceLeadership uses it.
 type balancer struct {
-	// shares holds each node's leaderShare.
-	shares map[string]int
+	// shares holds each node's leaderShare in the map of metadata
+	// version.
+	shares  map[string]int
+	version uint64
 	// ready counts, per offer, the checks in a row that found its target
 	// ready. Invariant: it holds only offers found ready at the last check.
 	ready map[offer]int
@@ -136,7 +138,7 @@ type cooldown struct {
 // leads counts the shards this node leads.
 func (n *Node) leads() int {
 	count := 0
-	for _, r := range n.replicas {
+	for _, r := range n.current().replicas {
 		if r.isLeader() {
 			count++
 		}
@@ -147,8 +149,9 @@ func (n *Node) leads() int {
 // ledShards returns the shards this node leads.
 func (n *Node) ledShards() []shard.ID {
 	var led []shard.ID
-	for _, id := range n.shardIDs() {
-		if n.replicas[id].isLeader() {
+	v := n.current()
+	for _, id := range v.shardIDs() {
+		if v.replicas[id].isLeader() {
 			led = append(led, id)
 		}
 	}
@@ -159,10 +162,7 @@ func (n *Node) ledShards() []shard.ID {
 // leads more than its share, and moves leadership when it does. Stops with
 // the node.
 func (n *Node) balanceLeadership() {
-	b := balancer{shares: map[string]int{}, ready: map[offer]int{}, failed: map[offer]cooldown{}}
-	for _, ns := range n.cfg.Spec.Nodes {
-		b.shares[ns.ID] = leaderShare(n.shardMap, ns.ID)
-	}
+	b := balancer{ready: map[offer]int{}, failed: map[offer]cooldown{}}
 	t := time.NewTicker(n.cfg.LeaderBalanceInterval)
 	defer t.Stop()
 	for {
@@ -180,13 +180,24 @@ func (n *Node) balanceLeadership() {
 // one offer's shard once its target has been ready balanceChecks times in
 // a row.
 func (n *Node) balanceOnce(b *balancer) {
+	c := n.current().cluster
+	if b.version != c.Version {
+		// Shares and offers change with the map; failed offers may
+		// name replicas that moved.
+		b.version, b.shares = c.Version, make(map[string]int, len(c.Nodes))
+		for _, nd := range c.Nodes {
+			b.shares[nd.ID] = leaderShare(c.Map, nd.ID)
+		}
+		clear(b.ready)
+		clear(b.failed)
+	}
 	led := n.ledShards()
 	if len(led) <= b.shares[n.id] {
 		clear(b.ready)
 		return
 	}
 	now := time.Now()
-	offers := slices.DeleteFunc(leadershipOffers(n.shardMap, n.id, led), func(o offer) bool {
+	offers := slices.DeleteFunc(leadershipOffers(c.Map, n.id, led), func(o offer) bool {
 		return now.Before(b.failed[o].until)
 	})
 	ok := make([]bool, len(offers))
@@ -241,7 +252,10 @@ func (c cooldown) after(now time.Time) cooldown {
 // index this leader had before asking and its state machine the last
 // entry up to there it applies, and leads fewer shards than share.
 func (n *Node) targetReady(o offer, share int) bool {
-	r := n.replicas[o.shard]
+	r := n.replica(o.shard)
+	if r == nil {
+		return false
+	}
 	term, commit := r.raft.CurrentTerm(), r.raft.CommitIndex()
 	if !r.isLeader() {
 		return false
@@ -265,8 +279,11 @@ func (n *Node) targetReady(o offer, share int) bool {
 // raft bounds a transfer by the election timeout, which quiescing raises.
 // It reports whether the transfer succeeded.
 func (n *Node) transferLeadership(o offer, leads, share int) bool {
-	r := n.replicas[o.shard]
-	addr := n.peers.addrs[o.to]
+	r := n.replica(o.shard)
+	addr, _ := n.peers.addrs(o.to)
+	if r == nil {
+		return false
+	}
 	n.log.Info("moving leadership", "shard", o.shard, "to", o.to, "leads", leads, "share", share)
 	release := r.holdAwake()
 	defer release()

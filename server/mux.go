@@ -77,6 +77,9 @@ type muxConfig struct {
 	dialer *dialer
 	// idle is peerIdleTimeout, shorter in tests.
 	idle time.Duration
+	// mayCarry reports whether a node may open raft streams of a group:
+	// whether it holds one of its replicas or is being given one.
+	mayCarry func(id shard.ID, node string) bool
 }
 
 // mux accepts node-to-node connections and routes them by preamble.
@@ -212,8 +215,8 @@ func (m *mux) route(conn *trackedConn) {
 		m.mu.Lock()
 		sl := m.shards[shard.ID(binary.BigEndian.Uint32(id[:]))]
 		m.mu.Unlock()
-		if sl != nil && m.tls != nil && !sl.replicas[peer] {
-			m.log.Warn("refused a raft stream from a node holding no replica of its shard", "peer", peer, "shard", sl.id)
+		if sl != nil && m.tls != nil && !m.mayCarry(sl.id, peer) {
+			m.log.Warn("refused a raft stream from a node holding no replica of its group", "peer", peer, "group", groupName(sl.id))
 			sl = nil
 		}
 		if sl == nil {
@@ -233,19 +236,16 @@ func (m *mux) route(conn *trackedConn) {
 	}
 }
 
-// streamLayer returns the raft.StreamLayer of one shard on this node, whose
-// replicas are on the nodes replicas: only they may open its streams.
-func (m *mux) streamLayer(id shard.ID, replicas []string) (*streamLayer, error) {
+// streamLayer returns the raft.StreamLayer of one group on this node: only
+// the nodes mayCarry names may open its streams.
+func (m *mux) streamLayer(id shard.ID) (*streamLayer, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		return nil, errMuxClosed
 	}
 	sl := &streamLayer{mux: m, id: id, conns: make(chan net.Conn), done: make(chan struct{}),
-		live: make(map[*trackedConn]struct{}), replicas: make(map[string]bool)}
-	for _, r := range replicas {
-		sl.replicas[r] = true
-	}
+		live: make(map[*trackedConn]struct{})}
 	m.shards[id] = sl
 	return sl, nil
 }
@@ -309,8 +309,6 @@ type streamLayer struct {
 	// and Done).
 	live     map[*trackedConn]struct{}
 	handlers sync.WaitGroup
-	// replicas holds the nodes of the shard's replicas.
-	replicas map[string]bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)

@@ -203,15 +203,19 @@ type Counters struct {
 // Node is one shoal process: a replica of each shard the spec gives it, a
 // UDP listener for clients, and a TCP listener for raft and its peers.
 type Node struct {
-	id       string
-	cfg      Config
-	log      *slog.Logger
-	shardMap *shard.Map
-	topology wire.Topology
-	// replicas is fixed once started is set; peers may call in through
-	// the node listener before then, and are told to retry.
-	replicas map[shard.ID]*replica
-	started  atomic.Bool
+	id  string
+	cfg Config
+	log *slog.Logger
+	// view is the metadata the node follows and the replicas it holds by
+	// it; install and reconcile replace it, under installMu. Peers may
+	// call in through the node listener before started is set, and are
+	// told to retry.
+	view      atomic.Pointer[view]
+	installMu sync.Mutex
+	dir       *directory
+	started   atomic.Bool
+	// metadataChanged wakes the control group's driver (runControl).
+	metadataChanged chan struct{}
 	// raftLog holds the raft logs of all the node's replicas; nil if the
 	// spec keeps a log per replica (LogStoreBolt). It closes after them.
 	raftLog *nodelog.Store
@@ -274,7 +278,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("%w: node %s has no PeerTLS to authenticate its peers; "+
 			"set Config.Insecure to run without, on a trusted network only", ErrNoCredentials, cfg.ID)
 	}
-	m, err := cfg.Spec.Map()
+	c, wasKept, err := startingMetadata(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -282,24 +286,21 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		id:        cfg.ID,
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.ID),
-		shardMap:  m,
-		topology:  wire.Topology{Map: m},
+		dir:       new(directory),
 		activity:  newActivity(cfg.LoadTimeConstant, time.Now()),
 		clients:   newClients(cfg.MaxHeartbeatClients, cfg.ClientTTL),
 		inFlight:  make(chan struct{}, cfg.MaxInFlight),
 		longPolls: newLongPolls(cfg.MaxLongPolls, cfg.MaxLongPollsPerClient),
 		jobs:      newJobWatch(),
 
-		timersChanged: make(chan struct{}, 1),
+		timersChanged:   make(chan struct{}, 1),
+		metadataChanged: make(chan struct{}, 1),
 	}
+	n.dir.set(c)
+	n.view.Store(&view{cluster: c, topology: topologyOf(c), replicas: map[shard.ID]*replica{}})
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	raftAddrs := make(map[string]string, len(cfg.Spec.Nodes))
-	for _, ns := range cfg.Spec.Nodes {
-		raftAddrs[ns.ID] = ns.Raft
-		n.topology.Nodes = append(n.topology.Nodes, wire.NodeAddr{ID: ns.ID, Addr: ns.Client})
-	}
-	d := newDialer(cfg.Spec, cfg.PeerTLS)
-	n.peers = newPeers(raftAddrs, d, 2*time.Second, peerIdleTimeout/2)
+	d := &dialer{creds: cfg.PeerTLS, nodeAt: n.dir.nodeAt}
+	n.peers = newPeers(n.dir.raftAddr, d, 2*time.Second, peerIdleTimeout/2)
 	n.rpc = rpc.NewServer()
 	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
 		n.cancel()
@@ -323,62 +324,48 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.sealed.SetAddrs(addrs...)
 		n.transport = n.sealed
 	}
-	mc := muxConfig{listen: self.raftListen(), advertise: self.Raft, log: n.log, serveRPC: n.serveRPC, dialer: d}
+	mc := muxConfig{listen: self.raftListen(), advertise: self.Raft, log: n.log, serveRPC: n.serveRPC, dialer: d,
+		mayCarry: n.dir.mayCarry}
 	if cfg.PeerTLS != nil {
-		mc.tls = cfg.PeerTLS.serverTLS(func(id string) bool { return cfg.Spec.Node(id) != nil })
+		mc.tls = cfg.PeerTLS.serverTLS(n.dir.mayConnect)
 	}
 	if n.mux, err = newMux(mc); err != nil {
 		n.Close()
 		return nil, err
 	}
-	replicas := make(map[shard.ID]*replica)
-	fail := func(err error) (*Node, error) {
-		n.replicas = replicas
+	held := c.Holds(cfg.ID)
+	if n.raftLog, err = openRaftLog(cfg, held); err != nil {
 		n.Close()
 		return nil, err
 	}
-	if n.raftLog, err = openRaftLog(cfg, m.ShardsOf(cfg.ID)); err != nil {
-		return fail(err)
+	if wasKept {
+		if err := n.deleteStray(); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	if n.raftLog != nil {
-		if err := checkReplicaLogs(cfg.DataDir, m.ShardsOf(cfg.ID), n.raftLog, cfg.Spec.LogStore); err != nil {
-			return fail(err)
+		if err := checkReplicaLogs(cfg.DataDir, held, n.raftLog, cfg.Spec.LogStore); err != nil {
+			n.Close()
+			return nil, err
 		}
 	}
-	for _, id := range m.ShardsOf(cfg.ID) {
-		if err := ctx.Err(); err != nil {
-			return fail(err)
-		}
-		sl, err := n.mux.streamLayer(id, m.Shard(id).Replicas)
-		if err != nil {
-			return fail(err)
-		}
-		peers := map[string]string{}
-		for _, nid := range m.Shard(id).Replicas {
-			peers[nid] = raftAddrs[nid]
-		}
-		rep, err := openReplica(replicaConfig{
-			id: id, dir: filepath.Join(cfg.DataDir, replicaDir(id)),
-			node: cfg.ID, peers: peers, timing: cfg.Spec.Raft, layer: sl, log: n.log,
-			ctx: n.ctx, callTimeout: cfg.RequestTimeout, nodes: n.peers, jobs: n.jobs,
-			timersChanged: n.kickSchedules, nodeLog: n.raftLog, logStore: cfg.Spec.LogStore,
-		})
-		if err != nil {
-			sl.Close()
-			return fail(err)
-		}
-		replicas[id] = rep
+	if err := n.reconcile(ctx); err != nil {
+		n.Close()
+		return nil, err
 	}
-	n.replicas = replicas
 	n.started.Store(true)
 	n.group.Go(n.serve)
 	n.group.Go(n.heartbeat)
 	n.group.Go(n.runSchedules)
 	n.group.Go(n.quiesceIdle)
+	n.group.Go(n.followMetadata)
+	n.group.Go(n.runControl)
 	if cfg.LeaderBalanceInterval > 0 {
 		n.group.Go(n.balanceLeadership)
 	}
-	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft, "shards", len(n.replicas))
+	n.log.Info("node started", "client", n.transport.LocalAddr(), "raft", self.Raft,
+		"shards", len(n.current().replicas), "metadata_version", c.Version)
 	return n, nil
 }
 
@@ -400,8 +387,13 @@ const (
 	boltFile   = "raft.db"
 )
 
-// replicaDir is the directory of shard id's replica in a node's DataDir.
-func replicaDir(id shard.ID) string { return fmt.Sprintf("shard-%d", id) }
+// replicaDir is the directory of group id's replica in a node's DataDir.
+func replicaDir(id shard.ID) string {
+	if id == shard.ControlGroup {
+		return "control"
+	}
+	return fmt.Sprintf("shard-%d", id)
+}
 
 // openRaftLog opens the node's raft log in DataDir/raftlog, unless the spec
 // keeps a log per replica. If it keeps a log per replica, it checks instead that no
@@ -516,7 +508,7 @@ func (n *Node) Counters() Counters {
 			c.LogAppends, c.LogAppendTime = st.Appends, st.AppendTime
 		}
 	}
-	for _, rep := range n.replicas {
+	for _, rep := range n.current().replicas {
 		c.Joined += rep.proposing.joined.Load()
 		c.FollowerReads += rep.followerReads.Load()
 		c.RelayedReads += rep.relayedReads.Load()
@@ -534,8 +526,9 @@ func (n *Node) serveRPC(conn net.Conn) {
 // Status reports the node's view of each of its shards.
 func (n *Node) Status() wire.NodeStatus {
 	st := wire.NodeStatus{ID: n.id, Activity: n.activity.milli(time.Now())}
-	for _, id := range n.shardIDs() {
-		r := n.replicas[id]
+	v := n.current()
+	for _, id := range v.shardIDs() {
+		r := v.replicas[id]
 		fs := r.fsm.Stats()
 		st.Shards = append(st.Shards, wire.ShardStatus{
 			ID:      id,
@@ -548,13 +541,17 @@ func (n *Node) Status() wire.NodeStatus {
 	return st
 }
 
+// Holds reports whether the node holds a replica of shard id: a voter, or
+// a move's target catching up.
+func (n *Node) Holds(id shard.ID) bool { return n.replica(id) != nil }
+
 // ShardStats are the counters and sizes of one replica's state machine.
 type ShardStats = fsm.Stats
 
 // ShardStats returns the state machine counters of this node's replica of
 // shard id, zero if it holds none.
 func (n *Node) ShardStats(id shard.ID) ShardStats {
-	if r := n.replicas[id]; r != nil {
+	if r := n.replica(id); r != nil {
 		return r.fsm.Stats()
 	}
 	return ShardStats{}
@@ -564,7 +561,7 @@ func (n *Node) ShardStats(id shard.ID) ShardStats {
 // and is ready in its term: it has applied every write acknowledged before
 // the term began, so it serves writes and linearizable reads at once.
 func (n *Node) Leading(id shard.ID) bool {
-	r := n.replicas[id]
+	r := n.replica(id)
 	return r != nil && r.isLeader() && r.readyTerm.Load() == r.raft.CurrentTerm()
 }
 
@@ -578,7 +575,7 @@ func (n *Node) Leading(id shard.ID) bool {
 // for raft to take the barrier; the wait for it to apply ends when raft
 // applies it, fails it (leadership lost) or shuts down.
 func (n *Node) Barrier(ctx context.Context, id shard.ID) error {
-	r := n.replicas[id]
+	r := n.replica(id)
 	switch {
 	case r == nil:
 		return fmt.Errorf("%w: node %s, shard %d", ErrNoReplica, n.id, id)
@@ -611,7 +608,7 @@ var ErrNoReplica = errors.New("server: no replica of the shard")
 // StateDigest returns the digest of this node's replica of shard id. It
 // copies and hashes the whole state, in time linear in its size.
 func (n *Node) StateDigest(id shard.ID) (StateDigest, error) {
-	r := n.replicas[id]
+	r := n.replica(id)
 	if r == nil {
 		return StateDigest{}, fmt.Errorf("%w: node %s, shard %d", ErrNoReplica, n.id, id)
 	}
@@ -619,9 +616,10 @@ func (n *Node) StateDigest(id shard.ID) (StateDigest, error) {
 	return StateDigest{Applied: applied, Sum: sum}, err
 }
 
-func (n *Node) shardIDs() []shard.ID {
-	ids := make([]shard.ID, 0, len(n.replicas))
-	for id := range n.replicas {
+// shardIDs returns the shards of the view's replicas, in ascending order.
+func (v *view) shardIDs() []shard.ID {
+	ids := make([]shard.ID, 0, len(v.replicas))
+	for id := range v.replicas {
 		ids = append(ids, id)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
@@ -642,7 +640,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
-	for _, r := range n.replicas {
+	for _, r := range n.current().replicas {
 		if !r.isLeader() {
 			continue
 		}
@@ -670,9 +668,23 @@ func (n *Node) Close() error {
 			errs = append(errs, n.transport.Close())
 		}
 		n.cancel()
+		// Once ctx is cancelled, reconcile changes nothing: the view
+		// taken after any running one ends is the last.
+		n.installMu.Lock()
+		v := n.current()
+		n.installMu.Unlock()
 		var wg sync.WaitGroup
 		var mu sync.Mutex
-		for _, r := range n.replicas {
+		if v.control != nil {
+			wg.Go(func() {
+				if err := v.control.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("control group: %w", err))
+					mu.Unlock()
+				}
+			})
+		}
+		for _, r := range v.replicas {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -738,9 +750,10 @@ const maxHeartbeatSize = 1024
 // in maxHeartbeatSize.
 func (n *Node) heartbeatMessage(now time.Time) ([]byte, error) {
 	m := wire.Message{Type: wire.TypeHeartbeat, Node: n.id, Activity: n.activity.milli(now)}
-	m.Heartbeat.MapVersion = n.shardMap.Version
-	for _, id := range n.shardIDs() {
-		if n.replicas[id].isLeader() {
+	v := n.current()
+	m.Heartbeat.MapVersion = v.cluster.Version
+	for _, id := range v.shardIDs() {
+		if v.replicas[id].isLeader() {
 			m.Heartbeat.Leads = append(m.Heartbeat.Leads, id)
 		} else {
 			m.Heartbeat.Follows = append(m.Heartbeat.Follows, id)

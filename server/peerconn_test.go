@@ -73,8 +73,8 @@ func TestIdleRaftConnectionsAreReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.close()
-	m.dialer = &dialer{nodes: map[string]string{m.ln.Addr().String(): "n1"}}
-	sl, err := m.streamLayer(7, []string{"n1"})
+	m.dialer = &dialer{nodeAt: func(string) (string, bool) { return "n1", true }}
+	sl, err := m.streamLayer(7)
 	if err != nil {
 		t.Fatal(err)
 	}

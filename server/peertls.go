@@ -122,23 +122,15 @@ func (p *PeerTLS) clientTLS(want string) *tls.Config {
 // node's credentials say, or plain TCP when the node runs insecure.
 type dialer struct {
 	creds *PeerTLS // nil: insecure
-	// nodes maps each node's raft address in the spec to its id: raft
-	// dials addresses, and the node at one must prove it is that node.
-	nodes map[string]string
-}
-
-func newDialer(spec *Spec, creds *PeerTLS) *dialer {
-	d := &dialer{creds: creds, nodes: make(map[string]string, len(spec.Nodes))}
-	for _, n := range spec.Nodes {
-		d.nodes[n.Raft] = n.ID
-	}
-	return d
+	// nodeAt returns the id of the member at a raft address: raft dials
+	// addresses, and the node at one must prove it is that node.
+	nodeAt func(addr string) (string, bool)
 }
 
 // dial opens a connection to the node listener at addr and writes
 // preamble, within ctx and at most handshakeTimeout.
 func (d *dialer) dial(ctx context.Context, addr string, preamble []byte) (net.Conn, error) {
-	id, ok := d.nodes[addr]
+	id, ok := d.nodeAt(addr)
 	if !ok {
 		return nil, fmt.Errorf("server: %s is no node's raft address", addr)
 	}

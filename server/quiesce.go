@@ -47,7 +47,7 @@ func (n *Node) quiesceIdle() {
 		case <-n.ctx.Done():
 			return
 		case <-t.C:
-			for _, rep := range n.replicas {
+			for _, rep := range n.current().replicas {
 				rep.checkIdle()
 			}
 		}

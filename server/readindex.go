@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,7 +190,7 @@ func (s *nodeService) Term(req TermRequest, reply *TermReply) error {
 		reply.Err = fmt.Sprintf("node %s is starting", s.n.id)
 		return nil
 	}
-	rep := s.n.replicas[req.Shard]
+	rep := s.n.replica(req.Shard)
 	if rep == nil {
 		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", s.n.id, req.Shard)
 		return nil
@@ -232,20 +233,23 @@ func (p *peers) ask(ctx context.Context, node string, req TermRequest) (TermRepl
 // share the next one.
 type verifier struct {
 	r *replica
-	// others are the nodes holding the shard's other replicas; termOf asks
-	// one of them its current term of the shard, within ctx, which ends
-	// when the node stops.
-	others []string
+	// others returns the voters of the group but this node (the
+	// replica's otherVoters).
+	others func() []string
+	// termOf asks a node holding another voter of the shard its current
+	// term of the shard, within ctx, which ends when the node stops.
 	termOf func(ctx context.Context, node string) (uint64, error)
 	ctx    context.Context
-	// asking[i] is set while a call to others[i] is unanswered. A round
-	// ends once a quorum answers, but its calls run on, each until answered
-	// or an election timeout passes: a peer that does not answer gets no
-	// other call meanwhile, so calls to it cannot pile up.
-	asking []atomic.Bool
+	// asking[node] is set while a call to node is unanswered. A round ends
+	// once a quorum answers, but its calls run on, each until answered or
+	// an election timeout passes: a peer that does not answer gets no
+	// other call meanwhile, so calls to it cannot pile up. The loop alone
+	// adds to the map, which holds the nodes that have been voters.
+	askMu  sync.Mutex
+	asking map[string]*atomic.Bool
 	// first is the peer that answered first in the last round; the loop
 	// alone uses it.
-	first int
+	first string
 
 	mu      sync.Mutex
 	waiting []chan error
@@ -307,23 +311,27 @@ func (v *verifier) round() error {
 	if v.r.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
-	// A quorum of the len(v.others)+1 replicas, less this one.
-	need := (len(v.others) + 1) / 2
+	// The voters of the latest configuration, as raft counts its quorums,
+	// less this one; a round of a group being reconfigured asks those of
+	// the configuration it started with.
+	others := v.others()
+	need := (len(others) + 1) / 2
 	if need == 0 {
 		return nil
 	}
 	type answer struct {
-		peer int
+		peer string
 		term uint64
 		err  error
 	}
-	answers := make(chan answer, len(v.others))
+	answers := make(chan answer, len(others))
 	var errs []error
-	// Peers are called in turn from start, each at most once a round;
-	// calling counts the calls not answered yet.
-	start, first := v.first, -1
+	// Peers are called in turn from the one that answered first last
+	// time, each at most once a round; calling counts the calls not
+	// answered yet.
+	start, first := max(slices.Index(others, v.first), 0), ""
 	defer func() {
-		if first >= 0 {
+		if first != "" {
 			v.first = first
 		}
 	}()
@@ -331,24 +339,25 @@ func (v *verifier) round() error {
 	// call calls the next peer in turn that has no call running, and
 	// reports whether there was one.
 	call := func() bool {
-		for ; next < len(v.others); next++ {
-			i := (start + next) % len(v.others)
-			if !v.asking[i].CompareAndSwap(false, true) {
-				errs = append(errs, fmt.Errorf("node %s has not answered the last call", v.others[i]))
+		for ; next < len(others); next++ {
+			peer := others[(start+next)%len(others)]
+			asking := v.flag(peer)
+			if !asking.CompareAndSwap(false, true) {
+				errs = append(errs, fmt.Errorf("node %s has not answered the last call", peer))
 				continue
 			}
 			next++
 			ask := func() {
 				ctx, cancel := context.WithTimeout(v.ctx, v.r.electionTimeout)
-				t, err := v.termOf(ctx, v.others[i])
+				t, err := v.termOf(ctx, peer)
 				cancel()
 				// Free before answering: the next round may start on
 				// this answer, and must be able to call again.
-				v.asking[i].Store(false)
-				answers <- answer{i, t, err}
+				asking.Store(false)
+				answers <- answer{peer, t, err}
 			}
 			if !v.r.group.Go(ask) {
-				v.asking[i].Store(false)
+				asking.Store(false)
 				return false
 			}
 			calling++
@@ -364,7 +373,7 @@ func (v *verifier) round() error {
 	for granted := 0; granted < need; {
 		// A peer that failed, or was skipped with a call running, counts
 		// against the round.
-		if calling == 0 || len(errs) > len(v.others)-need {
+		if calling == 0 || len(errs) > len(others)-need {
 			return fmt.Errorf("%w: shard %d: leadership not confirmed: %w", errRetry, v.r.id, errors.Join(errs...))
 		}
 		select {
@@ -375,9 +384,9 @@ func (v *verifier) round() error {
 				errs = append(errs, a.err)
 				call()
 			case a.term > term:
-				return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", ErrNotLeader, v.r.id, v.others[a.peer], a.term, term)
+				return fmt.Errorf("%w: shard %d: node %s is in term %d, after %d", ErrNotLeader, v.r.id, a.peer, a.term, term)
 			default:
-				if first < 0 {
+				if first == "" {
 					first = a.peer
 				}
 				granted++
@@ -390,4 +399,19 @@ func (v *verifier) round() error {
 		}
 	}
 	return nil
+}
+
+// flag returns the flag that is set while a call to node runs.
+func (v *verifier) flag(node string) *atomic.Bool {
+	v.askMu.Lock()
+	defer v.askMu.Unlock()
+	if v.asking == nil {
+		v.asking = make(map[string]*atomic.Bool)
+	}
+	f := v.asking[node]
+	if f == nil {
+		f = new(atomic.Bool)
+		v.asking[node] = f
+	}
+	return f
 }

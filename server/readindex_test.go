@@ -27,8 +27,8 @@ func TestTermCallTimeoutResetsTheConnection(t *testing.T) {
 			accepted <- c // and never answer
 		}
 	}()
-	d := &dialer{nodes: map[string]string{ln.Addr().String(): "silent"}}
-	p := newPeers(map[string]string{"silent": ln.Addr().String()}, d, time.Second, peerIdleTimeout/2)
+	d := &dialer{nodeAt: func(string) (string, bool) { return "silent", true }}
+	p := newPeers(func(string) (string, bool) { return ln.Addr().String(), true }, d, time.Second, peerIdleTimeout/2)
 	defer p.close()
 	for i := 0; i < 2; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)

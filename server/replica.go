@@ -5,16 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/shoal-kv/shoal/server/nodelog"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
@@ -53,20 +49,15 @@ var ErrNotLeader = errors.New("server: not the leader")
 // replica is one node's member of one shard's raft group: the raft instance,
 // its stores on disk, its network transport and the state machine.
 type replica struct {
+	*raftGroup
 	id shard.ID
 	// node is this node's id; nodes calls the others.
 	node  string
 	nodes *peers
 	log   *slog.Logger
-	raft  *raft.Raft
 	fsm   *fsm.FSM
 	// applied wakes the reads waiting for fsm to apply an index.
 	applied *applyWait
-	// logs is the log store raft uses, through its cache of recent entries.
-	logs  raft.LogStore
-	trans *raft.NetworkTransport
-	sl    *streamLayer
-	store *raftboltdb.BoltStore
 
 	// readyTerm is the term in which this replica, as leader, has applied
 	// everything committed before its term began (its barrier returned).
@@ -126,10 +117,13 @@ type replicaConfig struct {
 	id shard.ID
 	// dir holds the replica's raft log and snapshots.
 	dir string
-	// node is this node's id; peers maps the id of each node holding a
-	// replica of the shard, this one included, to its raft address.
-	node  string
-	peers map[string]string
+	// node is this node's id.
+	node string
+	// bootstrap, if not nil, maps the ids of the shard's first voters,
+	// this node's included, to their raft addresses: a replica with no
+	// state starts the group with them. If nil, a replica with no state
+	// waits for the group's leader to add it.
+	bootstrap map[string]string
 	// timing is the raft timing of every group of the cluster.
 	timing RaftTiming
 	// layer carries the shard's raft traffic over the node listener.
@@ -158,122 +152,40 @@ type replicaConfig struct {
 // starts its raft instance: the one place a replica is built.
 func openReplica(cfg replicaConfig) (*replica, error) {
 	id := cfg.id
-	if err := os.MkdirAll(cfg.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-	hlog := newRaftLogger(cfg.log, fmt.Sprintf("raft.shard-%d", id), hclog.Info)
-	store, err := openBolt(id, cfg.dir)
-	if err != nil {
-		return nil, err
-	}
-	closeStore := true
-	defer func() {
-		if closeStore {
-			store.Close()
-		}
-	}()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.dir, snapshotsRetained, hlog)
-	if err != nil {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-	log := cfg.log.With("shard", id)
-	var entries raft.LogStore = store
-	if cfg.nodeLog != nil {
-		if entries, err = replicaLog(id, cfg.dir, cfg.nodeLog, store, cfg.logStore, log); err != nil {
-			return nil, err
-		}
-	}
-	disk := &slowDiskStore{raftStore: splitStore{entries, store}, log: log, slow: slowDiskWrite}
-	logs, err := raft.NewLogCache(logCacheSize, disk)
-	if err != nil {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-
 	t := cfg.timing.withDefaults()
-	rcfg := raft.DefaultConfig()
-	rcfg.LocalID = raft.ServerID(cfg.node)
-	rcfg.Logger = hlog
-	rcfg.HeartbeatTimeout = time.Duration(t.HeartbeatTimeout)
-	rcfg.ElectionTimeout = time.Duration(t.ElectionTimeout)
-	rcfg.LeaderLeaseTimeout = time.Duration(t.LeaderLeaseTimeout)
-	rcfg.CommitTimeout = time.Duration(t.CommitTimeout)
-	rcfg.SnapshotThreshold = t.SnapshotThreshold
-	rcfg.BatchApplyCh = true
-	// Fewer entries per append than raft's 64 bound a raft message
-	// tighter (maxRaftRequestSize); ours hold up to entryMaxBytes each.
-	rcfg.MaxAppendEntries = maxRaftEntries
-	if err := raft.ValidateConfig(rcfg); err != nil {
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  cfg.layer,
-		MaxPool: 3,
-		Timeout: 10 * time.Second,
-		Logger:  hlog,
-	})
 	applied := new(applyWait)
 	sm := fsm.New(fsm.Config{
 		LeaseGrace: time.Duration(t.ElectionTimeout),
 		Observer:   replicaObserver{watch: cfg.jobs, id: id, applied: applied},
 	})
-
-	existing, err := raft.HasExistingState(logs, disk, snaps)
+	g, err := openGroup(groupConfig{
+		id: id, dir: cfg.dir, node: cfg.node, bootstrap: cfg.bootstrap, timing: cfg.timing,
+		layer: cfg.layer, log: cfg.log, nodeLog: cfg.nodeLog, logStore: cfg.logStore,
+	}, sm)
 	if err != nil {
-		trans.Close()
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
+		return nil, err
 	}
-	if !existing {
-		// Every replica bootstraps with the same configuration, which
-		// raft allows; whichever wins the first election leads. In the
-		// same order too, so that the first entry is alike on every
-		// replica, byte for byte.
-		var conf raft.Configuration
-		for _, nid := range slices.Sorted(maps.Keys(cfg.peers)) {
-			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(nid), Address: raft.ServerAddress(cfg.peers[nid])})
-		}
-		if err := raft.BootstrapCluster(rcfg, logs, disk, snaps, trans, conf); err != nil {
-			trans.Close()
-			return nil, fmt.Errorf("server: shard %d: bootstrap: %w", id, err)
-		}
-	}
-	r, err := raft.NewRaft(rcfg, sm, logs, disk, snaps, trans)
-	if err != nil {
-		trans.Close()
-		return nil, fmt.Errorf("server: shard %d: %w", id, err)
-	}
-	closeStore = false
-
+	r := g.raft
 	rep := &replica{
-		id:      id,
-		node:    cfg.node,
-		log:     log,
-		raft:    r,
-		fsm:     sm,
-		applied: applied,
-		logs:    logs,
-		trans:   trans,
-		sl:      cfg.layer,
-		store:   store,
-		nodes:   cfg.nodes,
-		changed: make(chan struct{}),
-		stop:    make(chan struct{}),
-		obsCh:   make(chan raft.Observation, 64),
+		raftGroup: g,
+		id:        id,
+		node:      cfg.node,
+		log:       cfg.log.With("shard", id),
+		fsm:       sm,
+		applied:   applied,
+		nodes:     cfg.nodes,
+		changed:   make(chan struct{}),
+		stop:      g.closing,
+		obsCh:     make(chan raft.Observation, 64),
 
-		heartbeatTimeout: rcfg.HeartbeatTimeout,
-		electionTimeout:  rcfg.ElectionTimeout,
+		heartbeatTimeout: time.Duration(t.HeartbeatTimeout),
+		electionTimeout:  time.Duration(t.ElectionTimeout),
 		quiet:            quietTimeout(t),
 		timersChanged:    cfg.timersChanged,
 	}
-	rep.verifier = verifier{r: rep, ctx: cfg.ctx, termOf: func(ctx context.Context, node string) (uint64, error) {
+	rep.verifier = verifier{r: rep, ctx: cfg.ctx, others: rep.otherVoters, termOf: func(ctx context.Context, node string) (uint64, error) {
 		return cfg.nodes.termOf(ctx, node, id)
 	}}
-	for nid := range cfg.peers {
-		if nid != cfg.node {
-			rep.verifier.others = append(rep.verifier.others, nid)
-		}
-	}
-	rep.verifier.asking = make([]atomic.Bool, len(rep.verifier.others))
 	rep.proposals = &batcher[fsm.Op, fsm.Result]{
 		commit:   rep.commit,
 		parallel: outstandingEntries,
@@ -292,12 +204,6 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 	r.RegisterObserver(rep.observer)
 	rep.group.Go(rep.watch)
 	return rep, nil
-}
-
-// splitStore is a raftStore whose log and stable state are kept apart.
-type splitStore struct {
-	raft.LogStore
-	raft.StableStore
 }
 
 // watch follows raft's leadership changes: it wakes whoever waits for a
@@ -476,12 +382,5 @@ func (r *replica) close() error {
 	err := r.raft.Shutdown().Error()
 	r.raft.DeregisterObserver(r.observer)
 	close(r.obsCh)
-	r.trans.Close()
-	r.trans.CloseStreams()
-	r.sl.drain()
-	r.group.Wait()
-	if cerr := r.store.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return r.raftGroup.close(err, r.group.Wait)
 }

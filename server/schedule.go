@@ -40,7 +40,7 @@ func (n *Node) runSchedules() {
 		}
 		now := time.Now()
 		next := now.Add(scheduleIdle)
-		for _, rep := range n.replicas {
+		for _, rep := range n.current().replicas {
 			if !rep.isLeader() {
 				continue
 			}

@@ -28,6 +28,11 @@ const (
 	OpPing Op = "ping"
 	// OpStatus asks a node for its raft state per shard.
 	OpStatus Op = "status"
+	// OpCluster carries command Args.Key, with arguments Args.Value, to
+	// the cluster's control group: the node's package (server) lists the
+	// commands, and the reply's Result.Value is the node's answer. Its
+	// commands are idempotent, so it needs no session.
+	OpCluster Op = "cluster"
 
 	// OpEnqueue creates job Args.JobID of Args.Topic with payload
 	// Args.Value.
@@ -94,6 +99,7 @@ var opSpecs = map[Op]opSpec{
 	OpTopology:        {},
 	OpPing:            {},
 	OpStatus:          {},
+	OpCluster:         {check: checkCluster},
 	OpEnqueue:         {mutating: true, loads: true, slot: jobSlot, check: checkEnqueue},
 	OpAcquire:         {mutating: true, check: checkAcquire},
 	OpExtend:          {mutating: true, loads: true, slot: jobSlot, check: checkJobID},
@@ -215,6 +221,10 @@ func checkKeyValue(a *Args) error {
 }
 
 func checkJobID(a *Args) error { return shard.CheckJobID(a.JobID) }
+
+// checkCluster checks an OpCluster: a command name and its arguments,
+// within the bounds of a key and a value.
+func checkCluster(a *Args) error { return checkKeyValue(a) }
 
 func checkEnqueue(a *Args) error {
 	if err := shard.CheckJobID(a.JobID); err != nil {

@@ -32,7 +32,7 @@ func (c *Cluster) Check(ctx context.Context) error {
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
-	for _, s := range c.smap.Shards {
+	for _, s := range c.Map().Shards {
 		wg.Go(func() {
 			if err := c.checkShard(ctx, s.ID); err != nil {
 				mu.Lock()

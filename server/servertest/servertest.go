@@ -66,8 +66,8 @@ type Options struct {
 // Cluster is a running in-process cluster. Its methods are safe for
 // concurrent use.
 type Cluster struct {
+	// spec grows as nodes join (AddNode); under mu.
 	spec   *server.Spec
-	smap   *shard.Map
 	dir    string
 	ownDir bool
 	log    *slog.Logger
@@ -95,11 +95,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 		spec.Raft = opts.Raft
 	}
-	smap, err := spec.Map()
-	if err != nil {
+	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Cluster{spec: spec, smap: smap, dir: opts.Dir, log: opts.Logger, opts: opts, nodes: map[string]*server.Node{}}
+	var err error
+	c := &Cluster{spec: spec, dir: opts.Dir, log: opts.Logger, opts: opts, nodes: map[string]*server.Node{}}
 	if c.log == nil {
 		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -146,10 +146,32 @@ func or(n, def int) int {
 }
 
 // Spec returns the cluster's spec. The caller must not change it.
-func (c *Cluster) Spec() *server.Spec { return c.spec }
+func (c *Cluster) Spec() *server.Spec {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.spec
+}
 
 // Map returns the cluster's shard map. The caller must not change it.
-func (c *Cluster) Map() *shard.Map { return c.smap }
+func (c *Cluster) Map() *shard.Map { return c.Metadata().Map }
+
+// Metadata returns the newest cluster metadata a running node follows, or
+// that of the spec if none runs.
+func (c *Cluster) Metadata() *shard.Cluster {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var newest *shard.Cluster
+	for _, n := range c.nodes {
+		if m := n.Cluster(); newest == nil || m.Version > newest.Version {
+			newest = m
+		}
+	}
+	if newest == nil {
+		m, _ := c.spec.Map()
+		newest = &shard.Cluster{Version: m.Version, Map: m}
+	}
+	return newest
+}
 
 // Dir returns the directory that holds the nodes' data.
 func (c *Cluster) Dir() string { return c.dir }
@@ -178,8 +200,9 @@ func (c *Cluster) Secret() *wire.Keyring { return c.secret }
 // Seeds returns the client address of every node in the spec, running or
 // not, for client.Config.Seeds.
 func (c *Cluster) Seeds() []string {
-	seeds := make([]string, len(c.spec.Nodes))
-	for i, n := range c.spec.Nodes {
+	spec := c.Spec()
+	seeds := make([]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
 		seeds[i] = n.Client
 	}
 	return seeds
@@ -230,16 +253,20 @@ func (c *Cluster) Running() []string {
 // after Kill or Shutdown. It does not wait for the node's shards to be
 // ready; WaitReady does.
 func (c *Cluster) Restart(ctx context.Context, id string) (*server.Node, error) {
-	if c.spec.Node(id) == nil {
+	spec := c.Spec()
+	if spec.Node(id) == nil {
 		return nil, fmt.Errorf("servertest: no node %q in the spec", id)
 	}
 	if c.Node(id) != nil {
 		return nil, fmt.Errorf("servertest: node %s is running", id)
 	}
-	cfg := server.Config{ID: id, DataDir: filepath.Join(c.dir, id), Spec: c.spec, Logger: c.log,
-		Secret: c.secret, PeerTLS: c.creds[id], Insecure: c.opts.Insecure}
+	c.mu.Lock()
+	creds := c.creds[id]
+	c.mu.Unlock()
+	cfg := server.Config{ID: id, DataDir: filepath.Join(c.dir, id), Spec: spec, Logger: c.log,
+		Secret: c.secret, PeerTLS: creds, Insecure: c.opts.Insecure}
 	if c.opts.Transport != nil {
-		t, err := c.opts.Transport(*c.spec.Node(id))
+		t, err := c.opts.Transport(*spec.Node(id))
 		if err != nil {
 			return nil, fmt.Errorf("servertest: transport of %s: %w", id, err)
 		}
@@ -299,13 +326,14 @@ func (c *Cluster) Close() error {
 	return errors.Join(errs...)
 }
 
-// holders returns the running nodes that hold a replica of shard id.
+// holders returns the running nodes that hold a replica of shard id, a
+// move's target included.
 func (c *Cluster) holders(id shard.ID) map[string]*server.Node {
 	out := map[string]*server.Node{}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, nid := range c.smap.Shard(id).Replicas {
-		if n := c.nodes[nid]; n != nil {
+	for nid, n := range c.nodes {
+		if n.Holds(id) {
 			out[nid] = n
 		}
 	}
@@ -342,7 +370,7 @@ func (c *Cluster) Elected(id shard.ID) *server.Node {
 			}
 		}
 	}
-	replicas := len(c.smap.Shard(id).Replicas)
+	replicas := len(c.Metadata().Voters(id))
 	for _, n := range claims {
 		if 2*named[n.ID()] > replicas {
 			return n
@@ -357,7 +385,7 @@ func (c *Cluster) Elected(id shard.ID) *server.Node {
 func (c *Cluster) WaitReady(ctx context.Context) error {
 	for {
 		var waiting []string
-		for _, s := range c.smap.Shards {
+		for _, s := range c.Map().Shards {
 			if 2*len(c.holders(s.ID)) > len(s.Replicas) && c.Leader(s.ID) == nil {
 				waiting = append(waiting, fmt.Sprint(s.ID))
 			}
@@ -384,4 +412,39 @@ func pause(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// AddNode adds a node with id, on free ports of 127.0.0.1, to the cluster
+// through a running node, and starts it with the metadata that returned
+// (server.Node.AddNode): it holds nothing until replicas move to it.
+func (c *Cluster) AddNode(ctx context.Context, id string) (*server.Node, error) {
+	via := c.Running()
+	if len(via) == 0 {
+		return nil, errors.New("servertest: no node runs to add one through")
+	}
+	ports, err := server.LocalSpec(1, 1, 1)
+	if err != nil {
+		return nil, err
+	}
+	nd := shard.Node{ID: id, Raft: ports.Nodes[0].Raft, Client: ports.Nodes[0].Client}
+	if c.ca != nil {
+		cert, err := c.ca.Issue(id)
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		c.creds[id] = &server.PeerTLS{Roots: c.ca.Pool(), Cert: cert}
+		c.mu.Unlock()
+	}
+	meta, err := c.Node(via[0]).AddNode(ctx, nd)
+	if err != nil {
+		return nil, fmt.Errorf("servertest: adding %s: %w", id, err)
+	}
+	if err := server.KeepMetadata(filepath.Join(c.dir, id), meta); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.spec = server.SpecOf(meta, c.spec)
+	c.mu.Unlock()
+	return c.Restart(ctx, id)
 }

@@ -1,0 +1,173 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// writeLoad runs writers over every shard until stopped, and records what
+// was acknowledged.
+type writeLoad struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	acked  map[string]string
+}
+
+func startWriteLoad(t *testing.T, c *servertest.Cluster, writers int) *writeLoad {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &writeLoad{cancel: cancel, acked: map[string]string{}}
+	for i := 0; i < writers; i++ {
+		cl := newClient(t, c, client.Config{})
+		w.wg.Go(func() {
+			for j := 0; ctx.Err() == nil; j++ {
+				k, v := fmt.Sprintf("w%d-%d", i, j), fmt.Sprint(j)
+				if _, err := cl.Set(ctx, k, []byte(v)); err == nil {
+					w.mu.Lock()
+					w.acked[k] = v
+					w.mu.Unlock()
+				}
+			}
+		})
+	}
+	t.Cleanup(w.stop)
+	return w
+}
+
+func (w *writeLoad) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+func (w *writeLoad) stop() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// readBack reads every acknowledged write back through a new client.
+func (w *writeLoad) readBack(t *testing.T, c *servertest.Cluster) {
+	t.Helper()
+	w.stop()
+	reader := newClient(t, c, client.Config{})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k, v := range w.acked {
+		it, err := reader.Get(context.Background(), k)
+		if err != nil || string(it.Value) != v {
+			t.Fatalf("acknowledged write %s=%s reads back as %q, %v", k, v, it.Value, err)
+		}
+	}
+	t.Logf("%d acknowledged writes read back", len(w.acked))
+}
+
+// waitMoved waits until the metadata every running node follows has no
+// move in progress and lists node to among group id's voters.
+func waitMoved(t *testing.T, c *servertest.Cluster, id shard.ID, to string) {
+	t.Helper()
+	servertest.WaitFor(t, 60*time.Second, fmt.Sprintf("the replica of %d moved to %s", id, to), func() bool {
+		for _, nid := range c.Running() {
+			m := c.Node(nid).Cluster()
+			if len(m.Moves) > 0 || !slices.Contains(m.Voters(id), to) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// A node joins a cluster under load, and a shard's replica moves to it
+// from the shard's leader: every acknowledged write reads back, the new
+// node serves the shard, and the node the replica left deletes its data.
+func TestMoveReplicaToAJoinedNode(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	load := startWriteLoad(t, c, 4)
+	servertest.WaitFor(t, 10*time.Second, "100 writes acknowledged", func() bool { return load.count() >= 100 })
+
+	n4, err := c.AddNode(ctx, "n4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := leader(t, c, 0).ID()
+	if _, err := n4.MoveReplica(ctx, shard.Move{Group: 0, From: from, To: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	waitMoved(t, c, 0, "n4")
+	if m := c.Metadata(); slices.Contains(m.Voters(0), from) || len(m.Voters(0)) != 3 {
+		t.Fatalf("shard 0's voters after the move: %v", m.Voters(0))
+	}
+	servertest.WaitFor(t, 10*time.Second, from+" deletes its replica of shard 0", func() bool {
+		_, err := os.Stat(filepath.Join(c.Dir(), from, "shard-0"))
+		return os.IsNotExist(err) && !c.Node(from).Holds(0)
+	})
+	before := load.count()
+	servertest.WaitFor(t, 10*time.Second, "100 more writes after the move", func() bool { return load.count() >= before+100 })
+	waitReady(t, c)
+	load.readBack(t, c)
+	if st := n4.ShardStats(0); st.Keys == 0 {
+		t.Errorf("n4's replica of shard 0 holds no keys: %+v", st)
+	}
+}
+
+// A removed node's replicas move to the others, it leaves the metadata,
+// deletes its data, and may not start again on it.
+func TestRemovedNodeIsRefused(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	load := startWriteLoad(t, c, 2)
+	servertest.WaitFor(t, 10*time.Second, "50 writes acknowledged", func() bool { return load.count() >= 50 })
+	victim := "n1"
+	if _, err := c.Node("n2").RemoveNode(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	servertest.WaitFor(t, 90*time.Second, victim+" removed", func() bool {
+		for _, nid := range c.Running() {
+			if !slices.Contains(c.Node(nid).Cluster().Removed, victim) {
+				return false
+			}
+		}
+		return true
+	})
+	servertest.WaitFor(t, 10*time.Second, victim+" deletes its replicas", func() bool {
+		entries, err := os.ReadDir(filepath.Join(c.Dir(), victim))
+		if err != nil {
+			return false
+		}
+		for _, e := range entries {
+			if e.IsDir() && (e.Name() == "control" || len(e.Name()) > 6 && e.Name()[:6] == "shard-") {
+				return false
+			}
+		}
+		return true
+	})
+	m := c.Metadata()
+	for _, s := range m.Map.Shards {
+		if len(s.Replicas) != 3 || slices.Contains(s.Replicas, victim) {
+			t.Errorf("shard %d's replicas after the removal: %v", s.ID, s.Replicas)
+		}
+	}
+	if len(m.Control) != 3 || slices.Contains(m.Control, victim) {
+		t.Errorf("control voters after the removal: %v", m.Control)
+	}
+	if err := c.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Restart(ctx, victim); !errors.Is(err, server.ErrRemoved) {
+		t.Fatalf("restarting a removed node: %v, want ErrRemoved", err)
+	}
+	waitReady(t, c)
+	load.readBack(t, c)
+}

@@ -1,0 +1,306 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/server/control"
+	"github.com/shoal-kv/shoal/shard"
+)
+
+// A replica moves from node From to node To of a group as the control
+// group's leader drives it (drive), one raft configuration change at a
+// time, each proposed to the group's leader with the index of the
+// configuration it was based on (raft's prevIndex), so that two drivers
+// (a control leader and its successor) cannot both apply a change:
+//
+//  1. the move is recorded in the metadata (start-move): To opens a
+//     replica with no state, which waits for the leader;
+//  2. To joins the group as a non-voter and catches up from the leader;
+//  3. once its log reaches the leader's commit index, To becomes a voter;
+//  4. if From leads, it hands leadership to To;
+//  5. From is removed from the group;
+//  6. the metadata makes To a voter in From's place (finish-move), and
+//     From closes and deletes its replica.
+//
+// Each step looks at the group's configuration as its leader has it and
+// does what that configuration still lacks, so a driver that crashed
+// anywhere is followed by one that goes on from there. The group never has
+// fewer voters than it started with: To votes before From leaves.
+
+// configIndex tracks the index of the latest configuration a group's
+// state machine has applied, which raft does not tell: a state machine that
+// implements raft.ConfigurationStore hears of each.
+type configIndex struct{ index atomic.Uint64 }
+
+// StoreConfiguration implements raft.ConfigurationStore.
+func (c *configIndex) StoreConfiguration(index uint64, _ raft.Configuration) { c.index.Store(index) }
+
+// configFSM and batchingConfigFSM add configIndex to a state machine,
+// keeping its batching if it has it.
+type configFSM struct {
+	raft.FSM
+	*configIndex
+}
+
+type batchingConfigFSM struct {
+	raft.BatchingFSM
+	*configIndex
+}
+
+// withConfigIndex wraps sm to track its configuration index in ci.
+func withConfigIndex(sm raft.FSM, ci *configIndex) raft.FSM {
+	if b, ok := sm.(raft.BatchingFSM); ok {
+		return batchingConfigFSM{b, ci}
+	}
+	return configFSM{sm, ci}
+}
+
+// latestConfigIndex returns the index of the latest configuration this
+// replica has applied, from its state machine or, if it came in the last
+// snapshot, from that.
+func (g *raftGroup) latestConfigIndex() uint64 {
+	idx := g.configs.index.Load()
+	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 {
+		idx = max(idx, metas[0].ConfigurationIndex)
+	}
+	return idx
+}
+
+// MembersRequest asks a node about its replica of Group.
+type MembersRequest struct {
+	Group shard.ID
+}
+
+// Member is one server of a group's raft configuration.
+type Member struct {
+	ID    string
+	Voter bool
+}
+
+// MembersReply answers a MembersRequest: the replica's progress and, if it
+// leads, the group's configuration.
+type MembersReply struct {
+	// Leader is set if the replica leads the group and has applied every
+	// entry committed before its term, the latest configuration's among
+	// them; only then are Members and ConfigIndex the group's.
+	Leader      bool
+	Members     []Member
+	ConfigIndex uint64
+	// CommitIndex, LastIndex and Applied are the replica's own.
+	CommitIndex, LastIndex, Applied uint64
+	Err                             string
+}
+
+// Members serves a MembersRequest from a peer.
+func (s *nodeService) Members(req MembersRequest, reply *MembersReply) error {
+	n := s.n
+	if !n.started.Load() {
+		reply.Err = fmt.Sprintf("node %s is starting", n.id)
+		return nil
+	}
+	g := n.current().group(req.Group)
+	if g == nil {
+		reply.Err = fmt.Sprintf("node %s holds no replica of %s", n.id, groupName(req.Group))
+		return nil
+	}
+	reply.LastIndex = g.raft.LastIndex()
+	reply.Applied = g.raft.AppliedIndex()
+	reply.CommitIndex = g.raft.CommitIndex()
+	if g.raft.State() != raft.Leader {
+		return nil
+	}
+	// A barrier applies every entry before it: the configurations
+	// committed before this leader's term included.
+	if err := awaitFuture(g.raft.Barrier(controlCallTimeout), g.closing); err != nil {
+		reply.Err = fmt.Sprintf("node %s: %v", n.id, err)
+		return nil
+	}
+	reply.ConfigIndex = g.latestConfigIndex()
+	for _, srv := range g.raft.GetConfiguration().Configuration().Servers {
+		reply.Members = append(reply.Members, Member{ID: string(srv.ID), Voter: srv.Suffrage == raft.Voter})
+	}
+	reply.Leader = g.raft.State() == raft.Leader
+	reply.CommitIndex = g.raft.CommitIndex()
+	return nil
+}
+
+// The changes of a ChangeRequest.
+const (
+	changeAddNonvoter = "add-nonvoter"
+	changeAddVoter    = "add-voter"
+	changeRemove      = "remove"
+	changeTransfer    = "transfer"
+)
+
+// ChangeRequest asks the leader of Group to change its configuration:
+// Change (add-nonvoter, add-voter or remove) Node, at raft address Addr,
+// if the configuration is still the one at PrevIndex; or to hand its
+// leadership to Node (transfer).
+type ChangeRequest struct {
+	Group     shard.ID
+	Change    string
+	Node      string
+	Addr      string
+	PrevIndex uint64
+}
+
+// ChangeReply answers a ChangeRequest.
+type ChangeReply struct {
+	Err string
+}
+
+// ChangeMembers serves a ChangeRequest from a peer: the control leader's
+// driver.
+func (s *nodeService) ChangeMembers(req ChangeRequest, reply *ChangeReply) error {
+	n := s.n
+	g := n.current().group(req.Group)
+	if !n.started.Load() || g == nil {
+		reply.Err = fmt.Sprintf("node %s holds no replica of %s", n.id, groupName(req.Group))
+		return nil
+	}
+	id, addr := raft.ServerID(req.Node), raft.ServerAddress(req.Addr)
+	var f raft.Future
+	switch req.Change {
+	case changeAddNonvoter:
+		f = g.raft.AddNonvoter(id, addr, req.PrevIndex, controlCallTimeout)
+	case changeAddVoter:
+		f = g.raft.AddVoter(id, addr, req.PrevIndex, controlCallTimeout)
+	case changeRemove:
+		f = g.raft.RemoveServer(id, req.PrevIndex, controlCallTimeout)
+	case changeTransfer:
+		f = g.raft.LeadershipTransferToServer(id, addr)
+	default:
+		reply.Err = fmt.Sprintf("node %s: unknown change %q", n.id, req.Change)
+		return nil
+	}
+	n.log.Info("changing a group's members", "group", groupName(req.Group), "change", req.Change, "node", req.Node,
+		"prev_index", req.PrevIndex)
+	if err := awaitFuture(f, g.closing); err != nil {
+		reply.Err = fmt.Sprintf("node %s: %s %s of %s: %v", n.id, req.Change, req.Node, groupName(req.Group), err)
+	}
+	return nil
+}
+
+// drive does one round of the control leader's work: a step of every move
+// in progress, a new move for a draining node, and the removal of the
+// draining nodes that hold nothing.
+func (n *Node) drive(cr *controlReplica) {
+	c := cr.fsm.Current()
+	for _, m := range c.Moves {
+		ctx, cancel := context.WithTimeout(n.ctx, controlCallTimeout)
+		err := n.stepMove(ctx, c, m)
+		cancel()
+		if err != nil && n.ctx.Err() == nil {
+			n.log.Info("a replica move waits", "group", groupName(m.Group), "from", m.From, "to", m.To, "err", err)
+		}
+	}
+	if m, ok := control.NextDrainMove(c); ok {
+		n.log.Info("moving a replica off a draining node", "group", groupName(m.Group), "from", m.From, "to", m.To)
+		if _, err := cr.propose(control.Command{Kind: control.KindStartMove, Move: &m}); err != nil {
+			n.log.Warn("starting a move", "group", groupName(m.Group), "err", err)
+		}
+	}
+	for _, id := range control.Droppable(cr.fsm.Current()) {
+		n.log.Info("removing a drained node from the cluster", "node", id)
+		if _, err := cr.propose(control.Command{Kind: control.KindDropNode, ID: id}); err != nil {
+			n.log.Warn("removing a drained node", "node", id, "err", err)
+		}
+	}
+}
+
+// errMoveWaits marks a move step that could not be taken yet: the target
+// is catching up, or the group has no leader.
+var errMoveWaits = errors.New("server: the move waits")
+
+// stepMove takes the next step of move m, as its group's configuration
+// shows it.
+func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) error {
+	leader, info, err := n.groupLeader(ctx, c, m.Group)
+	if err != nil {
+		return err
+	}
+	var to, from *Member
+	for i := range info.Members {
+		switch info.Members[i].ID {
+		case m.To:
+			to = &info.Members[i]
+		case m.From:
+			from = &info.Members[i]
+		}
+	}
+	toNode := c.Node(m.To)
+	if toNode == nil {
+		return fmt.Errorf("server: move target %s is no member", m.To)
+	}
+	change := func(kind, node, addr string) error {
+		req := ChangeRequest{Group: m.Group, Change: kind, Node: node, Addr: addr, PrevIndex: info.ConfigIndex}
+		var reply ChangeReply
+		if err := n.peers.call(ctx, leader, "Node.ChangeMembers", req, &reply); err != nil {
+			return err
+		}
+		if reply.Err != "" {
+			return errors.New(reply.Err)
+		}
+		return nil
+	}
+	// progress asks the target how far its replica is: an error until it
+	// has opened one, which it does once it follows the move's metadata.
+	progress := func() (MembersReply, error) {
+		var prog MembersReply
+		if err := n.peers.call(ctx, m.To, "Node.Members", MembersRequest{Group: m.Group}, &prog); err != nil {
+			return prog, err
+		}
+		if prog.Err != "" {
+			return prog, fmt.Errorf("%w: %s", errMoveWaits, prog.Err)
+		}
+		return prog, nil
+	}
+	switch {
+	case to == nil:
+		if _, err := progress(); err != nil {
+			return err
+		}
+		return change(changeAddNonvoter, m.To, toNode.Raft)
+	case !to.Voter:
+		prog, err := progress()
+		if err != nil {
+			return err
+		}
+		if prog.LastIndex < info.CommitIndex {
+			return fmt.Errorf("%w: %s is at index %d of %d", errMoveWaits, m.To, prog.LastIndex, info.CommitIndex)
+		}
+		return change(changeAddVoter, m.To, toNode.Raft)
+	case from != nil && leader == m.From:
+		return change(changeTransfer, m.To, toNode.Raft)
+	case from != nil:
+		return change(changeRemove, m.From, "")
+	}
+	_, err = n.controlApply(ctx, control.Command{Kind: control.KindFinishMove, Move: &m})
+	if err == nil {
+		n.log.Info("moved a replica", "group", groupName(m.Group), "from", m.From, "to", m.To)
+	}
+	return err
+}
+
+// groupLeader finds the leader of group id among the nodes that may hold
+// its replicas, and returns it with its answer.
+func (n *Node) groupLeader(ctx context.Context, c *shard.Cluster, id shard.ID) (string, MembersReply, error) {
+	var errs []error
+	for _, node := range c.Peers(id) {
+		var reply MembersReply
+		err := n.peers.call(ctx, node, "Node.Members", MembersRequest{Group: id}, &reply)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case reply.Err != "":
+			errs = append(errs, fmt.Errorf("%s: %s", node, reply.Err))
+		case reply.Leader:
+			return node, reply, nil
+		}
+	}
+	return "", MembersReply{}, fmt.Errorf("%w: no leader of %s answered: %w", errMoveWaits, groupName(id), errors.Join(errs...))
+}
