@@ -22,12 +22,15 @@ import (
 // empty batch of its own). Encode writes format 3 only for a command that
 // needs it (a KindCompleteAcquire or KindEnqueueBatch), and format 2
 // otherwise, so that replicas not yet upgraded apply every other entry.
+// Format 4 adds, after Batch, Op.Start and Op.End as varints; Encode
+// writes it only for a command holding one (a KindFreezeSlots).
 // Format 2 has no NextGrant and no Batch; format 1 had no Op.Began and
 // Op.Grant either: its ops decode with Began 0, as first attempts, and
 // Grant 0, as leases granted before grants existed. Entries already in a
 // log keep the format they were written in.
 const (
-	commandFormat   = 3
+	commandFormat   = 4
+	commandFormatV3 = 3
 	commandFormatV2 = 2
 	commandFormatV1 = 1
 )
@@ -39,7 +42,11 @@ var errBadCommand = errors.New("fsm: bad command")
 func (c *Command) Encode() ([]byte, error) {
 	format := byte(commandFormatV2)
 	for i := range c.Ops {
-		if c.Ops[i].NextGrant != 0 || len(c.Ops[i].Batch) > 0 {
+		op := &c.Ops[i]
+		if op.NextGrant != 0 || len(op.Batch) > 0 {
+			format = max(format, commandFormatV3)
+		}
+		if op.Start != 0 || op.End != 0 {
 			format = commandFormat
 		}
 	}
@@ -81,13 +88,17 @@ func appendOps(b []byte, ops []Op, format byte, depth int) ([]byte, error) {
 		b = binary.AppendVarint(b, op.Interval)
 		b = binary.AppendVarint(b, op.Began)
 		b = binary.AppendUvarint(b, op.Grant)
-		if format == commandFormat {
+		if format >= commandFormatV3 {
 			b = binary.AppendUvarint(b, op.NextGrant)
 			b = binary.AppendUvarint(b, uint64(len(op.Batch)))
 			var err error
 			if b, err = appendOps(b, op.Batch, format, depth+1); err != nil {
 				return nil, err
 			}
+		}
+		if format >= commandFormat {
+			b = binary.AppendVarint(b, int64(op.Start))
+			b = binary.AppendVarint(b, int64(op.End))
 		}
 	}
 	return b, nil
@@ -102,11 +113,17 @@ func appendString(b []byte, s string) []byte {
 type decoder struct {
 	b   []byte
 	err error
+	// bad is the error its failures wrap: errBadCommand if nil.
+	bad error
 }
 
 func (d *decoder) fail(what string) {
 	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s at %d bytes from the end", errBadCommand, what, len(d.b))
+		bad := d.bad
+		if bad == nil {
+			bad = errBadCommand
+		}
+		d.err = fmt.Errorf("%w: %s at %d bytes from the end", bad, what, len(d.b))
 	}
 }
 
@@ -212,7 +229,7 @@ func (d *decoder) ops(format byte, depth int) []Op {
 			ops[i].Began = d.varint()
 			ops[i].Grant = d.uvarint()
 		}
-		if format >= commandFormat {
+		if format >= commandFormatV3 {
 			ops[i].NextGrant = d.uvarint()
 			if depth > 0 {
 				if d.uvarint() != 0 {
@@ -221,6 +238,9 @@ func (d *decoder) ops(format byte, depth int) []Op {
 			} else {
 				ops[i].Batch = d.ops(format, depth+1)
 			}
+		}
+		if format >= commandFormat {
+			ops[i].Start, ops[i].End = int(d.varint()), int(d.varint())
 		}
 	}
 	return ops

@@ -134,8 +134,8 @@ func TestDecodeCommandRejects(t *testing.T) {
 		"truncated":     good[:len(good)-3],
 		"trailing":      append(append([]byte(nil), good...), 0),
 		"unknown kind":  append(append([]byte(nil), good[:3]...), 99),
-		"huge op count": {commandFormat, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
-		"nested batch": {commandFormat, 0, 1, byte(KindEnqueueBatch), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+		"huge op count": {commandFormatV3, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"nested batch": {commandFormatV3, 0, 1, byte(KindEnqueueBatch), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 			1, byte(KindEnqueue), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0},
 		"string too far": append(append([]byte(nil), good[:4]...), 0xff, 0x01),
 	} {
@@ -151,8 +151,8 @@ func FuzzDecodeCommand(f *testing.F) {
 	c := sampleCommand()
 	b, _ := c.Encode()
 	f.Add(b)
-	f.Add([]byte{commandFormat, 0, 1, 1})
-	f.Add([]byte{commandFormat, 0, 1, byte(KindEnqueueBatch), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	f.Add([]byte{commandFormatV3, 0, 1, 1})
+	f.Add([]byte{commandFormatV3, 0, 1, byte(KindEnqueueBatch), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 		1, byte(KindEnqueue), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)

@@ -51,8 +51,28 @@ const (
 	// when the shard has no room for all of them.
 	KindEnqueueBatch Kind = 15
 
+	// The steps of a slot move (slots.go), each one raft entry of a shard
+	// the node drives a move through; Version is the move's id, never 0.
+	//
+	// KindFreezeSlots, at the source, takes the state of slots [Start, End)
+	// out of the live tables into the move's frozen holding area.
+	KindFreezeSlots Kind = 16
+	// KindThawSlots, at the source before the drop, puts the move's frozen
+	// state back live: the move is cancelled.
+	KindThawSlots Kind = 17
+	// KindInstallSlots, at the target, holds the chunk Value (one of those
+	// FSM.ExportSlots made at the source) in the move's incoming area.
+	KindInstallSlots Kind = 18
+	// KindActivateSlots, at the target once every chunk is installed,
+	// makes the incoming state live.
+	KindActivateSlots Kind = 19
+	// KindDropSlots, at the source, deletes the frozen state and marks its
+	// slots gone; at a target holding the move incoming, not yet active,
+	// it discards the incoming state.
+	KindDropSlots Kind = 20
+
 	// kindEnd is one past the last kind.
-	kindEnd Kind = 16
+	kindEnd Kind = 21
 )
 
 var kindNames = [kindEnd]string{
@@ -60,6 +80,8 @@ var kindNames = [kindEnd]string{
 	KindAcquire: "acquire", KindExtend: "extend", KindComplete: "complete", KindFail: "fail",
 	KindRelease: "release", KindRequeue: "requeue", KindEvery: "every", KindUnevery: "unevery",
 	KindTick: "tick", KindCompleteAcquire: "complete-and-acquire", KindEnqueueBatch: "enqueue-batch",
+	KindFreezeSlots: "freeze-slots", KindThawSlots: "thaw-slots", KindInstallSlots: "install-slots",
+	KindActivateSlots: "activate-slots", KindDropSlots: "drop-slots",
 }
 
 // String names the kind, for logs and errors.
@@ -117,6 +139,9 @@ type Op struct {
 	// client, sequence number or batch of their own. It holds at most
 	// MaxBatch of them.
 	Batch []Op
+	// Start and End, of a KindFreezeSlots, are the slot range [Start, End)
+	// it freezes, within 0..shard.SlotCount.
+	Start, End int
 }
 
 // MaxBatch bounds the jobs of a KindEnqueueBatch.
@@ -166,6 +191,15 @@ const (
 	// make room for others (Config.MaxSessions) or after SessionTTL; it
 	// was not executed, and whether the first attempt was is unknown.
 	StatusSessionExpired
+	// StatusMoving: the op is on a slot that is moving between shards
+	// (frozen at its source, or installed but not yet active at its
+	// target); it was not executed, and may be retried once the move
+	// is done.
+	StatusMoving
+	// StatusWrongShard: the op is on a slot that has moved to another
+	// shard; it was not executed, and should be sent to the slot's owner
+	// in a newer shard map.
+	StatusWrongShard
 )
 
 // Result is the outcome of one Op.

@@ -87,6 +87,9 @@ type Stats struct {
 	// completions.
 	Jobs          int
 	JobsCompleted uint64
+	// Moving counts the slots frozen here for a move away, or installed
+	// here and not yet active.
+	Moving int
 }
 
 // FSM is the replicated state machine of one shard: keys with versioned
@@ -111,6 +114,7 @@ type FSM struct {
 	duplicates uint64
 	applied    uint64 // raft index of the last applied log
 	observer   Observer
+	slots      slotTable // the slot moves and the slots gone
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -144,6 +148,7 @@ func New(cfg Config) *FSM {
 		sessions:     newSessions(cfg.MaxSessions),
 		jobs:         newJobTable(),
 		observer:     cfg.Observer,
+		slots:        newSlotTable(),
 	}
 }
 
@@ -203,6 +208,12 @@ func (f *FSM) applyCommand(l *raft.Log) interface{} {
 
 func (f *FSM) applyOp(op *Op) Result {
 	var s *session
+	// An op on a moving slot waits, and one on a slot gone elsewhere goes
+	// there, before its session is looked at: the results of such ops
+	// have left the sessions with their slots.
+	if st := f.slotBlock(op); st != StatusOK {
+		return Result{Status: st}
+	}
 	if op.Client != "" && op.Seq != 0 { // an op without a sequence number cannot be deduplicated
 		var res Result
 		var done bool
@@ -215,7 +226,7 @@ func (f *FSM) applyOp(op *Op) Result {
 	// An acquire that found nothing changed nothing: it is not kept, so
 	// that the request may be tried again here once a job is ready.
 	if s != nil && !(op.Kind == KindAcquire && res.Status == StatusEmpty) {
-		s.keep(op.Seq, kept(op, res))
+		s.keep(op.Seq, keptResult{kept(op, res), opSlot(op)})
 	}
 	return res
 }
@@ -248,6 +259,16 @@ func (f *FSM) execute(op *Op) Result {
 		return f.enqueueBatch(op)
 	case KindTick:
 		return Result{}
+	case KindFreezeSlots:
+		return f.freezeSlots(op)
+	case KindThawSlots:
+		return f.thawSlots(op)
+	case KindInstallSlots:
+		return f.installSlots(op)
+	case KindActivateSlots:
+		return f.activateSlots(op)
+	case KindDropSlots:
+		return f.dropSlots(op)
 	default:
 		return Result{Status: StatusInvalid}
 	}
@@ -319,5 +340,6 @@ func (f *FSM) Stats() Stats {
 		Duplicates:    f.duplicates,
 		Jobs:          len(f.jobs.jobs),
 		JobsCompleted: f.jobs.completed,
+		Moving:        f.slots.moving,
 	}
 }

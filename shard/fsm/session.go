@@ -42,7 +42,7 @@ type session struct {
 	// every sequence number below floor.
 	floor uint64
 	// results holds the outcome of each applied sequence number >= floor.
-	results map[uint64]Result
+	results map[uint64]keptResult
 	// idBytes is the bytes of the job ids in results (keptIDBytes).
 	idBytes int
 	// since is the state machine clock when the session was made;
@@ -50,6 +50,14 @@ type session struct {
 	since, lastSeen int64
 	// elem is the session's place in sessions.idle.
 	elem *list.Element
+}
+
+// keptResult is a result a session keeps, and the slot of the op it
+// answers (opSlot; -1 for an op of no one slot, an acquire's), by which
+// it moves with its slot to another shard.
+type keptResult struct {
+	Result
+	slot int
 }
 
 // sessions maps client ids to their sessions, at most max of them.
@@ -105,20 +113,12 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 	if s != nil {
 		s.lastSeen = now
 		ss.idle.MoveToBack(s.elem)
-		if op.Ack > s.floor {
-			s.floor = op.Ack
-			for seq, r := range s.results {
-				if seq < s.floor {
-					s.idBytes -= keptIDBytes(r)
-					delete(s.results, seq)
-				}
-			}
-		}
+		s.raiseFloor(op.Ack)
 		if op.Seq < s.floor {
 			return s, Result{Status: StatusAcked}, true
 		}
 		if r, ok := s.results[op.Seq]; ok {
-			return s, r, true
+			return s, r.Result, true
 		}
 	}
 	if began := op.Began - int64(RetrySkew); op.Began != 0 && ss.lastForgotten >= began && (s == nil || s.since > began) {
@@ -128,7 +128,7 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 		if len(ss.byClient) >= ss.max {
 			ss.forgetOldest()
 		}
-		s = &session{client: op.Client, floor: op.Ack, results: make(map[uint64]Result), since: now, lastSeen: now}
+		s = &session{client: op.Client, floor: op.Ack, results: make(map[uint64]keptResult), since: now, lastSeen: now}
 		ss.add(s)
 	}
 	if len(s.results) >= MaxPendingPerClient || s.idBytes >= MaxKeptIDBytes {
@@ -138,9 +138,24 @@ func (ss *sessions) begin(op *Op, now int64) (s *session, res Result, done bool)
 }
 
 // keep stores res, as kept, as the result of sequence number seq.
-func (s *session) keep(seq uint64, res Result) {
+func (s *session) keep(seq uint64, res keptResult) {
 	s.results[seq] = res
-	s.idBytes += keptIDBytes(res)
+	s.idBytes += keptIDBytes(res.Result)
+}
+
+// raiseFloor forgets the results below floor, if it is above the
+// session's.
+func (s *session) raiseFloor(floor uint64) {
+	if floor <= s.floor {
+		return
+	}
+	s.floor = floor
+	for seq, r := range s.results {
+		if seq < s.floor {
+			s.idBytes -= keptIDBytes(r.Result)
+			delete(s.results, seq)
+		}
+	}
 }
 
 // keptIDBytes is the bytes of the job ids a kept result holds.

@@ -14,18 +14,20 @@ import (
 	"github.com/shoal-kv/shoal/shard"
 )
 
-// snapshotFormat is the version of the snapshot stream. Restore reads it
-// and format 1, which kept stopped schedules and no order of the sessions;
-// it refuses any other.
-const snapshotFormat = 2
+// snapshotFormat is the version of the snapshot stream. Restore reads it,
+// format 2, which had no slot moves and no slots of kept results, and
+// format 1, which also kept stopped schedules and no order of the
+// sessions; it refuses any other.
+const snapshotFormat = 3
 
 // ErrBadSnapshot is returned (wrapped) by Restore for a stream it cannot read.
 var ErrBadSnapshot = errors.New("fsm: bad snapshot")
 
 // The snapshot stream is a header followed by, in order, Keys key records,
 // Sessions session records, Topics topic records, Jobs job records and
-// Schedules schedule records, each a bencoded dict. Every kind is sorted by
-// its name, so replicas with the same state write the same bytes.
+// Schedules schedule records, and (format 3) Moves move records, each a
+// bencoded dict. Every kind is sorted by its name (moves by id), so
+// replicas with the same state write the same bytes.
 type snapshotHeader struct {
 	Format     int    `bencode:"f"`
 	Applied    uint64 `bencode:"i"`
@@ -44,6 +46,55 @@ type snapshotHeader struct {
 	Schedules  int    `bencode:"h"`
 	// LastForgotten is sessions.lastForgotten (format 2).
 	LastForgotten int64 `bencode:"g"`
+	// Format 3: the slots gone, as ranges in order; the moves finished
+	// here, oldest first; the count of move records.
+	Gone     []slotRangeRecord `bencode:"gn,omitempty"`
+	Finished []finishedRecord  `bencode:"fm,omitempty"`
+	Moves    int               `bencode:"mv,omitempty"`
+}
+
+type slotRangeRecord struct {
+	Start int `bencode:"s"`
+	End   int `bencode:"e"`
+}
+
+type finishedRecord struct {
+	ID     uint64        `bencode:"i"`
+	Start  int           `bencode:"s"`
+	End    int           `bencode:"e"`
+	State  SlotMoveState `bencode:"t"`
+	Chunks int           `bencode:"c"`
+}
+
+// moveRecord is a slot move in flight: at its source (Incoming 0), its
+// frozen state; at its target, its chunks.
+type moveRecord struct {
+	ID        uint64               `bencode:"i"`
+	Start     int                  `bencode:"s"`
+	End       int                  `bencode:"e"`
+	Incoming  int                  `bencode:"n"`
+	Clock     int64                `bencode:"t"`
+	Revision  uint64               `bencode:"r"`
+	Keys      []keyRecord          `bencode:"k"`
+	Jobs      []jobRecord          `bencode:"j"` // in enqueue order
+	Schedules []scheduleRecord     `bencode:"h"`
+	Sessions  []movedSessionRecord `bencode:"c"`
+	Topics    []topicRecord        `bencode:"o"`
+	Total     int                  `bencode:"a"`
+	Chunks    []chunkRecord        `bencode:"u"`
+}
+
+type movedSessionRecord struct {
+	Client   string         `bencode:"c"`
+	Floor    uint64         `bencode:"f"`
+	Since    int64          `bencode:"s"`
+	LastSeen int64          `bencode:"t"`
+	Results  []resultRecord `bencode:"r"`
+}
+
+type chunkRecord struct {
+	Index int    `bencode:"i"`
+	Data  string `bencode:"d"`
 }
 
 type keyRecord struct {
@@ -66,7 +117,20 @@ type sessionRecord struct {
 type resultRecord struct {
 	Seq    uint64 `bencode:"q"`
 	Result Result `bencode:"r"`
+	// Slot is the slot of the result's op plus one, 0 for none (format
+	// 3; before, every result is of no slot).
+	Slot int `bencode:"l,omitempty"`
 }
+
+func toResultRecords(results map[uint64]keptResult) []resultRecord {
+	out := make([]resultRecord, 0, len(results))
+	for seq, r := range results {
+		out = append(out, resultRecord{Seq: seq, Result: r.Result, Slot: r.slot + 1})
+	}
+	return out
+}
+
+func (r *resultRecord) kept() keptResult { return keptResult{Result: r.Result, slot: r.Slot - 1} }
 
 // topicRecord carries what the jobs themselves do not: the completions.
 type topicRecord struct {
@@ -114,6 +178,7 @@ type fsmSnapshot struct {
 	topics    []topicRecord
 	jobs      []jobRecord
 	schedules []scheduleRecord
+	moves     []moveRecord
 }
 
 // Snapshot captures the state for raft. It copies it, in time linear in its
@@ -160,9 +225,7 @@ func (f *FSM) snapshot() *fsmSnapshot {
 	for e := f.sessions.idle.Front(); e != nil; e = e.Next() {
 		ss := e.Value.(*session)
 		rec := sessionRecord{Client: ss.client, Floor: ss.floor, LastSeen: ss.lastSeen, Since: ss.since, Idle: idle}
-		for seq, r := range ss.results {
-			rec.Results = append(rec.Results, resultRecord{Seq: seq, Result: r})
-		}
+		rec.Results = toResultRecords(ss.results)
 		s.sessions = append(s.sessions, rec)
 		idle++
 	}
@@ -170,22 +233,128 @@ func (f *FSM) snapshot() *fsmSnapshot {
 		s.topics = append(s.topics, topicRecord{Name: name, Done: q.done})
 	}
 	for _, j := range f.jobs.jobs {
-		s.jobs = append(s.jobs, jobRecord{
-			ID: j.ID, Topic: j.Topic, Payload: j.Payload, State: j.state, Attempt: j.Attempt,
-			MaxAttempts: j.MaxAttempts, RunAt: j.RunAt, Lease: j.Lease, Deadline: j.Deadline,
-			Holder: j.Holder, Token: j.Token, Grant: j.Grant, Unique: j.Unique, Backoff: j.Backoff,
-			LastError: j.LastError, Created: j.Created, Seq: j.Seq,
-		})
+		s.jobs = append(s.jobs, toJobRecord(j))
 	}
 	for _, sc := range f.jobs.schedules {
-		s.schedules = append(s.schedules, scheduleRecord{
-			Topic: sc.Topic, Key: sc.Key, Payload: sc.Payload, Interval: sc.Interval,
-			MaxAttempts: sc.MaxAttempts, Last: sc.Last,
-		})
+		s.schedules = append(s.schedules, toScheduleRecord(sc))
+	}
+	for _, m := range f.slots.moves {
+		s.moves = append(s.moves, toMoveRecord(m))
 	}
 	h := &s.header
 	h.Keys, h.Sessions, h.Topics, h.Jobs, h.Schedules = len(s.kv), len(s.sessions), len(s.topics), len(s.jobs), len(s.schedules)
+	h.Moves = len(s.moves)
+	for _, m := range f.slots.finished {
+		h.Finished = append(h.Finished, finishedRecord{ID: m.ID, Start: m.Start, End: m.End, State: m.State, Chunks: m.Chunks})
+	}
+	for slot := 0; slot < shard.SlotCount; slot++ {
+		if f.slots.marks[slot] != slotGone {
+			continue
+		}
+		if n := len(h.Gone); n > 0 && h.Gone[n-1].End == slot {
+			h.Gone[n-1].End++
+		} else {
+			h.Gone = append(h.Gone, slotRangeRecord{Start: slot, End: slot + 1})
+		}
+	}
 	return s
+}
+
+func toJobRecord(j *Job) jobRecord {
+	return jobRecord{
+		ID: j.ID, Topic: j.Topic, Payload: j.Payload, State: j.state, Attempt: j.Attempt,
+		MaxAttempts: j.MaxAttempts, RunAt: j.RunAt, Lease: j.Lease, Deadline: j.Deadline,
+		Holder: j.Holder, Token: j.Token, Grant: j.Grant, Unique: j.Unique, Backoff: j.Backoff,
+		LastError: j.LastError, Created: j.Created, Seq: j.Seq,
+	}
+}
+
+func (r *jobRecord) job() *Job {
+	return &Job{
+		ID: r.ID, Topic: r.Topic, Payload: r.Payload, state: r.State, Attempt: r.Attempt,
+		MaxAttempts: r.MaxAttempts, RunAt: r.RunAt, Lease: r.Lease, Deadline: r.Deadline,
+		Holder: r.Holder, Token: r.Token, Grant: r.Grant, Unique: r.Unique, Backoff: r.Backoff,
+		LastError: r.LastError, Created: r.Created, Seq: r.Seq, index: -1,
+	}
+}
+
+func toScheduleRecord(sc *Schedule) scheduleRecord {
+	return scheduleRecord{
+		Topic: sc.Topic, Key: sc.Key, Payload: sc.Payload, Interval: sc.Interval,
+		MaxAttempts: sc.MaxAttempts, Last: sc.Last,
+	}
+}
+
+func (r *scheduleRecord) schedule() *Schedule {
+	return &Schedule{Topic: r.Topic, Key: r.Key, Payload: r.Payload, Interval: r.Interval, MaxAttempts: r.MaxAttempts, Last: r.Last}
+}
+
+// toMoveRecord copies a move in flight. Its records are put in order by
+// fsmSnapshot.sort.
+func toMoveRecord(m *slotMove) moveRecord {
+	r := moveRecord{ID: m.id, Start: m.start, End: m.end, Clock: m.clock, Revision: m.rev, Total: m.total}
+	if m.incoming {
+		r.Incoming = 1
+	}
+	for k, e := range m.kv {
+		r.Keys = append(r.Keys, keyRecord{Key: k, Value: e.Value, Version: e.Version})
+	}
+	for _, j := range m.jobs {
+		r.Jobs = append(r.Jobs, toJobRecord(j))
+	}
+	for _, sc := range m.schedules {
+		r.Schedules = append(r.Schedules, toScheduleRecord(sc))
+	}
+	for c, ms := range m.sessions {
+		r.Sessions = append(r.Sessions, movedSessionRecord{
+			Client: c, Floor: ms.floor, Since: ms.since, LastSeen: ms.lastSeen, Results: toResultRecords(ms.results),
+		})
+	}
+	for name, done := range m.topicDone {
+		r.Topics = append(r.Topics, topicRecord{Name: name, Done: done})
+	}
+	for i, data := range m.chunks {
+		r.Chunks = append(r.Chunks, chunkRecord{Index: i, Data: data})
+	}
+	return r
+}
+
+// slotMove rebuilds the move in flight r describes.
+func (r *moveRecord) slotMove() (*slotMove, error) {
+	if r.ID == 0 || !validRange(r.Start, r.End) || r.Total < 0 || len(r.Chunks) > r.Total {
+		return nil, fmt.Errorf("%w: slot move %d of [%d, %d)", ErrBadSnapshot, r.ID, r.Start, r.End)
+	}
+	m := &slotMove{id: r.ID, start: r.Start, end: r.End, incoming: r.Incoming != 0, clock: r.Clock, rev: r.Revision, total: r.Total}
+	if m.incoming {
+		m.chunks = make(map[int]string, len(r.Chunks))
+		for _, c := range r.Chunks {
+			m.chunks[c.Index] = c.Data
+		}
+		return m, nil
+	}
+	m.kv = make(map[string]Entry, len(r.Keys))
+	for _, k := range r.Keys {
+		m.kv[k.Key] = Entry{Value: k.Value, Version: k.Version}
+	}
+	for i := range r.Jobs {
+		m.jobs = append(m.jobs, r.Jobs[i].job())
+	}
+	for i := range r.Schedules {
+		m.schedules = append(m.schedules, r.Schedules[i].schedule())
+	}
+	m.sessions = make(map[string]*movedSession, len(r.Sessions))
+	for _, s := range r.Sessions {
+		ms := &movedSession{floor: s.Floor, since: s.Since, lastSeen: s.LastSeen, results: make(map[uint64]keptResult, len(s.Results))}
+		for i := range s.Results {
+			ms.results[s.Results[i].Seq] = s.Results[i].kept()
+		}
+		m.sessions[s.Client] = ms
+	}
+	m.topicDone = make(map[string]uint64, len(r.Topics))
+	for _, t := range r.Topics {
+		m.topicDone[t.Name] = t.Done
+	}
+	return m, nil
 }
 
 // Persist writes the snapshot to sink and closes it, or cancels it on error.
@@ -207,8 +376,24 @@ func (s *fsmSnapshot) sort() {
 	}
 	sort.Slice(s.topics, func(i, j int) bool { return s.topics[i].Name < s.topics[j].Name })
 	sort.Slice(s.jobs, func(i, j int) bool { return s.jobs[i].ID < s.jobs[j].ID })
-	sort.Slice(s.schedules, func(i, j int) bool {
-		a, b := s.schedules[i], s.schedules[j]
+	sortScheduleRecords(s.schedules)
+	sort.Slice(s.moves, func(i, j int) bool { return s.moves[i].ID < s.moves[j].ID })
+	for i := range s.moves {
+		m := &s.moves[i]
+		sort.Slice(m.Keys, func(i, j int) bool { return m.Keys[i].Key < m.Keys[j].Key })
+		sortScheduleRecords(m.Schedules)
+		sort.Slice(m.Sessions, func(i, j int) bool { return m.Sessions[i].Client < m.Sessions[j].Client })
+		for _, rec := range m.Sessions {
+			sort.Slice(rec.Results, func(i, j int) bool { return rec.Results[i].Seq < rec.Results[j].Seq })
+		}
+		sort.Slice(m.Topics, func(i, j int) bool { return m.Topics[i].Name < m.Topics[j].Name })
+		sort.Slice(m.Chunks, func(i, j int) bool { return m.Chunks[i].Index < m.Chunks[j].Index })
+	}
+}
+
+func sortScheduleRecords(s []scheduleRecord) {
+	sort.Slice(s, func(i, j int) bool {
+		a, b := s[i], s[j]
 		return a.Topic < b.Topic || a.Topic == b.Topic && a.Key < b.Key
 	})
 }
@@ -231,6 +416,9 @@ func (s *fsmSnapshot) write(w io.Writer) error {
 	}
 	if err == nil {
 		err = marshalAll(bw, s.schedules)
+	}
+	if err == nil {
+		err = marshalAll(bw, s.moves)
 	}
 	if err != nil {
 		return err
@@ -270,10 +458,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := bencode.Unmarshal(br, &h); err != nil {
 		return fmt.Errorf("%w: header: %v", ErrBadSnapshot, err)
 	}
-	if h.Format != snapshotFormat && h.Format != 1 {
-		return fmt.Errorf("%w: format %d, want 1 or %d", ErrBadSnapshot, h.Format, snapshotFormat)
+	if h.Format < 1 || h.Format > snapshotFormat {
+		return fmt.Errorf("%w: format %d, want 1 to %d", ErrBadSnapshot, h.Format, snapshotFormat)
 	}
-	if h.Keys < 0 || h.Sessions < 0 || h.Topics < 0 || h.Jobs < 0 || h.Schedules < 0 {
+	if h.Keys < 0 || h.Sessions < 0 || h.Topics < 0 || h.Jobs < 0 || h.Schedules < 0 || h.Moves < 0 {
 		return fmt.Errorf("%w: negative counts", ErrBadSnapshot)
 	}
 	kv := make(map[string]Entry)
@@ -290,15 +478,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		err = readAll(br, h.Topics, "topic", func(r *topicRecord) { jobs.topic(r.Name).done = r.Done })
 	}
 	if err == nil {
-		err = readAll(br, h.Jobs, "job", func(r *jobRecord) {
-			j := &Job{
-				ID: r.ID, Topic: r.Topic, Payload: r.Payload, state: r.State, Attempt: r.Attempt,
-				MaxAttempts: r.MaxAttempts, RunAt: r.RunAt, Lease: r.Lease, Deadline: r.Deadline,
-				Holder: r.Holder, Token: r.Token, Grant: r.Grant, Unique: r.Unique, Backoff: r.Backoff,
-				LastError: r.LastError, Created: r.Created, Seq: r.Seq, index: -1,
-			}
-			jobs.add(j)
-		})
+		err = readAll(br, h.Jobs, "job", func(r *jobRecord) { jobs.add(r.job()) })
 	}
 	if err == nil {
 		// With the jobs in place, a topic left with none is forgotten.
@@ -311,11 +491,30 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			if r.Stopped != 0 {
 				return
 			}
-			jobs.schedules[shard.JobKey(r.Topic, r.Key)] = &Schedule{
-				Topic: r.Topic, Key: r.Key, Payload: r.Payload, Interval: r.Interval,
-				MaxAttempts: r.MaxAttempts, Last: r.Last,
+			jobs.schedules[shard.JobKey(r.Topic, r.Key)] = r.schedule()
+		})
+	}
+	slots := newSlotTable()
+	if err == nil {
+		err = readAll(br, h.Moves, "slot move", func(r *moveRecord) {
+			m, merr := r.slotMove()
+			switch {
+			case merr != nil:
+				err = merr
+			case !slots.rangeFree(m.start, m.end) || slots.moves[m.id] != nil:
+				err = fmt.Errorf("%w: slot move %d overlaps another", ErrBadSnapshot, m.id)
+			default:
+				slots.moves[m.id] = m
+				mark := slotFrozen
+				if m.incoming {
+					mark = slotIncoming
+				}
+				slots.mark(m.start, m.end, mark)
 			}
 		})
+	}
+	if err == nil {
+		err = restoreSlotMarks(&slots, &h)
 	}
 	if err != nil {
 		return err
@@ -333,16 +532,16 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return a.Idle < b.Idle || a.Idle == b.Idle && a.LastSeen < b.LastSeen
 	})
 	for _, r := range restored {
-		s := &session{client: r.Client, floor: r.Floor, since: r.Since, lastSeen: r.LastSeen, results: make(map[uint64]Result, len(r.Results))}
-		for _, res := range r.Results {
-			s.keep(res.Seq, res.Result)
+		s := &session{client: r.Client, floor: r.Floor, since: r.Since, lastSeen: r.LastSeen, results: make(map[uint64]keptResult, len(r.Results))}
+		for i := range r.Results {
+			s.keep(r.Results[i].Seq, r.Results[i].kept())
 		}
 		ss.add(s)
 	}
 	for ss.idle.Len() > ss.max {
 		ss.forgetOldest()
 	}
-	f.kv, f.sessions, f.jobs = kv, ss, jobs
+	f.kv, f.sessions, f.jobs, f.slots = kv, ss, jobs, slots
 	f.rev, f.clock, f.lastExpiry, f.term = h.Revision, h.Clock, h.LastExpiry, h.Term
 	f.executed, f.duplicates = h.Executed, h.Duplicates
 	f.applied = h.Applied
@@ -368,4 +567,22 @@ func (t *jobTable) add(j *Job) {
 	if j.Unique != "" {
 		t.unique[shard.JobKey(j.Topic, j.Unique)] = j.ID
 	}
+}
+
+// restoreSlotMarks puts back the gone marks and the finished moves of a
+// snapshot's header.
+func restoreSlotMarks(t *slotTable, h *snapshotHeader) error {
+	for _, g := range h.Gone {
+		if !validRange(g.Start, g.End) || !t.rangeFree(g.Start, g.End) {
+			return fmt.Errorf("%w: gone slots [%d, %d)", ErrBadSnapshot, g.Start, g.End)
+		}
+		t.mark(g.Start, g.End, slotGone)
+	}
+	if len(h.Finished) > maxFinishedMoves {
+		return fmt.Errorf("%w: %d finished slot moves, over %d", ErrBadSnapshot, len(h.Finished), maxFinishedMoves)
+	}
+	for _, m := range h.Finished {
+		t.finished = append(t.finished, SlotMove{ID: m.ID, Start: m.Start, End: m.End, State: m.State, Chunks: m.Chunks, Installed: m.Chunks})
+	}
+	return nil
 }
