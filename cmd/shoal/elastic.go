@@ -44,6 +44,11 @@ type localCluster struct {
 	insecure bool
 	keys     *wire.Keyring // nil if insecure
 	c        *client.Client
+	// floor is the newest metadata version this command has seen. A node
+	// answers "info" from the metadata it follows, which may lag the
+	// control group's: an answer older than floor says nothing new (a
+	// move it lacks may have started, not ended), and is not used.
+	floor uint64
 }
 
 // elasticFlags registers the flags every membership command takes.
@@ -61,7 +66,7 @@ func openLocal(ctx context.Context, dir string, insecure bool, stderr io.Writer)
 	if err != nil {
 		return nil, err
 	}
-	lc := &localCluster{dir: dir, spec: spec, insecure: insecure}
+	lc := &localCluster{dir: dir, spec: spec, insecure: insecure, floor: spec.MapVersion}
 	if !insecure {
 		if lc.keys, err = loadSecret(secretPath(specPath(dir)), specPath(dir), spec); err != nil {
 			return nil, fmt.Errorf("%w (or use --insecure for a cluster run with it)", err)
@@ -93,13 +98,13 @@ func (lc *localCluster) admin(ctx context.Context, command string, args *server.
 	return &reply, nil
 }
 
-// info returns the cluster's metadata.
-func (lc *localCluster) info(ctx context.Context) (*shard.Cluster, error) {
-	r, err := lc.admin(ctx, server.AdminInfo, nil)
-	if err != nil {
-		return nil, err
-	}
-	return r.Cluster, nil
+// saw raises the floor to version v.
+func (lc *localCluster) saw(v uint64) { lc.floor = max(lc.floor, v) }
+
+// info returns the cluster's metadata, at least as new as any this
+// command has seen.
+func (lc *localCluster) info(ctx context.Context, stdout io.Writer) (*shard.Cluster, error) {
+	return lc.waitFor(ctx, stdout, func(*shard.Cluster) (string, error) { return "", nil })
 }
 
 // keepSpec rewrites DIR/cluster.json from metadata c, keeping the settings
@@ -122,13 +127,19 @@ func (lc *localCluster) waitFor(ctx context.Context, stdout io.Writer, pending f
 	said := start
 	what := "an answer from the cluster"
 	for {
-		c, err := lc.info(ctx)
-		if err == nil {
-			if what, err = pending(c); err != nil {
+		r, err := lc.admin(ctx, server.AdminInfo, nil)
+		switch {
+		case err != nil:
+			what = fmt.Sprintf("an answer from the cluster (%v)", err)
+		case r.Cluster.Version < lc.floor:
+			what = fmt.Sprintf("metadata version %d to reach the nodes", lc.floor)
+		default:
+			lc.saw(r.Cluster.Version)
+			if what, err = pending(r.Cluster); err != nil {
 				return nil, err
 			}
 			if what == "" {
-				return c, nil
+				return r.Cluster, nil
 			}
 		}
 		if time.Since(said) >= progressInterval {
@@ -217,13 +228,16 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer lc.close()
-	c, err := lc.info(ctx)
+	c, err := lc.info(ctx, stdout)
 	if err != nil {
 		return err
 	}
 	if *id == "" {
 		ids := slices.Clone(c.Removed)
 		for _, n := range c.Nodes {
+			ids = append(ids, n.ID)
+		}
+		for _, n := range lc.spec.Nodes {
 			ids = append(ids, n.ID)
 		}
 		*id = nextNodeID(ids, func(id string) bool {
@@ -298,7 +312,7 @@ func waitServing(ctx context.Context, lc *localCluster, nd shard.Node, exited <-
 func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster move", stderr)
 	dir, timeout, insecure := elasticFlags(fs)
-	shardID := fs.Uint("shard", 0, "the `ID` of the shard whose replica moves")
+	shardID := fs.Int("shard", -1, "the `ID` of the shard whose replica moves")
 	control := fs.Bool("control", false, "move a replica of the control group instead of a shard's")
 	from := fs.String("from", "", "the `NODE` the replica leaves")
 	to := fs.String("to", "", "the `NODE` the replica moves to")
@@ -309,11 +323,11 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	switch {
 	case *from == "" || *to == "":
 		return fmt.Errorf("%w: --from and --to are required", errUsage)
-	case *control && *shardID != 0:
+	case *control && *shardID >= 0:
 		return fmt.Errorf("%w: --control with --shard", errUsage)
 	case *control:
 		m.Group = shard.ControlGroup
-	case *shardID == 0 || *shardID >= uint(shard.ControlGroup):
+	case *shardID < 0 || int64(*shardID) >= int64(shard.ControlGroup):
 		return fmt.Errorf("%w: --shard ID (or --control) is required", errUsage)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
@@ -323,9 +337,11 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer lc.close()
-	if _, err := lc.admin(ctx, server.AdminMove, &server.AdminArgs{Move: &m}); err != nil {
+	r, err := lc.admin(ctx, server.AdminMove, &server.AdminArgs{Move: &m})
+	if err != nil {
 		return fmt.Errorf("moving %s from %s to %s: %w", groupName(m.Group), m.From, m.To, err)
 	}
+	lc.saw(r.Cluster.Version)
 	fmt.Fprintf(stdout, "moving %s from %s to %s\n", groupName(m.Group), m.From, m.To)
 	c, err := lc.waitFor(ctx, stdout, moveDone(m))
 	if err != nil {
@@ -360,9 +376,11 @@ func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Wri
 		return err
 	}
 	defer lc.close()
-	if _, err := lc.admin(ctx, server.AdminRemoveNode, &server.AdminArgs{ID: id}); err != nil {
+	r, err := lc.admin(ctx, server.AdminRemoveNode, &server.AdminArgs{ID: id})
+	if err != nil {
 		return fmt.Errorf("removing node %s: %w", id, err)
 	}
+	lc.saw(r.Cluster.Version)
 	fmt.Fprintf(stdout, "removing node %s: moving its replicas away\n", id)
 	c, err := lc.waitFor(ctx, stdout, func(c *shard.Cluster) (string, error) {
 		if slices.Contains(c.Removed, id) {
@@ -439,6 +457,17 @@ func clusterRebalance(ctx context.Context, args []string, stdout, stderr io.Writ
 		if err != nil {
 			return fmt.Errorf("rebalancing: %w", err)
 		}
+		if r.Cluster.Version < c.Version {
+			// The node that answered plans from metadata older than c:
+			// its "nothing to do" says nothing. Ask again.
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("rebalancing: no node with metadata version %d answered: %w", c.Version, ctx.Err())
+			case <-time.After(pollInterval):
+			}
+			continue
+		}
+		lc.saw(r.Cluster.Version)
 		if !r.Started {
 			if err := lc.keepSpec(c); err != nil {
 				return err
