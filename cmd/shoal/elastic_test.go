@@ -1,12 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
 )
 
@@ -117,5 +124,78 @@ func TestMoveDone(t *testing.T) {
 		t.Error("a move that ended without its target among the voters was taken for done")
 	} else if errors.Is(err, errUsage) {
 		t.Errorf("an undone move is not a usage error: %v", err)
+	}
+}
+
+// joinServer runs `shoal server --join` for node n4 until stop is called,
+// which returns its exit status.
+func joinServer(t *testing.T, seeds, data, raftAddr, clientAddr string) (stop func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"server", "--id", "n4", "--data", data, "--join", seeds,
+			"--raft", raftAddr, "--client", clientAddr, "--insecure", "--log-level", "error"}, io.Discard, io.Discard)
+	}()
+	return func() int {
+		cancel()
+		return <-code
+	}
+}
+
+// `shoal server --join` registers the node and starts it on the metadata
+// the cluster answers; restarted with the same flags, it is the same
+// node; under its id but at other addresses, it is refused.
+func TestServerJoin(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Insecure: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	seeds := strings.Join(c.Seeds(), ",")
+	raftAddr, clientAddr, err := freeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(t.TempDir(), "n4")
+	serving := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		cl, err := client.New(ctx, client.Config{Seeds: []string{clientAddr}, Insecure: true,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			return false
+		}
+		defer cl.Close(context.Background())
+		_, err = cl.NodeStatus(ctx, "n4")
+		return err == nil
+	}
+
+	stop := joinServer(t, seeds, data, raftAddr, clientAddr)
+	servertest.WaitFor(t, 30*time.Second, "n4 a member, serving", func() bool {
+		return c.Metadata().Node("n4") != nil && serving()
+	})
+	if nd := c.Metadata().Node("n4"); nd.Raft != raftAddr || nd.Client != clientAddr {
+		t.Errorf("n4 registered at %+v, want raft %s, client %s", nd, raftAddr, clientAddr)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("n4 stopped with exit %d", code)
+	}
+	version := c.Metadata().Version
+
+	stop = joinServer(t, seeds, data, raftAddr, clientAddr)
+	servertest.WaitFor(t, 30*time.Second, "n4 serving again", serving)
+	if code := stop(); code != 0 {
+		t.Fatalf("n4 stopped with exit %d after its restart", code)
+	}
+	if v := c.Metadata().Version; v != version {
+		t.Errorf("rejoining with the same flags changed the metadata: version %d, then %d", version, v)
+	}
+
+	otherRaft, otherClient, err := freeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := shoal("server", "--id", "n4", "--data", data, "--join", seeds,
+		"--raft", otherRaft, "--client", otherClient, "--insecure")
+	if code != 1 || !strings.Contains(errs, `node "n4" is a member`) {
+		t.Errorf("n4 at other addresses: exit %d, %q; want it refused", code, errs)
 	}
 }
