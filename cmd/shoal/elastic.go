@@ -125,14 +125,18 @@ func (lc *localCluster) keepSpec(c *shard.Cluster) error {
 func (lc *localCluster) waitFor(ctx context.Context, stdout io.Writer, pending func(*shard.Cluster) (string, error)) (*shard.Cluster, error) {
 	start := time.Now()
 	said := start
-	what := "an answer from the cluster"
+	// what is still pending by the newest metadata read; until there is
+	// one, why there is none.
+	what, fresh := "an answer from the cluster", false
 	for {
 		r, err := lc.admin(ctx, server.AdminInfo, nil)
 		switch {
-		case err != nil:
+		case err != nil && !fresh:
 			what = fmt.Sprintf("an answer from the cluster (%v)", err)
-		case r.Cluster.Version < lc.floor:
+		case err != nil:
+		case r.Cluster.Version < lc.floor && !fresh:
 			what = fmt.Sprintf("metadata version %d to reach the nodes", lc.floor)
+		case r.Cluster.Version < lc.floor:
 		default:
 			lc.saw(r.Cluster.Version)
 			if what, err = pending(r.Cluster); err != nil {
@@ -141,6 +145,7 @@ func (lc *localCluster) waitFor(ctx context.Context, stdout io.Writer, pending f
 			if what == "" {
 				return r.Cluster, nil
 			}
+			fresh = true
 		}
 		if time.Since(said) >= progressInterval {
 			fmt.Fprintf(stdout, "  %s: waiting for %s\n", time.Since(start).Round(time.Second), what)
@@ -376,13 +381,22 @@ func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Wri
 		return err
 	}
 	defer lc.close()
-	r, err := lc.admin(ctx, server.AdminRemoveNode, &server.AdminArgs{ID: id})
+	c, err := lc.info(ctx, stdout)
 	if err != nil {
-		return fmt.Errorf("removing node %s: %w", id, err)
+		return err
 	}
-	lc.saw(r.Cluster.Version)
-	fmt.Fprintf(stdout, "removing node %s: moving its replicas away\n", id)
-	c, err := lc.waitFor(ctx, stdout, func(c *shard.Cluster) (string, error) {
+	// Run again after it timed out, or after the node was removed but its
+	// process not stopped, the command finishes what is left: the cluster
+	// refuses to remove a node it has removed.
+	if !slices.Contains(c.Removed, id) {
+		r, err := lc.admin(ctx, server.AdminRemoveNode, &server.AdminArgs{ID: id})
+		if err != nil {
+			return fmt.Errorf("removing node %s: %w", id, err)
+		}
+		lc.saw(r.Cluster.Version)
+		fmt.Fprintf(stdout, "removing node %s: moving its replicas away\n", id)
+	}
+	c, err = lc.waitFor(ctx, stdout, func(c *shard.Cluster) (string, error) {
 		if slices.Contains(c.Removed, id) {
 			return "", nil
 		}
