@@ -39,6 +39,11 @@
 // and Worker, which runs a handler on a topic's jobs, keeps their leases,
 // and takes its next job with each completion.
 //
+// Cluster changes (adding, moving and removing replicas and nodes) are
+// commands to the cluster's control group: Admin sends one through any
+// live node and decodes its JSON answer; the server package names the
+// commands and their arguments.
+//
 // Caller's duties:
 //
 //  1. Give every call a context; its deadline bounds the call, and is what

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -218,6 +219,16 @@ func (f *fakeNode) serve() {
 			}
 		case wire.OpTopology:
 			r.Result.Topology = f.topo()
+		case wire.OpCluster:
+			// As a node does: an unknown command is a bad request; a
+			// known one is answered in JSON, here with what it was sent.
+			if m.Args.Key != "echo" {
+				r = wire.Message{Type: wire.TypeError, TxID: m.TxID, Node: f.id,
+					Err: &wire.Error{Code: wire.CodeBadRequest, Message: "unknown cluster command " + m.Args.Key}}
+				break
+			}
+			b, _ := json.Marshal(adminEcho{Node: f.id, Args: m.Args.Value})
+			r.Result.Value = string(b)
 		case wire.OpGet:
 			r.Result.Value = f.id
 			if missing {

@@ -112,9 +112,18 @@ func TestCLICommands(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Nodes) != 3 || len(st.Shards) != 2 || len(st.leaderless()) != 0 {
 		t.Errorf("cluster status --json: %d %q", code, out)
 	}
+	if md := st.Metadata; md == nil || md.Err != "" || md.Version == 0 || len(md.Control) != 3 {
+		t.Errorf("cluster status --json: metadata %+v, want a version and 3 control voters", md)
+	}
 	for _, args := range [][]string{
 		{}, {"frobnicate"}, {"get"}, {"get", "a", "b"}, {"set", "k"}, {"get", "--bogus", "k"},
 		{"cluster"}, {"cluster", "sideways"}, {"cluster", "up"}, {"server", "--id", "n1"}, {"certs"},
+		{"cluster", "add-node"}, {"cluster", "move", "--dir", "d", "--shard", "1"},
+		{"cluster", "move", "--dir", "d", "--from", "n1", "--to", "n4"},
+		{"cluster", "move", "--dir", "d", "--control", "--shard", "0", "--from", "n1", "--to", "n4"},
+		{"cluster", "remove-node", "--dir", "d"}, {"cluster", "rebalance", "extra", "--dir", "d"},
+		{"server", "--id", "n9", "--data", "d", "--join", "127.0.0.1:1"},
+		{"server", "--id", "n9", "--data", "d", "--cluster", "f", "--raft", "127.0.0.1:1"},
 	} {
 		if code, _, _ := shoal(args...); code != 2 {
 			t.Errorf("shoal %q: exit %d, want 2 for a usage error", args, code)

@@ -29,7 +29,7 @@ import (
 
 func clusterCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: want cluster up, down or status", errUsage)
+		return fmt.Errorf("%w: want cluster %s", errUsage, clusterCommands)
 	}
 	switch args[0] {
 	case "up":
@@ -38,10 +38,21 @@ func clusterCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return clusterDown(args[1:], stdout, stderr)
 	case "status":
 		return clusterStatus(ctx, args[1:], stdout, stderr)
+	case "add-node":
+		return clusterAddNode(ctx, args[1:], stdout, stderr)
+	case "move":
+		return clusterMove(ctx, args[1:], stdout, stderr)
+	case "remove-node":
+		return clusterRemoveNode(ctx, args[1:], stdout, stderr)
+	case "rebalance":
+		return clusterRebalance(ctx, args[1:], stdout, stderr)
 	default:
-		return fmt.Errorf("%w: unknown cluster command %q: want up, down or status", errUsage, args[0])
+		return fmt.Errorf("%w: unknown cluster command %q: want %s", errUsage, args[0], clusterCommands)
 	}
 }
+
+// clusterCommands lists the subcommands of `shoal cluster`.
+const clusterCommands = "up, down, status, add-node, move, remove-node or rebalance"
 
 func specPath(dir string) string     { return filepath.Join(dir, "cluster.json") }
 func pidPath(dir, id string) string  { return filepath.Join(dir, id+".pid") }
@@ -286,16 +297,10 @@ func clusterDown(args []string, stdout, stderr io.Writer) error {
 			os.Remove(f)
 			continue
 		}
-		_ = syscall.Kill(pid, syscall.SIGTERM)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			how := "stopped"
-			if !waitExit(pid, *grace) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				waitExit(pid, 5*time.Second)
-				how = "killed"
-			}
+			how := stopProcess(pid, *grace)
 			os.Remove(f)
 			mu.Lock()
 			fmt.Fprintf(stdout, "%s %s (pid %d)\n", how, id, pid)
@@ -321,6 +326,33 @@ func waitExit(pid int, d time.Duration) bool {
 type clusterView struct {
 	Nodes  []nodeView  `json:"nodes"`
 	Shards []shardView `json:"shards"`
+	// Metadata is what the control group holds; nil if no node gave it
+	// (a node that predates it, or none answered).
+	Metadata *metadataView `json:"metadata,omitempty"`
+}
+
+// metadataView is the part of the cluster metadata status shows: its
+// version, where the control group is, and the changes in progress.
+type metadataView struct {
+	Version  uint64       `json:"version"`
+	Control  []string     `json:"control"`
+	Moves    []shard.Move `json:"moves,omitempty"`
+	Draining []string     `json:"draining,omitempty"`
+	Removed  []string     `json:"removed,omitempty"`
+	Err      string       `json:"error,omitempty"`
+}
+
+// collectMetadata asks the cluster for its metadata (server.AdminInfo).
+func collectMetadata(ctx context.Context, c *client.Client) *metadataView {
+	var r server.AdminReply
+	if err := c.Admin(ctx, server.AdminInfo, nil, &r); err != nil {
+		return &metadataView{Err: err.Error()}
+	}
+	if r.Cluster == nil {
+		return &metadataView{Err: "the answer holds no metadata"}
+	}
+	return &metadataView{Version: r.Cluster.Version, Control: r.Cluster.Control, Moves: r.Cluster.Moves,
+		Draining: r.Cluster.Draining, Removed: r.Cluster.Removed}
 }
 
 type nodeView struct {
@@ -412,7 +444,9 @@ func collectStatus(ctx context.Context, c *client.Client) *clusterView {
 func clusterStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return clientCommand(ctx, "cluster status", args, 0, "no arguments", stderr, nil,
 		func(ctx context.Context, c *client.Client, t *target, _ []string) error {
-			return printStatus(stdout, collectStatus(ctx, c), t.json)
+			v := collectStatus(ctx, c)
+			v.Metadata = collectMetadata(ctx, c)
+			return printStatus(stdout, v, t.json)
 		})
 }
 
@@ -453,6 +487,24 @@ func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
 			reps = append(reps, fmt.Sprintf("%s %s %d %d", r.Node, r.State, r.Applied, r.Keys))
 		}
 		fmt.Fprintf(w, "%d\t%s\t%s\n", s.ID, leader, strings.Join(reps, ", "))
+	}
+	if md := v.Metadata; md != nil {
+		fmt.Fprintln(w)
+		if md.Err != "" {
+			fmt.Fprintf(w, "metadata:\tunknown (%s)\n", md.Err)
+			return w.Flush()
+		}
+		fmt.Fprintf(w, "metadata version:\t%d\n", md.Version)
+		fmt.Fprintf(w, "control group:\t%s\n", strings.Join(md.Control, " "))
+		for _, m := range md.Moves {
+			fmt.Fprintf(w, "moving:\t%s from %s to %s\n", groupName(m.Group), m.From, m.To)
+		}
+		if len(md.Draining) > 0 {
+			fmt.Fprintf(w, "removing:\t%s\n", strings.Join(md.Draining, " "))
+		}
+		if len(md.Removed) > 0 {
+			fmt.Fprintf(w, "removed:\t%s\n", strings.Join(md.Removed, " "))
+		}
 	}
 	return w.Flush()
 }

@@ -3,10 +3,12 @@
 //
 //	shoal demo                                  the main job on an embedded cluster
 //	shoal server --id ID --data DIR --cluster FILE [--tls-dir DIR | --insecure]
+//	shoal server --id ID --data DIR --join ADDRS --raft ADDR --client ADDR
 //	shoal certs --cluster FILE [--out DIR]
 //	shoal cluster up --dir DIR [--nodes 3 --shards 4 --replicas 3]
 //	shoal cluster down --dir DIR
 //	shoal cluster status --cluster FILE
+//	shoal cluster add-node | move | remove-node | rebalance --dir DIR
 //	shoal get KEY | set KEY VALUE | del KEY     with --cluster FILE, --seeds or SHOAL_SEEDS
 //	shoal enqueue | acquire | extend | complete | fail | requeue | jobs
 //	shoal bench [--op OP --shards N --clients C --duration D --cluster FILE --json]
@@ -34,6 +36,13 @@ Usage:
   shoal server --id ID --data DIR --cluster FILE [--tls-dir DIR | --insecure]
                                                   run one node; its certificate and the
                                                   CA's in DIR (default: tls next to FILE)
+  shoal server --id ID --data DIR --join ADDRS --raft ADDR --client ADDR
+               [--cluster FILE] [--tls-dir DIR --secret-file F | --insecure]
+                                                  join a running cluster through the client
+                                                  ADDRS of some of its nodes, as a new node
+                                                  reached at ADDR (raft, TCP) and ADDR
+                                                  (clients, UDP); again with the same flags,
+                                                  it restarts as the same node
   shoal certs --cluster FILE [--out DIR]          make a cluster CA (unless DIR has one) and
                                                   each node's certificate and key
   shoal cluster up --dir DIR [--nodes N --shards S --replicas R]
@@ -41,7 +50,16 @@ Usage:
                                                   certificates in DIR/tls
   shoal cluster down --dir DIR                    stop it
   shoal cluster status (--cluster FILE | --seeds ADDRS)
-                                                  nodes, shards, leaders, load
+                                                  nodes, shards, leaders, load, metadata
+                                                  version, moves in progress
+  shoal cluster add-node --dir DIR [--id ID]      add a node to the local cluster and start it
+  shoal cluster move --dir DIR (--shard S | --control) --from A --to B
+                                                  move a replica of shard S (or of the control
+                                                  group) from node A to node B, online
+  shoal cluster remove-node --dir DIR ID          move node ID's replicas away, drop it, stop it
+  shoal cluster rebalance --dir DIR               move replicas until every node holds its share
+                                                  (these four wait up to --timeout, default 2m,
+                                                  and then rewrite DIR/cluster.json)
   shoal get KEY [--stale]                         print the value of KEY
   shoal set KEY VALUE                             store VALUE under KEY
   shoal del KEY                                   delete KEY

@@ -7,10 +7,18 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/shoal-kv/shoal/client"
 	"github.com/shoal-kv/shoal/server"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
 )
+
+// joinTimeout bounds a joining node's wait for the cluster to register
+// it.
+const joinTimeout = time.Minute
 
 // shutdownGrace bounds handing leadership over when a node is told to stop.
 const shutdownGrace = 5 * time.Second
@@ -19,7 +27,11 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("server", stderr)
 	id := fs.String("id", "", "this node's `ID` in the cluster spec")
 	data := fs.String("data", "", "data `DIR` for the node's raft logs and snapshots")
-	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON)")
+	cluster := fs.String("cluster", "", "cluster spec `FILE` (JSON); optional with --join")
+	join := fs.String("join", "", "join a running cluster through the client `ADDRS` (host:port,...) of some of its nodes, "+
+		"as a new node at --raft and --client; restarting with the same flags rejoins as the same node")
+	raftAddr := fs.String("raft", "", "with --join: the TCP `ADDR` (host:port) the node listens at for raft and its peers")
+	clientAddr := fs.String("client", "", "with --join: the UDP `ADDR` (host:port) the node serves clients at")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles (net/http/pprof) on `ADDR`, e.g. 127.0.0.1:6060; off when empty")
 	secretFile := fs.String("secret-file", "", "the cluster's secret `FILE` (default: $SHOAL_SECRET_FILE, or secret beside --cluster)")
@@ -32,16 +44,27 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
 	}
-	if *id == "" || *data == "" || *cluster == "" {
-		return fmt.Errorf("%w: --id, --data and --cluster are required", errUsage)
+	switch {
+	case *id == "" || *data == "":
+		return fmt.Errorf("%w: --id and --data are required", errUsage)
+	case *join == "" && *cluster == "":
+		return fmt.Errorf("%w: --cluster (or --join) is required", errUsage)
+	case *join == "" && (*raftAddr != "" || *clientAddr != ""):
+		return fmt.Errorf("%w: --raft and --client go with --join (a node of a spec listens at the spec's addresses)", errUsage)
+	case *join != "" && (*raftAddr == "" || *clientAddr == ""):
+		return fmt.Errorf("%w: --join needs the node's own addresses, --raft and --client", errUsage)
+	case *join != "" && *cluster == "" && !*insecure && *tlsDir == "":
+		return fmt.Errorf("%w: --join without --cluster needs --tls-dir (or --insecure)", errUsage)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
 		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
 	}
-	spec, err := server.LoadSpec(*cluster)
-	if err != nil {
-		return err
+	var spec *server.Spec
+	if *cluster != "" {
+		if spec, err = server.LoadSpec(*cluster); err != nil {
+			return err
+		}
 	}
 	cfg := server.Config{ID: *id, DataDir: *data, Spec: spec, Insecure: *insecure}
 	if *insecure && (*secretFile != "" || *tlsDir != "") {
@@ -71,6 +94,19 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *insecure {
 		log.Warn("running insecure: clients and peers are not authenticated")
 	}
+	if *join != "" {
+		nd := shard.Node{ID: *id, Raft: *raftAddr, Client: *clientAddr}
+		if cfg.Spec, err = joinCluster(ctx, strings.Split(*join, ","), nd, *data, cfg.Secret, log); err != nil {
+			return err
+		}
+		// The cluster knows the addresses others reach the node at; where
+		// it binds, if elsewhere, only --cluster says.
+		if own := cfg.Spec.Node(*id); own != nil && spec != nil {
+			if given := spec.Node(*id); given != nil {
+				own.RaftListen, own.ClientListen = given.RaftListen, given.ClientListen
+			}
+		}
+	}
 	n, err := server.Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -90,4 +126,37 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	return err
+}
+
+// joinCluster registers node nd with the cluster whose nodes serve
+// clients at seeds (server.AdminAddNode, which does nothing for a member
+// with the same addresses, so a node restarted with the same flags joins
+// again as itself), keeps the metadata it answers in dataDir, which names
+// the node a member, and returns the spec the node starts with. keys is
+// nil for an insecure cluster.
+func joinCluster(ctx context.Context, seeds []string, nd shard.Node, dataDir string, keys *wire.Keyring, log *slog.Logger) (*server.Spec, error) {
+	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	c, err := client.New(ctx, client.Config{Seeds: seeds, Secret: keys, Insecure: keys == nil, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("joining the cluster at %s: %w", strings.Join(seeds, ","), err)
+	}
+	defer c.Close(context.Background())
+	var r server.AdminReply
+	if err := c.Admin(ctx, server.AdminAddNode, &server.AdminArgs{Node: &nd}, &r); err != nil {
+		return nil, fmt.Errorf("joining the cluster at %s as %s: %w", strings.Join(seeds, ","), nd.ID, err)
+	}
+	if r.Cluster == nil || r.Spec == nil {
+		return nil, fmt.Errorf("joining the cluster at %s: the answer holds no metadata", strings.Join(seeds, ","))
+	}
+	if err := server.KeepMetadata(dataDir, r.Cluster); err != nil {
+		return nil, err
+	}
+	if keys != nil {
+		if err := r.Spec.CheckSecret(keys); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("joined the cluster", "id", nd.ID, "raft", nd.Raft, "client", nd.Client, "metadata_version", r.Cluster.Version)
+	return r.Spec, nil
 }
