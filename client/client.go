@@ -596,6 +596,9 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 	// spent their budget: like a timeout, the next attempt gets twice as
 	// long, but, being a reply, they teach the estimator nothing.
 	outlasted := 0
+	// moving counts the replies that said the request's slot is moving,
+	// or that the map it was routed by is out of date.
+	moving := 0
 	// noReply records, for the estimator, a request that ends with none of
 	// its attempts answered though some timed out.
 	noReply := func() {
@@ -703,8 +706,20 @@ func (c *Client) do(ctx context.Context, op wire.Op, args wire.Args, route route
 		}
 		lastErr = e
 		switch e.Code {
-		case wire.CodeWrongShard:
-			c.requestRefresh()
+		case wire.CodeWrongShard, wire.CodeMoving:
+			if e.Code == wire.CodeWrongShard {
+				c.requestRefresh()
+			}
+			// A slot moving between shards pauses its requests for a
+			// moment, and the map changes after: neither counts as a
+			// failed attempt, for up to maxMovingWait.
+			if time.Since(begin) < maxMovingWait {
+				attempt--
+				if err := c.movingBackoff(ctx, &moving); err != nil {
+					return wire.Message{}, ended(err)
+				}
+				continue
+			}
 		case wire.CodeUnavailable:
 			outlasted++
 		}
@@ -770,6 +785,29 @@ func (c *Client) backoff(ctx context.Context, attempt int) error {
 	d := min(minRetryBackoff<<min(attempt, 10), maxRetryBackoff)
 	d = d/2 + mrand.N(d/2+1)
 	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return ErrClosed
+	}
+}
+
+// maxMovingWait bounds how long a request waits, without counting its
+// attempts, for its slot to finish moving between shards and for the new
+// map: a move pauses the slots' requests for about a second.
+const maxMovingWait = 10 * time.Second
+
+// movingBackoff waits before the next attempt of a request whose slot is
+// moving: 5 ms after the first such reply, twice as long after each
+// next, up to 100 ms.
+func (c *Client) movingBackoff(ctx context.Context, moving *int) error {
+	d := min(5*time.Millisecond<<min(*moving, 5), 100*time.Millisecond)
+	*moving++
+	t := time.NewTimer(d/2 + mrand.N(d/2+1))
 	defer t.Stop()
 	select {
 	case <-t.C:

@@ -69,6 +69,7 @@ var codeErrors = map[wire.Code]error{
 	wire.CodeNotFound:        ErrNotFound,
 	wire.CodeVersionConflict: ErrVersionConflict,
 	wire.CodeUnavailable:     ErrUnavailable,
+	wire.CodeMoving:          ErrUnavailable,
 	wire.CodeTooLarge:        ErrValueTooLarge,
 	wire.CodeBadRequest:      ErrInvalidArgument,
 	wire.CodeTooManyPending:  ErrTooManyPending,
@@ -106,7 +107,7 @@ func (e *Error) Is(target error) bool {
 // succeed where this reply failed.
 func (e *Error) retryable() bool {
 	switch e.Code {
-	case wire.CodeUnavailable, wire.CodeWrongShard, wire.CodeServer:
+	case wire.CodeUnavailable, wire.CodeWrongShard, wire.CodeServer, wire.CodeMoving:
 		return true
 	}
 	return false

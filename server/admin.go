@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/server/control"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
@@ -36,13 +37,20 @@ const (
 	// AdminRebalance starts a move towards even replica counts, if one
 	// would help; AdminReply.Started says whether it did.
 	AdminRebalance = "rebalance"
+	// AdminSplit splits shard AdminArgs.Shard (Node.SplitShard);
+	// AdminReply.Shard is the new shard.
+	AdminSplit = "split"
+	// AdminMoveSlots moves AdminArgs.Slots (Node.MoveSlots).
+	AdminMoveSlots = "move-slots"
 )
 
 // AdminArgs are the arguments of a wire.OpCluster command.
 type AdminArgs struct {
-	Node *shard.Node `json:"node,omitempty"`
-	Move *shard.Move `json:"move,omitempty"`
-	ID   string      `json:"id,omitempty"`
+	Node  *shard.Node     `json:"node,omitempty"`
+	Move  *shard.Move     `json:"move,omitempty"`
+	ID    string          `json:"id,omitempty"`
+	Shard *shard.ID       `json:"shard,omitempty"`
+	Slots *shard.SlotMove `json:"slots,omitempty"`
 }
 
 // AdminReply answers a wire.OpCluster command.
@@ -53,6 +61,15 @@ type AdminReply struct {
 	Spec *Spec `json:"spec"`
 	// Started, for AdminRebalance, says whether a move started.
 	Started bool `json:"started,omitempty"`
+	// Shard, for AdminSplit, is the new shard.
+	Shard shard.ID `json:"shard,omitempty"`
+}
+
+// LeadsControl reports whether the node's replica of the control group
+// leads it: the node drives the cluster's changes.
+func (n *Node) LeadsControl() bool {
+	cr := n.current().control
+	return cr != nil && cr.raft.State() == raft.Leader
 }
 
 // Cluster returns the cluster metadata the node follows. It must not be
@@ -152,6 +169,10 @@ func (n *Node) admin(ctx context.Context, m *wire.Message) *wire.Message {
 		reply.Cluster, err = n.RemoveNode(ctx, args.ID)
 	case cmd == AdminRebalance:
 		reply.Cluster, reply.Started, err = n.Rebalance(ctx)
+	case cmd == AdminSplit && args.Shard != nil:
+		reply.Cluster, reply.Shard, err = n.SplitShard(ctx, *args.Shard)
+	case cmd == AdminMoveSlots && args.Slots != nil:
+		reply.Cluster, err = n.MoveSlots(ctx, *args.Slots)
 	default:
 		return errorReply(wire.CodeBadRequest, "unknown cluster command %q, or its arguments are missing", cmd)
 	}

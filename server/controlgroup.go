@@ -356,8 +356,16 @@ type MetadataReply struct {
 // maxMetadataWait bounds MetadataRequest.Wait.
 const maxMetadataWait = time.Minute
 
-// Metadata serves a MetadataRequest from a peer, a removed one included:
-// so it learns it was removed.
+// removedService is what a node serves the nodes the cluster removed: the
+// metadata that says so, and nothing else.
+type removedService struct{ n *Node }
+
+// Metadata serves a MetadataRequest from a removed node.
+func (s *removedService) Metadata(req MetadataRequest, reply *MetadataReply) error {
+	return (&nodeService{n: s.n}).Metadata(MetadataRequest{After: req.After}, reply)
+}
+
+// Metadata serves a MetadataRequest from a peer.
 func (s *nodeService) Metadata(req MetadataRequest, reply *MetadataReply) error {
 	n := s.n
 	if !n.started.Load() {

@@ -171,3 +171,80 @@ func TestRemovedNodeIsRefused(t *testing.T) {
 	waitReady(t, c)
 	load.readBack(t, c)
 }
+
+// A replica move completes, losing no acknowledged write, when the node it
+// leaves, the node it goes to, the shard's leader or the control group's
+// leader is killed in the middle of it; the victim, restarted, follows.
+func TestMoveSurvivesKills(t *testing.T) {
+	for _, victim := range []string{"source", "target", "shard leader", "control leader"} {
+		t.Run(victim, func(t *testing.T) {
+			// Shard 0 is on n1, n2, n3; shard 1 on n2, n3, n4.
+			c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
+			ctx := context.Background()
+			load := startWriteLoad(t, c, 2)
+			servertest.WaitFor(t, 10*time.Second, "50 writes acknowledged", func() bool { return load.count() >= 50 })
+			lead := leader(t, c, 0).ID()
+			from := lead
+			if victim == "shard leader" {
+				from = otherThan(lead, "n1", "n2", "n3")
+			}
+			var killed string
+			switch victim {
+			case "source":
+				killed = from
+			case "target":
+				killed = "n4"
+			case "shard leader":
+				killed = lead
+			case "control leader":
+				servertest.WaitFor(t, 10*time.Second, "a control leader", func() bool { return controlLeader(c) != "" })
+				killed = controlLeader(c)
+			}
+			if _, err := c.Node(otherThan(killed, "n1", "n2", "n3", "n4")).MoveReplica(ctx, shard.Move{Group: 0, From: from, To: "n4"}); err != nil {
+				t.Fatal(err)
+			}
+			servertest.WaitFor(t, 10*time.Second, "n4 opens a replica of shard 0", func() bool { return c.Node("n4").Holds(0) })
+			if err := c.Kill(killed); err != nil {
+				t.Fatal(err)
+			}
+			if victim == "target" {
+				if _, err := c.Restart(ctx, killed); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitMoved(t, c, 0, "n4")
+			if victim != "target" {
+				if _, err := c.Restart(ctx, killed); err != nil {
+					t.Fatal(err)
+				}
+				waitMoved(t, c, 0, "n4")
+			}
+			servertest.WaitFor(t, 10*time.Second, from+" deletes its replica of shard 0", func() bool {
+				_, err := os.Stat(filepath.Join(c.Dir(), from, "shard-0"))
+				return os.IsNotExist(err) && !c.Node(from).Holds(0)
+			})
+			waitReady(t, c)
+			load.readBack(t, c)
+		})
+	}
+}
+
+// otherThan returns the first of ids that is not not.
+func otherThan(not string, ids ...string) string {
+	for _, id := range ids {
+		if id != not {
+			return id
+		}
+	}
+	return ""
+}
+
+// controlLeader returns the running node whose control replica leads, or "".
+func controlLeader(c *servertest.Cluster) string {
+	for _, id := range c.Running() {
+		if n := c.Node(id); n != nil && n.LeadsControl() {
+			return id
+		}
+	}
+	return ""
+}

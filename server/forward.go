@@ -60,6 +60,10 @@ type ForwardReply struct {
 	// the caller had not applied Index; a key that does not exist has
 	// Version 0.
 	Entries []fsm.Entry
+	// Statuses, if not empty, holds how the leader's state serves the slot
+	// of each key (fsm.FSM.SlotStatus), in order: StatusOK unless the
+	// slot is moving in or has moved away, when its Entry means nothing.
+	Statuses []fsm.Status
 	// JobResult answers JobRead when the caller had not applied Index.
 	JobResult *wire.Result
 	// Ready answers WaitTopic: a job of the topic is ready.
@@ -152,17 +156,24 @@ func (r *replica) linkToLeader(ctx context.Context, timeout time.Duration) {
 		maxItems: entryMaxOps, maxBytes: entryMaxBytes, size: opSize,
 		spawn: r.group.Go, closed: rpc.ErrShutdown,
 	}
-	r.followerGets = &batcher[string, fsm.Entry]{
-		commit: func(keys []string) ([]fsm.Entry, error) {
+	r.followerGets = &batcher[string, keyRead]{
+		commit: func(keys []string) ([]keyRead, error) {
 			fr, local, err := r.followerRead(call, ForwardRequest{Keys: keys})
-			if err != nil || !local {
-				return fr.Entries, err
+			if err != nil {
+				return nil, err
 			}
-			es := make([]fsm.Entry, len(keys))
+			rs := make([]keyRead, len(keys))
 			for i, k := range keys {
-				es[i], _ = r.fsm.Get(k)
+				switch {
+				case local:
+					rs[i] = readKey(r.fsm, k)
+				case len(fr.Statuses) == len(keys):
+					rs[i] = keyRead{fr.Entries[i], fr.Statuses[i]}
+				default:
+					rs[i] = keyRead{entry: fr.Entries[i]}
+				}
 			}
-			return es, nil
+			return rs, nil
 		},
 		parallel: outstandingEntries,
 		// Values come back, up to MaxValueSize each.
@@ -247,8 +258,15 @@ func (s *nodeService) Forward(req ForwardRequest, reply *ForwardReply) error {
 		}
 		if len(req.Keys) > 0 {
 			reply.Entries = make([]fsm.Entry, len(req.Keys))
+			statuses := make([]fsm.Status, len(req.Keys))
+			moving := false
 			for i, k := range req.Keys {
-				reply.Entries[i], _ = rep.fsm.Get(k)
+				kr := readKey(rep.fsm, k)
+				reply.Entries[i], statuses[i] = kr.entry, kr.status
+				moving = moving || kr.status != fsm.StatusOK
+			}
+			if moving {
+				reply.Statuses = statuses
 			}
 		}
 		if req.JobRead != nil {

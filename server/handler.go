@@ -356,22 +356,22 @@ func (n *Node) writeResult(ctx context.Context, rep *replica, op fsm.Op) (fsm.Re
 // index, else from the leader's answer (see followerRead). A follower asks
 // for one index for the reads that came meanwhile.
 func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *wire.Message {
-	var e fsm.Entry
+	var kr keyRead
 	if stale {
-		e, _ = rep.fsm.Get(key)
+		kr = readKey(rep.fsm, key)
 	} else {
 		err := n.viaLeader(ctx, rep,
 			func() error {
 				if err := rep.leaderRead(ctx); err != nil {
 					return err
 				}
-				e, _ = rep.fsm.Get(key)
+				kr = readKey(rep.fsm, key)
 				return nil
 			},
 			func() error {
-				es, err := rep.followerGets.submit(ctx, key)
+				rs, err := rep.followerGets.submit(ctx, key)
 				if err == nil {
-					e = es[0]
+					kr = rs[0]
 				}
 				return err
 			})
@@ -379,7 +379,28 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 			return leaderErrorReply(ctx, rep.id, err)
 		}
 	}
-	return entryReply(e)
+	if kr.status != fsm.StatusOK {
+		return writeReply(fsm.Result{Status: kr.status})
+	}
+	return entryReply(kr.entry)
+}
+
+// keyRead is a key's entry as a replica's state machine holds it, and how
+// that state machine serves the key's slot: an entry of a slot that is
+// moving in, or has moved away, means nothing.
+type keyRead struct {
+	entry  fsm.Entry
+	status fsm.Status
+}
+
+// readKey reads key from f. The slot's status is read after the entry: a
+// slot that moved away since the read began says so then, and one that
+// was still here when the entry was read held the entry every write
+// acknowledged before had left, since its new shard serves it only once
+// this one has dropped it.
+func readKey(f *fsm.FSM, key string) keyRead {
+	e, _ := f.Get(key)
+	return keyRead{entry: e, status: f.SlotStatus(shard.KeySlot(key))}
 }
 
 // errGaveUp wraps the last error of a viaLeader that ran out of time.

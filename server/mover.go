@@ -198,6 +198,14 @@ func (n *Node) drive(cr *controlReplica) {
 			n.log.Info("a replica move waits", "group", groupName(m.Group), "from", m.From, "to", m.To, "err", err)
 		}
 	}
+	for _, m := range c.SlotMoves {
+		ctx, cancel := context.WithTimeout(n.ctx, shipTimeout)
+		err := n.stepSlotMove(ctx, m)
+		cancel()
+		if err != nil && n.ctx.Err() == nil {
+			n.log.Info("a slot move waits", "move", m.ID, "from", m.From, "to", m.To, "err", err)
+		}
+	}
 	if m, ok := control.NextDrainMove(c); ok {
 		n.log.Info("moving a replica off a draining node", "group", groupName(m.Group), "from", m.From, "to", m.To)
 		if _, err := cr.propose(control.Command{Kind: control.KindStartMove, Move: &m}); err != nil {

@@ -69,8 +69,9 @@ type muxConfig struct {
 	// the spec, which peers dial.
 	listen, advertise string
 	log               *slog.Logger
-	// serveRPC takes ownership of an RPC connection.
-	serveRPC func(net.Conn)
+	// serveRPC takes ownership of an RPC connection from node peer ("" if
+	// insecure).
+	serveRPC func(conn net.Conn, peer string)
 	// tls accepts peers; nil runs insecure, on plain TCP.
 	tls *tls.Config
 	// dialer reaches the other nodes.
@@ -229,7 +230,7 @@ func (m *mux) route(conn *trackedConn) {
 		}
 	case preambleRPC:
 		_ = conn.raw.SetDeadline(time.Time{})
-		m.serveRPC(conn)
+		m.serveRPC(conn, peer)
 	default:
 		m.log.Warn("dropped a connection with an unknown preamble", "remote", conn.RemoteAddr(), "peer", peer, "preamble", kind)
 		conn.Close()

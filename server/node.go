@@ -224,13 +224,15 @@ type Node struct {
 	sealed    *wire.SealedTransport // transport, unless insecure
 	mux       *mux
 	rpc       *rpc.Server
-	peers     *peers
-	clients   *clients
-	activity  *activity
-	acquires  acquireFlights
-	longPolls *longPolls
-	jobs      *jobWatch
-	inFlight  chan struct{}
+	// rpcRemoved serves the nodes the cluster removed.
+	rpcRemoved *rpc.Server
+	peers      *peers
+	clients    *clients
+	activity   *activity
+	acquires   acquireFlights
+	longPolls  *longPolls
+	jobs       *jobWatch
+	inFlight   chan struct{}
 	// timersChanged wakes runSchedules.
 	timersChanged chan struct{}
 
@@ -301,8 +303,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	d := &dialer{creds: cfg.PeerTLS, nodeAt: n.dir.nodeAt}
 	n.peers = newPeers(n.dir.raftAddr, d, 2*time.Second, peerIdleTimeout/2)
-	n.rpc = rpc.NewServer()
-	if err := n.rpc.RegisterName("Node", &nodeService{n: n}); err != nil {
+	n.rpc, n.rpcRemoved = rpc.NewServer(), rpc.NewServer()
+	if err := errors.Join(n.rpc.RegisterName("Node", &nodeService{n: n}),
+		n.rpcRemoved.RegisterName("Node", &removedService{n: n})); err != nil {
 		n.cancel()
 		return nil, err
 	}
@@ -516,9 +519,14 @@ func (n *Node) Counters() Counters {
 	return c
 }
 
-// serveRPC serves one peer connection until it closes.
-func (n *Node) serveRPC(conn net.Conn) {
-	if !n.group.Go(func() { n.rpc.ServeCodec(newServerCodec(conn, n.mux.idle)) }) {
+// serveRPC serves one connection of node peer until it closes. A node the
+// cluster removed may only learn that it was (removedService).
+func (n *Node) serveRPC(conn net.Conn, peer string) {
+	srv := n.rpc
+	if peer != "" && n.dir.removed(peer) {
+		srv = n.rpcRemoved
+	}
+	if !n.group.Go(func() { srv.ServeCodec(newServerCodec(conn, n.mux.idle)) }) {
 		conn.Close()
 	}
 }

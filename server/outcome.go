@@ -34,6 +34,8 @@ var outcomes = map[fsm.Status]statusReply{
 	fsm.StatusFull:           {wire.CodeFull, "the shard is full: it holds its most jobs or schedules"},
 	fsm.StatusSessionExpired: {wire.CodeSessionExpired,
 		"session expired: the shard forgot the session of this retry, which may or may not have been applied"},
+	fsm.StatusMoving:     {wire.CodeMoving, "the slot is moving between shards: retry shortly"},
+	fsm.StatusWrongShard: {wire.CodeWrongShard, "the slot moved to another shard: refresh the map"},
 }
 
 // writeReply answers a write with the state machine's result: the key's

@@ -98,7 +98,7 @@ type replica struct {
 	// linearizable gets, through these: what arrives while earlier calls
 	// run goes together.
 	forwardWrites *batcher[fsm.Op, fsm.Result]
-	followerGets  *batcher[string, fsm.Entry]
+	followerGets  *batcher[string, keyRead]
 	// followerReads counts the batches of linearizable reads this
 	// replica, following, answered from its own state after a read index;
 	// relayedReads those the leader answered for it, this replica being

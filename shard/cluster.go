@@ -31,6 +31,9 @@ type Cluster struct {
 	Control []string `json:"control"`
 	// Moves lists the replica moves in progress, at most one per group.
 	Moves []Move `json:"moves,omitempty"`
+	// SlotMoves lists the slot ranges moving between shards, none of
+	// them overlapping.
+	SlotMoves []SlotMove `json:"slot_moves,omitempty"`
 	// Draining lists the nodes being removed: their replicas are moved
 	// away, then they are dropped from Nodes into Removed.
 	Draining []string `json:"draining,omitempty"`
@@ -64,6 +67,19 @@ type Move struct {
 	Group ID     `json:"group"`
 	From  string `json:"from"`
 	To    string `json:"to"`
+}
+
+// SlotMove is the range of slots [Start, End) moving from shard From to
+// shard To: From freezes it, ships its state to To and drops it, then the
+// map flips it to To (Flipped), and To serves it.
+type SlotMove struct {
+	// ID names the move in the shards' logs; unique and not zero.
+	ID      uint64 `json:"id"`
+	From    ID     `json:"from"`
+	To      ID     `json:"to"`
+	Start   int    `json:"start"`
+	End     int    `json:"end"`
+	Flipped bool   `json:"flipped,omitempty"`
 }
 
 // Node returns the member with the given id, or nil.
@@ -144,6 +160,7 @@ func (c *Cluster) Clone() *Cluster {
 	}
 	d.Control = slices.Clone(c.Control)
 	d.Moves = slices.Clone(c.Moves)
+	d.SlotMoves = slices.Clone(c.SlotMoves)
 	d.Draining = slices.Clone(c.Draining)
 	d.Removed = slices.Clone(c.Removed)
 	d.Reconfigured = slices.Clone(c.Reconfigured)
@@ -204,6 +221,25 @@ func (c *Cluster) Validate() error {
 		for _, o := range c.Moves[:i] {
 			if o.Group == m.Group {
 				return fmt.Errorf("%w: group %d has two moves", ErrInvalidMap, m.Group)
+			}
+		}
+	}
+	for i, m := range c.SlotMoves {
+		owner := m.From
+		if m.Flipped {
+			owner = m.To
+		}
+		switch {
+		case m.ID == 0 || m.From == m.To || c.Map.Shard(m.From) == nil || c.Map.Shard(m.To) == nil:
+			return fmt.Errorf("%w: slot move %d from shard %d to %d", ErrInvalidMap, m.ID, m.From, m.To)
+		case m.Start < 0 || m.End <= m.Start || m.End > SlotCount:
+			return fmt.Errorf("%w: slot move %d of slots [%d,%d)", ErrInvalidMap, m.ID, m.Start, m.End)
+		case !c.Map.Owns(owner, m.Start, m.End):
+			return fmt.Errorf("%w: slot move %d: shard %d does not own slots [%d,%d)", ErrInvalidMap, m.ID, owner, m.Start, m.End)
+		}
+		for _, o := range c.SlotMoves[:i] {
+			if o.ID == m.ID || o.Start < m.End && m.Start < o.End {
+				return fmt.Errorf("%w: slot moves %d and %d overlap or share an id", ErrInvalidMap, o.ID, m.ID)
 			}
 		}
 	}

@@ -168,3 +168,50 @@ func (m *Map) ShardsOf(node string) []ID {
 	}
 	return ids
 }
+
+// Owns reports whether shard id owns every slot of [start, end).
+func (m *Map) Owns(id ID, start, end int) bool {
+	for _, r := range m.Ranges {
+		if r.End <= start || r.Start >= end {
+			continue
+		}
+		if r.Shard != id {
+			return false
+		}
+	}
+	return start < end
+}
+
+// Assign returns m's ranges with the slots [start, end) assigned to shard
+// id, adjacent ranges of one shard merged; m's own are not changed.
+func (m *Map) Assign(start, end int, id ID) []Range {
+	var out []Range
+	add := func(from, to int, s ID) {
+		if to <= from {
+			return
+		}
+		if n := len(out); n > 0 && out[n-1].Shard == s && out[n-1].End == from {
+			out[n-1].End = to
+			return
+		}
+		out = append(out, Range{Start: from, End: to, Shard: s})
+	}
+	for _, r := range m.Ranges {
+		// The part before the slots, the part among them, the part after.
+		add(r.Start, min(r.End, start), r.Shard)
+		add(max(r.Start, start), min(r.End, end), id)
+		add(max(r.Start, end), r.End, r.Shard)
+	}
+	return out
+}
+
+// RangesOf returns the ranges shard id owns, in slot order.
+func (m *Map) RangesOf(id ID) []Range {
+	var out []Range
+	for _, r := range m.Ranges {
+		if r.Shard == id {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 )
 
@@ -143,5 +144,38 @@ func TestValidateRejects(t *testing.T) {
 		if err := m.Validate(); !errors.Is(err, ErrInvalidMap) {
 			t.Errorf("%s: Validate = %v, want ErrInvalidMap", name, err)
 		}
+	}
+}
+
+func TestAssignAndOwns(t *testing.T) {
+	m, err := NewEvenMap([]string{"a"}, 2, 1) // [0,2048) → 0, [2048,4096) → 1
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		start, end int
+		to         ID
+		want       []Range
+	}{
+		{1024, 2048, 1, []Range{{0, 1024, 0}, {1024, 4096, 1}}},
+		{0, 2048, 1, []Range{{0, 4096, 1}}},
+		{1000, 3000, 7, []Range{{0, 1000, 0}, {1000, 3000, 7}, {3000, 4096, 1}}},
+		{100, 200, 0, []Range{{0, 2048, 0}, {2048, 4096, 1}}},
+		{4000, 4096, 2, []Range{{0, 2048, 0}, {2048, 4000, 1}, {4000, 4096, 2}}},
+	} {
+		got := m.Assign(tc.start, tc.end, tc.to)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("Assign(%d, %d, %d) = %v, want %v", tc.start, tc.end, tc.to, got, tc.want)
+		}
+		n := &Map{Version: 2, Shards: []Shard{{ID: 0, Replicas: []string{"a"}}, {ID: 1, Replicas: []string{"a"}}, {ID: 2, Replicas: []string{"a"}}, {ID: 7, Replicas: []string{"a"}}}, Ranges: got}
+		if err := n.Validate(); err != nil {
+			t.Errorf("Assign(%d, %d, %d): %v", tc.start, tc.end, tc.to, err)
+		}
+		if !n.Owns(tc.to, tc.start, tc.end) || (tc.start > 0 && n.Owns(tc.to, 0, tc.end) && tc.to != 0 && tc.to != 1) {
+			t.Errorf("after Assign(%d, %d, %d), Owns disagrees: %v", tc.start, tc.end, tc.to, got)
+		}
+	}
+	if m.Owns(0, 2000, 2100) || !m.Owns(1, 2048, 4096) || m.Owns(0, 5, 5) {
+		t.Error("Owns of the even map is wrong")
 	}
 }

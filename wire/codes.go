@@ -25,6 +25,7 @@ const (
 	CodeWrongShard      Code = 421 // the node holds no replica of the key's shard
 	CodeJobExists       Code = 422 // an enqueue named the id of another job
 	CodeLeaseLost       Code = 423 // the token is not the job's live lease (Locked)
+	CodeMoving          Code = 425 // the slot is moving between shards: retry shortly (Too Early)
 	CodeTooManyPending  Code = 429 // the client has too many unacknowledged requests
 	CodeSessionExpired  Code = 440 // a retry whose session the shard forgot: it may or may not have been applied
 	CodeUnavailable     Code = 503 // no leader, or the node ran out of time

@@ -32,6 +32,19 @@ const (
 	// KindDropNode moves draining member ID, which holds nothing, into
 	// Removed.
 	KindDropNode Kind = "drop-node"
+	// KindCreateShard adds Shard, with replicas and no slots, to the map.
+	KindCreateShard Kind = "create-shard"
+	// KindStartSlotMove records SlotMove, whose ID must be zero, as in
+	// progress, under the ID of the version it makes; a repeat (the same
+	// shards and slots) is a no-op.
+	KindStartSlotMove Kind = "start-slot-move"
+	// KindFlipSlots assigns SlotMove's slots to its target shard and
+	// marks it flipped: its source has dropped them.
+	KindFlipSlots Kind = "flip-slots"
+	// KindEndSlotMove drops the record of SlotMove once flipped and its
+	// target serves the slots; or, not flipped, once the source took
+	// them back.
+	KindEndSlotMove Kind = "end-slot-move"
 )
 
 // ErrRejected is returned (wrapped with the reason) for a command the
@@ -55,6 +68,11 @@ type Command struct {
 	Move *shard.Move `json:"move,omitempty"`
 	// ID is the member drain-node and drop-node name.
 	ID string `json:"id,omitempty"`
+	// Shard is create-shard's new shard.
+	Shard *shard.Shard `json:"shard,omitempty"`
+	// SlotMove is the move of start-slot-move, flip-slots and
+	// end-slot-move.
+	SlotMove *shard.SlotMove `json:"slot_move,omitempty"`
 }
 
 // Encode returns c as a log entry's data.
@@ -93,6 +111,14 @@ func (c Command) Apply(cur *shard.Cluster) (*shard.Cluster, error) {
 		change = c.drainNode
 	case KindDropNode:
 		change = c.dropNode
+	case KindCreateShard:
+		change = c.createShard
+	case KindStartSlotMove:
+		change = c.startSlotMove
+	case KindFlipSlots:
+		change = c.flipSlots
+	case KindEndSlotMove:
+		change = c.endSlotMove
 	default:
 		return cur, fmt.Errorf("%w: kind %q", ErrUnknownCommand, c.Kind)
 	}
@@ -282,6 +308,96 @@ func (c Command) dropNode(cur *shard.Cluster) (*shard.Cluster, error) {
 	i, _ := slices.BinarySearch(next.Removed, c.ID)
 	next.Removed = slices.Insert(next.Removed, i, c.ID)
 	return next, nil
+}
+
+func (c Command) createShard(cur *shard.Cluster) (*shard.Cluster, error) {
+	s := c.Shard
+	switch {
+	case s == nil:
+		return nil, errors.New("no shard given")
+	case s.ID >= shard.ControlGroup:
+		return nil, fmt.Errorf("shard id %d is reserved", s.ID)
+	case len(s.Replicas) < 1 || len(s.Replicas) > 3:
+		return nil, fmt.Errorf("shard %d has %d replicas, want 1 to 3", s.ID, len(s.Replicas))
+	}
+	if o := cur.Map.Shard(s.ID); o != nil {
+		if slices.Equal(o.Replicas, s.Replicas) {
+			return cur, nil
+		}
+		return nil, fmt.Errorf("shard %d exists with replicas %v", s.ID, o.Replicas)
+	}
+	for _, r := range s.Replicas {
+		if slices.Contains(cur.Draining, r) {
+			return nil, fmt.Errorf("replica node %q is draining", r)
+		}
+	}
+	next := cur.Clone()
+	i, _ := slices.BinarySearchFunc(next.Map.Shards, s.ID, func(o shard.Shard, id shard.ID) int { return cmp.Compare(o.ID, id) })
+	next.Map.Shards = slices.Insert(next.Map.Shards, i, shard.Shard{ID: s.ID, Replicas: slices.Clone(s.Replicas)})
+	return next, nil
+}
+
+func (c Command) startSlotMove(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.SlotMove
+	if m == nil {
+		return nil, errors.New("no slot move given")
+	}
+	if m.Flipped || m.ID != 0 {
+		return nil, errors.New("a slot move starts unflipped, and the control group names it")
+	}
+	for _, o := range cur.SlotMoves {
+		if o.From == m.From && o.To == m.To && o.Start == m.Start && o.End == m.End {
+			return cur, nil
+		}
+	}
+	next := cur.Clone()
+	// The version the change makes names the move: no other move ever
+	// had it, so the shards' logs cannot mistake one move for another.
+	started := *m
+	started.ID = cur.Version + 1
+	next.SlotMoves = append(next.SlotMoves, started)
+	return next, nil // Validate checks the range, the shards and overlaps
+}
+
+func (c Command) flipSlots(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.SlotMove
+	if m == nil {
+		return nil, errors.New("no slot move given")
+	}
+	o := slotMoveOf(cur, m.ID)
+	switch {
+	case o == nil:
+		return nil, fmt.Errorf("no slot move %d", m.ID)
+	case o.Flipped:
+		return cur, nil
+	}
+	next := cur.Clone()
+	next.Map.Ranges = next.Map.Assign(o.Start, o.End, o.To)
+	slotMoveOf(next, m.ID).Flipped = true
+	return next, nil
+}
+
+func (c Command) endSlotMove(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.SlotMove
+	if m == nil {
+		return nil, errors.New("no slot move given")
+	}
+	if slotMoveOf(cur, m.ID) == nil {
+		return cur, nil
+	}
+	next := cur.Clone()
+	next.SlotMoves = slices.DeleteFunc(next.SlotMoves, func(o shard.SlotMove) bool { return o.ID == m.ID })
+	return next, nil
+}
+
+// slotMoveOf returns the slot move of c with id, or nil.
+func slotMoveOf(c *shard.Cluster, id uint64) *shard.SlotMove {
+	for i := range c.SlotMoves {
+		if c.SlotMoves[i].ID == id {
+			return &c.SlotMoves[i]
+		}
+	}
+	return nil
 }
 
 // dropMove returns moves without the move of group.

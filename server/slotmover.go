@@ -1,0 +1,310 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shoal-kv/shoal/server/control"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
+)
+
+// A range of slots moves from shard From to shard To as the control
+// group's leader drives it (stepSlotMove), each step a raft entry in one
+// of the shards' logs or in the control group's:
+//
+//  1. From freezes the range: its requests get "moving" and wait at the
+//     client; its state leaves From's live tables (fsm.KindFreezeSlots);
+//  2. From's leader exports the range and installs it at To, a chunk per
+//     entry (ShipSlots);
+//  3. From drops the range: its requests get "wrong shard";
+//  4. the metadata flips the range to To (flip-slots);
+//  5. To activates the range, and serves it (fsm.KindActivateSlots);
+//  6. the metadata forgets the move (end-slot-move).
+//
+// Each step is idempotent, and the next one is chosen from the state the
+// shards and the metadata are in, so a driver that crashed anywhere is
+// followed by one that goes on from there. At no moment do two shards
+// serve the range: To serves it only once From has dropped it. Requests
+// to the range pause from the freeze to the activation.
+
+const (
+	// slotChunkSize bounds a chunk of a range's state: one raft entry
+	// of its target.
+	slotChunkSize = 512 << 10
+	// shipTimeout bounds shipping a range's state.
+	shipTimeout = 2 * time.Minute
+)
+
+// SlotStepRequest asks the leader of Shard to apply Op, a slot move step,
+// if its Kind is set; and in any case for the slot moves its state
+// machine holds after.
+type SlotStepRequest struct {
+	Shard shard.ID
+	Op    fsm.Op
+}
+
+// SlotStepReply answers a SlotStepRequest.
+type SlotStepReply struct {
+	Result fsm.Result
+	Moves  []fsm.SlotMove
+	Err    string
+	// Leader names the leader this node knows when it does not lead.
+	Leader string
+}
+
+// slotStepKinds are the ops a SlotStepRequest may carry.
+var slotStepKinds = []fsm.Kind{fsm.KindFreezeSlots, fsm.KindThawSlots, fsm.KindInstallSlots,
+	fsm.KindActivateSlots, fsm.KindDropSlots}
+
+// SlotStep serves a SlotStepRequest from a peer.
+func (s *nodeService) SlotStep(req SlotStepRequest, reply *SlotStepReply) error {
+	n := s.n
+	rep := n.replica(req.Shard)
+	if !n.started.Load() || rep == nil {
+		reply.Err = fmt.Sprintf("node %s holds no replica of shard %d", n.id, req.Shard)
+		return nil
+	}
+	if req.Op.Kind != 0 && !isSlotStep(req.Op.Kind) {
+		reply.Err = fmt.Sprintf("node %s: %v is no slot move step", n.id, req.Op.Kind)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, controlCallTimeout)
+	defer cancel()
+	if _, err := rep.waitReady(ctx); err != nil {
+		reply.Err, reply.Leader = fmt.Sprintf("node %s: %v", n.id, err), rep.leaderID()
+		return nil
+	}
+	if req.Op.Kind != 0 {
+		res, err := rep.propose(ctx, req.Op)
+		if err != nil {
+			reply.Err, reply.Leader = fmt.Sprintf("node %s: %v", n.id, err), rep.leaderID()
+			return nil
+		}
+		reply.Result = res[0]
+	}
+	reply.Moves = rep.fsm.Moves()
+	return nil
+}
+
+func isSlotStep(k fsm.Kind) bool {
+	for _, s := range slotStepKinds {
+		if s == k {
+			return true
+		}
+	}
+	return false
+}
+
+// slotStep has the leader of shard id apply op (none if op.Kind is 0) and
+// returns its answer.
+func (n *Node) slotStep(ctx context.Context, c *shard.Cluster, id shard.ID, op fsm.Op) (SlotStepReply, error) {
+	s := c.Map.Shard(id)
+	if s == nil {
+		return SlotStepReply{}, fmt.Errorf("server: no shard %d", id)
+	}
+	var errs []error
+	hint := ""
+	for _, node := range s.Replicas {
+		if hint != "" {
+			node, hint = hint, ""
+		}
+		var reply SlotStepReply
+		err := n.peers.call(ctx, node, "Node.SlotStep", SlotStepRequest{Shard: id, Op: op}, &reply)
+		if err == nil && reply.Err == "" {
+			return reply, nil
+		}
+		if err == nil {
+			err, hint = errors.New(reply.Err), reply.Leader
+		}
+		errs = append(errs, err)
+	}
+	return SlotStepReply{}, fmt.Errorf("%w: shard %d applied no %v: %w", errMoveWaits, id, op.Kind, errors.Join(errs...))
+}
+
+// ShipRequest asks the leader of shard From to install the range it froze
+// for slot move Move at shard To.
+type ShipRequest struct {
+	From, To shard.ID
+	Move     uint64
+}
+
+// ShipReply answers a ShipRequest: the chunks and bytes shipped.
+type ShipReply struct {
+	Chunks, Bytes int
+	Err           string
+}
+
+// ShipSlots serves a ShipRequest from a peer: the control leader's driver.
+func (s *nodeService) ShipSlots(req ShipRequest, reply *ShipReply) error {
+	n := s.n
+	rep := n.replica(req.From)
+	if !n.started.Load() || rep == nil || !rep.isLeader() {
+		reply.Err = fmt.Sprintf("node %s does not lead shard %d", n.id, req.From)
+		return nil
+	}
+	chunks, err := rep.fsm.ExportSlots(req.Move, slotChunkSize)
+	if err != nil {
+		reply.Err = fmt.Sprintf("node %s: shard %d: %v", n.id, req.From, err)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, shipTimeout)
+	defer cancel()
+	c := n.current().cluster
+	for _, chunk := range chunks {
+		res, err := n.slotStep(ctx, c, req.To, fsm.Op{Kind: fsm.KindInstallSlots, Value: string(chunk), Version: req.Move})
+		if err == nil && res.Result.Status != fsm.StatusOK {
+			err = fmt.Errorf("shard %d refused a chunk of move %d: status %d", req.To, req.Move, res.Result.Status)
+		}
+		if err != nil {
+			reply.Err = fmt.Sprintf("node %s: %v", n.id, err)
+			return nil
+		}
+		reply.Chunks++
+		reply.Bytes += len(chunk)
+	}
+	return nil
+}
+
+// stepSlotMove takes the steps of slot move m that its state allows, one
+// after another, and returns when it has ended or must wait.
+func (n *Node) stepSlotMove(ctx context.Context, m shard.SlotMove) error {
+	for {
+		c := n.current().cluster
+		cur := slotMoveIn(c, m.ID)
+		if cur == nil {
+			return nil
+		}
+		m = *cur
+		if m.Flipped {
+			res, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindActivateSlots, Version: m.ID})
+			if err != nil {
+				return err
+			}
+			if res.Result.Status != fsm.StatusOK {
+				return fmt.Errorf("server: shard %d did not activate slot move %d: status %d", m.To, m.ID, res.Result.Status)
+			}
+			_, err = n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
+			if err == nil {
+				n.log.Info("moved slots", "from", m.From, "to", m.To, "slots", fmt.Sprintf("[%d,%d)", m.Start, m.End), "move", m.ID)
+			}
+			return err
+		}
+		state, err := n.slotStep(ctx, c, m.From, fsm.Op{})
+		if err != nil {
+			return err
+		}
+		switch sourceState(state.Moves, m.ID) {
+		case slotMoveNone:
+			// The range pauses from the freeze on: its target must be
+			// ready to take it first (a new shard elects its leader).
+			if _, err := n.slotStep(ctx, c, m.To, fsm.Op{}); err != nil {
+				return err
+			}
+			op := fsm.Op{Kind: fsm.KindFreezeSlots, Start: m.Start, End: m.End, Version: m.ID}
+			res, err := n.slotStep(ctx, c, m.From, op)
+			if err != nil {
+				return err
+			}
+			if res.Result.Status != fsm.StatusOK {
+				return fmt.Errorf("server: shard %d did not freeze slot move %d: status %d", m.From, m.ID, res.Result.Status)
+			}
+		case fsm.SlotMoveFrozen:
+			if err := n.ship(ctx, c, m); err != nil {
+				return err
+			}
+			res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID})
+			if err != nil {
+				return err
+			}
+			if res.Result.Status != fsm.StatusOK {
+				return fmt.Errorf("server: shard %d did not drop slot move %d: status %d", m.From, m.ID, res.Result.Status)
+			}
+		case fsm.SlotMoveDropped:
+			if _, err := n.controlApply(ctx, control.Command{Kind: control.KindFlipSlots, SlotMove: &m}); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("server: shard %d holds slot move %d in an unexpected state", m.From, m.ID)
+		}
+	}
+}
+
+// slotMoveNone is the state of a slot move its source does not hold:
+// not frozen yet.
+const slotMoveNone fsm.SlotMoveState = 0
+
+// sourceState returns the state of slot move id among moves.
+func sourceState(moves []fsm.SlotMove, id uint64) fsm.SlotMoveState {
+	for _, m := range moves {
+		if m.ID == id {
+			return m.State
+		}
+	}
+	return slotMoveNone
+}
+
+// ship has the leader of m.From install the range it froze at m.To.
+func (n *Node) ship(ctx context.Context, c *shard.Cluster, m shard.SlotMove) error {
+	ctx, cancel := context.WithTimeout(ctx, shipTimeout)
+	defer cancel()
+	var errs []error
+	for _, node := range c.Map.Shard(m.From).Replicas {
+		var reply ShipReply
+		start := time.Now()
+		err := n.peers.call(ctx, node, "Node.ShipSlots", ShipRequest{From: m.From, To: m.To, Move: m.ID}, &reply)
+		if err == nil && reply.Err == "" {
+			n.log.Info("shipped slots", "from", m.From, "to", m.To, "move", m.ID, "chunks", reply.Chunks,
+				"bytes", reply.Bytes, "took", time.Since(start))
+			return nil
+		}
+		if err == nil {
+			err = errors.New(reply.Err)
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("%w: shipping slot move %d: %w", errMoveWaits, m.ID, errors.Join(errs...))
+}
+
+// slotMoveIn returns the slot move of c with id, or nil.
+func slotMoveIn(c *shard.Cluster, id uint64) *shard.SlotMove {
+	for i := range c.SlotMoves {
+		if c.SlotMoves[i].ID == id {
+			return &c.SlotMoves[i]
+		}
+	}
+	return nil
+}
+
+// SplitShard starts splitting shard id: a new shard is created on the
+// emptiest nodes, and the upper half of id's largest range of slots moves
+// to it, in parts one after another (control.Split), each pausing only its
+// own slots' requests. It returns once all are recorded, with the new shard's id; the
+// split has ended when the metadata has no slot move from id.
+func (n *Node) SplitShard(ctx context.Context, id shard.ID) (*shard.Cluster, shard.ID, error) {
+	c := n.current().cluster
+	s, moves, err := control.Split(c, id)
+	if err != nil {
+		return c, 0, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	if c, err = n.controlApply(ctx, control.Command{Kind: control.KindCreateShard, Shard: &s}); err != nil {
+		return c, 0, err
+	}
+	for _, m := range moves {
+		if c, err = n.MoveSlots(ctx, m); err != nil {
+			return c, 0, err
+		}
+	}
+	return c, s.ID, nil
+}
+
+// MoveSlots starts moving slots [m.Start, m.End) from shard m.From to
+// shard m.To (m.ID zero: the control group names the move). It returns
+// once the move is recorded; it has ended when the metadata no longer
+// lists it.
+func (n *Node) MoveSlots(ctx context.Context, m shard.SlotMove) (*shard.Cluster, error) {
+	m.ID, m.Flipped = 0, false
+	return n.controlApply(ctx, control.Command{Kind: control.KindStartSlotMove, SlotMove: &m})
+}

@@ -1,0 +1,220 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server/servertest"
+	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/wire"
+)
+
+// waitSlotsMoved waits until every running node follows metadata with no
+// slot move in progress.
+func waitSlotsMoved(t *testing.T, c *servertest.Cluster) {
+	t.Helper()
+	servertest.WaitFor(t, 60*time.Second, "the slot moves end", func() bool {
+		for _, id := range c.Running() {
+			if len(c.Node(id).Cluster().SlotMoves) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// A shard holding many keys splits under a write load: no write fails,
+// every key reads back, the new shard serves half the slots, and the
+// longest a write waited is logged (SHOAL_LONG=1 runs 100,000 keys of
+// 100 bytes and holds it to 2 s; CI runs 10,000).
+func TestSplitUnderLoad(t *testing.T) {
+	keys, long := 10_000, os.Getenv("SHOAL_LONG") != ""
+	if long {
+		keys = 100_000
+	}
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	value := []byte(strings.Repeat("v", 100))
+	var wg sync.WaitGroup
+	var loadErr atomic.Value
+	for w := 0; w < 32; w++ {
+		cl := newClient(t, c, client.Config{})
+		wg.Go(func() {
+			for i := w; i < keys; i += 32 {
+				if _, err := cl.Set(ctx, fmt.Sprintf("k%d", i), value); err != nil {
+					loadErr.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := loadErr.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+
+	// Writers time every write until stopped.
+	stop := make(chan struct{})
+	var longest atomic.Int64
+	var failed, written atomic.Int64
+	for w := 0; w < 8; w++ {
+		cl := newClient(t, c, client.Config{})
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				begin := time.Now()
+				_, err := cl.Set(ctx, fmt.Sprintf("w%d-%d", w, i), value)
+				if err != nil {
+					failed.Add(1)
+					t.Errorf("write during the split: %v", err)
+					continue
+				}
+				written.Add(1)
+				if d := int64(time.Since(begin)); d > longest.Load() {
+					longest.Store(d)
+				}
+			}
+		})
+	}
+	servertest.WaitFor(t, 10*time.Second, "writes running", func() bool { return written.Load() > 100 })
+	_, id, err := c.Node("n1").SplitShard(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSlotsMoved(t, c)
+	before := written.Load()
+	servertest.WaitFor(t, 10*time.Second, "writes after the split", func() bool { return written.Load() > before+100 })
+	close(stop)
+	wg.Wait()
+	t.Logf("split shard 0 (%d keys) into %d: %d writes during, %d failed, the longest took %v",
+		keys, id, written.Load(), failed.Load(), time.Duration(longest.Load()))
+	if long && time.Duration(longest.Load()) > 2*time.Second {
+		t.Errorf("a write waited %v during the split, over 2 s", time.Duration(longest.Load()))
+	}
+	m := c.Metadata()
+	if len(m.Map.RangesOf(id)) == 0 || len(m.Map.RangesOf(0)) == 0 {
+		t.Fatalf("after the split, ranges %v", m.Map.Ranges)
+	}
+	waitReady(t, c)
+	reader := newClient(t, c, client.Config{})
+	for i := 0; i < keys; i++ {
+		it, err := reader.Get(ctx, fmt.Sprintf("k%d", i))
+		if err != nil || string(it.Value) != string(value) {
+			t.Fatalf("key k%d after the split: %q, %v", i, it.Value, err)
+		}
+	}
+	l0, l1 := leader(t, c, 0), leader(t, c, id)
+	k0, k1 := l0.ShardStats(0).Keys, l1.ShardStats(id).Keys
+	if k0+k1 < keys || k0 == 0 || k1 == 0 {
+		t.Errorf("after the split shard 0 holds %d keys and shard %d %d, of %d and more", k0, id, k1, keys)
+	}
+}
+
+// A write whose first attempt was applied by the shard its slot left is
+// answered, when its retry reaches the shard the slot moved to, from the
+// session that moved with the slot: not applied again.
+func TestRetryAfterSlotMoveAppliesOnce(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	key := keysOf(c.Map(), 0, "once", 1)[0]
+	slot := shard.KeySlot(key)
+	set := &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "mover", Seq: 1, Ack: 1,
+		Args: wire.Args{Key: key, Value: "first"}}
+	first := request(t, c, clientAddr(c, "n1"), set)
+	if first.Type != wire.TypeResponse {
+		t.Fatalf("first attempt: %+v", first.Err)
+	}
+	if _, err := c.Node("n2").MoveSlots(ctx, shard.SlotMove{From: 0, To: 1, Start: slot, End: slot + 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitSlotsMoved(t, c)
+	if got := c.Metadata().Map.SlotShard(slot); got != 1 {
+		t.Fatalf("slot %d is shard %d's after the move", slot, got)
+	}
+	waitReady(t, c)
+	executed := leader(t, c, 1).ShardStats(1).Executed
+	retry := *set
+	retry.TxID, retry.Age = 2, time.Second
+	second := request(t, c, clientAddr(c, "n3"), &retry)
+	if second.Type != wire.TypeResponse || second.Result.Version != first.Result.Version {
+		t.Fatalf("the retry after the move: %+v %+v, want the first attempt's version %d", second.Result, second.Err, first.Result.Version)
+	}
+	if got := leader(t, c, 1).ShardStats(1).Executed; got != executed {
+		t.Errorf("the retry was applied again: shard 1 executed %d writes, %d before", got, executed)
+	}
+}
+
+// A job leased before its slot moved keeps its lease, and completes with
+// its token after; a stale token is refused; tokens keep growing.
+func TestJobLeaseSurvivesSlotMove(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	cl := newClient(t, c, client.Config{})
+	// Two jobs of shard 0 (their uniqueness keys place them): one is
+	// leased, released and leased again, so that its first token is
+	// stale.
+	for i, n := 0, 0; n < 2; i++ {
+		key := fmt.Sprintf("key-%d", i)
+		if c.Map().SlotShard(shard.JobKeySlot("t", key)) != 0 {
+			continue
+		}
+		if _, err := cl.Enqueue(ctx, "t", []byte(key), client.EnqueueOptions{Key: key}); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	acquire := func() *client.Job {
+		t.Helper()
+		j, err := cl.Acquire(ctx, "t", time.Minute)
+		if err != nil || j == nil {
+			t.Fatalf("acquire: %v, %v", j, err)
+		}
+		return j
+	}
+	kept, stale := acquire(), acquire()
+	if err := cl.Release(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	again := acquire()
+	if again.ID != stale.ID {
+		t.Fatalf("acquired %s again, not %s", again.ID, stale.ID)
+	}
+	maxToken := max(kept.Token, stale.Token, again.Token)
+	// Move every slot of shard 0 to shard 1.
+	for _, r := range c.Map().RangesOf(0) {
+		if _, err := c.Node("n1").MoveSlots(ctx, shard.SlotMove{From: 0, To: 1, Start: r.Start, End: r.End}); err != nil {
+			t.Fatal(err)
+		}
+		waitSlotsMoved(t, c)
+	}
+	if len(c.Map().RangesOf(0)) != 0 {
+		t.Fatalf("shard 0 still owns %v", c.Map().RangesOf(0))
+	}
+	if err := cl.Complete(ctx, kept); err != nil {
+		t.Errorf("completing a job leased before the move: %v", err)
+	}
+	if err := cl.Complete(ctx, stale); !errors.Is(err, client.ErrLeaseLost) {
+		t.Errorf("completing with a stale token after the move: %v, want ErrLeaseLost", err)
+	}
+	if err := cl.Complete(ctx, again); err != nil {
+		t.Errorf("completing the job's live lease after the move: %v", err)
+	}
+	if _, err := cl.Enqueue(ctx, "t", []byte("after"), client.EnqueueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if j := acquire(); j.Token <= maxToken {
+		t.Errorf("a token granted after the move, %d, is not above %d, the highest granted before", j.Token, maxToken)
+	}
+}
