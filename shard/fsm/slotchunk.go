@@ -19,8 +19,8 @@ import (
 //	items to the end, each a tag byte and its fields in the order of
 //	appendKeyItem, appendJobItem, appendScheduleItem, appendSessionItem
 //
-// Times that a job or schedule waits for (run-at, a lease's end, a
-// schedule's next interval) travel as the time remaining after the source's
+// Times that a job or schedule waits for (run-at, a leased job's lease end,
+// a schedule's next interval) travel as the time remaining after the source's
 // clock at the freeze; the target counts them from its clock at the
 // activation. Times of record (a job's creation, a session's) travel as
 // they are.
@@ -144,8 +144,8 @@ func appendKeyItem(b []byte, key string, e Entry) []byte {
 	return binary.AppendUvarint(b, e.Version)
 }
 
-// appendJobItem appends j with its run-at time and lease end as the time
-// remaining after clock.
+// appendJobItem appends j with its run-at time, and a leased job's lease
+// end, as the time remaining after clock (shiftJob).
 func appendJobItem(b []byte, j *Job, clock int64) []byte {
 	b = append(b, itemJob)
 	b = appendString(b, j.ID)
@@ -156,7 +156,11 @@ func appendJobItem(b []byte, j *Job, clock int64) []byte {
 	b = binary.AppendVarint(b, int64(j.MaxAttempts))
 	b = binary.AppendVarint(b, shiftTime(j.RunAt, -clock))
 	b = binary.AppendVarint(b, j.Lease)
-	b = binary.AppendVarint(b, shiftTime(j.Deadline, -clock))
+	deadline := j.Deadline
+	if j.state == stateLeased {
+		deadline = shiftTime(deadline, -clock)
+	}
+	b = binary.AppendVarint(b, deadline)
 	b = appendString(b, j.Holder)
 	b = binary.AppendUvarint(b, j.Token)
 	b = binary.AppendUvarint(b, j.Grant)

@@ -151,6 +151,19 @@ type slotMove struct {
 
 func (m *slotMove) has(slot int) bool { return slot >= m.start && slot < m.end }
 
+// frozenMove returns the move that froze slot here, nil if none.
+func (t *slotTable) frozenMove(slot int) *slotMove {
+	if t.marks[slot] != slotFrozen {
+		return nil
+	}
+	for _, m := range t.moves {
+		if m.has(slot) {
+			return m
+		}
+	}
+	return nil
+}
+
 // describe returns the public description of m.
 func (m *slotMove) describe() SlotMove {
 	d := SlotMove{ID: m.id, Start: m.start, End: m.end, State: SlotMoveFrozen}
@@ -321,15 +334,14 @@ func (f *FSM) freezeSlots(op *Op) Result {
 		}
 	}
 	sort.Slice(m.jobs, func(a, b int) bool { return m.jobs[a].Seq < m.jobs[b].Seq })
-	touched := make(map[string]*topicQueue)
 	for _, j := range m.jobs {
-		touched[j.Topic] = f.jobs.topics[j.Topic]
+		// Each topic is settled at once: the heap of topics orders
+		// them by their next job, so none may be left without one.
+		q := f.jobs.topics[j.Topic]
 		f.unlinkJob(j)
-	}
-	for name, q := range touched {
 		f.jobs.settle(q)
-		if f.jobs.topics[name] == nil && q.done > 0 {
-			m.topicDone[name] = q.done
+		if f.jobs.topics[j.Topic] == nil && q.done > 0 {
+			m.topicDone[j.Topic] = q.done
 		}
 	}
 	for k, s := range f.jobs.schedules {
@@ -432,13 +444,12 @@ func shiftTime(t, d int64) int64 {
 	return t + d
 }
 
-// shiftJob moves the times a job waits for, its run-at time or its lease's
-// end, by d.
+// shiftJob moves the times a job waits for by d: its run-at time, and a
+// leased job's lease end. (A job not leased keeps the end of its last
+// lease as it was, a time of record.)
 func shiftJob(j *Job, d int64) {
-	switch j.state {
-	case stateQueued:
-		j.RunAt = shiftTime(j.RunAt, d)
-	case stateLeased:
+	j.RunAt = shiftTime(j.RunAt, d)
+	if j.state == stateLeased {
 		j.Deadline = shiftTime(j.Deadline, d)
 	}
 }
