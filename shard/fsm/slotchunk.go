@@ -72,12 +72,14 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 		return nil, fmt.Errorf("%w: move %d has no range frozen here", ErrNoMove, move)
 	}
 	// The items, one after another in buf, each ending at its ends entry.
-	var buf []byte
-	var ends []int
 	keys := make([]string, 0, len(m.kv))
-	for k := range m.kv {
+	size := 0 // of the key items, which are most of a move's bytes
+	for k, e := range m.kv {
 		keys = append(keys, k)
+		size += 1 + len(k) + len(e.Value) + 3*binary.MaxVarintLen64
 	}
+	buf := make([]byte, 0, size)
+	ends := make([]int, 0, len(keys)+len(m.jobs)+len(m.schedules)+len(m.sessions))
 	sort.Strings(keys)
 	for _, k := range keys {
 		buf = appendKeyItem(buf, k, m.kv[k])
@@ -102,7 +104,7 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 	}
 	// Cut: a chunk ends before the item that would take it past maxChunk.
 	cuts := []int{0} // item indexes where chunks start
-	size := chunkHeaderMax
+	size = chunkHeaderMax
 	for i, end := range ends {
 		n := end
 		if i > 0 {

@@ -97,6 +97,7 @@ type sourceFixture struct {
 	uniqueKey, everyKey  string
 	setResult            Result // of client "c" seq 1, on keyIn
 	maxToken             uint64
+	scheduleDue          int64
 }
 
 func newSource(t *testing.T) (*applier, *sourceFixture) {
@@ -126,6 +127,7 @@ func newSource(t *testing.T) (*applier, *sourceFixture) {
 	}
 	a.now += sec
 	x.maxToken = a.fsm.Stats().Revision
+	x.scheduleDue, _ = a.fsm.NextScheduleDue()
 	return a, x
 }
 
@@ -287,8 +289,10 @@ func TestSlotMove(t *testing.T) {
 	if r := dst.enqueue(shard.NewJobID(shard.JobKeySlot("t", x.uniqueKey), "u2"), "t", func(o *Op) { o.Unique = x.uniqueKey }); r.JobID != x.unique {
 		t.Errorf("enqueue with the moved uniqueness key: %+v, want %s", r, x.unique)
 	}
-	if due, ok := dst.fsm.NextScheduleDue(); !ok || due <= activation {
-		t.Errorf("moved schedule due at %d, %v", due, ok)
+	// The schedule's next interval starts as long after the activation as
+	// it started after the freeze, to the interval.
+	if due, ok := dst.fsm.NextScheduleDue(); !ok || due > activation+x.scheduleDue-freezeClock || due <= activation+x.scheduleDue-freezeClock-10*sec {
+		t.Errorf("moved schedule due at %d, %v; want in the interval before %d", due, ok, activation+x.scheduleDue-freezeClock)
 	}
 
 	// Repeats are no-ops: the target ends as a copy of it that ticked.
