@@ -65,12 +65,24 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 	if maxChunk <= 0 {
 		return nil, fmt.Errorf("fsm: export slots: chunk size %d, want more than 0", maxChunk)
 	}
+	// Only the jobs and schedules are copied under the lock (a thaw
+	// changes them); the frozen keys and session results no one writes,
+	// and they are read after it, so that writes need not wait.
 	f.mu.RLock()
-	defer f.mu.RUnlock()
 	m := f.slots.moves[move]
 	if m == nil || m.incoming {
+		f.mu.RUnlock()
 		return nil, fmt.Errorf("%w: move %d has no range frozen here", ErrNoMove, move)
 	}
+	jobs := make([]Job, len(m.jobs))
+	for i, j := range m.jobs {
+		jobs[i] = *j
+	}
+	schedules := make([]Schedule, len(m.schedules))
+	for i, sc := range m.schedules {
+		schedules[i] = *sc
+	}
+	f.mu.RUnlock()
 	// The items, one after another in buf, each ending at its ends entry.
 	keys := make([]string, 0, len(m.kv))
 	size := 0 // of the key items, which are most of a move's bytes
@@ -85,12 +97,12 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 		buf = appendKeyItem(buf, k, m.kv[k])
 		ends = append(ends, len(buf))
 	}
-	for _, j := range m.jobs {
-		buf = appendJobItem(buf, j, m.clock)
+	for i := range jobs {
+		buf = appendJobItem(buf, &jobs[i], m.clock)
 		ends = append(ends, len(buf))
 	}
-	for _, s := range m.schedules {
-		buf = appendScheduleItem(buf, s, m.clock)
+	for i := range schedules {
+		buf = appendScheduleItem(buf, &schedules[i], m.clock)
 		ends = append(ends, len(buf))
 	}
 	clients := make([]string, 0, len(m.sessions))

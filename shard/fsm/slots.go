@@ -134,6 +134,9 @@ type slotMove struct {
 	// At the source: the state machine's clock and revision at the
 	// freeze, and the range's state taken out of the live tables then.
 	// Jobs are in enqueue order (Seq), schedules in key order.
+	// Invariant: after the freeze nothing writes kv, sessions or the
+	// movedSessions (a thaw reads them), so ExportSlots reads them without
+	// the state machine's lock; a thaw changes the jobs and schedules.
 	clock     int64
 	rev       uint64
 	kv        map[string]Entry

@@ -530,3 +530,21 @@ func FuzzInstallSlots(f *testing.F) {
 		}
 	})
 }
+
+// TestExportWhileApplying: an export reads the frozen state while the
+// state machine applies writes and the thaw (run it with -race).
+func TestExportWhileApplying(t *testing.T) {
+	src, x := newSource(t)
+	src.freeze(moveID, moveStart, moveEnd)
+	want := src.export(moveID, 100)
+	done := make(chan [][]byte)
+	go func() {
+		chunks, _ := src.fsm.ExportSlots(moveID, 100)
+		done <- chunks
+	}()
+	src.one(Op{Kind: KindSet, Key: x.keyOut, Value: "w"})
+	src.slotOp(KindThawSlots, moveID, "")
+	if got := <-done; got != nil && !reflect.DeepEqual(got, want) {
+		t.Error("an export during a thaw cut other chunks")
+	}
+}
