@@ -45,7 +45,7 @@
 //     SlotStatus says StatusOK; an acquire no longer sees its jobs.
 //  2. The node calls ExportSlots on S's leader: the frozen range as chunks,
 //     the same for the same state, each saying its move, index and count.
-//     They carry S's revision counter at the freeze, and the times jobs and
+//     They carry S's revision counter, and the times jobs and
 //     schedules wait for as the time remaining after S's clock then.
 //  3. T applies KindInstallSlots once per chunk (Op.Value): held, not live;
 //     ops on the range at T get StatusMoving from the first. T's revision

@@ -15,7 +15,7 @@ import (
 //
 //	format byte (chunkFormat)
 //	uvarints: move id, chunk index, chunk count, range start, range end,
-//	the source's revision at the freeze
+//	the source's revision at the export
 //	items to the end, each a tag byte and its fields in the order of
 //	appendKeyItem, appendJobItem, appendScheduleItem, appendSessionItem
 //
@@ -28,7 +28,8 @@ const chunkFormat = 1
 
 // chunkHeaderMax bounds the bytes of a chunk's header: the format byte and
 // six uvarints. Chunks are cut by the sizes of their items alone, so that
-// every export of a move cuts the same chunks.
+// every export of a move cuts the same chunks: two exports differ at most
+// in the revision, of which the target keeps the highest it installs.
 const chunkHeaderMax = 1 + 6*binary.MaxVarintLen64
 
 // maxChunks bounds the chunk count a chunk may claim.
@@ -82,6 +83,7 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 	for i, sc := range m.schedules {
 		schedules[i] = *sc
 	}
+	rev := f.rev
 	f.mu.RUnlock()
 	// The items, one after another in buf, each ending at its ends entry.
 	keys := make([]string, 0, len(m.kv))
@@ -143,7 +145,7 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 		}
 		b := make([]byte, 0, chunkHeaderMax+to-from)
 		b = append(b, chunkFormat)
-		for _, v := range []uint64{move, uint64(c), uint64(len(cuts)), uint64(m.start), uint64(m.end), m.rev} {
+		for _, v := range []uint64{move, uint64(c), uint64(len(cuts)), uint64(m.start), uint64(m.end), rev} {
 			b = binary.AppendUvarint(b, v)
 		}
 		out[c] = append(b, buf[from:to]...)

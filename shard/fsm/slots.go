@@ -131,14 +131,13 @@ type slotMove struct {
 	start, end int
 	incoming   bool
 
-	// At the source: the state machine's clock and revision at the
-	// freeze, and the range's state taken out of the live tables then.
+	// At the source: the state machine's clock at the freeze, and the
+	// range's state taken out of the live tables then.
 	// Jobs are in enqueue order (Seq), schedules in key order.
 	// Invariant: after the freeze nothing writes kv, sessions or the
 	// movedSessions (a thaw reads them), so ExportSlots reads them without
 	// the state machine's lock; a thaw changes the jobs and schedules.
 	clock     int64
-	rev       uint64
 	kv        map[string]Entry
 	jobs      []*Job
 	schedules []*Schedule
@@ -322,7 +321,7 @@ func (f *FSM) freezeSlots(op *Op) Result {
 		}
 	}
 	m := &slotMove{
-		id: id, start: start, end: end, clock: f.clock, rev: f.rev,
+		id: id, start: start, end: end, clock: f.clock,
 		kv: make(map[string]Entry), sessions: make(map[string]*movedSession), topicDone: make(map[string]uint64),
 	}
 	for k, e := range f.kv {

@@ -122,6 +122,11 @@ func newSource(t *testing.T) (*applier, *sourceFixture) {
 	a.enqueue(x.scheduled, "t", func(o *Op) { o.Delay = 60 * sec })
 	a.enqueue(x.unique, "t", func(o *Op) { o.Unique = x.uniqueKey })
 	a.enqueue(x.out, "ot")
+	// Topic "ct" has a completion and one job, in the range: the freeze
+	// leaves it with none.
+	a.enqueue(jobIn("c1"), "ct")
+	a.enqueue(jobIn("c2"), "ct")
+	a.onJob(KindComplete, a.acquire("ct", "w", sec))
 	if r := a.one(Op{Kind: KindEvery, Topic: "st", Unique: x.everyKey, Value: "tick", Interval: 10 * sec}); r.Status != StatusOK {
 		t.Fatalf("every: %+v", r)
 	}
@@ -171,6 +176,7 @@ func TestSlotMove(t *testing.T) {
 	if r := src.acquire("ot", "w", 30*sec); r.JobID != x.out {
 		t.Errorf("acquire of a job out of the range: %+v", r)
 	}
+	x.maxToken = src.fsm.Stats().Revision // the export carries tokens issued after the freeze too
 	if got := src.fsm.Stats().Moving; got != moveEnd-moveStart {
 		t.Errorf("Stats.Moving = %d", got)
 	}
@@ -351,8 +357,14 @@ func TestThawRestoresExactly(t *testing.T) {
 	}
 
 	src.freeze(moveID, moveStart, moveEnd)
+	if c := src.fsm.JobCounts("ct", src.now); c != (shard.JobCounts{}) {
+		t.Errorf("counts of a topic all frozen: %+v", c)
+	}
 	src.now += 10 * sec
 	src.slotOp(KindThawSlots, moveID, "")
+	if c := src.fsm.JobCounts("ct", src.now); c.Done != 1 || c.Ready != 1 {
+		t.Errorf("counts of a thawed topic: %+v, want one done and one ready", c)
+	}
 	if j, _ := src.fsm.GetJob(x.leased.JobID); j.Deadline != x.leased.Deadline+10*sec {
 		t.Errorf("thawed lease ends at %d, want %d", j.Deadline, x.leased.Deadline+10*sec)
 	}
@@ -534,7 +546,7 @@ func FuzzInstallSlots(f *testing.F) {
 // TestExportWhileApplying: an export reads the frozen state while the
 // state machine applies writes and the thaw (run it with -race).
 func TestExportWhileApplying(t *testing.T) {
-	src, x := newSource(t)
+	src, _ := newSource(t)
 	src.freeze(moveID, moveStart, moveEnd)
 	want := src.export(moveID, 100)
 	done := make(chan [][]byte)
@@ -542,7 +554,7 @@ func TestExportWhileApplying(t *testing.T) {
 		chunks, _ := src.fsm.ExportSlots(moveID, 100)
 		done <- chunks
 	}()
-	src.one(Op{Kind: KindSet, Key: x.keyOut, Value: "w"})
+	src.one(Op{Kind: KindTick})
 	src.slotOp(KindThawSlots, moveID, "")
 	if got := <-done; got != nil && !reflect.DeepEqual(got, want) {
 		t.Error("an export during a thaw cut other chunks")
