@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/shoal-kv/shoal/shard"
 )
 
 // BenchmarkApplySet is the state machine's cost of one replicated set from
@@ -30,4 +31,37 @@ func BenchmarkApplySet(b *testing.B) {
 			b.Fatalf("apply %d: %#v", i, r)
 		}
 	}
+}
+
+// BenchmarkExportInstall is the cost of moving half the slots of a shard
+// holding 100,000 keys of 100 bytes: the freeze at the source, the export
+// in chunks of 512 KiB, their installs at the target and its activation.
+// It reports the bytes of the chunks shipped.
+func BenchmarkExportInstall(b *testing.B) {
+	value := string(make([]byte, 100))
+	var shipped int
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		src, dst := newApplier(b), newApplier(b)
+		for k := 0; k < 100_000; k++ {
+			src.fsm.rev++
+			src.fsm.kv[fmt.Sprintf("k%08d", k)] = Entry{Value: value, Version: src.fsm.rev}
+		}
+		b.StartTimer()
+		if st := src.freeze(1, 0, shard.SlotCount/2); st != StatusOK {
+			b.Fatal(st)
+		}
+		chunks := src.export(1, 512<<10)
+		shipped = 0
+		for _, c := range chunks {
+			shipped += len(c)
+			if st := dst.slotOp(KindInstallSlots, 1, string(c)); st != StatusOK {
+				b.Fatal(st)
+			}
+		}
+		if st := dst.slotOp(KindActivateSlots, 1, ""); st != StatusOK {
+			b.Fatal(st)
+		}
+	}
+	b.ReportMetric(float64(shipped), "chunk-bytes")
 }

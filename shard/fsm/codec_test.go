@@ -102,6 +102,30 @@ func TestCommandFormat3(t *testing.T) {
 	}
 }
 
+// TestCommandFormat4: only a command holding a slot range is written in
+// format 4, and it round-trips.
+func TestCommandFormat4(t *testing.T) {
+	c := Command{Now: 5, Ops: []Op{
+		{Kind: KindFreezeSlots, Version: 7, Start: 10, End: 20},
+		{Kind: KindEnqueueBatch, Client: "c", Seq: 2, Batch: []Op{{Kind: KindEnqueue, JobID: "a", Topic: "t"}}},
+	}}
+	b, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != commandFormat {
+		t.Errorf("a freeze is written in format %d, want %d", b[0], commandFormat)
+	}
+	if got, err := DecodeCommand(b); err != nil || !reflect.DeepEqual(got, c) {
+		t.Errorf("round trip: %+v, %v", got, err)
+	}
+	for _, op := range []Op{{Kind: KindDropSlots, Version: 7}, {Kind: KindInstallSlots, Version: 7, Value: "chunk"}} {
+		if b, _ := (&Command{Ops: []Op{op}}).Encode(); b[0] != commandFormatV2 {
+			t.Errorf("%v is written in format %d, want %d", op.Kind, b[0], commandFormatV2)
+		}
+	}
+}
+
 // Entries of format 1, the first, which had no Op.Began, decode as they
 // did: these bytes were written by it (its first version named kinds with
 // strings).

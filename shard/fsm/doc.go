@@ -32,6 +32,39 @@
 // grace, before anything else; the term comes from the log entry, so every
 // replica does the same.
 //
+// Slot moves. A range of slots [Start, End) moves from shard S to shard T
+// as a sequence of raft entries that the node drives, each under the move's
+// id (Op.Version, chosen by the node, never 0):
+//
+//  1. S applies KindFreezeSlots: the range's keys, its jobs of every state
+//     (a job is of the slot shard.JobSlot(id)) with their uniqueness keys,
+//     its schedules (shard.JobKeySlot(topic, key)), and the results the
+//     client sessions keep of ops on its slots leave the live tables for
+//     the move's frozen area. From then on every op on the range gets
+//     StatusMoving, retries included; reads (Get, GetJob) still see it, and
+//     SlotStatus says StatusOK; an acquire no longer sees its jobs.
+//  2. The node calls ExportSlots on S's leader: the frozen range as chunks,
+//     the same for the same state, each saying its move, index and count.
+//     They carry S's revision counter, and the times jobs and
+//     schedules wait for as the time remaining after S's clock then.
+//  3. T applies KindInstallSlots once per chunk (Op.Value): held, not live;
+//     ops on the range at T get StatusMoving from the first. T's revision
+//     counter rises to S's, so versions and fencing tokens keep growing.
+//  4. S applies KindDropSlots: the frozen state is deleted and the range is
+//     gone: ops on it, and SlotStatus, say StatusWrongShard.
+//  5. The shard map gives the range to T.
+//  6. T applies KindActivateSlots once every chunk is installed: the state
+//     becomes live, jobs queued after T's own in their order at S, leases
+//     with their tokens and grants ending as long after the activation as
+//     they had left at the freeze, session results merged into T's sessions
+//     (a retry of a write S applied is answered at T, not applied again).
+//
+// KindThawSlots at S before the drop cancels a move, putting the frozen
+// state back; a KindDropSlots at T before activation discards what T
+// installed. Every step repeated is a no-op, and Moves lists the moves in
+// flight and the last ones finished, for the node to resume them. Moves in
+// flight at one shard cover disjoint ranges.
+//
 // Bounds: every table of the state machine but the keys (which the disk
 // bounds) is bounded, and an op past a bound is refused with a status of
 // its own, never applied in part.
@@ -54,4 +87,9 @@
 //     schedule is deleted.
 //   - Names: keys, topics, job ids, uniqueness and schedule keys of at most
 //     shard.MaxKeySize bytes.
+//   - Slot moves: the slots gone are marks (at most shard.SlotCount), and
+//     of the moves finished only the last 64 are remembered. An activation
+//     or a thaw is never refused for room: it may take a shard past
+//     Config.MaxJobs, MaxSchedules or MaxPendingPerClient, which then
+//     refuses new ones until it is back under.
 package fsm

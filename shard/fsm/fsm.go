@@ -300,11 +300,23 @@ func (f *FSM) executeKV(op *Op) Result {
 	return Result{Version: f.rev}
 }
 
-// Get returns the entry of key as of the last applied command.
+// Get returns the entry of key as of the last applied command. A key of a
+// slot frozen for a move away is read from the move: no write changes it.
 func (f *FSM) Get(key string) (Entry, bool) {
 	f.mu.RLock()
-	e, ok := f.kv[key]
+	e, ok := f.lookup(key)
 	f.mu.RUnlock()
+	return e, ok
+}
+
+// lookup finds key live or frozen; it runs with f.mu held.
+func (f *FSM) lookup(key string) (Entry, bool) {
+	e, ok := f.kv[key]
+	if !ok && f.slots.moving > 0 {
+		if m := f.slots.frozenMove(shard.KeySlot(key)); m != nil {
+			e, ok = m.kv[key]
+		}
+	}
 	return e, ok
 }
 
@@ -315,7 +327,7 @@ func (f *FSM) TryGet(key string) (e Entry, found, locked bool) {
 	if !f.mu.TryRLock() {
 		return Entry{}, false, false
 	}
-	e, found = f.kv[key]
+	e, found = f.lookup(key)
 	f.mu.RUnlock()
 	return e, found, true
 }

@@ -13,14 +13,14 @@ import (
 
 // applier feeds commands to an FSM as raft would, with growing indexes.
 type applier struct {
-	t     *testing.T
+	t     testing.TB
 	fsm   *FSM
 	index uint64
 	term  uint64 // the raft term of the entries: a new term is a new leader
 	now   int64
 }
 
-func newApplier(t *testing.T) *applier {
+func newApplier(t testing.TB) *applier {
 	return &applier{t: t, fsm: New(Config{}), term: 1, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}
 }
 

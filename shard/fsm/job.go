@@ -738,15 +738,22 @@ func (f *FSM) DeadJobs(topic string, after uint64, limit int, fits func(*Job) bo
 	return jobs, false
 }
 
-// GetJob returns a copy of the job with the given id.
+// GetJob returns a copy of the job with the given id, also of one frozen
+// for a move away.
 func (f *FSM) GetJob(id string) (Job, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	j, ok := f.jobs.jobs[id]
-	if !ok {
-		return Job{}, false
+	if j, ok := f.jobs.jobs[id]; ok {
+		return *j, true
 	}
-	return *j, true
+	if m := f.slots.frozenMove(shard.JobSlot(id)); m != nil {
+		for _, j := range m.jobs {
+			if j.ID == id {
+				return *j, true
+			}
+		}
+	}
+	return Job{}, false
 }
 
 // sortJobs orders jobs by enqueue order, the same on every replica.

@@ -15,12 +15,12 @@ import (
 //
 //	format byte (chunkFormat)
 //	uvarints: move id, chunk index, chunk count, range start, range end,
-//	the source's revision at the freeze
+//	the source's revision at the export
 //	items to the end, each a tag byte and its fields in the order of
 //	appendKeyItem, appendJobItem, appendScheduleItem, appendSessionItem
 //
-// Times that a job or schedule waits for (run-at, a lease's end, a
-// schedule's next interval) travel as the time remaining after the source's
+// Times that a job or schedule waits for (run-at, a leased job's lease end,
+// a schedule's next interval) travel as the time remaining after the source's
 // clock at the freeze; the target counts them from its clock at the
 // activation. Times of record (a job's creation, a session's) travel as
 // they are.
@@ -28,7 +28,8 @@ const chunkFormat = 1
 
 // chunkHeaderMax bounds the bytes of a chunk's header: the format byte and
 // six uvarints. Chunks are cut by the sizes of their items alone, so that
-// every export of a move cuts the same chunks.
+// every export of a move cuts the same chunks: two exports differ at most
+// in the revision, of which the target keeps the highest it installs.
 const chunkHeaderMax = 1 + 6*binary.MaxVarintLen64
 
 // maxChunks bounds the chunk count a chunk may claim.
@@ -65,30 +66,45 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 	if maxChunk <= 0 {
 		return nil, fmt.Errorf("fsm: export slots: chunk size %d, want more than 0", maxChunk)
 	}
+	// Only the jobs and schedules are copied under the lock (a thaw
+	// changes them); the frozen keys and session results no one writes,
+	// and they are read after it, so that writes need not wait.
 	f.mu.RLock()
-	defer f.mu.RUnlock()
 	m := f.slots.moves[move]
 	if m == nil || m.incoming {
+		f.mu.RUnlock()
 		return nil, fmt.Errorf("%w: move %d has no range frozen here", ErrNoMove, move)
 	}
-	// The items, one after another in buf, each ending at its ends entry.
-	var buf []byte
-	var ends []int
-	keys := make([]string, 0, len(m.kv))
-	for k := range m.kv {
-		keys = append(keys, k)
+	jobs := make([]Job, len(m.jobs))
+	for i, j := range m.jobs {
+		jobs[i] = *j
 	}
+	schedules := make([]Schedule, len(m.schedules))
+	for i, sc := range m.schedules {
+		schedules[i] = *sc
+	}
+	rev := f.rev
+	f.mu.RUnlock()
+	// The items, one after another in buf, each ending at its ends entry.
+	keys := make([]string, 0, len(m.kv))
+	size := 0 // of the key items, which are most of a move's bytes
+	for k, e := range m.kv {
+		keys = append(keys, k)
+		size += 1 + len(k) + len(e.Value) + 3*binary.MaxVarintLen64
+	}
+	buf := make([]byte, 0, size)
+	ends := make([]int, 0, len(keys)+len(m.jobs)+len(m.schedules)+len(m.sessions))
 	sort.Strings(keys)
 	for _, k := range keys {
 		buf = appendKeyItem(buf, k, m.kv[k])
 		ends = append(ends, len(buf))
 	}
-	for _, j := range m.jobs {
-		buf = appendJobItem(buf, j, m.clock)
+	for i := range jobs {
+		buf = appendJobItem(buf, &jobs[i], m.clock)
 		ends = append(ends, len(buf))
 	}
-	for _, s := range m.schedules {
-		buf = appendScheduleItem(buf, s, m.clock)
+	for i := range schedules {
+		buf = appendScheduleItem(buf, &schedules[i], m.clock)
 		ends = append(ends, len(buf))
 	}
 	clients := make([]string, 0, len(m.sessions))
@@ -102,7 +118,7 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 	}
 	// Cut: a chunk ends before the item that would take it past maxChunk.
 	cuts := []int{0} // item indexes where chunks start
-	size := chunkHeaderMax
+	size = chunkHeaderMax
 	for i, end := range ends {
 		n := end
 		if i > 0 {
@@ -129,7 +145,7 @@ func (f *FSM) ExportSlots(move uint64, maxChunk int) ([][]byte, error) {
 		}
 		b := make([]byte, 0, chunkHeaderMax+to-from)
 		b = append(b, chunkFormat)
-		for _, v := range []uint64{move, uint64(c), uint64(len(cuts)), uint64(m.start), uint64(m.end), m.rev} {
+		for _, v := range []uint64{move, uint64(c), uint64(len(cuts)), uint64(m.start), uint64(m.end), rev} {
 			b = binary.AppendUvarint(b, v)
 		}
 		out[c] = append(b, buf[from:to]...)
@@ -144,8 +160,8 @@ func appendKeyItem(b []byte, key string, e Entry) []byte {
 	return binary.AppendUvarint(b, e.Version)
 }
 
-// appendJobItem appends j with its run-at time and lease end as the time
-// remaining after clock.
+// appendJobItem appends j with its run-at time, and a leased job's lease
+// end, as the time remaining after clock (shiftJob).
 func appendJobItem(b []byte, j *Job, clock int64) []byte {
 	b = append(b, itemJob)
 	b = appendString(b, j.ID)
@@ -156,7 +172,11 @@ func appendJobItem(b []byte, j *Job, clock int64) []byte {
 	b = binary.AppendVarint(b, int64(j.MaxAttempts))
 	b = binary.AppendVarint(b, shiftTime(j.RunAt, -clock))
 	b = binary.AppendVarint(b, j.Lease)
-	b = binary.AppendVarint(b, shiftTime(j.Deadline, -clock))
+	deadline := j.Deadline
+	if j.state == stateLeased {
+		deadline = shiftTime(deadline, -clock)
+	}
+	b = binary.AppendVarint(b, deadline)
 	b = appendString(b, j.Holder)
 	b = binary.AppendUvarint(b, j.Token)
 	b = binary.AppendUvarint(b, j.Grant)

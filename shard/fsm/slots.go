@@ -131,11 +131,13 @@ type slotMove struct {
 	start, end int
 	incoming   bool
 
-	// At the source: the state machine's clock and revision at the
-	// freeze, and the range's state taken out of the live tables then.
+	// At the source: the state machine's clock at the freeze, and the
+	// range's state taken out of the live tables then.
 	// Jobs are in enqueue order (Seq), schedules in key order.
+	// Invariant: after the freeze nothing writes kv, sessions or the
+	// movedSessions (a thaw reads them), so ExportSlots reads them without
+	// the state machine's lock; a thaw changes the jobs and schedules.
 	clock     int64
-	rev       uint64
 	kv        map[string]Entry
 	jobs      []*Job
 	schedules []*Schedule
@@ -150,6 +152,19 @@ type slotMove struct {
 }
 
 func (m *slotMove) has(slot int) bool { return slot >= m.start && slot < m.end }
+
+// frozenMove returns the move that froze slot here, nil if none.
+func (t *slotTable) frozenMove(slot int) *slotMove {
+	if t.marks[slot] != slotFrozen {
+		return nil
+	}
+	for _, m := range t.moves {
+		if m.has(slot) {
+			return m
+		}
+	}
+	return nil
+}
 
 // describe returns the public description of m.
 func (m *slotMove) describe() SlotMove {
@@ -306,7 +321,7 @@ func (f *FSM) freezeSlots(op *Op) Result {
 		}
 	}
 	m := &slotMove{
-		id: id, start: start, end: end, clock: f.clock, rev: f.rev,
+		id: id, start: start, end: end, clock: f.clock,
 		kv: make(map[string]Entry), sessions: make(map[string]*movedSession), topicDone: make(map[string]uint64),
 	}
 	for k, e := range f.kv {
@@ -321,15 +336,14 @@ func (f *FSM) freezeSlots(op *Op) Result {
 		}
 	}
 	sort.Slice(m.jobs, func(a, b int) bool { return m.jobs[a].Seq < m.jobs[b].Seq })
-	touched := make(map[string]*topicQueue)
 	for _, j := range m.jobs {
-		touched[j.Topic] = f.jobs.topics[j.Topic]
+		// Each topic is settled at once: the heap of topics orders
+		// them by their next job, so none may be left without one.
+		q := f.jobs.topics[j.Topic]
 		f.unlinkJob(j)
-	}
-	for name, q := range touched {
 		f.jobs.settle(q)
-		if f.jobs.topics[name] == nil && q.done > 0 {
-			m.topicDone[name] = q.done
+		if f.jobs.topics[j.Topic] == nil && q.done > 0 {
+			m.topicDone[j.Topic] = q.done
 		}
 	}
 	for k, s := range f.jobs.schedules {
@@ -432,13 +446,12 @@ func shiftTime(t, d int64) int64 {
 	return t + d
 }
 
-// shiftJob moves the times a job waits for, its run-at time or its lease's
-// end, by d.
+// shiftJob moves the times a job waits for by d: its run-at time, and a
+// leased job's lease end. (A job not leased keeps the end of its last
+// lease as it was, a time of record.)
 func shiftJob(j *Job, d int64) {
-	switch j.state {
-	case stateQueued:
-		j.RunAt = shiftTime(j.RunAt, d)
-	case stateLeased:
+	j.RunAt = shiftTime(j.RunAt, d)
+	if j.state == stateLeased {
 		j.Deadline = shiftTime(j.Deadline, d)
 	}
 }

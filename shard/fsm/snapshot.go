@@ -74,7 +74,6 @@ type moveRecord struct {
 	End       int                  `bencode:"e"`
 	Incoming  int                  `bencode:"n"`
 	Clock     int64                `bencode:"t"`
-	Revision  uint64               `bencode:"r"`
 	Keys      []keyRecord          `bencode:"k"`
 	Jobs      []jobRecord          `bencode:"j"` // in enqueue order
 	Schedules []scheduleRecord     `bencode:"h"`
@@ -292,7 +291,7 @@ func (r *scheduleRecord) schedule() *Schedule {
 // toMoveRecord copies a move in flight. Its records are put in order by
 // fsmSnapshot.sort.
 func toMoveRecord(m *slotMove) moveRecord {
-	r := moveRecord{ID: m.id, Start: m.start, End: m.end, Clock: m.clock, Revision: m.rev, Total: m.total}
+	r := moveRecord{ID: m.id, Start: m.start, End: m.end, Clock: m.clock, Total: m.total}
 	if m.incoming {
 		r.Incoming = 1
 	}
@@ -324,7 +323,7 @@ func (r *moveRecord) slotMove() (*slotMove, error) {
 	if r.ID == 0 || !validRange(r.Start, r.End) || r.Total < 0 || len(r.Chunks) > r.Total {
 		return nil, fmt.Errorf("%w: slot move %d of [%d, %d)", ErrBadSnapshot, r.ID, r.Start, r.End)
 	}
-	m := &slotMove{id: r.ID, start: r.Start, end: r.End, incoming: r.Incoming != 0, clock: r.Clock, rev: r.Revision, total: r.Total}
+	m := &slotMove{id: r.ID, start: r.Start, end: r.End, incoming: r.Incoming != 0, clock: r.Clock, total: r.Total}
 	if m.incoming {
 		m.chunks = make(map[int]string, len(r.Chunks))
 		for _, c := range r.Chunks {
