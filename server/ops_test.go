@@ -39,7 +39,7 @@ func TestCommandKindsCoverTheMutatingOps(t *testing.T) {
 // acquire are not errors.
 func TestOutcomesCoverTheStatuses(t *testing.T) {
 	codes := map[wire.Code]fsm.Status{}
-	for s := fsm.StatusOK; s <= fsm.StatusSessionExpired; s++ { // StatusSessionExpired is the last
+	for s := fsm.StatusOK; s <= fsm.StatusWrongShard; s++ { // StatusWrongShard is the last
 		o, ok := outcomes[s]
 		if want := s != fsm.StatusOK && s != fsm.StatusEmpty; ok != want {
 			t.Errorf("status %d: in the table %v, want %v", s, ok, want)

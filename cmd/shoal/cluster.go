@@ -46,13 +46,17 @@ func clusterCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return clusterRemoveNode(ctx, args[1:], stdout, stderr)
 	case "rebalance":
 		return clusterRebalance(ctx, args[1:], stdout, stderr)
+	case "split":
+		return clusterSplit(ctx, args[1:], stdout, stderr)
+	case "move-slots":
+		return clusterMoveSlots(ctx, args[1:], stdout, stderr)
 	default:
 		return fmt.Errorf("%w: unknown cluster command %q: want %s", errUsage, args[0], clusterCommands)
 	}
 }
 
 // clusterCommands lists the subcommands of `shoal cluster`.
-const clusterCommands = "up, down, status, add-node, move, remove-node or rebalance"
+const clusterCommands = "up, down, status, add-node, move, remove-node, rebalance, split or move-slots"
 
 func specPath(dir string) string     { return filepath.Join(dir, "cluster.json") }
 func pidPath(dir, id string) string  { return filepath.Join(dir, id+".pid") }
@@ -336,8 +340,9 @@ type clusterView struct {
 type metadataView struct {
 	Version  uint64       `json:"version"`
 	Control  []string     `json:"control"`
-	Moves    []shard.Move `json:"moves,omitempty"`
-	Draining []string     `json:"draining,omitempty"`
+	Moves     []shard.Move     `json:"moves,omitempty"`
+	SlotMoves []shard.SlotMove `json:"slot_moves,omitempty"`
+	Draining  []string         `json:"draining,omitempty"`
 	Removed  []string     `json:"removed,omitempty"`
 	Err      string       `json:"error,omitempty"`
 }
@@ -352,7 +357,7 @@ func collectMetadata(ctx context.Context, c *client.Client) *metadataView {
 		return &metadataView{Err: "the answer holds no metadata"}
 	}
 	return &metadataView{Version: r.Cluster.Version, Control: r.Cluster.Control, Moves: r.Cluster.Moves,
-		Draining: r.Cluster.Draining, Removed: r.Cluster.Removed}
+		SlotMoves: r.Cluster.SlotMoves, Draining: r.Cluster.Draining, Removed: r.Cluster.Removed}
 }
 
 type nodeView struct {
@@ -498,6 +503,9 @@ func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
 		fmt.Fprintf(w, "control group:\t%s\n", strings.Join(md.Control, " "))
 		for _, m := range md.Moves {
 			fmt.Fprintf(w, "moving:\t%s from %s to %s\n", groupName(m.Group), m.From, m.To)
+		}
+		for _, m := range md.SlotMoves {
+			fmt.Fprintf(w, "moving slots:\t%d-%d from shard %d to shard %d\n", m.Start, m.End-1, m.From, m.To)
 		}
 		if len(md.Draining) > 0 {
 			fmt.Fprintf(w, "removing:\t%s\n", strings.Join(md.Draining, " "))

@@ -500,3 +500,127 @@ func clusterRebalance(ctx context.Context, args []string, stdout, stderr io.Writ
 		moves++
 	}
 }
+
+// slotMovesDone returns the pending check of slot moves from shard from
+// (to shard to, if to is not nil): done once the metadata lists none.
+func slotMovesDone(from shard.ID, to *shard.ID) func(*shard.Cluster) (string, error) {
+	return func(c *shard.Cluster) (string, error) {
+		left := 0
+		for _, m := range c.SlotMoves {
+			if m.From == from && (to == nil || m.To == *to) {
+				left++
+			}
+		}
+		if left == 0 {
+			return "", nil
+		}
+		return fmt.Sprintf("%d slot moves from shard %d", left, from), nil
+	}
+}
+
+func clusterSplit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster split", stderr)
+	dir, timeout, insecure := elasticFlags(fs)
+	shardID := fs.Int("shard", -1, "the `ID` of the shard to split")
+	if err := parseDirCommand(fs, args); err != nil {
+		return err
+	}
+	if *shardID < 0 || int64(*shardID) >= int64(shard.ControlGroup) {
+		return fmt.Errorf("%w: --shard ID is required", errUsage)
+	}
+	id := shard.ID(*shardID)
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	if err != nil {
+		return err
+	}
+	defer lc.close()
+	r, err := lc.admin(ctx, server.AdminSplit, &server.AdminArgs{Shard: &id})
+	if err != nil {
+		return fmt.Errorf("splitting shard %d: %w", id, err)
+	}
+	lc.saw(r.Cluster.Version)
+	fmt.Fprintf(stdout, "splitting shard %d: half its slots move to new shard %d\n", id, r.Shard)
+	c, err := lc.waitFor(ctx, stdout, slotMovesDone(id, &r.Shard))
+	if err != nil {
+		return err
+	}
+	if err := lc.keepSpec(c); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "split shard %d: shard %d serves slots %s\n", id, r.Shard, rangesText(c.Map.RangesOf(r.Shard)))
+	return nil
+}
+
+func clusterMoveSlots(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster move-slots", stderr)
+	dir, timeout, insecure := elasticFlags(fs)
+	from := fs.Int("from", -1, "the `ID` of the shard the slots leave")
+	to := fs.Int("to", -1, "the `ID` of the shard the slots move to")
+	slots := fs.String("slots", "", "the slots to move, `A-B` inclusive (or one slot, A)")
+	if err := parseDirCommand(fs, args); err != nil {
+		return err
+	}
+	start, end, err := parseSlots(*slots)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: --slots: %v", errUsage, err)
+	case *from < 0 || *to < 0 || int64(*from) >= int64(shard.ControlGroup) || int64(*to) >= int64(shard.ControlGroup):
+		return fmt.Errorf("%w: --from and --to shard ids are required", errUsage)
+	}
+	m := shard.SlotMove{From: shard.ID(*from), To: shard.ID(*to), Start: start, End: end}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	if err != nil {
+		return err
+	}
+	defer lc.close()
+	r, err := lc.admin(ctx, server.AdminMoveSlots, &server.AdminArgs{Slots: &m})
+	if err != nil {
+		return fmt.Errorf("moving slots %s: %w", *slots, err)
+	}
+	lc.saw(r.Cluster.Version)
+	fmt.Fprintf(stdout, "moving slots %d-%d from shard %d to shard %d\n", start, end-1, m.From, m.To)
+	c, err := lc.waitFor(ctx, stdout, slotMovesDone(m.From, &m.To))
+	if err != nil {
+		return err
+	}
+	if !c.Map.Owns(m.To, m.Start, m.End) {
+		return fmt.Errorf("the move of slots %s ended, but shard %d does not own them", *slots, m.To)
+	}
+	if err := lc.keepSpec(c); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "moved slots %d-%d from shard %d to shard %d\n", start, end-1, m.From, m.To)
+	return nil
+}
+
+// parseSlots parses "A-B" (inclusive) or "A" into the range [start, end).
+func parseSlots(s string) (start, end int, err error) {
+	a, b, found := strings.Cut(s, "-")
+	if !found {
+		b = a
+	}
+	if start, err = strconv.Atoi(a); err != nil {
+		return 0, 0, err
+	}
+	last, err := strconv.Atoi(b)
+	if err != nil {
+		return 0, 0, err
+	}
+	if start < 0 || last < start || last >= shard.SlotCount {
+		return 0, 0, fmt.Errorf("%q is no range of slots 0 to %d", s, shard.SlotCount-1)
+	}
+	return start, last + 1, nil
+}
+
+// rangesText writes ranges as "A-B, C-D" (inclusive).
+func rangesText(ranges []shard.Range) string {
+	parts := make([]string, len(ranges))
+	for i, r := range ranges {
+		parts[i] = fmt.Sprintf("%d-%d", r.Start, r.End-1)
+	}
+	return strings.Join(parts, ", ")
+}

@@ -199,3 +199,19 @@ func TestServerJoin(t *testing.T) {
 		t.Errorf("n4 at other addresses: exit %d, %q; want it refused", code, errs)
 	}
 }
+
+func TestParseSlots(t *testing.T) {
+	for _, tc := range []struct {
+		in         string
+		start, end int
+		ok         bool
+	}{
+		{"0-511", 0, 512, true}, {"7", 7, 8, true}, {"4095", 4095, 4096, true},
+		{"4096", 0, 0, false}, {"5-4", 0, 0, false}, {"-1", 0, 0, false}, {"a-b", 0, 0, false}, {"", 0, 0, false},
+	} {
+		start, end, err := parseSlots(tc.in)
+		if (err == nil) != tc.ok || tc.ok && (start != tc.start || end != tc.end) {
+			t.Errorf("parseSlots(%q) = %d, %d, %v; want %d, %d, ok %v", tc.in, start, end, err, tc.start, tc.end, tc.ok)
+		}
+	}
+}

@@ -58,7 +58,12 @@ Usage:
                                                   group) from node A to node B, online
   shoal cluster remove-node --dir DIR ID          move node ID's replicas away, drop it, stop it
   shoal cluster rebalance --dir DIR               move replicas until every node holds its share
-                                                  (these four wait up to --timeout, default 2m,
+  shoal cluster split --dir DIR --shard S         make a new shard and move half of S's slots
+                                                  to it, online
+  shoal cluster move-slots --dir DIR --from S --to T --slots A-B
+                                                  move slots A to B (inclusive) from shard S
+                                                  to shard T, online
+                                                  (these six wait up to --timeout, default 2m,
                                                   and then rewrite DIR/cluster.json)
   shoal get KEY [--stale]                         print the value of KEY
   shoal set KEY VALUE                             store VALUE under KEY
