@@ -338,13 +338,13 @@ type clusterView struct {
 // metadataView is the part of the cluster metadata status shows: its
 // version, where the control group is, and the changes in progress.
 type metadataView struct {
-	Version  uint64       `json:"version"`
-	Control  []string     `json:"control"`
+	Version   uint64           `json:"version"`
+	Control   []string         `json:"control"`
 	Moves     []shard.Move     `json:"moves,omitempty"`
 	SlotMoves []shard.SlotMove `json:"slot_moves,omitempty"`
 	Draining  []string         `json:"draining,omitempty"`
-	Removed  []string     `json:"removed,omitempty"`
-	Err      string       `json:"error,omitempty"`
+	Removed   []string         `json:"removed,omitempty"`
+	Err       string           `json:"error,omitempty"`
 }
 
 // collectMetadata asks the cluster for its metadata (server.AdminInfo).
