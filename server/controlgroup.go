@@ -27,9 +27,14 @@ const (
 	// metadataPoll bounds how long a node waits for newer metadata in one
 	// call before it asks again (and looks whether its replicas match).
 	metadataPoll = 10 * time.Second
+	// controlPoll is how long a node holding a control replica waits for
+	// its own replica to apply newer metadata before it asks another
+	// control voter: its replica may have been removed from the group, or
+	// cut off from it, and then hears of nothing.
+	controlPoll = time.Second
 	// controlTick is how often the control group's leader looks at the
 	// moves in progress when nothing wakes it sooner.
-	controlTick = 500 * time.Millisecond
+	controlTick = 200 * time.Millisecond
 	// controlCallTimeout bounds one call of the control leader's driver
 	// to another node, and one proposal to the control group.
 	controlCallTimeout = 10 * time.Second
@@ -282,27 +287,28 @@ func (n *Node) followMetadata() {
 	}
 }
 
-// fetchMetadata returns metadata newer than version after, waiting up to
-// metadataPoll for it: from this node's control replica if it holds one,
-// else from a control voter. Nil if none came.
+// fetchMetadata returns metadata newer than version after: from this
+// node's control replica if it holds one and it applies some within
+// controlPoll, else from another control voter, which a node holding no
+// control replica waits at for up to metadataPoll. Nil if none came.
 func (n *Node) fetchMetadata(ctx context.Context, after uint64) (*shard.Cluster, error) {
-	ctx, cancel := context.WithTimeout(ctx, metadataPoll)
-	defer cancel()
 	v := n.current()
 	if v.control != nil {
-		c, err := v.control.fsm.Wait(ctx, after)
+		wctx, cancel := context.WithTimeout(ctx, controlPoll)
+		c, err := v.control.fsm.Wait(wctx, after)
+		cancel()
 		if err == nil {
 			return c, nil
 		}
-		if ctx.Err() == nil || n.ctx.Err() != nil {
-			return nil, err
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		// A control replica removed from the group hears of nothing
-		// after its removal, its own move's end included: it asks another.
-		ctx, cancel = context.WithTimeout(n.ctx, controlCallTimeout)
+		actx, cancel := context.WithTimeout(ctx, controlCallTimeout)
 		defer cancel()
-		return n.askMetadata(ctx, v.cluster, after, 0)
+		return n.askMetadata(actx, v.cluster, after, 0)
 	}
+	ctx, cancel := context.WithTimeout(ctx, metadataPoll)
+	defer cancel()
 	return n.askMetadata(ctx, v.cluster, after, metadataPoll)
 }
 

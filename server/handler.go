@@ -279,7 +279,7 @@ func (n *Node) dispatch(ctx context.Context, m *wire.Message) *wire.Message {
 	if err != nil {
 		r = leaderErrorReply(ctx, rep.id, err)
 	} else {
-		r = writeReply(res)
+		r = n.withMapVersion(writeReply(res))
 	}
 	if leader != "" {
 		// The client sends the shard's next writes to the leader itself.
@@ -380,9 +380,18 @@ func (n *Node) get(ctx context.Context, rep *replica, key string, stale bool) *w
 		}
 	}
 	if kr.status != fsm.StatusOK {
-		return writeReply(fsm.Result{Status: kr.status})
+		return n.withMapVersion(writeReply(fsm.Result{Status: kr.status}))
 	}
 	return entryReply(kr.entry)
+}
+
+// withMapVersion adds, to a "wrong shard" reply, the version of the map
+// the node follows: a client whose map is older fetches the new one.
+func (n *Node) withMapVersion(r *wire.Message) *wire.Message {
+	if r.Err != nil && r.Err.Code == wire.CodeWrongShard {
+		r.Err.Message = fmt.Sprintf("%s (map version %d)", r.Err.Message, n.current().cluster.Version)
+	}
+	return r
 }
 
 // keyRead is a key's entry as a replica's state machine holds it, and how

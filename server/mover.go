@@ -51,6 +51,18 @@ type batchingConfigFSM struct {
 	*configIndex
 }
 
+// ApplyBatch records the index of the configurations in logs, which a
+// batching state machine is given with its commands, and applies the
+// batch.
+func (b batchingConfigFSM) ApplyBatch(logs []*raft.Log) []any {
+	for _, l := range logs {
+		if l.Type == raft.LogConfiguration {
+			b.index.Store(l.Index)
+		}
+	}
+	return b.BatchingFSM.ApplyBatch(logs)
+}
+
 // withConfigIndex wraps sm to track its configuration index in ci.
 func withConfigIndex(sm raft.FSM, ci *configIndex) raft.FSM {
 	if b, ok := sm.(raft.BatchingFSM); ok {
@@ -192,7 +204,7 @@ func (n *Node) drive(cr *controlReplica) {
 	c := cr.fsm.Current()
 	for _, m := range c.Moves {
 		ctx, cancel := context.WithTimeout(n.ctx, controlCallTimeout)
-		err := n.stepMove(ctx, c, m)
+		err := n.runMove(ctx, m)
 		cancel()
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Info("a replica move waits", "group", groupName(m.Group), "from", m.From, "to", m.To, "err", err)
@@ -224,12 +236,32 @@ func (n *Node) drive(cr *controlReplica) {
 // is catching up, or the group has no leader.
 var errMoveWaits = errors.New("server: the move waits")
 
+// moveSteps bounds the steps of a move that one call of runMove takes:
+// there are five.
+const moveSteps = 8
+
+// runMove takes the steps of move m one after another until it has ended,
+// a step must wait, or one fails.
+func (n *Node) runMove(ctx context.Context, m shard.Move) error {
+	for range moveSteps {
+		c := n.current().cluster
+		if o := c.MoveOf(m.Group); o == nil || *o != m {
+			return nil // ended
+		}
+		done, err := n.stepMove(ctx, c, m)
+		if err != nil || done {
+			return err
+		}
+	}
+	return nil
+}
+
 // stepMove takes the next step of move m, as its group's configuration
-// shows it.
-func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) error {
+// shows it, and reports whether it was the last.
+func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (done bool, err error) {
 	leader, info, err := n.groupLeader(ctx, c, m.Group)
 	if err != nil {
-		return err
+		return false, err
 	}
 	var to, from *Member
 	for i := range info.Members {
@@ -242,7 +274,7 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) err
 	}
 	toNode := c.Node(m.To)
 	if toNode == nil {
-		return fmt.Errorf("server: move target %s is no member", m.To)
+		return false, fmt.Errorf("server: move target %s is no member", m.To)
 	}
 	change := func(kind, node, addr string) error {
 		req := ChangeRequest{Group: m.Group, Change: kind, Node: node, Addr: addr, PrevIndex: info.ConfigIndex}
@@ -270,28 +302,28 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) err
 	switch {
 	case to == nil:
 		if _, err := progress(); err != nil {
-			return err
+			return false, err
 		}
-		return change(changeAddNonvoter, m.To, toNode.Raft)
+		return false, change(changeAddNonvoter, m.To, toNode.Raft)
 	case !to.Voter:
 		prog, err := progress()
 		if err != nil {
-			return err
+			return false, err
 		}
 		if prog.LastIndex < info.CommitIndex {
-			return fmt.Errorf("%w: %s is at index %d of %d", errMoveWaits, m.To, prog.LastIndex, info.CommitIndex)
+			return false, fmt.Errorf("%w: %s is at index %d of %d", errMoveWaits, m.To, prog.LastIndex, info.CommitIndex)
 		}
-		return change(changeAddVoter, m.To, toNode.Raft)
+		return false, change(changeAddVoter, m.To, toNode.Raft)
 	case from != nil && leader == m.From:
-		return change(changeTransfer, m.To, toNode.Raft)
+		return false, change(changeTransfer, m.To, toNode.Raft)
 	case from != nil:
-		return change(changeRemove, m.From, "")
+		return false, change(changeRemove, m.From, "")
 	}
-	_, err = n.controlApply(ctx, control.Command{Kind: control.KindFinishMove, Move: &m})
-	if err == nil {
-		n.log.Info("moved a replica", "group", groupName(m.Group), "from", m.From, "to", m.To)
+	if _, err := n.controlApply(ctx, control.Command{Kind: control.KindFinishMove, Move: &m}); err != nil {
+		return false, err
 	}
-	return err
+	n.log.Info("moved a replica", "group", groupName(m.Group), "from", m.From, "to", m.To)
+	return true, nil
 }
 
 // groupLeader finds the leader of group id among the nodes that may hold

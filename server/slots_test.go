@@ -218,3 +218,65 @@ func TestJobLeaseSurvivesSlotMove(t *testing.T) {
 		t.Errorf("a token granted after the move, %d, is not above %d, the highest granted before", j.Token, maxToken)
 	}
 }
+
+// Workers drain a queue while a shard splits and its slots move: every
+// job is handed out once and completed once; none is lost or handed out
+// twice.
+func TestJobsAcrossSplit(t *testing.T) {
+	const jobs = 400
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	cl := newClient(t, c, client.Config{})
+	for i := 0; i < jobs; i++ {
+		if _, err := cl.Enqueue(ctx, "split", []byte(fmt.Sprint(i)), client.EnqueueOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	handed := map[string]int{}
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wc := newClient(t, c, client.Config{})
+		wg.Go(func() {
+			for done.Load() < jobs {
+				actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				j, err := wc.Acquire(actx, "split", time.Minute)
+				cancel()
+				if err != nil || j == nil {
+					continue // nothing ready now, or the wait ran out
+				}
+				mu.Lock()
+				handed[j.ID]++
+				mu.Unlock()
+				if err := wc.Complete(ctx, j); err != nil {
+					t.Errorf("completing %s: %v", j.ID, err)
+				}
+				done.Add(1)
+			}
+		})
+	}
+	servertest.WaitFor(t, 20*time.Second, "a quarter of the jobs done", func() bool { return done.Load() >= jobs/4 })
+	if _, _, err := c.Node("n2").SplitShard(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitSlotsMoved(t, c)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handed) != jobs {
+		t.Errorf("%d distinct jobs handed out, of %d", len(handed), jobs)
+	}
+	for id, n := range handed {
+		if n != 1 {
+			t.Errorf("job %s was handed out %d times", id, n)
+		}
+	}
+	st, err := cl.Stats(ctx, "split")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Scheduled+st.Ready+st.Leased+st.Dead != 0 {
+		t.Errorf("jobs left after all were done: %+v", st)
+	}
+}
