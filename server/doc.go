@@ -1,6 +1,22 @@
-// Package server is a shoal node: it hosts one replica of each shard the
-// cluster Spec gives it, serves clients over a datagram Transport (UDP), and
+// Package server is a shoal node: it hosts the replicas the cluster's
+// metadata gives it, serves clients over a datagram Transport (UDP), and
 // talks to its peers over one TCP listener.
+//
+// The metadata (shard.Cluster: members and their addresses, the shard map,
+// the control group's voters, the moves in progress) lives in the control
+// group, a raft group of its own on up to three nodes whose state machine
+// is package control; the Spec bootstraps it. Every node follows it
+// (controlgroup.go): it keeps the newest metadata it has seen in
+// DataDir/metadata.json and starts from it, opens the replicas the metadata
+// gives it, and closes and deletes, data included, those it no longer
+// does. Changes are commands to the control group (admin.go: AddNode,
+// MoveReplica, RemoveNode, Rebalance, SplitShard, MoveSlots; wire.OpCluster
+// carries them from clients), which its leader carries out online: a
+// replica moves one raft configuration change at a time, each guarded by
+// the configuration index it was based on (mover.go), and a range of slots
+// moves as a freeze, a shipment, a drop, a flip of the map and an
+// activation, each a raft entry (slotmover.go). A removed node may not
+// return (ErrRemoved).
 //
 // Each replica is its own hashicorp/raft instance with its own snapshot
 // store and raft state (term and vote, in a raft-boltdb file) under
@@ -15,8 +31,9 @@
 // RPC service, which forwards writes and read-index requests to leaders).
 // That traffic runs over mutual TLS 1.3 with the cluster's CA
 // (Config.PeerTLS, LoadPeerTLS; package certs makes the credentials): a
-// node takes connections only from nodes of its spec, and raft streams of
-// a shard only from its replicas. The listener bounds what peers may hold
+// node takes connections only from members of the cluster (a removed node
+// may only ask for the metadata that says so), and raft streams of a group
+// only from the nodes holding, or being given, its replicas. The listener bounds what peers may hold
 // (connections, handshakes, idle time, message sizes; see mux.go) and
 // keeps accepting through a shortage of file descriptors.
 //
