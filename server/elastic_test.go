@@ -178,6 +178,7 @@ func TestRemovedNodeIsRefused(t *testing.T) {
 func TestMoveSurvivesKills(t *testing.T) {
 	for _, victim := range []string{"source", "target", "shard leader", "control leader"} {
 		t.Run(victim, func(t *testing.T) {
+			t.Parallel() // each waits on elections far more than it computes
 			// Shard 0 is on n1, n2, n3; shard 1 on n2, n3, n4.
 			c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
 			ctx := context.Background()

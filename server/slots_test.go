@@ -34,9 +34,9 @@ func waitSlotsMoved(t *testing.T, c *servertest.Cluster) {
 // A shard holding many keys splits under a write load: no write fails,
 // every key reads back, the new shard serves half the slots, and the
 // longest a write waited is logged (SHOAL_LONG=1 runs 100,000 keys of
-// 100 bytes and holds it to 2 s; CI runs 10,000).
+// 100 bytes and holds it to 2 s; CI runs 5,000).
 func TestSplitUnderLoad(t *testing.T) {
-	keys, long := 10_000, os.Getenv("SHOAL_LONG") != ""
+	keys, long := 5_000, os.Getenv("SHOAL_LONG") != ""
 	if long {
 		keys = 100_000
 	}
@@ -223,7 +223,7 @@ func TestJobLeaseSurvivesSlotMove(t *testing.T) {
 // job is handed out once and completed once; none is lost or handed out
 // twice.
 func TestJobsAcrossSplit(t *testing.T) {
-	const jobs = 400
+	const jobs = 200
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	cl := newClient(t, c, client.Config{})

@@ -265,7 +265,7 @@ func TestAcquireSkipsALeaderlessShard(t *testing.T) {
 // succeeds within 3 attempts or fails with ErrUnavailable, and the state
 // machines execute each at most once although retries reach them twice.
 func TestLossyWritesApplyAtMostOnce(t *testing.T) {
-	const writes, workers = 1000, 16
+	const writes, workers = 600, 16
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	cl := lossyClient(t, c, 0.2, 1)
 	ctx := context.Background()
