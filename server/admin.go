@@ -86,7 +86,8 @@ func (n *Node) AddNode(ctx context.Context, nd shard.Node) (*shard.Cluster, erro
 
 // MoveReplica starts moving the replica of group m.Group (a shard, or
 // shard.ControlGroup) from node m.From to node m.To, or does nothing if
-// that move is in progress. It returns once the move is recorded; the
+// that move is in progress. With no m.From, it adds a replica on m.To to a
+// group of one or two: a pair grows into a trio. It returns once the move is recorded; the
 // move has ended when the metadata lists m.To among the group's voters
 // and no move of the group.
 func (n *Node) MoveReplica(ctx context.Context, m shard.Move) (*shard.Cluster, error) {

@@ -249,3 +249,33 @@ func controlLeader(c *servertest.Cluster) string {
 	}
 	return ""
 }
+
+// A pair grows into a trio online (a move with no source), and then
+// serves through the loss of one of its first two nodes.
+func TestPairGrowsIntoATrio(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 2, Raft: failoverTiming})
+	ctx := context.Background()
+	load := startWriteLoad(t, c, 2)
+	servertest.WaitFor(t, 10*time.Second, "50 writes acknowledged", func() bool { return load.count() >= 50 })
+	voters := c.Metadata().Voters(0)
+	var third string
+	for _, id := range []string{"n1", "n2", "n3"} {
+		if !slices.Contains(voters, id) {
+			third = id
+		}
+	}
+	if _, err := c.Node(voters[0]).MoveReplica(ctx, shard.Move{Group: 0, To: third}); err != nil {
+		t.Fatal(err)
+	}
+	waitMoved(t, c, 0, third)
+	if got := c.Metadata().Voters(0); len(got) != 3 {
+		t.Fatalf("voters after the growth: %v", got)
+	}
+	if _, err := c.Node(voters[0]).MoveReplica(ctx, shard.Move{Group: 0, To: "n9"}); !errors.Is(err, server.ErrRejected) {
+		t.Errorf("a fourth replica: %v, want ErrRejected", err)
+	}
+	kill(t, c, leader(t, c, 0).ID())
+	before := load.count()
+	servertest.WaitFor(t, 10*time.Second, "writes after the loss of a node", func() bool { return load.count() >= before+50 })
+	load.readBack(t, c)
+}

@@ -62,7 +62,7 @@ type Node struct {
 
 // Move is a replica of Group moving from node From to node To: To joins
 // the group as a non-voter, is promoted once it has caught up, and From
-// leaves it.
+// leaves it. A move with no From adds a replica: a pair grows to a trio.
 type Move struct {
 	Group ID     `json:"group"`
 	From  string `json:"from"`
@@ -213,7 +213,9 @@ func (c *Cluster) Validate() error {
 		switch {
 		case voters == nil:
 			return fmt.Errorf("%w: a move of unknown group %d", ErrInvalidMap, m.Group)
-		case !slices.Contains(voters, m.From):
+		case m.From == "" && len(voters) >= 3:
+			return fmt.Errorf("%w: group %d gains a fourth voter", ErrInvalidMap, m.Group)
+		case m.From != "" && !slices.Contains(voters, m.From):
 			return fmt.Errorf("%w: group %d moves from %q, which holds none of it", ErrInvalidMap, m.Group, m.From)
 		case slices.Contains(voters, m.To) || c.Node(m.To) == nil:
 			return fmt.Errorf("%w: group %d moves to %q, which holds it already or is no member", ErrInvalidMap, m.Group, m.To)

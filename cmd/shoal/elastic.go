@@ -183,6 +183,15 @@ func moveDone(m shard.Move) func(*shard.Cluster) (string, error) {
 	}
 }
 
+// moveText says what move m does: "moving shard 1 from n1 to n4", or,
+// for a replica added, "moving ... adding a replica on n3".
+func moveText(verb string, m shard.Move) string {
+	if m.From == "" {
+		return fmt.Sprintf("%s %s: a replica added on %s", verb, groupName(m.Group), m.To)
+	}
+	return fmt.Sprintf("%s %s from %s to %s", verb, groupName(m.Group), m.From, m.To)
+}
+
 // nextNodeID returns the id for a new node: n(K+1), K the largest number
 // of an id of the form nK among ids (members and removed nodes, which may
 // not return), skipping those taken reports (a directory left behind).
@@ -319,15 +328,15 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	dir, timeout, insecure := elasticFlags(fs)
 	shardID := fs.Int("shard", -1, "the `ID` of the shard whose replica moves")
 	control := fs.Bool("control", false, "move a replica of the control group instead of a shard's")
-	from := fs.String("from", "", "the `NODE` the replica leaves")
+	from := fs.String("from", "", "the `NODE` the replica leaves; none adds a replica to a pair")
 	to := fs.String("to", "", "the `NODE` the replica moves to")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
 	m := shard.Move{Group: shard.ID(*shardID), From: *from, To: *to}
 	switch {
-	case *from == "" || *to == "":
-		return fmt.Errorf("%w: --from and --to are required", errUsage)
+	case *to == "":
+		return fmt.Errorf("%w: --to is required", errUsage)
 	case *control && *shardID >= 0:
 		return fmt.Errorf("%w: --control with --shard", errUsage)
 	case *control:
@@ -347,7 +356,7 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("moving %s from %s to %s: %w", groupName(m.Group), m.From, m.To, err)
 	}
 	lc.saw(r.Cluster.Version)
-	fmt.Fprintf(stdout, "moving %s from %s to %s\n", groupName(m.Group), m.From, m.To)
+	fmt.Fprintf(stdout, "%s\n", moveText("moving", m))
 	c, err := lc.waitFor(ctx, stdout, moveDone(m))
 	if err != nil {
 		return err
@@ -355,7 +364,7 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := lc.keepSpec(c); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "moved %s from %s to %s\n", groupName(m.Group), m.From, m.To)
+	fmt.Fprintf(stdout, "%s\n", moveText("moved", m))
 	return nil
 }
 

@@ -23,7 +23,7 @@ const (
 	// KindStartMove records Move as in progress.
 	KindStartMove Kind = "start-move"
 	// KindFinishMove replaces Move.From by Move.To among the group's voters
-	// and drops the move record.
+	// (adds Move.To, for a move with no From) and drops the move record.
 	KindFinishMove Kind = "finish-move"
 	// KindCancelMove drops the record of Move.
 	KindCancelMove Kind = "cancel-move"
@@ -205,7 +205,9 @@ func (c Command) startMove(cur *shard.Cluster) (*shard.Cluster, error) {
 		return nil, fmt.Errorf("group %d is moving from %q to %q", m.Group, o.From, o.To)
 	}
 	switch {
-	case !slices.Contains(voters, m.From):
+	case m.From == "" && len(voters) >= 3:
+		return nil, fmt.Errorf("group %d has %d voters: a replica is added only to a pair or a single one", m.Group, len(voters))
+	case m.From != "" && !slices.Contains(voters, m.From):
 		return nil, fmt.Errorf("%q is no voter of group %d", m.From, m.Group)
 	case slices.Contains(voters, m.To):
 		return nil, fmt.Errorf("%q is a voter of group %d already", m.To, m.Group)
@@ -235,7 +237,7 @@ func (c Command) finishMove(cur *shard.Cluster) (*shard.Cluster, error) {
 	}
 	o := cur.MoveOf(m.Group)
 	switch {
-	case o == nil && slices.Contains(voters, m.To) && !slices.Contains(voters, m.From):
+	case o == nil && slices.Contains(voters, m.To) && (m.From == "" || !slices.Contains(voters, m.From)):
 		return cur, nil
 	case o == nil:
 		return nil, fmt.Errorf("group %d has no move from %q to %q", m.Group, m.From, m.To)
@@ -245,6 +247,17 @@ func (c Command) finishMove(cur *shard.Cluster) (*shard.Cluster, error) {
 	next := cur.Clone()
 	// Replacing in place keeps the order of the other voters, which a
 	// shard's replica list uses to spread leaders.
+	if m.From == "" {
+		// A replica added: the group's voters grow by one.
+		if m.Group == shard.ControlGroup {
+			next.Control = append(next.Control, m.To)
+		} else {
+			s := next.Map.Shard(m.Group)
+			s.Replicas = append(s.Replicas, m.To)
+		}
+		next.Moves = dropMove(next.Moves, m.Group)
+		return next, nil
+	}
 	v := next.Voters(m.Group)
 	v[slices.Index(v, m.From)] = m.To
 	next.Moves = dropMove(next.Moves, m.Group)
