@@ -160,11 +160,14 @@ func (n *Node) answerAtOnce(m *wire.Message, from netip.AddrPort, arrived time.T
 		if rep, bad := n.slotReplica(m); bad != nil {
 			r = bad
 		} else {
-			e, _, locked := rep.fsm.TryGet(m.Args.Key)
+			e, st, locked := rep.fsm.TryRead(m.Args.Key)
 			if !locked {
 				return false
 			}
 			r = entryReply(e)
+			if st != fsm.StatusOK {
+				r = n.withMapVersion(writeReply(fsm.Result{Status: st}))
+			}
 		}
 	}
 	if n.queryBegins(m, from, arrived) {
@@ -402,14 +405,10 @@ type keyRead struct {
 	status fsm.Status
 }
 
-// readKey reads key from f. The slot's status is read after the entry: a
-// slot that moved away since the read began says so then, and one that
-// was still here when the entry was read held the entry every write
-// acknowledged before had left, since its new shard serves it only once
-// this one has dropped it.
+// readKey reads key from f, with how f serves its slot.
 func readKey(f *fsm.FSM, key string) keyRead {
-	e, _ := f.Get(key)
-	return keyRead{entry: e, status: f.SlotStatus(shard.KeySlot(key))}
+	e, st := f.Read(key)
+	return keyRead{entry: e, status: st}
 }
 
 // errGaveUp wraps the last error of a viaLeader that ran out of time.

@@ -320,6 +320,28 @@ func (f *FSM) lookup(key string) (Entry, bool) {
 	return e, ok
 }
 
+// Read returns the entry of key as of the last applied command, and how
+// this shard serves the key's slot (SlotStatus), both read at once: an
+// entry means nothing unless the status is StatusOK, and an entry and a
+// status read apart could straddle a slot's activation, which makes
+// absent keys present.
+func (f *FSM) Read(key string) (Entry, Status) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	e, _ := f.lookup(key)
+	return e, f.readStatus(shard.KeySlot(key))
+}
+
+// TryRead is Read for a caller that must not wait, as TryGet is Get's.
+func (f *FSM) TryRead(key string) (e Entry, status Status, locked bool) {
+	if !f.mu.TryRLock() {
+		return Entry{}, StatusOK, false
+	}
+	defer f.mu.RUnlock()
+	e, _ = f.lookup(key)
+	return e, f.readStatus(shard.KeySlot(key)), true
+}
+
 // TryGet is Get for a caller that must not wait: when a write holds the
 // state machine, or waits for readers to let go of it (a snapshot copying a
 // large state, say), it returns at once with locked false.

@@ -255,6 +255,11 @@ func (f *FSM) SlotStatus(slot int) Status {
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	return f.readStatus(slot)
+}
+
+// readStatus is SlotStatus of a valid slot, with f.mu held.
+func (f *FSM) readStatus(slot int) Status {
 	if f.slots.marks[slot] == slotFrozen {
 		return StatusOK
 	}

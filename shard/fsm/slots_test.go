@@ -560,3 +560,27 @@ func TestExportWhileApplying(t *testing.T) {
 		t.Error("an export during a thaw cut other chunks")
 	}
 }
+
+// Read gives a key's entry and its slot's status at one moment: an
+// incoming slot says so (its entry means nothing), and once activated the
+// entry is there.
+func TestReadSeesEntryAndStatusTogether(t *testing.T) {
+	src, dst := newApplier(t), newApplier(t)
+	const key = "together"
+	slot := shard.KeySlot(key)
+	src.apply(Op{Kind: KindSet, Key: key, Value: "in"})
+	src.freeze(7, slot, slot+1)
+	for _, c := range src.export(7, 1<<20) {
+		dst.slotOp(KindInstallSlots, 7, string(c))
+	}
+	if _, st := dst.fsm.Read(key); st != StatusMoving {
+		t.Errorf("read of an incoming slot: status %v, want moving", st)
+	}
+	dst.slotOp(KindActivateSlots, 7, "")
+	if e, st := dst.fsm.Read(key); st != StatusOK || e.Value != "in" {
+		t.Errorf("read after activation: %+v, status %v", e, st)
+	}
+	if e, st, locked := dst.fsm.TryRead(key); !locked || st != StatusOK || e.Value != "in" {
+		t.Errorf("try-read after activation: %+v, status %v, locked %v", e, st, locked)
+	}
+}
