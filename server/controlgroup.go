@@ -65,6 +65,9 @@ func (n *Node) openControl(c *shard.Cluster) (*controlReplica, error) {
 	return &controlReplica{raftGroup: g, fsm: sm}, nil
 }
 
+// leads reports whether this control replica leads its group.
+func (cr *controlReplica) leads() bool { return cr.raft.State() == raft.Leader }
+
 func (cr *controlReplica) close() error {
 	close(cr.closing)
 	return cr.raftGroup.close(cr.raft.Shutdown().Error(), func() {})

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/shoal-kv/shoal/server/control"
@@ -31,13 +33,31 @@ import (
 // anywhere is followed by one that goes on from there. The group never has
 // fewer voters than it started with: To votes before From leaves.
 
-// configIndex tracks the index of the latest configuration a group's
-// state machine has applied, which raft does not tell: a state machine that
-// implements raft.ConfigurationStore hears of each.
-type configIndex struct{ index atomic.Uint64 }
+// configIndex tracks the latest configuration a group's state machine has
+// applied, with its index, which raft does not tell: a state machine that
+// implements raft.ConfigurationStore hears of each, and a batching one
+// finds them among its entries.
+type configIndex struct {
+	mu     sync.Mutex
+	index  uint64
+	config raft.Configuration
+}
 
 // StoreConfiguration implements raft.ConfigurationStore.
-func (c *configIndex) StoreConfiguration(index uint64, _ raft.Configuration) { c.index.Store(index) }
+func (c *configIndex) StoreConfiguration(index uint64, config raft.Configuration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if index > c.index {
+		c.index, c.config = index, config.Clone()
+	}
+}
+
+// latest returns the latest configuration applied and its index.
+func (c *configIndex) latest() (uint64, raft.Configuration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.index, c.config.Clone()
+}
 
 // configFSM and batchingConfigFSM add configIndex to a state machine,
 // keeping its batching if it has it.
@@ -57,7 +77,7 @@ type batchingConfigFSM struct {
 func (b batchingConfigFSM) ApplyBatch(logs []*raft.Log) []any {
 	for _, l := range logs {
 		if l.Type == raft.LogConfiguration {
-			b.index.Store(l.Index)
+			b.StoreConfiguration(l.Index, raft.DecodeConfiguration(l.Data))
 		}
 	}
 	return b.BatchingFSM.ApplyBatch(logs)
@@ -71,15 +91,15 @@ func withConfigIndex(sm raft.FSM, ci *configIndex) raft.FSM {
 	return configFSM{sm, ci}
 }
 
-// latestConfigIndex returns the index of the latest configuration this
-// replica has applied, from its state machine or, if it came in the last
-// snapshot, from that.
-func (g *raftGroup) latestConfigIndex() uint64 {
-	idx := g.configs.index.Load()
-	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 {
-		idx = max(idx, metas[0].ConfigurationIndex)
+// appliedConfig returns the latest configuration this replica has
+// applied, and its index: from its state machine or, if it came in the
+// last snapshot, from that.
+func (g *raftGroup) appliedConfig() (uint64, raft.Configuration) {
+	idx, conf := g.configs.latest()
+	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 && metas[0].ConfigurationIndex > idx {
+		idx, conf = metas[0].ConfigurationIndex, metas[0].Configuration
 	}
-	return idx
+	return idx, conf
 }
 
 // MembersRequest asks a node about its replica of Group.
@@ -125,14 +145,33 @@ func (s *nodeService) Members(req MembersRequest, reply *MembersReply) error {
 	if g.raft.State() != raft.Leader {
 		return nil
 	}
-	// A barrier applies every entry before it: the configurations
-	// committed before this leader's term included.
-	if err := awaitFuture(g.raft.Barrier(controlCallTimeout), g.closing); err != nil {
+	// The leader has applied every configuration committed before its
+	// term once it is ready in it (a shard's replica), or once a barrier
+	// applies (the control group's, whose changes are rare).
+	ctx, cancel := context.WithTimeout(n.ctx, controlCallTimeout)
+	defer cancel()
+	var err error
+	if rep := n.replica(req.Group); rep != nil && rep.raftGroup == g {
+		_, err = rep.waitReady(ctx)
+	} else {
+		err = awaitFuture(g.raft.Barrier(controlCallTimeout), g.closing)
+	}
+	if err != nil {
 		reply.Err = fmt.Sprintf("node %s: %v", n.id, err)
 		return nil
 	}
-	reply.ConfigIndex = g.latestConfigIndex()
-	for _, srv := range g.raft.GetConfiguration().Configuration().Servers {
+	// A change appended but not committed (a driver that lost the
+	// control group's leadership may have proposed it) must commit
+	// before the next is based on the configuration: until then the
+	// group's configuration is in doubt.
+	index, applied := g.appliedConfig()
+	latest := g.raft.GetConfiguration().Configuration()
+	if !slices.Equal(latest.Servers, applied.Servers) {
+		reply.Err = fmt.Sprintf("node %s: %s has a configuration change in flight", n.id, groupName(req.Group))
+		return nil
+	}
+	reply.ConfigIndex = index
+	for _, srv := range latest.Servers {
 		reply.Members = append(reply.Members, Member{ID: string(srv.ID), Voter: srv.Suffrage == raft.Voter})
 	}
 	reply.Leader = g.raft.State() == raft.Leader
@@ -184,7 +223,11 @@ func (s *nodeService) ChangeMembers(req ChangeRequest, reply *ChangeReply) error
 	case changeRemove:
 		f = g.raft.RemoveServer(id, req.PrevIndex, controlCallTimeout)
 	case changeTransfer:
-		f = g.raft.LeadershipTransferToServer(id, addr)
+		if req.Node == "" {
+			f = g.raft.LeadershipTransfer() // to the voter raft finds most up to date
+		} else {
+			f = g.raft.LeadershipTransferToServer(id, addr)
+		}
 	default:
 		reply.Err = fmt.Sprintf("node %s: unknown change %q", n.id, req.Change)
 		return nil
@@ -204,7 +247,7 @@ func (n *Node) drive(cr *controlReplica) {
 	c := cr.fsm.Current()
 	for _, m := range c.Moves {
 		ctx, cancel := context.WithTimeout(n.ctx, controlCallTimeout)
-		err := n.runMove(ctx, m)
+		err := n.runMove(ctx, cr, m)
 		cancel()
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Info("a replica move waits", "group", groupName(m.Group), "from", m.From, "to", m.To, "err", err)
@@ -212,13 +255,14 @@ func (n *Node) drive(cr *controlReplica) {
 	}
 	for _, m := range c.SlotMoves {
 		ctx, cancel := context.WithTimeout(n.ctx, shipTimeout)
-		err := n.stepSlotMove(ctx, m)
+		err := n.stepSlotMove(ctx, cr, m)
 		cancel()
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Info("a slot move waits", "move", m.ID, "from", m.From, "to", m.To, "err", err)
 		}
 	}
-	if m, ok := control.NextDrainMove(c); ok {
+	n.pruneDriverState(c)
+	if m, ok := control.NextDrainMove(c, n.avoided()...); ok {
 		n.log.Info("moving a replica off a draining node", "group", groupName(m.Group), "from", m.From, "to", m.To)
 		if _, err := cr.propose(control.Command{Kind: control.KindStartMove, Move: &m}); err != nil {
 			n.log.Warn("starting a move", "group", groupName(m.Group), "err", err)
@@ -232,6 +276,36 @@ func (n *Node) drive(cr *controlReplica) {
 	}
 }
 
+// pruneDriverState forgets what the driver kept of moves that are no
+// longer in progress, and of nodes avoided long enough.
+func (n *Node) pruneDriverState(c *shard.Cluster) {
+	for g := range n.moveStuck {
+		if c.MoveOf(g) == nil {
+			delete(n.moveStuck, g)
+		}
+	}
+	for id := range n.shipFailures {
+		if slotMoveIn(c, id) == nil {
+			delete(n.shipFailures, id)
+		}
+	}
+	for id, since := range n.avoid {
+		if time.Since(since) >= avoidFor || c.Node(id) == nil {
+			delete(n.avoid, id)
+		}
+	}
+}
+
+// avoided returns the nodes not to choose as move targets now: those that
+// failed to answer as targets lately.
+func (n *Node) avoided() []string {
+	ids := make([]string, 0, len(n.avoid))
+	for id := range n.avoid {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // errMoveWaits marks a move step that could not be taken yet: the target
 // is catching up, or the group has no leader.
 var errMoveWaits = errors.New("server: the move waits")
@@ -240,10 +314,23 @@ var errMoveWaits = errors.New("server: the move waits")
 // there are five.
 const moveSteps = 8
 
+// moveTargetTimeout is how long a move's target may fail to answer before
+// the move is undone, and avoidFor how long a node that did so is not
+// chosen as a target.
+const (
+	moveTargetTimeout = 30 * time.Second
+	avoidFor          = 5 * time.Minute
+)
+
 // runMove takes the steps of move m one after another until it has ended,
-// a step must wait, or one fails.
-func (n *Node) runMove(ctx context.Context, m shard.Move) error {
+// a step must wait, one fails, or this node's control replica cr no longer
+// leads: a deposed driver stops before its next step, as its successor
+// takes over.
+func (n *Node) runMove(ctx context.Context, cr *controlReplica, m shard.Move) error {
 	for range moveSteps {
+		if !cr.leads() {
+			return nil
+		}
 		c := n.current().cluster
 		if o := c.MoveOf(m.Group); o == nil || *o != m {
 			return nil // ended
@@ -289,16 +376,48 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 	}
 	// progress asks the target how far its replica is: an error until it
 	// has opened one, which it does once it follows the move's metadata.
+	// A target that has not answered for moveTargetTimeout has the move
+	// undone.
 	progress := func() (MembersReply, error) {
 		var prog MembersReply
-		if err := n.peers.call(ctx, m.To, "Node.Members", MembersRequest{Group: m.Group}, &prog); err != nil {
-			return prog, err
+		err := n.peers.call(ctx, m.To, "Node.Members", MembersRequest{Group: m.Group}, &prog)
+		if err == nil && prog.Err != "" {
+			err = fmt.Errorf("%w: %s", errMoveWaits, prog.Err)
 		}
-		if prog.Err != "" {
-			return prog, fmt.Errorf("%w: %s", errMoveWaits, prog.Err)
+		if err == nil {
+			delete(n.moveStuck, m.Group)
+			return prog, nil
 		}
-		return prog, nil
+		since, ok := n.moveStuck[m.Group]
+		if !ok {
+			n.moveStuck[m.Group] = time.Now()
+		} else if time.Since(since) >= moveTargetTimeout {
+			n.log.Warn("undoing a replica move whose target does not answer", "group", groupName(m.Group),
+				"from", m.From, "to", m.To, "for", time.Since(since).Round(time.Second), "err", err)
+			n.avoid[m.To] = time.Now()
+			if _, aerr := n.controlApply(ctx, control.Command{Kind: control.KindAbortMove, Move: &m}); aerr != nil {
+				return prog, aerr
+			}
+		}
+		return prog, err
 	}
+	if m.Abort && (from != nil || m.From == "") {
+		// Undone: the target leaves the group (handing its leadership
+		// on first, if it leads), and then the record goes.
+		switch {
+		case to != nil && leader == m.To:
+			return false, change(changeTransfer, "", "")
+		case to != nil:
+			return false, change(changeRemove, m.To, "")
+		}
+		if _, err := n.controlApply(ctx, control.Command{Kind: control.KindCancelMove, Move: &m}); err != nil {
+			return false, err
+		}
+		delete(n.moveStuck, m.Group)
+		n.log.Info("undid a replica move", "group", groupName(m.Group), "from", m.From, "to", m.To)
+		return true, nil
+	}
+	// A move whose source has left is past undoing: it finishes.
 	switch {
 	case to == nil:
 		if _, err := progress(); err != nil {

@@ -216,6 +216,15 @@ type Node struct {
 	started   atomic.Bool
 	// metadataChanged wakes the control group's driver (runControl).
 	metadataChanged chan struct{}
+	// shipFailures counts, per slot move, the shipments in a row that
+	// shipped nothing; moveStuck holds, per replica move, since when its
+	// target has not answered. The driver (runControl) alone uses them;
+	// they hold the moves in progress only.
+	shipFailures map[uint64]int
+	moveStuck    map[shard.ID]time.Time
+	// avoid holds the nodes that failed to answer as move targets, and
+	// since when: the driver does not choose them for avoidFor.
+	avoid map[string]time.Time
 	// raftLog holds the raft logs of all the node's replicas; nil if the
 	// spec keeps a log per replica (LogStoreBolt). It closes after them.
 	raftLog *nodelog.Store
@@ -297,6 +306,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 		timersChanged:   make(chan struct{}, 1),
 		metadataChanged: make(chan struct{}, 1),
+		shipFailures:    make(map[uint64]int),
+		moveStuck:       make(map[shard.ID]time.Time),
+		avoid:           make(map[string]time.Time),
 	}
 	n.dir.set(c)
 	n.view.Store(&view{cluster: c, topology: topologyOf(c), replicas: map[shard.ID]*replica{}})

@@ -34,8 +34,9 @@ const (
 	// slotChunkSize bounds a chunk of a range's state: one raft entry
 	// of its target.
 	slotChunkSize = 512 << 10
-	// shipTimeout bounds shipping a range's state.
-	shipTimeout = 2 * time.Minute
+	// shipTimeout bounds one call shipping a range's state; the next goes
+	// on where it stopped.
+	shipTimeout = 5 * time.Minute
 )
 
 // SlotStepRequest asks the leader of Shard to apply Op, a slot move step,
@@ -101,27 +102,46 @@ func isSlotStep(k fsm.Kind) bool {
 // slotStep has the leader of shard id apply op (none if op.Kind is 0) and
 // returns its answer.
 func (n *Node) slotStep(ctx context.Context, c *shard.Cluster, id shard.ID, op fsm.Op) (SlotStepReply, error) {
-	s := c.Map.Shard(id)
-	if s == nil {
+	if c.Map.Shard(id) == nil {
 		return SlotStepReply{}, fmt.Errorf("server: no shard %d", id)
 	}
-	var errs []error
-	hint := ""
-	for _, node := range s.Replicas {
-		if hint != "" {
-			node, hint = hint, ""
-		}
-		var reply SlotStepReply
+	var reply SlotStepReply
+	err := atLeader(c.Peers(id), func(node string) (string, error) {
+		reply = SlotStepReply{}
 		err := n.peers.call(ctx, node, "Node.SlotStep", SlotStepRequest{Shard: id, Op: op}, &reply)
-		if err == nil && reply.Err == "" {
-			return reply, nil
+		if err == nil && reply.Err != "" {
+			err = errors.New(reply.Err)
 		}
+		return reply.Leader, err
+	})
+	if err != nil {
+		return SlotStepReply{}, fmt.Errorf("%w: shard %d applied no %v: %w", errMoveWaits, id, op.Kind, err)
+	}
+	return reply, nil
+}
+
+// atLeader calls call on the nodes in turn, and first on the leader any
+// of them names, until one succeeds: each node once.
+func atLeader(nodes []string, call func(node string) (leaderHint string, err error)) error {
+	tried := map[string]bool{}
+	var errs []error
+	for len(nodes) > 0 {
+		node := nodes[0]
+		nodes = nodes[1:]
+		if tried[node] {
+			continue
+		}
+		tried[node] = true
+		hint, err := call(node)
 		if err == nil {
-			err, hint = errors.New(reply.Err), reply.Leader
+			return nil
 		}
 		errs = append(errs, err)
+		if hint != "" && !tried[hint] {
+			nodes = append([]string{hint}, nodes...)
+		}
 	}
-	return SlotStepReply{}, fmt.Errorf("%w: shard %d applied no %v: %w", errMoveWaits, id, op.Kind, errors.Join(errs...))
+	return errors.Join(errs...)
 }
 
 // ShipRequest asks the leader of shard From to install the range it froze
@@ -131,10 +151,14 @@ type ShipRequest struct {
 	Move     uint64
 }
 
-// ShipReply answers a ShipRequest: the chunks and bytes shipped.
+// ShipReply answers a ShipRequest: the chunks and bytes shipped, or why
+// not, with the leader this node knows when it does not lead From.
 type ShipReply struct {
-	Chunks, Bytes int
-	Err           string
+	// Chunks and Bytes count what this call shipped; Skipped the chunks
+	// the target held already, from an earlier call cut short.
+	Chunks, Bytes, Skipped int
+	Err                    string
+	Leader                 string
 }
 
 // ShipSlots serves a ShipRequest from a peer: the control leader's driver.
@@ -143,6 +167,9 @@ func (s *nodeService) ShipSlots(req ShipRequest, reply *ShipReply) error {
 	rep := n.replica(req.From)
 	if !n.started.Load() || rep == nil || !rep.isLeader() {
 		reply.Err = fmt.Sprintf("node %s does not lead shard %d", n.id, req.From)
+		if rep != nil {
+			reply.Leader = rep.leaderID()
+		}
 		return nil
 	}
 	chunks, err := rep.fsm.ExportSlots(req.Move, slotChunkSize)
@@ -153,7 +180,20 @@ func (s *nodeService) ShipSlots(req ShipRequest, reply *ShipReply) error {
 	ctx, cancel := context.WithTimeout(n.ctx, shipTimeout)
 	defer cancel()
 	c := n.current().cluster
-	for _, chunk := range chunks {
+	// An export cuts the same chunks every time, and they are installed
+	// in order: a shipment cut short goes on after the chunks the target
+	// holds.
+	state, err := n.slotStep(ctx, c, req.To, fsm.Op{})
+	if err != nil {
+		reply.Err = fmt.Sprintf("node %s: %v", n.id, err)
+		return nil
+	}
+	for _, m := range state.Moves {
+		if m.ID == req.Move && m.State == fsm.SlotMoveIncoming {
+			reply.Skipped = min(m.Installed, len(chunks))
+		}
+	}
+	for _, chunk := range chunks[reply.Skipped:] {
 		res, err := n.slotStep(ctx, c, req.To, fsm.Op{Kind: fsm.KindInstallSlots, Value: string(chunk), Version: req.Move})
 		if err == nil && res.Result.Status != fsm.StatusOK {
 			err = fmt.Errorf("shard %d refused a chunk of move %d: status %d", req.To, req.Move, res.Result.Status)
@@ -169,9 +209,10 @@ func (s *nodeService) ShipSlots(req ShipRequest, reply *ShipReply) error {
 }
 
 // stepSlotMove takes the steps of slot move m that its state allows, one
-// after another, and returns when it has ended or must wait.
-func (n *Node) stepSlotMove(ctx context.Context, m shard.SlotMove) error {
-	for {
+// after another, and returns when it has ended, must wait, or this node's
+// control replica cr no longer leads.
+func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.SlotMove) error {
+	for cr.leads() {
 		c := n.current().cluster
 		cur := slotMoveIn(c, m.ID)
 		if cur == nil {
@@ -212,9 +253,16 @@ func (n *Node) stepSlotMove(ctx context.Context, m shard.SlotMove) error {
 				return fmt.Errorf("server: shard %d did not freeze slot move %d: status %d", m.From, m.ID, res.Result.Status)
 			}
 		case fsm.SlotMoveFrozen:
-			if err := n.ship(ctx, c, m); err != nil {
+			shipped, err := n.ship(ctx, c, m)
+			if err != nil {
+				if shipped > 0 {
+					n.shipFailures[m.ID] = 0
+				} else if n.shipFailures[m.ID]++; n.shipFailures[m.ID] >= maxShipFailures {
+					return n.abortSlotMove(ctx, c, m, err)
+				}
 				return err
 			}
+			delete(n.shipFailures, m.ID)
 			res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID})
 			if err != nil {
 				return err
@@ -230,6 +278,7 @@ func (n *Node) stepSlotMove(ctx context.Context, m shard.SlotMove) error {
 			return fmt.Errorf("server: shard %d holds slot move %d in an unexpected state", m.From, m.ID)
 		}
 	}
+	return nil
 }
 
 // slotMoveNone is the state of a slot move its source does not hold:
@@ -246,26 +295,52 @@ func sourceState(moves []fsm.SlotMove, id uint64) fsm.SlotMoveState {
 	return slotMoveNone
 }
 
-// ship has the leader of m.From install the range it froze at m.To.
-func (n *Node) ship(ctx context.Context, c *shard.Cluster, m shard.SlotMove) error {
+// maxShipFailures is how many shipments of a slot move in a row may fail
+// without shipping a chunk before the move is undone: its range must not
+// stay frozen, its requests waiting, for good.
+const maxShipFailures = 5
+
+// abortSlotMove undoes slot move m, frozen at its source, after its
+// shipment failed (cause): the target drops what it installed, the source
+// thaws the range and serves it again, and the metadata forgets the move.
+func (n *Node) abortSlotMove(ctx context.Context, c *shard.Cluster, m shard.SlotMove, cause error) error {
+	n.log.Warn("undoing a slot move whose shipment keeps failing", "move", m.ID, "from", m.From, "to", m.To, "err", cause)
+	if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
+		return err
+	}
+	res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindThawSlots, Version: m.ID})
+	if err != nil {
+		return err
+	}
+	if res.Result.Status != fsm.StatusOK {
+		return fmt.Errorf("server: shard %d did not thaw slot move %d: status %d", m.From, m.ID, res.Result.Status)
+	}
+	delete(n.shipFailures, m.ID)
+	_, err = n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
+	return err
+}
+
+// ship has the leader of m.From install the range it froze at m.To, and
+// returns the chunks it shipped.
+func (n *Node) ship(ctx context.Context, c *shard.Cluster, m shard.SlotMove) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, shipTimeout)
 	defer cancel()
-	var errs []error
-	for _, node := range c.Map.Shard(m.From).Replicas {
-		var reply ShipReply
-		start := time.Now()
+	start := time.Now()
+	var reply ShipReply
+	err := atLeader(c.Peers(m.From), func(node string) (string, error) {
+		reply = ShipReply{}
 		err := n.peers.call(ctx, node, "Node.ShipSlots", ShipRequest{From: m.From, To: m.To, Move: m.ID}, &reply)
-		if err == nil && reply.Err == "" {
-			n.log.Info("shipped slots", "from", m.From, "to", m.To, "move", m.ID, "chunks", reply.Chunks,
-				"bytes", reply.Bytes, "took", time.Since(start))
-			return nil
-		}
-		if err == nil {
+		if err == nil && reply.Err != "" {
 			err = errors.New(reply.Err)
 		}
-		errs = append(errs, err)
+		return reply.Leader, err
+	})
+	if err != nil {
+		return reply.Chunks, fmt.Errorf("%w: shipping slot move %d: %w", errMoveWaits, m.ID, err)
 	}
-	return fmt.Errorf("%w: shipping slot move %d: %w", errMoveWaits, m.ID, errors.Join(errs...))
+	n.log.Info("shipped slots", "from", m.From, "to", m.To, "move", m.ID, "chunks", reply.Chunks,
+		"skipped", reply.Skipped, "bytes", reply.Bytes, "took", time.Since(start))
+	return reply.Chunks, nil
 }
 
 // slotMoveIn returns the slot move of c with id, or nil.

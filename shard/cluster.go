@@ -67,6 +67,9 @@ type Move struct {
 	Group ID     `json:"group"`
 	From  string `json:"from"`
 	To    string `json:"to"`
+	// Abort says the move is being undone: To leaves the group, and
+	// then the move's record goes.
+	Abort bool `json:"abort,omitempty"`
 }
 
 // SlotMove is the range of slots [Start, End) moving from shard From to

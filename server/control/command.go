@@ -27,6 +27,9 @@ const (
 	KindFinishMove Kind = "finish-move"
 	// KindCancelMove drops the record of Move.
 	KindCancelMove Kind = "cancel-move"
+	// KindAbortMove marks the move of Move.Group from Move.From to
+	// Move.To as being undone (shard.Move.Abort).
+	KindAbortMove Kind = "abort-move"
 	// KindDrainNode marks member ID as draining.
 	KindDrainNode Kind = "drain-node"
 	// KindDropNode moves draining member ID, which holds nothing, into
@@ -107,6 +110,8 @@ func (c Command) Apply(cur *shard.Cluster) (*shard.Cluster, error) {
 		change = c.finishMove
 	case KindCancelMove:
 		change = c.cancelMove
+	case KindAbortMove:
+		change = c.abortMove
 	case KindDrainNode:
 		change = c.drainNode
 	case KindDropNode:
@@ -276,6 +281,25 @@ func (c Command) cancelMove(cur *shard.Cluster) (*shard.Cluster, error) {
 	// non-voter before the move was undone.
 	next := cur.Clone()
 	next.Moves = dropMove(next.Moves, m.Group)
+	return next, nil
+}
+
+func (c Command) abortMove(cur *shard.Cluster) (*shard.Cluster, error) {
+	m := c.Move
+	if m == nil {
+		return nil, errors.New("no move given")
+	}
+	o := cur.MoveOf(m.Group)
+	switch {
+	case o == nil:
+		return nil, fmt.Errorf("group %d has no move", m.Group)
+	case o.From != m.From || o.To != m.To:
+		return nil, fmt.Errorf("group %d is moving from %q to %q", m.Group, o.From, o.To)
+	case o.Abort:
+		return cur, nil
+	}
+	next := cur.Clone()
+	next.MoveOf(m.Group).Abort = true
 	return next, nil
 }
 

@@ -16,14 +16,15 @@ import (
 // of the group. It returns false if there is none: no draining node
 // holds a voter, the groups that would move all have moves in progress,
 // or no member can take them.
-func NextDrainMove(c *shard.Cluster) (shard.Move, bool) {
+// Nodes in avoid (those that did not answer lately) are not targets.
+func NextDrainMove(c *shard.Cluster, avoid ...string) (shard.Move, bool) {
 	for _, d := range c.Draining {
 		for _, g := range groups(c) {
 			voters := c.Voters(g)
 			if !slices.Contains(voters, d) || c.MoveOf(g) != nil {
 				continue
 			}
-			if to, ok := emptiest(c, voters); ok {
+			if to, ok := emptiest(c, append(slices.Clone(voters), avoid...)); ok {
 				return shard.Move{Group: g, From: d, To: to}, true
 			}
 		}
