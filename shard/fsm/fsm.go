@@ -303,9 +303,31 @@ func (f *FSM) executeKV(op *Op) Result {
 // Get returns the entry of key as of the last applied command.
 func (f *FSM) Get(key string) (Entry, bool) {
 	f.mu.RLock()
-	e, ok := f.kv[key]
+	e, ok := f.entry(key)
 	f.mu.RUnlock()
 	return e, ok
+}
+
+// entry returns key's entry, f.mu held: from the live tables, or, for a
+// key of a range frozen for a move away, from the state the freeze took
+// out of them. A frozen slot serves reads (SlotStatus) until it is
+// dropped, and no write changes its state meanwhile, so that state is the
+// key's.
+func (f *FSM) entry(key string) (Entry, bool) {
+	if e, ok := f.kv[key]; ok || f.slots.moving == 0 {
+		return e, ok
+	}
+	slot := shard.KeySlot(key)
+	if f.slots.marks[slot] != slotFrozen {
+		return Entry{}, false
+	}
+	for _, m := range f.slots.moves {
+		if !m.incoming && m.has(slot) {
+			e, ok := m.kv[key]
+			return e, ok
+		}
+	}
+	return Entry{}, false
 }
 
 // TryGet is Get for a caller that must not wait: when a write holds the
@@ -315,7 +337,7 @@ func (f *FSM) TryGet(key string) (e Entry, found, locked bool) {
 	if !f.mu.TryRLock() {
 		return Entry{}, false, false
 	}
-	e, found = f.kv[key]
+	e, found = f.entry(key)
 	f.mu.RUnlock()
 	return e, found, true
 }
