@@ -47,6 +47,15 @@ type Figure struct {
 	XLabel, YLabel string
 	LogY           bool
 	Series         []Series
+	// Marks are events on the x axis, each drawn as a dashed vertical
+	// line with its label at the top.
+	Marks []Mark
+}
+
+// Mark is an event at X on a figure's x axis.
+type Mark struct {
+	X     float64
+	Label string
 }
 
 // Series is one line of a figure; Err, if set, is the half-width of the
@@ -261,7 +270,36 @@ func (f *Figure) plot(path string) error {
 	case f.LogY && p.Y.Min == p.Y.Max:
 		p.Y.Min, p.Y.Max = p.Y.Min/2, p.Y.Max*2
 	}
+	if err := f.addMarks(p); err != nil {
+		return err
+	}
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+// addMarks draws f's marks across p's y range as it stands, the data's.
+func (f *Figure) addMarks(p *plot.Plot) error {
+	if len(f.Marks) == 0 {
+		return nil
+	}
+	lo, hi := p.Y.Min, p.Y.Max
+	var tops plotter.XYLabels
+	for _, m := range f.Marks {
+		line, err := plotter.NewLine(plotter.XYs{{X: m.X, Y: lo}, {X: m.X, Y: hi}})
+		if err != nil {
+			return err
+		}
+		line.Color = color.Gray{Y: 160}
+		line.Dashes = []vg.Length{vg.Points(3), vg.Points(3)}
+		p.Add(line)
+		tops.XYs = append(tops.XYs, plotter.XY{X: m.X, Y: hi})
+		tops.Labels = append(tops.Labels, m.Label)
+	}
+	labels, err := plotter.NewLabels(tops)
+	if err != nil {
+		return err
+	}
+	p.Add(labels)
+	return nil
 }
 
 // errorBars gives gonum/plot the points and their symmetric error.
