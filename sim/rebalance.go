@@ -565,11 +565,11 @@ func rebalanceReport(cfg Config, set rebSetup, seed int64, phases []*rebPhase, h
 	}
 	r.Tables = append(r.Tables, t)
 
-	thr := Figure{Name: "rebalance-throughput", Title: "Operations completed (phases numbered as in the table)",
+	thr := Figure{Name: "rebalance-throughput", Title: fmt.Sprintf("Operations completed per %v (phases numbered as in the table)", rebBucket),
 		XLabel: "seconds", YLabel: "operations per second"}
-	p99 := Figure{Name: "rebalance-p99", Title: "p99 latency of the operations completed (phases numbered as in the table)",
+	p99 := Figure{Name: "rebalance-p99", Title: fmt.Sprintf("p99 latency of the operations completed per %v (phases as in the table)", rebBucket),
 		XLabel: "seconds", YLabel: "p99 latency, ms", LogY: true}
-	ts, ps := Series{Name: fmt.Sprintf("per %v", rebBucket)}, Series{Name: fmt.Sprintf("per %v", rebBucket)}
+	var ts, ps Series // one line each: no legend
 	for b := range buckets {
 		x := (time.Duration(b) * rebBucket).Seconds()
 		ts.X, ts.Y = append(ts.X, x), append(ts.Y, done[b]/rebBucket.Seconds())

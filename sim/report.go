@@ -59,7 +59,8 @@ type Mark struct {
 }
 
 // Series is one line of a figure; Err, if set, is the half-width of the
-// confidence interval of each point.
+// confidence interval of each point. A series without a Name has no entry
+// in the legend.
 type Series struct {
 	Name string
 	X, Y []float64
@@ -252,7 +253,9 @@ func (f *Figure) plot(path string) error {
 		line.Color, points.Color = c, c
 		points.Shape = plotutil.Shape(i)
 		p.Add(line, points)
-		p.Legend.Add(s.Name, line, points)
+		if s.Name != "" {
+			p.Legend.Add(s.Name, line, points)
+		}
 		if s.Err != nil {
 			bars, err := plotter.NewYErrorBars(errorBars{pts, errs})
 			if err != nil {
