@@ -20,8 +20,11 @@ func TestRebalanceExperiment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Tables) != 1 || len(r.Tables[0].Rows) != len(rebPhases()) {
-		t.Errorf("the report's phase table has %d rows, want %d", len(r.Tables[0].Rows), len(rebPhases()))
+	if len(r.Tables) != 1 {
+		t.Fatalf("the report has %d tables, want the phase table", len(r.Tables))
+	}
+	if rows := len(r.Tables[0].Rows); rows != len(rebPhases()) {
+		t.Errorf("the report's phase table has %d rows, want one per phase, %d", rows, len(rebPhases()))
 	}
 	checkReport(t, r) // a violation's note names its visualization
 }
