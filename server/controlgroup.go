@@ -383,14 +383,19 @@ func (s *nodeService) Metadata(req MetadataRequest, reply *MetadataReply) error 
 	}
 	v := n.current()
 	newest := v.cluster
-	if v.control != nil && req.Wait > 0 {
-		ctx, cancel := context.WithTimeout(n.ctx, min(req.Wait, maxMetadataWait))
-		defer cancel()
-		if c, err := v.control.fsm.Wait(ctx, max(req.After, newest.Version)); err == nil {
+	if v.control != nil {
+		if c := v.control.fsm.Current(); c != nil && c.Version > newest.Version {
 			newest = c
 		}
-	} else if v.control != nil {
-		if c := v.control.fsm.Current(); c != nil && c.Version > newest.Version {
+	}
+	// Wait only when there is nothing newer than After to give: a peer
+	// that lags (it restarted after changes, say) must get what this node
+	// has at once, not wait for a change after it, which a quiet cluster
+	// never makes.
+	if v.control != nil && req.Wait > 0 && newest.Version <= req.After {
+		ctx, cancel := context.WithTimeout(n.ctx, min(req.Wait, maxMetadataWait))
+		defer cancel()
+		if c, err := v.control.fsm.Wait(ctx, req.After); err == nil {
 			newest = c
 		}
 	}

@@ -279,3 +279,49 @@ func TestPairGrowsIntoATrio(t *testing.T) {
 	servertest.WaitFor(t, 10*time.Second, "writes after the loss of a node", func() bool { return load.count() >= before+50 })
 	load.readBack(t, c)
 }
+
+// A node that missed metadata changes while it was down catches up as
+// soon as it restarts: the control voter it asks answers with the newer
+// metadata it has at once, rather than waiting for a change newer still
+// (of which, in a quiet cluster, there is none).
+func TestRestartedNodeCatchesUpMetadata(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 5, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	m := c.Metadata()
+	// The victim holds no control voter, so it asks one; the move (not
+	// servertest's spec, which a restart starts from) tells it of the change.
+	var victim, from, to string
+	var group shard.ID
+	for _, id := range c.Running() {
+		if !slices.Contains(m.Control, id) {
+			victim = id
+		}
+	}
+	for _, s := range m.Map.Shards {
+		for _, id := range c.Running() {
+			if id != victim && !slices.Contains(s.Replicas, id) {
+				group, from, to = s.ID, otherThan(victim, s.Replicas...), id
+			}
+		}
+	}
+	if victim == "" || to == "" {
+		t.Fatalf("no victim or move in %+v", m)
+	}
+	if err := c.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Node(to).MoveReplica(ctx, shard.Move{Group: group, From: from, To: to}); err != nil {
+		t.Fatal(err)
+	}
+	waitMoved(t, c, group, to)
+	want := c.Metadata().Version
+	n, err := c.Restart(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Well within the metadata poll (10 s), which a node that has to wait
+	// for the next change runs out of.
+	servertest.WaitFor(t, 5*time.Second, fmt.Sprintf("%s follows the metadata of version %d", victim, want), func() bool {
+		return n.Cluster().Version >= want
+	})
+}

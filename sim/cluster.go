@@ -42,6 +42,14 @@ func startWrapped(ctx context.Context, seed int64, nodes, shards, replicas int, 
 	if err != nil {
 		return nil, err
 	}
+	return startSpec(ctx, seed, spec, log, wrap)
+}
+
+// startSpec is startWrapped with the cluster spec describes, whose client
+// addresses it replaces with addresses on the SimNet.
+func startSpec(ctx context.Context, seed int64, spec *server.Spec, log *slog.Logger,
+	wrap func(id string, t wire.Transport) wire.Transport) (*cluster, error) {
+	var err error
 	c := &cluster{net: wire.NewSimNet(seed), log: log}
 	for i := range spec.Nodes {
 		// The clients reach the nodes on the simulated network.

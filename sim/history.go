@@ -19,6 +19,16 @@ type history struct {
 	start time.Time
 	mu    sync.Mutex
 	ops   []porcupine.Operation
+	// failures lists every operation that failed, with the time it took
+	// to fail: the failed writes are in ops too, with an unknown outcome;
+	// the failed reads only here.
+	failures []failure
+}
+
+// failure is an operation that returned an error, in history time.
+type failure struct {
+	op, key   string
+	call, ret int64
 }
 
 func newHistory() *history { return &history{start: time.Now()} }
@@ -34,6 +44,14 @@ func (h *history) add(clientID int, in kvInput, out kvOutput, call int64) {
 	}
 	h.mu.Lock()
 	h.ops = append(h.ops, porcupine.Operation{ClientId: clientID, Input: in, Call: call, Output: out, Return: ret})
+	h.mu.Unlock()
+}
+
+// fail records that op on key, called at call, failed now.
+func (h *history) fail(op, key string, call int64) {
+	ret := h.now()
+	h.mu.Lock()
+	h.failures = append(h.failures, failure{op: op, key: key, call: call, ret: ret})
 	h.mu.Unlock()
 }
 
@@ -101,8 +119,10 @@ func kvWorkload(ctx context.Context, h *history, clients []*client.Client, keys 
 				switch {
 				case err == nil, errors.Is(err, client.ErrNotFound), errors.Is(err, client.ErrVersionConflict):
 				case in.Op == "get":
+					h.fail(in.Op, key, call)
 					continue // a failed read had no effect
 				default:
+					h.fail(in.Op, key, call)
 					out = kvOutput{Unknown: true}
 				}
 				h.add(ci, in, out, call)

@@ -47,10 +47,20 @@ type Figure struct {
 	XLabel, YLabel string
 	LogY           bool
 	Series         []Series
+	// Marks are events on the x axis, each drawn as a dashed vertical
+	// line with its label at the top.
+	Marks []Mark
+}
+
+// Mark is an event at X on a figure's x axis.
+type Mark struct {
+	X     float64
+	Label string
 }
 
 // Series is one line of a figure; Err, if set, is the half-width of the
-// confidence interval of each point.
+// confidence interval of each point. A series without a Name has no entry
+// in the legend.
 type Series struct {
 	Name string
 	X, Y []float64
@@ -243,7 +253,9 @@ func (f *Figure) plot(path string) error {
 		line.Color, points.Color = c, c
 		points.Shape = plotutil.Shape(i)
 		p.Add(line, points)
-		p.Legend.Add(s.Name, line, points)
+		if s.Name != "" {
+			p.Legend.Add(s.Name, line, points)
+		}
 		if s.Err != nil {
 			bars, err := plotter.NewYErrorBars(errorBars{pts, errs})
 			if err != nil {
@@ -261,7 +273,36 @@ func (f *Figure) plot(path string) error {
 	case f.LogY && p.Y.Min == p.Y.Max:
 		p.Y.Min, p.Y.Max = p.Y.Min/2, p.Y.Max*2
 	}
+	if err := f.addMarks(p); err != nil {
+		return err
+	}
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+// addMarks draws f's marks across p's y range as it stands, the data's.
+func (f *Figure) addMarks(p *plot.Plot) error {
+	if len(f.Marks) == 0 {
+		return nil
+	}
+	lo, hi := p.Y.Min, p.Y.Max
+	var tops plotter.XYLabels
+	for _, m := range f.Marks {
+		line, err := plotter.NewLine(plotter.XYs{{X: m.X, Y: lo}, {X: m.X, Y: hi}})
+		if err != nil {
+			return err
+		}
+		line.Color = color.Gray{Y: 160}
+		line.Dashes = []vg.Length{vg.Points(3), vg.Points(3)}
+		p.Add(line)
+		tops.XYs = append(tops.XYs, plotter.XY{X: m.X, Y: hi})
+		tops.Labels = append(tops.Labels, m.Label)
+	}
+	labels, err := plotter.NewLabels(tops)
+	if err != nil {
+		return err
+	}
+	p.Add(labels)
+	return nil
 }
 
 // errorBars gives gonum/plot the points and their symmetric error.

@@ -248,7 +248,7 @@ func TestSimCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("sim list: exit %d", code)
 	}
-	for _, name := range []string{"loss", "herd", "balance", "failover", "scale", "linearizability"} {
+	for _, name := range []string{"loss", "herd", "balance", "failover", "scale", "linearizability", "rebalance"} {
 		if !strings.Contains(out, name+" ") {
 			t.Errorf("sim list does not name %s:\n%s", name, out)
 		}
