@@ -310,7 +310,9 @@ func (n *Node) fetchMetadata(ctx context.Context, after uint64) (*shard.Cluster,
 		defer cancel()
 		return n.askMetadata(actx, v.cluster, after, 0)
 	}
-	ctx, cancel := context.WithTimeout(ctx, metadataPoll)
+	// The voter waits up to metadataPoll; the call gives it time to
+	// answer after that, so that a quiet spell is no failure.
+	ctx, cancel := context.WithTimeout(ctx, metadataPoll+controlCallTimeout)
 	defer cancel()
 	return n.askMetadata(ctx, v.cluster, after, metadataPoll)
 }
