@@ -134,6 +134,14 @@ func (n *Node) install(c *shard.Cluster) error {
 	}
 	n.dir.set(c)
 	n.view.Store(&view{cluster: c, topology: topologyOf(c), replicas: v.replicas, control: v.control})
+	for _, id := range c.Removed {
+		if !slices.Contains(v.cluster.Removed, id) && id != n.id {
+			// Its connections were a member's: from now on it may only
+			// learn of its removal.
+			n.mux.closePeer(id)
+			n.peers.reset(id)
+		}
+	}
 	if slices.Contains(c.Removed, n.id) {
 		n.log.Error("this node was removed from the cluster: deleting its replicas; it may not rejoin with this id",
 			"metadata_version", c.Version)

@@ -208,18 +208,37 @@ func startingMetadata(cfg Config) (c *shard.Cluster, wasKept bool, err error) {
 	return c, wasKept, nil
 }
 
-// mayBootstrap reports whether this node's replica of group id, if it has
-// no state, starts the group with the voters c lists: only a group that
-// was never reconfigured, of which this node is a first voter. Otherwise it
-// waits for the group's leader to add it.
+// mayBootstrap returns the configuration with which this node's replica of
+// group id, if it has no state, starts the group: that of the group's
+// founders, of whom this node is one, if c lists them (a shard a split
+// created), else its voters, if it was never reconfigured. Nil if it may
+// not start it: a voter that is not a founder, or a move's target, waits
+// for the group's leader to add it. Every founder starts with the same
+// configuration, so their first entries are alike.
 func mayBootstrap(c *shard.Cluster, id shard.ID, node string) map[string]string {
 	voters := c.Voters(id)
-	if slices.Contains(c.Reconfigured, id) || !slices.Contains(voters, node) {
+	if !slices.Contains(voters, node) {
 		return nil
 	}
-	addrs := make(map[string]string, len(voters))
-	for _, v := range voters {
-		addrs[v] = c.Node(v).Raft
+	if m := c.MoveOf(id); m != nil && m.To == node {
+		return nil
+	}
+	first := c.FoundersOf(id)
+	switch {
+	case first != nil && !slices.Contains(first, node):
+		return nil
+	case first == nil && slices.Contains(c.Reconfigured, id):
+		return nil
+	case first == nil:
+		first = voters
+	}
+	addrs := make(map[string]string, len(first))
+	for _, v := range first {
+		nd := c.Node(v)
+		if nd == nil {
+			return nil // a founder left: the group has long been running
+		}
+		addrs[v] = nd.Raft
 	}
 	return addrs
 }

@@ -205,6 +205,9 @@ func (m *mux) route(conn *trackedConn) {
 		conn.Close()
 		return
 	}
+	m.mu.Lock()
+	conn.peer = peer
+	m.mu.Unlock()
 	switch kind {
 	case preambleRaft:
 		var id [4]byte
@@ -251,6 +254,22 @@ func (m *mux) streamLayer(id shard.ID) (*streamLayer, error) {
 	return sl, nil
 }
 
+// closePeer closes the accepted connections of node peer: a node removed
+// from the cluster keeps none of what it was allowed as a member.
+func (m *mux) closePeer(peer string) {
+	m.mu.Lock()
+	var open []*trackedConn
+	for c := range m.accepted {
+		if c.peer == peer {
+			open = append(open, c)
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range open {
+		c.raw.Close() // its holder's read fails, and it closes it
+	}
+}
+
 // close stops accepting, closes every accepted connection still open (so
 // that raft's and net/rpc's per-connection goroutines end), and waits for the
 // accept loop and routing.
@@ -280,7 +299,10 @@ type trackedConn struct {
 	raw      net.Conn // the TCP connection
 	mux      *mux
 	layer    *streamLayer // the shard it was handed to, if any; under mux.mu
-	once     sync.Once
+	// peer is the node at the other end, once its handshake is done
+	// ("" while it runs, or when insecure); under mux.mu.
+	peer string
+	once sync.Once
 }
 
 func (c *trackedConn) Close() error {

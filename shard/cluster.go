@@ -47,6 +47,18 @@ type Cluster struct {
 	// log, since a configuration made up from the metadata could differ
 	// from the first entry of the group's log.
 	Reconfigured []ID `json:"reconfigured,omitempty"`
+	// Founders lists, for each shard created after the cluster was (by a
+	// split), the voters it was created with: they start it, with that
+	// configuration, even if it was reconfigured before they first saw
+	// it; a shard without its founders listed is started by its voters
+	// while it was never reconfigured.
+	Founders []Founding `json:"founders,omitempty"`
+}
+
+// Founding is the first configuration of a group: its voters.
+type Founding struct {
+	Group  ID       `json:"group"`
+	Voters []string `json:"voters"`
 }
 
 // Node is a member of a cluster: its id and the addresses others reach
@@ -114,6 +126,17 @@ func (c *Cluster) Voters(id ID) []string {
 	return nil
 }
 
+// FoundersOf returns the voters group id was created with, if the
+// metadata lists them; nil if not.
+func (c *Cluster) FoundersOf(id ID) []string {
+	for _, f := range c.Founders {
+		if f.Group == id {
+			return f.Voters
+		}
+	}
+	return nil
+}
+
 // MoveOf returns the move in progress of group id, or nil.
 func (c *Cluster) MoveOf(id ID) *Move {
 	for i := range c.Moves {
@@ -167,6 +190,10 @@ func (c *Cluster) Clone() *Cluster {
 	d.Draining = slices.Clone(c.Draining)
 	d.Removed = slices.Clone(c.Removed)
 	d.Reconfigured = slices.Clone(c.Reconfigured)
+	d.Founders = slices.Clone(c.Founders)
+	for i, f := range d.Founders {
+		d.Founders[i].Voters = slices.Clone(f.Voters)
+	}
 	return &d
 }
 
@@ -245,6 +272,16 @@ func (c *Cluster) Validate() error {
 		for _, o := range c.SlotMoves[:i] {
 			if o.ID == m.ID || o.Start < m.End && m.Start < o.End {
 				return fmt.Errorf("%w: slot moves %d and %d overlap or share an id", ErrInvalidMap, o.ID, m.ID)
+			}
+		}
+	}
+	for i, f := range c.Founders {
+		if c.Map.Shard(f.Group) == nil || len(f.Voters) == 0 {
+			return fmt.Errorf("%w: founders of unknown group %d", ErrInvalidMap, f.Group)
+		}
+		for _, o := range c.Founders[:i] {
+			if o.Group == f.Group {
+				return fmt.Errorf("%w: group %d has its founders listed twice", ErrInvalidMap, f.Group)
 			}
 		}
 	}

@@ -371,6 +371,7 @@ func (c Command) createShard(cur *shard.Cluster) (*shard.Cluster, error) {
 	next := cur.Clone()
 	i, _ := slices.BinarySearchFunc(next.Map.Shards, s.ID, func(o shard.Shard, id shard.ID) int { return cmp.Compare(o.ID, id) })
 	next.Map.Shards = slices.Insert(next.Map.Shards, i, shard.Shard{ID: s.ID, Replicas: slices.Clone(s.Replicas)})
+	next.Founders = append(next.Founders, shard.Founding{Group: s.ID, Voters: slices.Clone(s.Replicas)})
 	return next, nil
 }
 

@@ -211,3 +211,18 @@ func TestDecodeGarbage(t *testing.T) {
 		}
 	}
 }
+
+// A shard a split creates lists its founders, who start it whatever
+// happens to it before they first see it.
+func TestCreateShardListsFounders(t *testing.T) {
+	f := NewFSM()
+	mustApply(t, f, 1, Command{Kind: KindInit, Cluster: fourNodes(t)})
+	s := shard.Shard{ID: 9, Replicas: []string{"b", "c"}}
+	c := mustApply(t, f, 2, Command{Kind: KindCreateShard, Shard: &s})
+	if got := c.FoundersOf(9); !slices.Equal(got, s.Replicas) {
+		t.Errorf("founders of the new shard: %v, want %v", got, s.Replicas)
+	}
+	if got := c.FoundersOf(0); got != nil {
+		t.Errorf("founders of a shard of the spec: %v, want none", got)
+	}
+}

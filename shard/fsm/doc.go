@@ -88,7 +88,7 @@
 //   - Names: keys, topics, job ids, uniqueness and schedule keys of at most
 //     shard.MaxKeySize bytes.
 //   - Slot moves: the slots gone are marks (at most shard.SlotCount), and
-//     of the moves finished only the last 64 are remembered. An activation
+//     of the moves finished only the last 1,024 are remembered. An activation
 //     or a thaw is never refused for room: it may take a shard past
 //     Config.MaxJobs, MaxSchedules or MaxPendingPerClient, which then
 //     refuses new ones until it is back under.

@@ -53,10 +53,11 @@ type SlotMove struct {
 }
 
 // maxFinishedMoves bounds the dropped and activated moves a shard
-// remembers, so that a step of one repeated later is a no-op: the node
-// drives one move at a time per shard pair, and repeats only the steps of
-// its latest ones.
-const maxFinishedMoves = 64
+// remembers, so that a step of one repeated later is a no-op. A driver
+// repeats the steps of the moves in progress, or, deposed in the middle of
+// one, a step of it after its successor finished it: a shard that has
+// finished 1,024 moves since has forgotten it (about 8 bytes each kept).
+const maxFinishedMoves = 1024
 
 // slotMark is what a shard knows of one slot. A slot it has no mark for is
 // its own, or one it never held; the shard map, not the state machine,

@@ -497,15 +497,16 @@ func TestSlotMoveRefusals(t *testing.T) {
 // finished moves, and only their gone marks beyond.
 func TestFinishedMovesBounded(t *testing.T) {
 	a := newApplier(t)
-	for i := range 100 {
+	const moves = maxFinishedMoves + 36
+	for i := range moves {
 		a.freeze(uint64(i+1), i, i+1)
 		a.slotOp(KindDropSlots, uint64(i+1), "")
 	}
-	if got := a.fsm.Moves(); len(got) != maxFinishedMoves || got[0].ID != 100-maxFinishedMoves+1 {
+	if got := a.fsm.Moves(); len(got) != maxFinishedMoves || got[0].ID != moves-maxFinishedMoves+1 {
 		t.Errorf("%d moves remembered, from %+v", len(got), got[0])
 	}
-	for slot := range 101 {
-		if want, got := slot < 100, a.fsm.SlotStatus(slot) == StatusWrongShard; got != want {
+	for slot := range moves + 1 {
+		if want, got := slot < moves, a.fsm.SlotStatus(slot) == StatusWrongShard; got != want {
 			t.Errorf("slot %d gone %v, want %v", slot, got, want)
 		}
 	}
