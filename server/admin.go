@@ -31,6 +31,8 @@ const (
 	AdminAddNode = "add-node"
 	// AdminMove moves AdminArgs.Move's replica.
 	AdminMove = "move"
+	// AdminAbortMove undoes the move of AdminArgs.Move's group.
+	AdminAbortMove = "abort-move"
 	// AdminRemoveNode removes node AdminArgs.ID, moving its replicas away
 	// first.
 	AdminRemoveNode = "remove-node"
@@ -92,6 +94,15 @@ func (n *Node) AddNode(ctx context.Context, nd shard.Node) (*shard.Cluster, erro
 // and no move of the group.
 func (n *Node) MoveReplica(ctx context.Context, m shard.Move) (*shard.Cluster, error) {
 	return n.controlApply(ctx, control.Command{Kind: control.KindStartMove, Move: &m})
+}
+
+// AbortMove starts undoing the move of group id: its target leaves the
+// group, and the record goes; the group keeps its voters. A move whose
+// source has left the group already finishes instead. It returns once
+// the undoing is recorded; it has ended when the metadata has no move of
+// the group.
+func (n *Node) AbortMove(ctx context.Context, id shard.ID) (*shard.Cluster, error) {
+	return n.controlApply(ctx, control.Command{Kind: control.KindAbortMove, Move: &shard.Move{Group: id}})
 }
 
 // RemoveNode starts removing node id: its replicas move to the other
@@ -166,6 +177,8 @@ func (n *Node) admin(ctx context.Context, m *wire.Message) *wire.Message {
 		reply.Cluster, err = n.AddNode(ctx, *args.Node)
 	case cmd == AdminMove && args.Move != nil:
 		reply.Cluster, err = n.MoveReplica(ctx, *args.Move)
+	case cmd == AdminAbortMove && args.Move != nil:
+		reply.Cluster, err = n.AbortMove(ctx, args.Move.Group)
 	case cmd == AdminRemoveNode && args.ID != "":
 		reply.Cluster, err = n.RemoveNode(ctx, args.ID)
 	case cmd == AdminRebalance:

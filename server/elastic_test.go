@@ -325,3 +325,47 @@ func TestRestartedNodeCatchesUpMetadata(t *testing.T) {
 		return n.Cluster().Version >= want
 	})
 }
+
+// A move whose target is dead is undone once the target has not answered
+// for Config.MoveTargetTimeout, or at once by AbortMove: the shard keeps
+// its voters, and serves.
+func TestMoveIsUndone(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming,
+		Configure: func(cfg *server.Config) { cfg.MoveTargetTimeout = time.Second }})
+	ctx := context.Background()
+	before := c.Metadata().Voters(0) // n1 n2 n3
+	waitUndone := func(what string) {
+		t.Helper()
+		servertest.WaitFor(t, 30*time.Second, what, func() bool {
+			for _, id := range c.Running() {
+				if m := c.Node(id).Cluster(); len(m.Moves) > 0 || !slices.Equal(m.Voters(0), before) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	// n4 is dead: the move to it is undone on its own.
+	kill(t, c, "n4")
+	if _, err := c.Node("n1").MoveReplica(ctx, shard.Move{Group: 0, From: "n1", To: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUndone("the move to a dead node undone")
+	// Undone by hand, at once.
+	if _, err := c.Node("n2").MoveReplica(ctx, shard.Move{Group: 0, From: "n2", To: "n4"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Node("n3").AbortMove(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitUndone("the move undone by hand")
+	if _, err := c.Node("n3").AbortMove(ctx, 0); !errors.Is(err, server.ErrRejected) {
+		t.Errorf("undoing no move: %v, want ErrRejected", err)
+	}
+	restart(t, c, "n4")
+	waitReady(t, c)
+	cl := newClient(t, c, client.Config{})
+	if _, err := cl.Set(ctx, "after-undo", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+}

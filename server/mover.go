@@ -314,13 +314,12 @@ var errMoveWaits = errors.New("server: the move waits")
 // there are five.
 const moveSteps = 8
 
-// moveTargetTimeout is how long a move's target may fail to answer before
-// the move is undone, and avoidFor how long a node that did so is not
-// chosen as a target.
-const (
-	moveTargetTimeout = 30 * time.Second
-	avoidFor          = 5 * time.Minute
-)
+// DefaultMoveTargetTimeout is the default of Config.MoveTargetTimeout.
+const DefaultMoveTargetTimeout = 30 * time.Second
+
+// avoidFor is how long a node that failed to answer as a move's target is
+// not chosen as one again.
+const avoidFor = 5 * time.Minute
 
 // runMove takes the steps of move m one after another until it has ended,
 // a step must wait, one fails, or this node's control replica cr no longer
@@ -391,7 +390,7 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 		since, ok := n.moveStuck[m.Group]
 		if !ok {
 			n.moveStuck[m.Group] = time.Now()
-		} else if time.Since(since) >= moveTargetTimeout {
+		} else if time.Since(since) >= n.cfg.MoveTargetTimeout {
 			n.log.Warn("undoing a replica move whose target does not answer", "group", groupName(m.Group),
 				"from", m.From, "to", m.To, "for", time.Since(since).Round(time.Second), "err", err)
 			n.avoid[m.To] = time.Now()

@@ -110,6 +110,11 @@ type Config struct {
 	// zero, DefaultLeaderBalanceInterval; if negative, the node never
 	// moves leadership but on Shutdown.
 	LeaderBalanceInterval time.Duration
+	// MoveTargetTimeout is how long the target of a replica move may fail
+	// to answer before the control group's leader, if this node, undoes
+	// the move (Node.AbortMove does it at once). If zero,
+	// DefaultMoveTargetTimeout.
+	MoveTargetTimeout time.Duration
 	// PeerTLS holds the node's credentials for node-to-node traffic,
 	// which runs over mutual TLS: the node accepts only peers with a
 	// certificate from the cluster CA naming a node of Spec (see
@@ -147,6 +152,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.LeaderBalanceInterval == 0 {
 		c.LeaderBalanceInterval = DefaultLeaderBalanceInterval
+	}
+	if c.MoveTargetTimeout <= 0 {
+		c.MoveTargetTimeout = DefaultMoveTargetTimeout
 	}
 }
 

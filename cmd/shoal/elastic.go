@@ -330,12 +330,15 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	control := fs.Bool("control", false, "move a replica of the control group instead of a shard's")
 	from := fs.String("from", "", "the `NODE` the replica leaves; none adds a replica to a pair")
 	to := fs.String("to", "", "the `NODE` the replica moves to")
+	abort := fs.Bool("abort", false, "undo the shard's move in progress instead: its target leaves, its voters stay")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
 	m := shard.Move{Group: shard.ID(*shardID), From: *from, To: *to}
 	switch {
-	case *to == "":
+	case *abort && (*from != "" || *to != ""):
+		return fmt.Errorf("%w: --abort with --from or --to", errUsage)
+	case *to == "" && !*abort:
 		return fmt.Errorf("%w: --to is required", errUsage)
 	case *control && *shardID >= 0:
 		return fmt.Errorf("%w: --control with --shard", errUsage)
@@ -351,6 +354,9 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer lc.close()
+	if *abort {
+		return abortMove(ctx, lc, m.Group, stdout)
+	}
 	r, err := lc.admin(ctx, server.AdminMove, &server.AdminArgs{Move: &m})
 	if err != nil {
 		return fmt.Errorf("moving %s from %s to %s: %w", groupName(m.Group), m.From, m.To, err)
@@ -632,4 +638,28 @@ func rangesText(ranges []shard.Range) string {
 		parts[i] = fmt.Sprintf("%d-%d", r.Start, r.End-1)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// abortMove undoes the move of group id and waits until it is gone.
+func abortMove(ctx context.Context, lc *localCluster, id shard.ID, stdout io.Writer) error {
+	r, err := lc.admin(ctx, server.AdminAbortMove, &server.AdminArgs{Move: &shard.Move{Group: id}})
+	if err != nil {
+		return fmt.Errorf("undoing the move of %s: %w", groupName(id), err)
+	}
+	lc.saw(r.Cluster.Version)
+	fmt.Fprintf(stdout, "undoing the move of %s\n", groupName(id))
+	c, err := lc.waitFor(ctx, stdout, func(c *shard.Cluster) (string, error) {
+		if m := c.MoveOf(id); m != nil {
+			return moveText("undoing the move of", *m), nil
+		}
+		return "", nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := lc.keepSpec(c); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s holds its replicas on %s\n", groupName(id), strings.Join(c.Voters(id), " "))
+	return nil
 }

@@ -53,9 +53,12 @@ Usage:
                                                   nodes, shards, leaders, load, metadata
                                                   version, moves in progress
   shoal cluster add-node --dir DIR [--id ID]      add a node to the local cluster and start it
-  shoal cluster move --dir DIR (--shard S | --control) --from A --to B
+  shoal cluster move --dir DIR (--shard S | --control) [--from A] --to B
                                                   move a replica of shard S (or of the control
-                                                  group) from node A to node B, online
+                                                  group) from node A to node B, online; without
+                                                  --from, add one on B (a pair grows to a trio);
+                                                  with --abort instead of --from and --to, undo
+                                                  the move in progress
   shoal cluster remove-node --dir DIR ID          move node ID's replicas away, drop it, stop it
   shoal cluster rebalance --dir DIR               move replicas until every node holds its share
   shoal cluster split --dir DIR --shard S         make a new shard and move half of S's slots

@@ -27,8 +27,8 @@ const (
 	KindFinishMove Kind = "finish-move"
 	// KindCancelMove drops the record of Move.
 	KindCancelMove Kind = "cancel-move"
-	// KindAbortMove marks the move of Move.Group from Move.From to
-	// Move.To as being undone (shard.Move.Abort).
+	// KindAbortMove marks the move of Move.Group (from Move.From to
+	// Move.To, if To is given) as being undone (shard.Move.Abort).
 	KindAbortMove Kind = "abort-move"
 	// KindDrainNode marks member ID as draining.
 	KindDrainNode Kind = "drain-node"
@@ -293,7 +293,7 @@ func (c Command) abortMove(cur *shard.Cluster) (*shard.Cluster, error) {
 	switch {
 	case o == nil:
 		return nil, fmt.Errorf("group %d has no move", m.Group)
-	case o.From != m.From || o.To != m.To:
+	case m.To != "" && (o.From != m.From || o.To != m.To):
 		return nil, fmt.Errorf("group %d is moving from %q to %q", m.Group, o.From, o.To)
 	case o.Abort:
 		return cur, nil
