@@ -72,6 +72,14 @@ func (cr *controlReplica) slowDown(shards RaftTiming) {
 		return
 	}
 	t := shards.withDefaults()
+	// The leader heartbeats 1 to 2 tenths of the heartbeat timeout
+	// apart, and steps down when it has heard from no quorum for its
+	// lease, which cannot change: slowed, the heartbeats must still come
+	// well within it.
+	if 2*controlTimingFactor*time.Duration(t.HeartbeatTimeout)/10 > 8*time.Duration(t.LeaderLeaseTimeout)/10 {
+		cr.slowed.Store(true) // stays at the shards' timing
+		return
+	}
 	rc := cr.raft.ReloadableConfig()
 	rc.HeartbeatTimeout = controlTimingFactor * time.Duration(t.HeartbeatTimeout)
 	rc.ElectionTimeout = controlTimingFactor * time.Duration(t.ElectionTimeout)
@@ -571,6 +579,7 @@ func (n *Node) controlApply(ctx context.Context, cmd control.Command) (*shard.Cl
 func (n *Node) runControl() {
 	t := time.NewTicker(controlTick)
 	defer t.Stop()
+	led := false
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -584,7 +593,15 @@ func (n *Node) runControl() {
 			cr.slowDown(n.cfg.Spec.Raft)
 		}
 		if cr == nil || cr.raft.State() != raft.Leader {
+			led = false
 			continue
+		}
+		if !led {
+			// What a driver kept of its last term may be stale: others
+			// drove the moves since.
+			clear(n.shipStuck)
+			clear(n.moveStuck)
+			led = true
 		}
 		if cr.fsm.Current() == nil {
 			if _, err := cr.propose(control.Command{Kind: control.KindInit, Cluster: v.cluster}); err != nil {

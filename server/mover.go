@@ -213,6 +213,13 @@ func (s *nodeService) ChangeMembers(req ChangeRequest, reply *ChangeReply) error
 		reply.Err = fmt.Sprintf("node %s holds no replica of %s", n.id, groupName(req.Group))
 		return nil
 	}
+	if !n.current().cluster.CallsFor(req.Group, req.Change == changeRemove, req.Node) && req.Change != changeTransfer {
+		// A driver deposed since it looked must not change the group
+		// after its successor ended or undid the move.
+		reply.Err = fmt.Sprintf("node %s: its metadata has no move of %s that calls for %s of %s (yet)",
+			n.id, groupName(req.Group), req.Change, req.Node)
+		return nil
+	}
 	id, addr := raft.ServerID(req.Node), raft.ServerAddress(req.Addr)
 	var f raft.Future
 	switch req.Change {
@@ -276,17 +283,35 @@ func (n *Node) drive(cr *controlReplica) {
 	}
 }
 
+// stuck is how long something the driver retries has failed: since
+// first, last seen failing at last.
+type stuck struct{ first, last time.Time }
+
+// stuckFor records a failure of k in m and returns how long k has failed
+// without a break: a failure more than gap after the last one (the driver
+// was busy elsewhere, or did not lead) counts anew.
+func stuckFor[K comparable](m map[K]stuck, k K, gap time.Duration) time.Duration {
+	now := time.Now()
+	s, ok := m[k]
+	if !ok || now.Sub(s.last) > gap {
+		s.first = now
+	}
+	s.last = now
+	m[k] = s
+	return now.Sub(s.first)
+}
+
 // pruneDriverState forgets what the driver kept of moves that are no
 // longer in progress, and of nodes avoided long enough.
 func (n *Node) pruneDriverState(c *shard.Cluster) {
-	for g := range n.moveStuck {
-		if c.MoveOf(g) == nil {
-			delete(n.moveStuck, g)
+	for m := range n.moveStuck {
+		if o := c.MoveOf(m.Group); o == nil || o.From != m.From || o.To != m.To {
+			delete(n.moveStuck, m)
 		}
 	}
-	for id := range n.shipFailures {
+	for id := range n.shipStuck {
 		if slotMoveIn(c, id) == nil {
-			delete(n.shipFailures, id)
+			delete(n.shipStuck, id)
 		}
 	}
 	for id, since := range n.avoid {
@@ -383,16 +408,14 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 		if err == nil && prog.Err != "" {
 			err = fmt.Errorf("%w: %s", errMoveWaits, prog.Err)
 		}
+		key := shard.Move{Group: m.Group, From: m.From, To: m.To}
 		if err == nil {
-			delete(n.moveStuck, m.Group)
+			delete(n.moveStuck, key)
 			return prog, nil
 		}
-		since, ok := n.moveStuck[m.Group]
-		if !ok {
-			n.moveStuck[m.Group] = time.Now()
-		} else if time.Since(since) >= n.cfg.MoveTargetTimeout {
+		if d := stuckFor(n.moveStuck, key, 5*controlTick); d >= n.cfg.MoveTargetTimeout {
 			n.log.Warn("undoing a replica move whose target does not answer", "group", groupName(m.Group),
-				"from", m.From, "to", m.To, "for", time.Since(since).Round(time.Second), "err", err)
+				"from", m.From, "to", m.To, "for", d.Round(time.Second), "err", err)
 			n.avoid[m.To] = time.Now()
 			if _, aerr := n.controlApply(ctx, control.Command{Kind: control.KindAbortMove, Move: &m}); aerr != nil {
 				return prog, aerr
@@ -412,7 +435,7 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 		if _, err := n.controlApply(ctx, control.Command{Kind: control.KindCancelMove, Move: &m}); err != nil {
 			return false, err
 		}
-		delete(n.moveStuck, m.Group)
+		delete(n.moveStuck, shard.Move{Group: m.Group, From: m.From, To: m.To})
 		n.log.Info("undid a replica move", "group", groupName(m.Group), "from", m.From, "to", m.To)
 		return true, nil
 	}

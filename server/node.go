@@ -224,12 +224,12 @@ type Node struct {
 	started   atomic.Bool
 	// metadataChanged wakes the control group's driver (runControl).
 	metadataChanged chan struct{}
-	// shipFailures counts, per slot move, the shipments in a row that
-	// shipped nothing; moveStuck holds, per replica move, since when its
-	// target has not answered. The driver (runControl) alone uses them;
+	// shipStuck holds, per slot move, since when its shipments have
+	// shipped nothing; moveStuck, per replica move, since when its target
+	// has not answered. The driver (runControl) alone uses them;
 	// they hold the moves in progress only.
-	shipFailures map[uint64]int
-	moveStuck    map[shard.ID]time.Time
+	shipStuck map[uint64]stuck
+	moveStuck map[shard.Move]stuck
 	// avoid holds the nodes that failed to answer as move targets, and
 	// since when: the driver does not choose them for avoidFor.
 	avoid map[string]time.Time
@@ -314,8 +314,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 		timersChanged:   make(chan struct{}, 1),
 		metadataChanged: make(chan struct{}, 1),
-		shipFailures:    make(map[uint64]int),
-		moveStuck:       make(map[shard.ID]time.Time),
+		shipStuck:       make(map[uint64]stuck),
+		moveStuck:       make(map[shard.Move]stuck),
 		avoid:           make(map[string]time.Time),
 	}
 	n.dir.set(c)

@@ -256,13 +256,16 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 			shipped, err := n.ship(ctx, c, m)
 			if err != nil {
 				if shipped > 0 {
-					n.shipFailures[m.ID] = 0
-				} else if n.shipFailures[m.ID]++; n.shipFailures[m.ID] >= maxShipFailures {
-					return n.abortSlotMove(ctx, c, m, err)
+					delete(n.shipStuck, m.ID)
+				} else if stuckFor(n.shipStuck, m.ID, shipTimeout+time.Minute) >= shipStuckTimeout {
+					return n.abortSlotMove(ctx, cr, c, m, err)
 				}
 				return err
 			}
-			delete(n.shipFailures, m.ID)
+			delete(n.shipStuck, m.ID)
+			if !cr.leads() {
+				return nil
+			}
 			res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID})
 			if err != nil {
 				return err
@@ -274,6 +277,14 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 			if _, err := n.controlApply(ctx, control.Command{Kind: control.KindFlipSlots, SlotMove: &m}); err != nil {
 				return err
 			}
+		case fsm.SlotMoveThawed:
+			// Undone at the source by a driver before this one: the
+			// target drops what it installed, the metadata forgets it.
+			if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
+				return err
+			}
+			_, err := n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
+			return err
 		default:
 			return fmt.Errorf("server: shard %d holds slot move %d in an unexpected state", m.From, m.ID)
 		}
@@ -295,27 +306,33 @@ func sourceState(moves []fsm.SlotMove, id uint64) fsm.SlotMoveState {
 	return slotMoveNone
 }
 
-// maxShipFailures is how many shipments of a slot move in a row may fail
+// shipStuckTimeout is how long the shipments of a slot move may fail
 // without shipping a chunk before the move is undone: its range must not
-// stay frozen, its requests waiting, for good.
-const maxShipFailures = 5
+// stay frozen, its requests waiting, for good, but a failover of the
+// target's leader must not undo it either.
+const shipStuckTimeout = time.Minute
 
 // abortSlotMove undoes slot move m, frozen at its source, after its
-// shipment failed (cause): the target drops what it installed, the source
-// thaws the range and serves it again, and the metadata forgets the move.
-func (n *Node) abortSlotMove(ctx context.Context, c *shard.Cluster, m shard.SlotMove, cause error) error {
-	n.log.Warn("undoing a slot move whose shipment keeps failing", "move", m.ID, "from", m.From, "to", m.To, "err", cause)
-	if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
-		return err
+// shipment failed (cause). The source decides: it thaws the range, unless
+// it has dropped it already (a driver before this one went on), and
+// refuses any later step of the move; only then does the target drop what
+// it installed, and the metadata forget the move.
+func (n *Node) abortSlotMove(ctx context.Context, cr *controlReplica, c *shard.Cluster, m shard.SlotMove, cause error) error {
+	if !cr.leads() {
+		return nil
 	}
+	n.log.Warn("undoing a slot move whose shipment keeps failing", "move", m.ID, "from", m.From, "to", m.To, "err", cause)
 	res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindThawSlots, Version: m.ID})
 	if err != nil {
 		return err
 	}
 	if res.Result.Status != fsm.StatusOK {
-		return fmt.Errorf("server: shard %d did not thaw slot move %d: status %d", m.From, m.ID, res.Result.Status)
+		return fmt.Errorf("server: shard %d did not thaw slot move %d (status %d): it went on", m.From, m.ID, res.Result.Status)
 	}
-	delete(n.shipFailures, m.ID)
+	if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
+		return err
+	}
+	delete(n.shipStuck, m.ID)
 	_, err = n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
 	return err
 }

@@ -167,6 +167,23 @@ func (c *Cluster) Holds(node string) []ID {
 	return ids
 }
 
+// CallsFor reports whether the move of group id in progress calls for
+// node to join the group (remove false) or to leave it (remove true): its
+// target joins and its source leaves, or, being undone, its target
+// leaves.
+func (c *Cluster) CallsFor(id ID, remove bool, node string) bool {
+	m := c.MoveOf(id)
+	switch {
+	case m == nil:
+		return false
+	case !remove:
+		return m.To == node && !m.Abort
+	case m.Abort:
+		return m.To == node
+	}
+	return m.From == node
+}
+
 // Peers returns the nodes that may hold a replica of group id: its voters
 // and the target of its move. Only they may send its raft traffic.
 func (c *Cluster) Peers(id ID) []string {

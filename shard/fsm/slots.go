@@ -18,22 +18,24 @@ var ErrNoMove = errors.New("fsm: no such slot move")
 // SlotMoveState is where a slot move stands on one shard.
 type SlotMoveState uint8
 
-// The states of a slot move: at its source, frozen and then dropped; at its
-// target, incoming and then active.
+// The states of a slot move: at its source, frozen and then dropped, or
+// thawed (undone); at its target, incoming and then active.
 const (
 	SlotMoveFrozen SlotMoveState = iota + 1
 	SlotMoveDropped
 	SlotMoveIncoming
 	SlotMoveActive
+	SlotMoveThawed
 )
 
 var slotMoveStateNames = [...]string{
 	SlotMoveFrozen: "frozen", SlotMoveDropped: "dropped", SlotMoveIncoming: "incoming", SlotMoveActive: "active",
+	SlotMoveThawed: "thawed",
 }
 
 // String names the state, for logs and status listings.
 func (s SlotMoveState) String() string {
-	if s >= SlotMoveFrozen && s <= SlotMoveActive {
+	if s >= SlotMoveFrozen && s <= SlotMoveThawed {
 		return slotMoveStateNames[s]
 	}
 	return fmt.Sprintf("slot-move-state(%d)", uint8(s))
@@ -515,7 +517,7 @@ func (ss *sessions) mergeSessions(moved map[string]*movedSession) {
 func (f *FSM) thawSlots(op *Op) Result {
 	m := f.slots.moves[op.Version]
 	if m == nil {
-		if done, ok := f.slots.finishedMove(op.Version); ok && done.State == SlotMoveDropped {
+		if done, ok := f.slots.finishedMove(op.Version); ok && done.State != SlotMoveThawed {
 			return Result{Status: StatusInvalid}
 		}
 		return Result{}
@@ -541,7 +543,10 @@ func (f *FSM) thawSlots(op *Op) Result {
 	}
 	f.jobs.scheduleDue = f.jobs.nextScheduleDue()
 	f.sessions.mergeSessions(m.sessions)
-	delete(f.slots.moves, m.id)
+	// Remembered, so that a step of the move that comes after (a
+	// freeze or a drop from a driver that did not see the thaw) is
+	// refused: the move is undone for good.
+	f.slots.finish(SlotMove{ID: m.id, Start: m.start, End: m.end, State: SlotMoveThawed})
 	f.slots.mark(m.start, m.end, slotOwned)
 	return Result{}
 }
@@ -552,6 +557,9 @@ func (f *FSM) thawSlots(op *Op) Result {
 func (f *FSM) dropSlots(op *Op) Result {
 	m := f.slots.moves[op.Version]
 	if m == nil {
+		if done, ok := f.slots.finishedMove(op.Version); ok && done.State == SlotMoveThawed {
+			return Result{Status: StatusInvalid} // undone: the range is served here again
+		}
 		return Result{}
 	}
 	mark := slotGone

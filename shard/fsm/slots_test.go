@@ -348,11 +348,20 @@ func TestThawRestoresExactly(t *testing.T) {
 		for range 3 {
 			want.one(Op{Kind: KindTick})
 		}
-		if digestOf(t, a.fsm) != digestOf(t, want.fsm) {
-			t.Errorf("thaw (via a snapshot %v) did not restore the state", viaSnapshot)
+		// The same state but for the thaw remembered (so that no later
+		// step of the move is taken).
+		got, exp := a.fsm.Stats(), want.fsm.Stats()
+		got.Applied, exp.Applied = 0, 0
+		if got != exp || a.fsm.JobCounts("ct", a.now) != want.fsm.JobCounts("ct", want.now) {
+			t.Errorf("thaw (via a snapshot %v) did not restore the state: %+v, want %+v", viaSnapshot, got, exp)
 		}
-		if a.fsm.SlotStatus(moveStart) != StatusOK || a.fsm.Stats().Moving != 0 || len(a.fsm.Moves()) != 0 {
-			t.Errorf("after the thaw: slot %v, stats %+v, moves %+v", a.fsm.SlotStatus(moveStart), a.fsm.Stats(), a.fsm.Moves())
+		for _, k := range []string{x.keyIn, x.keyOut} {
+			if e, st := a.fsm.Read(k); e != func() Entry { e, _ := want.fsm.Read(k); return e }() || st != StatusOK {
+				t.Errorf("key %s after the thaw: %+v %v", k, e, st)
+			}
+		}
+		if m := a.fsm.Moves(); a.fsm.SlotStatus(moveStart) != StatusOK || a.fsm.Stats().Moving != 0 || len(m) != 1 || m[0].State != SlotMoveThawed {
+			t.Errorf("after the thaw: slot %v, stats %+v, moves %+v", a.fsm.SlotStatus(moveStart), a.fsm.Stats(), m)
 		}
 	}
 
@@ -583,5 +592,41 @@ func TestReadSeesEntryAndStatusTogether(t *testing.T) {
 	}
 	if e, st, locked := dst.fsm.TryRead(key); !locked || st != StatusOK || e.Value != "in" {
 		t.Errorf("try-read after activation: %+v, status %v, locked %v", e, st, locked)
+	}
+}
+
+// A thawed move is undone for good: a freeze or a drop of it that comes
+// after (from a driver that did not see the thaw) is refused, and the
+// range stays served.
+func TestThawedMoveStaysUndone(t *testing.T) {
+	a := newApplier(t)
+	const key = "stays"
+	slot := shard.KeySlot(key)
+	a.apply(Op{Kind: KindSet, Key: key, Value: "v"})
+	if st := a.freeze(5, slot, slot+1); st != StatusOK {
+		t.Fatalf("freeze: %v", st)
+	}
+	if st := a.slotOp(KindThawSlots, 5, ""); st != StatusOK {
+		t.Fatalf("thaw: %v", st)
+	}
+	if st := a.slotOp(KindThawSlots, 5, ""); st != StatusOK {
+		t.Errorf("a second thaw: %v, want OK", st)
+	}
+	if st := a.freeze(5, slot, slot+1); st != StatusInvalid {
+		t.Errorf("a freeze after the thaw: %v, want invalid", st)
+	}
+	if st := a.slotOp(KindDropSlots, 5, ""); st != StatusInvalid {
+		t.Errorf("a drop after the thaw: %v, want invalid", st)
+	}
+	if e, st := a.fsm.Read(key); st != StatusOK || e.Value != "v" {
+		t.Errorf("the key after: %+v, %v", e, st)
+	}
+	// A dropped move cannot be thawed.
+	if st := a.freeze(6, slot, slot+1); st != StatusOK {
+		t.Fatalf("freeze again: %v", st)
+	}
+	a.slotOp(KindDropSlots, 6, "")
+	if st := a.slotOp(KindThawSlots, 6, ""); st != StatusInvalid {
+		t.Errorf("thaw of a dropped move: %v, want invalid", st)
 	}
 }
