@@ -70,8 +70,8 @@ type muxConfig struct {
 	listen, advertise string
 	log               *slog.Logger
 	// serveRPC takes ownership of an RPC connection from node peer ("" if
-	// insecure).
-	serveRPC func(conn net.Conn, peer string)
+	// insecure), to be closed once idle for idle (the mux's).
+	serveRPC func(conn net.Conn, peer string, idle time.Duration)
 	// tls accepts peers; nil runs insecure, on plain TCP.
 	tls *tls.Config
 	// dialer reaches the other nodes.
@@ -233,7 +233,7 @@ func (m *mux) route(conn *trackedConn) {
 		}
 	case preambleRPC:
 		_ = conn.raw.SetDeadline(time.Time{})
-		m.serveRPC(conn, peer)
+		m.serveRPC(conn, peer, m.idle)
 	default:
 		m.log.Warn("dropped a connection with an unknown preamble", "remote", conn.RemoteAddr(), "peer", peer, "preamble", kind)
 		conn.Close()

@@ -12,7 +12,7 @@ import (
 // have let go of their connections: drain must end their reads and then
 // wait for them, including a connection raft never accepted.
 func TestStreamLayerDrainWaitsForHandlers(t *testing.T) {
-	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn, _ string) { c.Close() }})
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn, _ string, _ time.Duration) { c.Close() }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -539,14 +539,16 @@ func (n *Node) Counters() Counters {
 	return c
 }
 
-// serveRPC serves one connection of node peer until it closes. A node the
-// cluster removed may only learn that it was (removedService).
-func (n *Node) serveRPC(conn net.Conn, peer string) {
+// serveRPC serves one connection of node peer until it closes, or sends
+// nothing for idle while no call of it runs. A node the cluster removed
+// may only learn that it was (removedService). It may run before Start
+// has set n.mux: the listener accepts from the moment it exists.
+func (n *Node) serveRPC(conn net.Conn, peer string, idle time.Duration) {
 	srv := n.rpc
 	if peer != "" && n.dir.removed(peer) {
 		srv = n.rpcRemoved
 	}
-	if !n.group.Go(func() { srv.ServeCodec(newServerCodec(conn, n.mux.idle)) }) {
+	if !n.group.Go(func() { srv.ServeCodec(newServerCodec(conn, idle)) }) {
 		conn.Close()
 	}
 }

@@ -68,7 +68,7 @@ func TestRaftConnBoundsARequest(t *testing.T) {
 // for half that, replaces it, so the write reaches the peer.
 func TestIdleRaftConnectionsAreReplaced(t *testing.T) {
 	const idle = 200 * time.Millisecond
-	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn, _ string) { c.Close() }, idle: idle})
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn, _ string, _ time.Duration) { c.Close() }, idle: idle})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestCheckStateOp(t *testing.T) {
 // longest, which is closed, so connections held idle cannot keep a peer's
 // new one out; once they go, the places are free again.
 func TestPendingConnectionsAreCapped(t *testing.T) {
-	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn, _ string) { c.Close() }})
+	m, err := newMux(muxConfig{listen: "127.0.0.1:0", log: quietLogger, serveRPC: func(c net.Conn, _ string, _ time.Duration) { c.Close() }})
 	if err != nil {
 		t.Fatal(err)
 	}
