@@ -782,9 +782,13 @@ func (c *Client) await(ctx context.Context, cl *call, tx uint64, timeout time.Du
 // already, twice as long as the one before it.) It returns the context's
 // error if the context ends first.
 func (c *Client) backoff(ctx context.Context, attempt int) error {
-	d := min(minRetryBackoff<<min(attempt, 10), maxRetryBackoff)
-	d = d/2 + mrand.N(d/2+1)
-	t := time.NewTimer(d)
+	return c.sleep(ctx, min(minRetryBackoff<<min(attempt, 10), maxRetryBackoff))
+}
+
+// sleep waits between half of d and d, at random, or until ctx ends or
+// the client closes.
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d/2 + mrand.N(d/2+1))
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -807,16 +811,7 @@ const maxMovingWait = 10 * time.Second
 func (c *Client) movingBackoff(ctx context.Context, moving *int) error {
 	d := min(5*time.Millisecond<<min(*moving, 5), 100*time.Millisecond)
 	*moving++
-	t := time.NewTimer(d/2 + mrand.N(d/2+1))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-c.done:
-		return ErrClosed
-	}
+	return c.sleep(ctx, d)
 }
 
 // newTxID returns a random transaction id: 63 bits, never 0, so that a
