@@ -54,28 +54,9 @@ func (c *Client) Admin(ctx context.Context, command string, args, reply any) err
 // request, chosen by the picker, or failing that a live one, or failing
 // that any.
 func (c *Client) routeAny(tried []netip.AddrPort) (target, error) {
-	v := c.view.Load()
-	now := time.Now()
-	var live, fresh []*node
-	for _, n := range v.order {
-		if !n.alive(now, c.cfg.NodeTimeout) {
-			continue
-		}
-		live = append(live, n)
-		if !contains(tried, n.addr) {
-			fresh = append(fresh, n)
-		}
-	}
-	cands := fresh
-	if len(cands) == 0 {
-		cands = live
-	}
-	if len(cands) == 0 {
-		cands = v.order
-	}
-	if len(cands) == 0 {
+	tg, ok := c.pickAmong(c.view.Load().order, tried)
+	if !ok {
 		return target{}, fmt.Errorf("%w: no known nodes", ErrUnavailable)
 	}
-	n := cands[c.pick(cands)]
-	return target{addr: n.addr, node: n}, nil
+	return tg, nil
 }

@@ -207,14 +207,26 @@ func (c *Client) pickReplica(v *view, id shard.ID, tried []netip.AddrPort) (targ
 	if s == nil {
 		return target{}, fmt.Errorf("%w: the shard map has no shard %d", ErrUnavailable, id)
 	}
-	now := time.Now()
-	var all, live, fresh []*node
+	var all []*node
 	for _, nid := range s.Replicas {
-		n := v.nodes[nid]
-		if n == nil {
-			continue
+		if n := v.nodes[nid]; n != nil {
+			all = append(all, n)
 		}
-		all = append(all, n)
+	}
+	tg, ok := c.pickAmong(all, tried)
+	if !ok {
+		return target{}, fmt.Errorf("%w: shard %d has no known replicas", ErrUnavailable, s.ID)
+	}
+	return tg, nil
+}
+
+// pickAmong picks, with the picker, one of nodes that is live and not
+// tried yet by this request; failing that, one that is live; failing that,
+// any. It reports false if nodes is empty.
+func (c *Client) pickAmong(nodes []*node, tried []netip.AddrPort) (target, bool) {
+	now := time.Now()
+	var live, fresh []*node
+	for _, n := range nodes {
 		if !n.alive(now, c.cfg.NodeTimeout) {
 			continue
 		}
@@ -228,13 +240,13 @@ func (c *Client) pickReplica(v *view, id shard.ID, tried []netip.AddrPort) (targ
 		cands = live
 	}
 	if len(cands) == 0 {
-		cands = all
+		cands = nodes
 	}
 	if len(cands) == 0 {
-		return target{}, fmt.Errorf("%w: shard %d has no known replicas", ErrUnavailable, s.ID)
+		return target{}, false
 	}
 	n := cands[c.pick(cands)]
-	return target{addr: n.addr, node: n}, nil
+	return target{addr: n.addr, node: n}, true
 }
 
 // pick asks the picker to choose among nodes by their load.
