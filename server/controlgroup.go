@@ -105,11 +105,7 @@ func (n *Node) openControl(c *shard.Cluster) (*controlReplica, error) {
 		return nil, err
 	}
 	sm := control.NewFSM()
-	g, err := openGroup(groupConfig{
-		id: shard.ControlGroup, dir: filepath.Join(n.cfg.DataDir, replicaDir(shard.ControlGroup)), node: n.id,
-		bootstrap: mayBootstrap(c, shard.ControlGroup, n.id), timing: controlTiming(n.cfg.Spec.Raft), layer: sl,
-		log: n.log, nodeLog: n.raftLog, logStore: n.cfg.Spec.LogStore,
-	}, sm)
+	g, err := openGroup(n.groupConfig(c, shard.ControlGroup, controlTiming(n.cfg.Spec.Raft), sl), sm)
 	if err != nil {
 		return nil, err
 	}
@@ -279,11 +275,20 @@ func (n *Node) openShard(c *shard.Cluster, id shard.ID) (*replica, error) {
 		return nil, err
 	}
 	return openReplica(replicaConfig{
-		id: id, dir: filepath.Join(n.cfg.DataDir, replicaDir(id)),
-		node: n.id, bootstrap: mayBootstrap(c, id, n.id), timing: n.cfg.Spec.Raft, layer: sl, log: n.log,
-		ctx: n.ctx, callTimeout: n.cfg.RequestTimeout, nodes: n.peers, jobs: n.jobs,
-		timersChanged: n.kickSchedules, nodeLog: n.raftLog, logStore: n.cfg.Spec.LogStore,
+		groupConfig: n.groupConfig(c, id, n.cfg.Spec.Raft, sl),
+		ctx:         n.ctx, callTimeout: n.cfg.RequestTimeout, nodes: n.peers, jobs: n.jobs,
+		timersChanged: n.kickSchedules,
 	})
+}
+
+// groupConfig returns this node's configuration of its replica of group
+// id, as c assigns it, at timing over layer sl.
+func (n *Node) groupConfig(c *shard.Cluster, id shard.ID, timing RaftTiming, sl *streamLayer) groupConfig {
+	return groupConfig{
+		id: id, dir: filepath.Join(n.cfg.DataDir, replicaDir(id)), node: n.id,
+		bootstrap: mayBootstrap(c, id, n.id), timing: timing, layer: sl,
+		log: n.log, nodeLog: n.raftLog, logStore: n.cfg.Spec.LogStore,
+	}
 }
 
 // deleteReplica deletes the data of a closed replica of group id: its

@@ -44,11 +44,17 @@ type groupConfig struct {
 	// bootstrap, if not nil, is the configuration a group with no state
 	// here starts with: node ids of its voters to their raft addresses.
 	bootstrap map[string]string
-	timing    RaftTiming
-	layer     *streamLayer
-	log       *slog.Logger
-	nodeLog   *nodelog.Store
-	logStore  string
+	// timing is the group's raft timing, alike on all its replicas.
+	timing RaftTiming
+	// layer carries the group's raft traffic over the node listener.
+	layer *streamLayer
+	log   *slog.Logger
+	// nodeLog, if not nil, holds the group's raft log; if nil, the log is
+	// in the replica's own bbolt file with its raft state.
+	nodeLog *nodelog.Store
+	// logStore is the spec's log_store as written: if empty, a replica
+	// whose log is in its bbolt file keeps it there (see replicaLog).
+	logStore string
 }
 
 // openGroup opens (or creates) a group's stores in cfg.dir and starts its

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/shoal-kv/shoal/server/nodelog"
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/shard/fsm"
 )
@@ -112,23 +111,10 @@ type replica struct {
 	group         group
 }
 
-// replicaConfig is what a node gives each replica it opens.
+// replicaConfig is what a node gives each replica it opens: its raft
+// group's, and what serving the shard needs.
 type replicaConfig struct {
-	id shard.ID
-	// dir holds the replica's raft log and snapshots.
-	dir string
-	// node is this node's id.
-	node string
-	// bootstrap, if not nil, maps the ids of the shard's first voters,
-	// this node's included, to their raft addresses: a replica with no
-	// state starts the group with them. If nil, a replica with no state
-	// waits for the group's leader to add it.
-	bootstrap map[string]string
-	// timing is the raft timing of every group of the cluster.
-	timing RaftTiming
-	// layer carries the shard's raft traffic over the node listener.
-	layer *streamLayer
-	log   *slog.Logger
+	groupConfig
 	// ctx ends when the node closes; calls to other nodes end with it.
 	ctx context.Context
 	// callTimeout bounds a call to the shard's leader.
@@ -140,12 +126,6 @@ type replicaConfig struct {
 	// timersChanged is called when the shard's next tick may have come
 	// forward (see Node.runSchedules).
 	timersChanged func()
-	// nodeLog, if not nil, holds the replica's raft log; if nil, the log
-	// is in the replica's own bbolt file with its raft state.
-	nodeLog *nodelog.Store
-	// logStore is the spec's log_store as written: if empty, a replica
-	// whose log is in its bbolt file keeps it there (see replicaLog).
-	logStore string
 }
 
 // openReplica opens (or creates) the replica of shard cfg.id in cfg.dir and
@@ -158,10 +138,7 @@ func openReplica(cfg replicaConfig) (*replica, error) {
 		LeaseGrace: time.Duration(t.ElectionTimeout),
 		Observer:   replicaObserver{watch: cfg.jobs, id: id, applied: applied},
 	})
-	g, err := openGroup(groupConfig{
-		id: id, dir: cfg.dir, node: cfg.node, bootstrap: cfg.bootstrap, timing: cfg.timing,
-		layer: cfg.layer, log: cfg.log, nodeLog: cfg.nodeLog, logStore: cfg.logStore,
-	}, sm)
+	g, err := openGroup(cfg.groupConfig, sm)
 	if err != nil {
 		return nil, err
 	}
