@@ -49,14 +49,37 @@ type localCluster struct {
 	// control group's: an answer older than floor says nothing new (a
 	// move it lacks may have started, not ended), and is not used.
 	floor uint64
+	// cancel ends the context the command runs in (localFlags.open).
+	cancel context.CancelFunc
 }
 
 // elasticFlags registers the flags every membership command takes.
-func elasticFlags(fs *flag.FlagSet) (dir *string, timeout *time.Duration, insecure *bool) {
-	dir = fs.String("dir", "", "`DIR` the cluster was started in (by cluster up)")
-	timeout = fs.Duration("timeout", 2*time.Minute, "give up waiting after this long")
-	insecure = fs.Bool("insecure", false, "the cluster runs with --insecure")
-	return dir, timeout, insecure
+func elasticFlags(fs *flag.FlagSet) *localFlags {
+	return &localFlags{
+		dir:      fs.String("dir", "", "`DIR` the cluster was started in (by cluster up)"),
+		timeout:  fs.Duration("timeout", 2*time.Minute, "give up waiting after this long"),
+		insecure: fs.Bool("insecure", false, "the cluster runs with --insecure"),
+	}
+}
+
+// localFlags are the flags every membership command takes.
+type localFlags struct {
+	dir      *string
+	timeout  *time.Duration
+	insecure *bool
+}
+
+// open connects to the local cluster the flags name, and returns ctx
+// bounded by the flags' timeout, which closing the cluster ends.
+func (lf *localFlags) open(ctx context.Context, stderr io.Writer) (context.Context, *localCluster, error) {
+	ctx, cancel := context.WithTimeout(ctx, *lf.timeout)
+	lc, err := openLocal(ctx, *lf.dir, *lf.insecure, stderr)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	lc.cancel = cancel
+	return ctx, lc, nil
 }
 
 // openLocal reads the spec and the secret of the cluster in dir and
@@ -84,7 +107,12 @@ func openLocal(ctx context.Context, dir string, insecure bool, stderr io.Writer)
 	return lc, nil
 }
 
-func (lc *localCluster) close() { lc.c.Close(context.Background()) }
+func (lc *localCluster) close() {
+	lc.c.Close(context.Background())
+	if lc.cancel != nil {
+		lc.cancel()
+	}
+}
 
 // admin sends a cluster command and returns the answer.
 func (lc *localCluster) admin(ctx context.Context, command string, args *server.AdminArgs) (*server.AdminReply, error) {
@@ -230,14 +258,12 @@ func freeAddrs() (raftAddr, clientAddr string, err error) {
 
 func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster add-node", stderr)
-	dir, timeout, insecure := elasticFlags(fs)
+	lf := elasticFlags(fs)
 	id := fs.String("id", "", "the new node's `ID` (default: the next free nK)")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -255,7 +281,7 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 			ids = append(ids, n.ID)
 		}
 		*id = nextNodeID(ids, func(id string) bool {
-			_, err := os.Stat(dataPath(*dir, id))
+			_, err := os.Stat(dataPath(*lf.dir, id))
 			return err == nil
 		})
 	}
@@ -265,8 +291,8 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 	} else if nd.Raft, nd.Client, err = freeAddrs(); err != nil {
 		return err
 	}
-	if !*insecure {
-		if _, err := certs.Ensure(tlsPath(*dir), "shoal cluster "+*dir, []string{nd.ID}); err != nil {
+	if !*lf.insecure {
+		if _, err := certs.Ensure(tlsPath(*lf.dir), "shoal cluster "+*lf.dir, []string{nd.ID}); err != nil {
 			return err
 		}
 	}
@@ -274,13 +300,13 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("adding node %s: %w", nd.ID, err)
 	}
-	if err := server.KeepMetadata(dataPath(*dir, nd.ID), r.Cluster); err != nil {
+	if err := server.KeepMetadata(dataPath(*lf.dir, nd.ID), r.Cluster); err != nil {
 		return err
 	}
 	if err := lc.keepSpec(r.Cluster); err != nil {
 		return err
 	}
-	if pid, err := readPid(pidPath(*dir, nd.ID)); err == nil && running(pid) {
+	if pid, err := readPid(pidPath(*lf.dir, nd.ID)); err == nil && running(pid) {
 		fmt.Fprintf(stdout, "%s already running (pid %d)\n", nd.ID, pid)
 	} else {
 		exe, err := os.Executable()
@@ -288,11 +314,11 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 			return err
 		}
 		exited := make(chan string, 1)
-		if _, err := startNode(exe, *dir, nd.ID, *insecure, nodeEnv(len(lc.spec.Nodes)), exited); err != nil {
+		if _, err := startNode(exe, *lf.dir, nd.ID, *lf.insecure, nodeEnv(len(lc.spec.Nodes)), exited); err != nil {
 			return fmt.Errorf("starting %s: %w", nd.ID, err)
 		}
 		if err := waitServing(ctx, lc, nd, exited); err != nil {
-			return fmt.Errorf("%w (see %s)", err, logPath(*dir, nd.ID))
+			return fmt.Errorf("%w (see %s)", err, logPath(*lf.dir, nd.ID))
 		}
 	}
 	fmt.Fprintf(stdout, "added node %s (raft %s, client %s)\n", nd.ID, nd.Raft, nd.Client)
@@ -325,7 +351,7 @@ func waitServing(ctx context.Context, lc *localCluster, nd shard.Node, exited <-
 
 func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster move", stderr)
-	dir, timeout, insecure := elasticFlags(fs)
+	lf := elasticFlags(fs)
 	shardID := fs.Int("shard", -1, "the `ID` of the shard whose replica moves")
 	control := fs.Bool("control", false, "move a replica of the control group instead of a shard's")
 	from := fs.String("from", "", "the `NODE` the replica leaves; none adds a replica to a pair")
@@ -347,9 +373,7 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case *shardID < 0 || int64(*shardID) >= int64(shard.ControlGroup):
 		return fmt.Errorf("%w: --shard ID (or --control) is required", errUsage)
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -376,7 +400,7 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster remove-node", stderr)
-	dir, timeout, insecure := elasticFlags(fs)
+	lf := elasticFlags(fs)
 	grace := fs.Duration("grace", 15*time.Second, "how long the node's process may take to stop before it is killed")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -385,13 +409,11 @@ func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err := wantArgs(pos, 1, "the ID of the node"); err != nil {
 		return err
 	}
-	if *dir == "" {
+	if *lf.dir == "" {
 		return fmt.Errorf("%w: --dir is required", errUsage)
 	}
 	id := pos[0]
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -428,10 +450,10 @@ func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Wri
 		return err
 	}
 	how := "was not running here"
-	if pid, err := readPid(pidPath(*dir, id)); err == nil && running(pid) {
+	if pid, err := readPid(pidPath(*lf.dir, id)); err == nil && running(pid) {
 		how = stopProcess(pid, *grace)
 	}
-	if err := os.Remove(pidPath(*dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(pidPath(*lf.dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	fmt.Fprintf(stdout, "removed node %s (its process %s)\n", id, how)
@@ -452,13 +474,11 @@ func stopProcess(pid int, grace time.Duration) string {
 
 func clusterRebalance(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster rebalance", stderr)
-	dir, timeout, insecure := elasticFlags(fs)
+	lf := elasticFlags(fs)
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -535,7 +555,7 @@ func slotMovesDone(from shard.ID, to *shard.ID) func(*shard.Cluster) (string, er
 
 func clusterSplit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster split", stderr)
-	dir, timeout, insecure := elasticFlags(fs)
+	lf := elasticFlags(fs)
 	shardID := fs.Int("shard", -1, "the `ID` of the shard to split")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
@@ -544,9 +564,7 @@ func clusterSplit(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return fmt.Errorf("%w: --shard ID is required", errUsage)
 	}
 	id := shard.ID(*shardID)
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -570,7 +588,7 @@ func clusterSplit(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 func clusterMoveSlots(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster move-slots", stderr)
-	dir, timeout, insecure := elasticFlags(fs)
+	lf := elasticFlags(fs)
 	from := fs.Int("from", -1, "the `ID` of the shard the slots leave")
 	to := fs.Int("to", -1, "the `ID` of the shard the slots move to")
 	slots := fs.String("slots", "", "the slots to move, `A-B` inclusive (or one slot, A)")
@@ -585,9 +603,7 @@ func clusterMoveSlots(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("%w: --from and --to shard ids are required", errUsage)
 	}
 	m := shard.SlotMove{From: shard.ID(*from), To: shard.ID(*to), Start: start, End: end}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	lc, err := openLocal(ctx, *dir, *insecure, stderr)
+	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
 	}
