@@ -73,6 +73,12 @@ type failoverRun struct {
 	visualization        string
 }
 
+// electionPatience is how long past set.after the experiment waits for a
+// new leader before it reports a failure rather than a figure: far beyond
+// the timers' tail (three heartbeat timeouts), so only a cluster that
+// cannot elect reaches it.
+const electionPatience = 10 * time.Second
+
 // failoverSetup sizes the experiment.
 type failoverSetup struct {
 	seeds         int
@@ -103,7 +109,7 @@ func failover(ctx context.Context, cfg Config) (*Report, error) {
 	r := &Report{
 		Experiment: "failover",
 		Setup: fmt.Sprintf("3 nodes, 2 shards x 3 replicas, heartbeat timeout %v; %d writers of new keys on one shard, %.0f%% loss each way on client links; "+
-			"its leader killed %v into the run, writes go on %v after; a porcupine history on 4 keys of that shard beside; %d seeds",
+			"its leader killed %v into the run, writes go on %v after it and at least 1s after the new leader; a porcupine history on 4 keys of that shard beside; %d seeds",
 			hb, set.writers, set.drop*100, set.before, set.after, set.seeds),
 	}
 	var elections, firsts, lags []float64
@@ -242,7 +248,11 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 			return t.Sub(start) - set.before
 		}
 	}
-	loadCtx, stop := context.WithTimeout(ctx, set.before+set.after)
+	// The load runs set.before, then at least set.after past the kill and
+	// past the new leader's election: an election in the timers' tail (or
+	// on a loaded machine) must still be timed, and writes must go on
+	// after it for the first one to be seen.
+	loadCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -271,7 +281,10 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 	}()
 
 	select {
-	case <-loadCtx.Done():
+	case <-ctx.Done():
+		stop()
+		wg.Wait()
+		return run, ctx.Err()
 	case <-time.After(set.before):
 	}
 	leader := c.leaderID(victim)
@@ -285,10 +298,21 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 	if err := c.Kill(leader); err != nil {
 		return run, err
 	}
-	for c.Elected(victim) == nil && loadCtx.Err() == nil {
+	giveUp := kill.Add(set.after + electionPatience)
+	for c.Elected(victim) == nil && time.Now().Before(giveUp) && ctx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
 	run.election = time.Since(kill)
+	if c.Elected(victim) == nil {
+		stop()
+		wg.Wait()
+		return run, fmt.Errorf("shard %d elected no leader in the %v after its leader was killed", victim, run.election.Round(time.Millisecond))
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Until(kill.Add(max(set.after, run.election+time.Second)))):
+	}
+	stop()
 	wg.Wait()
 
 	run.firstWrite = -1
@@ -302,7 +326,7 @@ func failoverSeed(ctx context.Context, cfg Config, set failoverSetup, seed int64
 		}
 	}
 	if run.firstWrite < 0 {
-		return run, fmt.Errorf("no write succeeded in the %v after the kill", set.after)
+		return run, fmt.Errorf("no write succeeded in the %v after the kill", max(set.after, run.election+time.Second))
 	}
 	if err := c.net.SetDefaultFaults(wire.Faults{}); err != nil {
 		return run, err
