@@ -30,7 +30,8 @@ type readOptions struct {
 // asking the leader whether it is current: faster, and available while the
 // shard has no leader, but it may miss recent writes (a lagging follower's
 // state) or, after a node restart, return an older value than a read before
-// it did.
+// it did. Right after a key's slot moved to another shard, a replica of that
+// shard that has not applied the move yet answers ErrNotFound for it.
 func Stale() ReadOption { return func(o *readOptions) { o.stale = true } }
 
 // Get reads key. By default the read is linearizable: it reflects every
