@@ -44,6 +44,10 @@ const (
 	AdminSplit = "split"
 	// AdminMoveSlots moves AdminArgs.Slots (Node.MoveSlots).
 	AdminMoveSlots = "move-slots"
+	// AdminAbortSlotMoves undoes the slot moves from shard
+	// AdminArgs.Shard, to shard AdminArgs.To if given
+	// (Node.AbortSlotMoves).
+	AdminAbortSlotMoves = "abort-slot-moves"
 )
 
 // AdminArgs are the arguments of a wire.OpCluster command.
@@ -52,6 +56,7 @@ type AdminArgs struct {
 	Move  *shard.Move     `json:"move,omitempty"`
 	ID    string          `json:"id,omitempty"`
 	Shard *shard.ID       `json:"shard,omitempty"`
+	To    *shard.ID       `json:"to,omitempty"`
 	Slots *shard.SlotMove `json:"slots,omitempty"`
 }
 
@@ -187,6 +192,8 @@ func (n *Node) admin(ctx context.Context, m *wire.Message) *wire.Message {
 		reply.Cluster, reply.Shard, err = n.SplitShard(ctx, *args.Shard)
 	case cmd == AdminMoveSlots && args.Slots != nil:
 		reply.Cluster, err = n.MoveSlots(ctx, *args.Slots)
+	case cmd == AdminAbortSlotMoves && args.Shard != nil:
+		reply.Cluster, err = n.AbortSlotMoves(ctx, *args.Shard, args.To)
 	default:
 		return errorReply(wire.CodeBadRequest, "unknown cluster command %q, or its arguments are missing", cmd)
 	}

@@ -166,3 +166,6 @@ func specDialer(spec *Spec, creds *PeerTLS) *dialer {
 		return "", false
 	}}
 }
+
+// SlotMoves returns the slot moves node n's replica of shard id holds.
+func SlotMoves(n *Node, id shard.ID) []fsm.SlotMove { return replicaOf(n, id).fsm.Moves() }

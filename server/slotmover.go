@@ -237,7 +237,15 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 		if err != nil {
 			return err
 		}
-		switch sourceState(state.Moves, m.ID) {
+		st := sourceState(state.Moves, m.ID)
+		if m.Abort && (st == slotMoveNone || st == fsm.SlotMoveFrozen) {
+			n.log.Info("undoing a slot move, as asked", "move", m.ID, "from", m.From, "to", m.To)
+			if err := n.undoSlotMove(ctx, c, m); err != nil {
+				return err
+			}
+			continue
+		}
+		switch st {
 		case slotMoveNone:
 			// The range pauses from the freeze on: its target must be
 			// ready to take it first (a new shard elects its leader).
@@ -258,7 +266,11 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 				if shipped > 0 {
 					delete(n.shipStuck, m.ID)
 				} else if stuckFor(n.shipStuck, m.ID, shipTimeout+time.Minute) >= shipStuckTimeout {
-					return n.abortSlotMove(ctx, cr, c, m, err)
+					n.log.Warn("undoing a slot move whose shipment keeps failing", "move", m.ID, "from", m.From, "to", m.To, "err", err)
+					if err := n.undoSlotMove(ctx, c, m); err != nil {
+						return err
+					}
+					continue
 				}
 				return err
 			}
@@ -274,17 +286,24 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 				return fmt.Errorf("server: shard %d did not drop slot move %d: status %d", m.From, m.ID, res.Result.Status)
 			}
 		case fsm.SlotMoveDropped:
+			if m.Abort {
+				n.log.Info("a slot move asked to be undone is past undoing: its source dropped the range", "move", m.ID)
+			}
 			if _, err := n.controlApply(ctx, control.Command{Kind: control.KindFlipSlots, SlotMove: &m}); err != nil {
 				return err
 			}
 		case fsm.SlotMoveThawed:
-			// Undone at the source by a driver before this one: the
-			// target drops what it installed, the metadata forgets it.
+			// Undone at the source: the target drops what it installed,
+			// and then the metadata forgets the move.
 			if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
 				return err
 			}
-			_, err := n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
-			return err
+			return n.endUndoneSlotMove(ctx, m)
+		case fsm.SlotMoveCancelled:
+			// Undone before any freeze: nothing of the range was ever
+			// exported, so the target holds nothing of it, and need not
+			// even be up for the metadata to forget the move.
+			return n.endUndoneSlotMove(ctx, m)
 		default:
 			return fmt.Errorf("server: shard %d holds slot move %d in an unexpected state", m.From, m.ID)
 		}
@@ -312,29 +331,33 @@ func sourceState(moves []fsm.SlotMove, id uint64) fsm.SlotMoveState {
 // target's leader must not undo it either.
 const shipStuckTimeout = time.Minute
 
-// abortSlotMove undoes slot move m, frozen at its source, after its
-// shipment failed (cause). The source decides: it thaws the range, unless
-// it has dropped it already (a driver before this one went on), and
-// refuses any later step of the move; only then does the target drop what
-// it installed, and the metadata forget the move.
-func (n *Node) abortSlotMove(ctx context.Context, cr *controlReplica, c *shard.Cluster, m shard.SlotMove, cause error) error {
-	if !cr.leads() {
-		return nil
-	}
-	n.log.Warn("undoing a slot move whose shipment keeps failing", "move", m.ID, "from", m.From, "to", m.To, "err", cause)
-	res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindThawSlots, Version: m.ID})
+// undoSlotMove has the source of slot move m take its range back: it
+// thaws the range if frozen, or remembers the move as cancelled if not yet
+// frozen, and either way refuses any later step of the move. A source that
+// has dropped the range already (a driver before this one went on)
+// refuses, and the move goes on. The caller then sees the source's new
+// state, and the target drops what it installed.
+func (n *Node) undoSlotMove(ctx context.Context, c *shard.Cluster, m shard.SlotMove) error {
+	op := fsm.Op{Kind: fsm.KindThawSlots, Version: m.ID, Start: m.Start, End: m.End}
+	res, err := n.slotStep(ctx, c, m.From, op)
 	if err != nil {
 		return err
 	}
 	if res.Result.Status != fsm.StatusOK {
-		return fmt.Errorf("server: shard %d did not thaw slot move %d (status %d): it went on", m.From, m.ID, res.Result.Status)
+		return fmt.Errorf("server: shard %d did not undo slot move %d (status %d): it went on", m.From, m.ID, res.Result.Status)
 	}
-	if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
+	return nil
+}
+
+// endUndoneSlotMove drops the record of slot move m, undone at its source
+// and gone from its target.
+func (n *Node) endUndoneSlotMove(ctx context.Context, m shard.SlotMove) error {
+	delete(n.shipStuck, m.ID)
+	if _, err := n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m}); err != nil {
 		return err
 	}
-	delete(n.shipStuck, m.ID)
-	_, err = n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
-	return err
+	n.log.Info("undid a slot move", "move", m.ID, "from", m.From, "to", m.To, "slots", fmt.Sprintf("[%d,%d)", m.Start, m.End))
+	return nil
 }
 
 // ship has the leader of m.From install the range it froze at m.To, and
@@ -390,6 +413,16 @@ func (n *Node) SplitShard(ctx context.Context, id shard.ID) (*shard.Cluster, sha
 		}
 	}
 	return c, s.ID, nil
+}
+
+// AbortSlotMoves starts undoing the slot moves from shard from (to shard
+// to, if not nil) that are not past undoing: each source takes its range
+// back, unless it has dropped it already, in which case that move
+// finishes. It returns once the metadata marks them; they have ended
+// when the metadata no longer lists them. A shard with no such move is
+// refused (ErrRejected).
+func (n *Node) AbortSlotMoves(ctx context.Context, from shard.ID, to *shard.ID) (*shard.Cluster, error) {
+	return n.controlApply(ctx, control.Command{Kind: control.KindAbortSlotMoves, Slots: &control.SlotMoves{From: from, To: to}})
 }
 
 // MoveSlots starts moving slots [m.Start, m.End) from shard m.From to

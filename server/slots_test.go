@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,8 +13,10 @@ import (
 	"time"
 
 	"github.com/shoal-kv/shoal/client"
+	"github.com/shoal-kv/shoal/server"
 	"github.com/shoal-kv/shoal/server/servertest"
 	"github.com/shoal-kv/shoal/shard"
+	"github.com/shoal-kv/shoal/shard/fsm"
 	"github.com/shoal-kv/shoal/wire"
 )
 
@@ -279,4 +282,86 @@ func TestJobsAcrossSplit(t *testing.T) {
 	if st.Scheduled+st.Ready+st.Leased+st.Dead != 0 {
 		t.Errorf("jobs left after all were done: %+v", st)
 	}
+}
+
+// A slot move to a shard that cannot elect a leader waits without
+// freezing anything; undone, it is forgotten at once: the source
+// remembers it as cancelled (so no late freeze applies), serves the range
+// throughout, and the target, back, holds nothing of it.
+func TestSlotMoveToADeadShardIsUndone(t *testing.T) {
+	// Shard 0 is on n1 n2 n3, shard 1 on n2 n3 n4, the control group on
+	// n1 n2 n3: with n3 and n4 down, shard 1 has no quorum, and the rest
+	// has.
+	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	ctx := context.Background()
+	if got := c.Metadata().Voters(1); !slices.Equal(got, []string{"n2", "n3", "n4"}) {
+		t.Fatalf("shard 1 is on %v, want n2 n3 n4", got)
+	}
+	cl := newClient(t, c, client.Config{})
+	key := keysOf(c.Map(), 0, "undone", 1)[0]
+	slot := shard.KeySlot(key)
+	if _, err := cl.Set(ctx, key, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	kill(t, c, "n3")
+	kill(t, c, "n4")
+	// Once its leader has stepped down, shard 1 cannot take a range, and
+	// no freeze starts.
+	servertest.WaitFor(t, 10*time.Second, "shard 1's leader to step down", func() bool {
+		for _, s := range c.Node("n2").Status().Shards {
+			if s.ID == 1 && s.State == "Leader" {
+				return false
+			}
+		}
+		return true
+	})
+	before, err := c.Node("n1").MoveSlots(ctx, shard.SlotMove{From: 0, To: 1, Start: slot, End: slot + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := before.SlotMoves[0].ID
+	// The range is not frozen while the target cannot take it.
+	if _, err := cl.Set(ctx, key, []byte("during")); err != nil {
+		t.Fatalf("a write to the range of the waiting move: %v", err)
+	}
+	// Undone through a client, as `shoal cluster move-slots --abort` does.
+	from, to := shard.ID(0), shard.ID(1)
+	var after server.AdminReply
+	err = cl.Admin(ctx, server.AdminAbortSlotMoves, &server.AdminArgs{Shard: &from, To: &to}, &after)
+	if err != nil || len(after.Cluster.SlotMoves) != 1 || !after.Cluster.SlotMoves[0].Abort {
+		t.Fatalf("abort: %v, slot moves %+v", err, after.Cluster)
+	}
+	waitSlotsMoved(t, c)
+	if got := c.Metadata().Map.SlotShard(slot); got != 0 {
+		t.Errorf("slot %d is shard %d's after the undo, want 0's", slot, got)
+	}
+	src := leader(t, c, 0)
+	if got := sourceMove(server.SlotMoves(src, 0), id); got.State != fsm.SlotMoveCancelled {
+		t.Errorf("the source holds the move as %+v, want cancelled", got)
+	}
+	if _, err := cl.Set(ctx, key, []byte("after")); err != nil {
+		t.Fatalf("a write to the range after the undo: %v", err)
+	}
+	if it, err := cl.Get(ctx, key); err != nil || string(it.Value) != "after" {
+		t.Errorf("read back: %q, %v", it.Value, err)
+	}
+	if _, err := c.Node("n1").AbortSlotMoves(ctx, 0, nil); !errors.Is(err, server.ErrRejected) {
+		t.Errorf("an abort with no move left: %v, want ErrRejected", err)
+	}
+	restart(t, c, "n3")
+	restart(t, c, "n4")
+	waitReady(t, c)
+	if got := sourceMove(server.SlotMoves(leader(t, c, 1), 1), id); got.ID != 0 {
+		t.Errorf("the target holds %+v of a move it never took part in", got)
+	}
+}
+
+// sourceMove returns the move with id among moves, or a zero move.
+func sourceMove(moves []fsm.SlotMove, id uint64) fsm.SlotMove {
+	for _, m := range moves {
+		if m.ID == id {
+			return m
+		}
+	}
+	return fsm.SlotMove{}
 }

@@ -95,6 +95,9 @@ type SlotMove struct {
 	Start   int    `json:"start"`
 	End     int    `json:"end"`
 	Flipped bool   `json:"flipped,omitempty"`
+	// Abort marks a move being undone: its source takes the range back,
+	// unless it has dropped it already, and then the record goes.
+	Abort bool `json:"abort,omitempty"`
 }
 
 // Node returns the member with the given id, or nil.

@@ -122,6 +122,8 @@ func TestCLICommands(t *testing.T) {
 		{"cluster", "move", "--dir", "d", "--from", "n1", "--to", "n4"},
 		{"cluster", "move", "--dir", "d", "--control", "--shard", "0", "--from", "n1", "--to", "n4"},
 		{"cluster", "remove-node", "--dir", "d"}, {"cluster", "rebalance", "extra", "--dir", "d"},
+		{"cluster", "move-slots", "--dir", "d", "--abort"},
+		{"cluster", "move-slots", "--dir", "d", "--abort", "--from", "0", "--slots", "1-2"},
 		{"server", "--id", "n9", "--data", "d", "--join", "127.0.0.1:1"},
 		{"server", "--id", "n9", "--data", "d", "--cluster", "f", "--raft", "127.0.0.1:1"},
 	} {

@@ -505,7 +505,11 @@ func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
 			fmt.Fprintf(w, "moving:\t%s from %s to %s\n", groupName(m.Group), m.From, m.To)
 		}
 		for _, m := range md.SlotMoves {
-			fmt.Fprintf(w, "moving slots:\t%d-%d from shard %d to shard %d\n", m.Start, m.End-1, m.From, m.To)
+			what := "moving slots"
+			if m.Abort {
+				what = "undoing the move of slots"
+			}
+			fmt.Fprintf(w, "%s:\t%d-%d from shard %d to shard %d\n", what, m.Start, m.End-1, m.From, m.To)
 		}
 		if len(md.Draining) > 0 {
 			fmt.Fprintf(w, "removing:\t%s\n", strings.Join(md.Draining, " "))

@@ -592,8 +592,12 @@ func clusterMoveSlots(ctx context.Context, args []string, stdout, stderr io.Writ
 	from := fs.Int("from", -1, "the `ID` of the shard the slots leave")
 	to := fs.Int("to", -1, "the `ID` of the shard the slots move to")
 	slots := fs.String("slots", "", "the slots to move, `A-B` inclusive (or one slot, A)")
+	abort := fs.Bool("abort", false, "undo the slot moves in progress from --from (to --to, if given) instead")
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
+	}
+	if *abort {
+		return abortSlotMoves(ctx, lf, *from, *to, *slots, stdout, stderr)
 	}
 	start, end, err := parseSlots(*slots)
 	switch {
@@ -625,6 +629,49 @@ func clusterMoveSlots(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	fmt.Fprintf(stdout, "moved slots %d-%d from shard %d to shard %d\n", start, end-1, m.From, m.To)
+	return nil
+}
+
+// abortSlotMoves undoes the slot moves from shard from (to shard to, if
+// not negative) and waits until they are gone: each source takes its range
+// back, but one that dropped it already sees its move through.
+func abortSlotMoves(ctx context.Context, lf *localFlags, from, to int, slots string, stdout, stderr io.Writer) error {
+	switch {
+	case slots != "":
+		return fmt.Errorf("%w: --abort with --slots", errUsage)
+	case from < 0 || int64(from) >= int64(shard.ControlGroup) || int64(to) >= int64(shard.ControlGroup):
+		return fmt.Errorf("%w: --abort needs the --from shard id", errUsage)
+	}
+	src := shard.ID(from)
+	args := &server.AdminArgs{Shard: &src}
+	var dst *shard.ID
+	if to >= 0 {
+		d := shard.ID(to)
+		args.To, dst = &d, &d
+	}
+	ctx, lc, err := lf.open(ctx, stderr)
+	if err != nil {
+		return err
+	}
+	defer lc.close()
+	r, err := lc.admin(ctx, server.AdminAbortSlotMoves, args)
+	if err != nil {
+		return fmt.Errorf("undoing the slot moves from shard %d: %w", src, err)
+	}
+	lc.saw(r.Cluster.Version)
+	for _, m := range r.Cluster.SlotMoves {
+		if m.Abort && m.From == src && (dst == nil || m.To == *dst) {
+			fmt.Fprintf(stdout, "undoing the move of slots %d-%d from shard %d to shard %d\n", m.Start, m.End-1, m.From, m.To)
+		}
+	}
+	c, err := lc.waitFor(ctx, stdout, slotMovesDone(src, dst))
+	if err != nil {
+		return err
+	}
+	if err := lc.keepSpec(c); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "shard %d serves slots %s\n", src, rangesText(c.Map.RangesOf(src)))
 	return nil
 }
 

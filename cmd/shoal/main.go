@@ -63,9 +63,10 @@ Usage:
   shoal cluster rebalance --dir DIR               move replicas until every node holds its share
   shoal cluster split --dir DIR --shard S         make a new shard and move half of S's slots
                                                   to it, online
-  shoal cluster move-slots --dir DIR --from S --to T --slots A-B
+  shoal cluster move-slots --dir DIR --from S (--to T --slots A-B | --abort [--to T])
                                                   move slots A to B (inclusive) from shard S
-                                                  to shard T, online
+                                                  to shard T, online; with --abort, undo the
+                                                  slot moves from S in progress
                                                   (these six wait up to --timeout, default 2m,
                                                   and then rewrite DIR/cluster.json)
   shoal get KEY [--stale]                         print the value of KEY

@@ -48,6 +48,9 @@ const (
 	// target serves the slots; or, not flipped, once the source took
 	// them back.
 	KindEndSlotMove Kind = "end-slot-move"
+	// KindAbortSlotMoves marks the slot moves Slots selects that are not
+	// flipped as being undone (shard.SlotMove.Abort).
+	KindAbortSlotMoves Kind = "abort-slot-moves"
 )
 
 // ErrRejected is returned (wrapped with the reason) for a command the
@@ -76,6 +79,20 @@ type Command struct {
 	// SlotMove is the move of start-slot-move, flip-slots and
 	// end-slot-move.
 	SlotMove *shard.SlotMove `json:"slot_move,omitempty"`
+	// Slots selects the slot moves of abort-slot-moves.
+	Slots *SlotMoves `json:"slots,omitempty"`
+}
+
+// SlotMoves selects slot moves: those from shard From, and to shard *To
+// if To is set.
+type SlotMoves struct {
+	From shard.ID  `json:"from"`
+	To   *shard.ID `json:"to,omitempty"`
+}
+
+// Match reports whether m is one of the moves s selects.
+func (s SlotMoves) Match(m shard.SlotMove) bool {
+	return m.From == s.From && (s.To == nil || m.To == *s.To)
 }
 
 // Encode returns c as a log entry's data.
@@ -124,6 +141,8 @@ func (c Command) Apply(cur *shard.Cluster) (*shard.Cluster, error) {
 		change = c.flipSlots
 	case KindEndSlotMove:
 		change = c.endSlotMove
+	case KindAbortSlotMoves:
+		change = c.abortSlotMoves
 	default:
 		return cur, fmt.Errorf("%w: kind %q", ErrUnknownCommand, c.Kind)
 	}
@@ -426,6 +445,33 @@ func (c Command) endSlotMove(cur *shard.Cluster) (*shard.Cluster, error) {
 	next := cur.Clone()
 	next.SlotMoves = slices.DeleteFunc(next.SlotMoves, func(o shard.SlotMove) bool { return o.ID == m.ID })
 	return next, nil
+}
+
+func (c Command) abortSlotMoves(cur *shard.Cluster) (*shard.Cluster, error) {
+	if c.Slots == nil {
+		return nil, errors.New("no slot moves selected")
+	}
+	var next *shard.Cluster
+	marked := false
+	for i, m := range cur.SlotMoves {
+		switch {
+		case !c.Slots.Match(m) || m.Flipped:
+		case m.Abort:
+			marked = true
+		default:
+			if next == nil {
+				next = cur.Clone()
+			}
+			next.SlotMoves[i].Abort = true
+		}
+	}
+	switch {
+	case next != nil:
+		return next, nil
+	case marked:
+		return cur, nil
+	}
+	return nil, fmt.Errorf("shard %d has no slot move in progress that can be undone", c.Slots.From)
 }
 
 // slotMoveOf returns the slot move of c with id, or nil.

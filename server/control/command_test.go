@@ -226,3 +226,78 @@ func TestCreateShardListsFounders(t *testing.T) {
 		t.Errorf("founders of a shard of the spec: %v, want none", got)
 	}
 }
+
+// Slot moves are undone by marking them: those not flipped of the shards
+// selected; after its flip a move is past undoing, and a shard with no
+// move left to undo is refused.
+func TestAbortSlotMoves(t *testing.T) {
+	base := fourNodes(t)
+	apply := func(c *shard.Cluster, cmd Command) (*shard.Cluster, error) {
+		t.Helper()
+		next, err := cmd.Apply(c)
+		if err == nil && next != c {
+			if verr := next.Validate(); verr != nil {
+				t.Fatalf("%s: installed state does not validate: %v", cmd.Kind, verr)
+			}
+		}
+		return next, err
+	}
+	start := func(c *shard.Cluster, from, to shard.ID, a, b int) *shard.Cluster {
+		t.Helper()
+		next, err := apply(c, Command{Kind: KindStartSlotMove, SlotMove: &shard.SlotMove{From: from, To: to, Start: a, End: b}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return next
+	}
+	one, three := shard.ID(1), shard.ID(3)
+	abort := func(from shard.ID, to *shard.ID) Command {
+		return Command{Kind: KindAbortSlotMoves, Slots: &SlotMoves{From: from, To: to}}
+	}
+	// Shard 0 moves slots 0-9 to 1 and 10-19 to 2; shard 1 moves some to 2.
+	started := start(start(start(base, 0, 1, 0, 10), 0, 2, 10, 20), 1, 2, base.Map.RangesOf(1)[0].Start, base.Map.RangesOf(1)[0].Start+5)
+	aborting, err := apply(started, abort(0, &one))
+	if err != nil {
+		t.Fatalf("abort: %v", err)
+	}
+	for _, m := range aborting.SlotMoves {
+		if want := m.From == 0 && m.To == 1; m.Abort != want {
+			t.Errorf("move %+v after aborting those from 0 to 1: abort %v, want %v", m, m.Abort, want)
+		}
+	}
+	if aborting.Version != started.Version+1 || slices.ContainsFunc(started.SlotMoves, func(m shard.SlotMove) bool { return m.Abort }) {
+		t.Errorf("version %d after %d, or the input was modified", aborting.Version, started.Version)
+	}
+	if again, err := apply(aborting, abort(0, &one)); err != nil || again != aborting {
+		t.Errorf("abort repeated: err %v, changed %v", err, again != aborting)
+	}
+	all, err := apply(aborting, abort(0, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all.SlotMoves {
+		if want := m.From == 0; m.Abort != want {
+			t.Errorf("move %+v after aborting those from 0: abort %v, want %v", m, m.Abort, want)
+		}
+	}
+	id := all.SlotMoves[0].ID
+	ended, err := apply(all, Command{Kind: KindEndSlotMove, SlotMove: &shard.SlotMove{ID: id}})
+	if err != nil || len(ended.SlotMoves) != 2 || !ended.Map.Owns(0, 0, 10) {
+		t.Errorf("end of an undone move: %v, moves %+v, shard 0 owns its slots %v", err, ended.SlotMoves, ended.Map.Owns(0, 0, 10))
+	}
+	// Flipped, shard 1's move is past undoing.
+	flipped, err := apply(started, Command{Kind: KindFlipSlots, SlotMove: &shard.SlotMove{ID: started.SlotMoves[2].ID}})
+	if err != nil {
+		t.Fatalf("flip: %v", err)
+	}
+	for name, cmd := range map[string]Command{
+		"after the flip":          abort(1, nil),
+		"of a shard not moving":   abort(2, nil),
+		"to a shard not a target": abort(0, &three),
+		"with no selection":       {Kind: KindAbortSlotMoves},
+	} {
+		if next, err := apply(flipped, cmd); !errors.Is(err, ErrRejected) || next != flipped {
+			t.Errorf("abort %s: err %v, changed %v; want ErrRejected, unchanged", name, err, next != flipped)
+		}
+	}
+}

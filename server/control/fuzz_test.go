@@ -21,6 +21,8 @@ func FuzzApply(f *testing.F) {
 		{Kind: KindDrainNode, ID: "c"},
 		{Kind: KindDropNode, ID: "c"},
 		{Kind: KindInit, Cluster: &shard.Cluster{Version: 5}},
+		{Kind: KindStartSlotMove, SlotMove: &shard.SlotMove{From: 0, To: 1, Start: 0, End: 10}},
+		{Kind: KindAbortSlotMoves, Slots: &SlotMoves{From: 0}},
 	}
 	var all [][]byte
 	for _, s := range seeds {

@@ -140,7 +140,8 @@ type Op struct {
 	// MaxBatch of them.
 	Batch []Op
 	// Start and End, of a KindFreezeSlots, are the slot range [Start, End)
-	// it freezes, within 0..shard.SlotCount.
+	// it freezes, within 0..shard.SlotCount; of a KindThawSlots, the range
+	// of the move, which a move never frozen is remembered with.
 	Start, End int
 }
 

@@ -60,7 +60,8 @@
 //     (a retry of a write S applied is answered at T, not applied again).
 //
 // KindThawSlots at S before the drop cancels a move, putting the frozen
-// state back; a KindDropSlots at T before activation discards what T
+// state back, or, sent before any freeze, remembering the move as
+// cancelled so that no later freeze of it applies; a KindDropSlots at T before activation discards what T
 // installed. Every step repeated is a no-op, and Moves lists the moves in
 // flight and the last ones finished, for the node to resume them. Moves in
 // flight at one shard cover disjoint ranges.

@@ -19,23 +19,30 @@ var ErrNoMove = errors.New("fsm: no such slot move")
 type SlotMoveState uint8
 
 // The states of a slot move: at its source, frozen and then dropped, or
-// thawed (undone); at its target, incoming and then active.
+// thawed (undone); or cancelled, undone before it was ever frozen; at its
+// target, incoming and then active.
 const (
 	SlotMoveFrozen SlotMoveState = iota + 1
 	SlotMoveDropped
 	SlotMoveIncoming
 	SlotMoveActive
 	SlotMoveThawed
+	SlotMoveCancelled
 )
 
 var slotMoveStateNames = [...]string{
 	SlotMoveFrozen: "frozen", SlotMoveDropped: "dropped", SlotMoveIncoming: "incoming", SlotMoveActive: "active",
-	SlotMoveThawed: "thawed",
+	SlotMoveThawed: "thawed", SlotMoveCancelled: "cancelled",
 }
+
+// Undone reports whether a move in state s was undone at its source
+// (thawed or cancelled): the source serves its range and refuses any
+// later step of the move.
+func (s SlotMoveState) Undone() bool { return s == SlotMoveThawed || s == SlotMoveCancelled }
 
 // String names the state, for logs and status listings.
 func (s SlotMoveState) String() string {
-	if s >= SlotMoveFrozen && s <= SlotMoveThawed {
+	if s >= SlotMoveFrozen && s <= SlotMoveCancelled {
 		return slotMoveStateNames[s]
 	}
 	return fmt.Sprintf("slot-move-state(%d)", uint8(s))
@@ -512,14 +519,25 @@ func (ss *sessions) mergeSessions(moved map[string]*movedSession) {
 
 // thawSlots puts move op.Version's frozen state back live, its waiting
 // times moved on by the time it spent frozen, and unmarks its range: the
-// move is cancelled. A move not frozen here is a no-op, unless it was
-// dropped, which cannot be undone.
+// move is undone. A move never frozen here is recorded as cancelled
+// (op.Start and op.End name its range); one undone already is a no-op; one
+// dropped or incoming cannot be undone here.
 func (f *FSM) thawSlots(op *Op) Result {
 	m := f.slots.moves[op.Version]
 	if m == nil {
-		if done, ok := f.slots.finishedMove(op.Version); ok && done.State != SlotMoveThawed {
+		if done, ok := f.slots.finishedMove(op.Version); ok {
+			if !done.State.Undone() {
+				return Result{Status: StatusInvalid}
+			}
+			return Result{}
+		}
+		// Never frozen here: remembered as cancelled, so that a freeze
+		// that comes after (from a driver that did not see the undo) is
+		// refused, and nothing of the range is ever shipped.
+		if op.Version == 0 || !validRange(op.Start, op.End) {
 			return Result{Status: StatusInvalid}
 		}
+		f.slots.finish(SlotMove{ID: op.Version, Start: op.Start, End: op.End, State: SlotMoveCancelled})
 		return Result{}
 	}
 	if m.incoming {
@@ -557,7 +575,7 @@ func (f *FSM) thawSlots(op *Op) Result {
 func (f *FSM) dropSlots(op *Op) Result {
 	m := f.slots.moves[op.Version]
 	if m == nil {
-		if done, ok := f.slots.finishedMove(op.Version); ok && done.State == SlotMoveThawed {
+		if done, ok := f.slots.finishedMove(op.Version); ok && done.State.Undone() {
 			return Result{Status: StatusInvalid} // undone: the range is served here again
 		}
 		return Result{}

@@ -452,7 +452,7 @@ func TestSlotMoveRefusals(t *testing.T) {
 		{"freeze of the move id over another range", Op{Kind: KindFreezeSlots, Version: moveID, Start: moveEnd, End: moveEnd + 1}, StatusInvalid},
 		{"install at the source", Op{Kind: KindInstallSlots, Version: moveID, Value: string(chunks[0])}, StatusInvalid},
 		{"activate at the source", Op{Kind: KindActivateSlots, Version: moveID}, StatusInvalid},
-		{"thaw of an unknown move", Op{Kind: KindThawSlots, Version: 99}, StatusOK},
+		{"thaw of an unknown move, with no range", Op{Kind: KindThawSlots, Version: 99}, StatusInvalid},
 		{"drop of an unknown move", Op{Kind: KindDropSlots, Version: 99}, StatusOK},
 		{"a second move", Op{Kind: KindFreezeSlots, Version: 8, Start: moveEnd, End: moveEnd + 10}, StatusOK},
 		{"drop", Op{Kind: KindDropSlots, Version: moveID}, StatusOK},
@@ -628,5 +628,52 @@ func TestThawedMoveStaysUndone(t *testing.T) {
 	a.slotOp(KindDropSlots, 6, "")
 	if st := a.slotOp(KindThawSlots, 6, ""); st != StatusInvalid {
 		t.Errorf("thaw of a dropped move: %v, want invalid", st)
+	}
+}
+
+// A move undone before its source froze it is remembered as cancelled: a
+// freeze or a drop of it that comes after (from a driver that did not see
+// the undo) is refused, so nothing of its range is ever taken out of the
+// live state or shipped.
+func TestMoveCancelledBeforeFreeze(t *testing.T) {
+	a := newApplier(t)
+	const key = "kept"
+	slot := shard.KeySlot(key)
+	a.apply(Op{Kind: KindSet, Key: key, Value: "v"})
+	if st := a.slotOp(KindThawSlots, 7, ""); st != StatusInvalid {
+		t.Errorf("a thaw of a move never frozen, with no range: %v, want invalid", st)
+	}
+	if st := a.one(Op{Kind: KindThawSlots, Version: 7, Start: slot, End: slot + 1}).Status; st != StatusOK {
+		t.Fatalf("cancel: %v", st)
+	}
+	want := []SlotMove{{ID: 7, Start: slot, End: slot + 1, State: SlotMoveCancelled}}
+	if got := a.fsm.Moves(); !reflect.DeepEqual(got, want) {
+		t.Errorf("moves after the cancel: %+v, want %+v", got, want)
+	}
+	if st := a.one(Op{Kind: KindThawSlots, Version: 7, Start: slot, End: slot + 1}).Status; st != StatusOK {
+		t.Errorf("a second cancel: %v, want OK", st)
+	}
+	if st := a.freeze(7, slot, slot+1); st != StatusInvalid {
+		t.Errorf("a freeze after the cancel: %v, want invalid", st)
+	}
+	if st := a.slotOp(KindDropSlots, 7, ""); st != StatusInvalid {
+		t.Errorf("a drop after the cancel: %v, want invalid", st)
+	}
+	if _, err := a.fsm.ExportSlots(7, 1<<20); !errors.Is(err, ErrNoMove) {
+		t.Errorf("export of a cancelled move: %v, want ErrNoMove", err)
+	}
+	if res := a.one(Op{Kind: KindSet, Key: key, Value: "w"}); res.Status != StatusOK {
+		t.Errorf("a write to the range after the cancel: %v", res.Status)
+	}
+	// The record survives a snapshot, and still refuses the freeze.
+	b := twin(t, a)
+	if got := b.fsm.Moves(); !reflect.DeepEqual(got, want) {
+		t.Errorf("moves after a restore: %+v, want %+v", got, want)
+	}
+	if st := b.freeze(7, slot, slot+1); st != StatusInvalid {
+		t.Errorf("a freeze after the restore: %v, want invalid", st)
+	}
+	if !SlotMoveCancelled.Undone() || !SlotMoveThawed.Undone() || SlotMoveDropped.Undone() {
+		t.Error("Undone: want true for cancelled and thawed only")
 	}
 }
