@@ -118,7 +118,8 @@ func TestCLICommands(t *testing.T) {
 	for _, args := range [][]string{
 		{}, {"frobnicate"}, {"get"}, {"get", "a", "b"}, {"set", "k"}, {"get", "--bogus", "k"},
 		{"cluster"}, {"cluster", "sideways"}, {"cluster", "up"}, {"server", "--id", "n1"}, {"certs"},
-		{"cluster", "add-node"}, {"cluster", "move", "--dir", "d", "--shard", "1"},
+		{"cluster", "add-node"}, {"cluster", "add-node", "--dir", "d", "--id", "../n9"},
+		{"cluster", "move", "--dir", "d", "--shard", "1"},
 		{"cluster", "move", "--dir", "d", "--from", "n1", "--to", "n4"},
 		{"cluster", "move", "--dir", "d", "--control", "--shard", "0", "--from", "n1", "--to", "n4"},
 		{"cluster", "remove-node", "--dir", "d"}, {"cluster", "rebalance", "extra", "--dir", "d"},

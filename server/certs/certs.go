@@ -16,7 +16,10 @@
 //	ca.key        the CA's private key (only where certificates are made)
 //	ID.crt ID.key node ID's certificate and private key
 //
-// Keys are ECDSA P-256 and written with mode 0600.
+// Keys are ECDSA P-256 and written with mode 0600. Ensure makes what a
+// cluster's nodes lack (a CA too, if the directory has none); IssueFiles
+// issues, with the directory's CA only, for nodes that join later, and
+// never replaces a node's files.
 package certs
 
 import (
