@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -170,9 +169,6 @@ func TestServerJoin(t *testing.T) {
 	seeds := strings.Join(c.Seeds(), ",")
 	secretFile := filepath.Join(c.Dir(), servertest.SecretFile)
 	tlsDir := filepath.Join(t.TempDir(), "tls")
-	if err := os.MkdirAll(tlsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.CA().Save(tlsDir); err != nil {
 		t.Fatal(err)
 	}

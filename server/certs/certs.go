@@ -278,9 +278,12 @@ func LoadCA(dir string) (*CA, error) {
 	return nil, fmt.Errorf("%w: no CA certificate in %s matches %s", ErrInvalid, CACertFile, CAKeyFile)
 }
 
-// Save writes the CA to dir, as CACertFile and CAKeyFile (mode 0600),
-// replacing what is there.
+// Save writes the CA to dir, which it makes if need be, as CACertFile and
+// CAKeyFile (the key with mode 0600), replacing what is there.
 func (ca *CA) Save(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("certs: %w", err)
+	}
 	return writeKeyPair(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), ca.Cert, ca.Key)
 }
 
