@@ -86,8 +86,13 @@ func (n *Node) Cluster() *shard.Cluster { return n.current().cluster }
 // AddNode adds nd to the cluster, or does nothing if it is a member with
 // the same addresses: it may then start, with the metadata returned
 // (KeepMetadata), and receive replicas. An id that was removed may not
-// return (ErrRejected).
+// return, nor one CheckNodeID refuses (ErrRejected).
 func (n *Node) AddNode(ctx context.Context, nd shard.Node) (*shard.Cluster, error) {
+	// Checked here, not in the control group's state machine, whose
+	// replicas must all accept the same entries whatever their version.
+	if err := CheckNodeID(nd.ID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
 	return n.controlApply(ctx, control.Command{Kind: control.KindAddNode, Node: &nd})
 }
 

@@ -329,7 +329,9 @@ func (n *Node) deleteStray() error {
 }
 
 // followMetadata keeps the node's metadata current, and its replicas in
-// line with it, until the node stops.
+// line with it, until the node stops, or the cluster removed it and it
+// has deleted its replicas: then it closes Done (Node.stop), and the
+// node has nothing more to follow.
 func (n *Node) followMetadata() {
 	failures := 0
 	for n.ctx.Err() == nil {
@@ -339,6 +341,13 @@ func (n *Node) followMetadata() {
 		}
 		if err == nil {
 			err = n.reconcile(n.ctx)
+		}
+		if err == nil {
+			if v := n.current(); slices.Contains(v.cluster.Removed, n.id) && len(v.replicas) == 0 && v.control == nil {
+				n.stop(fmt.Errorf("%w: node %s, at cluster metadata version %d; it may not return with this id",
+					ErrRemoved, n.id, v.cluster.Version))
+				return
+			}
 		}
 		if err == nil || n.ctx.Err() != nil {
 			failures = 0

@@ -81,5 +81,9 @@
 // commit). Package servertest runs whole clusters in one process.
 //
 // A Node's owner stops it with Shutdown (hands leadership over first, as
-// on SIGTERM) or Close (at once; to its peers, a crash).
+// on SIGTERM) or Close (at once; to its peers, a crash), and watches Done:
+// a node that learns the cluster removed it deletes its replicas and stops
+// serving on its own, and Err then wraps ErrRemoved. Its owner should then
+// Close it and not start it again (Start refuses with ErrRemoved); `shoal
+// server` exits with status 1. Done also closes once Close has returned.
 package server

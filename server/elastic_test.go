@@ -123,13 +123,18 @@ func TestMoveReplicaToAJoinedNode(t *testing.T) {
 }
 
 // A removed node's replicas move to the others, it leaves the metadata,
-// deletes its data, and may not start again on it.
+// deletes its data, stops on its own (Done, with ErrRemoved), and may not
+// start again on it.
 func TestRemovedNodeIsRefused(t *testing.T) {
 	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	load := startWriteLoad(t, c, 2)
 	servertest.WaitFor(t, 10*time.Second, "50 writes acknowledged", func() bool { return load.count() >= 50 })
 	victim := "n1"
+	vn := c.Node(victim)
+	if err := vn.Err(); err != nil {
+		t.Fatalf("a serving node's Err: %v", err)
+	}
 	if _, err := c.Node("n2").RemoveNode(ctx, victim); err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +158,14 @@ func TestRemovedNodeIsRefused(t *testing.T) {
 		}
 		return true
 	})
+	select {
+	case <-vn.Done():
+		if err := vn.Err(); !errors.Is(err, server.ErrRemoved) {
+			t.Errorf("the removed node's Err: %v, want ErrRemoved", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the removed node's Done did not close")
+	}
 	m := c.Metadata()
 	for _, s := range m.Map.Shards {
 		if len(s.Replicas) != 3 || slices.Contains(s.Replicas, victim) {
@@ -164,6 +177,9 @@ func TestRemovedNodeIsRefused(t *testing.T) {
 	}
 	if err := c.Kill(victim); err != nil {
 		t.Fatal(err)
+	}
+	if err := vn.Err(); !errors.Is(err, server.ErrRemoved) {
+		t.Errorf("the removed node's Err after Close: %v, want ErrRemoved still", err)
 	}
 	if _, err := c.Restart(ctx, victim); !errors.Is(err, server.ErrRemoved) {
 		t.Fatalf("restarting a removed node: %v, want ErrRemoved", err)
@@ -367,5 +383,28 @@ func TestMoveIsUndone(t *testing.T) {
 	cl := newClient(t, c, client.Config{})
 	if _, err := cl.Set(ctx, "after-undo", []byte("v")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Done closes once Close has stopped a node, whose Err stays nil: its owner
+// stopped it.
+func TestDoneClosesOnClose(t *testing.T) {
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Insecure: true})
+	n := c.Node("n1")
+	select {
+	case <-n.Done():
+		t.Fatal("Done closed while the node serves")
+	default:
+	}
+	if err := c.Kill("n1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.Done():
+	default:
+		t.Fatal("Done still open after Close returned")
+	}
+	if err := n.Err(); err != nil {
+		t.Errorf("Err after Close: %v, want nil", err)
 	}
 }

@@ -27,9 +27,10 @@ import (
 // metadataFile is where a node keeps the cluster metadata it last saw.
 const metadataFile = "metadata.json"
 
-// ErrRemoved is returned (wrapped) by Start for a node the cluster removed:
-// its id may not return. Its replicas' data was deleted when it learned
-// of its removal, or is left for the operator if it was down then.
+// ErrRemoved is returned (wrapped) by Start for a node the cluster removed,
+// and by Node.Err once a running node has learned of its removal: its id
+// may not return. Its replicas' data was deleted when it learned of its
+// removal, or is left for the operator if it was down then.
 var ErrRemoved = errors.New("server: the node was removed from the cluster")
 
 // view is what a node serves by: the metadata it follows, the topology

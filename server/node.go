@@ -261,6 +261,11 @@ type Node struct {
 	group     group
 	closeOnce sync.Once
 	closeErr  error
+	// done is closed once (stop), when the node stops serving on its own
+	// or Close has stopped it; doneErr, written before, says why.
+	done     chan struct{}
+	stopOnce sync.Once
+	doneErr  error
 }
 
 // Start opens the node's replicas on cfg.DataDir, starts their raft groups
@@ -317,6 +322,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		shipStuck:       make(map[uint64]stuck),
 		moveStuck:       make(map[shard.Move]stuck),
 		avoid:           make(map[string]time.Time),
+		done:            make(chan struct{}),
 	}
 	n.dir.set(c)
 	n.view.Store(&view{cluster: c, topology: topologyOf(c), replicas: map[shard.ID]*replica{}})
@@ -689,8 +695,37 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	return errors.Join(append(errs, n.Close())...)
 }
 
+// Done returns a channel that is closed when the node has stopped serving
+// on its own, or once Close (or Shutdown) has stopped it: Err then says
+// which. A node stops on its own when it learns that the cluster removed
+// it, once it has deleted its replicas; it then holds nothing, and its
+// owner should Close it (Done closing never releases the node's
+// resources) and not start it again (Start would fail with ErrRemoved).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err returns nil while Done is open, and after: an error wrapping
+// ErrRemoved if the node stopped because the cluster removed it, nil if
+// its owner closed it first.
+func (n *Node) Err() error {
+	select {
+	case <-n.done:
+		return n.doneErr
+	default:
+		return nil
+	}
+}
+
+// stop closes Done with err, Err's answer; only its first call counts.
+func (n *Node) stop(err error) {
+	n.stopOnce.Do(func() {
+		n.doneErr = err
+		close(n.done)
+	})
+}
+
 // Close stops the node at once. To its peers it looks like a crash: they
-// elect new leaders for the shards it led. Its data stays on disk.
+// elect new leaders for the shards it led. Its data stays on disk. Done is
+// closed when Close returns.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
@@ -736,6 +771,7 @@ func (n *Node) Close() error {
 		n.group.Wait()
 		n.closeErr = errors.Join(errs...)
 		n.log.Info("node stopped")
+		n.stop(nil)
 	})
 	return n.closeErr
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/shoal-kv/shoal/shard"
 	"github.com/shoal-kv/shoal/wire"
@@ -182,6 +183,30 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // cluster.
 var ErrInvalidSpec = errors.New("server: invalid cluster spec")
 
+// maxNodeIDSize bounds a node id, in bytes: well within a file name's
+// 255 with a suffix.
+const maxNodeIDSize = 128
+
+// CheckNodeID reports, wrapping ErrInvalidSpec, whether id can name a
+// node: 1 to 128 bytes, not "." or "..", without a slash, a backslash or
+// a control character. A node's id names files (its certificate and key,
+// ID.crt and ID.key; in a local cluster its data directory, pid file and
+// log), so it must be a plain file name. Validate checks every node of a
+// spec with it, and Node.AddNode a node that joins.
+func CheckNodeID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: a node has no id", ErrInvalidSpec)
+	case len(id) > maxNodeIDSize:
+		return fmt.Errorf("%w: node id of %d bytes exceeds %d", ErrInvalidSpec, len(id), maxNodeIDSize)
+	case id == "." || id == "..":
+		return fmt.Errorf("%w: node id %q is not a file name", ErrInvalidSpec, id)
+	case strings.ContainsFunc(id, func(r rune) bool { return r == '/' || r == '\\' || unicode.IsControl(r) }):
+		return fmt.Errorf("%w: node id %q has a slash, backslash or control character (it names files)", ErrInvalidSpec, id)
+	}
+	return nil
+}
+
 // Validate checks that node ids and addresses are unique and well formed,
 // that every replica names a known node, that each shard has 1 to 3
 // replicas, and that the shard map is valid.
@@ -191,8 +216,8 @@ func (s *Spec) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, n := range s.Nodes {
-		if n.ID == "" {
-			return fmt.Errorf("%w: a node has no id", ErrInvalidSpec)
+		if err := CheckNodeID(n.ID); err != nil {
+			return err
 		}
 		for _, a := range []string{n.Raft, n.Client} {
 			host, _, err := net.SplitHostPort(a)

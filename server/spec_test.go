@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,6 +30,11 @@ func TestSpecValidate(t *testing.T) {
 	for name, mutate := range map[string]func(*Spec){
 		"no nodes":                 func(s *Spec) { s.Nodes = nil },
 		"no id":                    func(s *Spec) { s.Nodes[0].ID = "" },
+		"id with a slash":          func(s *Spec) { s.Nodes[0].ID = "../a" },
+		"id with a backslash":      func(s *Spec) { s.Nodes[0].ID = `a\b` },
+		"id of a control char":     func(s *Spec) { s.Nodes[0].ID = "a\nb" },
+		"id dot dot":               func(s *Spec) { s.Nodes[0].ID = ".." },
+		"id too long":              func(s *Spec) { s.Nodes[0].ID = strings.Repeat("n", 129) },
 		"duplicate id":             func(s *Spec) { s.Nodes[1].ID = "a" },
 		"duplicate raft":           func(s *Spec) { s.Nodes[1].Raft = s.Nodes[0].Raft },
 		"duplicate client":         func(s *Spec) { s.Nodes[1].Client = s.Nodes[0].Client },
@@ -48,6 +54,14 @@ func TestSpecValidate(t *testing.T) {
 		mutate(s)
 		if err := s.Validate(); !errors.Is(err, ErrInvalidSpec) {
 			t.Errorf("%s: Validate = %v, want ErrInvalidSpec", name, err)
+		}
+	}
+}
+
+func TestCheckNodeID(t *testing.T) {
+	for _, id := range []string{"n1", "node-7.eu_west", "Ω", strings.Repeat("n", 128)} {
+		if err := CheckNodeID(id); err != nil {
+			t.Errorf("CheckNodeID(%q) = %v, want nil", id, err)
 		}
 	}
 }

@@ -118,7 +118,8 @@ func TestCLICommands(t *testing.T) {
 	for _, args := range [][]string{
 		{}, {"frobnicate"}, {"get"}, {"get", "a", "b"}, {"set", "k"}, {"get", "--bogus", "k"},
 		{"cluster"}, {"cluster", "sideways"}, {"cluster", "up"}, {"server", "--id", "n1"}, {"certs"},
-		{"cluster", "add-node"}, {"cluster", "move", "--dir", "d", "--shard", "1"},
+		{"cluster", "add-node"}, {"cluster", "add-node", "--dir", "d", "--id", "../n9"},
+		{"cluster", "move", "--dir", "d", "--shard", "1"},
 		{"cluster", "move", "--dir", "d", "--from", "n1", "--to", "n4"},
 		{"cluster", "move", "--dir", "d", "--control", "--shard", "0", "--from", "n1", "--to", "n4"},
 		{"cluster", "remove-node", "--dir", "d"}, {"cluster", "rebalance", "extra", "--dir", "d"},
@@ -384,5 +385,71 @@ func TestCertsAndServerCredentials(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(tlsDir, "n2.key"), n1key, 0o600)
 	if _, err := server.LoadPeerTLS(tlsDir, "n2"); !errors.Is(err, server.ErrNoCredentials) || !strings.Contains(err.Error(), "names node") {
 		t.Errorf("n1's certificate as n2's: %v", err)
+	}
+}
+
+// shoal certs --id issues, with the CA in --out, the credentials of a node
+// that joins later; it refuses without a CA, never replaces a node's
+// files, and refuses an id that cannot name one.
+func TestCertsForJoiningNode(t *testing.T) {
+	dir := t.TempDir()
+	tlsDir := filepath.Join(dir, "tls")
+	code, _, errs := shoal("certs", "--out", tlsDir, "--id", "n7")
+	if code != 1 || !strings.Contains(errs, "no CA") || !strings.Contains(errs, "--cluster") {
+		t.Errorf("certs --id without a CA: exit %d, %q; want it refused, naming --cluster", code, errs)
+	}
+	if _, err := os.Stat(filepath.Join(tlsDir, "n7.crt")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("certs --id without a CA wrote n7.crt: %v", err)
+	}
+	spec, err := server.LocalSpec(2, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	specFile := filepath.Join(dir, "cluster.json")
+	if err := spec.Save(specFile); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := shoal("certs", "--cluster", specFile); code != 0 {
+		t.Fatalf("certs --cluster: exit %d, %s", code, errs)
+	}
+	code, out, errs := shoal("certs", "--out", tlsDir, "--id", "n7,n8")
+	if code != 0 {
+		t.Fatalf("certs --id n7,n8: exit %d, %s", code, errs)
+	}
+	for _, id := range []string{"n7", "n8"} {
+		if !strings.Contains(out, filepath.Join(tlsDir, id+".key")) || !strings.Contains(out, "for node "+id+": copy") {
+			t.Errorf("certs --id output lacks %s's files or what to copy:\n%s", id, out)
+		}
+		if _, err := server.LoadPeerTLS(tlsDir, id); err != nil {
+			t.Errorf("credentials of %s: %v", id, err)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(tlsDir, "n7.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("n7.key: %v, %v; want mode 0600", fi, err)
+	}
+	n1Before, _ := os.ReadFile(filepath.Join(tlsDir, "n1.crt"))
+	code, _, errs = shoal("certs", "--out", tlsDir, "--id", "n9,n1")
+	if code != 1 || !strings.Contains(errs, "n1.crt") {
+		t.Errorf("certs --id for n1, which has a certificate: exit %d, %q; want it refused", code, errs)
+	}
+	if n1After, _ := os.ReadFile(filepath.Join(tlsDir, "n1.crt")); !bytes.Equal(n1Before, n1After) {
+		t.Error("certs --id replaced n1's certificate")
+	}
+	if _, err := os.Stat(filepath.Join(tlsDir, "n9.crt")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused certs --id wrote n9.crt: %v", err)
+	}
+	for _, args := range [][]string{
+		{"--out", tlsDir, "--id", "../n9"},
+		{"--out", tlsDir, "--id", "n9,,n10"},
+		{"--out", tlsDir, "--id", "n9,n9"},
+		{"--id", "n9"},
+		{"--cluster", specFile, "--id", "n9"},
+	} {
+		if code, _, errs := shoal(append([]string{"certs"}, args...)...); code != 2 {
+			t.Errorf("certs %q: exit %d, %q; want a usage error", args, code, errs)
+		}
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, "n9*")); len(matches) != 0 {
+		t.Errorf("a refused id wrote %v", matches)
 	}
 }

@@ -263,6 +263,11 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := parseDirCommand(fs, args); err != nil {
 		return err
 	}
+	if *id != "" {
+		if err := server.CheckNodeID(*id); err != nil {
+			return fmt.Errorf("%w: --id: %v", errUsage, err)
+		}
+	}
 	ctx, lc, err := lf.open(ctx, stderr)
 	if err != nil {
 		return err
@@ -401,7 +406,7 @@ func clusterMove(ctx context.Context, args []string, stdout, stderr io.Writer) e
 func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster remove-node", stderr)
 	lf := elasticFlags(fs)
-	grace := fs.Duration("grace", 15*time.Second, "how long the node's process may take to stop before it is killed")
+	grace := fs.Duration("grace", 15*time.Second, "how long the node's process may take to exit on its own once removed, before it is stopped (SIGTERM, then SIGKILL)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -449,9 +454,14 @@ func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err := lc.keepSpec(c); err != nil {
 		return err
 	}
+	// A removed node exits on its own once it has deleted its replicas;
+	// stopped sooner, it leaves them on disk.
 	how := "was not running here"
 	if pid, err := readPid(pidPath(*lf.dir, id)); err == nil && running(pid) {
-		how = stopProcess(pid, *grace)
+		how = "exited"
+		if !waitExit(pid, *grace) {
+			how = stopProcess(pid, removedStopGrace)
+		}
 	}
 	if err := os.Remove(pidPath(*lf.dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -459,6 +469,10 @@ func clusterRemoveNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	fmt.Fprintf(stdout, "removed node %s (its process %s)\n", id, how)
 	return nil
 }
+
+// removedStopGrace bounds the wait for a removed node's process that did
+// not exit on its own to stop on SIGTERM before it is killed.
+const removedStopGrace = 5 * time.Second
 
 // stopProcess stops process pid as `cluster down` does: SIGTERM, then
 // SIGKILL if it has not exited within grace. It says which it took.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -127,29 +128,53 @@ func TestMoveDone(t *testing.T) {
 	}
 }
 
-// joinServer runs `shoal server --join` for node n4 until stop is called,
-// which returns its exit status.
-func joinServer(t *testing.T, seeds, data, raftAddr, clientAddr string) (stop func() int) {
+// joinedServer is `shoal server --join` for node n4, run by the test.
+type joinedServer struct {
+	cancel context.CancelFunc
+	// exit delivers the command's exit status; stderr holds its output
+	// once it has.
+	exit   chan int
+	stderr bytes.Buffer
+}
+
+// joinServer runs `shoal server --join` for node n4 with the credentials
+// in tlsDir and secretFile, until it exits or stop is called.
+func joinServer(t *testing.T, seeds, data, raftAddr, clientAddr, tlsDir, secretFile string) *joinedServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	code := make(chan int, 1)
+	s := &joinedServer{cancel: cancel, exit: make(chan int, 1)}
 	go func() {
-		code <- run(ctx, []string{"server", "--id", "n4", "--data", data, "--join", seeds,
-			"--raft", raftAddr, "--client", clientAddr, "--insecure", "--log-level", "error"}, io.Discard, io.Discard)
+		s.exit <- run(ctx, []string{"server", "--id", "n4", "--data", data, "--join", seeds,
+			"--raft", raftAddr, "--client", clientAddr, "--tls-dir", tlsDir, "--secret-file", secretFile,
+			"--log-level", "error"}, io.Discard, &s.stderr)
 	}()
-	return func() int {
-		cancel()
-		return <-code
-	}
+	t.Cleanup(cancel)
+	return s
+}
+
+// stop stops the command, as SIGTERM does, and returns its exit status.
+func (s *joinedServer) stop() int {
+	s.cancel()
+	return <-s.exit
 }
 
 // `shoal server --join` registers the node and starts it on the metadata
-// the cluster answers; restarted with the same flags, it is the same
-// node; under its id but at other addresses, it is refused.
+// the cluster answers, with a certificate `shoal certs --id` issued with
+// the cluster's CA; restarted with the same flags, it is the same node;
+// under its id but at other addresses, it is refused; removed from the
+// cluster, it exits with status 1 on its own.
 func TestServerJoin(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Insecure: true,
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	seeds := strings.Join(c.Seeds(), ",")
+	secretFile := filepath.Join(c.Dir(), servertest.SecretFile)
+	tlsDir := filepath.Join(t.TempDir(), "tls")
+	if err := c.CA().Save(tlsDir); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := shoal("certs", "--out", tlsDir, "--id", "n4"); code != 0 {
+		t.Fatalf("certs --id n4: exit %d, %s%s", code, out, errs)
+	}
 	raftAddr, clientAddr, err := freeAddrs()
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +183,7 @@ func TestServerJoin(t *testing.T) {
 	serving := func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		cl, err := client.New(ctx, client.Config{Seeds: []string{clientAddr}, Insecure: true,
+		cl, err := client.New(ctx, client.Config{Seeds: []string{clientAddr}, Secret: c.Secret(),
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			return false
@@ -168,23 +193,20 @@ func TestServerJoin(t *testing.T) {
 		return err == nil
 	}
 
-	stop := joinServer(t, seeds, data, raftAddr, clientAddr)
+	n4 := joinServer(t, seeds, data, raftAddr, clientAddr, tlsDir, secretFile)
 	servertest.WaitFor(t, 30*time.Second, "n4 a member, serving", func() bool {
 		return c.Metadata().Node("n4") != nil && serving()
 	})
 	if nd := c.Metadata().Node("n4"); nd.Raft != raftAddr || nd.Client != clientAddr {
 		t.Errorf("n4 registered at %+v, want raft %s, client %s", nd, raftAddr, clientAddr)
 	}
-	if code := stop(); code != 0 {
-		t.Fatalf("n4 stopped with exit %d", code)
+	if code := n4.stop(); code != 0 {
+		t.Fatalf("n4 stopped with exit %d: %s", code, n4.stderr.String())
 	}
 	version := c.Metadata().Version
 
-	stop = joinServer(t, seeds, data, raftAddr, clientAddr)
+	n4 = joinServer(t, seeds, data, raftAddr, clientAddr, tlsDir, secretFile)
 	servertest.WaitFor(t, 30*time.Second, "n4 serving again", serving)
-	if code := stop(); code != 0 {
-		t.Fatalf("n4 stopped with exit %d after its restart", code)
-	}
 	if v := c.Metadata().Version; v != version {
 		t.Errorf("rejoining with the same flags changed the metadata: version %d, then %d", version, v)
 	}
@@ -193,10 +215,24 @@ func TestServerJoin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, _, errs := shoal("server", "--id", "n4", "--data", data, "--join", seeds,
-		"--raft", otherRaft, "--client", otherClient, "--insecure")
+	code, _, errs := shoal("server", "--id", "n4", "--data", t.TempDir(), "--join", seeds,
+		"--raft", otherRaft, "--client", otherClient, "--tls-dir", tlsDir, "--secret-file", secretFile)
 	if code != 1 || !strings.Contains(errs, `node "n4" is a member`) {
 		t.Errorf("n4 at other addresses: exit %d, %q; want it refused", code, errs)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.Node("n1").RemoveNode(ctx, "n4"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-n4.exit:
+		if errs := n4.stderr.String(); code != 1 || !strings.Contains(errs, "shoal server: server: the node was removed from the cluster") {
+			t.Errorf("removed n4 exited %d: %q; want 1, saying it was removed", code, errs)
+		}
+	case <-ctx.Done():
+		t.Fatal("removed n4 still runs")
 	}
 }
 

@@ -5,6 +5,7 @@
 //	shoal server --id ID --data DIR --cluster FILE [--tls-dir DIR | --insecure]
 //	shoal server --id ID --data DIR --join ADDRS --raft ADDR --client ADDR
 //	shoal certs --cluster FILE [--out DIR]
+//	shoal certs --out DIR --id ID[,ID...]
 //	shoal cluster up --dir DIR [--nodes 3 --shards 4 --replicas 3]
 //	shoal cluster down --dir DIR
 //	shoal cluster status --cluster FILE
@@ -42,9 +43,12 @@ Usage:
                                                   ADDRS of some of its nodes, as a new node
                                                   reached at ADDR (raft, TCP) and ADDR
                                                   (clients, UDP); again with the same flags,
-                                                  it restarts as the same node
+                                                  it restarts as the same node. A node exits 1
+                                                  once the cluster has removed it
   shoal certs --cluster FILE [--out DIR]          make a cluster CA (unless DIR has one) and
                                                   each node's certificate and key
+  shoal certs --out DIR --id ID[,ID...]           issue with DIR's CA the certificate and key
+                                                  of each node ID, to join later
   shoal cluster up --dir DIR [--nodes N --shards S --replicas R]
                                                   start a local cluster of processes, with
                                                   certificates in DIR/tls
@@ -59,7 +63,8 @@ Usage:
                                                   --from, add one on B (a pair grows to a trio);
                                                   with --abort instead of --from and --to, undo
                                                   the move in progress
-  shoal cluster remove-node --dir DIR ID          move node ID's replicas away, drop it, stop it
+  shoal cluster remove-node --dir DIR ID          move node ID's replicas away, drop it; its
+                                                  process exits (or is stopped after --grace)
   shoal cluster rebalance --dir DIR               move replicas until every node holds its share
   shoal cluster split --dir DIR --shard S         make a new shard and move half of S's slots
                                                   to it, online

@@ -111,7 +111,14 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	<-ctx.Done() // SIGINT or SIGTERM
+	select {
+	case <-ctx.Done(): // SIGINT or SIGTERM
+	case <-n.Done():
+		// The node stopped serving on its own: the cluster removed it, and
+		// it holds nothing to hand over. The process exits non-zero, so
+		// that a supervisor does not restart it (it would be refused).
+		return errors.Join(n.Err(), n.Close())
+	}
 	c := n.Counters()
 	log.Info("stopping: handing over leadership", "requests", c.Requests, "malformed", c.Malformed,
 		"busy", c.Busy, "long_polls_refused", c.LongPollsRefused, "heartbeat_clients_evicted", c.HeartbeatClientsEvicted,

@@ -16,7 +16,10 @@
 //	ca.key        the CA's private key (only where certificates are made)
 //	ID.crt ID.key node ID's certificate and private key
 //
-// Keys are ECDSA P-256 and written with mode 0600.
+// Keys are ECDSA P-256 and written with mode 0600. Ensure makes what a
+// cluster's nodes lack (a CA too, if the directory has none); IssueFiles
+// issues, with the directory's CA only, for nodes that join later, and
+// never replaces a node's files.
 package certs
 
 import (
@@ -67,6 +70,12 @@ var (
 	// the CA did not sign, one naming another node, a key that does not
 	// match its certificate, a file that is not PEM of the expected kind.
 	ErrInvalid = errors.New("certs: invalid credentials")
+	// ErrNoCA: a directory holds no CA (ca.crt and ca.key) to issue
+	// certificates with.
+	ErrNoCA = errors.New("certs: no CA")
+	// ErrExists: a node has a certificate or key already where one would
+	// be written.
+	ErrExists = errors.New("certs: credentials exist")
 )
 
 // uriScheme and uriHost make the URI that names a node: shoal://node/ID.
@@ -269,6 +278,62 @@ func LoadCA(dir string) (*CA, error) {
 	return nil, fmt.Errorf("%w: no CA certificate in %s matches %s", ErrInvalid, CACertFile, CAKeyFile)
 }
 
+// Save writes the CA to dir, which it makes if need be, as CACertFile and
+// CAKeyFile (the key with mode 0600), replacing what is there.
+func (ca *CA) Save(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("certs: %w", err)
+	}
+	return writeKeyPair(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), ca.Cert, ca.Key)
+}
+
+// IssueFiles issues with the CA of dir (LoadCA) a certificate and key for
+// each of ids, written to dir (NodeFiles), and returns the files it wrote:
+// credentials for nodes that join a running cluster. It writes nothing if
+// dir holds no CA (ErrNoCA) or any of ids has a certificate or key there
+// (ErrExists): a node may be using them. The caller checks the ids (as
+// server.CheckNodeID does): each names files in dir.
+func IssueFiles(dir string, ids []string) ([]string, error) {
+	ca, err := LoadCA(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s: it needs %s and %s", ErrNoCA, dir, CACertFile, CAKeyFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		certFile, keyFile := NodeFiles(dir, id)
+		for _, f := range []string{certFile, keyFile} {
+			if exists(f) {
+				return nil, fmt.Errorf("%w: %s (remove %s and %s to issue node %s new ones)", ErrExists, f, certFile, keyFile, id)
+			}
+		}
+	}
+	var wrote []string
+	for _, id := range ids {
+		files, err := ca.issueFiles(dir, id)
+		wrote = append(wrote, files...)
+		if err != nil {
+			return wrote, err
+		}
+	}
+	return wrote, nil
+}
+
+// issueFiles issues a certificate and key for node id and writes them to
+// dir, returning the files.
+func (ca *CA) issueFiles(dir, id string) ([]string, error) {
+	cert, err := ca.Issue(id)
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile := NodeFiles(dir, id)
+	if err := writeKeyPair(certFile, keyFile, cert.Leaf, cert.PrivateKey); err != nil {
+		return nil, err
+	}
+	return []string{certFile, keyFile}, nil
+}
+
 // Ensure makes in dir what the nodes ids need and is missing: a CA named
 // name, unless dir holds one (ca.crt and ca.key), and for each id without
 // one, a certificate and key signed by it. It returns the files it wrote.
@@ -288,7 +353,7 @@ func Ensure(dir, name string, ids []string) ([]string, error) {
 		if ca, err = NewCA(name); err != nil {
 			return nil, err
 		}
-		if err := writeCA(dir, ca); err != nil {
+		if err := ca.Save(dir); err != nil {
 			return nil, err
 		}
 		wrote = append(wrote, filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile))
@@ -300,14 +365,11 @@ func Ensure(dir, name string, ids []string) ([]string, error) {
 		if exists(certFile) && exists(keyFile) {
 			continue
 		}
-		cert, err := ca.Issue(id)
+		files, err := ca.issueFiles(dir, id)
+		wrote = append(wrote, files...)
 		if err != nil {
 			return wrote, err
 		}
-		if err := writeKeyPair(certFile, keyFile, cert.Leaf, cert.PrivateKey); err != nil {
-			return wrote, err
-		}
-		wrote = append(wrote, certFile, keyFile)
 	}
 	return wrote, nil
 }
@@ -315,10 +377,6 @@ func Ensure(dir, name string, ids []string) ([]string, error) {
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
-}
-
-func writeCA(dir string, ca *CA) error {
-	return writeKeyPair(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), ca.Cert, ca.Key)
 }
 
 // writeKeyPair writes a certificate (mode 0644) and its key (mode 0600),

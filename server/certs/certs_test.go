@@ -41,7 +41,7 @@ func TestIssueVerifyLoad(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	if err := writeCA(dir, other); err != nil {
+	if err := other.Save(dir); err != nil {
 		t.Fatal(err)
 	}
 	certFile, keyFile := NodeFiles(dir, "n1")
@@ -81,4 +81,42 @@ func TestIssueVerifyLoad(t *testing.T) {
 
 func pemCert(ca *CA) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
+}
+
+// IssueFiles issues with the CA of a directory only, and never replaces a
+// node's credentials: it writes nothing if any id has some.
+func TestIssueFiles(t *testing.T) {
+	dir := t.TempDir()
+	if wrote, err := IssueFiles(dir, []string{"n7"}); !errors.Is(err, ErrNoCA) || len(wrote) != 0 {
+		t.Fatalf("IssueFiles without a CA: wrote %v, %v; want ErrNoCA", wrote, err)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, "*")); len(matches) != 0 {
+		t.Fatalf("IssueFiles without a CA left %v", matches)
+	}
+	ca, err := NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	wrote, err := IssueFiles(dir, []string{"n7", "n8"})
+	if err != nil || len(wrote) != 4 {
+		t.Fatalf("IssueFiles wrote %v, %v; want n7's and n8's files", wrote, err)
+	}
+	for _, id := range []string{"n7", "n8"} {
+		if _, _, err := Load(dir, id); err != nil {
+			t.Errorf("Load of %s: %v", id, err)
+		}
+	}
+	before, _ := os.ReadFile(filepath.Join(dir, "n7.crt"))
+	if wrote, err := IssueFiles(dir, []string{"n9", "n7"}); !errors.Is(err, ErrExists) || len(wrote) != 0 {
+		t.Errorf("IssueFiles for n9 and n7, which has files: wrote %v, %v; want ErrExists", wrote, err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "n7.crt")); string(before) != string(after) {
+		t.Error("IssueFiles replaced n7's certificate")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "n9.crt")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("IssueFiles refused but wrote n9's certificate: %v", err)
+	}
 }
