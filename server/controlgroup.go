@@ -344,9 +344,13 @@ func (n *Node) followMetadata() {
 		}
 		if err == nil {
 			if v := n.current(); slices.Contains(v.cluster.Removed, n.id) && len(v.replicas) == 0 && v.control == nil {
-				n.stop(fmt.Errorf("%w: node %s, at cluster metadata version %d; it may not return with this id",
-					ErrRemoved, n.id, v.cluster.Version))
-				return
+				// Done promises the replicas are gone from the disk: a
+				// deletion that failed is tried again first.
+				if err = n.deleteStray(); err == nil {
+					n.stop(fmt.Errorf("%w: node %s, at cluster metadata version %d; it may not return with this id",
+						ErrRemoved, n.id, v.cluster.Version))
+					return
+				}
 			}
 		}
 		if err == nil || n.ctx.Err() != nil {

@@ -85,5 +85,5 @@
 // a node that learns the cluster removed it deletes its replicas and stops
 // serving on its own, and Err then wraps ErrRemoved. Its owner should then
 // Close it and not start it again (Start refuses with ErrRemoved); `shoal
-// server` exits with status 1. Done also closes once Close has returned.
+// server` exits with status 3. Done also closes once Close has returned.
 package server

@@ -266,6 +266,9 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 				if shipped > 0 {
 					delete(n.shipStuck, m.ID)
 				} else if stuckFor(n.shipStuck, m.ID, shipTimeout+time.Minute) >= shipStuckTimeout {
+					if !cr.leads() {
+						return nil // a shipment takes a while: a successor may be shipping it
+					}
 					n.log.Warn("undoing a slot move whose shipment keeps failing", "move", m.ID, "from", m.From, "to", m.To, "err", err)
 					if err := n.undoSlotMove(ctx, c, m); err != nil {
 						return err
@@ -295,7 +298,8 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 		case fsm.SlotMoveThawed:
 			// Undone at the source: the target drops what it installed,
 			// and then the metadata forgets the move.
-			if _, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
+			drop := fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID, Start: m.Start, End: m.End}
+			if _, err := n.slotStep(ctx, c, m.To, drop); err != nil {
 				return err
 			}
 			return n.endUndoneSlotMove(ctx, m)

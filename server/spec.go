@@ -188,8 +188,8 @@ var ErrInvalidSpec = errors.New("server: invalid cluster spec")
 const maxNodeIDSize = 128
 
 // CheckNodeID reports, wrapping ErrInvalidSpec, whether id can name a
-// node: 1 to 128 bytes, not "." or "..", without a slash, a backslash or
-// a control character. A node's id names files (its certificate and key,
+// node: 1 to 128 bytes, not "." or "..", nor "ca" in any case, without a
+// slash, a backslash or a control character. A node's id names files (its certificate and key,
 // ID.crt and ID.key; in a local cluster its data directory, pid file and
 // log), so it must be a plain file name. Validate checks every node of a
 // spec with it, and Node.AddNode a node that joins.
@@ -201,6 +201,8 @@ func CheckNodeID(id string) error {
 		return fmt.Errorf("%w: node id of %d bytes exceeds %d", ErrInvalidSpec, len(id), maxNodeIDSize)
 	case id == "." || id == "..":
 		return fmt.Errorf("%w: node id %q is not a file name", ErrInvalidSpec, id)
+	case strings.EqualFold(id, "ca"):
+		return fmt.Errorf("%w: node id %q names the cluster CA's files (ca.crt, ca.key)", ErrInvalidSpec, id)
 	case strings.ContainsFunc(id, func(r rune) bool { return r == '/' || r == '\\' || unicode.IsControl(r) }):
 		return fmt.Errorf("%w: node id %q has a slash, backslash or control character (it names files)", ErrInvalidSpec, id)
 	}

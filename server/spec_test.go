@@ -59,9 +59,14 @@ func TestSpecValidate(t *testing.T) {
 }
 
 func TestCheckNodeID(t *testing.T) {
-	for _, id := range []string{"n1", "node-7.eu_west", "Ω", strings.Repeat("n", 128)} {
+	for _, id := range []string{"n1", "node-7.eu_west", "Ω", strings.Repeat("n", 128), "cab"} {
 		if err := CheckNodeID(id); err != nil {
 			t.Errorf("CheckNodeID(%q) = %v, want nil", id, err)
+		}
+	}
+	for _, id := range []string{"", ".", "..", "a/b", `a\b`, "a\nb", strings.Repeat("n", 129), "ca", "CA"} {
+		if err := CheckNodeID(id); !errors.Is(err, ErrInvalidSpec) {
+			t.Errorf("CheckNodeID(%q) = %v, want ErrInvalidSpec", id, err)
 		}
 	}
 }

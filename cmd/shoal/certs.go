@@ -78,7 +78,7 @@ func certsCmd(_ context.Context, args []string, stdout, stderr io.Writer) error 
 func issueJoining(dir string, ids []string, stdout io.Writer) error {
 	for i, id := range ids {
 		if err := server.CheckNodeID(id); err != nil {
-			return fmt.Errorf("%w: --id: %v", errUsage, err)
+			return fmt.Errorf("%w: --id: %w", errUsage, err)
 		}
 		if slices.Contains(ids[:i], id) {
 			return fmt.Errorf("%w: --id names %s twice", errUsage, id)

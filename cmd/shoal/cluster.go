@@ -506,7 +506,7 @@ func printStatus(stdout io.Writer, v *clusterView, asJSON bool) error {
 		}
 		for _, m := range md.SlotMoves {
 			what := "moving slots"
-			if m.Abort {
+			if m.Abort && !m.Flipped {
 				what = "undoing the move of slots"
 			}
 			fmt.Fprintf(w, "%s:\t%d-%d from shard %d to shard %d\n", what, m.Start, m.End-1, m.From, m.To)

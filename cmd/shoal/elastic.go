@@ -265,7 +265,7 @@ func clusterAddNode(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if *id != "" {
 		if err := server.CheckNodeID(*id); err != nil {
-			return fmt.Errorf("%w: --id: %v", errUsage, err)
+			return fmt.Errorf("%w: --id: %w", errUsage, err)
 		}
 	}
 	ctx, lc, err := lf.open(ctx, stderr)
@@ -653,8 +653,10 @@ func abortSlotMoves(ctx context.Context, lf *localFlags, from, to int, slots str
 	switch {
 	case slots != "":
 		return fmt.Errorf("%w: --abort with --slots", errUsage)
-	case from < 0 || int64(from) >= int64(shard.ControlGroup) || int64(to) >= int64(shard.ControlGroup):
+	case from < 0 || int64(from) >= int64(shard.ControlGroup):
 		return fmt.Errorf("%w: --abort needs the --from shard id", errUsage)
+	case int64(to) >= int64(shard.ControlGroup):
+		return fmt.Errorf("%w: --to %d is no shard id", errUsage, to)
 	}
 	src := shard.ID(from)
 	args := &server.AdminArgs{Shard: &src}
@@ -674,7 +676,7 @@ func abortSlotMoves(ctx context.Context, lf *localFlags, from, to int, slots str
 	}
 	lc.saw(r.Cluster.Version)
 	for _, m := range r.Cluster.SlotMoves {
-		if m.Abort && m.From == src && (dst == nil || m.To == *dst) {
+		if m.Abort && !m.Flipped && m.From == src && (dst == nil || m.To == *dst) {
 			fmt.Fprintf(stdout, "undoing the move of slots %d-%d from shard %d to shard %d\n", m.Start, m.End-1, m.From, m.To)
 		}
 	}

@@ -228,8 +228,8 @@ func TestServerJoin(t *testing.T) {
 	}
 	select {
 	case code := <-n4.exit:
-		if errs := n4.stderr.String(); code != 1 || !strings.Contains(errs, "shoal server: server: the node was removed from the cluster") {
-			t.Errorf("removed n4 exited %d: %q; want 1, saying it was removed", code, errs)
+		if errs := n4.stderr.String(); code != exitRemoved || !strings.Contains(errs, "shoal server: server: the node was removed from the cluster") {
+			t.Errorf("removed n4 exited %d: %q; want %d, saying it was removed", code, errs, exitRemoved)
 		}
 	case <-ctx.Done():
 		t.Fatal("removed n4 still runs")

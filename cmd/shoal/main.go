@@ -27,6 +27,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/shoal-kv/shoal/server"
 )
 
 const usage = `shoal: a sharded, replicated key-value store
@@ -97,8 +99,15 @@ Usage:
 The commands that talk to a cluster find it by --cluster FILE (a cluster.json),
 --seeds host:port,..., or the SHOAL_SEEDS (or SHOAL_CLUSTER) environment variable.
 They take --json for machine-readable output and --timeout (default 5s).
-Exit status: 0 success, 1 failure (a missing key included), 2 usage error.
+Exit status: 0 success, 1 failure (a missing key included), 2 usage error,
+3 the cluster removed the node (shoal server: a supervisor should not
+restart it).
 `
+
+// exitRemoved is the exit status of a node the cluster removed, running
+// or refused at start: distinct, so that a supervisor can be told not to
+// restart it (systemd's RestartPreventExitStatus=3).
+const exitRemoved = 3
 
 // errUsage marks a command line that does not parse; main exits 2 for it.
 var errUsage = errors.New("usage")
@@ -153,6 +162,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "shoal %s: %v\n", name, err)
 		return 2
+	case errors.Is(err, server.ErrRemoved):
+		fmt.Fprintf(stderr, "shoal %s: %v\n", name, err)
+		return exitRemoved
 	default:
 		fmt.Fprintf(stderr, "shoal %s: %v\n", name, err)
 		return 1

@@ -115,8 +115,9 @@ func serverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case <-ctx.Done(): // SIGINT or SIGTERM
 	case <-n.Done():
 		// The node stopped serving on its own: the cluster removed it, and
-		// it holds nothing to hand over. The process exits non-zero, so
-		// that a supervisor does not restart it (it would be refused).
+		// it holds nothing to hand over. The process exits with
+		// exitRemoved, which a supervisor can be told not to restart on
+		// (a restart would be refused, with the same status).
 		return errors.Join(n.Err(), n.Close())
 	}
 	c := n.Counters()

@@ -281,7 +281,7 @@ func LoadCA(dir string) (*CA, error) {
 // Save writes the CA to dir, which it makes if need be, as CACertFile and
 // CAKeyFile (the key with mode 0600), replacing what is there.
 func (ca *CA) Save(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("certs: %w", err)
 	}
 	return writeKeyPair(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), ca.Cert, ca.Key)
@@ -302,6 +302,9 @@ func IssueFiles(dir string, ids []string) ([]string, error) {
 		return nil, err
 	}
 	for _, id := range ids {
+		if id == "" || filepath.Base(id) != id || strings.EqualFold(id, "ca") {
+			return nil, fmt.Errorf("%w: node id %q does not name a node's own files in %s", ErrInvalid, id, dir)
+		}
 		certFile, keyFile := NodeFiles(dir, id)
 		for _, f := range []string{certFile, keyFile} {
 			if exists(f) {
@@ -340,7 +343,7 @@ func (ca *CA) issueFiles(dir, id string) ([]string, error) {
 // A node whose files exist keeps them, even if another CA signed them:
 // Load tells.
 func Ensure(dir, name string, ids []string) ([]string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("certs: %w", err)
 	}
 	var wrote []string

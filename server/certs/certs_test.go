@@ -110,6 +110,11 @@ func TestIssueFiles(t *testing.T) {
 		}
 	}
 	before, _ := os.ReadFile(filepath.Join(dir, "n7.crt"))
+	for _, id := range []string{"ca", "CA", "../n9", ""} {
+		if wrote, err := IssueFiles(dir, []string{id}); !errors.Is(err, ErrInvalid) || len(wrote) != 0 {
+			t.Errorf("IssueFiles for %q: wrote %v, %v; want ErrInvalid", id, wrote, err)
+		}
+	}
 	if wrote, err := IssueFiles(dir, []string{"n9", "n7"}); !errors.Is(err, ErrExists) || len(wrote) != 0 {
 		t.Errorf("IssueFiles for n9 and n7, which has files: wrote %v, %v; want ErrExists", wrote, err)
 	}

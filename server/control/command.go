@@ -39,7 +39,7 @@ const (
 	KindCreateShard Kind = "create-shard"
 	// KindStartSlotMove records SlotMove, whose ID must be zero, as in
 	// progress, under the ID of the version it makes; a repeat (the same
-	// shards and slots) is a no-op.
+	// shards and slots) is a no-op, unless that move is being undone.
 	KindStartSlotMove Kind = "start-slot-move"
 	// KindFlipSlots assigns SlotMove's slots to its target shard and
 	// marks it flipped: its source has dropped them.
@@ -404,6 +404,9 @@ func (c Command) startSlotMove(cur *shard.Cluster) (*shard.Cluster, error) {
 	}
 	for _, o := range cur.SlotMoves {
 		if o.From == m.From && o.To == m.To && o.Start == m.Start && o.End == m.End {
+			if o.Abort {
+				return nil, fmt.Errorf("slot move %d of these slots is being undone: start it again once it has ended", o.ID)
+			}
 			return cur, nil
 		}
 	}

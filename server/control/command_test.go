@@ -271,6 +271,14 @@ func TestAbortSlotMoves(t *testing.T) {
 	if again, err := apply(aborting, abort(0, &one)); err != nil || again != aborting {
 		t.Errorf("abort repeated: err %v, changed %v", err, again != aborting)
 	}
+	// The same move started again while it is undone is refused, not
+	// taken for a repeat of the one going away.
+	if again, err := apply(aborting, Command{Kind: KindStartSlotMove, SlotMove: &shard.SlotMove{From: 0, To: 1, Start: 0, End: 10}}); !errors.Is(err, ErrRejected) || again != aborting {
+		t.Errorf("the move started again while undone: err %v, changed %v; want ErrRejected", err, again != aborting)
+	}
+	if again, err := apply(started, Command{Kind: KindStartSlotMove, SlotMove: &shard.SlotMove{From: 0, To: 1, Start: 0, End: 10}}); err != nil || again != started {
+		t.Errorf("the move started again: err %v, changed %v; want a no-op", err, again != started)
+	}
 	all, err := apply(aborting, abort(0, nil))
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,7 @@ import (
 // needs it (a KindCompleteAcquire or KindEnqueueBatch), and format 2
 // otherwise, so that replicas not yet upgraded apply every other entry.
 // Format 4 adds, after Batch, Op.Start and Op.End as varints; Encode
-// writes it only for a command holding one (a KindFreezeSlots).
+// writes it only for a command holding one (a slot move step).
 // Format 2 has no NextGrant and no Batch; format 1 had no Op.Began and
 // Op.Grant either: its ops decode with Began 0, as first attempts, and
 // Grant 0, as leases granted before grants existed. Entries already in a

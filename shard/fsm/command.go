@@ -58,7 +58,8 @@ const (
 	// out of the live tables into the move's frozen holding area.
 	KindFreezeSlots Kind = 16
 	// KindThawSlots, at the source before the drop, puts the move's frozen
-	// state back live: the move is cancelled.
+	// state back live, or, before any freeze, records the move as
+	// cancelled: either way the move is undone for good.
 	KindThawSlots Kind = 17
 	// KindInstallSlots, at the target, holds the chunk Value (one of those
 	// FSM.ExportSlots made at the source) in the move's incoming area.
@@ -140,8 +141,9 @@ type Op struct {
 	// MaxBatch of them.
 	Batch []Op
 	// Start and End, of a KindFreezeSlots, are the slot range [Start, End)
-	// it freezes, within 0..shard.SlotCount; of a KindThawSlots, the range
-	// of the move, which a move never frozen is remembered with.
+	// it freezes, within 0..shard.SlotCount; of a KindThawSlots or a
+	// KindDropSlots, the range of the move, which a move unknown to the
+	// shard is remembered with.
 	Start, End int
 }
 

@@ -61,10 +61,12 @@
 //
 // KindThawSlots at S before the drop cancels a move, putting the frozen
 // state back, or, sent before any freeze, remembering the move as
-// cancelled so that no later freeze of it applies; a KindDropSlots at T before activation discards what T
-// installed. Every step repeated is a no-op, and Moves lists the moves in
-// flight and the last ones finished, for the node to resume them. Moves in
-// flight at one shard cover disjoint ranges.
+// cancelled so that no later freeze of it applies; a KindDropSlots at T
+// before activation discards what T installed, or, sent before any chunk,
+// remembers the move as discarded so that no later chunk of it installs.
+// Every step repeated is a no-op, and Moves lists the moves in flight and
+// the last ones finished, for the node to resume them. Moves in flight at
+// one shard cover disjoint ranges.
 //
 // Bounds: every table of the state machine but the keys (which the disk
 // bounds) is bounded, and an op past a bound is refused with a status of

@@ -20,7 +20,8 @@ type SlotMoveState uint8
 
 // The states of a slot move: at its source, frozen and then dropped, or
 // thawed (undone); or cancelled, undone before it was ever frozen; at its
-// target, incoming and then active.
+// target, incoming and then active, or discarded, dropped before any
+// chunk of it arrived.
 const (
 	SlotMoveFrozen SlotMoveState = iota + 1
 	SlotMoveDropped
@@ -28,11 +29,12 @@ const (
 	SlotMoveActive
 	SlotMoveThawed
 	SlotMoveCancelled
+	SlotMoveDiscarded
 )
 
 var slotMoveStateNames = [...]string{
 	SlotMoveFrozen: "frozen", SlotMoveDropped: "dropped", SlotMoveIncoming: "incoming", SlotMoveActive: "active",
-	SlotMoveThawed: "thawed", SlotMoveCancelled: "cancelled",
+	SlotMoveThawed: "thawed", SlotMoveCancelled: "cancelled", SlotMoveDiscarded: "discarded",
 }
 
 // Undone reports whether a move in state s was undone at its source
@@ -42,7 +44,7 @@ func (s SlotMoveState) Undone() bool { return s == SlotMoveThawed || s == SlotMo
 
 // String names the state, for logs and status listings.
 func (s SlotMoveState) String() string {
-	if s >= SlotMoveFrozen && s <= SlotMoveCancelled {
+	if s >= SlotMoveFrozen && s <= SlotMoveDiscarded {
 		return slotMoveStateNames[s]
 	}
 	return fmt.Sprintf("slot-move-state(%d)", uint8(s))
@@ -61,8 +63,8 @@ type SlotMove struct {
 	Chunks, Installed int
 }
 
-// maxFinishedMoves bounds the dropped and activated moves a shard
-// remembers, so that a step of one repeated later is a no-op. A driver
+// maxFinishedMoves bounds the finished moves (dropped, activated, thawed,
+// cancelled or discarded) a shard remembers, so that a step of one repeated later is a no-op. A driver
 // repeats the steps of the moves in progress, or, deposed in the middle of
 // one, a step of it after its successor finished it: a shard that has
 // finished 1,024 moves since has forgotten it (about 8 bytes each kept).
@@ -89,8 +91,8 @@ type slotTable struct {
 	marks          [shard.SlotCount]slotMark
 	marked, moving int
 	moves          map[uint64]*slotMove
-	// finished holds the last maxFinishedMoves moves dropped or activated
-	// here, oldest first.
+	// finished holds the last maxFinishedMoves moves finished here (no
+	// longer in moves), oldest first.
 	finished []SlotMove
 }
 
@@ -533,9 +535,16 @@ func (f *FSM) thawSlots(op *Op) Result {
 		}
 		// Never frozen here: remembered as cancelled, so that a freeze
 		// that comes after (from a driver that did not see the undo) is
-		// refused, and nothing of the range is ever shipped.
-		if op.Version == 0 || !validRange(op.Start, op.End) {
+		// refused, and nothing of the range is ever shipped. A range
+		// that is not wholly this shard's (gone: a drop of the move here
+		// was forgotten since) cannot be taken back.
+		if op.Version == 0 || !validRange(op.Start, op.End) || !f.slots.rangeFree(op.Start, op.End) {
 			return Result{Status: StatusInvalid}
+		}
+		for s := op.Start; s < op.End; s++ {
+			if f.slots.marks[s] == slotGone {
+				return Result{Status: StatusInvalid}
+			}
 		}
 		f.slots.finish(SlotMove{ID: op.Version, Start: op.Start, End: op.End, State: SlotMoveCancelled})
 		return Result{}
@@ -571,13 +580,25 @@ func (f *FSM) thawSlots(op *Op) Result {
 
 // dropSlots deletes move op.Version's frozen state and marks its range
 // gone; of a move incoming here and not active, it discards what was
-// installed. An unknown move is a no-op.
+// installed; of a move unknown here, it records it as discarded
+// (op.Start and op.End name its range), so that no chunk of it installs
+// after. A move finished here already is a no-op, unless it was undone.
 func (f *FSM) dropSlots(op *Op) Result {
 	m := f.slots.moves[op.Version]
 	if m == nil {
-		if done, ok := f.slots.finishedMove(op.Version); ok && done.State.Undone() {
+		done, ok := f.slots.finishedMove(op.Version)
+		switch {
+		case ok && done.State.Undone():
 			return Result{Status: StatusInvalid} // undone: the range is served here again
+		case ok:
+			return Result{}
+		case op.Version == 0:
+			return Result{Status: StatusInvalid}
 		}
+		// Nothing of it here yet: remembered as discarded, so that a
+		// chunk still on its way (a shipment the undo did not stop) is
+		// refused rather than left incoming for good.
+		f.slots.finish(SlotMove{ID: op.Version, Start: op.Start, End: op.End, State: SlotMoveDiscarded})
 		return Result{}
 	}
 	mark := slotGone

@@ -677,3 +677,50 @@ func TestMoveCancelledBeforeFreeze(t *testing.T) {
 		t.Error("Undone: want true for cancelled and thawed only")
 	}
 }
+
+// A drop at the target of a move none of whose chunks has arrived is
+// remembered, so that a chunk still on its way (a shipment the undo did
+// not stop) is refused rather than left incoming for good; and a cancel is
+// refused for a range that has moved away.
+func TestUndoneMoveRefusesLateSteps(t *testing.T) {
+	src := newApplier(t)
+	const key = "late"
+	slot := shard.KeySlot(key)
+	src.apply(Op{Kind: KindSet, Key: key, Value: "v"})
+	if st := src.freeze(3, slot, slot+1); st != StatusOK {
+		t.Fatalf("freeze: %v", st)
+	}
+	chunks := src.export(3, 1<<20)
+	dst := newApplier(t)
+	if st := dst.one(Op{Kind: KindDropSlots, Version: 3, Start: slot, End: slot + 1}).Status; st != StatusOK {
+		t.Fatalf("drop at the target before any chunk: %v", st)
+	}
+	if st := dst.slotOp(KindInstallSlots, 3, string(chunks[0])); st != StatusInvalid {
+		t.Errorf("a chunk after the drop: %v, want invalid", st)
+	}
+	if st := dst.fsm.SlotStatus(slot); st != StatusOK {
+		t.Errorf("the slot at the target after the refused chunk: %v, want OK (not incoming)", st)
+	}
+	want := []SlotMove{{ID: 3, Start: slot, End: slot + 1, State: SlotMoveDiscarded}}
+	if got := dst.fsm.Moves(); !reflect.DeepEqual(got, want) {
+		t.Errorf("the target's moves: %+v, want %+v", got, want)
+	}
+	if st := dst.slotOp(KindDropSlots, 3, ""); st != StatusOK {
+		t.Errorf("the drop repeated: %v, want OK", st)
+	}
+	// At the source, a move dropped and since forgotten cannot be
+	// cancelled: its range is gone from here.
+	src.slotOp(KindDropSlots, 3, "")
+	for id := uint64(100); id < 100+maxFinishedMoves; id++ {
+		src.one(Op{Kind: KindThawSlots, Version: id, Start: 0, End: 1})
+	}
+	if _, ok := src.fsm.slots.finishedMove(3); ok {
+		t.Fatal("the drop is still remembered")
+	}
+	if st := src.one(Op{Kind: KindThawSlots, Version: 3, Start: slot, End: slot + 1}).Status; st != StatusInvalid {
+		t.Errorf("a cancel of slots gone: %v, want invalid", st)
+	}
+	if st := src.fsm.SlotStatus(slot); st != StatusWrongShard {
+		t.Errorf("the slot at the source: %v, want wrong shard", st)
+	}
+}
