@@ -52,6 +52,7 @@ func (c *capture) Receive([]byte) (int, netip.AddrPort, time.Time, error) {
 // one sealed with another secret, not a write captured and sent again after
 // the window.
 func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	attacker, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -118,6 +119,7 @@ func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 // insecure cluster the same forgery works, which shows that the test can
 // tell.
 func TestForgedHeartbeatsAreIgnored(t *testing.T) {
+	t.Parallel()
 	for _, insecure := range []bool{true, false} {
 		c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Insecure: insecure})
 		u, err := wire.ListenUDP("127.0.0.1:0")
@@ -170,6 +172,7 @@ func TestForgedHeartbeatsAreIgnored(t *testing.T) {
 // ahead) or read it (a retry of the client's own write), and the client
 // goes on writing as before.
 func TestSessionIsItsClientsOwn(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	ctx := context.Background()
 	victim := newClient(t, c, client.Config{})
@@ -278,6 +281,7 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 // captured once draws one reply, however often it is replayed, to
 // whichever node: it names the node it was sealed for.
 func TestReplayedQueryAnsweredOnce(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {

@@ -38,6 +38,7 @@ func (r *recordingTB) cleanUp() {
 // only such a test: a replica changed outside raft holds a state its peers
 // do not, at the same log index.
 func TestClusterCheckCatchesDivergence(t *testing.T) {
+	t.Parallel()
 	for _, diverge := range []bool{false, true} {
 		t.Run(fmt.Sprint("diverge=", diverge), func(t *testing.T) {
 			rec := &recordingTB{T: t}
@@ -79,6 +80,7 @@ func TestClusterCheckCatchesDivergence(t *testing.T) {
 // Check waits for followers that learn of commits late: with a CommitTimeout
 // of a minute they would hear of the last write only with the next one.
 func TestClusterCheckWithQuietFollowers(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Raft: server.RaftTiming{CommitTimeout: server.Duration(time.Minute)}})
 	addr := clientAddr(c, leader(t, c, 0).ID())
 	for i := range 5 {

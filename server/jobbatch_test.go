@@ -17,6 +17,7 @@ import (
 // shard in one request; the same request again, at a follower and at the
 // leader, answers with the same job and leases no second one.
 func TestCompleteAndAcquireOverACluster(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -81,6 +82,7 @@ func TestCompleteAndAcquireOverACluster(t *testing.T) {
 // held answering with its job's id, and a bad job fails the call before
 // anything is sent.
 func TestEnqueueBatchAcrossShards(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -143,6 +145,7 @@ func TestEnqueueBatchAcrossShards(t *testing.T) {
 // A node refuses a batch whose jobs are not all of one shard, by id or by
 // uniqueness key, and stores none of it.
 func TestEnqueueBatchOfOneShard(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	smap := c.Map()
 	other := 0

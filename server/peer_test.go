@@ -85,6 +85,7 @@ func follower(t *testing.T, c *servertest.Cluster) *server.Node {
 // signed for a node not in the spec, change nothing. An insecure cluster
 // (the control) takes the same injection.
 func TestRaftInjectionRefused(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	f := follower(t, c)
 	to := f.ID()
@@ -152,6 +153,7 @@ func TestRaftInjectionRefused(t *testing.T) {
 // an oversized key, value or client id is refused, and a message over the
 // bound on node-to-node RPC ends the connection, the node serving on.
 func TestForwardRefusesOversizedArguments(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	l := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

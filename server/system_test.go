@@ -22,6 +22,7 @@ import (
 )
 
 func TestWriteVisibleToAnotherClient(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	ctx := context.Background()
 	a, b := newClient(t, c, client.Config{}), newClient(t, c, client.Config{})
@@ -97,6 +98,7 @@ func quietFollowerCluster(t *testing.T) (c *servertest.Cluster, lead, follower *
 // long CommitTimeout it would not for many seconds; a stale read there
 // does not wait.
 func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
+	t.Parallel()
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 20 {
 		v := fmt.Sprint("v", i)
@@ -122,6 +124,7 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 // before, without waiting for the follower to learn of the commit (with a
 // long CommitTimeout it would not for a minute).
 func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
+	t.Parallel()
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		enq := request(t, c, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
@@ -146,6 +149,7 @@ func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
 // the job, although the follower has not yet learned that the enqueue
 // committed (with a long CommitTimeout, it would not for a minute).
 func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
+	t.Parallel()
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
@@ -199,6 +203,7 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 // a job ready on another shard, at once: the leaderless shard is not
 // waited on.
 func TestAcquireSkipsALeaderlessShard(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 3, Replicas: 2})
 	smap := c.Map()
 	// a holds a shard with b (which dies) and a shard with the third node.
@@ -430,6 +435,7 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 // Stopping every node and starting them again on their data brings back
 // every key, from snapshots and from the log after them.
 func TestRestartAllKeepsEveryKey(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
 		Raft: server.RaftTiming{SnapshotThreshold: 64}}) // exercise snapshots and restore
 	cl := newClient(t, c, client.Config{})
@@ -479,6 +485,7 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 // datagrams are counted (and answered when they carry a transaction id),
 // unknown ops and wrong types get clear errors, and the node keeps serving.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	n := c.Node("n1")
 	addr := clientAddr(c, "n1")
@@ -557,6 +564,7 @@ func TestShutdownHandsOverLeadership(t *testing.T) {
 // A node that was down while the others compacted their logs past what it
 // has catches up by receiving a snapshot over the node listener.
 func TestCatchUpBySnapshot(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	lagger := "n3"
 	if leader(t, c, 0).ID() == lagger {
@@ -603,6 +611,7 @@ func TestCatchUpBySnapshot(t *testing.T) {
 // replicas (a restart with many shards): the node answers "retry" until it
 // has started, never touching its replicas half-built. Run with -race.
 func TestForwardDuringStart(t *testing.T) {
+	t.Parallel()
 	spec, err := server.LocalSpec(3, 32, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -660,6 +669,7 @@ func TestForwardDuringStart(t *testing.T) {
 // A forward that carries neither ops nor a read, as a node speaking another
 // form of the call would send, gets an error, not an empty success.
 func TestForwardWithoutOpsIsRefused(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	leader := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -689,6 +699,7 @@ func TestForwardWithoutOpsIsRefused(t *testing.T) {
 
 // A node binds its listen addresses and is reached at its advertised ones.
 func TestListenAddresses(t *testing.T) {
+	t.Parallel()
 	spec, err := server.LocalSpec(1, 1, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -708,6 +719,7 @@ func TestListenAddresses(t *testing.T) {
 // writes of other things: it does not look again, nor ask the leader again
 // to wake it, at every entry.
 func TestWaitingAcquireIgnoresOtherWrites(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	lead := leader(t, c, 0)
 	var follower *server.Node
