@@ -23,6 +23,7 @@ func TestLogStoreIsChosenAndKept(t *testing.T) {
 	t.Parallel()
 	for _, kept := range []string{server.LogStoreNode, server.LogStoreBolt} {
 		t.Run(kept, func(t *testing.T) {
+			t.Parallel()
 			spec, err := server.LocalSpec(1, 2, 1)
 			if err != nil {
 				t.Fatal(err)
