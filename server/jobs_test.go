@@ -200,6 +200,7 @@ func TestAcquireWaitsWithoutSpinning(t *testing.T) {
 // first or second request in at least 95% of calls: nodes report ready
 // counts per shard in their heartbeats, and clients go where the jobs are.
 func TestAcquireGoesWhereJobsAre(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -537,6 +537,7 @@ func TestBadInput(t *testing.T) {
 // A node told to shut down hands the leadership of its shards to a peer
 // first, so writes carry on without waiting out an election timeout.
 func TestShutdownHandsOverLeadership(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	leader := leader(t, c, 0)
 	// Make an election impossible within the test: the followers would
