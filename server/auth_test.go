@@ -53,7 +53,7 @@ func (c *capture) Receive([]byte) (int, netip.AddrPort, time.Time, error) {
 // the window.
 func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	attacker, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +121,7 @@ func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 func TestForgedHeartbeatsAreIgnored(t *testing.T) {
 	t.Parallel()
 	for _, insecure := range []bool{true, false} {
-		c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Insecure: insecure})
+		c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming, Insecure: insecure})
 		u, err := wire.ListenUDP("127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -173,7 +173,7 @@ func TestForgedHeartbeatsAreIgnored(t *testing.T) {
 // goes on writing as before.
 func TestSessionIsItsClientsOwn(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	victim := newClient(t, c, client.Config{})
 	if _, err := victim.Set(ctx, "k", []byte("v1")); err != nil {
@@ -282,7 +282,7 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 // whichever node: it names the node it was sealed for.
 func TestReplayedQueryAnsweredOnce(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

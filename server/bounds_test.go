@@ -45,7 +45,7 @@ func TestAcquireAsksEachNamedShardOnce(t *testing.T) {
 // and the retry gets no job.
 func TestRetriedAcquireGetsItsGrant(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	addr := clientAddr(c, c.Running()[0])
 	enq := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue, Client: "producer", Seq: 1,
 		Args: wire.Args{Topic: "mail", JobID: "j000.1", Value: "the payload"}})

@@ -42,7 +42,7 @@ func TestClusterCheckCatchesDivergence(t *testing.T) {
 	for _, diverge := range []bool{false, true} {
 		t.Run(fmt.Sprint("diverge=", diverge), func(t *testing.T) {
 			rec := &recordingTB{T: t}
-			c := servertest.New(rec, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+			c := servertest.New(rec, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 			cl := newClient(t, c, client.Config{})
 			for i := range 20 {
 				if _, err := cl.Set(context.Background(), fmt.Sprint("k", i), []byte("v")); err != nil {

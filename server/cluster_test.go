@@ -25,7 +25,9 @@ import (
 
 // failoverTiming halves the default heartbeat timeout, for tests whose
 // bounds assume a failover well under two seconds: with the default a
-// failover takes 1 to 2 s, and more after a split vote. The sim's failover
+// failover takes 1 to 2 s, and more after a split vote. Tests that only
+// need a cluster up use it too: a cluster's first election waits one to
+// two heartbeat timeouts, so it halves their start. The sim's failover
 // experiment measures the default.
 var failoverTiming = server.RaftTiming{HeartbeatTimeout: server.Duration(500 * time.Millisecond)}
 
@@ -243,7 +245,7 @@ func clientAddr(c *servertest.Cluster, id string) string { return c.Spec().Node(
 
 func TestSmoke(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	for i, n := range c.Spec().Nodes {
 		r := request(t, c, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: uint64(i + 1), Ack: 1,
 			Args: wire.Args{Key: fmt.Sprint("k", i), Value: "v"}})

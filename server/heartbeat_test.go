@@ -20,7 +20,7 @@ import (
 // a 41-byte ping drew 3.9 MB over the 30 s it subscribed its sender.)
 func TestHeartbeatsStaySmall(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -75,7 +75,7 @@ func TestHeartbeatsStaySmall(t *testing.T) {
 // place of the one heard from least recently.
 func TestHeartbeatClients(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming,
 		Configure: func(cfg *server.Config) { cfg.MaxHeartbeatClients = 2 }})
 	n := c.Node("n1")
 	rcs := []*rawClient{newRawClient(t, c, clientAddr(c, "n1")), newRawClient(t, c, clientAddr(c, "n1")), newRawClient(t, c, clientAddr(c, "n1"))}

@@ -18,7 +18,7 @@ import (
 // leader, answers with the same job and leases no second one.
 func TestCompleteAndAcquireOverACluster(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -83,7 +83,7 @@ func TestCompleteAndAcquireOverACluster(t *testing.T) {
 // anything is sent.
 func TestEnqueueBatchAcrossShards(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -146,7 +146,7 @@ func TestEnqueueBatchAcrossShards(t *testing.T) {
 // uniqueness key, and stores none of it.
 func TestEnqueueBatchOfOneShard(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	smap := c.Map()
 	other := 0
 	for smap.SlotShard(other) == smap.SlotShard(0) {

@@ -21,7 +21,7 @@ import (
 
 func TestJobRoundTrip(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -552,7 +552,7 @@ func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
 // one shard, one to a page, can all be found and requeued.
 func TestDeadJobsPageThroughLargePayloads(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

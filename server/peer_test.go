@@ -154,7 +154,7 @@ func TestRaftInjectionRefused(t *testing.T) {
 // bound on node-to-node RPC ends the connection, the node serving on.
 func TestForwardRefusesOversizedArguments(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{})
+	c := servertest.New(t, servertest.Options{Raft: failoverTiming})
 	l := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -23,7 +23,7 @@ import (
 
 func TestWriteVisibleToAnotherClient(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	a, b := newClient(t, c, client.Config{}), newClient(t, c, client.Config{})
 	v, err := a.Set(ctx, "greeting", []byte("hello"))
@@ -486,7 +486,7 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 // unknown ops and wrong types get clear errors, and the node keeps serving.
 func TestBadInput(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	n := c.Node("n1")
 	addr := clientAddr(c, "n1")
 	udp, err := wire.ListenUDP("127.0.0.1:0")
@@ -671,7 +671,7 @@ func TestForwardDuringStart(t *testing.T) {
 // form of the call would send, gets an error, not an empty success.
 func TestForwardWithoutOpsIsRefused(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	leader := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -721,7 +721,7 @@ func TestListenAddresses(t *testing.T) {
 // to wake it, at every entry.
 func TestWaitingAcquireIgnoresOtherWrites(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{})
+	c := servertest.New(t, servertest.Options{Raft: failoverTiming})
 	lead := leader(t, c, 0)
 	var follower *server.Node
 	for _, id := range c.Running() {
