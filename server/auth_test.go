@@ -52,7 +52,8 @@ func (c *capture) Receive([]byte) (int, netip.AddrPort, time.Time, error) {
 // one sealed with another secret, not a write captured and sent again after
 // the window.
 func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	attacker, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -118,8 +119,9 @@ func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 // insecure cluster the same forgery works, which shows that the test can
 // tell.
 func TestForgedHeartbeatsAreIgnored(t *testing.T) {
+	t.Parallel()
 	for _, insecure := range []bool{true, false} {
-		c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Insecure: insecure})
+		c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming, Insecure: insecure})
 		u, err := wire.ListenUDP("127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -170,7 +172,8 @@ func TestForgedHeartbeatsAreIgnored(t *testing.T) {
 // ahead) or read it (a retry of the client's own write), and the client
 // goes on writing as before.
 func TestSessionIsItsClientsOwn(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	victim := newClient(t, c, client.Config{})
 	if _, err := victim.Set(ctx, "k", []byte("v1")); err != nil {
@@ -278,7 +281,8 @@ func TestStartNeedsTheClustersSecret(t *testing.T) {
 // captured once draws one reply, however often it is replayed, to
 // whichever node: it names the node it was sealed for.
 func TestReplayedQueryAnsweredOnce(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -44,7 +44,8 @@ func TestAcquireAsksEachNamedShardOnce(t *testing.T) {
 // the payload read from the job. Once the job is done the grant is gone,
 // and the retry gets no job.
 func TestRetriedAcquireGetsItsGrant(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	addr := clientAddr(c, c.Running()[0])
 	enq := request(t, c, addr, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue, Client: "producer", Seq: 1,
 		Args: wire.Args{Topic: "mail", JobID: "j000.1", Value: "the payload"}})
@@ -78,6 +79,7 @@ func TestRetriedAcquireGetsItsGrant(t *testing.T) {
 // leader, the retry is told to ask again, and does not lease a second job
 // from another shard that no one would work.
 func TestRetryOfAGrantWaitsForItsShard(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 2})
 	m := c.Map()
 	// x holds both shards.

@@ -38,10 +38,11 @@ func (r *recordingTB) cleanUp() {
 // only such a test: a replica changed outside raft holds a state its peers
 // do not, at the same log index.
 func TestClusterCheckCatchesDivergence(t *testing.T) {
+	t.Parallel()
 	for _, diverge := range []bool{false, true} {
 		t.Run(fmt.Sprint("diverge=", diverge), func(t *testing.T) {
 			rec := &recordingTB{T: t}
-			c := servertest.New(rec, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+			c := servertest.New(rec, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 			cl := newClient(t, c, client.Config{})
 			for i := range 20 {
 				if _, err := cl.Set(context.Background(), fmt.Sprint("k", i), []byte("v")); err != nil {
@@ -79,6 +80,7 @@ func TestClusterCheckCatchesDivergence(t *testing.T) {
 // Check waits for followers that learn of commits late: with a CommitTimeout
 // of a minute they would hear of the last write only with the next one.
 func TestClusterCheckWithQuietFollowers(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Raft: server.RaftTiming{CommitTimeout: server.Duration(time.Minute)}})
 	addr := clientAddr(c, leader(t, c, 0).ID())
 	for i := range 5 {

@@ -15,9 +15,19 @@ import (
 	"github.com/shoal-kv/shoal/wire"
 )
 
+// The cluster tests spend most of their time waiting on raft timers, not
+// computing (the package uses about a fifth of two cores), so those that
+// check what a cluster does, each on its own cluster, temporary
+// directories and free ports, call t.Parallel. Those that bound a latency
+// or a recovery time, count requests or heartbeats over a span of time,
+// measure the heap, flood the host, or watch the leadership balancer do
+// not: go test runs them first, alone, before the parallel ones start.
+
 // failoverTiming halves the default heartbeat timeout, for tests whose
 // bounds assume a failover well under two seconds: with the default a
-// failover takes 1 to 2 s, and more after a split vote. The sim's failover
+// failover takes 1 to 2 s, and more after a split vote. Tests that only
+// need a cluster up use it too: a cluster's first election waits one to
+// two heartbeat timeouts, so it halves their start. The sim's failover
 // experiment measures the default.
 var failoverTiming = server.RaftTiming{HeartbeatTimeout: server.Duration(500 * time.Millisecond)}
 
@@ -234,7 +244,8 @@ func request(t testing.TB, c *servertest.Cluster, to string, m *wire.Message) wi
 func clientAddr(c *servertest.Cluster, id string) string { return c.Spec().Node(id).Client }
 
 func TestSmoke(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	for i, n := range c.Spec().Nodes {
 		r := request(t, c, n.Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpSet, Client: "c", Seq: uint64(i + 1), Ack: 1,
 			Args: wire.Args{Key: fmt.Sprint("k", i), Value: "v"}})

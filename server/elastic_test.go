@@ -92,6 +92,7 @@ func waitMoved(t *testing.T, c *servertest.Cluster, id shard.ID, to string) {
 // from the shard's leader: every acknowledged write reads back, the new
 // node serves the shard, and the node the replica left deletes its data.
 func TestMoveReplicaToAJoinedNode(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	load := startWriteLoad(t, c, 4)
@@ -126,6 +127,7 @@ func TestMoveReplicaToAJoinedNode(t *testing.T) {
 // deletes its data, stops on its own (Done, with ErrRemoved), and may not
 // start again on it.
 func TestRemovedNodeIsRefused(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	load := startWriteLoad(t, c, 2)
@@ -192,6 +194,7 @@ func TestRemovedNodeIsRefused(t *testing.T) {
 // leaves, the node it goes to, the shard's leader or the control group's
 // leader is killed in the middle of it; the victim, restarted, follows.
 func TestMoveSurvivesKills(t *testing.T) {
+	t.Parallel()
 	for _, victim := range []string{"source", "target", "shard leader", "control leader"} {
 		t.Run(victim, func(t *testing.T) {
 			t.Parallel() // each waits on elections far more than it computes
@@ -269,6 +272,7 @@ func controlLeader(c *servertest.Cluster) string {
 // A pair grows into a trio online (a move with no source), and then
 // serves through the loss of one of its first two nodes.
 func TestPairGrowsIntoATrio(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 2, Raft: failoverTiming})
 	ctx := context.Background()
 	load := startWriteLoad(t, c, 2)
@@ -301,6 +305,7 @@ func TestPairGrowsIntoATrio(t *testing.T) {
 // metadata it has at once, rather than waiting for a change newer still
 // (of which, in a quiet cluster, there is none).
 func TestRestartedNodeCatchesUpMetadata(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 5, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	m := c.Metadata()
@@ -346,6 +351,7 @@ func TestRestartedNodeCatchesUpMetadata(t *testing.T) {
 // for Config.MoveTargetTimeout, or at once by AbortMove: the shard keeps
 // its voters, and serves.
 func TestMoveIsUndone(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming,
 		Configure: func(cfg *server.Config) { cfg.MoveTargetTimeout = time.Second }})
 	ctx := context.Background()

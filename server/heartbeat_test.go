@@ -19,7 +19,8 @@ import (
 // ones. (Before, 40 ready topics of 1,000 bytes made each heartbeat 32 KiB:
 // a 41-byte ping drew 3.9 MB over the 30 s it subscribed its sender.)
 func TestHeartbeatsStaySmall(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -73,7 +74,8 @@ func TestHeartbeatsStaySmall(t *testing.T) {
 // heartbeats at most MaxHeartbeatClients of them, a new one taking the
 // place of the one heard from least recently.
 func TestHeartbeatClients(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1,
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming,
 		Configure: func(cfg *server.Config) { cfg.MaxHeartbeatClients = 2 }})
 	n := c.Node("n1")
 	rcs := []*rawClient{newRawClient(t, c, clientAddr(c, "n1")), newRawClient(t, c, clientAddr(c, "n1")), newRawClient(t, c, clientAddr(c, "n1"))}

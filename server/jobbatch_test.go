@@ -17,7 +17,8 @@ import (
 // shard in one request; the same request again, at a follower and at the
 // leader, answers with the same job and leases no second one.
 func TestCompleteAndAcquireOverACluster(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -81,7 +82,8 @@ func TestCompleteAndAcquireOverACluster(t *testing.T) {
 // held answering with its job's id, and a bad job fails the call before
 // anything is sent.
 func TestEnqueueBatchAcrossShards(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -143,7 +145,8 @@ func TestEnqueueBatchAcrossShards(t *testing.T) {
 // A node refuses a batch whose jobs are not all of one shard, by id or by
 // uniqueness key, and stores none of it.
 func TestEnqueueBatchOfOneShard(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	smap := c.Map()
 	other := 0
 	for smap.SlotShard(other) == smap.SlotShard(0) {

@@ -20,7 +20,8 @@ import (
 )
 
 func TestJobRoundTrip(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -66,6 +67,7 @@ func TestJobRoundTrip(t *testing.T) {
 // another gets it with a larger token; the first one's Complete fails with
 // ErrLeaseLost, the second's succeeds.
 func TestStaleHolderIsRefused(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
 	first, second := newClient(t, c, client.Config{}), newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -101,6 +103,7 @@ func TestStaleHolderIsRefused(t *testing.T) {
 }
 
 func TestDelayedFailedAndDeadJobs(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -197,6 +200,7 @@ func TestAcquireWaitsWithoutSpinning(t *testing.T) {
 // first or second request in at least 95% of calls: nodes report ready
 // counts per shard in their heartbeats, and clients go where the jobs are.
 func TestAcquireGoesWhereJobsAre(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -518,6 +522,7 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 // leader changes later: the leader ticks the clock past lease ends, so the
 // new leader's grace goes only to leases live when the old one stopped.
 func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -546,7 +551,8 @@ func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
 // Dead jobs list in pages that fit a datagram: ten dead jobs of 40 KiB on
 // one shard, one to a page, can all be found and requeued.
 func TestDeadJobsPageThroughLargePayloads(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

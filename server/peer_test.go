@@ -85,6 +85,7 @@ func follower(t *testing.T, c *servertest.Cluster) *server.Node {
 // signed for a node not in the spec, change nothing. An insecure cluster
 // (the control) takes the same injection.
 func TestRaftInjectionRefused(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	f := follower(t, c)
 	to := f.ID()
@@ -152,7 +153,8 @@ func TestRaftInjectionRefused(t *testing.T) {
 // an oversized key, value or client id is refused, and a message over the
 // bound on node-to-node RPC ends the connection, the node serving on.
 func TestForwardRefusesOversizedArguments(t *testing.T) {
-	c := servertest.New(t, servertest.Options{})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Raft: failoverTiming})
 	l := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -20,6 +20,7 @@ import (
 // A leader hands out a read index only when a quorum, itself included,
 // answers the round's calls with a term no newer than its own.
 func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	leader := leader(t, c, 0)
 	term := server.Raft(leader, 0).CurrentTerm()
@@ -133,6 +134,7 @@ func TestReadIndexNeedsAQuorumInTheTerm(t *testing.T) {
 // allows 3 replicas at most, where a round ends at its first answer in the
 // term; with 6 followers (scripted) it needs 3 of them: 2 are too few.
 func TestReadRoundCountsEachFollowerOnce(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	leader := leader(t, c, 0)
 	term := server.Raft(leader, 0).CurrentTerm()
@@ -171,6 +173,7 @@ func TestReadRoundCountsEachFollowerOnce(t *testing.T) {
 // is killed, and under the next leader; once writes pause, followers serve
 // the reads themselves rather than take the leader's answers.
 func TestFollowerReadsReflectAcknowledgedWrites(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Raft: failoverTiming})
 	waitReady(t, c)
 	cl := newClient(t, c, client.Config{})
@@ -263,6 +266,7 @@ func TestFollowerReadsReflectAcknowledgedWrites(t *testing.T) {
 // only those the leader's state machine had applied: a follower may apply
 // an entry before the leader does, and serve it.
 func TestReadIndexCoversTheCommitIndex(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	lead := leader(t, c, 0)
 	cl := newClient(t, c, client.Config{})

@@ -129,6 +129,7 @@ func TestSplitUnderLoad(t *testing.T) {
 // answered, when its retry reaches the shard the slot moved to, from the
 // session that moved with the slot: not applied again.
 func TestRetryAfterSlotMoveAppliesOnce(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	key := keysOf(c.Map(), 0, "once", 1)[0]
@@ -162,6 +163,7 @@ func TestRetryAfterSlotMoveAppliesOnce(t *testing.T) {
 // A job leased before its slot moved keeps its lease, and completes with
 // its token after; a stale token is refused; tokens keep growing.
 func TestJobLeaseSurvivesSlotMove(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	cl := newClient(t, c, client.Config{})
@@ -226,6 +228,7 @@ func TestJobLeaseSurvivesSlotMove(t *testing.T) {
 // job is handed out once and completed once; none is lost or handed out
 // twice.
 func TestJobsAcrossSplit(t *testing.T) {
+	t.Parallel()
 	const jobs = 200
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()

@@ -22,7 +22,8 @@ import (
 )
 
 func TestWriteVisibleToAnotherClient(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 4, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	a, b := newClient(t, c, client.Config{}), newClient(t, c, client.Config{})
 	v, err := a.Set(ctx, "greeting", []byte("hello"))
@@ -97,6 +98,7 @@ func quietFollowerCluster(t *testing.T) (c *servertest.Cluster, lead, follower *
 // long CommitTimeout it would not for many seconds; a stale read there
 // does not wait.
 func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
+	t.Parallel()
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 20 {
 		v := fmt.Sprint("v", i)
@@ -122,6 +124,7 @@ func TestFollowerReadsDoNotWaitForCommitNews(t *testing.T) {
 // before, without waiting for the follower to learn of the commit (with a
 // long CommitTimeout it would not for a minute).
 func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
+	t.Parallel()
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		enq := request(t, c, c.Spec().Node(leader.ID()).Client, &wire.Message{Type: wire.TypeQuery, Op: wire.OpEnqueue,
@@ -146,6 +149,7 @@ func TestFollowerJobReadsDoNotWaitForCommitNews(t *testing.T) {
 // the job, although the follower has not yet learned that the enqueue
 // committed (with a long CommitTimeout, it would not for a minute).
 func TestFollowerAcquireFindsAJobJustEnqueued(t *testing.T) {
+	t.Parallel()
 	c, leader, follower := quietFollowerCluster(t)
 	for i := range 5 {
 		id := fmt.Sprint("job-", i)
@@ -199,6 +203,7 @@ func TestFollowerWaitingAcquireWakesOnTheLeader(t *testing.T) {
 // a job ready on another shard, at once: the leaderless shard is not
 // waited on.
 func TestAcquireSkipsALeaderlessShard(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 3, Replicas: 2})
 	smap := c.Map()
 	// a holds a shard with b (which dies) and a shard with the third node.
@@ -430,6 +435,7 @@ func TestLeaderKillDuringWrites(t *testing.T) {
 // Stopping every node and starting them again on their data brings back
 // every key, from snapshots and from the log after them.
 func TestRestartAllKeepsEveryKey(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3,
 		Raft: server.RaftTiming{SnapshotThreshold: 64}}) // exercise snapshots and restore
 	cl := newClient(t, c, client.Config{})
@@ -479,7 +485,8 @@ func TestRestartAllKeepsEveryKey(t *testing.T) {
 // datagrams are counted (and answered when they carry a transaction id),
 // unknown ops and wrong types get clear errors, and the node keeps serving.
 func TestBadInput(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	n := c.Node("n1")
 	addr := clientAddr(c, "n1")
 	udp, err := wire.ListenUDP("127.0.0.1:0")
@@ -530,6 +537,7 @@ func TestBadInput(t *testing.T) {
 // A node told to shut down hands the leadership of its shards to a peer
 // first, so writes carry on without waiting out an election timeout.
 func TestShutdownHandsOverLeadership(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	leader := leader(t, c, 0)
 	// Make an election impossible within the test: the followers would
@@ -557,6 +565,7 @@ func TestShutdownHandsOverLeadership(t *testing.T) {
 // A node that was down while the others compacted their logs past what it
 // has catches up by receiving a snapshot over the node listener.
 func TestCatchUpBySnapshot(t *testing.T) {
+	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	lagger := "n3"
 	if leader(t, c, 0).ID() == lagger {
@@ -603,6 +612,7 @@ func TestCatchUpBySnapshot(t *testing.T) {
 // replicas (a restart with many shards): the node answers "retry" until it
 // has started, never touching its replicas half-built. Run with -race.
 func TestForwardDuringStart(t *testing.T) {
+	t.Parallel()
 	spec, err := server.LocalSpec(3, 32, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -660,7 +670,8 @@ func TestForwardDuringStart(t *testing.T) {
 // A forward that carries neither ops nor a read, as a node speaking another
 // form of the call would send, gets an error, not an empty success.
 func TestForwardWithoutOpsIsRefused(t *testing.T) {
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	leader := leader(t, c, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -689,6 +700,7 @@ func TestForwardWithoutOpsIsRefused(t *testing.T) {
 
 // A node binds its listen addresses and is reached at its advertised ones.
 func TestListenAddresses(t *testing.T) {
+	t.Parallel()
 	spec, err := server.LocalSpec(1, 1, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -708,7 +720,8 @@ func TestListenAddresses(t *testing.T) {
 // writes of other things: it does not look again, nor ask the leader again
 // to wake it, at every entry.
 func TestWaitingAcquireIgnoresOtherWrites(t *testing.T) {
-	c := servertest.New(t, servertest.Options{})
+	t.Parallel()
+	c := servertest.New(t, servertest.Options{Raft: failoverTiming})
 	lead := leader(t, c, 0)
 	var follower *server.Node
 	for _, id := range c.Running() {
