@@ -52,7 +52,6 @@ func (c *capture) Receive([]byte) (int, netip.AddrPort, time.Time, error) {
 // one sealed with another secret, not a write captured and sent again after
 // the window.
 func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming})
 	attacker, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -119,7 +118,6 @@ func TestUnauthenticatedDatagramsGetNoReply(t *testing.T) {
 // insecure cluster the same forgery works, which shows that the test can
 // tell.
 func TestForgedHeartbeatsAreIgnored(t *testing.T) {
-	t.Parallel()
 	for _, insecure := range []bool{true, false} {
 		c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3, Raft: failoverTiming, Insecure: insecure})
 		u, err := wire.ListenUDP("127.0.0.1:0")

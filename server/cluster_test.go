@@ -16,12 +16,15 @@ import (
 )
 
 // The cluster tests spend most of their time waiting on raft timers, not
-// computing (the package uses about a fifth of two cores), so those that
-// check what a cluster does, each on its own cluster, temporary
-// directories and free ports, call t.Parallel. Those that bound a latency
-// or a recovery time, count requests or heartbeats over a span of time,
-// measure the heap, flood the host, or watch the leadership balancer do
-// not: go test runs them first, alone, before the parallel ones start.
+// computing (without the race detector the package uses about a fifth of
+// two cores), so those that check what a cluster does, each on its own
+// cluster and temporary directories, call t.Parallel. Those that bound a
+// latency or a recovery time, count requests or heartbeats over a span of
+// time, measure the heap, flood the host, watch the leadership balancer,
+// listen for stray datagrams, or restart a node do not: go test runs them
+// first, alone, before the parallel ones start. (A node restarts on the
+// ports it had, which a parallel test's sockets, bound to any free port,
+// could take while it is down.)
 
 // failoverTiming halves the default heartbeat timeout, for tests whose
 // bounds assume a failover well under two seconds: with the default a

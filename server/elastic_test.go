@@ -127,7 +127,6 @@ func TestMoveReplicaToAJoinedNode(t *testing.T) {
 // deletes its data, stops on its own (Done, with ErrRemoved), and may not
 // start again on it.
 func TestRemovedNodeIsRefused(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	load := startWriteLoad(t, c, 2)
@@ -194,10 +193,8 @@ func TestRemovedNodeIsRefused(t *testing.T) {
 // leaves, the node it goes to, the shard's leader or the control group's
 // leader is killed in the middle of it; the victim, restarted, follows.
 func TestMoveSurvivesKills(t *testing.T) {
-	t.Parallel()
 	for _, victim := range []string{"source", "target", "shard leader", "control leader"} {
 		t.Run(victim, func(t *testing.T) {
-			t.Parallel() // each waits on elections far more than it computes
 			// Shard 0 is on n1, n2, n3; shard 1 on n2, n3, n4.
 			c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming})
 			ctx := context.Background()
@@ -272,7 +269,6 @@ func controlLeader(c *servertest.Cluster) string {
 // A pair grows into a trio online (a move with no source), and then
 // serves through the loss of one of its first two nodes.
 func TestPairGrowsIntoATrio(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 2, Raft: failoverTiming})
 	ctx := context.Background()
 	load := startWriteLoad(t, c, 2)
@@ -305,7 +301,6 @@ func TestPairGrowsIntoATrio(t *testing.T) {
 // metadata it has at once, rather than waiting for a change newer still
 // (of which, in a quiet cluster, there is none).
 func TestRestartedNodeCatchesUpMetadata(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 5, Shards: 2, Replicas: 3, Raft: failoverTiming})
 	ctx := context.Background()
 	m := c.Metadata()
@@ -351,7 +346,6 @@ func TestRestartedNodeCatchesUpMetadata(t *testing.T) {
 // for Config.MoveTargetTimeout, or at once by AbortMove: the shard keeps
 // its voters, and serves.
 func TestMoveIsUndone(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 4, Shards: 2, Replicas: 3, Raft: failoverTiming,
 		Configure: func(cfg *server.Config) { cfg.MoveTargetTimeout = time.Second }})
 	ctx := context.Background()

@@ -18,7 +18,7 @@ import (
 // leader, answers with the same job and leases no second one.
 func TestCompleteAndAcquireOverACluster(t *testing.T) {
 	t.Parallel()
-	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3, Raft: failoverTiming})
+	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -32,7 +32,7 @@ func TestCompleteAndAcquireOverACluster(t *testing.T) {
 	if err != nil || first.ID != ids[0] {
 		t.Fatalf("acquired %+v, %v; want %s, the first of the batch", first, err, ids[0])
 	}
-	leader := c.Leader(id)
+	leader := leader(t, c, id)
 	var follower string
 	for _, n := range c.Running() {
 		if n != leader.ID() {

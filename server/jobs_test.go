@@ -103,7 +103,6 @@ func TestStaleHolderIsRefused(t *testing.T) {
 }
 
 func TestDelayedFailedAndDeadJobs(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 2, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -522,7 +521,6 @@ func TestJobsSurviveWorkerAndLeaderKills(t *testing.T) {
 // leader changes later: the leader ticks the clock past lease ends, so the
 // new leader's grace goes only to leases live when the old one stopped.
 func TestLapsedLeaseStaysLapsedAcrossLeaderChange(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	cl := newClient(t, c, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

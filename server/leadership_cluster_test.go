@@ -53,7 +53,7 @@ func TestLeadershipSpreadAfterRestart(t *testing.T) {
 	// DefaultLeaderBalanceInterval: the test is about where it moves
 	// leaders, not how often it looks, and at the default the two spreads
 	// (each a transfer or two, each after balanceChecks looks) took most
-	// of the test's 20 s. spreadTimeout would hold at the default too.
+	// of the test's 20 s.
 	c := servertest.New(t, servertest.Options{Nodes: 3, Shards: 6, Replicas: 3, Raft: failoverTiming,
 		Configure: func(cfg *server.Config) { cfg.LeaderBalanceInterval = time.Duration(failoverTiming.HeartbeatTimeout) }})
 	servertest.WaitFor(t, spreadTimeout, "leaders spread at start", func() bool { return spread(c, 2) })

@@ -20,10 +20,8 @@ import (
 // their snapshots with their logs unseen. A spec that names no store keeps
 // the one the logs are in.
 func TestLogStoreIsChosenAndKept(t *testing.T) {
-	t.Parallel()
 	for _, kept := range []string{server.LogStoreNode, server.LogStoreBolt} {
 		t.Run(kept, func(t *testing.T) {
-			t.Parallel()
 			spec, err := server.LocalSpec(1, 2, 1)
 			if err != nil {
 				t.Fatal(err)
@@ -83,7 +81,6 @@ func TestLogStoreIsChosenAndKept(t *testing.T) {
 // in the node log when its raft state, which names the node log, was lost:
 // raft would forget acknowledged entries, or could vote twice in a term.
 func TestLostNodeLogIsRefused(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{Nodes: 1, Shards: 1, Replicas: 1, Raft: failoverTiming})
 	ctx := context.Background()
 	cl := newClient(t, c, client.Config{})

@@ -266,7 +266,6 @@ func TestFollowerReadsReflectAcknowledgedWrites(t *testing.T) {
 // only those the leader's state machine had applied: a follower may apply
 // an entry before the leader does, and serve it.
 func TestReadIndexCoversTheCommitIndex(t *testing.T) {
-	t.Parallel()
 	c := servertest.New(t, servertest.Options{})
 	lead := leader(t, c, 0)
 	cl := newClient(t, c, client.Config{})

@@ -292,7 +292,6 @@ func TestJobsAcrossSplit(t *testing.T) {
 // remembers it as cancelled (so no late freeze applies), serves the range
 // throughout, and the target, back, holds nothing of it.
 func TestSlotMoveToADeadShardIsUndone(t *testing.T) {
-	t.Parallel()
 	// Shard 0 is on n1 n2 n3, shard 1 on n2 n3 n4, the control group on
 	// n1 n2 n3: with n3 and n4 down, shard 1 has no quorum, and the rest
 	// has.

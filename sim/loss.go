@@ -52,7 +52,7 @@ func loss(ctx context.Context, cfg Config) (*Report, error) {
 	requests, workers := 600, 8
 	if cfg.Quick {
 		// More writers, not fewer writes: a write that fails waits out
-		// its attempts and ReplyGrace (about 1.5 s), and at drop 0.5 four
+		// its attempts and ReplyGrace (about 1 s from its start), and at drop 0.5 four
 		// in ten fail, so 8 writers spent most of the run waiting. The
 		// checks' bands depend on the writes counted, not on how many
 		// run at once, and 32 in flight load 3 nodes lightly.
