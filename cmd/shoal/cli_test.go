@@ -318,12 +318,10 @@ func TestNodeEnvSharesTheCores(t *testing.T) {
 	}
 }
 
-// shoal certs makes a CA and each node's credentials, keys private, and
-// the cluster's secret, listed in the spec, and keeps what exists when run
-// again; shoal server refuses to start without credentials unless told
-// --insecure.
-func TestCertsAndServerCredentials(t *testing.T) {
-	dir := t.TempDir()
+// savePairSpec writes the spec of a local pair with one shard to
+// dir/cluster.json, and returns the file.
+func savePairSpec(t *testing.T, dir string) string {
+	t.Helper()
 	spec, err := server.LocalSpec(2, 1, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -332,6 +330,16 @@ func TestCertsAndServerCredentials(t *testing.T) {
 	if err := spec.Save(specFile); err != nil {
 		t.Fatal(err)
 	}
+	return specFile
+}
+
+// shoal certs makes a CA and each node's credentials, keys private, and
+// the cluster's secret, listed in the spec, and keeps what exists when run
+// again; shoal server refuses to start without credentials unless told
+// --insecure.
+func TestCertsAndServerCredentials(t *testing.T) {
+	dir := t.TempDir()
+	specFile := savePairSpec(t, dir)
 	code, _, errs := shoal("server", "--id", "n1", "--data", filepath.Join(dir, "n1"), "--cluster", specFile)
 	if code != 1 || !strings.Contains(errs, "authentication failed: no secret") || !strings.Contains(errs, "--insecure") {
 		t.Errorf("server without credentials: exit %d, %q", code, errs)
@@ -401,14 +409,7 @@ func TestCertsForJoiningNode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(tlsDir, "n7.crt")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("certs --id without a CA wrote n7.crt: %v", err)
 	}
-	spec, err := server.LocalSpec(2, 1, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	specFile := filepath.Join(dir, "cluster.json")
-	if err := spec.Save(specFile); err != nil {
-		t.Fatal(err)
-	}
+	specFile := savePairSpec(t, dir)
 	if code, _, errs := shoal("certs", "--cluster", specFile); code != 0 {
 		t.Fatalf("certs --cluster: exit %d, %s", code, errs)
 	}
