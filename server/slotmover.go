@@ -120,6 +120,19 @@ func (n *Node) slotStep(ctx context.Context, c *shard.Cluster, id shard.ID, op f
 	return reply, nil
 }
 
+// applySlotStep has the leader of shard id apply slot move step op, and
+// fails unless its state machine took the step (StatusOK).
+func (n *Node) applySlotStep(ctx context.Context, c *shard.Cluster, id shard.ID, op fsm.Op) error {
+	res, err := n.slotStep(ctx, c, id, op)
+	if err != nil {
+		return err
+	}
+	if res.Result.Status != fsm.StatusOK {
+		return fmt.Errorf("server: shard %d refused %v of slot move %d: status %d", id, op.Kind, op.Version, res.Result.Status)
+	}
+	return nil
+}
+
 // atLeader calls call on the nodes in turn, and first on the leader any
 // of them names, until one succeeds: each node once.
 func atLeader(nodes []string, call func(node string) (leaderHint string, err error)) error {
@@ -220,18 +233,14 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 		}
 		m = *cur
 		if m.Flipped {
-			res, err := n.slotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindActivateSlots, Version: m.ID})
-			if err != nil {
+			if err := n.applySlotStep(ctx, c, m.To, fsm.Op{Kind: fsm.KindActivateSlots, Version: m.ID}); err != nil {
 				return err
 			}
-			if res.Result.Status != fsm.StatusOK {
-				return fmt.Errorf("server: shard %d did not activate slot move %d: status %d", m.To, m.ID, res.Result.Status)
+			if _, err := n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m}); err != nil {
+				return err
 			}
-			_, err = n.controlApply(ctx, control.Command{Kind: control.KindEndSlotMove, SlotMove: &m})
-			if err == nil {
-				n.log.Info("moved slots", "from", m.From, "to", m.To, "slots", fmt.Sprintf("[%d,%d)", m.Start, m.End), "move", m.ID)
-			}
-			return err
+			n.log.Info("moved slots", "from", m.From, "to", m.To, "slots", fmt.Sprintf("[%d,%d)", m.Start, m.End), "move", m.ID)
+			return nil
 		}
 		state, err := n.slotStep(ctx, c, m.From, fsm.Op{})
 		if err != nil {
@@ -253,12 +262,8 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 				return err
 			}
 			op := fsm.Op{Kind: fsm.KindFreezeSlots, Start: m.Start, End: m.End, Version: m.ID}
-			res, err := n.slotStep(ctx, c, m.From, op)
-			if err != nil {
+			if err := n.applySlotStep(ctx, c, m.From, op); err != nil {
 				return err
-			}
-			if res.Result.Status != fsm.StatusOK {
-				return fmt.Errorf("server: shard %d did not freeze slot move %d: status %d", m.From, m.ID, res.Result.Status)
 			}
 		case fsm.SlotMoveFrozen:
 			shipped, err := n.ship(ctx, c, m)
@@ -281,12 +286,8 @@ func (n *Node) stepSlotMove(ctx context.Context, cr *controlReplica, m shard.Slo
 			if !cr.leads() {
 				return nil
 			}
-			res, err := n.slotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID})
-			if err != nil {
+			if err := n.applySlotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindDropSlots, Version: m.ID}); err != nil {
 				return err
-			}
-			if res.Result.Status != fsm.StatusOK {
-				return fmt.Errorf("server: shard %d did not drop slot move %d: status %d", m.From, m.ID, res.Result.Status)
 			}
 		case fsm.SlotMoveDropped:
 			if m.Abort {
@@ -342,15 +343,7 @@ const shipStuckTimeout = time.Minute
 // refuses, and the move goes on. The caller then sees the source's new
 // state, and the target drops what it installed.
 func (n *Node) undoSlotMove(ctx context.Context, c *shard.Cluster, m shard.SlotMove) error {
-	op := fsm.Op{Kind: fsm.KindThawSlots, Version: m.ID, Start: m.Start, End: m.End}
-	res, err := n.slotStep(ctx, c, m.From, op)
-	if err != nil {
-		return err
-	}
-	if res.Result.Status != fsm.StatusOK {
-		return fmt.Errorf("server: shard %d did not undo slot move %d (status %d): it went on", m.From, m.ID, res.Result.Status)
-	}
-	return nil
+	return n.applySlotStep(ctx, c, m.From, fsm.Op{Kind: fsm.KindThawSlots, Version: m.ID, Start: m.Start, End: m.End})
 }
 
 // endUndoneSlotMove drops the record of slot move m, undone at its source
