@@ -64,10 +64,11 @@ type SlotMove struct {
 }
 
 // maxFinishedMoves bounds the finished moves (dropped, activated, thawed,
-// cancelled or discarded) a shard remembers, so that a step of one repeated later is a no-op. A driver
-// repeats the steps of the moves in progress, or, deposed in the middle of
-// one, a step of it after its successor finished it: a shard that has
-// finished 1,024 moves since has forgotten it (about 8 bytes each kept).
+// cancelled or discarded) a shard remembers, so that a step of one
+// repeated later is a no-op. A driver repeats the steps of the moves in
+// progress, or, deposed in the middle of one, a step of it after its
+// successor finished it: a shard that has finished 1,024 moves since has
+// forgotten it (about 8 bytes each kept).
 const maxFinishedMoves = 1024
 
 // slotMark is what a shard knows of one slot. A slot it has no mark for is
@@ -308,6 +309,11 @@ func (t *slotTable) rangeFree(start, end int) bool {
 	return true
 }
 
+// anyGone reports whether a slot of [start, end) moved away from here.
+func (t *slotTable) anyGone(start, end int) bool {
+	return slices.Contains(t.marks[start:end], slotGone)
+}
+
 // freezeSlots takes the state of slots [op.Start, op.End) out of the live
 // tables into move op.Version's frozen area. Repeated, it is a no-op; a
 // range overlapping another move's is invalid, and one with a slot gone is
@@ -332,10 +338,8 @@ func (f *FSM) freezeSlots(op *Op) Result {
 	if !f.slots.rangeFree(start, end) {
 		return Result{Status: StatusInvalid}
 	}
-	for s := start; s < end; s++ {
-		if f.slots.marks[s] == slotGone {
-			return Result{Status: StatusWrongShard}
-		}
+	if f.slots.anyGone(start, end) {
+		return Result{Status: StatusWrongShard}
 	}
 	m := &slotMove{
 		id: id, start: start, end: end, clock: f.clock,
@@ -538,13 +542,8 @@ func (f *FSM) thawSlots(op *Op) Result {
 		// refused, and nothing of the range is ever shipped. A range
 		// that is not wholly this shard's (gone: a drop of the move here
 		// was forgotten since) cannot be taken back.
-		if op.Version == 0 || !validRange(op.Start, op.End) || !f.slots.rangeFree(op.Start, op.End) {
+		if op.Version == 0 || !validRange(op.Start, op.End) || !f.slots.rangeFree(op.Start, op.End) || f.slots.anyGone(op.Start, op.End) {
 			return Result{Status: StatusInvalid}
-		}
-		for s := op.Start; s < op.End; s++ {
-			if f.slots.marks[s] == slotGone {
-				return Result{Status: StatusInvalid}
-			}
 		}
 		f.slots.finish(SlotMove{ID: op.Version, Start: op.Start, End: op.End, State: SlotMoveCancelled})
 		return Result{}
