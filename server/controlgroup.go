@@ -405,8 +405,7 @@ func (n *Node) askMetadata(ctx context.Context, c *shard.Cluster, after uint64, 
 	rand.Shuffle(len(voters), func(i, j int) { voters[i], voters[j] = voters[j], voters[i] })
 	var errs []error
 	for _, id := range voters {
-		var reply MetadataReply
-		err := n.peers.call(ctx, id, "Node.Metadata", MetadataRequest{After: after, Wait: wait}, &reply)
+		reply, err := call[MetadataReply](ctx, n.peers, id, "Node.Metadata", MetadataRequest{After: after, Wait: wait})
 		if err == nil && reply.Err != "" {
 			err = fmt.Errorf("server: %s: %s", id, reply.Err)
 		}
@@ -569,8 +568,7 @@ func (n *Node) controlApply(ctx context.Context, cmd control.Command) (*shard.Cl
 				if id == n.id {
 					continue
 				}
-				var reply ControlReply
-				err := n.peers.call(ctx, id, "Node.Control", ControlRequest{Command: b}, &reply)
+				reply, err := call[ControlReply](ctx, n.peers, id, "Node.Control", ControlRequest{Command: b})
 				if err == nil && reply.Err == "" {
 					return reply.Cluster, n.install(reply.Cluster)
 				}

@@ -473,8 +473,8 @@ func (p *peers) forward(ctx context.Context, node string, req ForwardRequest) (F
 	if d, ok := ctx.Deadline(); ok {
 		req.Timeout = time.Until(d)
 	}
-	var reply ForwardReply
-	if err := p.call(ctx, node, "Node.Forward", req, &reply); err != nil {
+	reply, err := call[ForwardReply](ctx, p, node, "Node.Forward", req)
+	if err != nil {
 		return ForwardReply{}, err
 	}
 	if reply.Err != "" {
@@ -486,32 +486,39 @@ func (p *peers) forward(ctx context.Context, node string, req ForwardRequest) (F
 	return reply, nil
 }
 
-// call calls method on node and waits for its reply or ctx. A failure to
-// reach node wraps errRetry; it drops the connection unless node answered.
-func (p *peers) call(ctx context.Context, node, method string, args, reply any) error {
+// call calls method on node and returns its reply, or an error once ctx
+// ends. A failure to reach node wraps errRetry; it drops the connection
+// unless node answered.
+//
+// Each call decodes into a reply of its own, read only once the call is
+// done: a call given up when ctx ends stays with net/rpc, which still
+// writes its reply whenever the answer comes.
+func call[R any](ctx context.Context, p *peers, node, method string, args any) (R, error) {
+	var zero R
 	c, err := p.client(ctx, node)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errRetry, err)
+		return zero, fmt.Errorf("%w: %v", errRetry, err)
 	}
 	c.calls.Add(1)
 	defer func() {
 		c.used.Store(time.Now().UnixNano())
 		c.calls.Add(-1)
 	}()
-	call := c.Go(method, args, reply, make(chan *rpc.Call, 1))
+	reply := new(R)
+	done := c.Go(method, args, reply, make(chan *rpc.Call, 1))
 	select {
-	case <-call.Done:
+	case <-done.Done:
 	case <-ctx.Done():
-		return ctx.Err()
+		return zero, ctx.Err()
 	}
-	if call.Error != nil {
+	if done.Error != nil {
 		var answered rpc.ServerError
-		if !errors.As(call.Error, &answered) {
+		if !errors.As(done.Error, &answered) {
 			p.drop(node, c)
 		}
-		return fmt.Errorf("%w: calling %s: %v", errRetry, node, call.Error)
+		return zero, fmt.Errorf("%w: calling %s: %v", errRetry, node, done.Error)
 	}
-	return nil
+	return *reply, nil
 }
 
 func (p *peers) close() {

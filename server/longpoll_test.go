@@ -121,15 +121,16 @@ func floodLongPolls(t testing.TB, c *servertest.Cluster, to string, senders, rat
 //
 // The latency bounds are ratios to what the same client measured just
 // before on the same cluster, 3× its median and its p99, with floors of
-// 25ms and 250ms. Without the race detector, on an idle machine, the
+// 25ms and a second. Without the race detector, on an idle machine, the
 // flooded p99 stays within 1.5× of the quiet one (about 10ms). But a test
 // machine is often shared (CI on two cores): a p99 of a few hundred
-// requests catches whatever stall another process causes, and under the race detector taking in
-// the first 1,024 long polls (a watch and a call to the leader each)
-// costs the other requests of that second tens of milliseconds, up to
-// 100ms seen on a loaded machine. The starvation this guards against
-// shows as requests refused busy (they found MaxInFlight taken by long
-// polls), which fail the test at once, or as requests of seconds.
+// requests catches whatever stall another process causes, and under the
+// race detector taking in the first 1,024 long polls (a watch and a call
+// to the leader each) costs the other requests of that second tens of
+// milliseconds, up to 282ms seen with another race-enabled test beside
+// it. The starvation this guards against shows as requests refused busy
+// (they found MaxInFlight taken by long polls), which fail the test at
+// once, or as requests that wait for the long polls to end, seconds.
 func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	// MaxInFlight is small, so that the flood would fill it within the
 	// test were long polls to take its slots; MaxLongPolls takes its
@@ -184,7 +185,7 @@ func TestLongPollFloodDoesNotStarveOthers(t *testing.T) {
 	if bound := max(3*quantile(quiet, 0.5), 25*time.Millisecond); quantile(loaded, 0.5) > bound {
 		t.Errorf("median of a well-behaved client's sets and gets under the flood: %v, want at most %v", quantile(loaded, 0.5), bound)
 	}
-	if bound := max(3*quantile(quiet, 0.99), 250*time.Millisecond); quantile(loaded, 0.99) > bound {
+	if bound := max(3*quantile(quiet, 0.99), time.Second); quantile(loaded, 0.99) > bound {
 		t.Errorf("p99 of a well-behaved client's sets and gets under the flood: %v, want at most %v", quantile(loaded, 0.99), bound)
 	}
 	if got := server.Raft(lead, 0).CurrentTerm(); got != term || !lead.Leading(0) {

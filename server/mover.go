@@ -389,8 +389,8 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 	}
 	change := func(kind, node, addr string) error {
 		req := ChangeRequest{Group: m.Group, Change: kind, Node: node, Addr: addr, PrevIndex: info.ConfigIndex}
-		var reply ChangeReply
-		if err := n.peers.call(ctx, leader, "Node.ChangeMembers", req, &reply); err != nil {
+		reply, err := call[ChangeReply](ctx, n.peers, leader, "Node.ChangeMembers", req)
+		if err != nil {
 			return err
 		}
 		if reply.Err != "" {
@@ -403,8 +403,7 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 	// A target that has not answered for moveTargetTimeout has the move
 	// undone.
 	progress := func() (MembersReply, error) {
-		var prog MembersReply
-		err := n.peers.call(ctx, m.To, "Node.Members", MembersRequest{Group: m.Group}, &prog)
+		prog, err := call[MembersReply](ctx, n.peers, m.To, "Node.Members", MembersRequest{Group: m.Group})
 		if err == nil && prog.Err != "" {
 			err = fmt.Errorf("%w: %s", errMoveWaits, prog.Err)
 		}
@@ -472,8 +471,7 @@ func (n *Node) stepMove(ctx context.Context, c *shard.Cluster, m shard.Move) (do
 func (n *Node) groupLeader(ctx context.Context, c *shard.Cluster, id shard.ID) (string, MembersReply, error) {
 	var errs []error
 	for _, node := range c.Peers(id) {
-		var reply MembersReply
-		err := n.peers.call(ctx, node, "Node.Members", MembersRequest{Group: id}, &reply)
+		reply, err := call[MembersReply](ctx, n.peers, node, "Node.Members", MembersRequest{Group: id})
 		switch {
 		case err != nil:
 			errs = append(errs, err)

@@ -215,8 +215,8 @@ func (p *peers) termOf(ctx context.Context, node string, id shard.ID) (uint64, e
 // ask sends req to node and returns its reply; a reply with Err set comes
 // back as an error.
 func (p *peers) ask(ctx context.Context, node string, req TermRequest) (TermReply, error) {
-	var reply TermReply
-	if err := p.call(ctx, node, "Node.Term", req, &reply); err != nil {
+	reply, err := call[TermReply](ctx, p, node, "Node.Term", req)
+	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			p.reset(node)
 		}

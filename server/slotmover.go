@@ -107,8 +107,8 @@ func (n *Node) slotStep(ctx context.Context, c *shard.Cluster, id shard.ID, op f
 	}
 	var reply SlotStepReply
 	err := atLeader(c.Peers(id), func(node string) (string, error) {
-		reply = SlotStepReply{}
-		err := n.peers.call(ctx, node, "Node.SlotStep", SlotStepRequest{Shard: id, Op: op}, &reply)
+		var err error
+		reply, err = call[SlotStepReply](ctx, n.peers, node, "Node.SlotStep", SlotStepRequest{Shard: id, Op: op})
 		if err == nil && reply.Err != "" {
 			err = errors.New(reply.Err)
 		}
@@ -365,8 +365,8 @@ func (n *Node) ship(ctx context.Context, c *shard.Cluster, m shard.SlotMove) (in
 	start := time.Now()
 	var reply ShipReply
 	err := atLeader(c.Peers(m.From), func(node string) (string, error) {
-		reply = ShipReply{}
-		err := n.peers.call(ctx, node, "Node.ShipSlots", ShipRequest{From: m.From, To: m.To, Move: m.ID}, &reply)
+		var err error
+		reply, err = call[ShipReply](ctx, n.peers, node, "Node.ShipSlots", ShipRequest{From: m.From, To: m.To, Move: m.ID})
 		if err == nil && reply.Err != "" {
 			err = errors.New(reply.Err)
 		}
