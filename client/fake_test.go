@@ -50,6 +50,7 @@ type fakeNode struct {
 	mute     bool
 	names    *wire.LeaderHint
 	seen     []wire.Message
+	unheard  int            // gets and sets that came while it was silent
 	attempts map[[2]any]int // (client, seq) → attempts seen
 	clients  map[netip.AddrPort]bool
 }
@@ -166,6 +167,8 @@ func (f *fakeNode) serve() {
 		missing := f.missingOnce && m.Op == wire.OpGet
 		if !silent {
 			f.seen = append(f.seen, m)
+		} else if m.Op == wire.OpGet || m.Op == wire.OpSet {
+			f.unheard++
 		}
 		f.mu.Unlock()
 		if silent || drop || missing && !first {
@@ -318,12 +321,17 @@ func TestSilentNodeIsSkipped(t *testing.T) {
 	b := fc.nodes[1]
 	b.set(func(f *fakeNode) { f.silent = true })
 	servertest.WaitFor(t, 5*time.Second, "b taken for dead", func() bool { return !nodeInfo(c, "b").Alive })
-	before := c.Counters().Attempts
+	b.set(func(f *fakeNode) { f.unheard = 0 })
 	if got := answeredBy(t, c, 200); got["b"] != 0 || got["a"]+got["c"] != 200 {
 		t.Errorf("with b silent, answers came from %v", got)
 	}
-	if a := c.Counters().Attempts - before; a != 200 {
-		t.Errorf("%d attempts for 200 gets: a silent node was still tried", a)
+	// Attempts are not counted: on a loaded machine an answer can outlast
+	// the attempt timeout (20ms at the least) and the get is retried.
+	b.mu.Lock()
+	unheard := b.unheard
+	b.mu.Unlock()
+	if unheard != 0 {
+		t.Errorf("%d attempts of 200 gets went to b, taken for dead: a silent node was still tried", unheard)
 	}
 	for _, n := range c.Nodes() {
 		if n.Alive != (n.ID != "b") {
@@ -461,8 +469,11 @@ func TestDeadlineRetrySucceedsAfterAttempts(t *testing.T) {
 	if _, err := c.Set(ctx, "k", []byte("v")); err != nil {
 		t.Fatalf("Set answered at its attempt %d, with 10s left: %v", ignored+1, err)
 	}
-	if a := c.Counters().Attempts - before.Attempts; a != ignored+1 {
-		t.Errorf("%d attempts, want %d", a, ignored+1)
+	// More than ignored+1 only if an answer outlasted its attempt's
+	// 30ms, as it can on a loaded machine.
+	attempts := c.Counters().Attempts - before.Attempts
+	if attempts < ignored+1 {
+		t.Errorf("%d attempts, want at least %d", attempts, ignored+1)
 	}
 	f := fc.nodes[0]
 	f.mu.Lock()
@@ -480,8 +491,8 @@ func TestDeadlineRetrySucceedsAfterAttempts(t *testing.T) {
 			t.Errorf("attempt as %s/%d, the first as %s/%d: not one request", m.Client, m.Seq, sets[0].Client, sets[0].Seq)
 		}
 	}
-	if len(sets) != ignored+1 || len(txs) != len(sets) {
-		t.Errorf("%d attempts reached the node under %d transaction ids, want %d under as many", len(sets), len(txs), ignored+1)
+	if uint64(len(sets)) != attempts || len(txs) != len(sets) {
+		t.Errorf("%d attempts reached the node under %d transaction ids, want %d under as many", len(sets), len(txs), attempts)
 	}
 }
 
