@@ -369,14 +369,20 @@ func TestRetryKeepsSequenceNumber(t *testing.T) {
 		}
 		f.mu.Unlock()
 	}
-	if len(sets) != 2 {
+	// Two attempts, or more if the retry's answer outlasted its timeout
+	// (twice the measured round trip, on a loaded machine).
+	if len(sets) < 2 {
 		t.Fatalf("%d attempts reached the nodes, want 2", len(sets))
 	}
-	if sets[0].Client != sets[1].Client || sets[0].Seq != sets[1].Seq || sets[0].Client != c.ID() {
-		t.Errorf("attempts carry %s/%d and %s/%d: not one request", sets[0].Client, sets[0].Seq, sets[1].Client, sets[1].Seq)
+	txs := map[uint64]bool{}
+	for _, m := range sets {
+		txs[m.TxID] = true
+		if m.Client != c.ID() || m.Seq != sets[0].Seq {
+			t.Errorf("attempts carry %s/%d and %s/%d: not one request", sets[0].Client, sets[0].Seq, m.Client, m.Seq)
+		}
 	}
-	if sets[0].TxID == sets[1].TxID {
-		t.Error("both attempts used one transaction id")
+	if len(txs) != len(sets) {
+		t.Errorf("%d attempts used %d transaction ids", len(sets), len(txs))
 	}
 	// The retry says how long ago the request began; the first attempt
 	// says nothing.
@@ -386,8 +392,9 @@ func TestRetryKeepsSequenceNumber(t *testing.T) {
 	if sets[0].Ack > sets[0].Seq {
 		t.Errorf("ack %d above the request's own sequence number %d", sets[0].Ack, sets[0].Seq)
 	}
-	if st := c.Counters(); st.Requests < 2 || st.Attempts-st.Requests != 1 || st.Retries != 1 || st.Timeouts != 1 {
-		t.Errorf("stats %+v: want one retry after one timeout", st)
+	retries := uint64(len(sets) - 1)
+	if st := c.Counters(); st.Requests < 2 || st.Attempts-st.Requests != retries || st.Retries != retries || st.Timeouts != retries {
+		t.Errorf("stats %+v: want %d retries, each after a timeout", st, retries)
 	}
 }
 
